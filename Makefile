@@ -1,0 +1,50 @@
+# tenement — `make demo` and `make test` work on a fresh Debian machine with Rust installed.
+SHELL := /bin/bash
+CARGO ?= cargo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Debian packages the build and the tests need (cmake: Pingora's zlib-ng; nginx: the nginx
+# migration test; curl: handy for the demo).
+APT_PACKAGES := cmake gcc g++ make pkg-config curl
+
+.PHONY: all deps build demo test lint fmt ci bench clean
+
+all: build
+
+deps:
+	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust (https://rustup.rs) first" >&2; exit 1; }
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	$(CARGO) build --release --bins
+
+# Build, then run `ten serve` on the demo config with the demo app (two instances of "hello").
+demo: build
+	@./target/release/ten config check examples/demo/tenement.toml
+	@echo
+	@echo "ten is starting on 127.0.0.1:8080 (Ctrl-C to stop). In another terminal, try:"
+	@echo "  curl -H 'Host: prod.hello.localhost' localhost:8080/        # one instance"
+	@echo "  curl -H 'Host: canary.hello.localhost' localhost:8080/      # the other"
+	@echo "  curl -H 'Host: hello.localhost' localhost:8080/             # weighted across both"
+	@echo "  curl -H 'Host: localhost' localhost:8080/health             # management"
+	@echo
+	PATH="$(CURDIR)/target/release:$$PATH" exec ./target/release/ten serve --config examples/demo/tenement.toml
+
+# Every test: unit tests of each crate and the end-to-end tests of the real binary.
+test: deps
+	$(CARGO) test --workspace --all-targets
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+ci: test lint
+
+clean:
+	$(CARGO) clean

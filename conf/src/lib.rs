@@ -1,0 +1,30 @@
+//! `tenement.toml`: types, parsing and validation. The leaf crate: no tokio, no pingora.
+//!
+//! [`Config::load`] / [`Config::parse`] walk the whole TOML tree by hand and report every
+//! problem at once ([`ConfigErrors`]), each with its file, line and key path.
+
+mod error;
+mod model;
+mod names;
+mod parse;
+mod plugins;
+mod process;
+mod routes;
+mod settings;
+pub mod template;
+mod tree;
+mod units;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use model::*;
+pub use names::{
+    check_hostname, check_instance_id, check_process_name, is_header_name, parse_cidr,
+    InstanceNameError,
+};
+pub use parse::{find_config_path, CONFIG_ENV};
+pub use process::DEFAULT_SOCKET;
+pub use routes::parse_route_key;
+pub use units::{parse_duration, parse_size, DurationError, SizeError};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,197 @@
+//! The resolved configuration: what the rest of `ten` consumes.
+//!
+//! These types are produced by [`crate::Config::parse`] after every check has passed; they hold
+//! no raw TOML. Templates (`{port}`, `{id}`, ...) are kept unexpanded: they are filled in per
+//! instance by [`crate::template::expand`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A whole `tenement.toml`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it was read from, if any (for messages).
+    pub source: Option<PathBuf>,
+    pub settings: Settings,
+    /// Processes in declaration order (`[process.X]` and `[service.X]` alike).
+    pub processes: Vec<Process>,
+    /// `[routes]` in declaration order.
+    pub routes: Vec<Route>,
+    /// `[instances]`: spawned at boot, in this order.
+    pub instances: Vec<InstanceName>,
+    /// `[fleet]`, when present.
+    pub fleet: Option<Fleet>,
+}
+
+impl Config {
+    /// The process called `name`.
+    pub fn process(&self, name: &str) -> Option<&Process> {
+        self.processes.iter().find(|p| p.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Lower-cased; default "localhost".
+    pub domain: String,
+    /// HTTP proxy listeners, `host:port` (port may be 0). Default `["0.0.0.0:8080"]`.
+    pub listen: Vec<String>,
+    /// Management API + /metrics on their own port.
+    pub admin_listen: Option<String>,
+    /// Absolute (relative paths are resolved against the config file's folder). Default
+    /// `./tenement-data` next to the config file.
+    pub data_dir: PathBuf,
+    pub health_check_interval: Duration,
+    pub drain_timeout: Duration,
+    /// Bytes; default 10 MB.
+    pub max_body: u64,
+    pub tls: Option<Tls>,
+    pub metrics_token: Option<String>,
+    pub log_retention: Duration,
+    pub log_max_rows: u64,
+    // tenement 0.2 defaults for every process:
+    pub max_restarts: u32,
+    pub restart_window: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub cpu_shares: Option<u32>,
+    pub storage_quota_mb: Option<u64>,
+    pub storage_persist: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    pub listen: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenMode {
+    /// TCP on 127.0.0.1:{port}, env PORT.
+    Port,
+    /// Unix socket at `socket`, env SOCKET_PATH.
+    Socket,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Upstream {
+    /// `host:port`
+    Tcp(String),
+    /// `unix:/path`
+    Unix(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Process {
+    pub name: String,
+    /// Program then arguments, templates unexpanded. Empty for an external process (`upstreams`).
+    pub command: Vec<String>,
+    /// Working directory template (`directory`, alias `workdir`).
+    pub directory: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub listen: ListenMode,
+    /// Socket path template; default `{data_dir}/{process}-{id}.sock`.
+    pub socket: String,
+    /// Health path starting with '/'; None = connect check.
+    pub health: Option<String>,
+    pub startup_timeout: Duration,
+    pub stop_timeout: Duration,
+    pub restart: RestartPolicy,
+    pub max_restarts: u32,
+    pub restart_window: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Zero = never idle-stop.
+    pub idle_timeout: Duration,
+    pub request_timeout: Duration,
+    pub memory_limit_mb: Option<u64>,
+    pub cpu_shares: Option<u32>,
+    pub storage_quota_mb: Option<u64>,
+    pub storage_persist: bool,
+    /// Bytes (settings.max_body unless overridden).
+    pub max_body: u64,
+    pub plugins: Vec<PluginConf>,
+    /// Non-empty: an external service ten does not spawn.
+    pub upstreams: Vec<Upstream>,
+}
+
+impl Process {
+    pub fn is_external(&self) -> bool {
+        !self.upstreams.is_empty()
+    }
+}
+
+/// `process:id`
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceName {
+    pub process: String,
+    pub id: String,
+}
+
+impl std::fmt::Display for InstanceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.process, self.id)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// Lower-cased host, no port.
+    pub host: String,
+    /// Path prefix starting with '/', no trailing '/' except the root itself ("/" = whole host).
+    pub prefix: String,
+    pub process: String,
+    /// `Some(id)`: one instance; `None`: weighted across the process's instances.
+    pub instance: Option<String>,
+    pub strip_prefix: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RateLimitKey {
+    ClientIp,
+    Header(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PluginConf {
+    RateLimit {
+        rps: f64,
+        burst: u32,
+        key: RateLimitKey,
+    },
+    IpFilter {
+        allow: Vec<String>,
+        deny: Vec<String>,
+    },
+    Headers {
+        request_set: BTreeMap<String, String>,
+        request_remove: Vec<String>,
+        response_set: BTreeMap<String, String>,
+        response_remove: Vec<String>,
+    },
+    BasicAuth {
+        users: BTreeMap<String, String>,
+    },
+    MaxBody {
+        limit: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fleet {
+    pub health_interval: Duration,
+    pub unhealthy_after: u32,
+    pub degraded_latency: Duration,
+    pub failover: bool,
+    pub webhook: Option<String>,
+    pub webhook_after: Duration,
+}

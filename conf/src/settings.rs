@@ -1,0 +1,331 @@
+//! `[settings]` and `[fleet]`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::Cx;
+use crate::names;
+use crate::parse::resolve_path;
+use crate::tree::{Field, Tbl, Val};
+use crate::{Fleet, Settings, Tls};
+
+const SETTINGS_KEYS: &[&str] = &[
+    "domain",
+    "listen",
+    "admin_listen",
+    "data_dir",
+    "health_check_interval",
+    "drain_timeout",
+    "max_body",
+    "tls",
+    "metrics_token",
+    "log_retention",
+    "log_max_rows",
+    "max_restarts",
+    "restart_window",
+    "backoff_base_ms",
+    "backoff_max_ms",
+    "cpu_shares",
+    "storage_quota_mb",
+    "storage_persist",
+];
+
+const TLS_KEYS: &[&str] = &["listen", "cert", "key"];
+
+const FLEET_KEYS: &[&str] = &[
+    "health_interval",
+    "unhealthy_after",
+    "degraded_latency",
+    "failover",
+    "webhook",
+    "webhook_after",
+];
+
+/// The most a `cpu_shares` (cgroup v2 `cpu.weight`) may be.
+pub(crate) const MAX_CPU_SHARES: u32 = 10_000;
+
+impl Settings {
+    /// Every default, with `data_dir` = `{base_dir}/tenement-data`.
+    pub fn defaults(base_dir: &Path) -> Settings {
+        Settings {
+            domain: "localhost".to_string(),
+            listen: vec!["0.0.0.0:8080".to_string()],
+            admin_listen: None,
+            data_dir: base_dir.join("tenement-data"),
+            health_check_interval: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
+            max_body: 10_000_000,
+            tls: None,
+            metrics_token: None,
+            log_retention: Duration::from_secs(7 * 86_400),
+            log_max_rows: 1_000_000,
+            max_restarts: 5,
+            restart_window: Duration::from_secs(300),
+            backoff_base: Duration::from_millis(1_000),
+            backoff_max: Duration::from_millis(60_000),
+            cpu_shares: None,
+            storage_quota_mb: None,
+            storage_persist: true,
+        }
+    }
+}
+
+pub(crate) fn parse_settings(cx: &mut Cx, field: Option<Field<'_, '_>>) -> Settings {
+    let mut s = Settings::defaults(&cx.base_dir);
+    let Some(t) = field.and_then(|f| cx.table(&f)) else {
+        return s;
+    };
+    t.check_keys(cx, SETTINGS_KEYS);
+    if let Some(f) = t.get("domain") {
+        if let Some(domain) = domain(cx, &f) {
+            s.domain = domain;
+        }
+    }
+    if let Some(f) = t.get("listen") {
+        if let Some(listen) = listeners(cx, &f) {
+            s.listen = listen;
+        }
+    }
+    if let Some(f) = t.get("admin_listen") {
+        s.admin_listen = socket_addr(cx, &f);
+    }
+    if let Some(f) = t.get("data_dir") {
+        if let Some(dir) = non_empty(cx, &f) {
+            s.data_dir = resolve_path(&cx.base_dir, dir);
+        }
+    }
+    let duration = |cx: &mut Cx, key: &str, positive: bool, value: &mut Duration| {
+        if let Some(d) = t.get(key).and_then(|f| cx.duration(&f, positive)) {
+            *value = d;
+        }
+    };
+    duration(
+        cx,
+        "health_check_interval",
+        true,
+        &mut s.health_check_interval,
+    );
+    duration(cx, "drain_timeout", false, &mut s.drain_timeout);
+    duration(cx, "log_retention", true, &mut s.log_retention);
+    duration(cx, "restart_window", true, &mut s.restart_window);
+    if let Some(n) = t.get("max_body").and_then(|f| cx.size(&f)) {
+        s.max_body = n;
+    }
+    s.tls = t.get("tls").and_then(|f| tls(cx, &f));
+    s.metrics_token = t
+        .get("metrics_token")
+        .and_then(|f| non_empty(cx, &f).map(str::to_string));
+    if let Some(n) = t.get("log_max_rows").and_then(|f| cx.u64(&f, 1)) {
+        s.log_max_rows = n;
+    }
+    if let Some(n) = t.get("max_restarts").and_then(|f| cx.u32(&f, 0, u32::MAX)) {
+        s.max_restarts = n;
+    }
+    let (base, max) = backoff(cx, &t, s.backoff_base, s.backoff_max, "");
+    s.backoff_base = base;
+    s.backoff_max = max;
+    s.cpu_shares = t
+        .get("cpu_shares")
+        .and_then(|f| cx.u32(&f, 1, MAX_CPU_SHARES));
+    s.storage_quota_mb = t.get("storage_quota_mb").and_then(|f| cx.u64(&f, 1));
+    if let Some(b) = t.get("storage_persist").and_then(|f| cx.bool(&f)) {
+        s.storage_persist = b;
+    }
+    s
+}
+
+/// `backoff_base_ms` / `backoff_max_ms` of `t` over the given defaults; checks max >= base
+/// whenever `t` sets either. `inherited` names where the defaults come from, for messages.
+pub(crate) fn backoff(
+    cx: &mut Cx,
+    t: &Tbl<'_, '_>,
+    base: Duration,
+    max: Duration,
+    inherited: &str,
+) -> (Duration, Duration) {
+    let ms = |cx: &mut Cx, key: &str| {
+        let f = t.get(key)?;
+        let n = cx.u64(&f, 1)?;
+        Some((f, Duration::from_millis(n)))
+    };
+    let base_set = ms(cx, "backoff_base_ms");
+    let max_set = ms(cx, "backoff_max_ms");
+    let new_base = base_set.as_ref().map_or(base, |(_, d)| *d);
+    let new_max = max_set.as_ref().map_or(max, |(_, d)| *d);
+    if new_max < new_base {
+        match (&base_set, &max_set) {
+            (_, Some((f, _))) => cx.err(
+                f.line(),
+                &f.path,
+                format!(
+                    "must be >= backoff_base_ms ({}{}), got {}",
+                    new_base.as_millis(),
+                    if base_set.is_some() { "" } else { inherited },
+                    new_max.as_millis()
+                ),
+            ),
+            (Some((f, _)), None) => cx.err(
+                f.line(),
+                &f.path,
+                format!(
+                    "must be <= backoff_max_ms ({}{inherited}), got {}",
+                    new_max.as_millis(),
+                    new_base.as_millis()
+                ),
+            ),
+            (None, None) => {}
+        }
+    }
+    (new_base, new_max.max(new_base))
+}
+
+fn domain(cx: &mut Cx, f: &Field<'_, '_>) -> Option<String> {
+    let domain = cx.str(f)?.trim().to_ascii_lowercase();
+    match names::check_hostname(&domain) {
+        Ok(()) => Some(domain),
+        Err(message) => {
+            cx.err(f.line(), &f.path, message);
+            None
+        }
+    }
+}
+
+fn listeners(cx: &mut Cx, f: &Field<'_, '_>) -> Option<Vec<String>> {
+    if let Val::Str(_) = f.node.val {
+        return socket_addr(cx, f).map(|a| vec![a]);
+    }
+    if !matches!(f.node.val, Val::Array(_)) {
+        cx.err(
+            f.line(),
+            &f.path,
+            format!(
+                "expected an address like \"0.0.0.0:8080\" or an array of them, got {}",
+                crate::tree::describe(f.node)
+            ),
+        );
+        return None;
+    }
+    let items = cx.strings(f)?;
+    if items.is_empty() {
+        cx.err(f.line(), &f.path, "expected at least one address, got []");
+        return None;
+    }
+    let count = items.len();
+    let addrs: Vec<String> = items
+        .iter()
+        .filter_map(|(item, _)| socket_addr(cx, item))
+        .collect();
+    (addrs.len() == count).then_some(addrs)
+}
+
+/// A socket address, kept as written (trimmed).
+pub(crate) fn socket_addr(cx: &mut Cx, f: &Field<'_, '_>) -> Option<String> {
+    let s = cx.str(f)?.trim();
+    match names::check_socket_addr(s) {
+        Ok(_) => Some(s.to_string()),
+        Err(message) => {
+            cx.err(f.line(), &f.path, message);
+            None
+        }
+    }
+}
+
+fn non_empty<'a>(cx: &mut Cx, f: &Field<'_, 'a>) -> Option<&'a str> {
+    let s = cx.str(f)?;
+    if s.trim().is_empty() {
+        cx.err(f.line(), &f.path, "must not be empty");
+        return None;
+    }
+    Some(s)
+}
+
+fn tls(cx: &mut Cx, f: &Field<'_, '_>) -> Option<Tls> {
+    let t = cx.table(f)?;
+    t.check_keys(cx, TLS_KEYS);
+    let mut complete = true;
+    for key in TLS_KEYS {
+        if t.get(key).is_none() {
+            t.missing(
+                cx,
+                format!("missing {key} (tls needs listen, cert and key)"),
+            );
+            complete = false;
+        }
+    }
+    let listen = t.get("listen").and_then(|f| socket_addr(cx, &f));
+    let cert = t.get("cert").and_then(|f| existing_file(cx, &f));
+    let key = t.get("key").and_then(|f| existing_file(cx, &f));
+    match (listen, cert, key) {
+        (Some(listen), Some(cert), Some(key)) if complete => Some(Tls { listen, cert, key }),
+        _ => None,
+    }
+}
+
+/// A path (relative to the config's folder) that must name an existing file.
+fn existing_file(cx: &mut Cx, f: &Field<'_, '_>) -> Option<PathBuf> {
+    let raw = non_empty(cx, f)?;
+    let path = resolve_path(&cx.base_dir, raw);
+    let problem = match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => return Some(path),
+        Ok(_) => format!("expected a file, got a directory: {}", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            format!("file not found: {}", path.display())
+        }
+        Err(e) => format!("cannot read {}: {e}", path.display()),
+    };
+    cx.err(f.line(), &f.path, problem);
+    None
+}
+
+pub(crate) fn parse_fleet(cx: &mut Cx, f: &Field<'_, '_>) -> Fleet {
+    let mut fleet = Fleet {
+        health_interval: Duration::from_secs(5),
+        unhealthy_after: 3,
+        degraded_latency: Duration::from_millis(500),
+        failover: true,
+        webhook: None,
+        webhook_after: Duration::from_secs(300),
+    };
+    let Some(t) = cx.table(f) else {
+        return fleet;
+    };
+    t.check_keys(cx, FLEET_KEYS);
+    let duration = |cx: &mut Cx, key: &str, positive: bool, value: &mut Duration| {
+        if let Some(d) = t.get(key).and_then(|f| cx.duration(&f, positive)) {
+            *value = d;
+        }
+    };
+    duration(cx, "health_interval", true, &mut fleet.health_interval);
+    duration(cx, "degraded_latency", true, &mut fleet.degraded_latency);
+    duration(cx, "webhook_after", false, &mut fleet.webhook_after);
+    if let Some(n) = t
+        .get("unhealthy_after")
+        .and_then(|f| cx.u32(&f, 1, u32::MAX))
+    {
+        fleet.unhealthy_after = n;
+    }
+    if let Some(b) = t.get("failover").and_then(|f| cx.bool(&f)) {
+        fleet.failover = b;
+    }
+    fleet.webhook = t.get("webhook").and_then(|f| webhook(cx, &f));
+    fleet
+}
+
+fn webhook(cx: &mut Cx, f: &Field<'_, '_>) -> Option<String> {
+    let url = cx.str(f)?.trim();
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or_default());
+    match host {
+        Some(h) if !h.is_empty() && !url.contains(char::is_whitespace) => Some(url.to_string()),
+        _ => {
+            cx.err(
+                f.line(),
+                &f.path,
+                format!("expected an http:// or https:// URL, got {url:?}"),
+            );
+            None
+        }
+    }
+}

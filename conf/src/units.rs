@@ -1,0 +1,142 @@
+//! Durations and sizes as written in `tenement.toml` (and accepted by the CLI).
+
+use std::time::Duration;
+
+/// A string that is not a duration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "expected a duration like \"500ms\", \"10s\", \"5m\", \"1h30m\" or a whole number of seconds, got {input:?}"
+)]
+pub struct DurationError {
+    pub input: String,
+}
+
+/// A string that is not a size.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected a size like \"10MB\", \"512KB\", \"1GiB\" or a number of bytes, got {input:?}")]
+pub struct SizeError {
+    pub input: String,
+}
+
+/// Parse `"500ms"`, `"10s"`, `"5m"`, `"7d"`, `"1h30m"` (humantime syntax) or a whole number of
+/// seconds (`"30"`). Surrounding whitespace is ignored; negative values are rejected.
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
+    let bad = || DurationError {
+        input: s.to_string(),
+    };
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(bad());
+    }
+    if t.bytes().all(|b| b.is_ascii_digit()) {
+        return t.parse::<u64>().map(Duration::from_secs).map_err(|_| bad());
+    }
+    humantime::parse_duration(t).map_err(|_| bad())
+}
+
+/// Parse a size in bytes: `"1048576"` (bytes), `"512KB"`, `"10MB"`, `"1GB"`, `"1TB"` (powers of
+/// 1000), `"512KiB"`, `"10MiB"`, `"1GiB"`, `"1TiB"` (powers of 1024), `"100B"`. Units are
+/// case-insensitive and may follow a space; a decimal number (`"1.5GB"`) is allowed with a unit
+/// and rounded to the nearest byte.
+pub fn parse_size(s: &str) -> Result<u64, SizeError> {
+    let bad = || SizeError {
+        input: s.to_string(),
+    };
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
+        return Err(bad());
+    }
+    if !number.contains('.') {
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        return n.checked_mul(multiplier).ok_or_else(bad);
+    }
+    if multiplier == 1 {
+        return Err(bad()); // no fractional bytes
+    }
+    let n: f64 = number.parse().map_err(|_| bad())?;
+    let bytes = (n * multiplier as f64).round();
+    if !bytes.is_finite() || bytes < 0.0 || bytes >= u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("500ms", Duration::from_millis(500)),
+            ("10s", Duration::from_secs(10)),
+            ("5m", Duration::from_secs(300)),
+            ("7d", Duration::from_secs(7 * 86_400)),
+            ("1h30m", Duration::from_secs(5_400)),
+            ("1h 30m", Duration::from_secs(5_400)),
+            ("30", Duration::from_secs(30)),
+            (" 0 ", Duration::ZERO),
+            ("0s", Duration::ZERO),
+        ];
+        for (input, want) in ok {
+            assert_eq!(parse_duration(input), Ok(want), "{input}");
+        }
+        for bad in ["", "-5", "10 parsecs", "ten", "1.5", "5m-"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_duration("ten").map_err(|e| e.to_string()),
+            Err("expected a duration like \"500ms\", \"10s\", \"5m\", \"1h30m\" or a whole number of seconds, got \"ten\"".to_string())
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        let ok = [
+            ("1048576", 1_048_576),
+            ("0", 0),
+            ("100B", 100),
+            ("512KB", 512_000),
+            ("10MB", 10_000_000),
+            ("10mb", 10_000_000),
+            ("1GB", 1_000_000_000),
+            ("10MiB", 10 * 1_048_576),
+            ("1 GiB", 1 << 30),
+            ("2KiB", 2_048),
+            ("1.5GB", 1_500_000_000),
+            ("1TB", 1_000_000_000_000),
+        ];
+        for (input, want) in ok {
+            assert_eq!(parse_size(input), Ok(want), "{input}");
+        }
+        for bad in [
+            "",
+            "MB",
+            "10XB",
+            "-1",
+            "1.5",
+            "1..5MB",
+            ".5MB",
+            "99999999999999999999",
+            "20000000TiB",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Host header normalisation: lower-case, port removed, validated as a DNS name or IP literal.
+
+use std::borrow::Cow;
+
+/// Why a Host value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("missing Host header")]
+    Missing,
+    #[error("malformed Host header")]
+    Malformed,
+}
+
+/// Normalise a Host header value: `Example.COM:8080` -> `example.com`, `[::1]:80` -> `[::1]`.
+/// Borrows when the value is already lower-case (the common case: no allocation).
+pub fn normalize(raw: &[u8]) -> Result<Cow<'_, str>, HostError> {
+    if raw.is_empty() {
+        return Err(HostError::Missing);
+    }
+    if raw.len() > 255 {
+        return Err(HostError::Malformed);
+    }
+    let host = if raw[0] == b'[' {
+        // IPv6 literal, optional :port after the ']'
+        let end = raw
+            .iter()
+            .position(|&c| c == b']')
+            .ok_or(HostError::Malformed)?;
+        let rest = &raw[end + 1..];
+        if !rest.is_empty() && !valid_port(rest.strip_prefix(b":").ok_or(HostError::Malformed)?) {
+            return Err(HostError::Malformed);
+        }
+        let inner = &raw[1..end];
+        if inner.is_empty()
+            || !inner
+                .iter()
+                .all(|c| c.is_ascii_hexdigit() || *c == b':' || *c == b'.')
+        {
+            return Err(HostError::Malformed);
+        }
+        &raw[..=end]
+    } else {
+        let (name, port) = match raw.iter().rposition(|&c| c == b':') {
+            Some(i) => (&raw[..i], Some(&raw[i + 1..])),
+            None => (raw, None),
+        };
+        if let Some(port) = port {
+            if !valid_port(port) {
+                return Err(HostError::Malformed);
+            }
+        }
+        let name = name.strip_suffix(b".").unwrap_or(name);
+        if name.is_empty()
+            || !name
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
+            || name.starts_with(b".")
+            || name.windows(2).any(|w| w == b"..")
+        {
+            return Err(HostError::Malformed);
+        }
+        name
+    };
+    // Only ASCII reaches here, so from_utf8 cannot fail; map defensively anyway.
+    let s = std::str::from_utf8(host).map_err(|_| HostError::Malformed)?;
+    if s.bytes().any(|c| c.is_ascii_uppercase()) {
+        Ok(Cow::Owned(s.to_ascii_lowercase()))
+    } else {
+        Ok(Cow::Borrowed(s))
+    }
+}
+
+fn valid_port(p: &[u8]) -> bool {
+    !p.is_empty() && p.len() <= 5 && p.iter().all(u8::is_ascii_digit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_port_and_lowercases() {
+        assert_eq!(normalize(b"Example.COM:8080").as_deref(), Ok("example.com"));
+        assert_eq!(
+            normalize(b"prod.api.localhost").as_deref(),
+            Ok("prod.api.localhost")
+        );
+        assert_eq!(normalize(b"example.com.").as_deref(), Ok("example.com"));
+        assert_eq!(normalize(b"[::1]:8080").as_deref(), Ok("[::1]"));
+        assert_eq!(normalize(b"127.0.0.1:80").as_deref(), Ok("127.0.0.1"));
+    }
+
+    #[test]
+    fn borrows_when_already_normal() {
+        assert!(matches!(normalize(b"a.b"), Ok(Cow::Borrowed("a.b"))));
+    }
+
+    #[test]
+    fn refuses_malformed() {
+        assert_eq!(normalize(b""), Err(HostError::Missing));
+        for bad in [
+            &b"exa mple.com"[..],
+            b"a..b",
+            b".a",
+            b"a:port",
+            b"a:123456",
+            b"[::1",
+            b"[zz]",
+            b"a/b",
+            b"a\xffb",
+            b":80",
+        ] {
+            assert_eq!(
+                normalize(bad),
+                Err(HostError::Malformed),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(normalize(&[b'a'; 300]), Err(HostError::Malformed));
+    }
+}

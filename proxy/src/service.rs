@@ -1,0 +1,453 @@
+//! `TenProxy`: the Pingora `ProxyHttp` implementation (the hot path).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::host::{self, HostError};
+use crate::management::{self, Body, Management};
+use crate::table::{Availability, Backend, InFlight, Target};
+use crate::Router;
+
+/// Counts every request the proxy is handling, for the shutdown drain.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    in_flight: AtomicU64,
+}
+
+impl Traffic {
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+struct TrafficGuard(Arc<Traffic>);
+
+impl Drop for TrafficGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Per-request state.
+pub struct Ctx {
+    _traffic: Option<TrafficGuard>,
+    request_id: String,
+    target: Option<Target>,
+    /// Bytes of the path to strip (a matched `strip_prefix` route).
+    strip: usize,
+    backend: Option<Arc<Backend>>,
+    /// Bitmask of pool indexes already tried (connect retries).
+    tried: u64,
+    in_flight: Option<InFlight>,
+    max_body: u64,
+    body_seen: u64,
+    /// A message for the error response, set where the cause is known best.
+    error_msg: Option<String>,
+}
+
+/// The proxy: routes by Host through the current [`Router`] table.
+pub struct TenProxy {
+    router: Arc<Router>,
+    management: Arc<dyn Management>,
+    traffic: Arc<Traffic>,
+    epoch: Instant,
+}
+
+impl TenProxy {
+    pub fn new(router: Arc<Router>, management: Arc<dyn Management>) -> Self {
+        TenProxy {
+            epoch: router.epoch(),
+            router,
+            management,
+            traffic: Arc::default(),
+        }
+    }
+
+    pub fn traffic(&self) -> Arc<Traffic> {
+        self.traffic.clone()
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// A short plain-text response, with the request id.
+async fn respond(session: &mut Session, ctx: &Ctx, status: u16, msg: &str) -> Result<()> {
+    let body = Bytes::from(format!("{msg}\n"));
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    if status == 429 || status == 503 {
+        resp.insert_header(http::header::RETRY_AFTER, "1")?;
+    }
+    session.set_keepalive(if status >= 500 { None } else { Some(60) });
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+fn new_request_id() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+/// Keep a client-sent id if it is sane (printable, bounded), else make one.
+fn request_id(req: &RequestHeader) -> String {
+    match req.headers.get("x-request-id") {
+        Some(v)
+            if !v.is_empty()
+                && v.len() <= 200
+                && v.as_bytes().iter().all(|c| c.is_ascii_graphic()) =>
+        {
+            String::from_utf8_lossy(v.as_bytes()).into_owned()
+        }
+        _ => new_request_id(),
+    }
+}
+
+fn http_status(code: u16) -> Box<Error> {
+    Error::new(ErrorType::HTTPStatus(code))
+}
+
+impl TenProxy {
+    async fn serve_management(&self, session: &mut Session, ctx: &Ctx) -> Result<()> {
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let mut body = Vec::new();
+        while let Some(chunk) = session.read_request_body().await? {
+            if body.len() + chunk.len() > management::MAX_BODY {
+                return respond(session, ctx, 413, "request body too large").await;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let req = session.req_header();
+        let mut builder = http::Request::builder()
+            .method(req.method.clone())
+            .uri(req.uri.clone());
+        for (k, v) in req.headers.iter() {
+            builder = builder.header(k, v);
+        }
+        let Ok(request) = builder.body(()) else {
+            return respond(session, ctx, 400, "bad request").await;
+        };
+        let (head, ()) = request.into_parts();
+        let resp = self
+            .management
+            .handle(management::Request {
+                head,
+                body: Bytes::from(body),
+                client,
+                trusted: false,
+            })
+            .await;
+        let (parts, body) = resp.into_parts();
+        let mut head = ResponseHeader::build(parts.status, Some(parts.headers.len() + 1))?;
+        for (k, v) in parts.headers.iter() {
+            head.append_header(k.clone(), v.clone())?;
+        }
+        head.insert_header("x-request-id", ctx.request_id.as_str())?;
+        match body {
+            Body::Full(b) => {
+                head.insert_header(http::header::CONTENT_LENGTH, b.len())?;
+                session.write_response_header(Box::new(head), false).await?;
+                session.write_response_body(Some(b), true).await?;
+            }
+            Body::Stream(mut rx) => {
+                session.write_response_header(Box::new(head), false).await?;
+                while let Some(chunk) = rx.recv().await {
+                    session.write_response_body(Some(chunk), false).await?;
+                }
+                session.write_response_body(None, true).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Route the request; Ok(true) when a response was already sent.
+    async fn route(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        let raw_host: &[u8] = match req.headers.get(http::header::HOST) {
+            Some(h) => h.as_bytes(),
+            None => req
+                .uri
+                .authority()
+                .map(|a| a.as_str().as_bytes())
+                .unwrap_or_default(),
+        };
+        let host = match host::normalize(raw_host) {
+            Ok(h) => h.into_owned(),
+            Err(e @ (HostError::Missing | HostError::Malformed)) => {
+                respond(session, ctx, 400, &format!("bad request: {e}")).await?;
+                return Ok(true);
+            }
+        };
+        let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        {
+            let table = self.router.load();
+            match table.lookup(&host, path) {
+                Some(routed) => {
+                    ctx.strip = routed.strip.map(str::len).unwrap_or(0);
+                    ctx.target = Some(routed.target.clone());
+                }
+                None => {
+                    drop(table);
+                    respond(session, ctx, 404, &format!("no route for host \"{host}\"")).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        let content_length = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match &ctx.target {
+            Some(Target::Management) => {
+                self.serve_management(session, ctx).await?;
+                return Ok(true);
+            }
+            Some(Target::Pool(pool)) => {
+                ctx.max_body = pool.opts.max_body;
+                if pool.set.is_empty() {
+                    let msg = format!("no healthy instance of \"{}\"", pool.opts.name);
+                    respond(session, ctx, 503, &msg).await?;
+                    return Ok(true);
+                }
+            }
+            Some(Target::Instance(b)) => {
+                ctx.max_body = b.opts.max_body;
+                let msg = match b.availability {
+                    Availability::Up { .. } if b.peer.is_some() => None,
+                    Availability::Idle => Some(format!("instance {} is idle", b.key)),
+                    _ => Some(format!("instance {} is not running", b.key)),
+                };
+                if let Some(msg) = msg {
+                    respond(session, ctx, 503, &msg).await?;
+                    return Ok(true);
+                }
+            }
+            None => return Ok(false),
+        }
+        if content_length.is_some_and(|n| n > ctx.max_body) {
+            let msg = format!("request body larger than {} bytes", ctx.max_body);
+            respond(session, ctx, 413, &msg).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for TenProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        self.traffic.in_flight.fetch_add(1, Ordering::Relaxed);
+        Ctx {
+            _traffic: Some(TrafficGuard(self.traffic.clone())),
+            request_id: String::new(),
+            target: None,
+            strip: 0,
+            backend: None,
+            tried: 0,
+            in_flight: None,
+            max_body: u64::MAX,
+            body_seen: 0,
+            error_msg: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.request_id = request_id(session.req_header());
+        self.route(session, ctx).await
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_seen += b.len() as u64;
+            if ctx.body_seen > ctx.max_body {
+                ctx.error_msg = Some(format!("request body larger than {} bytes", ctx.max_body));
+                return Err(http_status(413));
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let backend = match &ctx.target {
+            Some(Target::Instance(b)) => b.clone(),
+            Some(Target::Pool(pool)) => match pool.choose(ctx.tried) {
+                Some((i, b)) => {
+                    if i < 64 {
+                        ctx.tried |= 1 << i;
+                    }
+                    b.clone()
+                }
+                None => {
+                    ctx.error_msg = Some(format!(
+                        "bad gateway: no instance of \"{}\" accepted the connection",
+                        pool.opts.name
+                    ));
+                    return Err(http_status(502));
+                }
+            },
+            _ => return Err(http_status(500)),
+        };
+        let Some(peer) = backend.peer.clone() else {
+            ctx.error_msg = Some(format!("instance {} is not running", backend.key));
+            return Err(http_status(503));
+        };
+        ctx.in_flight = Some(backend.stats.begin(self.now_ms()));
+        ctx.backend = Some(backend);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.in_flight = None;
+        // No byte was sent: another healthy instance may take it.
+        if let Some(Target::Pool(pool)) = &ctx.target {
+            if pool.set.choose(ctx.tried).is_some() {
+                e.set_retry(true);
+            }
+        }
+        if let Some(b) = &ctx.backend {
+            tracing::warn!(instance = %b.key, error = %e, "connect to upstream failed");
+            ctx.error_msg = Some(format!("bad gateway: cannot connect to {}", b.key));
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
+            let xff = match upstream
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+                _ => ip.to_string(),
+            };
+            upstream.insert_header("x-forwarded-for", xff)?;
+        }
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+        if let Some(h) = session
+            .req_header()
+            .headers
+            .get(http::header::HOST)
+            .cloned()
+        {
+            upstream.insert_header("x-forwarded-host", h)?;
+        }
+        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if ctx.strip > 0 {
+            let pq = upstream
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            let rest = pq.get(ctx.strip..).unwrap_or("");
+            let new = if rest.starts_with('/') {
+                rest.to_string()
+            } else {
+                format!("/{rest}")
+            };
+            match new.parse::<http::Uri>() {
+                Ok(uri) => upstream.set_uri(uri),
+                Err(_) => return Err(http_status(400)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        resp.remove_header("keep-alive");
+        resp.remove_header("proxy-connection");
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if e.esource() == &ErrorSource::Upstream =>
+            {
+                504
+            }
+            ErrorType::ConnectTimedout => 504,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            let msg = ctx.error_msg.take().unwrap_or_else(|| match code {
+                504 => match &ctx.backend {
+                    Some(b) => format!("gateway timeout: {} did not answer in time", b.key),
+                    None => "gateway timeout".into(),
+                },
+                502 => match &ctx.backend {
+                    Some(b) => format!("bad gateway: {} failed", b.key),
+                    None => "bad gateway".into(),
+                },
+                400 => "bad request".into(),
+                413 => "request body too large".into(),
+                _ => http::StatusCode::from_u16(code)
+                    .ok()
+                    .and_then(|s| s.canonical_reason())
+                    .unwrap_or("error")
+                    .to_ascii_lowercase(),
+            });
+            if let Err(err) = respond(session, ctx, code, &msg).await {
+                tracing::debug!(error = %err, "could not send error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+}

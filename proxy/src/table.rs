@@ -1,0 +1,453 @@
+//! The routing table: ONE immutable snapshot of routes, weights and health together.
+//!
+//! Built off the hot path by [`TableBuilder`] and published whole through an `ArcSwap`
+//! (see [`crate::Router`]); a request does one `load()`, one hash probe on the host, a short
+//! prefix scan, and a lock-free weighted choice.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora_core::upstreams::peer::HttpPeer;
+
+use crate::select::WeightedSet;
+
+/// Where an instance listens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum UpstreamAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamAddr::Tcp(a) => write!(f, "{a}"),
+            UpstreamAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// Live counters of one instance. They outlive table swaps: the composer hands the same `Arc`
+/// to every table it builds, so drains and idle checks see every request.
+#[derive(Debug, Default)]
+pub struct InstanceStats {
+    in_flight: AtomicU64,
+    requests: AtomicU64,
+    /// Milliseconds since the proxy's epoch of the last request start (0 = never).
+    last_request_ms: AtomicU64,
+}
+
+impl InstanceStats {
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+    /// Time since the proxy started when the last request began, if any did.
+    pub fn last_request(&self) -> Option<Duration> {
+        match self.last_request_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+    pub(crate) fn begin(self: &Arc<Self>, now_ms: u64) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.last_request_ms.store(now_ms.max(1), Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+}
+
+/// Counts one request in flight on an instance until dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<InstanceStats>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How an instance can be reached right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    /// Listening; `healthy` says whether it passes its checks.
+    Up { healthy: bool },
+    /// Stopped for idleness; a request to it directly wakes it.
+    Idle,
+    /// Starting, stopped, failed or draining: nothing to send to.
+    Down,
+}
+
+/// Per-process proxy settings, shared by its pool and instances.
+#[derive(Debug, Clone)]
+pub struct ProcessOpts {
+    pub name: Arc<str>,
+    pub request_timeout: Duration,
+    pub max_body: u64,
+}
+
+/// One instance (or external upstream) as the proxy sees it in this table.
+#[derive(Debug)]
+pub struct Backend {
+    /// `process:id`
+    pub key: Arc<str>,
+    pub id: Arc<str>,
+    pub opts: Arc<ProcessOpts>,
+    pub addr: Option<UpstreamAddr>,
+    pub weight: u32,
+    pub availability: Availability,
+    pub stats: Arc<InstanceStats>,
+    /// Pre-built peer, cloned per request (no parsing on the hot path).
+    pub(crate) peer: Option<HttpPeer>,
+}
+
+impl Backend {
+    pub fn new(
+        opts: Arc<ProcessOpts>,
+        id: &str,
+        addr: Option<UpstreamAddr>,
+        weight: u32,
+        availability: Availability,
+        stats: Arc<InstanceStats>,
+    ) -> Self {
+        let peer = addr.as_ref().and_then(|a| build_peer(a, &opts));
+        Backend {
+            key: format!("{}:{}", opts.name, id).into(),
+            id: id.into(),
+            opts,
+            addr,
+            weight,
+            availability,
+            stats,
+            peer,
+        }
+    }
+
+    /// In the weighted set: up, healthy, weight > 0.
+    pub fn eligible(&self) -> bool {
+        self.weight > 0
+            && self.availability == (Availability::Up { healthy: true })
+            && self.peer.is_some()
+    }
+}
+
+fn build_peer(addr: &UpstreamAddr, opts: &ProcessOpts) -> Option<HttpPeer> {
+    let mut peer = match addr {
+        UpstreamAddr::Tcp(sa) => HttpPeer::new(*sa, false, String::new()),
+        UpstreamAddr::Unix(path) => HttpPeer::new_uds(path.to_str()?, false, String::new()).ok()?,
+    };
+    peer.options.connection_timeout = Some(Duration::from_secs(3));
+    peer.options.read_timeout = Some(opts.request_timeout);
+    peer.options.write_timeout = Some(opts.request_timeout);
+    peer.options.idle_timeout = Some(Duration::from_secs(60));
+    Some(peer)
+}
+
+/// All instances of a process, with the weighted set of the eligible ones.
+#[derive(Debug)]
+pub struct Pool {
+    pub opts: Arc<ProcessOpts>,
+    pub backends: Box<[Arc<Backend>]>,
+    pub(crate) set: WeightedSet,
+}
+
+impl Pool {
+    /// Pick an eligible backend, skipping those in `tried` (a bitmask of indexes into
+    /// `backends`, for retries). None when nothing is left.
+    pub fn choose(&self, tried: u64) -> Option<(usize, &Arc<Backend>)> {
+        let i = self.set.choose(tried)?;
+        self.backends.get(i).map(|b| (i, b))
+    }
+}
+
+/// A fleet tenant served by another tenement server (filled in by the fleet issue).
+#[derive(Debug)]
+pub struct Remote {
+    /// The Host header to send.
+    pub host: Box<str>,
+    pub peer: HttpPeer,
+}
+
+/// What a host (+ prefix) routes to.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Weighted across a process's healthy instances.
+    Pool(Arc<Pool>),
+    /// One instance directly.
+    Instance(Arc<Backend>),
+    /// The management API, dashboard and /metrics.
+    Management,
+}
+
+#[derive(Debug, Clone)]
+pub struct PrefixRoute {
+    /// "/" or "/api" (no trailing slash).
+    pub prefix: Box<str>,
+    pub strip: bool,
+    pub target: Target,
+}
+
+impl PrefixRoute {
+    fn matches(&self, path: &str) -> bool {
+        let p = &*self.prefix;
+        p == "/"
+            || (path.starts_with(p)
+                && matches!(path.as_bytes().get(p.len()), None | Some(b'/') | Some(b'?')))
+    }
+}
+
+/// Everything routed for one exact host.
+#[derive(Debug, Clone, Default)]
+pub struct HostEntry {
+    /// Longest prefix first.
+    routes: Vec<PrefixRoute>,
+    /// The lower-priority rule for this host when no prefix matches.
+    fallback: Option<Target>,
+}
+
+/// The result of a lookup.
+#[derive(Debug, Clone)]
+pub struct Routed<'a> {
+    pub target: &'a Target,
+    /// Some(prefix) when the matched route strips it.
+    pub strip: Option<&'a str>,
+}
+
+/// The whole routing table.
+#[derive(Debug, Default)]
+pub struct Table {
+    domain: Box<str>,
+    hosts: HashMap<Box<str>, HostEntry>,
+    /// Every pool by process name (for the API and retries).
+    pools: HashMap<Box<str>, Arc<Pool>>,
+}
+
+impl Table {
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// Route a normalised host (lower-case, no port) and path.
+    pub fn lookup<'a>(&'a self, host: &str, path: &str) -> Option<Routed<'a>> {
+        let entry = self.hosts.get(host)?;
+        for r in &entry.routes {
+            if r.matches(path) {
+                let strip = (r.strip && &*r.prefix != "/").then_some(&*r.prefix);
+                return Some(Routed {
+                    target: &r.target,
+                    strip,
+                });
+            }
+        }
+        entry.fallback.as_ref().map(|target| Routed {
+            target,
+            strip: None,
+        })
+    }
+
+    pub fn pool(&self, process: &str) -> Option<&Arc<Pool>> {
+        self.pools.get(process)
+    }
+
+    pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.pools.values()
+    }
+
+    pub fn host_count(&self) -> usize {
+        self.hosts.len()
+    }
+}
+
+/// How a `[routes]` entry names its target.
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub host: String,
+    pub prefix: String,
+    pub process: String,
+    pub instance: Option<String>,
+    pub strip_prefix: bool,
+}
+
+/// Builds a [`Table`] by SPEC §3 precedence: routes > tenants > instance > process > domain.
+#[derive(Debug)]
+pub struct TableBuilder {
+    domain: String,
+    pools: Vec<Arc<Pool>>,
+    routes: Vec<RouteSpec>,
+}
+
+impl TableBuilder {
+    pub fn new(domain: &str) -> Self {
+        TableBuilder {
+            domain: domain.to_ascii_lowercase(),
+            pools: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
+
+    /// Add a process and all its instances (in display order).
+    pub fn process(&mut self, opts: Arc<ProcessOpts>, backends: Vec<Arc<Backend>>) -> &mut Self {
+        let set = WeightedSet::new(
+            backends
+                .iter()
+                .map(|b| if b.eligible() { b.weight } else { 0 }),
+        );
+        self.pools.push(Arc::new(Pool {
+            opts,
+            backends: backends.into_boxed_slice(),
+            set,
+        }));
+        self
+    }
+
+    pub fn route(&mut self, spec: RouteSpec) -> &mut Self {
+        self.routes.push(spec);
+        self
+    }
+
+    pub fn build(self) -> Table {
+        let mut hosts: HashMap<Box<str>, HostEntry> = HashMap::new();
+        let domain = self.domain;
+        // Lowest priority first; a higher rule replaces the fallback of the same host.
+        hosts.entry(domain.clone().into()).or_default().fallback = Some(Target::Management);
+        let mut pools = HashMap::new();
+        for pool in &self.pools {
+            let name = &*pool.opts.name;
+            hosts
+                .entry(format!("{name}.{domain}").into())
+                .or_default()
+                .fallback = Some(Target::Pool(pool.clone()));
+            pools.insert(Box::from(name), pool.clone());
+        }
+        for pool in &self.pools {
+            let name = &*pool.opts.name;
+            for b in pool.backends.iter() {
+                hosts
+                    .entry(format!("{}.{name}.{domain}", b.id).into())
+                    .or_default()
+                    .fallback = Some(Target::Instance(b.clone()));
+            }
+        }
+        for r in self.routes {
+            let Some(pool) = pools.get(r.process.as_str()) else {
+                continue; // validated by conf; an unknown process is never routed
+            };
+            let target = match &r.instance {
+                None => Target::Pool(pool.clone()),
+                Some(id) => match pool.backends.iter().find(|b| &*b.id == id.as_str()) {
+                    Some(b) => Target::Instance(b.clone()),
+                    None => continue,
+                },
+            };
+            let entry = hosts.entry(r.host.to_ascii_lowercase().into()).or_default();
+            entry.routes.retain(|x| *x.prefix != *r.prefix);
+            entry.routes.push(PrefixRoute {
+                prefix: r.prefix.into(),
+                strip: r.strip_prefix,
+                target,
+            });
+        }
+        for e in hosts.values_mut() {
+            e.routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        }
+        Table {
+            domain: domain.into(),
+            hosts,
+            pools,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(name: &str) -> Arc<ProcessOpts> {
+        Arc::new(ProcessOpts {
+            name: name.into(),
+            request_timeout: Duration::from_secs(30),
+            max_body: 1 << 20,
+        })
+    }
+
+    fn backend(o: &Arc<ProcessOpts>, id: &str, port: u16) -> Arc<Backend> {
+        Arc::new(Backend::new(
+            o.clone(),
+            id,
+            Some(UpstreamAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], port)))),
+            100,
+            Availability::Up { healthy: true },
+            Arc::default(),
+        ))
+    }
+
+    fn table() -> Table {
+        let api = opts("api");
+        let web = opts("web");
+        let mut b = TableBuilder::new("Example.com");
+        b.process(
+            api.clone(),
+            vec![backend(&api, "prod", 1), backend(&api, "v2", 2)],
+        );
+        b.process(web.clone(), vec![backend(&web, "a", 3)]);
+        b.route(RouteSpec {
+            host: "example.com".into(),
+            prefix: "/api".into(),
+            process: "api".into(),
+            instance: Some("prod".into()),
+            strip_prefix: true,
+        });
+        b.route(RouteSpec {
+            host: "www.example.com".into(),
+            prefix: "/".into(),
+            process: "web".into(),
+            instance: None,
+            strip_prefix: false,
+        });
+        b.build()
+    }
+
+    fn key(r: Option<Routed<'_>>) -> String {
+        match r.map(|r| r.target) {
+            Some(Target::Pool(p)) => format!("pool {}", p.opts.name),
+            Some(Target::Instance(b)) => format!("instance {}", b.key),
+            Some(Target::Management) => "management".into(),
+            None => "none".into(),
+        }
+    }
+
+    #[test]
+    fn host_rules_in_order() {
+        let t = table();
+        assert_eq!(
+            key(t.lookup("prod.api.example.com", "/")),
+            "instance api:prod"
+        );
+        assert_eq!(key(t.lookup("api.example.com", "/")), "pool api");
+        assert_eq!(key(t.lookup("example.com", "/")), "management");
+        assert_eq!(key(t.lookup("www.example.com", "/x")), "pool web");
+        assert_eq!(key(t.lookup("nope.example.com", "/")), "none");
+        assert_eq!(key(t.lookup("x.api.example.com", "/")), "none");
+    }
+
+    #[test]
+    fn prefix_routes_win_and_fall_back() {
+        let t = table();
+        let r = t.lookup("example.com", "/api/users");
+        assert_eq!(r.as_ref().and_then(|r| r.strip), Some("/api"));
+        assert_eq!(key(r), "instance api:prod");
+        assert_eq!(key(t.lookup("example.com", "/api")), "instance api:prod");
+        assert_eq!(
+            key(t.lookup("example.com", "/api?x=1")),
+            "instance api:prod"
+        );
+        // "/apix" is not under "/api"
+        assert_eq!(key(t.lookup("example.com", "/apix")), "management");
+    }
+}

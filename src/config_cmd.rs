@@ -1,0 +1,196 @@
+//! `ten config check` and `ten config show`, and loading the config for every command.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use tenement_conf::{find_config_path, Config, ListenMode, PluginConf, RestartPolicy, Upstream};
+
+use crate::cli::Global;
+
+/// Load the config named by --config / $TENEMENT_CONFIG / ./tenement.toml, with --data-dir
+/// applied. Errors list every problem, one per line.
+pub fn load(global: &Global) -> Result<Config> {
+    let path = find_config_path(global.config.as_deref());
+    let mut config =
+        Config::load(&path).map_err(|e| anyhow!("invalid config {}:\n{e}", path.display()))?;
+    if let Some(dir) = &global.data_dir {
+        config.settings.data_dir = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+    }
+    Ok(config)
+}
+
+/// Print every error (exit 1) or a summary (exit 0).
+pub fn check(explicit: Option<&Path>) -> ExitCode {
+    let path = find_config_path(explicit);
+    match Config::load(&path) {
+        Ok(c) => {
+            let instances = c.instances.len();
+            println!(
+                "{}: ok: {} process(es), {} route(s), {} instance(s) at boot, domain {}",
+                path.display(),
+                c.processes.len(),
+                c.routes.len(),
+                instances,
+                c.settings.domain
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}: {} error(s)", path.display(), errors.len());
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dur(d: Duration) -> String {
+    format!("\"{}\"", humantime::format_duration(d))
+}
+
+fn q(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| format!("\"{s}\""))
+}
+
+/// The resolved config as TOML: every default filled in, paths absolute.
+pub fn show(c: &Config) -> String {
+    let s = &c.settings;
+    let mut o = String::new();
+    let _ = writeln!(o, "[settings]");
+    let _ = writeln!(o, "domain = {}", q(&s.domain));
+    let listen: Vec<_> = s.listen.iter().map(|l| q(l)).collect();
+    let _ = writeln!(o, "listen = [{}]", listen.join(", "));
+    if let Some(a) = &s.admin_listen {
+        let _ = writeln!(o, "admin_listen = {}", q(a));
+    }
+    let _ = writeln!(o, "data_dir = {}", q(&s.data_dir.to_string_lossy()));
+    let _ = writeln!(
+        o,
+        "health_check_interval = {}",
+        dur(s.health_check_interval)
+    );
+    let _ = writeln!(o, "drain_timeout = {}", dur(s.drain_timeout));
+    let _ = writeln!(o, "max_body = {}", s.max_body);
+    let _ = writeln!(o, "log_retention = {}", dur(s.log_retention));
+    let _ = writeln!(o, "log_max_rows = {}", s.log_max_rows);
+    if s.metrics_token.is_some() {
+        let _ = writeln!(o, "metrics_token = \"(set)\"");
+    }
+    if let Some(t) = &s.tls {
+        let _ = writeln!(o, "\n[settings.tls]");
+        let _ = writeln!(o, "listen = {}", q(&t.listen));
+        let _ = writeln!(o, "cert = {}", q(&t.cert.to_string_lossy()));
+        let _ = writeln!(o, "key = {}", q(&t.key.to_string_lossy()));
+    }
+    for p in &c.processes {
+        let _ = writeln!(o, "\n[process.{}]", p.name);
+        if p.is_external() {
+            let ups: Vec<_> = p
+                .upstreams
+                .iter()
+                .map(|u| match u {
+                    Upstream::Tcp(a) => q(a),
+                    Upstream::Unix(path) => q(&format!("unix:{}", path.display())),
+                })
+                .collect();
+            let _ = writeln!(o, "upstreams = [{}]", ups.join(", "));
+        } else {
+            let cmd: Vec<_> = p.command.iter().map(|a| q(a)).collect();
+            let _ = writeln!(o, "command = [{}]", cmd.join(", "));
+            if let Some(d) = &p.directory {
+                let _ = writeln!(o, "directory = {}", q(d));
+            }
+            if !p.env.is_empty() {
+                let env: Vec<_> = p
+                    .env
+                    .iter()
+                    .map(|(k, v)| format!("{k} = {}", q(v)))
+                    .collect();
+                let _ = writeln!(o, "env = {{ {} }}", env.join(", "));
+            }
+            match p.listen {
+                ListenMode::Port => {
+                    let _ = writeln!(o, "listen = \"port\"");
+                }
+                ListenMode::Socket => {
+                    let _ = writeln!(o, "listen = \"socket\"\nsocket = {}", q(&p.socket));
+                }
+            }
+        }
+        if let Some(h) = &p.health {
+            let _ = writeln!(o, "health = {}", q(h));
+        }
+        let restart = match p.restart {
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Never => "never",
+        };
+        let _ = writeln!(o, "startup_timeout = {}", dur(p.startup_timeout));
+        let _ = writeln!(o, "stop_timeout = {}", dur(p.stop_timeout));
+        let _ = writeln!(o, "restart = \"{restart}\"");
+        let _ = writeln!(o, "max_restarts = {}", p.max_restarts);
+        let _ = writeln!(o, "restart_window = {}", dur(p.restart_window));
+        let _ = writeln!(o, "idle_timeout = {}", dur(p.idle_timeout));
+        let _ = writeln!(o, "request_timeout = {}", dur(p.request_timeout));
+        let _ = writeln!(o, "max_body = {}", p.max_body);
+        if let Some(m) = p.memory_limit_mb {
+            let _ = writeln!(o, "memory_limit_mb = {m}");
+        }
+        if !p.plugins.is_empty() {
+            let kinds: Vec<_> = p
+                .plugins
+                .iter()
+                .map(|pl| match pl {
+                    PluginConf::RateLimit { .. } => "rate_limit",
+                    PluginConf::IpFilter { .. } => "ip_filter",
+                    PluginConf::Headers { .. } => "headers",
+                    PluginConf::BasicAuth { .. } => "basic_auth",
+                    PluginConf::MaxBody { .. } => "max_body",
+                })
+                .collect();
+            let _ = writeln!(o, "# plugins: {}", kinds.join(", "));
+        }
+    }
+    if !c.routes.is_empty() {
+        let _ = writeln!(o, "\n[routes]");
+        for r in &c.routes {
+            let key = if r.prefix == "/" {
+                r.host.clone()
+            } else {
+                format!("{}{}", r.host, r.prefix)
+            };
+            let to = match &r.instance {
+                Some(id) => format!("{}:{id}", r.process),
+                None => r.process.clone(),
+            };
+            let _ = writeln!(
+                o,
+                "{} = {{ to = {}, strip_prefix = {} }}",
+                q(&key),
+                q(&to),
+                r.strip_prefix
+            );
+        }
+    }
+    if !c.instances.is_empty() {
+        let _ = writeln!(o, "\n[instances]");
+        let mut order: Vec<&str> = Vec::new();
+        for i in &c.instances {
+            if !order.contains(&i.process.as_str()) {
+                order.push(&i.process);
+            }
+        }
+        for p in order {
+            let ids: Vec<_> = c
+                .instances
+                .iter()
+                .filter(|i| i.process == p)
+                .map(|i| q(&i.id))
+                .collect();
+            let _ = writeln!(o, "{p} = [{}]", ids.join(", "));
+        }
+    }
+    o
+}

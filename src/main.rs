@@ -1,0 +1,21 @@
+//! `ten`: one binary that replaces nginx, a process supervisor and a basic monitoring stack.
+
+mod cli;
+mod compose;
+mod config_cmd;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cli::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

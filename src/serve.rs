@@ -1,0 +1,111 @@
+//! `ten serve`: wires the proxy, the supervisor and the composer together, then runs until
+//! SIGTERM/SIGINT: stop accepting, drain in-flight requests, stop every instance, exit 0.
+
+use std::net::TcpListener;
+use std::os::fd::IntoRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{Fds, ListenFds};
+use pingora_core::services::Service as _;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use tenement_conf::Config;
+use tenement_proxy::management::HealthOnly;
+use tenement_proxy::TenProxy;
+use tenement_supervisor::{Supervisor, TracingSink};
+
+use crate::compose::Composer;
+
+/// Bind `addr` now (port 0 gets a real port) and hand the socket to Pingora's listener table
+/// under the same key, so Pingora adopts it instead of binding again.
+fn prebind(fds: &ListenFds, addr: &str) -> Result<std::net::SocketAddr> {
+    let l = TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    l.set_nonblocking(true)?;
+    let local = l.local_addr()?;
+    fds.lock().add(addr.to_string(), l.into_raw_fd());
+    Ok(local)
+}
+
+pub async fn run(config: Config) -> Result<()> {
+    let config = Arc::new(config);
+    let s = &config.settings;
+    std::fs::create_dir_all(&s.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", s.data_dir.display()))?;
+
+    let composer = Composer::new(config.clone());
+    let supervisor = Supervisor::new(config.clone(), composer.clone(), Arc::new(TracingSink));
+    tokio::spawn(composer.clone().follow(supervisor.subscribe()));
+
+    let proxy = TenProxy::new(composer.router(), Arc::new(HealthOnly));
+    let traffic = proxy.traffic();
+    let mut conf = ServerConf::default();
+    conf.threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let conf = Arc::new(conf);
+    let mut service = pingora_proxy::http_proxy_service_with_name(&conf, proxy, "ten-proxy");
+    let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
+    let mut announced = Vec::new();
+    for addr in &s.listen {
+        let local = prebind(&fds, addr)?;
+        service.add_tcp(addr);
+        announced.push(format!("http://{local}"));
+    }
+    if let Some(tls) = &s.tls {
+        let local = prebind(&fds, &tls.listen)?;
+        let (cert, key) = (tls.cert.to_string_lossy(), tls.key.to_string_lossy());
+        if let Err(e) = service.add_tls(&tls.listen, &cert, &key) {
+            bail!("cannot use TLS certificate {cert} / key {key}: {e}");
+        }
+        announced.push(format!("https://{local}"));
+    }
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let proxy_task = tokio::spawn(async move {
+        service.start_service(Some(fds), shutdown_rx, 1).await;
+    });
+    for a in &announced {
+        println!("ten: listening on {a}");
+    }
+    println!("ten: domain {} data_dir {}", s.domain, s.data_dir.display());
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let boot = {
+        let supervisor = supervisor.clone();
+        let instances = config.instances.clone();
+        tokio::spawn(async move {
+            for name in instances {
+                if let Err(e) = supervisor.spawn(&name, 100).await {
+                    tracing::error!("boot: {e}");
+                }
+            }
+        })
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    boot.abort();
+
+    // Stop accepting, let in-flight requests finish, then stop the instances.
+    let _ = shutdown_tx.send(true);
+    let deadline = Instant::now() + s.drain_timeout;
+    while traffic.in_flight() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if traffic.in_flight() > 0 {
+        tracing::warn!(
+            in_flight = traffic.in_flight(),
+            "drain_timeout reached with requests in flight"
+        );
+    }
+    supervisor.stop_all().await;
+    proxy_task.abort();
+    tracing::info!("stopped");
+    Ok(())
+}

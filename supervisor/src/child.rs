@@ -1,0 +1,279 @@
+//! Starting one instance's process and capturing its output; signalling its process group.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+
+use tenement_conf::template::{self, Vars};
+use tenement_conf::{InstanceName, ListenMode, Process};
+
+use crate::probe::Addr;
+use crate::Error;
+
+/// stdout or stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Where captured lines go (the log store, in the `ten` binary).
+pub trait LogSink: Send + Sync + 'static {
+    fn line(&self, instance: &InstanceName, stream: Stream, line: &str);
+}
+
+/// A sink that forwards lines to `tracing` (used until a store is attached).
+pub struct TracingSink;
+
+impl LogSink for TracingSink {
+    fn line(&self, instance: &InstanceName, stream: Stream, line: &str) {
+        tracing::info!(target: "app", instance = %instance, stream = stream.as_str(), "{line}");
+    }
+}
+
+/// The last lines an instance printed, for error messages.
+#[derive(Debug, Default)]
+pub struct Tail(Mutex<VecDeque<String>>);
+
+const TAIL_LINES: usize = 20;
+/// Longest captured line; longer ones are split.
+const MAX_LINE: usize = 16 * 1024;
+
+impl Tail {
+    fn push(&self, line: &str) {
+        if let Ok(mut t) = self.0.lock() {
+            if t.len() == TAIL_LINES {
+                t.pop_front();
+            }
+            t.push_back(line.to_string());
+        }
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// What `start` needs beyond the process config.
+pub struct Launch<'a> {
+    pub name: &'a InstanceName,
+    pub process: &'a Process,
+    pub data_dir: &'a Path,
+    pub sink: Arc<dyn LogSink>,
+    pub tail: Arc<Tail>,
+}
+
+/// A started child.
+pub struct Started {
+    pub child: Child,
+    pub pid: u32,
+    pub addr: Addr,
+}
+
+/// A TCP port the OS says is free right now.
+fn free_port() -> Result<u16, Error> {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .map_err(|e| Error::Spawn(format!("no free port: {e}")))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| Error::Spawn(format!("no free port: {e}")))
+}
+
+/// `{data_dir}/{process}/{id}`
+pub fn instance_data_dir(data_dir: &Path, name: &InstanceName) -> PathBuf {
+    data_dir.join(&name.process).join(&name.id)
+}
+
+/// Expand templates, start the process in its own process group, capture its output.
+pub fn start(l: &Launch<'_>) -> Result<Started, Error> {
+    let p = l.process;
+    let data_dir = l.data_dir.to_string_lossy().into_owned();
+    let base = Vars {
+        process: &l.name.process,
+        id: &l.name.id,
+        data_dir: &data_dir,
+        socket: "",
+        port: "",
+    };
+    let (addr, port, socket) = match p.listen {
+        ListenMode::Port => {
+            let port = free_port()?;
+            (
+                Addr::Tcp(([127, 0, 0, 1], port).into()),
+                port.to_string(),
+                String::new(),
+            )
+        }
+        ListenMode::Socket => {
+            let path = template::expand(&p.socket, &base);
+            if let Some(dir) = Path::new(&path).parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Error::Spawn(format!("create {}: {e}", dir.display())))?;
+            }
+            // A stale socket from an earlier run would make the app's bind fail.
+            let _ = std::fs::remove_file(&path);
+            (Addr::Unix(PathBuf::from(&path)), String::new(), path)
+        }
+    };
+    let vars = Vars {
+        socket: &socket,
+        port: &port,
+        ..base
+    };
+    let argv: Vec<String> = p
+        .command
+        .iter()
+        .map(|a| template::expand(a, &vars))
+        .collect();
+    let Some((program, args)) = argv.split_first() else {
+        return Err(Error::Spawn(format!("process {} has no command", p.name)));
+    };
+    let inst_dir = instance_data_dir(l.data_dir, l.name);
+    std::fs::create_dir_all(&inst_dir)
+        .map_err(|e| Error::Spawn(format!("create {}: {e}", inst_dir.display())))?;
+    let mut env: BTreeMap<String, String> = p
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), template::expand(v, &vars)))
+        .collect();
+    env.insert("TEN_PROCESS".into(), l.name.process.clone());
+    env.insert("TEN_INSTANCE".into(), l.name.id.clone());
+    env.insert("DATA_DIR".into(), inst_dir.to_string_lossy().into_owned());
+    match p.listen {
+        ListenMode::Port => env.insert("PORT".into(), port.clone()),
+        ListenMode::Socket => env.insert("SOCKET_PATH".into(), socket.clone()),
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .envs(&env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    if let Some(dir) = &p.directory {
+        cmd.current_dir(template::expand(dir, &vars));
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::Spawn(format!("cannot start {program:?} for {}: {e}", l.name)))?;
+    let pid = child
+        .id()
+        .ok_or_else(|| Error::Spawn(format!("{} exited at once", l.name)))?;
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(capture(
+            out,
+            l.name.clone(),
+            Stream::Stdout,
+            l.sink.clone(),
+            l.tail.clone(),
+        ));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(capture(
+            err,
+            l.name.clone(),
+            Stream::Stderr,
+            l.sink.clone(),
+            l.tail.clone(),
+        ));
+    }
+    Ok(Started { child, pid, addr })
+}
+
+/// Read lines (lossy UTF-8, long lines split) until EOF.
+async fn capture(
+    r: impl AsyncRead + Unpin,
+    name: InstanceName,
+    stream: Stream,
+    sink: Arc<dyn LogSink>,
+    tail: Arc<Tail>,
+) {
+    let mut r = BufReader::with_capacity(MAX_LINE, r);
+    let mut buf = Vec::with_capacity(256);
+    loop {
+        buf.clear();
+        let n = match read_line(&mut r, &mut buf).await {
+            Ok(n) => n,
+            Err(_) => break,
+        };
+        if n == 0 {
+            break;
+        }
+        while matches!(buf.last(), Some(b'\n' | b'\r')) {
+            buf.pop();
+        }
+        let line = String::from_utf8_lossy(&buf);
+        tail.push(&line);
+        sink.line(&name, stream, &line);
+    }
+}
+
+/// Like `read_until(b'\n')` but stops at MAX_LINE bytes.
+async fn read_line<R: AsyncBufReadExt + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<usize> {
+    let mut total = 0;
+    loop {
+        let available = r.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(total);
+        }
+        let room = MAX_LINE - buf.len();
+        let (take, done) = match available.iter().take(room).position(|&c| c == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (
+                available.len().min(room),
+                buf.len() + available.len() >= MAX_LINE,
+            ),
+        };
+        buf.extend_from_slice(&available[..take]);
+        r.consume(take);
+        total += take;
+        if done {
+            return Ok(total);
+        }
+    }
+}
+
+/// Signal a whole process group; a group that is already gone is fine.
+pub fn signal_group(pid: u32, sig: Signal) {
+    let Ok(pid) = i32::try_from(pid) else { return };
+    if let Err(e) = killpg(Pid::from_raw(pid), sig) {
+        if e != nix::errno::Errno::ESRCH {
+            tracing::warn!(pid, signal = %sig, error = %e, "could not signal process group");
+        }
+    }
+}
+
+/// Human text for an exit status.
+pub fn describe_exit(status: &ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exited with code {c}"),
+        (None, Some(s)) => match Signal::try_from(s) {
+            Ok(sig) => format!("killed by {sig}"),
+            Err(_) => format!("killed by signal {s}"),
+        },
+        _ => "exited".into(),
+    }
+}

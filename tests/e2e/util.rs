@@ -1,0 +1,300 @@
+//! Test harness: each test gets its own temp dir and config, runs the real `ten` binary on
+//! port 0 with real `ten-testapp` children, and talks raw HTTP/1.1 on 127.0.0.1.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const DOMAIN: &str = "ten.test";
+
+pub fn ten_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ten")
+}
+
+pub fn app_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ten-testapp")
+}
+
+/// Run `ten` with args to completion (bounded), returning (status, stdout, stderr).
+pub fn ten(args: &[&str], cwd: &Path) -> (ExitStatus, String, String) {
+    let out = Command::new(ten_bin())
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("TENEMENT_CONFIG")
+        .env_remove("TENEMENT_DATA_DIR")
+        .output()
+        .expect("run ten");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A running `ten serve`.
+pub struct Ten {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub https: Option<SocketAddr>,
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    pub stderr_path: PathBuf,
+}
+
+pub struct Builder {
+    settings: String,
+    body: String,
+    dir: tempfile::TempDir,
+}
+
+impl Builder {
+    pub fn new() -> Self {
+        Builder {
+            settings: String::new(),
+            body: String::new(),
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// Extra `[settings]` lines.
+    pub fn settings(mut self, s: &str) -> Self {
+        self.settings.push_str(s);
+        self.settings.push('\n');
+        self
+    }
+
+    /// The rest of the config; `@APP@` is the test app's path, `@DIR@` the temp dir.
+    pub fn body(mut self, s: &str) -> Self {
+        self.body.push_str(s);
+        self.body.push('\n');
+        self
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_text(&self) -> String {
+        let dir = self.dir.path().display().to_string();
+        let text = format!(
+            "[settings]\ndomain = \"{DOMAIN}\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"@DIR@/data\"\n\
+             drain_timeout = \"5s\"\n{}\n{}",
+            self.settings, self.body
+        );
+        text.replace("@APP@", app_bin()).replace("@DIR@", &dir)
+    }
+
+    pub fn start(self) -> Ten {
+        self.start_with_args(&[])
+    }
+
+    pub fn start_with_args(self, extra: &[&str]) -> Ten {
+        let config = self.dir.path().join("tenement.toml");
+        std::fs::write(&config, self.config_text()).expect("write config");
+        let stderr_path = self.dir.path().join("ten.stderr");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let mut child = Command::new(ten_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .args(extra)
+            .env("TEN_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn ten serve");
+        let out = child.stdout.take().expect("stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line.clone());
+                sink.lock().expect("lines").push(line);
+            }
+        });
+        let mut addr = None;
+        let mut https = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            if let Some(a) = line.strip_prefix("ten: listening on http://") {
+                addr = Some(a.parse().expect("addr"));
+            } else if let Some(a) = line.strip_prefix("ten: listening on https://") {
+                https = Some(a.parse().expect("addr"));
+            } else if line.starts_with("ten: domain") {
+                break;
+            }
+        }
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+            panic!("ten serve did not start; stderr:\n{err}");
+        };
+        Ten {
+            child: Some(child),
+            dir: self.dir,
+            addr,
+            https,
+            stdout: lines,
+            stderr_path,
+        }
+    }
+}
+
+impl Ten {
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("running")
+    }
+
+    /// GET `path` with `Host: host`.
+    pub fn get(&self, host: &str, path: &str) -> Resp {
+        self.request(&format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"))
+    }
+
+    pub fn request(&self, raw: &str) -> Resp {
+        request(self.addr, raw.as_bytes())
+    }
+
+    /// Poll `host` + `path` until it answers `status` (bounded: 20 s).
+    pub fn wait_status(&self, host: &str, path: &str, status: u16) -> Resp {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = self.get(host, path);
+            if r.status == status || Instant::now() > deadline {
+                assert_eq!(r.status, status, "waiting for {host}{path}: {}\n{}", r.text(), self.stderr());
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Send SIGTERM and wait (bounded) for the exit status.
+    pub fn sigterm(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        signal(child.id(), libc_sig::TERM);
+        wait_bounded(&mut child, Duration::from_secs(30)).expect("ten serve did not exit after SIGTERM")
+    }
+}
+
+impl Drop for Ten {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), libc_sig::TERM);
+            if wait_bounded(&mut child, Duration::from_secs(15)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+pub mod libc_sig {
+    pub const TERM: &str = "TERM";
+    pub const KILL: &str = "KILL";
+    pub const INT: &str = "INT";
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+pub fn wait_bounded(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// One request on a new connection; reads one response.
+pub fn request(addr: SocketAddr, raw: &[u8]) -> Resp {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    s.write_all(raw).expect("write");
+    read_response(&mut BufReader::new(s))
+}
+
+pub fn read_response<R: BufRead>(r: &mut R) -> Resp {
+    let mut line = String::new();
+    r.read_line(&mut line).expect("status line");
+    let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line {line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).expect("header");
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let mut resp = Resp { status, headers, body: Vec::new() };
+    if status == 101 || status == 204 || status == 304 {
+        return resp;
+    }
+    if let Some(len) = resp.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).expect("body");
+        resp.body = body;
+    } else if resp.header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).expect("chunk size");
+            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16).expect("chunk size");
+            if n == 0 {
+                let mut end = String::new();
+                let _ = r.read_line(&mut end);
+                break;
+            }
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).expect("chunk");
+            resp.body.extend_from_slice(&chunk[..n]);
+        }
+    } else {
+        let _ = r.read_to_end(&mut resp.body);
+    }
+    resp
+}
