@@ -21,12 +21,13 @@ use tenement_supervisor::{Supervisor, TracingSink};
 use crate::compose::Composer;
 
 /// Bind `addr` now (port 0 gets a real port) and hand the socket to Pingora's listener table
-/// under the same key, so Pingora adopts it instead of binding again.
-fn prebind(fds: &ListenFds, addr: &str) -> Result<std::net::SocketAddr> {
+/// under its actual address, which is the address to give Pingora: it adopts the socket
+/// instead of binding again. (Keyed by the bound address, two `:0` listeners stay distinct.)
+fn prebind(fds: &ListenFds, addr: &str) -> Result<String> {
     let l = TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     l.set_nonblocking(true)?;
-    let local = l.local_addr()?;
-    fds.lock().add(addr.to_string(), l.into_raw_fd());
+    let local = l.local_addr()?.to_string();
+    fds.lock().add(local.clone(), l.into_raw_fd());
     Ok(local)
 }
 
@@ -42,30 +43,31 @@ pub async fn run(config: Config) -> Result<()> {
 
     let proxy = TenProxy::new(composer.router(), Arc::new(HealthOnly));
     let traffic = proxy.traffic();
-    let mut conf = ServerConf::default();
-    conf.threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
-    let conf = Arc::new(conf);
+    let conf = Arc::new(ServerConf {
+        threads: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
+        ..ServerConf::default()
+    });
     let mut service = pingora_proxy::http_proxy_service_with_name(&conf, proxy, "ten-proxy");
     let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
     let mut announced = Vec::new();
     for addr in &s.listen {
         let local = prebind(&fds, addr)?;
-        service.add_tcp(addr);
+        service.add_tcp(&local);
         announced.push(format!("http://{local}"));
     }
     if let Some(tls) = &s.tls {
         let local = prebind(&fds, &tls.listen)?;
         let (cert, key) = (tls.cert.to_string_lossy(), tls.key.to_string_lossy());
-        if let Err(e) = service.add_tls(&tls.listen, &cert, &key) {
+        if let Err(e) = service.add_tls(&local, &cert, &key) {
             bail!("cannot use TLS certificate {cert} / key {key}: {e}");
         }
         announced.push(format!("https://{local}"));
     }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let proxy_task = tokio::spawn(async move {
+    let mut proxy_task = tokio::spawn(async move {
         service.start_service(Some(fds), shutdown_rx, 1).await;
     });
     for a in &announced {
@@ -86,9 +88,18 @@ pub async fn run(config: Config) -> Result<()> {
             }
         })
     };
+    let mut failure = None;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        r = &mut proxy_task => {
+            let why = match r {
+                Err(e) if e.is_panic() => "the proxy service panicked (see the log above)",
+                _ => "the proxy service stopped",
+            };
+            tracing::error!("{why}: stopping instances");
+            failure = Some(why);
+        }
     }
     boot.abort();
 
@@ -106,6 +117,9 @@ pub async fn run(config: Config) -> Result<()> {
     }
     supervisor.stop_all().await;
     proxy_task.abort();
+    if let Some(why) = failure {
+        bail!("{why}");
+    }
     tracing::info!("stopped");
     Ok(())
 }

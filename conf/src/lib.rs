@@ -27,4 +27,5 @@ pub use routes::parse_route_key;
 pub use units::{parse_duration, parse_size, DurationError, SizeError};
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;

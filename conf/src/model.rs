@@ -95,11 +95,13 @@ pub struct Process {
     pub name: String,
     /// Program then arguments, templates unexpanded. Empty for an external process (`upstreams`).
     pub command: Vec<String>,
-    /// Working directory template (`directory`, alias `workdir`).
+    /// Working directory template (`directory`, alias `workdir`). A relative path (not starting
+    /// with a placeholder) is resolved against the config file's folder at parse time.
     pub directory: Option<String>,
     pub env: BTreeMap<String, String>,
     pub listen: ListenMode,
-    /// Socket path template; default `{data_dir}/{process}-{id}.sock`.
+    /// Socket path template; default `{data_dir}/{process}-{id}.sock`. A relative path (not
+    /// starting with a placeholder) is resolved against the config file's folder at parse time.
     pub socket: String,
     /// Health path starting with '/'; None = connect check.
     pub health: Option<String>,
@@ -158,6 +160,7 @@ pub struct Route {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RateLimitKey {
     ClientIp,
+    /// The header name, lower-cased.
     Header(String),
 }
 
@@ -165,9 +168,11 @@ pub enum RateLimitKey {
 pub enum PluginConf {
     RateLimit {
         rps: f64,
+        /// Default: `ceil(rps)`.
         burst: u32,
         key: RateLimitKey,
     },
+    /// CIDRs normalised to `addr/len` (a bare address becomes `/32` or `/128`).
     IpFilter {
         allow: Vec<String>,
         deny: Vec<String>,

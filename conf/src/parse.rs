@@ -178,6 +178,7 @@ pub(crate) fn normalize(path: &Path) -> PathBuf {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -205,11 +206,18 @@ mod tests {
         assert_eq!(with_port("[::1]:8080", 0), "[::1]:0");
     }
 
+    /// The only test that touches `$TENEMENT_CONFIG`.
     #[test]
-    fn explicit_config_path_wins() {
+    fn config_path_order() {
+        std::env::set_var(CONFIG_ENV, "/etc/ten/env.toml");
         assert_eq!(
             find_config_path(Some(Path::new("/etc/ten/x.toml"))),
             PathBuf::from("/etc/ten/x.toml")
         );
+        assert_eq!(find_config_path(None), PathBuf::from("/etc/ten/env.toml"));
+        std::env::set_var(CONFIG_ENV, "");
+        assert_eq!(find_config_path(None), PathBuf::from("tenement.toml"));
+        std::env::remove_var(CONFIG_ENV);
+        assert_eq!(find_config_path(None), PathBuf::from("tenement.toml"));
     }
 }

@@ -151,8 +151,8 @@ fn parse_process(cx: &mut Cx, name: &str, t: &Tbl<'_, '_>, s: &Settings) -> Proc
     };
     if let Some(f) = &socket {
         if let Some(value) = cx.str(f) {
-            p.socket = value.to_string();
             check_socket_template(cx, f, value);
+            p.socket = config_relative(cx, value);
         }
     }
     if let Some(f) = t.get("health") {
@@ -316,10 +316,16 @@ fn directory(cx: &mut Cx, t: &Tbl<'_, '_>, templates: &mut Vec<TemplateUse>) -> 
         return None;
     }
     templates.push(use_of(&f, dir));
-    if dir.starts_with('{') || Path::new(dir).is_absolute() {
-        return Some(dir.to_string());
+    Some(config_relative(cx, dir))
+}
+
+/// A path template: kept when absolute or starting with a placeholder (`{data_dir}/...`),
+/// else resolved against the config's folder.
+fn config_relative(cx: &Cx, template: &str) -> String {
+    if template.starts_with('{') || Path::new(template).is_absolute() {
+        return template.to_string();
     }
-    Some(resolve_path(&cx.base_dir, dir).display().to_string())
+    resolve_path(&cx.base_dir, template).display().to_string()
 }
 
 fn env(
@@ -451,6 +457,7 @@ fn parse_upstream(s: &str) -> Result<Upstream, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

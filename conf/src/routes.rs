@@ -230,6 +230,7 @@ pub(crate) fn parse_instances(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -269,9 +269,10 @@ impl Cx {
         if (min..=max).contains(&i) {
             return Some(i);
         }
-        let rule = match (min, max) {
-            (1, i64::MAX) => "must be > 0".to_string(),
-            (_, i64::MAX) => format!("must be >= {min}"),
+        let unbounded = max == i64::MAX || max == i64::from(u32::MAX);
+        let rule = match min {
+            1 if unbounded => "must be > 0".to_string(),
+            _ if unbounded => format!("must be >= {min}"),
             _ => format!("must be between {min} and {max}"),
         };
         self.err(f.line(), &f.path, format!("{rule}, got {i}"));

@@ -78,6 +78,7 @@ pub fn parse_size(s: &str) -> Result<u64, SizeError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -354,7 +354,7 @@ impl TableBuilder {
             });
         }
         for e in hosts.values_mut() {
-            e.routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+            e.routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         }
         Table {
             domain: domain.into(),

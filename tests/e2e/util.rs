@@ -156,7 +156,9 @@ impl Ten {
 
     /// GET `path` with `Host: host`.
     pub fn get(&self, host: &str, path: &str) -> Resp {
-        self.request(&format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"))
+        self.request(&format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        ))
     }
 
     pub fn request(&self, raw: &str) -> Resp {
@@ -169,7 +171,13 @@ impl Ten {
         loop {
             let r = self.get(host, path);
             if r.status == status || Instant::now() > deadline {
-                assert_eq!(r.status, status, "waiting for {host}{path}: {}\n{}", r.text(), self.stderr());
+                assert_eq!(
+                    r.status,
+                    status,
+                    "waiting for {host}{path}: {}\n{}",
+                    r.text(),
+                    self.stderr()
+                );
                 return r;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -180,7 +188,8 @@ impl Ten {
     pub fn sigterm(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         signal(child.id(), libc_sig::TERM);
-        wait_bounded(&mut child, Duration::from_secs(30)).expect("ten serve did not exit after SIGTERM")
+        wait_bounded(&mut child, Duration::from_secs(30))
+            .expect("ten serve did not exit after SIGTERM")
     }
 }
 
@@ -203,7 +212,10 @@ pub mod libc_sig {
 }
 
 pub fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 pub fn wait_bounded(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
@@ -222,7 +234,12 @@ pub fn wait_bounded(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 /// Whether a process exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
         Err(_) => false,
     }
 }
@@ -237,20 +254,25 @@ pub struct Resp {
 
 impl Resp {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 }
 
 /// One request on a new connection; reads one response.
 pub fn request(addr: SocketAddr, raw: &[u8]) -> Resp {
     let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
     s.write_all(raw).expect("write");
     read_response(&mut BufReader::new(s))
 }
@@ -258,7 +280,11 @@ pub fn request(addr: SocketAddr, raw: &[u8]) -> Resp {
 pub fn read_response<R: BufRead>(r: &mut R) -> Resp {
     let mut line = String::new();
     r.read_line(&mut line).expect("status line");
-    let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line {line:?}"));
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {line:?}"));
     let mut headers = Vec::new();
     loop {
         let mut h = String::new();
@@ -271,19 +297,29 @@ pub fn read_response<R: BufRead>(r: &mut R) -> Resp {
             headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
         }
     }
-    let mut resp = Resp { status, headers, body: Vec::new() };
+    let mut resp = Resp {
+        status,
+        headers,
+        body: Vec::new(),
+    };
     if status == 101 || status == 204 || status == 304 {
         return resp;
     }
-    if let Some(len) = resp.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
-        let mut body = vec![0; len];
-        r.read_exact(&mut body).expect("body");
-        resp.body = body;
-    } else if resp.header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+    if let Some(len) = resp
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        // A broken upstream may cut the body short: keep what arrived.
+        let _ = r.take(len as u64).read_to_end(&mut resp.body);
+    } else if resp
+        .header("transfer-encoding")
+        .is_some_and(|v| v.contains("chunked"))
+    {
         loop {
             let mut size = String::new();
             r.read_line(&mut size).expect("chunk size");
-            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16).expect("chunk size");
+            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16)
+                .expect("chunk size");
             if n == 0 {
                 let mut end = String::new();
                 let _ = r.read_line(&mut end);
@@ -297,4 +333,12 @@ pub fn read_response<R: BufRead>(r: &mut R) -> Resp {
         let _ = r.read_to_end(&mut resp.body);
     }
     resp
+}
+
+/// A TCP port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
 }

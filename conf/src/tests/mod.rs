@@ -33,13 +33,3 @@ pub(crate) fn error(text: &str) -> String {
     assert_eq!(all.len(), 1, "expected one error, got {all:#?}");
     all.remove(0)
 }
-
-#[test]
-#[ignore]
-fn dump_file() {
-    let path = std::env::var("DUMP").unwrap();
-    match Config::load(Path::new(&path)) {
-        Ok(c) => println!("{c:#?}"),
-        Err(e) => println!("{e}"),
-    }
-}

@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `ten` binary, real `ten-testapp` children, real HTTP on 127.0.0.1.
+
+mod config;
+mod lifecycle;
+mod routing;
+mod tls;
+mod util;
