@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::ToSocketAddrs;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tenement_conf::{Config, InstanceName, Upstream};
 use tenement_proxy::{
@@ -142,6 +143,32 @@ impl TrafficProbe for Composer {
     fn in_flight(&self, name: &InstanceName) -> u64 {
         let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         stats.get(name).map(|s| s.in_flight()).unwrap_or(0)
+    }
+
+    fn last_request(&self, name: &InstanceName) -> Option<Instant> {
+        let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        let since_epoch = stats.get(name)?.last_request()?;
+        Some(self.router.epoch() + since_epoch)
+    }
+}
+
+/// Wakes idle instances for the proxy, and returns once the table routes to them.
+pub struct Wake {
+    pub supervisor: tenement_supervisor::Supervisor,
+    pub composer: Arc<Composer>,
+}
+
+#[async_trait::async_trait]
+impl tenement_proxy::management::Waker for Wake {
+    async fn wake(&self, process: &str, id: &str) -> Result<(), String> {
+        let name = InstanceName {
+            process: process.into(),
+            id: id.into(),
+        };
+        self.supervisor.wake(&name).await.map_err(|e| e.to_string())?;
+        // The composer follows views asynchronously: publish now so the retry sees it.
+        self.composer.rebuild(&self.supervisor.view());
+        Ok(())
     }
 }
 

@@ -16,9 +16,9 @@ use tokio::sync::watch;
 use tenement_conf::Config;
 use tenement_proxy::management::HealthOnly;
 use tenement_proxy::TenProxy;
-use tenement_supervisor::{Supervisor, TracingSink};
+use tenement_supervisor::{StateStore, Supervisor, TracingSink};
 
-use crate::compose::Composer;
+use crate::compose::{Composer, Wake};
 
 /// Bind `addr` now (port 0 gets a real port) and hand the socket to Pingora's listener table
 /// under its actual address, which is the address to give Pingora: it adopts the socket
@@ -38,10 +38,16 @@ pub async fn run(config: Config) -> Result<()> {
         .with_context(|| format!("cannot create data_dir {}", s.data_dir.display()))?;
 
     let composer = Composer::new(config.clone());
-    let supervisor = Supervisor::new(config.clone(), composer.clone(), Arc::new(TracingSink));
+    let store = StateStore::open(&s.data_dir.join("tenement.db"))
+        .with_context(|| format!("cannot open {}", s.data_dir.join("tenement.db").display()))?;
+    let supervisor = Supervisor::new(config.clone(), composer.clone(), Arc::new(TracingSink), Some(store));
     tokio::spawn(composer.clone().follow(supervisor.subscribe()));
 
-    let proxy = TenProxy::new(composer.router(), Arc::new(HealthOnly));
+    let waker = Arc::new(Wake {
+        supervisor: supervisor.clone(),
+        composer: composer.clone(),
+    });
+    let proxy = TenProxy::new(composer.router(), Arc::new(HealthOnly), Some(waker));
     let traffic = proxy.traffic();
     let conf = Arc::new(ServerConf {
         threads: std::thread::available_parallelism()
@@ -79,14 +85,7 @@ pub async fn run(config: Config) -> Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let boot = {
         let supervisor = supervisor.clone();
-        let instances = config.instances.clone();
-        tokio::spawn(async move {
-            for name in instances {
-                if let Err(e) = supervisor.spawn(&name, 100).await {
-                    tracing::error!("boot: {e}");
-                }
-            }
-        })
+        tokio::spawn(async move { supervisor.restore().await })
     };
     let mut failure = None;
     tokio::select! {

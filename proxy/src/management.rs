@@ -36,6 +36,13 @@ pub trait Management: Send + Sync + 'static {
     async fn handle(&self, req: Request) -> Response;
 }
 
+/// Wakes an idle-stopped instance (scale to zero); implemented by the `ten` binary.
+#[async_trait]
+pub trait Waker: Send + Sync + 'static {
+    /// Resolves once the instance is healthy (and a new table is published), or with why not.
+    async fn wake(&self, process: &str, id: &str) -> Result<(), String>;
+}
+
 /// Largest management request body read (JSON commands are small).
 pub const MAX_BODY: usize = 1 << 20;
 

@@ -12,7 +12,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::host::{self, HostError};
-use crate::management::{self, Body, Management};
+use crate::management::{self, Body, Management, Waker};
 use crate::table::{Availability, Backend, InFlight, Target};
 use crate::Router;
 
@@ -57,16 +57,18 @@ pub struct Ctx {
 pub struct TenProxy {
     router: Arc<Router>,
     management: Arc<dyn Management>,
+    waker: Option<Arc<dyn Waker>>,
     traffic: Arc<Traffic>,
     epoch: Instant,
 }
 
 impl TenProxy {
-    pub fn new(router: Arc<Router>, management: Arc<dyn Management>) -> Self {
+    pub fn new(router: Arc<Router>, management: Arc<dyn Management>, waker: Option<Arc<dyn Waker>>) -> Self {
         TenProxy {
             epoch: router.epoch(),
             router,
             management,
+            waker,
             traffic: Arc::default(),
         }
     }
@@ -192,19 +194,37 @@ impl TenProxy {
                 return Ok(true);
             }
         };
-        let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        {
-            let table = self.router.load();
-            match table.lookup(&host, path) {
-                Some(routed) => {
-                    ctx.strip = routed.strip.map(str::len).unwrap_or(0);
-                    ctx.target = Some(routed.target.clone());
+        let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+        // At most one wake per request: look up, wake an idle instance, look up again.
+        let mut woken = false;
+        loop {
+            {
+                let table = self.router.load();
+                match table.lookup(&host, &path) {
+                    Some(routed) => {
+                        ctx.strip = routed.strip.map(str::len).unwrap_or(0);
+                        ctx.target = Some(routed.target.clone());
+                    }
+                    None => {
+                        drop(table);
+                        respond(session, ctx, 404, &format!("no route for host \"{host}\"")).await?;
+                        return Ok(true);
+                    }
                 }
-                None => {
-                    drop(table);
-                    respond(session, ctx, 404, &format!("no route for host \"{host}\"")).await?;
-                    return Ok(true);
+            }
+            let idle = match &ctx.target {
+                Some(Target::Instance(b)) if b.availability == Availability::Idle => Some(b.clone()),
+                _ => None,
+            };
+            match (idle, &self.waker) {
+                (Some(b), Some(waker)) if !woken => {
+                    woken = true;
+                    if let Err(e) = waker.wake(&b.opts.name, &b.id).await {
+                        respond(session, ctx, 503, &format!("instance {} could not be woken: {e}", b.key)).await?;
+                        return Ok(true);
+                    }
                 }
+                _ => break,
             }
         }
         let content_length = session

@@ -328,10 +328,9 @@ impl TableBuilder {
         for pool in &self.pools {
             let name = &*pool.opts.name;
             for b in pool.backends.iter() {
-                hosts
-                    .entry(format!("{}.{name}.{domain}", b.id).into())
-                    .or_default()
-                    .fallback = Some(Target::Instance(b.clone()));
+                // Hosts are matched lower-cased, so ids are too.
+                let host = format!("{}.{name}.{domain}", b.id.to_ascii_lowercase());
+                hosts.entry(host.into()).or_default().fallback = Some(Target::Instance(b.clone()));
             }
         }
         for r in self.routes {
@@ -342,7 +341,15 @@ impl TableBuilder {
                 None => Target::Pool(pool.clone()),
                 Some(id) => match pool.backends.iter().find(|b| &*b.id == id.as_str()) {
                     Some(b) => Target::Instance(b.clone()),
-                    None => continue,
+                    // Not spawned (yet): the route still answers, with 503 "not running".
+                    None => Target::Instance(Arc::new(Backend::new(
+                        pool.opts.clone(),
+                        id,
+                        None,
+                        0,
+                        Availability::Down,
+                        Arc::default(),
+                    ))),
                 },
             };
             let entry = hosts.entry(r.host.to_ascii_lowercase().into()).or_default();
@@ -434,6 +441,23 @@ mod tests {
         assert_eq!(key(t.lookup("www.example.com", "/x")), "pool web");
         assert_eq!(key(t.lookup("nope.example.com", "/")), "none");
         assert_eq!(key(t.lookup("x.api.example.com", "/")), "none");
+    }
+
+    #[test]
+    fn mixed_case_ids_are_reachable_and_unspawned_route_targets_answer() {
+        let api = opts("api");
+        let mut b = TableBuilder::new("d");
+        b.process(api.clone(), vec![backend(&api, "User123", 1)]);
+        b.route(RouteSpec {
+            host: "x.com".into(),
+            prefix: "/".into(),
+            process: "api".into(),
+            instance: Some("later".into()),
+            strip_prefix: false,
+        });
+        let t = b.build();
+        assert_eq!(key(t.lookup("user123.api.d", "/")), "instance api:User123");
+        assert_eq!(key(t.lookup("x.com", "/")), "instance api:later");
     }
 
     #[test]

@@ -1,24 +1,37 @@
-//! The supervisor: spawns instances, waits for readiness, watches for exits, drains and stops.
+//! The supervisor: spawns instances, waits for readiness, checks health, restarts with
+//! backoff, stops idle instances and wakes them, drains and stops; keeps the desired state
+//! (instances and weights) in SQLite so a restart of `ten serve` brings them back.
 //!
 //! It publishes a plain [`View`] of its instances through a `watch` channel; the `ten` binary's
-//! composer turns views into routing tables. It never touches the proxy directly: in-flight
-//! counts come in through the [`TrafficProbe`] trait.
+//! composer turns views into routing tables. It never touches the proxy: in-flight counts and
+//! last-request times come in through the [`TrafficProbe`] trait.
 
+mod backoff;
+mod cgroup;
 mod child;
+pub mod logs;
+mod orphans;
 pub mod probe;
+mod runner;
+mod state;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch, Notify};
 
-use tenement_conf::{Config, InstanceName};
+use tenement_conf::{Config, InstanceName, Process};
 
+pub use backoff::{Backoff, BackoffError};
 pub use child::{describe_exit, instance_data_dir, LogSink, Stream, Tail, TracingSink};
 pub use probe::Addr;
+pub use runner::UNHEALTHY_AFTER;
+pub use state::{Persisted, StateError, StateStore};
+
+use runner::{Runner, Stop};
 
 /// Supervisor errors, each naming the instance and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +42,7 @@ pub enum Error {
     UnknownInstance(String),
     #[error("process \"{0}\" is external (upstreams): ten does not spawn or stop it")]
     External(String),
-    #[error("instance {0} is already running")]
+    #[error("instance {0} already exists")]
     AlreadyRunning(String),
     #[error("{0}")]
     Spawn(String),
@@ -39,8 +52,12 @@ pub enum Error {
         reason: String,
         tail: Vec<String>,
     },
+    #[error("instance {0} could not be woken: {1}")]
+    Wake(String, String),
     #[error("ten is shutting down")]
     ShuttingDown,
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 fn tail_text(tail: &[String]) -> String {
@@ -85,6 +102,12 @@ pub struct InstanceView {
     pub addr: Option<Addr>,
     pub started: Option<Instant>,
     pub restarts: u32,
+    /// Stopped for idleness: a request wakes it.
+    pub idle: bool,
+    /// Why it is not healthy, when known.
+    pub last_error: Option<String>,
+    /// Size of its DATA_DIR at the last check (when `storage_quota_mb` is set).
+    pub storage_bytes: Option<u64>,
 }
 
 /// Every instance, in spawn order.
@@ -93,26 +116,32 @@ pub struct View {
     pub instances: Vec<InstanceView>,
 }
 
-/// How the supervisor learns how many requests an instance has in flight (from the proxy).
+/// What the supervisor learns from the proxy.
 pub trait TrafficProbe: Send + Sync + 'static {
     fn in_flight(&self, name: &InstanceName) -> u64;
+    /// When the last request to it started, if any.
+    fn last_request(&self, name: &InstanceName) -> Option<Instant>;
 }
 
 struct Slot {
     view: InstanceView,
     seq: u64,
-    exit: watch::Receiver<Option<String>>,
+    stop: watch::Sender<Stop>,
+    wake: Arc<Notify>,
+    done: watch::Receiver<bool>,
+    storage_warned: u8,
 }
 
 struct Inner {
     config: Arc<Config>,
     data_dir: PathBuf,
     slots: Mutex<BTreeMap<InstanceName, Slot>>,
-    seq: Mutex<u64>,
+    seq: AtomicU64,
     view_tx: watch::Sender<Arc<View>>,
     traffic: Arc<dyn TrafficProbe>,
     sink: Arc<dyn LogSink>,
-    shutting_down: std::sync::atomic::AtomicBool,
+    store: Option<StateStore>,
+    shutting_down: AtomicBool,
 }
 
 /// The supervisor handle (cheap to clone).
@@ -121,11 +150,15 @@ pub struct Supervisor {
     inner: Arc<Inner>,
 }
 
+const TEN: &str = "ten";
+
 impl Supervisor {
+    /// `store`: where desired state is kept (None: nothing persists, for tests).
     pub fn new(
         config: Arc<Config>,
         traffic: Arc<dyn TrafficProbe>,
         sink: Arc<dyn LogSink>,
+        store: Option<StateStore>,
     ) -> Self {
         let (view_tx, _) = watch::channel(Arc::new(View::default()));
         Supervisor {
@@ -133,13 +166,18 @@ impl Supervisor {
                 data_dir: config.settings.data_dir.clone(),
                 config,
                 slots: Mutex::new(BTreeMap::new()),
-                seq: Mutex::new(0),
+                seq: AtomicU64::new(0),
                 view_tx,
                 traffic,
                 sink,
-                shutting_down: false.into(),
+                store,
+                shutting_down: AtomicBool::new(false),
             }),
         }
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.inner.config
     }
 
     /// Views as they change.
@@ -151,9 +189,14 @@ impl Supervisor {
         self.inner.view_tx.borrow().clone()
     }
 
+    /// One instance's current view.
+    pub fn instance(&self, name: &InstanceName) -> Option<InstanceView> {
+        self.slots().get(name).map(|s| s.view.clone())
+    }
+
     fn slots(&self) -> MutexGuard<'_, BTreeMap<InstanceName, Slot>> {
-        // A panic while holding the lock cannot leave the map half-written (every update is a
-        // single insert/remove/field store), so a poisoned lock is safe to keep using.
+        // Every update under this lock is a single insert/remove/field store, so a panic
+        // elsewhere cannot leave the map half-written: a poisoned lock is safe to keep using.
         self.inner.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -176,36 +219,176 @@ impl Supervisor {
         self.publish();
     }
 
-    /// Spawn `name` and wait until it is ready (accepts connections, or answers its health
-    /// path with 2xx) within `startup_timeout`. On failure it is killed and forgotten, and the
-    /// error carries its last output lines.
+    fn persist(&self, f: impl FnOnce(&StateStore) -> Result<(), StateError>) {
+        if let Some(store) = &self.inner.store {
+            if let Err(e) = f(store) {
+                tracing::error!("{e}");
+            }
+        }
+    }
+
+    // --- used by the runner ---
+
+    pub(crate) fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
+    }
+
+    pub(crate) fn sink(&self) -> Arc<dyn LogSink> {
+        self.inner.sink.clone()
+    }
+
+    pub(crate) fn health_interval(&self) -> Duration {
+        self.inner.config.settings.health_check_interval
+    }
+
+    /// An event of `ten` itself about an instance: to the log store (process "ten") and tracing.
+    pub fn event(&self, name: &InstanceName, what: &str) {
+        tracing::info!(instance = %name, "{what}");
+        self.ten_line(Stream::Stdout, &format!("{name}: {what}"));
+    }
+
+    pub(crate) fn warn(&self, name: &InstanceName, what: &str) {
+        tracing::warn!(instance = %name, "{what}");
+        self.ten_line(Stream::Stderr, &format!("{name}: warning: {what}"));
+    }
+
+    fn ten_line(&self, stream: Stream, line: &str) {
+        let me = InstanceName {
+            process: TEN.into(),
+            id: "serve".into(),
+        };
+        self.inner.sink.line(&me, stream, line);
+    }
+
+    pub(crate) fn set_state(&self, name: &InstanceName, state: State, error: Option<String>) {
+        self.update(name, |v| {
+            v.state = state;
+            v.idle = false;
+            if state == State::Healthy {
+                v.last_error = None;
+            } else if error.is_some() {
+                v.last_error = error;
+            }
+        });
+    }
+
+    pub(crate) fn set_last_error(&self, name: &InstanceName, error: String) {
+        self.update(name, |v| v.last_error = Some(error));
+    }
+
+    pub(crate) fn set_started(&self, name: &InstanceName, pid: u32, addr: Addr) {
+        self.update(name, |v| {
+            v.pid = Some(pid);
+            v.addr = Some(addr);
+            v.started = Some(Instant::now());
+        });
+        self.persist(|s| s.set_pgid(name, Some(pid)));
+    }
+
+    pub(crate) fn clear_pid(&self, name: &InstanceName) {
+        self.update(name, |v| {
+            v.pid = None;
+            v.started = None;
+        });
+        self.persist(|s| s.set_pgid(name, None));
+    }
+
+    pub(crate) fn set_idle(&self, name: &InstanceName) {
+        self.update(name, |v| {
+            v.state = State::Stopped;
+            v.idle = true;
+            v.pid = None;
+            v.started = None;
+        });
+        self.persist(|s| s.set_pgid(name, None));
+    }
+
+    pub(crate) fn count_restart(&self, name: &InstanceName) {
+        self.update(name, |v| v.restarts += 1);
+    }
+
+    /// The runner is done: forget the slot (and the desired state when `forget`).
+    pub(crate) fn finish(&self, name: &InstanceName, forget: bool) {
+        self.event(name, "stopped");
+        if forget {
+            self.persist(|s| s.remove(name));
+        } else {
+            self.persist(|s| s.set_pgid(name, None));
+        }
+        self.forget_slot(name);
+    }
+
+    pub(crate) fn forget_slot(&self, name: &InstanceName) {
+        self.slots().remove(name);
+        self.publish();
+    }
+
+    /// Wait until no request is in flight on `name` (at most drain_timeout).
+    pub(crate) async fn drain(&self, name: &InstanceName) {
+        let deadline = Instant::now() + self.inner.config.settings.drain_timeout;
+        while self.inner.traffic.in_flight(name) > 0 {
+            if Instant::now() >= deadline {
+                self.warn(name, "drain_timeout reached with requests in flight");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// No request in flight and none started for `idle_timeout` (counting from `since`).
+    pub(crate) fn is_idle(&self, name: &InstanceName, since: Instant, idle_timeout: Duration) -> bool {
+        let t = &self.inner.traffic;
+        let last = t.last_request(name).map_or(since, |l| l.max(since));
+        t.in_flight(name) == 0 && last.elapsed() >= idle_timeout
+    }
+
+    /// storage_quota_mb: a warning at 80 % and at 100 % (once each until it drops back).
+    pub(crate) fn check_storage(&self, name: &InstanceName, process: &Process) {
+        let Some(quota_mb) = process.storage_quota_mb else { return };
+        let used = dir_size(&instance_data_dir(&self.inner.data_dir, name));
+        let quota = quota_mb * 1024 * 1024;
+        let level = if used >= quota { 2 } else { u8::from(used * 5 >= quota * 4) };
+        let warn = {
+            let mut slots = self.slots();
+            let Some(slot) = slots.get_mut(name) else { return };
+            slot.view.storage_bytes = Some(used);
+            let warn = level > slot.storage_warned;
+            slot.storage_warned = level;
+            warn
+        };
+        self.publish();
+        if warn {
+            let pct = used * 100 / quota.max(1);
+            self.warn(name, &format!("DATA_DIR uses {used} bytes, {pct}% of storage_quota_mb {quota_mb}"));
+        }
+    }
+
+    // --- the API ---
+
+    /// Spawn `name` with `weight` and wait until it is ready (accepts connections, or answers
+    /// its health path 2xx) within startup_timeout. On failure it is killed and forgotten and
+    /// the error carries its last output lines.
     pub async fn spawn(&self, name: &InstanceName, weight: u32) -> Result<InstanceView, Error> {
-        if self
-            .inner
-            .shutting_down
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        if self.inner.shutting_down.load(Ordering::Relaxed) {
             return Err(Error::ShuttingDown);
         }
-        let config = self.inner.config.clone();
-        let process = config
+        let process = self
+            .inner
+            .config
             .process(&name.process)
-            .ok_or_else(|| Error::UnknownProcess(name.process.clone()))?;
+            .ok_or_else(|| Error::UnknownProcess(name.process.clone()))?
+            .clone();
         if process.is_external() {
             return Err(Error::External(name.process.clone()));
         }
-        let tail = Arc::new(Tail::default());
-        let (exit_tx, exit_rx) = watch::channel(None);
+        let (stop_tx, stop_rx) = watch::channel(Stop::No);
+        let (done_tx, done_rx) = watch::channel(false);
+        let wake = Arc::new(Notify::new());
         {
             let mut slots = self.slots();
             if slots.contains_key(name) {
                 return Err(Error::AlreadyRunning(name.to_string()));
             }
-            let seq = {
-                let mut s = self.inner.seq.lock().unwrap_or_else(|p| p.into_inner());
-                *s += 1;
-                *s
-            };
             slots.insert(
                 name.clone(),
                 Slot {
@@ -217,209 +400,195 @@ impl Supervisor {
                         addr: None,
                         started: None,
                         restarts: 0,
+                        idle: false,
+                        last_error: None,
+                        storage_bytes: None,
                     },
-                    seq,
-                    exit: exit_rx.clone(),
+                    seq: self.inner.seq.fetch_add(1, Ordering::Relaxed),
+                    stop: stop_tx,
+                    wake: wake.clone(),
+                    done: done_rx,
+                    storage_warned: 0,
                 },
             );
         }
         self.publish();
-        let started = child::start(&child::Launch {
-            name,
+        let runner = Runner {
+            sup: self.clone(),
+            name: name.clone(),
             process,
-            data_dir: &self.inner.data_dir,
-            sink: self.inner.sink.clone(),
-            tail: tail.clone(),
-        });
-        let started = match started {
-            Ok(s) => s,
-            Err(e) => {
-                self.slots().remove(name);
-                self.publish();
-                return Err(e);
-            }
+            stop: stop_rx,
+            wake,
+            tail: Arc::new(Tail::default()),
         };
-        let pid = started.pid;
-        let addr = started.addr.clone();
-        tracing::info!(instance = %name, pid, addr = %addr, "spawned");
-        self.update(name, |v| {
-            v.pid = Some(pid);
-            v.addr = Some(addr.clone());
-            v.started = Some(Instant::now());
-        });
-        // Reap the child as soon as it exits.
-        let me = self.clone();
-        let reaped = name.clone();
-        let mut child = started.child;
+        let (first_tx, first_rx) = oneshot::channel();
         tokio::spawn(async move {
-            let status = child.wait().await;
-            let text = match &status {
-                Ok(s) => describe_exit(s),
-                Err(e) => format!("wait failed: {e}"),
-            };
-            // Grandchildren left behind in the group go with it.
-            child::signal_group(pid, Signal::SIGKILL);
-            me.on_exit(&reaped, &text);
-            let _ = exit_tx.send(Some(text));
+            runner.run(first_tx).await;
+            let _ = done_tx.send(true);
         });
-        match self.wait_ready(name, process, &addr, exit_rx).await {
-            Ok(()) => {
-                self.update(name, |v| v.state = State::Healthy);
-                tracing::info!(instance = %name, "healthy");
-                Ok(self
-                    .instance(name)
-                    .ok_or_else(|| Error::UnknownInstance(name.to_string()))?)
+        match first_rx.await {
+            Ok(Ok(())) => {
+                self.persist(|s| s.upsert(name, weight));
+                self.instance(name).ok_or_else(|| Error::UnknownInstance(name.to_string()))
             }
-            Err(reason) => {
-                tracing::warn!(instance = %name, %reason, "startup failed");
-                self.kill_now(name, pid, process.stop_timeout).await;
-                self.slots().remove(name);
-                self.publish();
-                Err(Error::StartupFailed {
-                    name: name.to_string(),
-                    reason,
-                    tail: tail.lines(),
-                })
-            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Spawn(format!("{name}: the instance task ended unexpectedly"))),
         }
     }
 
-    async fn wait_ready(
-        &self,
-        name: &InstanceName,
-        process: &tenement_conf::Process,
-        addr: &Addr,
-        mut exit: watch::Receiver<Option<String>>,
-    ) -> Result<(), String> {
-        let deadline = Instant::now() + process.startup_timeout;
-        let mut delay = Duration::from_millis(10);
-        let mut last = String::from("it never accepted a connection");
-        loop {
-            if let Some(text) = exit.borrow().clone() {
-                return Err(format!("it {text} during startup"));
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!(
-                    "not ready within startup_timeout {} ({last})",
-                    probe::humanize(process.startup_timeout)
-                ));
-            }
-            match probe::probe(
-                addr,
-                process.health.as_deref(),
-                left.min(Duration::from_secs(2)),
-            )
-            .await
-            {
-                Ok(()) => return Ok(()),
-                Err(e) => last = e,
-            }
-            tracing::trace!(instance = %name, "not ready yet: {last}");
-            tokio::select! {
-                _ = tokio::time::sleep(delay.min(left)) => {}
-                _ = exit.changed() => {}
-            }
-            delay = (delay * 2).min(Duration::from_millis(250));
-        }
-    }
-
-    fn on_exit(&self, name: &InstanceName, text: &str) {
-        let mut crashed = false;
-        if let Some(slot) = self.slots().get_mut(name) {
-            if slot.view.state != State::Draining {
-                crashed = true;
-                slot.view.state = State::Failed;
-            } else {
-                slot.view.state = State::Stopped;
-            }
-            slot.view.pid = None;
-        }
-        if crashed {
-            tracing::warn!(instance = %name, "{text}");
-        } else {
-            tracing::info!(instance = %name, "{text}");
-        }
-        self.publish();
-    }
-
-    /// One instance's current view.
-    pub fn instance(&self, name: &InstanceName) -> Option<InstanceView> {
-        self.slots().get(name).map(|s| s.view.clone())
-    }
-
-    /// SIGTERM to the group, SIGKILL after `stop_timeout`, wait for the reaper.
-    async fn kill_now(&self, name: &InstanceName, pid: u32, stop_timeout: Duration) {
-        let Some(mut exit) = self.slots().get(name).map(|s| s.exit.clone()) else {
-            return;
-        };
-        if exit.borrow().is_none() {
-            child::signal_group(pid, Signal::SIGTERM);
-            let timed_out = tokio::time::timeout(stop_timeout, exit.wait_for(Option::is_some))
-                .await
-                .is_err();
-            if timed_out {
-                tracing::warn!(instance = %name, "did not stop within stop_timeout; sending SIGKILL");
-                child::signal_group(pid, Signal::SIGKILL);
-                let _ = exit.wait_for(Option::is_some).await;
-            }
-        }
-    }
-
-    /// Stop: out of routing at once, drain in-flight requests (<= drain_timeout), SIGTERM to
-    /// the group, SIGKILL after stop_timeout; socket file removed; the instance is forgotten.
+    /// Stop: out of routing at once, in-flight requests drain (<= drain_timeout), SIGTERM to
+    /// the group, SIGKILL after stop_timeout; socket removed; forgotten from the desired state.
     pub async fn stop(&self, name: &InstanceName) -> Result<(), Error> {
-        let (pid, addr) = {
-            let mut slots = self.slots();
-            let slot = slots
-                .get_mut(name)
-                .ok_or_else(|| Error::UnknownInstance(name.to_string()))?;
-            let was = slot.view.state;
-            slot.view.state = State::Draining;
-            let pid = if matches!(was, State::Stopped | State::Failed) {
-                None
-            } else {
-                slot.view.pid
-            };
-            (pid, slot.view.addr.clone())
+        self.stop_with(name, true).await
+    }
+
+    async fn stop_with(&self, name: &InstanceName, forget: bool) -> Result<(), Error> {
+        let mut done = {
+            let slots = self.slots();
+            let slot = slots.get(name).ok_or_else(|| Error::UnknownInstance(name.to_string()))?;
+            slot.stop.send_replace(Stop::Yes { forget });
+            slot.done.clone()
         };
-        self.publish();
-        let config = self.inner.config.clone();
-        let process = config.process(&name.process);
-        let drain = config.settings.drain_timeout;
-        let deadline = Instant::now() + drain;
-        while self.inner.traffic.in_flight(name) > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if let Some(pid) = pid {
-            let stop_timeout = process
-                .map(|p| p.stop_timeout)
-                .unwrap_or(Duration::from_secs(10));
-            self.kill_now(name, pid, stop_timeout).await;
-        }
-        if let Some(Addr::Unix(path)) = addr {
-            let _ = std::fs::remove_file(path);
-        }
-        if process.is_some_and(|p| !p.storage_persist) {
+        let _ = done.wait_for(|d| *d).await;
+        let process = self.inner.config.process(&name.process);
+        if forget && process.is_some_and(|p| !p.storage_persist) {
             let _ = std::fs::remove_dir_all(instance_data_dir(&self.inner.data_dir, name));
         }
-        self.slots().remove(name);
-        self.publish();
-        tracing::info!(instance = %name, "stopped");
         Ok(())
     }
 
-    /// Refuse new spawns, then stop every instance concurrently.
+    /// Stop and start again with the same weight (the restart count carries on).
+    pub async fn restart(&self, name: &InstanceName) -> Result<InstanceView, Error> {
+        let view = self.instance(name).ok_or_else(|| Error::UnknownInstance(name.to_string()))?;
+        self.stop_with(name, false).await?;
+        self.spawn(name, view.weight).await?;
+        self.update(name, |v| v.restarts = view.restarts + 1);
+        self.instance(name).ok_or_else(|| Error::UnknownInstance(name.to_string()))
+    }
+
+    /// Set weights of several instances at once: ONE published view, so ONE table swap.
+    pub fn set_weights(&self, weights: &[(InstanceName, u32)]) -> Result<(), Error> {
+        {
+            let mut slots = self.slots();
+            if let Some((missing, _)) = weights.iter().find(|(n, _)| !slots.contains_key(n)) {
+                return Err(Error::UnknownInstance(missing.to_string()));
+            }
+            for (n, w) in weights {
+                if let Some(slot) = slots.get_mut(n) {
+                    slot.view.weight = *w;
+                }
+            }
+        }
+        self.publish();
+        self.persist(|s| s.set_weights(weights));
+        Ok(())
+    }
+
+    /// Wake an idle-stopped instance and wait until it is healthy. Concurrent callers share
+    /// one wake.
+    pub async fn wake(&self, name: &InstanceName) -> Result<(), Error> {
+        let mut views = self.subscribe();
+        let timeout = self
+            .inner
+            .config
+            .process(&name.process)
+            .map(|p| p.startup_timeout)
+            .unwrap_or(Duration::from_secs(10))
+            + Duration::from_secs(5);
+        {
+            let slots = self.slots();
+            let slot = slots.get(name).ok_or_else(|| Error::UnknownInstance(name.to_string()))?;
+            match (slot.view.state, slot.view.idle) {
+                (State::Healthy, _) => return Ok(()),
+                (State::Stopped, true) => slot.wake.notify_one(),
+                _ => {}
+            }
+        }
+        let woke = tokio::time::timeout(timeout, async {
+            loop {
+                let state = views.borrow_and_update().instances.iter().find(|v| &v.name == name).map(|v| (v.state, v.idle));
+                match state {
+                    Some((State::Healthy, _)) => return Ok(()),
+                    None => return Err("it was stopped".to_string()),
+                    Some((State::Failed, _)) => return Err("it failed to start".to_string()),
+                    _ => {}
+                }
+                if views.changed().await.is_err() {
+                    return Err("shutting down".to_string());
+                }
+            }
+        })
+        .await;
+        match woke {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::Wake(name.to_string(), e)),
+            Err(_) => Err(Error::Wake(name.to_string(), "not healthy in time".into())),
+        }
+    }
+
+    /// At start: kill what a crashed `ten serve` left running, then bring back the desired
+    /// instances (persisted ones in their order with their weights, then `[instances]` of the
+    /// config not already there). Failures are logged; the others still start.
+    pub async fn restore(&self) {
+        let persisted = match &self.inner.store {
+            Some(store) => store.load().unwrap_or_else(|e| {
+                tracing::error!("{e}");
+                Vec::new()
+            }),
+            None => Vec::new(),
+        };
+        orphans::kill(&persisted);
+        let mut wanted: Vec<(InstanceName, u32)> = Vec::new();
+        for p in persisted {
+            let known = self.inner.config.process(&p.name.process).is_some_and(|pr| !pr.is_external());
+            if known {
+                wanted.push((p.name, p.weight));
+            } else {
+                tracing::warn!(instance = %p.name, "no longer in the config: forgotten");
+                self.persist(|s| s.remove(&p.name));
+            }
+        }
+        for name in &self.inner.config.instances {
+            if !wanted.iter().any(|(n, _)| n == name) {
+                wanted.push((name.clone(), 100));
+            }
+        }
+        for (name, weight) in wanted {
+            if self.inner.shutting_down.load(Ordering::Relaxed) {
+                return;
+            }
+            if let Err(e) = self.spawn(&name, weight).await {
+                tracing::error!("boot: {e}");
+            }
+        }
+    }
+
+    /// Refuse new spawns, then stop every instance concurrently (keeping the desired state).
     pub async fn stop_all(&self) {
-        self.inner
-            .shutting_down
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.inner.shutting_down.store(true, Ordering::Relaxed);
         let names: Vec<_> = self.slots().keys().cloned().collect();
         let mut tasks = tokio::task::JoinSet::new();
         for n in names {
             let me = self.clone();
-            tasks.spawn(async move { me.stop(&n).await });
+            tasks.spawn(async move { me.stop_with(&n, false).await });
         }
         while tasks.join_next().await.is_some() {}
     }
+}
+
+/// Bytes under `dir` (files only; symlinks not followed).
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    total
 }

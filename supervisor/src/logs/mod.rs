@@ -1,0 +1,329 @@
+//! The log store (SPEC §7): every captured line in SQLite with FTS5 for search, written off the
+//! hot path.
+//!
+//! [`LogStore::record`] never blocks: it `try_send`s onto a bounded channel and counts a line as
+//! dropped when the channel is full. One writer thread owns the write connection, commits
+//! batches (up to `batch` lines or `flush_every`) in one transaction each, publishes committed
+//! lines to [`LogStore::subscribe`]rs, and applies retention by age and row count in bounded
+//! chunks. Queries use a separate read connection.
+
+mod query;
+mod store;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use rusqlite::Connection;
+use tokio::sync::broadcast;
+
+use tenement_conf::InstanceName;
+
+use crate::child::{LogSink, Stream};
+
+pub use query::{DEFAULT_LIMIT, MAX_LIMIT};
+pub use store::rfc3339_ms;
+
+use writer::{Msg, Pending, Writer};
+
+/// Lines a subscriber may fall behind before it gets `Lagged`.
+const SUBSCRIBE_CAPACITY: usize = 4096;
+
+/// Log store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("bad search {query:?}: {reason}")]
+    BadSearch { query: String, reason: String },
+    #[error("log store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("log store: {0}")]
+    Io(String),
+}
+
+/// Tuning for [`LogStore::open`].
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// Lines older than this are deleted (`[settings] log_retention`); zero keeps them forever.
+    pub retention: Duration,
+    /// The newest this many lines are kept (`[settings] log_max_rows`); zero means no limit.
+    pub max_rows: u64,
+    /// Lines that may wait for the writer before `record` starts dropping them.
+    pub queue: usize,
+    /// The most lines committed in one transaction.
+    pub batch: usize,
+    /// The longest a line waits for its batch to fill.
+    pub flush_every: Duration,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            retention: Duration::from_secs(7 * 24 * 3600),
+            max_rows: 1_000_000,
+            queue: 65_536,
+            batch: 2048,
+            flush_every: Duration::from_millis(50),
+        }
+    }
+}
+
+/// What to read back; every filter is optional. Results are newest first.
+#[derive(Debug, Clone)]
+pub struct LogQuery {
+    pub process: Option<String>,
+    pub instance: Option<String>,
+    pub stream: Option<Stream>,
+    /// An FTS5 query: words, `"phrases"`, `prefix*`, `AND`/`OR`/`NOT`. Blank means no search.
+    pub search: Option<String>,
+    /// Only lines at or after this time.
+    pub since: Option<SystemTime>,
+    /// Only lines with a smaller id (paging: pass the last id of the previous page).
+    pub before_id: Option<i64>,
+    /// At most this many lines ([`DEFAULT_LIMIT`] if 0, capped at [`MAX_LIMIT`]).
+    pub limit: usize,
+}
+
+impl Default for LogQuery {
+    fn default() -> Self {
+        LogQuery {
+            process: None,
+            instance: None,
+            stream: None,
+            search: None,
+            since: None,
+            before_id: None,
+            limit: DEFAULT_LIMIT,
+        }
+    }
+}
+
+/// One stored line.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LogLine {
+    pub id: i64,
+    /// RFC 3339 UTC with milliseconds, e.g. `2026-11-23T11:20:49.540Z`.
+    pub timestamp: String,
+    pub process: String,
+    pub instance: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    pub message: String,
+}
+
+/// Counters shared with the writer thread.
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub dropped: AtomicU64,
+    pub written: AtomicU64,
+}
+
+struct Inner {
+    tx: SyncSender<Msg>,
+    shared: Arc<Shared>,
+    /// Accepted lines per process, then per instance (two lookups, no allocation on a hit).
+    accepted: Mutex<HashMap<String, HashMap<String, u64>>>,
+    events: broadcast::Sender<Arc<LogLine>>,
+    reader: Mutex<Connection>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    closed: AtomicBool,
+}
+
+/// The log store handle (cheap to clone). Dropping the last handle stops the writer after it
+/// commits what was queued.
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Inner>,
+}
+
+/// A poisoned lock is still usable here: every update under these locks is a single insert,
+/// increment or `take`.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl LogStore {
+    /// Opens (or creates) the store in `db_path`, creating only its own tables, and starts the
+    /// writer thread. Lines from earlier runs are kept.
+    pub fn open(db_path: &Path, opts: LogOptions) -> Result<LogStore, LogError> {
+        let opts = LogOptions {
+            queue: opts.queue.max(1),
+            batch: opts.batch.max(1),
+            ..opts
+        };
+        let conn = store::open_writer(db_path)?;
+        let reader = store::open_reader(db_path)?;
+        let (tx, rx) = mpsc::sync_channel(opts.queue);
+        let (events, _) = broadcast::channel(SUBSCRIBE_CAPACITY);
+        let shared = Arc::new(Shared::default());
+        let writer = Writer {
+            conn,
+            rx,
+            opts,
+            shared: shared.clone(),
+            events: events.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("ten-logs".into())
+            .spawn(move || writer.run())
+            .map_err(|e| LogError::Io(format!("cannot start the log writer thread: {e}")))?;
+        Ok(LogStore {
+            inner: Arc::new(Inner {
+                tx,
+                shared,
+                accepted: Mutex::new(HashMap::new()),
+                events,
+                reader: Mutex::new(reader),
+                writer: Mutex::new(Some(handle)),
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Queues one line, stamped now. Never blocks: when the queue is full (or the store is
+    /// closed) the line is counted in [`LogStore::dropped`] instead.
+    pub fn record(&self, process: &str, instance: &str, stream: Stream, message: &str) {
+        self.enqueue(
+            store::millis(SystemTime::now()),
+            process,
+            instance,
+            stream,
+            message,
+        );
+    }
+
+    fn enqueue(&self, ts_ms: i64, process: &str, instance: &str, stream: Stream, message: &str) {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            inner.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let line = Pending {
+            ts_ms,
+            process: process.to_owned(),
+            instance: instance.to_owned(),
+            stream,
+            message: message.to_owned(),
+        };
+        match inner.tx.try_send(Msg::Line(line)) {
+            Ok(()) => {
+                let mut accepted = lock(&inner.accepted);
+                if let Some(n) = accepted.get_mut(process).and_then(|m| m.get_mut(instance)) {
+                    *n += 1;
+                } else {
+                    *accepted
+                        .entry(process.to_owned())
+                        .or_default()
+                        .entry(instance.to_owned())
+                        .or_default() += 1;
+                }
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                inner.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Lines matching `q`, newest first. A malformed `search` is [`LogError::BadSearch`].
+    pub fn query(&self, q: &LogQuery) -> Result<Vec<LogLine>, LogError> {
+        query::run(&lock(&self.inner.reader), q)
+    }
+
+    /// Lines as they are committed, with their ids. A receiver that falls more than 4096 lines
+    /// behind gets `RecvError::Lagged(n)`: report it (SSE `lagged` event), never hide it.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LogLine>> {
+        self.inner.events.subscribe()
+    }
+
+    /// Blocks until every line recorded before the call is committed (or the store is closed).
+    /// From async code, call it inside `spawn_blocking`.
+    pub fn flush(&self) {
+        self.send_and_wait(Msg::Flush);
+    }
+
+    fn send_and_wait(&self, msg: impl FnOnce(mpsc::Sender<()>) -> Msg) {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let (reply, done) = mpsc::channel();
+        // A blocking send: the marker must not be dropped when the queue is full.
+        if self.inner.tx.send(msg(reply)).is_ok() {
+            let _ = done.recv();
+        }
+    }
+
+    /// Runs retention now, until nothing is due (tests).
+    #[cfg(test)]
+    fn retain_now(&self) {
+        self.send_and_wait(Msg::Retain);
+    }
+
+    /// Lines dropped because the queue was full, the store was closed, or a batch failed to
+    /// commit (that last case is also logged).
+    pub fn dropped(&self) -> u64 {
+        self.inner.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Lines committed to the database by this handle's writer.
+    pub fn written(&self) -> u64 {
+        self.inner.shared.written.load(Ordering::Relaxed)
+    }
+
+    /// Lines accepted per (process, instance), sorted, for `tenement_log_lines_total`.
+    pub fn lines_by_instance(&self) -> Vec<((String, String), u64)> {
+        let accepted = lock(&self.inner.accepted);
+        let mut out: Vec<_> = accepted
+            .iter()
+            .flat_map(|(p, m)| m.iter().map(|(i, n)| ((p.clone(), i.clone()), *n)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Commits what is queued and stops the writer thread. Idempotent; later lines are dropped.
+    pub fn close(&self) {
+        self.inner.shutdown();
+    }
+}
+
+impl Inner {
+    fn shutdown(&self) {
+        self.closed.store(true, Ordering::Release);
+        let Some(handle) = lock(&self.writer).take() else {
+            return;
+        };
+        // If the writer is gone already the send fails and join returns at once.
+        let _ = self.tx.send(Msg::Stop);
+        if handle.join().is_err() {
+            tracing::error!("log store: the writer thread panicked");
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore")
+            .field("written", &self.written())
+            .field("dropped", &self.dropped())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogSink for LogStore {
+    fn line(&self, instance: &InstanceName, stream: Stream, line: &str) {
+        self.record(&instance.process, &instance.id, stream, line);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,178 @@
+//! The SQLite side of the log store: connections, schema, the insert and retention statements,
+//! and timestamps (integer milliseconds in the table, RFC 3339 on the way out).
+//!
+//! The database file is shared with other components (`{data_dir}/tenement.db`): everything
+//! here creates or touches only `logs`, `logs_fts` and their indexes and triggers.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::Connection;
+
+use super::LogError;
+
+/// How long a statement waits for another connection's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Rows removed per retention statement, so the writer never stalls for long.
+pub(crate) const RETENTION_CHUNK: u64 = 5_000;
+
+/// `id` uses AUTOINCREMENT so ids are never reused, even after retention empties the table:
+/// a client paging with `before_id` or resuming a stream never sees an old id come back.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS logs (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts       INTEGER NOT NULL,
+    process  TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    stream   TEXT NOT NULL,
+    message  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS logs_ts ON logs (ts);
+CREATE INDEX IF NOT EXISTS logs_process_instance ON logs (process, instance, id);
+CREATE VIRTUAL TABLE IF NOT EXISTS logs_fts USING fts5 (
+    message, content = 'logs', content_rowid = 'id'
+);
+CREATE TRIGGER IF NOT EXISTS logs_fts_insert AFTER INSERT ON logs BEGIN
+    INSERT INTO logs_fts (rowid, message) VALUES (new.id, new.message);
+END;
+CREATE TRIGGER IF NOT EXISTS logs_fts_delete AFTER DELETE ON logs BEGIN
+    INSERT INTO logs_fts (logs_fts, rowid, message) VALUES ('delete', old.id, old.message);
+END;
+";
+
+pub(crate) const INSERT: &str =
+    "INSERT INTO logs (ts, process, instance, stream, message) VALUES (?1, ?2, ?3, ?4, ?5)";
+
+/// Oldest-first by age: the `ts` index finds them.
+const DELETE_OLDER: &str =
+    "DELETE FROM logs WHERE id IN (SELECT id FROM logs WHERE ts < ?1 ORDER BY ts LIMIT ?2)";
+
+/// Oldest-first by id (rowid order, no index needed).
+const DELETE_OLDEST: &str =
+    "DELETE FROM logs WHERE id IN (SELECT id FROM logs ORDER BY id LIMIT ?1)";
+
+/// Opens a connection with the pragmas every connection to the shared file uses.
+fn connect(path: &Path) -> Result<Connection, LogError> {
+    let conn = Connection::open(path)
+        .map_err(|e| LogError::Io(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // journal_mode answers with a row, so it is read rather than executed.
+    let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
+    Ok(conn)
+}
+
+/// The writer's connection: creates the parent directory and our tables if needed.
+pub(crate) fn open_writer(path: &Path) -> Result<Connection, LogError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            LogError::Io(format!(
+                "cannot create the log directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+    }
+    let conn = connect(path)?;
+    conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))?;
+    Ok(conn)
+}
+
+/// The readers' connection (opened after the writer created the schema).
+pub(crate) fn open_reader(path: &Path) -> Result<Connection, LogError> {
+    let conn = connect(path)?;
+    conn.execute_batch("PRAGMA query_only = ON;")?;
+    Ok(conn)
+}
+
+pub(crate) fn count_rows(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row("SELECT count(*) FROM logs", [], |r| r.get::<_, i64>(0))
+        .map(|n| u64::try_from(n).unwrap_or(0))
+}
+
+/// Deletes at most `limit` rows older than `cutoff_ms`; returns how many went.
+pub(crate) fn delete_older_than(
+    conn: &Connection,
+    cutoff_ms: i64,
+    limit: u64,
+) -> rusqlite::Result<u64> {
+    let n = conn
+        .prepare_cached(DELETE_OLDER)?
+        .execute(rusqlite::params![cutoff_ms, to_i64(limit)])?;
+    Ok(n as u64)
+}
+
+/// Deletes the `limit` oldest rows (by id); returns how many went.
+pub(crate) fn delete_oldest(conn: &Connection, limit: u64) -> rusqlite::Result<u64> {
+    let n = conn
+        .prepare_cached(DELETE_OLDEST)?
+        .execute([to_i64(limit)])?;
+    Ok(n as u64)
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Milliseconds since the Unix epoch (negative before it).
+pub(crate) fn millis(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+/// Milliseconds in a duration, saturating.
+pub(crate) fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// RFC 3339 in UTC with milliseconds: `2026-11-23T11:20:49.540Z`.
+pub fn rfc3339_ms(ms: i64) -> String {
+    let days = ms.div_euclid(86_400_000);
+    let in_day = ms.rem_euclid(86_400_000);
+    let (y, m, d) = civil_from_days(days);
+    let (h, min, s, milli) = (
+        in_day / 3_600_000,
+        in_day / 60_000 % 60,
+        in_day / 1000 % 60,
+        in_day % 1000,
+    );
+    format!("{y:04}-{m:02}-{d:02}T{h:02}:{min:02}:{s:02}.{milli:03}Z")
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_instants() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_795_432_849_540), "2026-11-23T11:20:49.540Z");
+        assert_eq!(rfc3339_ms(951_868_799_999), "2000-02-29T23:59:59.999Z");
+        assert_eq!(rfc3339_ms(1_709_164_800_000), "2024-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(4_107_542_400_001), "2100-03-01T00:00:00.001Z");
+        assert_eq!(rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn millis_round_trips_around_the_epoch() {
+        assert_eq!(millis(UNIX_EPOCH + Duration::from_millis(1234)), 1234);
+        assert_eq!(millis(UNIX_EPOCH - Duration::from_millis(5)), -5);
+    }
+}

@@ -1,0 +1,62 @@
+//! After `kill -9` of `ten serve`, its instances keep running. On the next start, the process
+//! groups recorded in the desired state are killed before anything is respawned — but only
+//! groups that still look like ours (the leader's environment names the same instance), so a
+//! recycled pid is never hit.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::child::signal_group;
+use crate::state::Persisted;
+
+/// Does `pid` lead a process group and carry TEN_PROCESS / TEN_INSTANCE of this instance?
+fn looks_like(pid: u32, p: &Persisted) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // Fields after the ")" of the command name: state ppid pgrp ...
+    let pgrp = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(2)).and_then(|s| s.parse::<u32>().ok());
+    if pgrp != Some(pid) {
+        return false;
+    }
+    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let want_p = format!("TEN_PROCESS={}", p.name.process);
+    let want_i = format!("TEN_INSTANCE={}", p.name.id);
+    let vars: Vec<&[u8]> = env.split(|&b| b == 0).collect();
+    vars.contains(&want_p.as_bytes()) && vars.contains(&want_i.as_bytes())
+}
+
+/// Any process still in group `pgid`?
+fn group_alive(pgid: u32) -> bool {
+    let Ok(rd) = std::fs::read_dir("/proc") else { return false };
+    rd.flatten().any(|e| {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { return false };
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().is_some_and(|stat| {
+            let mut f = stat.rsplit(')').next().unwrap_or("").split_whitespace();
+            let state = f.next();
+            let pgrp = f.nth(1).and_then(|s| s.parse::<u32>().ok());
+            pgrp == Some(pgid) && state != Some("Z")
+        })
+    })
+}
+
+/// Kill the recorded groups that are still ours; wait (bounded) until they are gone.
+pub fn kill(persisted: &[Persisted]) {
+    let mut killed = Vec::new();
+    for p in persisted {
+        if let Some(pgid) = p.pgid {
+            if looks_like(pgid, p) {
+                tracing::warn!(instance = %p.name, pgid, "killing the orphaned process group of a previous ten serve");
+                signal_group(pgid, Signal::SIGKILL);
+                killed.push(pgid);
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while killed.iter().any(|g| group_alive(*g)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

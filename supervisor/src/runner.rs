@@ -1,0 +1,403 @@
+//! One task per instance owns its whole life: start, wait until ready, watch exits and health,
+//! stop when idle, restart with backoff, drain and stop when asked.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tokio::sync::{oneshot, watch, Notify};
+
+use tenement_conf::{InstanceName, Process, RestartPolicy};
+
+use crate::backoff::Backoff;
+use crate::child::{self, Tail};
+use crate::probe::{self, Addr};
+use crate::{cgroup, Error, State, Supervisor};
+
+/// Consecutive failed health checks that make an instance unhealthy.
+pub const UNHEALTHY_AFTER: u32 = 3;
+
+/// What the runner was asked to do from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Keep running.
+    No,
+    /// Stop; `forget` also removes it from the desired state (an operator's stop, not shutdown).
+    Yes { forget: bool },
+}
+
+/// How a running child's watch ended.
+enum Outcome {
+    Exited { text: String, success: bool },
+    Unhealthy(String),
+    Idle,
+    Stop { forget: bool },
+}
+
+pub struct Runner {
+    pub sup: Supervisor,
+    pub name: InstanceName,
+    pub process: Process,
+    pub stop: watch::Receiver<Stop>,
+    pub wake: Arc<Notify>,
+    pub tail: Arc<Tail>,
+}
+
+/// A started child and the channel its reaper reports the exit on.
+struct Live {
+    pid: u32,
+    addr: Addr,
+    exit: watch::Receiver<Option<(String, bool)>>,
+    cgroup: Option<std::path::PathBuf>,
+}
+
+impl Runner {
+    fn stop_requested(&self) -> Option<bool> {
+        match *self.stop.borrow() {
+            Stop::No => None,
+            Stop::Yes { forget } => Some(forget),
+        }
+    }
+
+    pub async fn run(mut self, first: oneshot::Sender<Result<(), Error>>) {
+        let mut first = Some(first);
+        let backoff = Backoff::new(self.process.backoff_base, self.process.backoff_max, 0.5)
+            .or_else(|_| Backoff::new(Duration::from_secs(1), Duration::from_secs(60), 0.5));
+        let Ok(backoff) = backoff else { return };
+        let mut attempt = 0u32;
+        let mut recent: VecDeque<Instant> = VecDeque::new();
+        loop {
+            let live = match self.start().await {
+                Ok(live) => live,
+                Err(e) => {
+                    if let Some(tx) = first.take() {
+                        let _ = tx.send(Err(e));
+                        self.sup.forget_slot(&self.name);
+                        return;
+                    }
+                    self.sup.event(&self.name, &format!("restart failed: {e}"));
+                    match self.after_failure(&backoff, &mut attempt, &mut recent, None).await {
+                        Some(()) => continue,
+                        None => return,
+                    }
+                }
+            };
+            match self.wait_ready(&live).await {
+                Ok(()) => {
+                    self.sup.set_state(&self.name, State::Healthy, None);
+                    self.sup.event(&self.name, "healthy");
+                    if let Some(tx) = first.take() {
+                        let _ = tx.send(Ok(()));
+                    }
+                }
+                Err(reason) => {
+                    self.kill(&live).await;
+                    if let Some(tx) = first.take() {
+                        let _ = tx.send(Err(Error::StartupFailed {
+                            name: self.name.to_string(),
+                            reason,
+                            tail: self.tail.lines(),
+                        }));
+                        self.cleanup(&live);
+                        self.sup.forget_slot(&self.name);
+                        return;
+                    }
+                    if let Some(forget) = self.stop_requested() {
+                        self.cleanup(&live);
+                        self.sup.finish(&self.name, forget);
+                        return;
+                    }
+                    self.sup.event(&self.name, &format!("did not become healthy after restart: {reason}"));
+                    match self.after_failure(&backoff, &mut attempt, &mut recent, Some(&live)).await {
+                        Some(()) => continue,
+                        None => return,
+                    }
+                }
+            }
+            let healthy_at = Instant::now();
+            let outcome = self.monitor(&live).await;
+            if healthy_at.elapsed() >= backoff.max() {
+                attempt = 0; // it ran long enough: the next crash starts the backoff over
+            }
+            match outcome {
+                Outcome::Stop { forget } => {
+                    self.drain_and_kill(&live).await;
+                    self.cleanup(&live);
+                    self.sup.finish(&self.name, forget);
+                    return;
+                }
+                Outcome::Idle => {
+                    self.sup.event(&self.name, "idle: stopping (it wakes on its next request)");
+                    self.drain_and_kill(&live).await;
+                    self.cleanup(&live);
+                    self.sup.set_idle(&self.name);
+                    let mut stop = self.stop.clone();
+                    tokio::select! {
+                        _ = self.wake.notified() => {
+                            self.sup.event(&self.name, "waking");
+                            attempt = 0;
+                            continue;
+                        }
+                        _ = stop.wait_for(|s| *s != Stop::No) => {
+                            let forget = self.stop_requested().unwrap_or(false);
+                            self.sup.finish(&self.name, forget);
+                            return;
+                        }
+                    }
+                }
+                Outcome::Exited { text, success } => {
+                    let restart = match self.process.restart {
+                        RestartPolicy::Always => true,
+                        RestartPolicy::OnFailure => !success,
+                        RestartPolicy::Never => false,
+                    };
+                    self.cleanup(&live);
+                    if !restart {
+                        let state = if success { State::Stopped } else { State::Failed };
+                        self.sup.event(&self.name, &format!("{text}; restart = {} so it stays down", policy(self.process.restart)));
+                        self.sup.set_state(&self.name, state, Some(text));
+                        self.sup.clear_pid(&self.name);
+                        self.wait_for_stop().await;
+                        return;
+                    }
+                    self.sup.event(&self.name, &format!("crashed: {text}"));
+                    self.sup.set_last_error(&self.name, text);
+                    match self.after_failure(&backoff, &mut attempt, &mut recent, None).await {
+                        Some(()) => continue,
+                        None => return,
+                    }
+                }
+                Outcome::Unhealthy(reason) => {
+                    self.sup.event(&self.name, &format!("unhealthy ({reason}): restarting"));
+                    self.kill(&live).await;
+                    self.cleanup(&live);
+                    match self.after_failure(&backoff, &mut attempt, &mut recent, None).await {
+                        Some(()) => continue,
+                        None => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decide whether to restart after a failure; sleeps the backoff. None = the runner is done.
+    async fn after_failure(
+        &mut self,
+        backoff: &Backoff,
+        attempt: &mut u32,
+        recent: &mut VecDeque<Instant>,
+        live: Option<&Live>,
+    ) -> Option<()> {
+        if let Some(live) = live {
+            self.cleanup(live);
+        }
+        self.sup.clear_pid(&self.name);
+        let now = Instant::now();
+        while recent.front().is_some_and(|t| now.duration_since(*t) > self.process.restart_window) {
+            recent.pop_front();
+        }
+        if recent.len() >= self.process.max_restarts as usize {
+            let why = format!(
+                "crash loop: {} restarts within restart_window {}; not restarting (ten restart {} to try again)",
+                recent.len(),
+                probe::humanize(self.process.restart_window),
+                self.name
+            );
+            self.sup.event(&self.name, &why);
+            self.sup.set_state(&self.name, State::Failed, Some(why));
+            self.wait_for_stop().await;
+            return None;
+        }
+        let delay = backoff.next(*attempt);
+        *attempt = attempt.saturating_add(1);
+        self.sup.set_state(&self.name, State::Starting, None);
+        self.sup.event(&self.name, &format!("restarting in {}", probe::humanize(delay)));
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s != Stop::No) => {
+                let forget = self.stop_requested().unwrap_or(false);
+                self.sup.finish(&self.name, forget);
+                return None;
+            }
+        }
+        recent.push_back(Instant::now());
+        self.sup.count_restart(&self.name);
+        Some(())
+    }
+
+    async fn wait_for_stop(&mut self) {
+        let _ = self.stop.wait_for(|s| *s != Stop::No).await;
+        let forget = self.stop_requested().unwrap_or(false);
+        self.sup.finish(&self.name, forget);
+    }
+
+    async fn start(&self) -> Result<Live, Error> {
+        self.sup.set_state(&self.name, State::Starting, None);
+        let started = child::start(&child::Launch {
+            name: &self.name,
+            process: &self.process,
+            data_dir: self.sup.data_dir(),
+            sink: self.sup.sink(),
+            tail: self.tail.clone(),
+        })?;
+        let pid = started.pid;
+        let addr = started.addr.clone();
+        self.sup.set_started(&self.name, pid, addr.clone());
+        self.sup.event(&self.name, &format!("spawned pid {pid} on {addr}"));
+        let cgroup = if self.process.memory_limit_mb.is_some() || self.process.cpu_shares.is_some() {
+            match cgroup::apply(&self.name, pid, self.process.memory_limit_mb, self.process.cpu_shares) {
+                Ok(path) => Some(path),
+                Err(e) => {
+                    self.sup.warn(&self.name, &format!("memory_limit_mb/cpu_shares not applied: {e}"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let (exit_tx, exit) = watch::channel(None);
+        let mut child = started.child;
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let (text, success) = match &status {
+                Ok(s) => (child::describe_exit(s), s.success()),
+                Err(e) => (format!("wait failed: {e}"), false),
+            };
+            // Whatever the leader left behind in its group goes with it.
+            child::signal_group(pid, Signal::SIGKILL);
+            let _ = exit_tx.send(Some((text, success)));
+        });
+        Ok(Live { pid, addr, exit, cgroup })
+    }
+
+    async fn wait_ready(&mut self, live: &Live) -> Result<(), String> {
+        let deadline = Instant::now() + self.process.startup_timeout;
+        let mut delay = Duration::from_millis(10);
+        let mut last = String::from("it never accepted a connection");
+        let mut exit = live.exit.clone();
+        loop {
+            if let Some((text, _)) = exit.borrow().clone() {
+                return Err(format!("it {text} during startup"));
+            }
+            if self.stop_requested().is_some() {
+                return Err("stopped during startup".into());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "not ready within startup_timeout {} ({last})",
+                    probe::humanize(self.process.startup_timeout)
+                ));
+            }
+            match probe::probe(&live.addr, self.process.health.as_deref(), left.min(Duration::from_secs(2))).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay.min(left)) => {}
+                _ = exit.changed() => {}
+                _ = self.stop.changed() => {}
+            }
+            delay = (delay * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    async fn monitor(&mut self, live: &Live) -> Outcome {
+        let interval = self.sup.health_interval();
+        let mut health = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let idle_timeout = self.process.idle_timeout;
+        let idle_every = (idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let mut idle_tick = tokio::time::interval(idle_every);
+        let since = Instant::now();
+        let mut fails = 0u32;
+        let mut exit = live.exit.clone();
+        loop {
+            tokio::select! {
+                _ = exit.changed() => {
+                    let (text, success) = exit.borrow().clone().unwrap_or_else(|| ("exited".into(), false));
+                    return Outcome::Exited { text, success };
+                }
+                _ = self.stop.changed() => {
+                    if let Some(forget) = self.stop_requested() {
+                        return Outcome::Stop { forget };
+                    }
+                }
+                _ = health.tick() => {
+                    let timeout = interval.min(Duration::from_secs(5));
+                    match probe::probe(&live.addr, self.process.health.as_deref(), timeout).await {
+                        Ok(()) => {
+                            if fails >= UNHEALTHY_AFTER {
+                                self.sup.event(&self.name, "recovered: healthy again");
+                                self.sup.set_state(&self.name, State::Healthy, None);
+                            }
+                            fails = 0;
+                        }
+                        Err(e) => {
+                            fails += 1;
+                            if fails == UNHEALTHY_AFTER {
+                                self.sup.event(&self.name, &format!("unhealthy after {fails} failed checks: {e}"));
+                                self.sup.set_state(&self.name, State::Unhealthy, Some(e.clone()));
+                                if self.process.restart != RestartPolicy::Never {
+                                    return Outcome::Unhealthy(e);
+                                }
+                            }
+                        }
+                    }
+                    self.sup.check_storage(&self.name, &self.process);
+                }
+                _ = idle_tick.tick(), if !idle_timeout.is_zero() => {
+                    if self.sup.is_idle(&self.name, since, idle_timeout) {
+                        return Outcome::Idle;
+                    }
+                }
+            }
+        }
+    }
+
+    /// SIGTERM to the group, SIGKILL after stop_timeout; wait for the reaper.
+    async fn kill(&self, live: &Live) {
+        let mut exit = live.exit.clone();
+        if exit.borrow().is_some() {
+            return;
+        }
+        child::signal_group(live.pid, Signal::SIGTERM);
+        let timed_out = tokio::time::timeout(self.process.stop_timeout, exit.wait_for(Option::is_some))
+            .await
+            .is_err();
+        if timed_out {
+            self.sup.event(
+                &self.name,
+                &format!("did not stop within stop_timeout {}: SIGKILL", probe::humanize(self.process.stop_timeout)),
+            );
+            child::signal_group(live.pid, Signal::SIGKILL);
+            let _ = exit.wait_for(Option::is_some).await;
+        }
+    }
+
+    /// Out of routing, in-flight requests finish (<= drain_timeout), then kill.
+    async fn drain_and_kill(&self, live: &Live) {
+        self.sup.set_state(&self.name, State::Draining, None);
+        self.sup.drain(&self.name).await;
+        self.kill(live).await;
+    }
+
+    fn cleanup(&self, live: &Live) {
+        if let Addr::Unix(path) = &live.addr {
+            let _ = std::fs::remove_file(path);
+        }
+        if let Some(cg) = &live.cgroup {
+            cgroup::remove(cg);
+        }
+    }
+}
+
+fn policy(p: RestartPolicy) -> &'static str {
+    match p {
+        RestartPolicy::Always => "always",
+        RestartPolicy::OnFailure => "on-failure",
+        RestartPolicy::Never => "never",
+    }
+}
