@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use crate::client::Client;
+use crate::cmd::{instances, token};
 use crate::{config_cmd, serve};
 
 #[derive(Debug, Parser)]
@@ -49,6 +51,87 @@ Examples:\n  ten serve\n  ten serve --config /etc/ten/tenement.toml --port 80 --
     /// Check or show the config file
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Start an instance and wait until it is healthy
+    #[command(
+        long_about = "Start an instance of a process declared in the config and wait until it is \
+healthy (its health path answers 2xx, or it accepts connections) within startup_timeout. On failure it \
+is stopped again and its last output lines are shown.\n\nExamples:\n  ten spawn api:prod\n  \
+ten spawn api --id prod\n  ten spawn app:user123 --weight 0"
+    )]
+    Spawn {
+        /// process:id, or a process with --id
+        target: String,
+        /// The instance id (with a bare process name)
+        #[arg(long)]
+        id: Option<String>,
+        /// Routing weight 0..100 [default: 100]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=100))]
+        weight: Option<u32>,
+    },
+    /// Stop an instance: out of routing, drain in-flight requests, SIGTERM, SIGKILL after stop_timeout
+    #[command(
+        long_about = "Stop an instance: it leaves the routing table at once, in-flight requests \
+finish (at most drain_timeout), then its process group gets SIGTERM and SIGKILL after stop_timeout.\n\n\
+Example:\n  ten stop api:v1"
+    )]
+    Stop {
+        #[arg(value_parser = parse_instance)]
+        instance: String,
+    },
+    /// Stop and start an instance again (same weight)
+    #[command(
+        long_about = "Stop and start an instance again with the same weight.\n\nExample:\n  ten restart api:prod"
+    )]
+    Restart {
+        #[arg(value_parser = parse_instance)]
+        instance: String,
+    },
+    /// List instances: INSTANCE STATE HEALTH WEIGHT PID UPTIME RESTARTS REQUESTS
+    #[command(
+        long_about = "List every instance with its state, health, weight, pid, uptime, restarts \
+and requests served.\n\nExamples:\n  ten ps\n  ten ps --json | jq '.[] | select(.state != \"healthy\")'"
+    )]
+    Ps {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an instance's health; exit 0 when healthy, 1 otherwise
+    #[command(
+        long_about = "Show an instance's state and health; exit 0 when healthy, 1 otherwise.\n\n\
+Example:\n  ten health api:prod && echo up"
+    )]
+    Health {
+        #[arg(value_parser = parse_instance)]
+        instance: String,
+    },
+    /// Set an instance's routing weight (0..100) for {process}.{domain}
+    #[command(
+        long_about = "Set an instance's share of the weighted route {process}.{domain}: 0..100. \
+0 keeps it reachable only at {id}.{process}.{domain}.\n\nExamples:\n  ten weight api:v2 10   # canary\n  \
+ten weight api:v2 100"
+    )]
+    Weight {
+        #[arg(value_parser = parse_instance)]
+        instance: String,
+        #[arg(value_parser = clap::value_parser!(u32).range(0..=100))]
+        weight: u32,
+    },
+    /// Create an API token: printed once, only its Argon2 hash is stored
+    #[command(
+        name = "token-gen",
+        long_about = "Create an API token for the management HTTP API \
+(Authorization: Bearer <token>). It is printed once; the server keeps only its Argon2 hash.\n\n\
+Example:\n  TOKEN=$(ten token-gen)\n  curl -H \"Authorization: Bearer $TOKEN\" -H 'Host: example.com' localhost:8080/api/instances"
+    )]
+    TokenGen,
+}
+
+/// Validate `process:id` at parse time (a bad spelling is a usage error, exit 2).
+fn parse_instance(s: &str) -> Result<String, String> {
+    s.parse::<tenement_conf::InstanceName>()
+        .map(|n| n.to_string())
+        .map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -101,7 +184,37 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             print!("{}", config_cmd::show(&config));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Spawn { target, id, weight } => {
+            let name = match (target.split_once(':'), id) {
+                (Some(_), Some(_)) => {
+                    usage("give either process:id or a process with --id, not both")
+                }
+                (Some(_), None) => target,
+                (None, Some(id)) => format!("{target}:{id}"),
+                (None, None) => usage("expected process:id (e.g. api:prod) or a process with --id"),
+            };
+            let name = parse_instance(&name).unwrap_or_else(|e| usage(&e));
+            instances::spawn(&Client::locate(&cli.global)?, &name, weight)
+        }
+        Command::Stop { instance } => instances::stop(&Client::locate(&cli.global)?, &instance),
+        Command::Restart { instance } => {
+            instances::restart(&Client::locate(&cli.global)?, &instance)
+        }
+        Command::Ps { json } => instances::ps(&Client::locate(&cli.global)?, json),
+        Command::Health { instance } => instances::health(&Client::locate(&cli.global)?, &instance),
+        Command::Weight { instance, weight } => {
+            instances::weight(&Client::locate(&cli.global)?, &instance, weight)
+        }
+        Command::TokenGen => token::generate(&Client::locate(&cli.global)?),
     }
+}
+
+/// A usage error: clap's format, exit 2.
+fn usage(msg: &str) -> ! {
+    use clap::CommandFactory;
+    Cli::command()
+        .error(clap::error::ErrorKind::InvalidValue, msg)
+        .exit()
 }
 
 fn init_tracing() {

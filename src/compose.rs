@@ -57,6 +57,49 @@ impl Composer {
         self.router.clone()
     }
 
+    /// An instance's live counters, if it has been in a table.
+    pub fn stats(&self, name: &InstanceName) -> Option<Arc<InstanceStats>> {
+        let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.get(name).cloned()
+    }
+
+    /// External upstreams (`upstreams = [...]`) as API entries: `legacy:0`, `legacy:1`, ...
+    pub fn externals_json(&self) -> Vec<serde_json::Value> {
+        let table = self.router.load();
+        let mut out = Vec::new();
+        for p in self.config.processes.iter().filter(|p| p.is_external()) {
+            let Some(pool) = table.pool(&p.name) else {
+                continue;
+            };
+            for b in pool.backends.iter() {
+                let (state, health) = match b.availability {
+                    Availability::Up { healthy: true } => ("healthy", "passing"),
+                    Availability::Up { healthy: false } => ("unhealthy", "failing"),
+                    _ => ("failed", "-"),
+                };
+                out.push(serde_json::json!({
+                    "name": &*b.key,
+                    "process": p.name,
+                    "id": &*b.id,
+                    "kind": "external",
+                    "state": state,
+                    "health": health,
+                    "weight": b.weight,
+                    "pid": null,
+                    "address": b.addr.as_ref().map(|a| a.to_string()),
+                    "uptime_secs": null,
+                    "restarts": 0,
+                    "requests": b.stats.requests(),
+                    "in_flight": b.stats.in_flight(),
+                    "idle": false,
+                    "last_error": null,
+                    "storage_bytes": null,
+                }));
+            }
+        }
+        out
+    }
+
     fn stats_for(&self, name: &InstanceName) -> Arc<InstanceStats> {
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         stats.entry(name.clone()).or_default().clone()
@@ -165,7 +208,10 @@ impl tenement_proxy::management::Waker for Wake {
             process: process.into(),
             id: id.into(),
         };
-        self.supervisor.wake(&name).await.map_err(|e| e.to_string())?;
+        self.supervisor
+            .wake(&name)
+            .await
+            .map_err(|e| e.to_string())?;
         // The composer follows views asynchronously: publish now so the retry sees it.
         self.composer.rebuild(&self.supervisor.view());
         Ok(())

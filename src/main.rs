@@ -1,6 +1,9 @@
 //! `ten`: one binary that replaces nginx, a process supervisor and a basic monitoring stack.
 
+mod api;
 mod cli;
+mod client;
+mod cmd;
 mod compose;
 mod config_cmd;
 mod serve;

@@ -3,6 +3,9 @@
 
 use std::net::TcpListener;
 use std::os::fd::IntoRawFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,10 +17,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use tenement_conf::Config;
-use tenement_proxy::management::HealthOnly;
-use tenement_proxy::TenProxy;
+use tenement_proxy::{Mode, TenProxy};
 use tenement_supervisor::{StateStore, Supervisor, TracingSink};
 
+use crate::api::{Api, Auth};
 use crate::compose::{Composer, Wake};
 
 /// Bind `addr` now (port 0 gets a real port) and hand the socket to Pingora's listener table
@@ -31,23 +34,71 @@ fn prebind(fds: &ListenFds, addr: &str) -> Result<String> {
     Ok(local)
 }
 
+/// The control socket path of a data dir.
+pub fn control_socket(data_dir: &Path) -> PathBuf {
+    data_dir.join("ten.sock")
+}
+
+/// Bind the control socket (mode 0600). A live socket means another `ten serve` owns this data
+/// dir: refuse. A stale one (left by a crash) is replaced.
+fn bind_control(fds: &ListenFds, path: &Path) -> Result<String> {
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            bail!(
+                "another ten serve is already running with data_dir {} (its control socket {} answers)",
+                path.parent().map(|p| p.display().to_string()).unwrap_or_default(),
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let l = UnixListener::bind(path)
+        .with_context(|| format!("cannot create control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    l.set_nonblocking(true)?;
+    let key = path.to_string_lossy().into_owned();
+    fds.lock().add(key.clone(), l.into_raw_fd());
+    Ok(key)
+}
+
 pub async fn run(config: Config) -> Result<()> {
     let config = Arc::new(config);
     let s = &config.settings;
-    std::fs::create_dir_all(&s.data_dir)
-        .with_context(|| format!("cannot create data_dir {}", s.data_dir.display()))?;
+    if !s.data_dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&s.data_dir)
+            .with_context(|| format!("cannot create data_dir {}", s.data_dir.display()))?;
+    }
+    let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
+    let sock = control_socket(&s.data_dir);
+    let sock_key = bind_control(&fds, &sock)?;
 
     let composer = Composer::new(config.clone());
     let store = StateStore::open(&s.data_dir.join("tenement.db"))
         .with_context(|| format!("cannot open {}", s.data_dir.join("tenement.db").display()))?;
-    let supervisor = Supervisor::new(config.clone(), composer.clone(), Arc::new(TracingSink), Some(store));
+    let supervisor = Supervisor::new(
+        config.clone(),
+        composer.clone(),
+        Arc::new(TracingSink),
+        Some(store),
+    );
     tokio::spawn(composer.clone().follow(supervisor.subscribe()));
 
     let waker = Arc::new(Wake {
         supervisor: supervisor.clone(),
         composer: composer.clone(),
     });
-    let proxy = TenProxy::new(composer.router(), Arc::new(HealthOnly), Some(waker));
+    let db = s.data_dir.join("tenement.db");
+    let api = Arc::new(Api {
+        config: config.clone(),
+        supervisor: supervisor.clone(),
+        composer: composer.clone(),
+        auth: Auth::open(&db).with_context(|| format!("cannot open {}", db.display()))?,
+    });
+    let proxy = TenProxy::new(composer.router(), api.clone(), Some(waker));
     let traffic = proxy.traffic();
     let conf = Arc::new(ServerConf {
         threads: std::thread::available_parallelism()
@@ -56,7 +107,6 @@ pub async fn run(config: Config) -> Result<()> {
         ..ServerConf::default()
     });
     let mut service = pingora_proxy::http_proxy_service_with_name(&conf, proxy, "ten-proxy");
-    let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
     let mut announced = Vec::new();
     for addr in &s.listen {
         let local = prebind(&fds, addr)?;
@@ -72,13 +122,44 @@ pub async fn run(config: Config) -> Result<()> {
         announced.push(format!("https://{local}"));
     }
 
+    let mut control = pingora_proxy::http_proxy_service_with_name(
+        &conf,
+        TenProxy::management_only(composer.router(), api.clone(), Mode::Control),
+        "ten-control",
+    );
+    control.add_uds(&sock_key, Some(std::fs::Permissions::from_mode(0o600)));
+    let mut admin = None;
+    if let Some(addr) = &s.admin_listen {
+        let local = prebind(&fds, addr)?;
+        let mut svc = pingora_proxy::http_proxy_service_with_name(
+            &conf,
+            TenProxy::management_only(composer.router(), api.clone(), Mode::Admin),
+            "ten-admin",
+        );
+        svc.add_tcp(&local);
+        announced.push(format!("admin http://{local}"));
+        admin = Some(svc);
+    }
+
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    {
+        let (fds, rx) = (fds.clone(), shutdown_rx.clone());
+        tokio::spawn(async move { control.start_service(Some(fds), rx, 1).await });
+    }
+    if let Some(mut admin) = admin {
+        let (fds, rx) = (fds.clone(), shutdown_rx.clone());
+        tokio::spawn(async move { admin.start_service(Some(fds), rx, 1).await });
+    }
     let mut proxy_task = tokio::spawn(async move {
         service.start_service(Some(fds), shutdown_rx, 1).await;
     });
     for a in &announced {
-        println!("ten: listening on {a}");
+        match a.strip_prefix("admin ") {
+            Some(a) => println!("ten: admin listening on {a}"),
+            None => println!("ten: listening on {a}"),
+        }
     }
+    println!("ten: control socket {}", sock.display());
     println!("ten: domain {} data_dir {}", s.domain, s.data_dir.display());
 
     let mut term = signal(SignalKind::terminate())?;
@@ -116,6 +197,7 @@ pub async fn run(config: Config) -> Result<()> {
     }
     supervisor.stop_all().await;
     proxy_task.abort();
+    let _ = std::fs::remove_file(&sock);
     if let Some(why) = failure {
         bail!("{why}");
     }

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-pub use service::{Ctx, TenProxy, Traffic};
+pub use service::{Ctx, Mode, TenProxy, Traffic};
 pub use table::{
     Availability, Backend, InstanceStats, Pool, ProcessOpts, RouteSpec, Table, TableBuilder,
     Target, UpstreamAddr,

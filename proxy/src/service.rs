@@ -53,8 +53,20 @@ pub struct Ctx {
     error_msg: Option<String>,
 }
 
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The proxy: route by Host.
+    Proxy,
+    /// `admin_listen`: every request goes to the management API (token required).
+    Admin,
+    /// The control socket: the management API, trusted (no token; the socket is mode 0600).
+    Control,
+}
+
 /// The proxy: routes by Host through the current [`Router`] table.
 pub struct TenProxy {
+    mode: Mode,
     router: Arc<Router>,
     management: Arc<dyn Management>,
     waker: Option<Arc<dyn Waker>>,
@@ -63,14 +75,30 @@ pub struct TenProxy {
 }
 
 impl TenProxy {
-    pub fn new(router: Arc<Router>, management: Arc<dyn Management>, waker: Option<Arc<dyn Waker>>) -> Self {
+    pub fn new(
+        router: Arc<Router>,
+        management: Arc<dyn Management>,
+        waker: Option<Arc<dyn Waker>>,
+    ) -> Self {
         TenProxy {
+            mode: Mode::Proxy,
             epoch: router.epoch(),
             router,
             management,
             waker,
             traffic: Arc::default(),
         }
+    }
+
+    /// The same handlers, serving only the management API (admin listener, control socket).
+    pub fn management_only(
+        router: Arc<Router>,
+        management: Arc<dyn Management>,
+        mode: Mode,
+    ) -> Self {
+        let mut p = TenProxy::new(router, management, None);
+        p.mode = mode;
+        p
     }
 
     pub fn traffic(&self) -> Arc<Traffic> {
@@ -150,7 +178,7 @@ impl TenProxy {
                 head,
                 body: Bytes::from(body),
                 client,
-                trusted: false,
+                trusted: self.mode == Mode::Control,
             })
             .await;
         let (parts, body) = resp.into_parts();
@@ -194,7 +222,12 @@ impl TenProxy {
                 return Ok(true);
             }
         };
-        let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+        let path = req
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
         // At most one wake per request: look up, wake an idle instance, look up again.
         let mut woken = false;
         loop {
@@ -207,20 +240,29 @@ impl TenProxy {
                     }
                     None => {
                         drop(table);
-                        respond(session, ctx, 404, &format!("no route for host \"{host}\"")).await?;
+                        respond(session, ctx, 404, &format!("no route for host \"{host}\""))
+                            .await?;
                         return Ok(true);
                     }
                 }
             }
             let idle = match &ctx.target {
-                Some(Target::Instance(b)) if b.availability == Availability::Idle => Some(b.clone()),
+                Some(Target::Instance(b)) if b.availability == Availability::Idle => {
+                    Some(b.clone())
+                }
                 _ => None,
             };
             match (idle, &self.waker) {
                 (Some(b), Some(waker)) if !woken => {
                     woken = true;
                     if let Err(e) = waker.wake(&b.opts.name, &b.id).await {
-                        respond(session, ctx, 503, &format!("instance {} could not be woken: {e}", b.key)).await?;
+                        respond(
+                            session,
+                            ctx,
+                            503,
+                            &format!("instance {} could not be woken: {e}", b.key),
+                        )
+                        .await?;
                         return Ok(true);
                     }
                 }
@@ -291,6 +333,10 @@ impl ProxyHttp for TenProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.request_id = request_id(session.req_header());
+        if self.mode != Mode::Proxy {
+            self.serve_management(session, ctx).await?;
+            return Ok(true);
+        }
         self.route(session, ctx).await
     }
 

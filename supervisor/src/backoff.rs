@@ -69,9 +69,18 @@ mod tests {
 
     #[test]
     fn rejects_invalid_values() {
-        assert_eq!(Backoff::new(ms(0), ms(10), 0.1), Err(BackoffError::ZeroBase));
-        assert!(matches!(Backoff::new(ms(10), ms(5), 0.1), Err(BackoffError::MaxBelowBase { .. })));
-        assert_eq!(Backoff::new(ms(1), ms(5), 1.5), Err(BackoffError::Jitter(1.5)));
+        assert_eq!(
+            Backoff::new(ms(0), ms(10), 0.1),
+            Err(BackoffError::ZeroBase)
+        );
+        assert!(matches!(
+            Backoff::new(ms(10), ms(5), 0.1),
+            Err(BackoffError::MaxBelowBase { .. })
+        ));
+        assert_eq!(
+            Backoff::new(ms(1), ms(5), 1.5),
+            Err(BackoffError::Jitter(1.5))
+        );
         assert!(Backoff::new(ms(1), ms(5), f64::NAN).is_err());
     }
 
@@ -79,7 +88,10 @@ mod tests {
     fn doubles_then_caps_without_jitter() {
         let b = Backoff::new(ms(1000), ms(60_000), 0.0).expect("valid");
         let got: Vec<_> = (0..8).map(|n| b.delay(n, 0.5).as_millis()).collect();
-        assert_eq!(got, vec![1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]);
+        assert_eq!(
+            got,
+            vec![1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]
+        );
         assert_eq!(b.delay(u32::MAX, 0.0), ms(60_000));
     }
 
@@ -101,7 +113,10 @@ mod tests {
                 prev_ceiling = ceiling;
                 let d = b.delay(attempt, rng.f64());
                 assert!(d <= ceiling, "{d:?} > {ceiling:?}");
-                assert!(d >= ceiling.mul_f64(1.0 - jitter) - ms(1), "{d:?} below jitter floor");
+                assert!(
+                    d >= ceiling.mul_f64(1.0 - jitter) - ms(1),
+                    "{d:?} below jitter floor"
+                );
             }
         }
     }

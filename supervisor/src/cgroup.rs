@@ -10,7 +10,8 @@ const ROOT: &str = "/sys/fs/cgroup";
 
 /// Our own cgroup directory (cgroup v2 only).
 fn own_cgroup() -> Result<PathBuf, String> {
-    let text = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("/proc/self/cgroup: {e}"))?;
+    let text = std::fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| format!("/proc/self/cgroup: {e}"))?;
     let rel = text
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
@@ -41,7 +42,12 @@ fn delegate(base: &Path) -> Result<(), String> {
 }
 
 /// Put `pid` in its own cgroup with the limits; returns the cgroup's path.
-pub fn apply(name: &InstanceName, pid: u32, memory_mb: Option<u64>, cpu_weight: Option<u32>) -> Result<PathBuf, String> {
+pub fn apply(
+    name: &InstanceName,
+    pid: u32,
+    memory_mb: Option<u64>,
+    cpu_weight: Option<u32>,
+) -> Result<PathBuf, String> {
     let base = own_cgroup()?;
     delegate(&base)?;
     let dir = base.join(format!("ten-{}-{}", name.process, name.id));

@@ -336,7 +336,12 @@ impl Supervisor {
     }
 
     /// No request in flight and none started for `idle_timeout` (counting from `since`).
-    pub(crate) fn is_idle(&self, name: &InstanceName, since: Instant, idle_timeout: Duration) -> bool {
+    pub(crate) fn is_idle(
+        &self,
+        name: &InstanceName,
+        since: Instant,
+        idle_timeout: Duration,
+    ) -> bool {
         let t = &self.inner.traffic;
         let last = t.last_request(name).map_or(since, |l| l.max(since));
         t.in_flight(name) == 0 && last.elapsed() >= idle_timeout
@@ -344,13 +349,21 @@ impl Supervisor {
 
     /// storage_quota_mb: a warning at 80 % and at 100 % (once each until it drops back).
     pub(crate) fn check_storage(&self, name: &InstanceName, process: &Process) {
-        let Some(quota_mb) = process.storage_quota_mb else { return };
+        let Some(quota_mb) = process.storage_quota_mb else {
+            return;
+        };
         let used = dir_size(&instance_data_dir(&self.inner.data_dir, name));
         let quota = quota_mb * 1024 * 1024;
-        let level = if used >= quota { 2 } else { u8::from(used * 5 >= quota * 4) };
+        let level = if used >= quota {
+            2
+        } else {
+            u8::from(used * 5 >= quota * 4)
+        };
         let warn = {
             let mut slots = self.slots();
-            let Some(slot) = slots.get_mut(name) else { return };
+            let Some(slot) = slots.get_mut(name) else {
+                return;
+            };
             slot.view.storage_bytes = Some(used);
             let warn = level > slot.storage_warned;
             slot.storage_warned = level;
@@ -359,7 +372,10 @@ impl Supervisor {
         self.publish();
         if warn {
             let pct = used * 100 / quota.max(1);
-            self.warn(name, &format!("DATA_DIR uses {used} bytes, {pct}% of storage_quota_mb {quota_mb}"));
+            self.warn(
+                name,
+                &format!("DATA_DIR uses {used} bytes, {pct}% of storage_quota_mb {quota_mb}"),
+            );
         }
     }
 
@@ -429,10 +445,13 @@ impl Supervisor {
         match first_rx.await {
             Ok(Ok(())) => {
                 self.persist(|s| s.upsert(name, weight));
-                self.instance(name).ok_or_else(|| Error::UnknownInstance(name.to_string()))
+                self.instance(name)
+                    .ok_or_else(|| Error::UnknownInstance(name.to_string()))
             }
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(Error::Spawn(format!("{name}: the instance task ended unexpectedly"))),
+            Err(_) => Err(Error::Spawn(format!(
+                "{name}: the instance task ended unexpectedly"
+            ))),
         }
     }
 
@@ -445,7 +464,9 @@ impl Supervisor {
     async fn stop_with(&self, name: &InstanceName, forget: bool) -> Result<(), Error> {
         let mut done = {
             let slots = self.slots();
-            let slot = slots.get(name).ok_or_else(|| Error::UnknownInstance(name.to_string()))?;
+            let slot = slots
+                .get(name)
+                .ok_or_else(|| Error::UnknownInstance(name.to_string()))?;
             slot.stop.send_replace(Stop::Yes { forget });
             slot.done.clone()
         };
@@ -459,11 +480,14 @@ impl Supervisor {
 
     /// Stop and start again with the same weight (the restart count carries on).
     pub async fn restart(&self, name: &InstanceName) -> Result<InstanceView, Error> {
-        let view = self.instance(name).ok_or_else(|| Error::UnknownInstance(name.to_string()))?;
+        let view = self
+            .instance(name)
+            .ok_or_else(|| Error::UnknownInstance(name.to_string()))?;
         self.stop_with(name, false).await?;
         self.spawn(name, view.weight).await?;
         self.update(name, |v| v.restarts = view.restarts + 1);
-        self.instance(name).ok_or_else(|| Error::UnknownInstance(name.to_string()))
+        self.instance(name)
+            .ok_or_else(|| Error::UnknownInstance(name.to_string()))
     }
 
     /// Set weights of several instances at once: ONE published view, so ONE table swap.
@@ -497,7 +521,9 @@ impl Supervisor {
             + Duration::from_secs(5);
         {
             let slots = self.slots();
-            let slot = slots.get(name).ok_or_else(|| Error::UnknownInstance(name.to_string()))?;
+            let slot = slots
+                .get(name)
+                .ok_or_else(|| Error::UnknownInstance(name.to_string()))?;
             match (slot.view.state, slot.view.idle) {
                 (State::Healthy, _) => return Ok(()),
                 (State::Stopped, true) => slot.wake.notify_one(),
@@ -506,7 +532,12 @@ impl Supervisor {
         }
         let woke = tokio::time::timeout(timeout, async {
             loop {
-                let state = views.borrow_and_update().instances.iter().find(|v| &v.name == name).map(|v| (v.state, v.idle));
+                let state = views
+                    .borrow_and_update()
+                    .instances
+                    .iter()
+                    .find(|v| &v.name == name)
+                    .map(|v| (v.state, v.idle));
                 match state {
                     Some((State::Healthy, _)) => return Ok(()),
                     None => return Err("it was stopped".to_string()),
@@ -540,7 +571,11 @@ impl Supervisor {
         orphans::kill(&persisted);
         let mut wanted: Vec<(InstanceName, u32)> = Vec::new();
         for p in persisted {
-            let known = self.inner.config.process(&p.name.process).is_some_and(|pr| !pr.is_external());
+            let known = self
+                .inner
+                .config
+                .process(&p.name.process)
+                .is_some_and(|pr| !pr.is_external());
             if known {
                 wanted.push((p.name, p.weight));
             } else {
@@ -581,7 +616,9 @@ fn dir_size(dir: &Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             match e.file_type() {
                 Ok(t) if t.is_dir() => stack.push(e.path()),

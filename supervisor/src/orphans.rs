@@ -16,7 +16,11 @@ fn looks_like(pid: u32, p: &Persisted) -> bool {
         return false;
     };
     // Fields after the ")" of the command name: state ppid pgrp ...
-    let pgrp = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(2)).and_then(|s| s.parse::<u32>().ok());
+    let pgrp = stat
+        .rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().nth(2))
+        .and_then(|s| s.parse::<u32>().ok());
     if pgrp != Some(pid) {
         return false;
     }
@@ -31,15 +35,21 @@ fn looks_like(pid: u32, p: &Persisted) -> bool {
 
 /// Any process still in group `pgid`?
 fn group_alive(pgid: u32) -> bool {
-    let Ok(rd) = std::fs::read_dir("/proc") else { return false };
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return false;
+    };
     rd.flatten().any(|e| {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { return false };
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().is_some_and(|stat| {
-            let mut f = stat.rsplit(')').next().unwrap_or("").split_whitespace();
-            let state = f.next();
-            let pgrp = f.nth(1).and_then(|s| s.parse::<u32>().ok());
-            pgrp == Some(pgid) && state != Some("Z")
-        })
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            return false;
+        };
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .is_some_and(|stat| {
+                let mut f = stat.rsplit(')').next().unwrap_or("").split_whitespace();
+                let state = f.next();
+                let pgrp = f.nth(1).and_then(|s| s.parse::<u32>().ok());
+                pgrp == Some(pgid) && state != Some("Z")
+            })
     })
 }
 

@@ -77,7 +77,10 @@ impl Runner {
                         return;
                     }
                     self.sup.event(&self.name, &format!("restart failed: {e}"));
-                    match self.after_failure(&backoff, &mut attempt, &mut recent, None).await {
+                    match self
+                        .after_failure(&backoff, &mut attempt, &mut recent, None)
+                        .await
+                    {
                         Some(()) => continue,
                         None => return,
                     }
@@ -108,8 +111,14 @@ impl Runner {
                         self.sup.finish(&self.name, forget);
                         return;
                     }
-                    self.sup.event(&self.name, &format!("did not become healthy after restart: {reason}"));
-                    match self.after_failure(&backoff, &mut attempt, &mut recent, Some(&live)).await {
+                    self.sup.event(
+                        &self.name,
+                        &format!("did not become healthy after restart: {reason}"),
+                    );
+                    match self
+                        .after_failure(&backoff, &mut attempt, &mut recent, Some(&live))
+                        .await
+                    {
                         Some(()) => continue,
                         None => return,
                     }
@@ -128,7 +137,8 @@ impl Runner {
                     return;
                 }
                 Outcome::Idle => {
-                    self.sup.event(&self.name, "idle: stopping (it wakes on its next request)");
+                    self.sup
+                        .event(&self.name, "idle: stopping (it wakes on its next request)");
                     self.drain_and_kill(&live).await;
                     self.cleanup(&live);
                     self.sup.set_idle(&self.name);
@@ -154,8 +164,18 @@ impl Runner {
                     };
                     self.cleanup(&live);
                     if !restart {
-                        let state = if success { State::Stopped } else { State::Failed };
-                        self.sup.event(&self.name, &format!("{text}; restart = {} so it stays down", policy(self.process.restart)));
+                        let state = if success {
+                            State::Stopped
+                        } else {
+                            State::Failed
+                        };
+                        self.sup.event(
+                            &self.name,
+                            &format!(
+                                "{text}; restart = {} so it stays down",
+                                policy(self.process.restart)
+                            ),
+                        );
                         self.sup.set_state(&self.name, state, Some(text));
                         self.sup.clear_pid(&self.name);
                         self.wait_for_stop().await;
@@ -163,16 +183,23 @@ impl Runner {
                     }
                     self.sup.event(&self.name, &format!("crashed: {text}"));
                     self.sup.set_last_error(&self.name, text);
-                    match self.after_failure(&backoff, &mut attempt, &mut recent, None).await {
+                    match self
+                        .after_failure(&backoff, &mut attempt, &mut recent, None)
+                        .await
+                    {
                         Some(()) => continue,
                         None => return,
                     }
                 }
                 Outcome::Unhealthy(reason) => {
-                    self.sup.event(&self.name, &format!("unhealthy ({reason}): restarting"));
+                    self.sup
+                        .event(&self.name, &format!("unhealthy ({reason}): restarting"));
                     self.kill(&live).await;
                     self.cleanup(&live);
-                    match self.after_failure(&backoff, &mut attempt, &mut recent, None).await {
+                    match self
+                        .after_failure(&backoff, &mut attempt, &mut recent, None)
+                        .await
+                    {
                         Some(()) => continue,
                         None => return,
                     }
@@ -194,7 +221,10 @@ impl Runner {
         }
         self.sup.clear_pid(&self.name);
         let now = Instant::now();
-        while recent.front().is_some_and(|t| now.duration_since(*t) > self.process.restart_window) {
+        while recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.process.restart_window)
+        {
             recent.pop_front();
         }
         if recent.len() >= self.process.max_restarts as usize {
@@ -212,7 +242,10 @@ impl Runner {
         let delay = backoff.next(*attempt);
         *attempt = attempt.saturating_add(1);
         self.sup.set_state(&self.name, State::Starting, None);
-        self.sup.event(&self.name, &format!("restarting in {}", probe::humanize(delay)));
+        self.sup.event(
+            &self.name,
+            &format!("restarting in {}", probe::humanize(delay)),
+        );
         let mut stop = self.stop.clone();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -245,12 +278,22 @@ impl Runner {
         let pid = started.pid;
         let addr = started.addr.clone();
         self.sup.set_started(&self.name, pid, addr.clone());
-        self.sup.event(&self.name, &format!("spawned pid {pid} on {addr}"));
-        let cgroup = if self.process.memory_limit_mb.is_some() || self.process.cpu_shares.is_some() {
-            match cgroup::apply(&self.name, pid, self.process.memory_limit_mb, self.process.cpu_shares) {
+        self.sup
+            .event(&self.name, &format!("spawned pid {pid} on {addr}"));
+        let cgroup = if self.process.memory_limit_mb.is_some() || self.process.cpu_shares.is_some()
+        {
+            match cgroup::apply(
+                &self.name,
+                pid,
+                self.process.memory_limit_mb,
+                self.process.cpu_shares,
+            ) {
                 Ok(path) => Some(path),
                 Err(e) => {
-                    self.sup.warn(&self.name, &format!("memory_limit_mb/cpu_shares not applied: {e}"));
+                    self.sup.warn(
+                        &self.name,
+                        &format!("memory_limit_mb/cpu_shares not applied: {e}"),
+                    );
                     None
                 }
             }
@@ -269,7 +312,12 @@ impl Runner {
             child::signal_group(pid, Signal::SIGKILL);
             let _ = exit_tx.send(Some((text, success)));
         });
-        Ok(Live { pid, addr, exit, cgroup })
+        Ok(Live {
+            pid,
+            addr,
+            exit,
+            cgroup,
+        })
     }
 
     async fn wait_ready(&mut self, live: &Live) -> Result<(), String> {
@@ -291,7 +339,13 @@ impl Runner {
                     probe::humanize(self.process.startup_timeout)
                 ));
             }
-            match probe::probe(&live.addr, self.process.health.as_deref(), left.min(Duration::from_secs(2))).await {
+            match probe::probe(
+                &live.addr,
+                self.process.health.as_deref(),
+                left.min(Duration::from_secs(2)),
+            )
+            .await
+            {
                 Ok(()) => return Ok(()),
                 Err(e) => last = e,
             }
@@ -309,7 +363,8 @@ impl Runner {
         let mut health = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let idle_timeout = self.process.idle_timeout;
-        let idle_every = (idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let idle_every =
+            (idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
         let mut idle_tick = tokio::time::interval(idle_every);
         let since = Instant::now();
         let mut fails = 0u32;
@@ -364,13 +419,17 @@ impl Runner {
             return;
         }
         child::signal_group(live.pid, Signal::SIGTERM);
-        let timed_out = tokio::time::timeout(self.process.stop_timeout, exit.wait_for(Option::is_some))
-            .await
-            .is_err();
+        let timed_out =
+            tokio::time::timeout(self.process.stop_timeout, exit.wait_for(Option::is_some))
+                .await
+                .is_err();
         if timed_out {
             self.sup.event(
                 &self.name,
-                &format!("did not stop within stop_timeout {}: SIGKILL", probe::humanize(self.process.stop_timeout)),
+                &format!(
+                    "did not stop within stop_timeout {}: SIGKILL",
+                    probe::humanize(self.process.stop_timeout)
+                ),
             );
             child::signal_group(live.pid, Signal::SIGKILL);
             let _ = exit.wait_for(Option::is_some).await;

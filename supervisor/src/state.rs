@@ -41,7 +41,9 @@ impl StateStore {
                 PRIMARY KEY (process, id)
             );",
         )?;
-        Ok(StateStore { conn: Mutex::new(conn) })
+        Ok(StateStore {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -51,7 +53,8 @@ impl StateStore {
     /// Every desired instance, in the order they were first spawned.
     pub fn load(&self) -> Result<Vec<Persisted>, StateError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT process, id, weight, pgid FROM instances ORDER BY seq")?;
+        let mut stmt =
+            conn.prepare("SELECT process, id, weight, pgid FROM instances ORDER BY seq")?;
         let rows = stmt.query_map([], |r| {
             Ok(Persisted {
                 name: InstanceName {
@@ -62,7 +65,8 @@ impl StateStore {
                 pgid: r.get(3)?,
             })
         })?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(StateError::from)
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(StateError::from)
     }
 
     /// Record that `name` should run with `weight` (keeps its place in the order).
@@ -141,7 +145,8 @@ mod tests {
             s.upsert(&name("api", "v1"), 100).unwrap();
             s.upsert(&name("api", "v2"), 0).unwrap();
             s.upsert(&name("web", "a"), 100).unwrap();
-            s.set_weights(&[(name("api", "v1"), 0), (name("api", "v2"), 100)]).unwrap();
+            s.set_weights(&[(name("api", "v1"), 0), (name("api", "v2"), 100)])
+                .unwrap();
             s.set_pgid(&name("web", "a"), Some(4242)).unwrap();
             s.upsert(&name("api", "v1"), 10).unwrap(); // keeps its place
             s.remove(&name("api", "v2")).unwrap();
@@ -151,8 +156,16 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                Persisted { name: name("api", "v1"), weight: 10, pgid: None },
-                Persisted { name: name("web", "a"), weight: 100, pgid: Some(4242) },
+                Persisted {
+                    name: name("api", "v1"),
+                    weight: 10,
+                    pgid: None
+                },
+                Persisted {
+                    name: name("web", "a"),
+                    weight: 100,
+                    pgid: Some(4242)
+                },
             ]
         );
     }

@@ -32,7 +32,14 @@ fn build(q: &LogQuery) -> (String, Vec<Value>) {
         None => ("logs l", "l.id"),
     };
     if let Some(p) = &q.process {
-        conds.push("l.process = ?");
+        // Without an instance the (process, instance, id) index cannot give id order: SQLite
+        // would collect and sort every line of the process. Walking ids newest first and
+        // filtering stops after `limit` lines, hence the unary `+` (no index on this term).
+        conds.push(if q.instance.is_some() {
+            "l.process = ?"
+        } else {
+            "+l.process = ?"
+        });
         args.push(Value::Text(p.clone()));
     }
     if let Some(i) = &q.instance {
@@ -44,7 +51,15 @@ fn build(q: &LogQuery) -> (String, Vec<Value>) {
         args.push(Value::Text(s.as_str().to_owned()));
     }
     if let Some(t) = q.since {
+        // Timestamps only roughly follow ids, so `ts >= since` alone cannot stop an id-ordered
+        // walk early; the smallest id at or after `since` (from the ts index) bounds it exactly.
         conds.push("l.ts >= ?");
+        args.push(Value::Integer(millis(t)));
+        conds.push(if search.is_some() {
+            "logs_fts.rowid >= (SELECT min(id) FROM logs INDEXED BY logs_ts WHERE ts >= ?)"
+        } else {
+            "l.id >= (SELECT min(id) FROM logs INDEXED BY logs_ts WHERE ts >= ?)"
+        });
         args.push(Value::Integer(millis(t)));
     }
     if let Some(b) = q.before_id {
@@ -129,5 +144,66 @@ mod tests {
             ..LogQuery::default()
         });
         assert_eq!(args.last(), Some(&Value::Integer(10_000)));
+    }
+}
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod plan_scratch {
+    use super::*;
+    #[test]
+    fn print_plans() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = crate::logs::store::open_writer(&dir.path().join("x.db")).unwrap();
+        let qs = [
+            LogQuery {
+                search: Some("GET".into()),
+                ..LogQuery::default()
+            },
+            LogQuery {
+                search: Some("GET".into()),
+                process: Some("a".into()),
+                instance: Some("1".into()),
+                before_id: Some(5),
+                ..LogQuery::default()
+            },
+            LogQuery {
+                process: Some("a".into()),
+                instance: Some("1".into()),
+                ..LogQuery::default()
+            },
+            LogQuery {
+                process: Some("a".into()),
+                ..LogQuery::default()
+            },
+            LogQuery {
+                since: Some(std::time::SystemTime::now()),
+                ..LogQuery::default()
+            },
+            LogQuery {
+                since: Some(std::time::SystemTime::now()),
+                process: Some("a".into()),
+                instance: Some("1".into()),
+                ..LogQuery::default()
+            },
+            LogQuery {
+                since: Some(std::time::SystemTime::now()),
+                search: Some("x".into()),
+                ..LogQuery::default()
+            },
+            LogQuery {
+                stream: Some(crate::Stream::Stderr),
+                ..LogQuery::default()
+            },
+        ];
+        for q in qs {
+            let (sql, args) = build(&q);
+            let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let rows: Vec<String> = st
+                .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect();
+            println!("{sql}\n   {rows:?}");
+        }
     }
 }

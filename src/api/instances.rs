@@ -1,0 +1,119 @@
+//! `/api/instances`: list, spawn, inspect, stop, restart, weight.
+
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use tenement_conf::InstanceName;
+use tenement_supervisor::{InstanceView, State};
+
+use super::{parse_body, parse_name, Api, ApiError, ApiResult};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpawnReq {
+    process: String,
+    id: String,
+    #[serde(default)]
+    weight: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightReq {
+    weight: u32,
+}
+
+fn health(state: State) -> &'static str {
+    match state {
+        State::Healthy | State::Draining => "passing",
+        State::Unhealthy => "failing",
+        State::Starting | State::Stopped | State::Failed => "-",
+    }
+}
+
+pub fn check_weight(w: u32) -> Result<u32, ApiError> {
+    if w > 100 {
+        return Err(ApiError::bad(format!(
+            "weight must be within 0..100, got {w}"
+        )));
+    }
+    Ok(w)
+}
+
+impl Api {
+    pub(crate) fn instance_json(&self, v: &InstanceView) -> Value {
+        let stats = self.composer.stats(&v.name);
+        json!({
+            "name": v.name.to_string(),
+            "process": v.name.process,
+            "id": v.name.id,
+            "kind": "spawned",
+            "state": v.state.as_str(),
+            "health": health(v.state),
+            "weight": v.weight,
+            "pid": v.pid,
+            "address": v.addr.as_ref().map(|a| a.to_string()),
+            "uptime_secs": v.started.map(|s| s.elapsed().as_secs()),
+            "restarts": v.restarts,
+            "requests": stats.as_ref().map(|s| s.requests()).unwrap_or(0),
+            "in_flight": stats.as_ref().map(|s| s.in_flight()).unwrap_or(0),
+            "idle": v.idle,
+            "last_error": v.last_error,
+            "storage_bytes": v.storage_bytes,
+        })
+    }
+
+    pub(crate) fn list_instances(&self) -> Value {
+        let view = self.supervisor.view();
+        let mut out: Vec<Value> = view
+            .instances
+            .iter()
+            .map(|v| self.instance_json(v))
+            .collect();
+        out.extend(self.composer.externals_json());
+        Value::Array(out)
+    }
+
+    pub(crate) async fn spawn_instance(&self, body: &[u8]) -> ApiResult {
+        let req: SpawnReq = parse_body(body)?;
+        let name = parse_name(&format!("{}:{}", req.process, req.id))?;
+        let weight = check_weight(req.weight.unwrap_or(100))?;
+        let v = self.supervisor.spawn(&name, weight).await?;
+        Ok((StatusCode::CREATED, self.instance_json(&v)))
+    }
+
+    fn view_of(&self, name: &InstanceName) -> Result<InstanceView, ApiError> {
+        self.supervisor
+            .instance(name)
+            .ok_or_else(|| ApiError::not_found(format!("unknown instance {name}")))
+    }
+
+    pub(crate) fn get_instance(&self, name: &str) -> ApiResult {
+        let name = parse_name(name)?;
+        let v = self.view_of(&name)?;
+        Ok((StatusCode::OK, self.instance_json(&v)))
+    }
+
+    pub(crate) async fn stop_instance(&self, name: &str) -> ApiResult {
+        let name = parse_name(name)?;
+        self.supervisor.stop(&name).await?;
+        Ok((StatusCode::NO_CONTENT, Value::Null))
+    }
+
+    pub(crate) async fn restart_instance(&self, name: &str) -> ApiResult {
+        let name = parse_name(name)?;
+        let v = self.supervisor.restart(&name).await?;
+        Ok((StatusCode::OK, self.instance_json(&v)))
+    }
+
+    pub(crate) fn set_weight(&self, name: &str, body: &[u8]) -> ApiResult {
+        let name = parse_name(name)?;
+        let req: WeightReq = parse_body(body)?;
+        let w = check_weight(req.weight)?;
+        self.view_of(&name)?;
+        self.supervisor.set_weights(&[(name.clone(), w)])?;
+        let v = self.view_of(&name)?;
+        Ok((StatusCode::OK, self.instance_json(&v)))
+    }
+}

@@ -1,0 +1,254 @@
+//! The management API: ONE set of handlers for the bare domain on the proxy listener,
+//! `admin_listen`, and the control socket (trusted: no token).
+
+mod auth;
+mod instances;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, StatusCode};
+use serde_json::{json, Value};
+
+use tenement_conf::{Config, InstanceName};
+use tenement_proxy::management::{Body, Management, Request, Response};
+use tenement_supervisor::Supervisor;
+
+use crate::compose::Composer;
+
+pub use auth::Auth;
+
+pub struct Api {
+    #[allow(dead_code)] // used by the deploy and logs routes
+    pub config: Arc<Config>,
+    pub supervisor: Supervisor,
+    pub composer: Arc<Composer>,
+    pub auth: Auth,
+}
+
+/// An API error: status + message, rendered as `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+impl ApiError {
+    pub fn bad(msg: impl Into<String>) -> Self {
+        ApiError(StatusCode::BAD_REQUEST, msg.into())
+    }
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        ApiError(StatusCode::NOT_FOUND, msg.into())
+    }
+}
+
+impl From<tenement_supervisor::Error> for ApiError {
+    fn from(e: tenement_supervisor::Error) -> Self {
+        use tenement_supervisor::Error as E;
+        let status = match &e {
+            E::UnknownProcess(_) | E::UnknownInstance(_) => StatusCode::NOT_FOUND,
+            E::AlreadyRunning(_) | E::External(_) => StatusCode::CONFLICT,
+            E::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            E::StartupFailed { .. } | E::Spawn(_) | E::Wake(..) | E::State(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+pub type ApiResult = Result<(StatusCode, Value), ApiError>;
+
+pub fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut text = serde_json::to_vec_pretty(body).unwrap_or_default();
+    text.push(b'\n');
+    let mut resp = http::Response::new(Body::Full(Bytes::from(text)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn error_response(e: ApiError) -> Response {
+    json_response(e.0, &json!({ "error": e.1 }))
+}
+
+/// Parse a JSON body into `T`, naming what is wrong.
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
+}
+
+/// `process:id` from a path segment.
+pub fn parse_name(s: &str) -> Result<InstanceName, ApiError> {
+    s.parse::<InstanceName>().map_err(|e| {
+        ApiError::bad(format!(
+            "bad instance name {s:?}: {e} (expected process:id)"
+        ))
+    })
+}
+
+fn bearer(req: &Request) -> Option<String> {
+    if let Some(v) = req
+        .head
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        return v.strip_prefix("Bearer ").map(|t| t.trim().to_string());
+    }
+    // SSE clients (EventSource) cannot send headers: ?token= on stream endpoints.
+    if req.head.uri.path().ends_with("/stream") {
+        return query_param(req.head.uri.query(), "token");
+    }
+    None
+}
+
+/// One query parameter, percent-decoded.
+pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = b
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[async_trait]
+impl Management for Api {
+    async fn handle(&self, req: Request) -> Response {
+        let path = req.head.uri.path().to_string();
+        match path.as_str() {
+            "/health" => return json_response(StatusCode::OK, &json!({"status": "ok"})),
+            "/" => {
+                let mut resp = http::Response::new(Body::Full(Bytes::from(format!(
+                    "tenement {} — management API at /api/ (see docs/api.md), health at /health\n",
+                    env!("CARGO_PKG_VERSION")
+                ))));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                return resp;
+            }
+            _ => {}
+        }
+        if !path.starts_with("/api/") {
+            return error_response(ApiError::not_found(format!("no such page: {path}")));
+        }
+        if !req.trusted {
+            match self.auth.check(bearer(&req).as_deref(), req.client).await {
+                auth::Verdict::Ok => {}
+                auth::Verdict::Denied(msg) => {
+                    let mut resp = error_response(ApiError(StatusCode::UNAUTHORIZED, msg));
+                    resp.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Bearer realm=\"tenement\""),
+                    );
+                    return resp;
+                }
+                auth::Verdict::Slowed(secs) => {
+                    let mut resp = error_response(ApiError(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!("too many failed attempts from your address: retry in {secs}s"),
+                    ));
+                    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                        resp.headers_mut().insert(header::RETRY_AFTER, v);
+                    }
+                    return resp;
+                }
+            }
+        }
+        match self.route(&req, &path).await {
+            Ok((status, body)) if status == StatusCode::NO_CONTENT => {
+                let _ = body;
+                let mut resp = http::Response::new(Body::Full(Bytes::new()));
+                *resp.status_mut() = status;
+                resp
+            }
+            Ok((status, body)) => json_response(status, &body),
+            Err(e) => error_response(e),
+        }
+    }
+}
+
+impl Api {
+    async fn route(&self, req: &Request, path: &str) -> ApiResult {
+        let segments: Vec<&str> = path.trim_start_matches("/api/").split('/').collect();
+        let m = &req.head.method;
+        match (m, segments.as_slice()) {
+            (&Method::GET, ["instances"]) => Ok((StatusCode::OK, self.list_instances())),
+            (&Method::POST, ["instances"]) => self.spawn_instance(&req.body).await,
+            (&Method::GET, ["instances", name]) => self.get_instance(name),
+            (&Method::DELETE, ["instances", name]) => self.stop_instance(name).await,
+            (&Method::POST, ["instances", name, "restart"]) => self.restart_instance(name).await,
+            (&Method::PUT, ["instances", name, "weight"]) => self.set_weight(name, &req.body),
+            (&Method::POST, ["tokens"]) => {
+                if !req.trusted {
+                    return Err(ApiError(
+                        StatusCode::FORBIDDEN,
+                        "tokens are created only over the control socket (ten token-gen)".into(),
+                    ));
+                }
+                let token = self
+                    .auth
+                    .generate()
+                    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+                Ok((StatusCode::CREATED, json!({ "token": token })))
+            }
+            (
+                _,
+                ["instances"]
+                | ["instances", _]
+                | ["instances", _, "restart" | "weight"]
+                | ["tokens"],
+            ) => Err(ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("method {m} not allowed on {path}"),
+            )),
+            _ => Err(ApiError::not_found(format!(
+                "no such API route: {m} {path}"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_are_decoded() {
+        assert_eq!(
+            query_param(Some("a=1&token=x%2By+z"), "token").as_deref(),
+            Some("x+y z")
+        );
+        assert_eq!(query_param(Some("a=1"), "token"), None);
+        assert_eq!(query_param(Some("t=%"), "t").as_deref(), Some("%"));
+        assert_eq!(query_param(Some("t=%4"), "t").as_deref(), Some("%4"));
+    }
+}
