@@ -19,14 +19,22 @@ const RESOURCES: [&str; 6] = [
 const METHODS: [&str; 4] = ["GET", "GET", "POST", "PUT"];
 const STATUSES: [u32; 8] = [200, 200, 200, 201, 204, 304, 404, 500];
 
+/// splitmix64's finalizer: independent-looking bits for every field of a line.
+fn mix(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// One realistic line. "timeout" appears only in every 10,000th line; "GET" in about half.
 fn line(i: u64) -> (&'static str, String, Stream, String) {
-    let r = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17;
-    let user = USERS[(r % 12) as usize];
+    let r = mix(i);
+    let user = USERS[((r >> 20) % 12) as usize];
     let (process, instance) = match i % 1000 {
         0 => ("cron", "1".to_string()),
-        1..=99 => ("worker", (1 + r % 2).to_string()),
-        _ => ("api", (1 + r % 8).to_string()),
+        1..=99 => ("worker", (1 + (r >> 11) % 2).to_string()),
+        _ => ("api", (1 + (r >> 11) % 8).to_string()),
     };
     if i % 10_000 == 5 {
         let msg = format!("ERROR upstream timeout contacting payments-gateway after 30000ms user={user} attempt={}", r % 3 + 1);

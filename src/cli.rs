@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::client::Client;
-use crate::cmd::{instances, token};
+use crate::cmd::{deploy, instances, token};
 use crate::{config_cmd, serve};
 
 #[derive(Debug, Parser)]
@@ -125,6 +125,62 @@ ten weight api:v2 100"
 Example:\n  TOKEN=$(ten token-gen)\n  curl -H \"Authorization: Bearer $TOKEN\" -H 'Host: example.com' localhost:8080/api/instances"
     )]
     TokenGen,
+    /// Deploy a new version: spawn it at weight 0, wait until healthy, then set --weight
+    #[command(
+        long_about = "Deploy a new version of a process (blue/green or canary): spawn \
+process:version at weight 0 and wait until it is healthy (within --timeout, default the process's \
+startup_timeout). If it fails it is stopped, the command exits 1 with its last output lines, and \
+nothing else changes. Then its weight is set to --weight (default 0: reachable only at \
+{version}.{process}.{domain} until you `ten route`). {version} in command, directory and env lets \
+each version run its own code.\n\nExamples:\n  ten deploy api --version v2\n  ten deploy api:v2 --weight 10 \
+--timeout 60s\n  ten deploy --history"
+    )]
+    Deploy {
+        /// process (with --version) or process:version
+        #[arg(required_unless_present = "history")]
+        target: Option<String>,
+        /// The new version (its instance id)
+        #[arg(long)]
+        version: Option<String>,
+        /// Weight once healthy, 0..100 [default: 0]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=100))]
+        weight: Option<u32>,
+        /// How long to wait until healthy, e.g. 60s [default: startup_timeout]
+        #[arg(long, value_parser = parse_timeout)]
+        timeout: Option<String>,
+        /// Show the deploy audit log instead (deploys, routes, weights, stops)
+        #[arg(long, conflicts_with_all = ["version", "weight", "timeout"])]
+        history: bool,
+        /// With --history: machine-readable output
+        #[arg(long, requires = "history")]
+        json: bool,
+    },
+    /// Move all traffic of a process from one version to another in one atomic swap
+    #[command(
+        long_about = "Set --to to weight 100 and --from to weight 0 in ONE routing table swap: \
+every request goes to one or the other, none is lost. --from keeps running so that rolling back is \
+`ten route` the other way; `ten stop process:from` drains it and stops it. Refused if --to is not \
+healthy.\n\nExamples:\n  ten route api --from v1 --to v2\n  ten route api --from v2 --to v1   # rollback"
+    )]
+    Route {
+        process: String,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+    },
+}
+
+fn parse_timeout(s: &str) -> Result<String, String> {
+    tenement_conf::parse_duration(s)
+        .map_err(|e| e.to_string())
+        .and_then(|d| {
+            if d.is_zero() {
+                Err("must be > 0".into())
+            } else {
+                Ok(s.to_string())
+            }
+        })
 }
 
 /// Validate `process:id` at parse time (a bad spelling is a usage error, exit 2).
@@ -206,6 +262,43 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             instances::weight(&Client::locate(&cli.global)?, &instance, weight)
         }
         Command::TokenGen => token::generate(&Client::locate(&cli.global)?),
+        Command::Deploy {
+            history: true,
+            json,
+            ..
+        } => deploy::history(&Client::locate(&cli.global)?, json),
+        Command::Deploy {
+            target,
+            version,
+            weight,
+            timeout,
+            ..
+        } => {
+            let target = target.unwrap_or_default();
+            let (process, version) = match (target.split_once(':'), version) {
+                (Some(_), Some(_)) => {
+                    usage("give either process:version or a process with --version, not both")
+                }
+                (Some((p, v)), None) => (p.to_string(), v.to_string()),
+                (None, Some(v)) => (target.clone(), v),
+                (None, None) => {
+                    usage("expected process:version (e.g. api:v2) or a process with --version")
+                }
+            };
+            let name =
+                parse_instance(&format!("{process}:{version}")).unwrap_or_else(|e| usage(&e));
+            let (process, version) = name.split_once(':').unwrap_or_default();
+            deploy::deploy(
+                &Client::locate(&cli.global)?,
+                process,
+                version,
+                weight,
+                timeout.as_deref(),
+            )
+        }
+        Command::Route { process, from, to } => {
+            deploy::route(&Client::locate(&cli.global)?, &process, &from, &to)
+        }
     }
 }
 
@@ -224,6 +317,7 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }

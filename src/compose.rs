@@ -138,6 +138,9 @@ impl Composer {
                 let availability = match v.state {
                     State::Healthy => Availability::Up { healthy: true },
                     State::Unhealthy => Availability::Up { healthy: false },
+                    State::Stopped | State::Draining | State::Starting if v.idle => {
+                        Availability::Idle
+                    }
                     State::Starting | State::Draining | State::Stopped | State::Failed => {
                         Availability::Down
                     }

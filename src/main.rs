@@ -1,12 +1,14 @@
 //! `ten`: one binary that replaces nginx, a process supervisor and a basic monitoring stack.
 
 mod api;
+mod audit;
 mod cli;
 mod client;
 mod cmd;
 mod compose;
 mod config_cmd;
 mod serve;
+mod time;
 
 use std::process::ExitCode;
 

@@ -21,6 +21,7 @@ use tenement_proxy::{Mode, TenProxy};
 use tenement_supervisor::{StateStore, Supervisor, TracingSink};
 
 use crate::api::{Api, Auth};
+use crate::audit::Audit;
 use crate::compose::{Composer, Wake};
 
 /// Bind `addr` now (port 0 gets a real port) and hand the socket to Pingora's listener table
@@ -97,6 +98,7 @@ pub async fn run(config: Config) -> Result<()> {
         supervisor: supervisor.clone(),
         composer: composer.clone(),
         auth: Auth::open(&db).with_context(|| format!("cannot open {}", db.display()))?,
+        audit: Audit::open(&db).with_context(|| format!("cannot open {}", db.display()))?,
     });
     let proxy = TenProxy::new(composer.router(), api.clone(), Some(waker));
     let traffic = proxy.traffic();

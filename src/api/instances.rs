@@ -32,6 +32,13 @@ fn health(state: State) -> &'static str {
     }
 }
 
+fn result_text<T>(r: &Result<T, tenement_supervisor::Error>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(e) => format!("failed: {e}"),
+    }
+}
+
 pub fn check_weight(w: u32) -> Result<u32, ApiError> {
     if w > 100 {
         return Err(ApiError::bad(format!(
@@ -49,6 +56,7 @@ impl Api {
             "process": v.name.process,
             "id": v.name.id,
             "kind": "spawned",
+            "host": format!("{}.{}.{}", v.name.id.to_ascii_lowercase(), v.name.process, self.config.settings.domain),
             "state": v.state.as_str(),
             "health": health(v.state),
             "weight": v.weight,
@@ -97,7 +105,10 @@ impl Api {
 
     pub(crate) async fn stop_instance(&self, name: &str) -> ApiResult {
         let name = parse_name(name)?;
-        self.supervisor.stop(&name).await?;
+        let r = self.supervisor.stop(&name).await;
+        self.audit
+            .record("stop", &name.process, &name.id, &result_text(&r));
+        r?;
         Ok((StatusCode::NO_CONTENT, Value::Null))
     }
 
@@ -113,6 +124,12 @@ impl Api {
         let w = check_weight(req.weight)?;
         self.view_of(&name)?;
         self.supervisor.set_weights(&[(name.clone(), w)])?;
+        self.audit.record(
+            "weight",
+            &name.process,
+            &name.id,
+            &format!("ok: weight {w}"),
+        );
         let v = self.view_of(&name)?;
         Ok((StatusCode::OK, self.instance_json(&v)))
     }

@@ -2,6 +2,7 @@
 //! `admin_listen`, and the control socket (trusted: no token).
 
 mod auth;
+mod deploy;
 mod instances;
 
 use std::sync::Arc;
@@ -20,11 +21,11 @@ use crate::compose::Composer;
 pub use auth::Auth;
 
 pub struct Api {
-    #[allow(dead_code)] // used by the deploy and logs routes
     pub config: Arc<Config>,
     pub supervisor: Supervisor,
     pub composer: Arc<Composer>,
     pub auth: Auth,
+    pub audit: crate::audit::Audit,
 }
 
 /// An API error: status + message, rendered as `{"error": "..."}`.
@@ -207,6 +208,9 @@ impl Api {
             (&Method::DELETE, ["instances", name]) => self.stop_instance(name).await,
             (&Method::POST, ["instances", name, "restart"]) => self.restart_instance(name).await,
             (&Method::PUT, ["instances", name, "weight"]) => self.set_weight(name, &req.body),
+            (&Method::POST, ["deploy"]) => self.deploy(&req.body).await,
+            (&Method::POST, ["route"]) => self.route_traffic(&req.body),
+            (&Method::GET, ["deploys"]) => self.history(req.head.uri.query()),
             (&Method::POST, ["tokens"]) => {
                 if !req.trusted {
                     return Err(ApiError(
@@ -225,7 +229,10 @@ impl Api {
                 ["instances"]
                 | ["instances", _]
                 | ["instances", _, "restart" | "weight"]
-                | ["tokens"],
+                | ["tokens"]
+                | ["deploy"]
+                | ["route"]
+                | ["deploys"],
             ) => Err(ApiError(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("method {m} not allowed on {path}"),

@@ -1,4 +1,5 @@
 //! Client commands: one module per group, each a thin call to `ten serve`'s API.
 
+pub mod deploy;
 pub mod instances;
 pub mod token;

@@ -42,6 +42,9 @@ pub struct TracingSink;
 
 impl LogSink for TracingSink {
     fn line(&self, instance: &InstanceName, stream: Stream, line: &str) {
+        if instance.process == "ten" {
+            return; // ten's own events are already traced where they happen
+        }
         tracing::info!(target: "app", instance = %instance, stream = stream.as_str(), "{line}");
     }
 }

@@ -263,7 +263,10 @@ impl Supervisor {
     pub(crate) fn set_state(&self, name: &InstanceName, state: State, error: Option<String>) {
         self.update(name, |v| {
             v.state = state;
-            v.idle = false;
+            // An idle instance stays wakeable while it stops and while it starts again.
+            if matches!(state, State::Healthy | State::Failed | State::Unhealthy) {
+                v.idle = false;
+            }
             if state == State::Healthy {
                 v.last_error = None;
             } else if error.is_some() {
@@ -291,6 +294,11 @@ impl Supervisor {
             v.started = None;
         });
         self.persist(|s| s.set_pgid(name, None));
+    }
+
+    /// It is about to stop for idleness: from now on a request wakes it instead of failing.
+    pub(crate) fn mark_idle(&self, name: &InstanceName) {
+        self.update(name, |v| v.idle = true);
     }
 
     pub(crate) fn set_idle(&self, name: &InstanceName) {
@@ -385,15 +393,28 @@ impl Supervisor {
     /// its health path 2xx) within startup_timeout. On failure it is killed and forgotten and
     /// the error carries its last output lines.
     pub async fn spawn(&self, name: &InstanceName, weight: u32) -> Result<InstanceView, Error> {
+        self.spawn_with(name, weight, None).await
+    }
+
+    /// `spawn` with another startup timeout (a deploy's `--timeout`).
+    pub async fn spawn_with(
+        &self,
+        name: &InstanceName,
+        weight: u32,
+        startup_timeout: Option<Duration>,
+    ) -> Result<InstanceView, Error> {
         if self.inner.shutting_down.load(Ordering::Relaxed) {
             return Err(Error::ShuttingDown);
         }
-        let process = self
+        let mut process = self
             .inner
             .config
             .process(&name.process)
             .ok_or_else(|| Error::UnknownProcess(name.process.clone()))?
             .clone();
+        if let Some(t) = startup_timeout {
+            process.startup_timeout = t;
+        }
         if process.is_external() {
             return Err(Error::External(name.process.clone()));
         }
@@ -526,7 +547,9 @@ impl Supervisor {
                 .ok_or_else(|| Error::UnknownInstance(name.to_string()))?;
             match (slot.view.state, slot.view.idle) {
                 (State::Healthy, _) => return Ok(()),
-                (State::Stopped, true) => slot.wake.notify_one(),
+                // Stopping or stopped for idleness: one permit, taken when the runner waits.
+                // (Starting while idle means a wake is already under way: share it.)
+                (State::Stopped | State::Draining, true) => slot.wake.notify_one(),
                 _ => {}
             }
         }

@@ -139,6 +139,7 @@ impl Runner {
                 Outcome::Idle => {
                     self.sup
                         .event(&self.name, "idle: stopping (it wakes on its next request)");
+                    self.sup.mark_idle(&self.name);
                     self.drain_and_kill(&live).await;
                     self.cleanup(&live);
                     self.sup.set_idle(&self.name);

@@ -1,7 +1,10 @@
 //! End-to-end tests: the real `ten` binary, real `ten-testapp` children, real HTTP on 127.0.0.1.
 
 mod config;
+mod control;
+mod deploy;
 mod lifecycle;
 mod routing;
+mod supervision;
 mod tls;
 mod util;

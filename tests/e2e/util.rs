@@ -35,12 +35,53 @@ pub fn ten(args: &[&str], cwd: &Path) -> (ExitStatus, String, String) {
     )
 }
 
+/// Run a command to completion, stopping it after `limit` (then panicking): (status, stdout,
+/// stderr).
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> (ExitStatus, String, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn command");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr")));
+    let Some(status) = wait_bounded(&mut child, limit) else {
+        // Politely first (a stray `ten serve` stops its instances), then for sure.
+        signal(child.id(), libc_sig::TERM);
+        if wait_bounded(&mut child, Duration::from_secs(15)).is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!(
+            "{cmd:?} still running after {limit:?}; stderr so far:\n{}",
+            err.join().unwrap_or_default()
+        );
+    };
+    (
+        status,
+        out.join().expect("stdout reader"),
+        err.join().expect("stderr reader"),
+    )
+}
+
 /// A running `ten serve`.
 pub struct Ten {
     pub child: Option<Child>,
     pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
     pub https: Option<SocketAddr>,
+    /// The control socket, as announced by `ten: control socket PATH`.
+    pub control: PathBuf,
+    /// The `admin_listen` address, when the config sets one.
+    pub admin: Option<SocketAddr>,
     pub stdout: Arc<Mutex<Vec<String>>>,
     pub stderr_path: PathBuf,
 }
@@ -119,18 +160,25 @@ impl Builder {
         });
         let mut addr = None;
         let mut https = None;
+        let mut control = None;
+        let mut admin = None;
         let deadline = Instant::now() + Duration::from_secs(30);
         while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             if let Some(a) = line.strip_prefix("ten: listening on http://") {
                 addr = Some(a.parse().expect("addr"));
             } else if let Some(a) = line.strip_prefix("ten: listening on https://") {
                 https = Some(a.parse().expect("addr"));
+            } else if let Some(a) = line.strip_prefix("ten: admin listening on http://") {
+                admin = Some(a.parse().expect("admin addr"));
+            } else if let Some(p) = line.strip_prefix("ten: control socket ") {
+                control = Some(PathBuf::from(p));
             } else if line.starts_with("ten: domain") {
                 break;
             }
         }
-        let Some(addr) = addr else {
+        let (Some(addr), Some(control)) = (addr, control) else {
             let _ = child.kill();
+            let _ = child.wait();
             let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
             panic!("ten serve did not start; stderr:\n{err}");
         };
@@ -139,6 +187,8 @@ impl Builder {
             dir: self.dir,
             addr,
             https,
+            control,
+            admin,
             stdout: lines,
             stderr_path,
         }
@@ -148,6 +198,28 @@ impl Builder {
 impl Ten {
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// The data dir of the generated config (`@DIR@/data`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Run a client command against this server: `ten --data-dir <dir>/data ARGS`, bounded.
+    pub fn cli(&self, args: &[&str]) -> (ExitStatus, String, String) {
+        let mut cmd = Command::new(ten_bin());
+        cmd.arg("--data-dir")
+            .arg(self.data_dir())
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("TENEMENT_CONFIG")
+            .env_remove("TENEMENT_DATA_DIR");
+        run_bounded(&mut cmd, Duration::from_secs(120))
+    }
+
+    /// One raw HTTP request over the control socket (no token needed there).
+    pub fn control_request(&self, raw: &str) -> Resp {
+        unix_request(&self.control, raw.as_bytes())
     }
 
     pub fn pid(&self) -> u32 {
@@ -333,6 +405,16 @@ pub fn read_response<R: BufRead>(r: &mut R) -> Resp {
         let _ = r.read_to_end(&mut resp.body);
     }
     resp
+}
+
+/// One request over a unix socket; reads one response.
+pub fn unix_request(path: &Path, raw: &[u8]) -> Resp {
+    let mut s = std::os::unix::net::UnixStream::connect(path)
+        .unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    s.write_all(raw).expect("write");
+    read_response(&mut BufReader::new(s))
 }
 
 /// A TCP port free right now on 127.0.0.1.

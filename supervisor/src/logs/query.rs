@@ -146,64 +146,103 @@ mod tests {
         assert_eq!(args.last(), Some(&Value::Integer(10_000)));
     }
 }
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod plan_scratch {
+mod plans {
     use super::*;
-    #[test]
-    fn print_plans() {
+    use crate::Stream;
+    use std::time::SystemTime;
+
+    /// SQLite's plan for `q`, one step per line.
+    fn plan(q: &LogQuery) -> String {
         let dir = tempfile::tempdir().unwrap();
-        let c = crate::logs::store::open_writer(&dir.path().join("x.db")).unwrap();
-        let qs = [
+        let conn = crate::logs::store::open_writer(&dir.path().join("t.db")).unwrap();
+        let (sql, args) = build(q);
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let steps = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+            .unwrap();
+        steps.map(Result::unwrap).collect::<Vec<_>>().join("\n")
+    }
+
+    fn q() -> LogQuery {
+        LogQuery::default()
+    }
+
+    /// Every query walks ids newest first and stops at the limit: no sort of all matches.
+    #[test]
+    fn no_query_sorts_its_matches() {
+        let s = |v: &str| Some(v.to_string());
+        let cases = [
+            q(),
             LogQuery {
-                search: Some("GET".into()),
-                ..LogQuery::default()
+                search: s("GET"),
+                ..q()
             },
             LogQuery {
-                search: Some("GET".into()),
-                process: Some("a".into()),
-                instance: Some("1".into()),
-                before_id: Some(5),
-                ..LogQuery::default()
+                search: s("GET"),
+                process: s("api"),
+                instance: s("1"),
+                ..q()
             },
             LogQuery {
-                process: Some("a".into()),
-                instance: Some("1".into()),
-                ..LogQuery::default()
+                search: s("GET"),
+                since: Some(SystemTime::now()),
+                ..q()
             },
             LogQuery {
-                process: Some("a".into()),
-                ..LogQuery::default()
+                process: s("api"),
+                ..q()
             },
             LogQuery {
-                since: Some(std::time::SystemTime::now()),
-                ..LogQuery::default()
+                process: s("api"),
+                stream: Some(Stream::Stderr),
+                ..q()
             },
             LogQuery {
-                since: Some(std::time::SystemTime::now()),
-                process: Some("a".into()),
-                instance: Some("1".into()),
-                ..LogQuery::default()
+                process: s("api"),
+                instance: s("1"),
+                before_id: Some(9),
+                ..q()
             },
             LogQuery {
-                since: Some(std::time::SystemTime::now()),
-                search: Some("x".into()),
-                ..LogQuery::default()
-            },
-            LogQuery {
-                stream: Some(crate::Stream::Stderr),
-                ..LogQuery::default()
+                since: Some(SystemTime::now()),
+                ..q()
             },
         ];
-        for q in qs {
-            let (sql, args) = build(&q);
-            let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-            let rows: Vec<String> = st
-                .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
-                .unwrap()
-                .map(|r| r.unwrap())
-                .collect();
-            println!("{sql}\n   {rows:?}");
+        for case in cases {
+            let plan = plan(&case);
+            assert!(!plan.contains("TEMP B-TREE"), "{case:?}\n{plan}");
         }
+    }
+
+    #[test]
+    fn search_is_driven_by_the_fts_index() {
+        let plan = plan(&LogQuery {
+            search: Some("GET".into()),
+            process: Some("api".into()),
+            ..q()
+        });
+        assert!(plan.starts_with("SCAN logs_fts VIRTUAL TABLE"), "{plan}");
+        assert!(
+            plan.contains("USING INTEGER PRIMARY KEY (rowid=?)"),
+            "{plan}"
+        );
+    }
+
+    #[test]
+    fn instance_filter_uses_its_index_and_since_bounds_the_walk() {
+        let plan = plan(&LogQuery {
+            process: Some("api".into()),
+            instance: Some("1".into()),
+            since: Some(SystemTime::now()),
+            ..q()
+        });
+        assert!(
+            plan.contains("INDEX logs_process_instance (process=? AND instance=? AND id>?)"),
+            "{plan}"
+        );
+        assert!(plan.contains("INDEX logs_ts (ts>?)"), "{plan}");
     }
 }

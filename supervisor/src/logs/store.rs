@@ -33,9 +33,6 @@ CREATE INDEX IF NOT EXISTS logs_process_instance ON logs (process, instance, id)
 CREATE VIRTUAL TABLE IF NOT EXISTS logs_fts USING fts5 (
     message, content = 'logs', content_rowid = 'id'
 );
-CREATE TRIGGER IF NOT EXISTS logs_fts_insert AFTER INSERT ON logs BEGIN
-    INSERT INTO logs_fts (rowid, message) VALUES (new.id, new.message);
-END;
 CREATE TRIGGER IF NOT EXISTS logs_fts_delete AFTER DELETE ON logs BEGIN
     INSERT INTO logs_fts (logs_fts, rowid, message) VALUES ('delete', old.id, old.message);
 END;
@@ -43,6 +40,10 @@ END;
 
 pub(crate) const INSERT: &str =
     "INSERT INTO logs (ts, process, instance, stream, message) VALUES (?1, ?2, ?3, ?4, ?5)";
+
+/// Indexes a committed batch's ids `?1..=?2`, in the batch's transaction.
+pub(crate) const INDEX_BATCH: &str =
+    "INSERT INTO logs_fts (rowid, message) SELECT id, message FROM logs WHERE id BETWEEN ?1 AND ?2";
 
 /// Oldest-first by age: the `ts` index finds them.
 const DELETE_OLDER: &str =

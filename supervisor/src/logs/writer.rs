@@ -190,6 +190,10 @@ impl Writer {
                     ])?);
                 }
             }
+            if let (Some(first), Some(last)) = (ids.first(), ids.last()) {
+                tx.prepare_cached(store::INDEX_BATCH)?
+                    .execute([first, last])?;
+            }
             tx.commit()
         })();
         let n = batch.len() as u64;
