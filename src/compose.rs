@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tenement_conf::{Config, InstanceName, Upstream};
+use tenement_proxy::metrics::Metrics;
 use tenement_proxy::{
-    Availability, Backend, InstanceStats, ProcessOpts, RouteSpec, Router, Table, TableBuilder,
-    UpstreamAddr,
+    Availability, Backend, InstanceStats, ProcessMetrics, ProcessOpts, RouteSpec, Router, Table,
+    TableBuilder, UpstreamAddr,
 };
 use tenement_supervisor::{Addr, State, TrafficProbe, View};
 
@@ -20,10 +21,12 @@ pub struct Composer {
     /// External upstreams, resolved once at start.
     externals: HashMap<String, Vec<Option<UpstreamAddr>>>,
     stats: Mutex<HashMap<InstanceName, Arc<InstanceStats>>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Composer {
-    pub fn new(config: Arc<Config>) -> Arc<Self> {
+    /// `metrics`: the hot-path registry, or None when `[settings] metrics = false`.
+    pub fn new(config: Arc<Config>, metrics: Option<Arc<Metrics>>) -> Arc<Self> {
         let opts = config
             .processes
             .iter()
@@ -32,6 +35,10 @@ impl Composer {
                     name: p.name.as_str().into(),
                     request_timeout: p.request_timeout,
                     max_body: p.max_body,
+                    metrics: metrics.as_ref().map(|m| ProcessMetrics {
+                        in_flight: m.process_in_flight(&p.name),
+                        unrouted: m.instance(&p.name, "-"),
+                    }),
                 };
                 (p.name.clone(), Arc::new(o))
             })
@@ -48,6 +55,7 @@ impl Composer {
             opts,
             externals,
             stats: Mutex::default(),
+            metrics,
         };
         me.rebuild(&View::default());
         Arc::new(me)
@@ -102,7 +110,31 @@ impl Composer {
 
     fn stats_for(&self, name: &InstanceName) -> Arc<InstanceStats> {
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        stats.entry(name.clone()).or_default().clone()
+        stats
+            .entry(name.clone())
+            .or_insert_with(|| {
+                let m = self
+                    .metrics
+                    .as_ref()
+                    .map(|m| m.instance(&name.process, &name.id));
+                Arc::new(InstanceStats::with_metrics(m))
+            })
+            .clone()
+    }
+
+    /// Forget the counters (and metric series) of instances that are gone.
+    fn prune(&self, view: &View) {
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.retain(|name, s| {
+            let keep = self.externals.contains_key(&name.process)
+                || view.instances.iter().any(|v| &v.name == name);
+            if !keep {
+                if let Some(m) = &s.metrics {
+                    m.remove();
+                }
+            }
+            keep
+        });
     }
 
     /// Build the table for `view` and publish it in one swap.
@@ -171,6 +203,7 @@ impl Composer {
             });
         }
         self.router.publish(b.build());
+        self.prune(view);
     }
 
     /// Rebuild on every change of the supervisor's view, until the channel closes.

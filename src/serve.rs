@@ -20,9 +20,10 @@ use tenement_conf::Config;
 use tenement_proxy::{Mode, TenProxy};
 use tenement_supervisor::{StateStore, Supervisor, TracingSink};
 
-use crate::api::{Api, Auth};
+use crate::api::{register_process_collector, Api, Auth};
 use crate::audit::Audit;
 use crate::compose::{Composer, Wake};
+use tenement_proxy::metrics::Metrics;
 
 /// Bind `addr` now (port 0 gets a real port) and hand the socket to Pingora's listener table
 /// under its actual address, which is the address to give Pingora: it adopts the socket
@@ -77,7 +78,13 @@ pub async fn run(config: Config) -> Result<()> {
     let sock = control_socket(&s.data_dir);
     let sock_key = bind_control(&fds, &sock)?;
 
-    let composer = Composer::new(config.clone());
+    let metrics = if s.metrics {
+        register_process_collector();
+        Some(Metrics::new().context("cannot create the metrics registry")?)
+    } else {
+        None
+    };
+    let composer = Composer::new(config.clone(), metrics.clone());
     let store = StateStore::open(&s.data_dir.join("tenement.db"))
         .with_context(|| format!("cannot open {}", s.data_dir.join("tenement.db").display()))?;
     let supervisor = Supervisor::new(
@@ -99,6 +106,7 @@ pub async fn run(config: Config) -> Result<()> {
         composer: composer.clone(),
         auth: Auth::open(&db).with_context(|| format!("cannot open {}", db.display()))?,
         audit: Audit::open(&db).with_context(|| format!("cannot open {}", db.display()))?,
+        metrics,
     });
     let proxy = TenProxy::new(composer.router(), api.clone(), Some(waker));
     let traffic = proxy.traffic();

@@ -48,6 +48,8 @@ pub struct Settings {
     pub max_body: u64,
     pub tls: Option<Tls>,
     pub metrics_token: Option<String>,
+    /// Per-request metrics on the hot path (default true; false only for benchmarking the cost).
+    pub metrics: bool,
     pub log_retention: Duration,
     pub log_max_rows: u64,
     // tenement 0.2 defaults for every process:

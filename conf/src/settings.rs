@@ -19,6 +19,7 @@ const SETTINGS_KEYS: &[&str] = &[
     "max_body",
     "tls",
     "metrics_token",
+    "metrics",
     "log_retention",
     "log_max_rows",
     "max_restarts",
@@ -57,6 +58,7 @@ impl Settings {
             max_body: 10_000_000,
             tls: None,
             metrics_token: None,
+            metrics: true,
             log_retention: Duration::from_secs(7 * 86_400),
             log_max_rows: 1_000_000,
             max_restarts: 5,
@@ -115,6 +117,9 @@ pub(crate) fn parse_settings(cx: &mut Cx, field: Option<Field<'_, '_>>) -> Setti
     s.metrics_token = t
         .get("metrics_token")
         .and_then(|f| non_empty(cx, &f).map(str::to_string));
+    if let Some(b) = t.get("metrics").and_then(|f| cx.bool(&f)) {
+        s.metrics = b;
+    }
     if let Some(n) = t.get("log_max_rows").and_then(|f| cx.u64(&f, 1)) {
         s.log_max_rows = n;
     }

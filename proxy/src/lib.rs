@@ -5,6 +5,7 @@
 
 pub mod host;
 pub mod management;
+pub mod metrics;
 mod select;
 mod service;
 pub mod table;
@@ -16,8 +17,8 @@ use arc_swap::ArcSwap;
 
 pub use service::{Ctx, Mode, TenProxy, Traffic};
 pub use table::{
-    Availability, Backend, InstanceStats, Pool, ProcessOpts, RouteSpec, Table, TableBuilder,
-    Target, UpstreamAddr,
+    Availability, Backend, InstanceStats, Pool, ProcessMetrics, ProcessOpts, RouteSpec, Table,
+    TableBuilder, Target, UpstreamAddr,
 };
 
 /// Holds the current table. Writers build a whole new table and `publish` it; readers `load`.

@@ -13,7 +13,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::host::{self, HostError};
 use crate::management::{self, Body, Management, Waker};
-use crate::table::{Availability, Backend, InFlight, Target};
+use crate::table::{Availability, Backend, InFlight, ProcessOpts, Target};
 use crate::Router;
 
 /// Counts every request the proxy is handling, for the shutdown drain.
@@ -51,6 +51,43 @@ pub struct Ctx {
     body_seen: u64,
     /// A message for the error response, set where the cause is known best.
     error_msg: Option<String>,
+    start: Instant,
+    /// Counts this request in its process's in-flight gauge until dropped.
+    _gauge: Option<GaugeGuard>,
+}
+
+struct GaugeGuard(prometheus::IntGauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The process a target belongs to.
+fn opts_of(target: &Target) -> Option<&Arc<ProcessOpts>> {
+    match target {
+        Target::Pool(p) => Some(&p.opts),
+        Target::Instance(b) => Some(&b.opts),
+        Target::Management => None,
+    }
+}
+
+/// The metric kind of an upstream error.
+fn error_kind(e: &Error) -> &'static str {
+    match e.etype() {
+        ErrorType::ConnectTimedout
+        | ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError => "connect",
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => "timeout",
+        ErrorType::ConnectionClosed
+        | ErrorType::ReadError
+        | ErrorType::WriteError
+        | ErrorType::H1Error
+        | ErrorType::InvalidHTTPHeader => "broken",
+        _ => "other",
+    }
 }
 
 /// What a listener serves.
@@ -246,6 +283,17 @@ impl TenProxy {
                     }
                 }
             }
+            if ctx._gauge.is_none() {
+                let gauge = ctx
+                    .target
+                    .as_ref()
+                    .and_then(opts_of)
+                    .and_then(|o| o.metrics.as_ref());
+                if let Some(m) = gauge {
+                    m.in_flight.inc();
+                    ctx._gauge = Some(GaugeGuard(m.in_flight.clone()));
+                }
+            }
             let idle = match &ctx.target {
                 Some(Target::Instance(b)) if b.availability == Availability::Idle => {
                     Some(b.clone())
@@ -328,6 +376,8 @@ impl ProxyHttp for TenProxy {
             max_body: u64::MAX,
             body_seen: 0,
             error_msg: None,
+            start: Instant::now(),
+            _gauge: None,
         }
     }
 
@@ -401,6 +451,9 @@ impl ProxyHttp for TenProxy {
             }
         }
         if let Some(b) = &ctx.backend {
+            if let Some(m) = &b.stats.metrics {
+                m.error("connect");
+            }
             tracing::warn!(instance = %b.key, error = %e, "connect to upstream failed");
             ctx.error_msg = Some(format!("bad gateway: cannot connect to {}", b.key));
         }
@@ -469,6 +522,40 @@ impl ProxyHttp for TenProxy {
         resp.remove_header("keep-alive");
         resp.remove_header("proxy-connection");
         Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if self.mode != Mode::Proxy {
+            return;
+        }
+        // No response written: the client went away first (nginx's 499).
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(499);
+        match &ctx.backend {
+            Some(b) => {
+                if let Some(m) = &b.stats.metrics {
+                    m.observe(status, ctx.start.elapsed());
+                    if let Some(e) = e.filter(|e| e.esource() == &ErrorSource::Upstream) {
+                        let kind = error_kind(e);
+                        if kind != "connect" {
+                            m.error(kind); // connect failures are counted per attempt
+                        }
+                    }
+                }
+            }
+            None => {
+                if let Some(m) = ctx
+                    .target
+                    .as_ref()
+                    .and_then(opts_of)
+                    .and_then(|o| o.metrics.as_ref())
+                {
+                    m.unrouted.observe(status, ctx.start.elapsed());
+                }
+            }
+        }
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

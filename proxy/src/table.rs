@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use pingora_core::upstreams::peer::HttpPeer;
 
+use crate::metrics::InstanceMetrics;
 use crate::select::WeightedSet;
 
 /// Where an instance listens.
@@ -39,9 +40,18 @@ pub struct InstanceStats {
     requests: AtomicU64,
     /// Milliseconds since the proxy's epoch of the last request start (0 = never).
     last_request_ms: AtomicU64,
+    /// Prometheus handles (None when metrics are off).
+    pub metrics: Option<InstanceMetrics>,
 }
 
 impl InstanceStats {
+    pub fn with_metrics(metrics: Option<InstanceMetrics>) -> Self {
+        InstanceStats {
+            metrics,
+            ..Default::default()
+        }
+    }
+
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -85,11 +95,20 @@ pub enum Availability {
 }
 
 /// Per-process proxy settings, shared by its pool and instances.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ProcessOpts {
     pub name: Arc<str>,
     pub request_timeout: Duration,
     pub max_body: u64,
+    /// In-flight gauge and the counters of requests no instance took (503s).
+    pub metrics: Option<ProcessMetrics>,
+}
+
+#[derive(Debug)]
+pub struct ProcessMetrics {
+    pub in_flight: prometheus::IntGauge,
+    /// Requests answered without an instance (no healthy instance, body too large): instance="-".
+    pub unrouted: InstanceMetrics,
 }
 
 /// One instance (or external upstream) as the proxy sees it in this table.
@@ -380,6 +399,7 @@ mod tests {
             name: name.into(),
             request_timeout: Duration::from_secs(30),
             max_body: 1 << 20,
+            metrics: None,
         })
     }
 

@@ -4,6 +4,7 @@
 mod auth;
 mod deploy;
 mod instances;
+mod metrics;
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use tenement_supervisor::Supervisor;
 use crate::compose::Composer;
 
 pub use auth::Auth;
+pub use metrics::register_process_collector;
 
 pub struct Api {
     pub config: Arc<Config>,
@@ -26,6 +28,8 @@ pub struct Api {
     pub composer: Arc<Composer>,
     pub auth: Auth,
     pub audit: crate::audit::Audit,
+    /// The hot-path registry (None when `[settings] metrics = false`).
+    pub metrics: Option<Arc<tenement_proxy::metrics::Metrics>>,
 }
 
 /// An API error: status + message, rendered as `{"error": "..."}`.
@@ -88,6 +92,11 @@ pub fn parse_name(s: &str) -> Result<InstanceName, ApiError> {
     })
 }
 
+/// Equal without an early exit on the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn bearer(req: &Request) -> Option<String> {
     if let Some(v) = req
         .head
@@ -143,8 +152,32 @@ fn percent_decode(s: &str) -> String {
 impl Management for Api {
     async fn handle(&self, req: Request) -> Response {
         let path = req.head.uri.path().to_string();
+        if matches!(path.as_str(), "/health" | "/metrics") && !req.trusted {
+            if let Some(want) = &self.config.settings.metrics_token {
+                let got = bearer(&req).unwrap_or_default();
+                if !constant_time_eq(got.as_bytes(), want.as_bytes()) {
+                    let mut resp = error_response(ApiError(
+                        StatusCode::UNAUTHORIZED,
+                        "metrics_token is set: send Authorization: Bearer <metrics_token>".into(),
+                    ));
+                    resp.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Bearer realm=\"tenement\""),
+                    );
+                    return resp;
+                }
+            }
+        }
         match path.as_str() {
             "/health" => return json_response(StatusCode::OK, &json!({"status": "ok"})),
+            "/metrics" => {
+                let mut resp = http::Response::new(Body::Full(Bytes::from(self.metrics_text())));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                return resp;
+            }
             "/" => {
                 let mut resp = http::Response::new(Body::Full(Bytes::from(format!(
                     "tenement {} — management API at /api/ (see docs/api.md), health at /health\n",

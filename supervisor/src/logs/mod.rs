@@ -26,7 +26,7 @@ use tenement_conf::InstanceName;
 
 use crate::child::{LogSink, Stream};
 
-pub use query::{DEFAULT_LIMIT, MAX_LIMIT};
+pub use query::{literal_search, DEFAULT_LIMIT, MAX_LIMIT};
 pub use store::rfc3339_ms;
 
 use writer::{Msg, Pending, Writer};
@@ -327,3 +327,5 @@ impl LogSink for LogStore {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_writer;

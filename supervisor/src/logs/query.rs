@@ -86,6 +86,12 @@ fn build(q: &LogQuery) -> (String, Vec<Value>) {
     )
 }
 
+/// An FTS5 query matching `text` literally (as one phrase), for callers that search for what
+/// the user typed rather than FTS5 syntax: `user=alice` becomes `"user=alice"`.
+pub fn literal_search(text: &str) -> String {
+    format!("\"{}\"", text.replace('"', "\"\""))
+}
+
 pub(crate) fn run(conn: &Connection, q: &LogQuery) -> Result<Vec<LogLine>, LogError> {
     let (sql, args) = build(q);
     let searching = q.search.as_deref().is_some_and(|s| !s.trim().is_empty());
@@ -107,9 +113,14 @@ pub(crate) fn run(conn: &Connection, q: &LogQuery) -> Result<Vec<LogLine>, LogEr
         // Our SQL is fixed; with a search the only thing that can be malformed is the search
         // expression (FTS5 reports syntax errors, unknown columns, bad `*` as SQLITE_ERROR).
         rusqlite::Error::SqliteFailure(f, msg) if searching && f.code == ErrorCode::Unknown => {
+            let mut reason = msg.unwrap_or_else(|| f.to_string());
+            if reason.contains("syntax error") {
+                reason
+                    .push_str(" (put text with punctuation in double quotes, e.g. \"user=alice\")");
+            }
             LogError::BadSearch {
                 query: q.search.clone().unwrap_or_default(),
-                reason: msg.unwrap_or_else(|| f.to_string()),
+                reason,
             }
         }
         e => LogError::Sqlite(e),

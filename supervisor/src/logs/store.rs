@@ -19,6 +19,11 @@ pub(crate) const RETENTION_CHUNK: u64 = 5_000;
 
 /// `id` uses AUTOINCREMENT so ids are never reused, even after retention empties the table:
 /// a client paging with `before_id` or resuming a stream never sees an old id come back.
+///
+/// Deletes reach the FTS index through a trigger. Inserts do not: the writer indexes each
+/// batch with one `INSERT ... SELECT` ([`INDEX_BATCH`]) in the batch's transaction. A per-row
+/// trigger opens a statement savepoint per line, and FTS5 flushes its pending terms to a new
+/// segment at every savepoint: that made ingest 2.6x slower (44k vs 117k lines/s at 100k rows).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS logs (
     id       INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -1,0 +1,103 @@
+//! `/metrics`: the hot-path families (kept by the proxy) plus the state families, built fresh
+//! from the supervisor's view at each scrape so a removed instance's series disappear.
+
+use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use super::Api;
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Option<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).ok()?;
+    r.register(Box::new(g.clone())).ok()?;
+    Some(g)
+}
+
+impl Api {
+    /// The whole exposition, Prometheus text format.
+    pub(crate) fn metrics_text(&self) -> String {
+        let state = Registry::new();
+        let view = self.supervisor.view();
+        let up = gauge_vec(
+            &state,
+            "tenement_instance_up",
+            "1 when the instance is healthy",
+            &["process", "instance"],
+        );
+        let weight = gauge_vec(
+            &state,
+            "tenement_instance_weight",
+            "Routing weight 0..100",
+            &["process", "instance"],
+        );
+        let storage = gauge_vec(
+            &state,
+            "tenement_instance_storage_bytes",
+            "Bytes in the instance's DATA_DIR (when storage_quota_mb is set)",
+            &["process", "instance"],
+        );
+        let restarts = IntCounterVec::new(
+            Opts::new(
+                "tenement_instance_restarts_total",
+                "Restarts since the instance was spawned",
+            ),
+            &["process", "instance"],
+        )
+        .ok()
+        .filter(|c| state.register(Box::new(c.clone())).is_ok());
+        for v in &view.instances {
+            let l = [v.name.process.as_str(), v.name.id.as_str()];
+            if let Some(g) = &up {
+                g.with_label_values(&l)
+                    .set(i64::from(v.state == tenement_supervisor::State::Healthy));
+            }
+            if let Some(g) = &weight {
+                g.with_label_values(&l).set(i64::from(v.weight));
+            }
+            if let (Some(g), Some(b)) = (&storage, v.storage_bytes) {
+                g.with_label_values(&l)
+                    .set(i64::try_from(b).unwrap_or(i64::MAX));
+            }
+            if let Some(c) = &restarts {
+                c.with_label_values(&l).inc_by(u64::from(v.restarts));
+            }
+        }
+        for e in self.composer.externals_json() {
+            let l = [
+                e["process"].as_str().unwrap_or(""),
+                e["id"].as_str().unwrap_or(""),
+            ];
+            if let Some(g) = &up {
+                g.with_label_values(&l)
+                    .set(i64::from(e["state"] == "healthy"));
+            }
+            if let Some(g) = &weight {
+                g.with_label_values(&l)
+                    .set(e["weight"].as_i64().unwrap_or(0));
+            }
+        }
+        if let Some(info) = gauge_vec(
+            &state,
+            "tenement_build_info",
+            "Build information",
+            &["version"],
+        ) {
+            info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        }
+        let mut families = state.gather();
+        if let Some(m) = &self.metrics {
+            families.extend(m.registry().gather());
+        }
+        families.extend(prometheus::gather()); // the process collector (RSS, CPU, fds)
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+            tracing::error!("encoding metrics: {e}");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Register the process collector (RSS, CPU seconds, open fds) once, in the default registry.
+pub fn register_process_collector() {
+    let pc = prometheus::process_collector::ProcessCollector::for_self();
+    let _ = prometheus::register(Box::new(pc));
+}

@@ -1,0 +1,233 @@
+//! Writer-side tests: restarts, shutdown, retention, subscribers, counters, floods.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::broadcast::error::TryRecvError;
+
+use super::tests::{assert_consistent, open, q, rows, sample, temp};
+use super::*;
+
+#[test]
+fn lines_survive_a_restart_and_ids_keep_growing() {
+    let (_d, path) = temp();
+    let last = {
+        let store = open(&path);
+        sample(&store);
+        store.close();
+        store.close(); // idempotent
+        store.query(&q()).unwrap()[0].id
+    };
+    let store = open(&path);
+    assert_eq!(store.query(&q()).unwrap().len(), 5);
+    store.record("api", "1", Stream::Stdout, "after restart");
+    store.flush();
+    let lines = store.query(&q()).unwrap();
+    assert_eq!(lines[0].message, "after restart");
+    assert!(lines[0].id > last);
+    assert_eq!(store.written(), 1);
+    assert_consistent(&path);
+}
+
+#[test]
+fn dropping_the_last_handle_commits_what_was_queued() {
+    let (_d, path) = temp();
+    {
+        let store = open(&path);
+        let clone = store.clone();
+        for i in 0..1000 {
+            clone.record("api", "1", Stream::Stdout, &format!("line {i}"));
+        }
+        drop(clone);
+    }
+    assert_eq!(rows(&path), 1000);
+}
+
+#[test]
+fn close_then_record_counts_dropped() {
+    let (_d, path) = temp();
+    let store = open(&path);
+    store.close();
+    store.record("api", "1", Stream::Stdout, "too late");
+    store.flush(); // returns at once
+    assert_eq!((store.written(), store.dropped()), (0, 1));
+    assert!(store.lines_by_instance().is_empty());
+}
+
+#[test]
+fn retention_by_row_count_keeps_the_newest() {
+    let (_d, path) = temp();
+    let opts = LogOptions {
+        max_rows: 100,
+        ..LogOptions::default()
+    };
+    let store = LogStore::open(&path, opts).unwrap();
+    for i in 0..12_000 {
+        store.record(
+            "api",
+            "1",
+            Stream::Stdout,
+            &format!("line {i} marker{}", i % 7),
+        );
+    }
+    store.flush();
+    store.retain_now();
+    let lines = store.query(&LogQuery { limit: 1000, ..q() }).unwrap();
+    assert_eq!(lines.len(), 100);
+    assert_eq!(lines[0].message, "line 11999 marker1");
+    assert_eq!(lines[99].message, "line 11900 marker0");
+    assert_eq!(rows(&path), 100);
+    // The FTS index forgot the deleted lines.
+    let hits = store
+        .query(&LogQuery {
+            search: Some("marker0".into()),
+            limit: 1000,
+            ..q()
+        })
+        .unwrap();
+    assert_eq!(hits.len(), 15);
+    assert_consistent(&path);
+}
+
+#[test]
+fn retention_by_age() {
+    let (_d, path) = temp();
+    let opts = LogOptions {
+        retention: Duration::from_secs(3600),
+        ..LogOptions::default()
+    };
+    let store = LogStore::open(&path, opts).unwrap();
+    let old = store::millis(SystemTime::now() - Duration::from_secs(7200));
+    for i in 0..50 {
+        store.enqueue(old, "api", "1", Stream::Stdout, &format!("ancient {i}"));
+    }
+    for i in 0..10 {
+        store.record("api", "1", Stream::Stdout, &format!("fresh {i}"));
+    }
+    store.flush();
+    assert_eq!(rows(&path), 60);
+    store.retain_now();
+    let lines = store.query(&q()).unwrap();
+    assert_eq!(lines.len(), 10);
+    assert!(lines.iter().all(|l| l.message.starts_with("fresh")));
+    let ancient = store
+        .query(&LogQuery {
+            search: Some("ancient".into()),
+            ..q()
+        })
+        .unwrap();
+    assert!(ancient.is_empty());
+    assert_consistent(&path);
+}
+
+#[test]
+fn retention_runs_by_itself() {
+    let (_d, path) = temp();
+    let opts = LogOptions {
+        retention: Duration::from_millis(1),
+        ..LogOptions::default()
+    };
+    let store = LogStore::open(&path, opts).unwrap();
+    sample(&store);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while rows(&path) > 0 {
+        assert!(std::time::Instant::now() < deadline, "retention never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn subscribers_get_committed_lines_with_ids() {
+    let (_d, path) = temp();
+    let store = open(&path);
+    let mut rx = store.subscribe();
+    sample(&store);
+    let stored = store.query(&q()).unwrap();
+    let mut got = Vec::new();
+    while let Ok(line) = rx.try_recv() {
+        got.push((*line).clone());
+    }
+    got.reverse();
+    assert_eq!(got, stored);
+}
+
+#[test]
+fn a_slow_subscriber_is_told_it_lagged() {
+    let (_d, path) = temp();
+    let store = open(&path);
+    let mut rx = store.subscribe();
+    for i in 0..5000 {
+        store.record("api", "1", Stream::Stdout, &format!("line {i}"));
+    }
+    store.flush();
+    assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Lagged(904));
+    assert_eq!(rx.try_recv().unwrap().message, "line 904");
+}
+
+#[test]
+fn counts_per_instance_and_the_sink() {
+    let (_d, path) = temp();
+    let store = open(&path);
+    sample(&store);
+    let sink: Arc<dyn LogSink> = Arc::new(store.clone());
+    let name = InstanceName {
+        process: "worker".into(),
+        id: "2".into(),
+    };
+    sink.line(&name, Stream::Stderr, "from the sink");
+    store.flush();
+    assert_eq!(
+        store.lines_by_instance(),
+        [
+            (("api".into(), "1".into()), 2),
+            (("api".into(), "2".into()), 2),
+            (("worker".into(), "1".into()), 1),
+            (("worker".into(), "2".into()), 1),
+        ]
+    );
+    let line = &store.query(&q()).unwrap()[0];
+    assert_eq!(
+        (
+            line.process.as_str(),
+            line.instance.as_str(),
+            line.stream.as_str()
+        ),
+        ("worker", "2", "stderr")
+    );
+}
+
+#[test]
+fn a_flood_is_written_or_counted_never_lost() {
+    let (_d, path) = temp();
+    let opts = LogOptions {
+        queue: 1024,
+        ..LogOptions::default()
+    };
+    let store = LogStore::open(&path, opts).unwrap();
+    let total = 200_000u64;
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..total / 4 {
+                    store.record("api", &t.to_string(), Stream::Stdout, &format!("flood {i}"));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    store.flush();
+    let (written, dropped) = (store.written(), store.dropped());
+    assert_eq!(
+        written + dropped,
+        total,
+        "written {written} dropped {dropped}"
+    );
+    assert!(written > 0);
+    assert_eq!(rows(&path), written);
+    let accepted: u64 = store.lines_by_instance().iter().map(|(_, n)| n).sum();
+    assert_eq!(accepted, written);
+    assert_consistent(&path);
+}
