@@ -56,7 +56,7 @@ impl Audit {
         let rows = stmt.query_map(params![process, limit as i64], |r| {
             Ok(json!({
                 "id": r.get::<_, i64>(0)?,
-                "time": crate::time::rfc3339_ms(r.get::<_, i64>(1)?),
+                "time": tenement_supervisor::logs::rfc3339_ms(r.get::<_, i64>(1)?),
                 "action": r.get::<_, String>(2)?,
                 "process": r.get::<_, String>(3)?,
                 "instance": r.get::<_, String>(4)?,

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::client::Client;
-use crate::cmd::{deploy, instances, token};
+use crate::cmd::{deploy, instances, logs, token};
 use crate::{config_cmd, serve};
 
 #[derive(Debug, Parser)]
@@ -155,6 +155,36 @@ each version run its own code.\n\nExamples:\n  ten deploy api --version v2\n  te
         #[arg(long, requires = "history")]
         json: bool,
     },
+    /// Show captured output of instances (and ten's own events), or follow it live
+    #[command(
+        long_about = "Show the captured stdout/stderr lines of instances, newest last, from \
+the log store (SQLite with full-text search). `ten` itself logs its events (spawn, crash, restart, \
+health, deploy) as process \"ten\". With -f, keep printing new lines until Ctrl-C.\n\n\
+Examples:\n  ten logs api:prod\n  ten logs api --search 'timeout OR refused' --since 1h\n  \
+ten logs -f --stream stderr\n  ten logs ten --search crash"
+    )]
+    Logs {
+        /// process or process:id (default: everything)
+        target: Option<String>,
+        /// Follow new lines as they arrive
+        #[arg(short, long)]
+        follow: bool,
+        /// Full-text search (SQLite FTS5: words, "phrases", prefix*, AND/OR/NOT)
+        #[arg(long)]
+        search: Option<String>,
+        /// Only stdout or stderr
+        #[arg(long, value_parser = ["stdout", "stderr"])]
+        stream: Option<String>,
+        /// Only lines newer than this, e.g. 10m, 2h
+        #[arg(long, value_parser = parse_timeout)]
+        since: Option<String>,
+        /// How many lines [default: 100; 10 with -f]
+        #[arg(long)]
+        limit: Option<usize>,
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+    },
     /// Move all traffic of a process from one version to another in one atomic swap
     #[command(
         long_about = "Set --to to weight 100 and --from to weight 0 in ONE routing table swap: \
@@ -296,6 +326,26 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 timeout.as_deref(),
             )
         }
+        Command::Logs {
+            target,
+            follow,
+            search,
+            stream,
+            since,
+            limit,
+            json,
+        } => logs::logs(
+            &Client::locate(&cli.global)?,
+            logs::LogsArgs {
+                target,
+                follow,
+                search,
+                stream,
+                since,
+                limit,
+                json,
+            },
+        ),
         Command::Route { process, from, to } => {
             deploy::route(&Client::locate(&cli.global)?, &process, &from, &to)
         }

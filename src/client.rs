@@ -105,7 +105,7 @@ impl Client {
 
     /// Follow a streamed (chunked) response, handing each chunk to `f` until it returns false
     /// or the stream ends.
-    pub fn stream(&self, path: &str, f: impl FnMut(&[u8]) -> bool) -> Result<()> {
+    pub fn stream(&self, path: &str, mut f: impl FnMut(&[u8]) -> bool) -> Result<()> {
         let mut s = self.connect(None)?;
         self.send(&mut s, "GET", path, None)?;
         let mut r = BufReader::new(s);
@@ -121,10 +121,17 @@ impl Client {
                     .unwrap_or("stream refused")
             );
         }
-        if !header(&headers, "transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-            bail!("expected a streamed answer");
+        if header(&headers, "transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            return read_chunks(&mut r, f);
         }
-        read_chunks(&mut r, f)
+        // Close-delimited: hand over bytes as they arrive.
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = r.read(&mut buf)?;
+            if n == 0 || !f(&buf[..n]) {
+                return Ok(());
+            }
+        }
     }
 }
 

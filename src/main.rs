@@ -8,7 +8,6 @@ mod cmd;
 mod compose;
 mod config_cmd;
 mod serve;
-mod time;
 
 use std::process::ExitCode;
 

@@ -18,7 +18,8 @@ use tokio::sync::watch;
 
 use tenement_conf::Config;
 use tenement_proxy::{Mode, TenProxy};
-use tenement_supervisor::{StateStore, Supervisor, TracingSink};
+use tenement_supervisor::logs::{LogOptions, LogStore};
+use tenement_supervisor::{StateStore, Supervisor};
 
 use crate::api::{register_process_collector, Api, Auth};
 use crate::audit::Audit;
@@ -85,12 +86,21 @@ pub async fn run(config: Config) -> Result<()> {
         None
     };
     let composer = Composer::new(config.clone(), metrics.clone());
-    let store = StateStore::open(&s.data_dir.join("tenement.db"))
-        .with_context(|| format!("cannot open {}", s.data_dir.join("tenement.db").display()))?;
+    let db = s.data_dir.join("tenement.db");
+    let store = StateStore::open(&db).with_context(|| format!("cannot open {}", db.display()))?;
+    let logs = LogStore::open(
+        &db,
+        LogOptions {
+            retention: s.log_retention,
+            max_rows: s.log_max_rows,
+            ..LogOptions::default()
+        },
+    )
+    .with_context(|| format!("cannot open the log store {}", db.display()))?;
     let supervisor = Supervisor::new(
         config.clone(),
         composer.clone(),
-        Arc::new(TracingSink),
+        Arc::new(logs.clone()),
         Some(store),
     );
     tokio::spawn(composer.clone().follow(supervisor.subscribe()));
@@ -99,7 +109,6 @@ pub async fn run(config: Config) -> Result<()> {
         supervisor: supervisor.clone(),
         composer: composer.clone(),
     });
-    let db = s.data_dir.join("tenement.db");
     let api = Arc::new(Api {
         config: config.clone(),
         supervisor: supervisor.clone(),
@@ -107,6 +116,7 @@ pub async fn run(config: Config) -> Result<()> {
         auth: Auth::open(&db).with_context(|| format!("cannot open {}", db.display()))?,
         audit: Audit::open(&db).with_context(|| format!("cannot open {}", db.display()))?,
         metrics,
+        logs: logs.clone(),
     });
     let proxy = TenProxy::new(composer.router(), api.clone(), Some(waker));
     let traffic = proxy.traffic();
@@ -207,6 +217,7 @@ pub async fn run(config: Config) -> Result<()> {
     }
     supervisor.stop_all().await;
     proxy_task.abort();
+    logs.close(); // flush what the instances printed last
     let _ = std::fs::remove_file(&sock);
     if let Some(why) = failure {
         bail!("{why}");

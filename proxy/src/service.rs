@@ -231,6 +231,8 @@ impl TenProxy {
                 session.write_response_body(Some(b), true).await?;
             }
             Body::Stream(mut rx) => {
+                // Chunked, so the connection can be reused and clients see the framing.
+                head.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
                 session.write_response_header(Box::new(head), false).await?;
                 while let Some(chunk) = rx.recv().await {
                     session.write_response_body(Some(chunk), false).await?;

@@ -74,6 +74,27 @@ impl Api {
                     .set(e["weight"].as_i64().unwrap_or(0));
             }
         }
+        if let Some(lines) = IntCounterVec::new(
+            Opts::new(
+                "tenement_log_lines_total",
+                "Output lines captured, by instance",
+            ),
+            &["process", "instance"],
+        )
+        .ok()
+        .filter(|c| state.register(Box::new(c.clone())).is_ok())
+        {
+            for ((p, i), n) in self.logs.lines_by_instance() {
+                lines.with_label_values(&[&p, &i]).inc_by(n);
+            }
+        }
+        if let Ok(dropped) = prometheus::IntCounter::new(
+            "tenement_log_lines_dropped_total",
+            "Lines dropped because the log store fell behind (never silently)",
+        ) {
+            dropped.inc_by(self.logs.dropped());
+            let _ = state.register(Box::new(dropped));
+        }
         if let Some(info) = gauge_vec(
             &state,
             "tenement_build_info",

@@ -4,6 +4,7 @@
 mod auth;
 mod deploy;
 mod instances;
+mod logs;
 mod metrics;
 
 use std::sync::Arc;
@@ -28,6 +29,7 @@ pub struct Api {
     pub composer: Arc<Composer>,
     pub auth: Auth,
     pub audit: crate::audit::Audit,
+    pub logs: tenement_supervisor::logs::LogStore,
     /// The hot-path registry (None when `[settings] metrics = false`).
     pub metrics: Option<Arc<tenement_proxy::metrics::Metrics>>,
 }
@@ -217,6 +219,11 @@ impl Management for Api {
                 }
             }
         }
+        if path == "/api/logs/stream" && req.head.method == Method::GET {
+            return self
+                .logs_stream(req.head.uri.query())
+                .unwrap_or_else(error_response);
+        }
         match self.route(&req, &path).await {
             Ok((status, body)) if status == StatusCode::NO_CONTENT => {
                 let _ = body;
@@ -244,6 +251,7 @@ impl Api {
             (&Method::POST, ["deploy"]) => self.deploy(&req.body).await,
             (&Method::POST, ["route"]) => self.route_traffic(&req.body),
             (&Method::GET, ["deploys"]) => self.history(req.head.uri.query()),
+            (&Method::GET, ["logs"]) => self.logs(req.head.uri.query()),
             (&Method::POST, ["tokens"]) => {
                 if !req.trusted {
                     return Err(ApiError(
@@ -265,7 +273,9 @@ impl Api {
                 | ["tokens"]
                 | ["deploy"]
                 | ["route"]
-                | ["deploys"],
+                | ["deploys"]
+                | ["logs"]
+                | ["logs", "stream"],
             ) => Err(ApiError(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("method {m} not allowed on {path}"),

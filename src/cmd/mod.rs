@@ -2,4 +2,5 @@
 
 pub mod deploy;
 pub mod instances;
+pub mod logs;
 pub mod token;

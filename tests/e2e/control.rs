@@ -399,11 +399,12 @@ fn failed_spawn_of_an_app_that_exits_at_once_shows_its_last_output() {
 
 #[test]
 fn failed_spawn_shows_the_very_last_lines_of_a_chatty_app() {
-    // Much output, then the reason, then exit: the message must end with the reason, not with
-    // whatever had been read when the exit was noticed.
+    // Many short lines (60 KB: they all fit in the pipe, so the app exits at once), then the
+    // reason, then exit: the message must end with the reason, not with whatever ten had read
+    // when it noticed the exit.
     let err = failed_spawn(
         "chatty",
-        "command = \"sh\"\nargs = [\"-c\", \"seq 1 10000; echo 'fatal: the last words'; exit 3\"]",
+        "command = \"sh\"\nargs = [\"-c\", \"yes x | head -n 30000; echo 'fatal: the last words'; exit 3\"]",
         &["exited with code 3", "fatal: the last words"],
     );
     assert!(err.trim_end().ends_with("fatal: the last words"), "{err}");

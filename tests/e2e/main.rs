@@ -4,6 +4,7 @@ mod config;
 mod control;
 mod deploy;
 mod lifecycle;
+mod logs;
 mod metrics;
 mod routing;
 mod supervision;
