@@ -4,7 +4,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the build and the tests need (cmake: Pingora's zlib-ng; nginx: the nginx
 # migration test; curl: handy for the demo).
-APT_PACKAGES := cmake gcc g++ make pkg-config curl
+APT_PACKAGES := cmake gcc g++ make pkg-config curl nginx-light
 
 .PHONY: all deps build demo test lint fmt ci bench clean
 
@@ -15,7 +15,7 @@ deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
-		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq $$missing; \
 	fi
 
 build: deps

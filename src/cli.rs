@@ -243,7 +243,17 @@ ten config check /etc/ten/tenement.toml"
         path: Option<PathBuf>,
     },
     /// Print the resolved config: every default filled in, paths made absolute
-    Show,
+    #[command(
+        long_about = "Print the resolved config: every default filled in, paths made absolute.\n\n\
+With --routes, print instead every route ten would serve, in precedence order (like `nginx -T`): \
+[routes] entries, then {id}.{process}.{domain}, {process}.{domain} and the management domain.\n\n\
+Examples:\n  ten config show\n  ten config show --routes"
+    )]
+    Show {
+        /// Explain the routes instead: host, path prefix, target
+        #[arg(long)]
+        routes: bool,
+    },
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -265,9 +275,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Config(ConfigCommand::Check { path }) => Ok(config_cmd::check(
             path.as_deref().or(cli.global.config.as_deref()),
         )),
-        Command::Config(ConfigCommand::Show) => {
+        Command::Config(ConfigCommand::Show { routes }) => {
             let config = config_cmd::load(&cli.global)?;
-            print!("{}", config_cmd::show(&config));
+            if routes {
+                print!("{}", config_cmd::routes(&config));
+            } else {
+                print!("{}", config_cmd::show(&config));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Spawn { target, id, weight } => {

@@ -1,32 +1,48 @@
-//! The composer: the ONE place that turns the config and the supervisor's view into a routing
-//! table and swaps it in. Also keeps each instance's live counters across table swaps.
+//! The composer: the ONE place that turns the config, the supervisor's view and the external
+//! upstreams into a routing table and swaps it in. Builds are serialized and always use the
+//! latest view, so an older table can never be published after a newer one. It also keeps each
+//! instance's live counters (and metric handles) across table swaps.
 
 use std::collections::HashMap;
-use std::net::ToSocketAddrs;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-use tenement_conf::{Config, InstanceName, Upstream};
+use tokio::sync::watch;
+
+use tenement_conf::{Config, InstanceName};
 use tenement_proxy::metrics::Metrics;
 use tenement_proxy::{
     Availability, Backend, InstanceStats, ProcessMetrics, ProcessOpts, RouteSpec, Router, Table,
     TableBuilder, UpstreamAddr,
 };
-use tenement_supervisor::{Addr, State, TrafficProbe, View};
+use tenement_supervisor::{Addr, State, StateStore, TrafficProbe, View};
+
+use crate::externals::Externals;
 
 pub struct Composer {
     config: Arc<Config>,
     router: Arc<Router>,
     opts: HashMap<String, Arc<ProcessOpts>>,
-    /// External upstreams, resolved once at start.
-    externals: HashMap<String, Vec<Option<UpstreamAddr>>>,
+    externals: Externals,
+    /// Where external weights persist (its own connection to tenement.db).
+    store: Option<StateStore>,
+    views: OnceLock<watch::Receiver<Arc<View>>>,
+    build: Mutex<()>,
     stats: Mutex<HashMap<InstanceName, Arc<InstanceStats>>>,
     metrics: Option<Arc<Metrics>>,
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Composer {
     /// `metrics`: the hot-path registry, or None when `[settings] metrics = false`.
-    pub fn new(config: Arc<Config>, metrics: Option<Arc<Metrics>>) -> Arc<Self> {
+    pub fn new(
+        config: Arc<Config>,
+        metrics: Option<Arc<Metrics>>,
+        store: Option<StateStore>,
+    ) -> Arc<Self> {
         let opts = config
             .processes
             .iter()
@@ -43,21 +59,18 @@ impl Composer {
                 (p.name.clone(), Arc::new(o))
             })
             .collect();
-        let externals = config
-            .processes
-            .iter()
-            .filter(|p| p.is_external())
-            .map(|p| (p.name.clone(), p.upstreams.iter().map(resolve).collect()))
-            .collect();
         let me = Composer {
+            externals: Externals::new(&config, store.as_ref()),
             router: Arc::new(Router::new(Table::default())),
             config,
             opts,
-            externals,
+            store,
+            views: OnceLock::new(),
+            build: Mutex::new(()),
             stats: Mutex::default(),
             metrics,
         };
-        me.rebuild(&View::default());
+        me.rebuild();
         Arc::new(me)
     }
 
@@ -65,52 +78,26 @@ impl Composer {
         self.router.clone()
     }
 
-    /// An instance's live counters, if it has been in a table.
-    pub fn stats(&self, name: &InstanceName) -> Option<Arc<InstanceStats>> {
-        let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        stats.get(name).cloned()
+    /// Follow the supervisor's views from now on.
+    pub fn attach(&self, views: watch::Receiver<Arc<View>>) {
+        let _ = self.views.set(views);
+        self.rebuild();
     }
 
-    /// External upstreams (`upstreams = [...]`) as API entries: `legacy:0`, `legacy:1`, ...
-    pub fn externals_json(&self) -> Vec<serde_json::Value> {
-        let table = self.router.load();
-        let mut out = Vec::new();
-        for p in self.config.processes.iter().filter(|p| p.is_external()) {
-            let Some(pool) = table.pool(&p.name) else {
-                continue;
-            };
-            for b in pool.backends.iter() {
-                let (state, health) = match b.availability {
-                    Availability::Up { healthy: true } => ("healthy", "passing"),
-                    Availability::Up { healthy: false } => ("unhealthy", "failing"),
-                    _ => ("failed", "-"),
-                };
-                out.push(serde_json::json!({
-                    "name": &*b.key,
-                    "process": p.name,
-                    "id": &*b.id,
-                    "kind": "external",
-                    "state": state,
-                    "health": health,
-                    "weight": b.weight,
-                    "pid": null,
-                    "address": b.addr.as_ref().map(|a| a.to_string()),
-                    "uptime_secs": null,
-                    "restarts": 0,
-                    "requests": b.stats.requests(),
-                    "in_flight": b.stats.in_flight(),
-                    "idle": false,
-                    "last_error": null,
-                    "storage_bytes": null,
-                }));
-            }
-        }
-        out
+    fn view(&self) -> Arc<View> {
+        self.views
+            .get()
+            .map(|v| v.borrow().clone())
+            .unwrap_or_default()
+    }
+
+    /// An instance's live counters, if it has been in a table.
+    pub fn stats(&self, name: &InstanceName) -> Option<Arc<InstanceStats>> {
+        lock(&self.stats).get(name).cloned()
     }
 
     fn stats_for(&self, name: &InstanceName) -> Arc<InstanceStats> {
-        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        stats
+        lock(&self.stats)
             .entry(name.clone())
             .or_insert_with(|| {
                 let m = self
@@ -124,10 +111,9 @@ impl Composer {
 
     /// Forget the counters (and metric series) of instances that are gone.
     fn prune(&self, view: &View) {
-        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        stats.retain(|name, s| {
-            let keep = self.externals.contains_key(&name.process)
-                || view.instances.iter().any(|v| &v.name == name);
+        lock(&self.stats).retain(|name, s| {
+            let keep =
+                self.externals.contains(name) || view.instances.iter().any(|v| &v.name == name);
             if !keep {
                 if let Some(m) = &s.metrics {
                     m.remove();
@@ -137,34 +123,31 @@ impl Composer {
         });
     }
 
-    /// Build the table for `view` and publish it in one swap.
-    pub fn rebuild(&self, view: &View) {
+    /// Build the table from the latest state and publish it in one swap.
+    pub fn rebuild(&self) {
+        let _one_at_a_time = lock(&self.build);
+        let view = self.view();
+        let externals = self.externals.all();
         let mut b = TableBuilder::new(&self.config.settings.domain);
         for p in &self.config.processes {
             let Some(opts) = self.opts.get(&p.name) else {
                 continue;
             };
             let mut backends = Vec::new();
-            if let Some(ext) = self.externals.get(&p.name) {
-                for (i, addr) in ext.iter().enumerate() {
-                    let name = InstanceName {
-                        process: p.name.clone(),
-                        id: i.to_string(),
-                    };
-                    let availability = match addr {
-                        Some(_) => Availability::Up { healthy: true },
-                        None => Availability::Down,
-                    };
-                    let stats = self.stats_for(&name);
-                    backends.push(Arc::new(Backend::new(
-                        opts.clone(),
-                        &name.id,
-                        addr.clone(),
-                        100,
-                        availability,
-                        stats,
-                    )));
-                }
+            for e in externals.iter().filter(|e| e.name.process == p.name) {
+                let availability = match e.addr {
+                    Some(_) => Availability::Up { healthy: e.healthy },
+                    None => Availability::Down,
+                };
+                let stats = self.stats_for(&e.name);
+                backends.push(Arc::new(Backend::new(
+                    opts.clone(),
+                    &e.name.id,
+                    e.addr.clone(),
+                    e.weight,
+                    availability,
+                    stats,
+                )));
             }
             for v in view.instances.iter().filter(|v| v.name.process == p.name) {
                 let availability = match v.state {
@@ -203,30 +186,96 @@ impl Composer {
             });
         }
         self.router.publish(b.build());
-        self.prune(view);
+        self.prune(&view);
     }
 
     /// Rebuild on every change of the supervisor's view, until the channel closes.
-    pub async fn follow(self: Arc<Self>, mut views: tokio::sync::watch::Receiver<Arc<View>>) {
+    pub async fn follow(self: Arc<Self>) {
+        let Some(mut views) = self.views.get().cloned() else {
+            return;
+        };
+        while views.changed().await.is_ok() {
+            views.borrow_and_update();
+            self.rebuild();
+        }
+    }
+
+    /// Health-check external upstreams every `health_check_interval`; rebuild on changes.
+    pub async fn check_externals(self: Arc<Self>) {
+        let every = self.config.settings.health_check_interval;
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let view = views.borrow_and_update().clone();
-            self.rebuild(&view);
-            if views.changed().await.is_err() {
-                return;
+            tick.tick().await;
+            if self
+                .externals
+                .check(every.min(Duration::from_secs(5)))
+                .await
+            {
+                self.rebuild();
             }
         }
+    }
+
+    /// `ten weight legacy:0 50`; false when it is not an external upstream.
+    pub fn set_external_weight(&self, name: &InstanceName, weight: u32) -> bool {
+        if !self.externals.set_weight(name, weight) {
+            return false;
+        }
+        if let Some(s) = &self.store {
+            if let Err(e) = s.set_external_weight(name, weight) {
+                tracing::error!("{e}");
+            }
+        }
+        self.rebuild();
+        true
+    }
+
+    /// External upstreams as API entries: `legacy:0`, `legacy:1`, ...
+    pub fn externals_json(&self) -> Vec<serde_json::Value> {
+        self.externals
+            .all()
+            .into_iter()
+            .map(|e| {
+                let stats = self.stats(&e.name);
+                let (state, health) = match (&e.addr, e.healthy) {
+                    (None, _) => ("failed", "-"),
+                    (Some(_), true) => ("healthy", "passing"),
+                    (Some(_), false) => ("unhealthy", "failing"),
+                };
+                serde_json::json!({
+                    "name": e.name.to_string(),
+                    "process": e.name.process,
+                    "id": e.name.id,
+                    "kind": "external",
+                    "state": state,
+                    "health": health,
+                    "weight": e.weight,
+                    "pid": null,
+                    "address": e.addr.as_ref().map(|a| a.to_string()),
+                    "uptime_secs": null,
+                    "restarts": 0,
+                    "requests": stats.as_ref().map(|s| s.requests()).unwrap_or(0),
+                    "in_flight": stats.as_ref().map(|s| s.in_flight()).unwrap_or(0),
+                    "idle": false,
+                    "last_error": null,
+                    "storage_bytes": null,
+                })
+            })
+            .collect()
     }
 }
 
 impl TrafficProbe for Composer {
     fn in_flight(&self, name: &InstanceName) -> u64 {
-        let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        stats.get(name).map(|s| s.in_flight()).unwrap_or(0)
+        lock(&self.stats)
+            .get(name)
+            .map(|s| s.in_flight())
+            .unwrap_or(0)
     }
 
     fn last_request(&self, name: &InstanceName) -> Option<Instant> {
-        let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        let since_epoch = stats.get(name)?.last_request()?;
+        let since_epoch = lock(&self.stats).get(name)?.last_request()?;
         Some(self.router.epoch() + since_epoch)
     }
 }
@@ -248,21 +297,8 @@ impl tenement_proxy::management::Waker for Wake {
             .wake(&name)
             .await
             .map_err(|e| e.to_string())?;
-        // The composer follows views asynchronously: publish now so the retry sees it.
-        self.composer.rebuild(&self.supervisor.view());
+        // The composer follows views asynchronously: rebuild now so the retry sees it.
+        self.composer.rebuild();
         Ok(())
-    }
-}
-
-fn resolve(u: &Upstream) -> Option<UpstreamAddr> {
-    match u {
-        Upstream::Unix(p) => Some(UpstreamAddr::Unix(p.clone())),
-        Upstream::Tcp(hp) => match hp.to_socket_addrs().ok().and_then(|mut a| a.next()) {
-            Some(sa) => Some(UpstreamAddr::Tcp(sa)),
-            None => {
-                tracing::error!(upstream = %hp, "cannot resolve upstream address; it is left out of routing");
-                None
-            }
-        },
     }
 }

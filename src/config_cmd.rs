@@ -36,6 +36,7 @@ pub fn check(explicit: Option<&Path>) -> ExitCode {
                 instances,
                 c.settings.domain
             );
+            print!("{}", routes(&c));
             ExitCode::SUCCESS
         }
         Err(errors) => {
@@ -44,6 +45,93 @@ pub fn check(explicit: Option<&Path>) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Every route ten would serve, in precedence order (SPEC §3), as an aligned table.
+pub fn routes(c: &Config) -> String {
+    let d = &c.settings.domain;
+    let mut rows: Vec<[String; 4]> = vec![[
+        "HOST".into(),
+        "PREFIX".into(),
+        "TARGET".into(),
+        "NOTE".into(),
+    ]];
+    for r in &c.routes {
+        let target = match &r.instance {
+            Some(id) => format!("instance {}:{id}", r.process),
+            None => format!("process {} (weighted)", r.process),
+        };
+        let note = if r.strip_prefix && r.prefix != "/" {
+            "strip_prefix"
+        } else {
+            ""
+        };
+        rows.push([
+            r.host.clone(),
+            r.prefix.clone(),
+            target,
+            format!("[routes] {note}").trim_end().to_string(),
+        ]);
+    }
+    for p in &c.processes {
+        let ids = if p.is_external() {
+            (0..p.upstreams.len())
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+        } else {
+            vec!["{id}".to_string()]
+        };
+        for id in ids {
+            rows.push([
+                format!("{id}.{}.{d}", p.name),
+                "/".into(),
+                format!("instance {}:{id}", p.name),
+                "direct".into(),
+            ]);
+        }
+        let kind = if p.is_external() {
+            "external upstreams"
+        } else {
+            "healthy instances, weight > 0"
+        };
+        rows.push([
+            format!("{}.{d}", p.name),
+            "/".into(),
+            format!("process {} (weighted)", p.name),
+            kind.into(),
+        ]);
+    }
+    rows.push([
+        d.clone(),
+        "/".into(),
+        "management".into(),
+        "/health /metrics /api/".into(),
+    ]);
+    // Implicit rules whose whole host a [routes] entry takes over.
+    for row in rows.iter_mut().skip(1 + c.routes.len()) {
+        if c.routes.iter().any(|r| r.host == row[0] && r.prefix == "/") {
+            row[3] = "shadowed by [routes]".into();
+        }
+    }
+    rows.push([
+        "*".into(),
+        "".into(),
+        "404 no route for host".into(),
+        "".into(),
+    ]);
+    let widths: Vec<usize> = (0..4)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
 }
 
 fn dur(d: Duration) -> String {

@@ -7,6 +7,7 @@ mod client;
 mod cmd;
 mod compose;
 mod config_cmd;
+mod externals;
 mod serve;
 
 use std::process::ExitCode;

@@ -85,8 +85,9 @@ pub async fn run(config: Config) -> Result<()> {
     } else {
         None
     };
-    let composer = Composer::new(config.clone(), metrics.clone());
     let db = s.data_dir.join("tenement.db");
+    let weights = StateStore::open(&db).with_context(|| format!("cannot open {}", db.display()))?;
+    let composer = Composer::new(config.clone(), metrics.clone(), Some(weights));
     let store = StateStore::open(&db).with_context(|| format!("cannot open {}", db.display()))?;
     let logs = LogStore::open(
         &db,
@@ -103,7 +104,9 @@ pub async fn run(config: Config) -> Result<()> {
         Arc::new(logs.clone()),
         Some(store),
     );
-    tokio::spawn(composer.clone().follow(supervisor.subscribe()));
+    composer.attach(supervisor.subscribe());
+    tokio::spawn(composer.clone().follow());
+    tokio::spawn(composer.clone().check_externals());
 
     let waker = Arc::new(Wake {
         supervisor: supervisor.clone(),

@@ -122,6 +122,20 @@ impl Api {
         let name = parse_name(name)?;
         let req: WeightReq = parse_body(body)?;
         let w = check_weight(req.weight)?;
+        if self.composer.set_external_weight(&name, w) {
+            self.audit.record(
+                "weight",
+                &name.process,
+                &name.id,
+                &format!("ok: weight {w} (external)"),
+            );
+            let v = self
+                .composer
+                .externals_json()
+                .into_iter()
+                .find(|e| e["name"] == name.to_string());
+            return Ok((StatusCode::OK, v.unwrap_or(Value::Null)));
+        }
         self.view_of(&name)?;
         self.supervisor.set_weights(&[(name.clone(), w)])?;
         self.audit.record(

@@ -39,6 +39,12 @@ impl StateStore {
                 seq     INTEGER NOT NULL,
                 pgid    INTEGER,
                 PRIMARY KEY (process, id)
+            );
+            CREATE TABLE IF NOT EXISTS external_weights (
+                process TEXT NOT NULL,
+                id      TEXT NOT NULL,
+                weight  INTEGER NOT NULL,
+                PRIMARY KEY (process, id)
             );",
         )?;
         Ok(StateStore {
@@ -111,6 +117,32 @@ impl StateStore {
         self.conn().execute(
             "UPDATE instances SET pgid = ?3 WHERE process = ?1 AND id = ?2",
             params![name.process, name.id, pgid],
+        )?;
+        Ok(())
+    }
+
+    /// Weights set on external upstreams (`legacy:0`).
+    pub fn external_weights(&self) -> Result<Vec<(InstanceName, u32)>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT process, id, weight FROM external_weights")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                InstanceName {
+                    process: r.get(0)?,
+                    id: r.get(1)?,
+                },
+                r.get(2)?,
+            ))
+        })?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(StateError::from)
+    }
+
+    pub fn set_external_weight(&self, name: &InstanceName, weight: u32) -> Result<(), StateError> {
+        self.conn().execute(
+            "INSERT INTO external_weights (process, id, weight) VALUES (?1, ?2, ?3)
+             ON CONFLICT (process, id) DO UPDATE SET weight = excluded.weight",
+            params![name.process, name.id, weight],
         )?;
         Ok(())
     }

@@ -3,6 +3,7 @@
 mod config;
 mod control;
 mod deploy;
+mod edge;
 mod lifecycle;
 mod logs;
 mod metrics;

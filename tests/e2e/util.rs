@@ -89,6 +89,8 @@ pub struct Ten {
 pub struct Builder {
     settings: String,
     body: String,
+    /// A whole config of its own (no generated [settings]).
+    raw: Option<String>,
     dir: tempfile::TempDir,
 }
 
@@ -97,6 +99,7 @@ impl Builder {
         Builder {
             settings: String::new(),
             body: String::new(),
+            raw: None,
             dir: tempfile::tempdir().expect("tempdir"),
         }
     }
@@ -119,8 +122,17 @@ impl Builder {
         self.dir.path()
     }
 
+    /// Use this whole config text instead (`@APP@`/`@DIR@` still replaced).
+    pub fn raw(mut self, text: &str) -> Self {
+        self.raw = Some(text.to_string());
+        self
+    }
+
     pub fn config_text(&self) -> String {
         let dir = self.dir.path().display().to_string();
+        if let Some(raw) = &self.raw {
+            return raw.replace("@APP@", app_bin()).replace("@DIR@", &dir);
+        }
         let text = format!(
             "[settings]\ndomain = \"{DOMAIN}\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"@DIR@/data\"\n\
              drain_timeout = \"5s\"\n{}\n{}",

@@ -1,0 +1,267 @@
+//! Edge routes (SPEC §3 rule 0, `[routes]`, `upstreams`): ten as a drop-in for nginx.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::supervision::{cli, instance, wait_instance};
+use crate::util::{free_port, request, Builder, Resp, DOMAIN};
+
+/// A test app ten does not manage, on its own port; killed on drop.
+struct App(Child, u16);
+
+impl App {
+    fn start(name: &str) -> App {
+        let port = free_port();
+        let child = Command::new(crate::util::app_bin())
+            .args(["--port", &port.to_string(), "--name", name])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn app");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "app {name} did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        App(child, port)
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn get(addr: std::net::SocketAddr, host: &str, path: &str) -> Resp {
+    request(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+#[test]
+fn custom_domains_prefixes_strip_and_longest_prefix() {
+    let (web, api, admin) = (App::start("web"), App::start("api"), App::start("admin"));
+    let ten = Builder::new()
+        .body(&format!(
+            "[process.web]\nupstreams = [\"127.0.0.1:{}\"]\n[process.api]\nupstreams = [\"127.0.0.1:{}\"]\n\
+             [process.admin]\nupstreams = [\"127.0.0.1:{}\"]\n\
+             [routes]\n\"Example.com\" = \"web\"\n\"www.example.com\" = \"web:0\"\n\
+             \"example.com/api\" = {{ to = \"api\", strip_prefix = true }}\n\
+             \"example.com/api/admin\" = {{ to = \"admin\", strip_prefix = true }}\n\"example.com/keep\" = \"api\"\n",
+            web.1, api.1, admin.1
+        ))
+        .start();
+    let h = |host: &str, path: &str| {
+        let r = ten.get(host, path);
+        assert_eq!(r.status, 200, "{host}{path}: {}", r.text());
+        let j = r.json();
+        (
+            j["_name"].as_str().unwrap_or("").to_string(),
+            j["_path"].as_str().unwrap_or("").to_string(),
+            j["host"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    assert_eq!(
+        h("example.com", "/headers"),
+        ("web".into(), "/headers".into(), "example.com".into())
+    );
+    assert_eq!(
+        h("EXAMPLE.com:443", "/headers").0,
+        "web",
+        "case and port ignored"
+    );
+    assert_eq!(h("www.example.com", "/headers").0, "web");
+    // Prefix with strip: /api/headers -> /headers on the api app, Host preserved.
+    assert_eq!(
+        h("example.com", "/api/headers?x=1"),
+        ("api".into(), "/headers?x=1".into(), "example.com".into())
+    );
+    // Longest prefix wins.
+    assert_eq!(
+        h("example.com", "/api/admin/headers"),
+        ("admin".into(), "/headers".into(), "example.com".into())
+    );
+    // Without strip the path is kept: the api app sees /keep/headers, which it does not serve.
+    let r = ten.get("example.com", "/keep/headers");
+    assert_eq!((r.status, r.header("x-served-by")), (404, Some("api")));
+    // /apix is not under /api.
+    assert_eq!(
+        ten.get("example.com", "/apix").text(),
+        "not found\n",
+        "went to web, which 404s unknown paths"
+    );
+    assert_eq!(
+        ten.get("example.com", "/apix").header("x-served-by"),
+        Some("web")
+    );
+    // Still: unknown hosts 404, implicit rules work for other hosts.
+    assert_eq!(ten.get("other.example.com", "/").status, 404);
+    assert_eq!(h(&format!("0.api.{DOMAIN}"), "/headers").0, "api");
+}
+
+#[test]
+fn external_upstreams_are_health_checked_and_weighted() {
+    let (a, b) = (App::start("ext-a"), App::start("ext-b"));
+    let ten = Builder::new()
+        .settings("health_check_interval = \"100ms\"")
+        .body(&format!("[process.legacy]\nupstreams = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\nhealth = \"/health\"\n", a.1, b.1))
+        .start();
+    let host = format!("legacy.{DOMAIN}");
+    let v = wait_instance(&ten, "legacy:0", "listed healthy", |v| {
+        v["state"] == "healthy"
+    });
+    assert_eq!(v["kind"], "external");
+    let (_, table, _) = cli(&ten, &["ps"]);
+    assert!(
+        table.contains("legacy:0") && table.contains("(external)"),
+        "{table}"
+    );
+    // Health failing: out of routing.
+    get(
+        std::net::SocketAddr::from(([127, 0, 0, 1], a.1)),
+        "x",
+        "/control/health-fail",
+    );
+    wait_instance(&ten, "legacy:0", "unhealthy", |v| v["state"] == "unhealthy");
+    for _ in 0..30 {
+        assert_eq!(ten.get(&host, "/").text(), "hello from ext-b\n");
+    }
+    // Recovered: back in.
+    get(
+        std::net::SocketAddr::from(([127, 0, 0, 1], a.1)),
+        "x",
+        "/control/health-ok",
+    );
+    wait_instance(&ten, "legacy:0", "healthy again", |v| {
+        v["state"] == "healthy"
+    });
+    // Weights: legacy:1 at 0 takes nothing; the setting is listed and kept across restarts of ten.
+    let (ok, _, err) = cli(&ten, &["weight", "legacy:1", "0"]);
+    assert!(ok, "{err}");
+    assert_eq!(instance(&ten, "legacy:1").expect("listed")["weight"], 0);
+    for _ in 0..30 {
+        assert_eq!(ten.get(&host, "/").text(), "hello from ext-a\n");
+    }
+    // ten never stops an external upstream.
+    let (ok, _, err) = cli(&ten, &["stop", "legacy:0"]);
+    assert!(!ok, "stopping an external upstream must be refused");
+    assert!(
+        err.contains("unknown instance") || err.contains("external"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_route_configs_are_rejected_with_their_paths() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tenement.toml");
+    std::fs::write(
+        &path,
+        "[process.web]\ncommand = \"x\"\n[routes]\n\"a.com\" = \"nope\"\n\"b.com/x\" = \"web\"\n\"B.com/x/\" = \"web\"\n\"c.com:80\" = \"web\"\n",
+    )
+    .expect("write");
+    let (status, _, err) = crate::util::ten(
+        &["config", "check", path.to_str().expect("utf8")],
+        dir.path(),
+    );
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        err.contains("tenement.toml:4: routes.\"a.com\"")
+            || err.contains("tenement.toml:4: routes.a.com"),
+        "{err}"
+    );
+    assert!(err.contains("unknown process \"nope\""), "{err}");
+    assert!(
+        err.contains("line 5") || err.contains(":5"),
+        "duplicate names the other line: {err}"
+    );
+    assert!(err.contains("c.com:80"), "{err}");
+}
+
+/// Start nginx on `conf` (absolute), bounded wait until `port` accepts.
+fn start_nginx(prefix: &Path, conf: &Path, port: u16) -> Child {
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let nginx = nginx.expect("nginx is not installed: run `make test`, which installs nginx-light");
+    let child = Command::new(nginx)
+        .arg("-p")
+        .arg(prefix)
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn nginx");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nginx did not start (see {}/error.log)",
+            prefix.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+#[test]
+fn nginx_migration_answers_like_nginx() {
+    let (web, api) = (App::start("web"), App::start("api"));
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/nginx-migration");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nginx_port = free_port();
+    let ports = |text: &str| {
+        text.replace("127.0.0.1:3000", &format!("127.0.0.1:{}", web.1))
+            .replace("127.0.0.1:3001", &format!("127.0.0.1:{}", api.1))
+    };
+    let nginx_conf =
+        ports(&std::fs::read_to_string(example.join("nginx.conf")).expect("nginx.conf"))
+            .replace("127.0.0.1:8080", &format!("127.0.0.1:{nginx_port}"));
+    std::fs::write(dir.path().join("nginx.conf"), nginx_conf).expect("write");
+    let mut nginx = start_nginx(dir.path(), &dir.path().join("nginx.conf"), nginx_port);
+    let ten_conf =
+        ports(&std::fs::read_to_string(example.join("tenement.toml")).expect("tenement.toml"))
+            .replace("127.0.0.1:8080", "127.0.0.1:0");
+    let ten = Builder::new().raw(&ten_conf).start();
+    let nginx_addr = std::net::SocketAddr::from(([127, 0, 0, 1], nginx_port));
+    for (host, path) in [
+        ("example.com", "/"),
+        ("example.com", "/headers?q=1"),
+        ("www.example.com", "/about"),
+        ("example.com", "/api/headers"),
+        ("www.example.com", "/api/users/42"),
+        ("example.com", "/status?code=503"),
+        ("unknown.example.org", "/"),
+    ] {
+        let (n, t) = (get(nginx_addr, host, path), ten.get(host, path));
+        assert_eq!(
+            n.status,
+            t.status,
+            "{host}{path}: nginx {} ten {}",
+            n.text(),
+            t.text()
+        );
+        if n.status == 404 && host.starts_with("unknown") {
+            continue; // both refuse; bodies are each proxy's own
+        }
+        assert_eq!(
+            n.header("x-served-by"),
+            t.header("x-served-by"),
+            "{host}{path}: same app"
+        );
+        if path.starts_with("/headers") || path.starts_with("/api/headers") {
+            let (nj, tj) = (n.json(), t.json());
+            for k in ["_path", "_method", "host"] {
+                assert_eq!(nj[k], tj[k], "{host}{path}: {k}");
+            }
+        } else {
+            assert_eq!(n.text(), t.text(), "{host}{path}: same body");
+        }
+    }
+    let _ = nginx.kill();
+    let _ = nginx.wait();
+}
