@@ -169,10 +169,10 @@ mod tests {
             json!({"name":"legacy:0","state":"healthy","health":"passing","weight":50,"pid":null,"uptime_secs":null,"restarts":0,"requests":0,"idle":false,"kind":"external"}),
         ];
         let expected = "\
-INSTANCE     STATE                 HEALTH   WEIGHT  PID   UPTIME  RESTARTS  REQUESTS
-api:prod     healthy               passing  100     4242  3m12s   0         1234
-app:user123  stopped (idle)        -        100     -     -       2         7
-legacy:0     healthy (external)    passing  50      -     -       0         0
+INSTANCE     STATE               HEALTH   WEIGHT  PID   UPTIME  RESTARTS  REQUESTS
+api:prod     healthy             passing  100     4242  3m12s   0         1234
+app:user123  stopped (idle)      -        100     -     -       2         7
+legacy:0     healthy (external)  passing  50      -     -       0         0
 ";
         assert_eq!(ps_table(&rows), expected);
         assert_eq!(

@@ -458,18 +458,29 @@ impl Supervisor {
             wake,
             tail: Arc::new(Tail::default()),
         };
+        // Recorded before the start, so the process group it runs in is recorded too.
+        let new_row = match &self.inner.store {
+            Some(store) => store.upsert(name, weight).unwrap_or_else(|e| {
+                tracing::error!("{e}");
+                false
+            }),
+            None => false,
+        };
         let (first_tx, first_rx) = oneshot::channel();
         tokio::spawn(async move {
             runner.run(first_tx).await;
             let _ = done_tx.send(true);
         });
         match first_rx.await {
-            Ok(Ok(())) => {
-                self.persist(|s| s.upsert(name, weight));
-                self.instance(name)
-                    .ok_or_else(|| Error::UnknownInstance(name.to_string()))
+            Ok(Ok(())) => self
+                .instance(name)
+                .ok_or_else(|| Error::UnknownInstance(name.to_string())),
+            Ok(Err(e)) => {
+                if new_row {
+                    self.persist(|s| s.remove(name)); // a failed spawn changes nothing
+                }
+                Err(e)
             }
-            Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::Spawn(format!(
                 "{name}: the instance task ended unexpectedly"
             ))),

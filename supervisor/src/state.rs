@@ -75,8 +75,9 @@ impl StateStore {
             .map_err(StateError::from)
     }
 
-    /// Record that `name` should run with `weight` (keeps its place in the order).
-    pub fn upsert(&self, name: &InstanceName, weight: u32) -> Result<(), StateError> {
+    /// Record that `name` should run with `weight` (keeps its place in the order). Returns
+    /// whether the row is new.
+    pub fn upsert(&self, name: &InstanceName, weight: u32) -> Result<bool, StateError> {
         let conn = self.conn();
         let seq: Option<i64> = conn
             .query_row(
@@ -96,7 +97,7 @@ impl StateStore {
                 params![name.process, name.id, weight],
             )?,
         };
-        Ok(())
+        Ok(seq.is_none())
     }
 
     /// Set several weights in one transaction.

@@ -49,6 +49,26 @@ pub fn value(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) 
     })
 }
 
+/// Scrape until `pred` holds (bounded: 20 s): counters move just after each response is sent.
+pub fn scrape_until(
+    ten: &Ten,
+    what: &str,
+    pred: impl Fn(&prometheus_parse::Scrape) -> bool,
+) -> prometheus_parse::Scrape {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let s = scrape(ten);
+        if pred(&s) {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "metrics never showed {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 fn names(s: &prometheus_parse::Scrape) -> Vec<String> {
     s.samples.iter().map(|x| x.metric.clone()).collect()
 }
@@ -60,7 +80,11 @@ fn counters_move_by_exactly_the_requests_sent() {
         .start();
     let host = format!("a.api.{DOMAIN}");
     ten.wait_status(&host, "/", 200);
-    let before = scrape(&ten);
+    let a200 = [("process", "api"), ("instance", "a"), ("status", "200")];
+    // The single GET / of wait_status, once counted.
+    let before = scrape_until(&ten, "the first request", |s| {
+        value(s, "tenement_requests_total", &a200) == Some(1.0)
+    });
     let ok0 = value(
         &before,
         "tenement_requests_total",
@@ -80,7 +104,14 @@ fn counters_move_by_exactly_the_requests_sent() {
         assert_eq!(ten.get(&host, "/missing").status, 404);
     }
     ten.get(&host, "/status?code=418");
-    let after = scrape(&ten);
+    let after = scrape_until(&ten, "29 more requests", |s| {
+        value(s, "tenement_requests_total", &a200) == Some(26.0)
+            && value(
+                s,
+                "tenement_requests_total",
+                &[("process", "api"), ("instance", "a"), ("status", "4xx")],
+            ) == Some(1.0)
+    });
     let ok1 = value(
         &after,
         "tenement_requests_total",
@@ -171,7 +202,10 @@ fn restarts_and_upstream_errors_are_counted_and_stopped_instances_disappear() {
     wait_instance(&ten, "api:a", "restarted", |v| {
         v["state"] == "healthy" && v["pid"].as_u64() != pid
     });
-    let s = scrape(&ten);
+    let timeout = [("process", "api"), ("instance", "a"), ("kind", "timeout")];
+    let s = scrape_until(&ten, "the timeout counted", |s| {
+        value(s, "tenement_upstream_errors_total", &timeout) == Some(1.0)
+    });
     assert_eq!(
         value(
             &s,
@@ -196,7 +230,11 @@ fn restarts_and_upstream_errors_are_counted_and_stopped_instances_disappear() {
     .is_some());
     let (ok, _, err) = cli(&ten, &["stop", "api:b"]);
     assert!(ok, "{err}");
-    let s = scrape(&ten);
+    let s = scrape_until(&ten, "api:b gone", |s| {
+        !s.samples
+            .iter()
+            .any(|x| x.labels.get("instance") == Some("b"))
+    });
     let left: Vec<_> = s
         .samples
         .iter()

@@ -312,3 +312,93 @@ fn memory_limit_is_applied_or_clearly_warned() {
         );
     }
 }
+
+#[test]
+fn restart_of_ten_serve_restores_instances_and_weights() {
+    let mut ten = Builder::new()
+        .body("[process.api]\ncommand = \"@APP@\"\nhealth = \"/health\"\n[instances]\napi = [\"a\"]\n")
+        .start();
+    ten.wait_status(&host("a.api"), "/", 200);
+    let (ok, _, err) = cli(&ten, &["spawn", "api:b", "--weight", "0"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(&ten, &["weight", "api:a", "30"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(&ten, &["spawn", "api:gone"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(&ten, &["stop", "api:gone"]);
+    assert!(ok, "{err}");
+    assert!(ten.sigterm().success());
+    ten.serve_again();
+    let a = wait_instance(&ten, "api:a", "restored", |v| v["state"] == "healthy");
+    let b = wait_instance(&ten, "api:b", "restored", |v| v["state"] == "healthy");
+    assert_eq!(
+        (a["weight"].as_u64(), b["weight"].as_u64()),
+        (Some(30), Some(0))
+    );
+    assert!(
+        instance(&ten, "api:gone").is_none(),
+        "a stopped instance stays stopped"
+    );
+    let names: Vec<_> = ps(&ten)
+        .iter()
+        .map(|v| v["name"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(names, vec!["api:a", "api:b"], "in their original order");
+    // Weight 0 for b: every weighted request goes to a.
+    for _ in 0..20 {
+        assert_eq!(ten.get(&host("api"), "/").text(), "hello from api:a\n");
+    }
+}
+
+#[test]
+fn kill_9_of_ten_serve_then_restart_leaves_no_orphan() {
+    let b = Builder::new();
+    let marker = b.dir().display().to_string();
+    let mut ten = b
+        .body(
+            "[process.api]\ncommand = \"@APP@ --spawn-child\"\nenv = { TEN_TEST_MARKER = \"@DIR@\" }\n\
+             [instances]\napi = [\"a\", \"b\"]\n",
+        )
+        .start();
+    ten.wait_status(&host("a.api"), "/", 200);
+    ten.wait_status(&host("b.api"), "/", 200);
+    let before = crate::lifecycle::marked_pids(&marker);
+    assert!(before.len() >= 4, "two apps and their children: {before:?}");
+    ten.kill9();
+    // The apps survive the crash of ten serve...
+    assert!(
+        before.iter().any(|p| alive(*p)),
+        "orphans expected right after kill -9"
+    );
+    ten.serve_again();
+    ten.wait_status(&host("a.api"), "/", 200);
+    ten.wait_status(&host("b.api"), "/", 200);
+    // ...and the next start killed every one of them (apps and grandchildren) before respawning.
+    for pid in &before {
+        assert!(
+            !alive(*pid),
+            "orphan {pid} survived the restart\n{}",
+            ten.stderr()
+        );
+    }
+    let now = crate::lifecycle::marked_pids(&marker);
+    assert!(
+        now.len() >= 4 && now.iter().all(|p| !before.contains(p)),
+        "fresh processes: {now:?}"
+    );
+    assert!(
+        ten.stderr().contains("orphaned process group"),
+        "{}",
+        ten.stderr()
+    );
+    drop(ten);
+    std::thread::sleep(Duration::from_millis(200));
+    let left: Vec<_> = crate::lifecycle::marked_pids(&marker)
+        .into_iter()
+        .filter(|p| alive(*p))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "processes left after the final stop: {left:?}"
+    );
+}

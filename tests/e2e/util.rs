@@ -84,6 +84,8 @@ pub struct Ten {
     pub admin: Option<SocketAddr>,
     pub stdout: Arc<Mutex<Vec<String>>>,
     pub stderr_path: PathBuf,
+    /// Extra `ten serve` arguments (kept for `serve_again`).
+    pub extra: Vec<String>,
 }
 
 pub struct Builder {
@@ -148,13 +150,38 @@ impl Builder {
     pub fn start_with_args(self, extra: &[&str]) -> Ten {
         let config = self.dir.path().join("tenement.toml");
         std::fs::write(&config, self.config_text()).expect("write config");
-        let stderr_path = self.dir.path().join("ten.stderr");
-        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut ten = Ten {
+            child: None,
+            dir: self.dir,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            https: None,
+            control: PathBuf::new(),
+            admin: None,
+            stdout: Arc::new(Mutex::new(Vec::new())),
+            stderr_path: PathBuf::new(),
+            extra,
+        };
+        ten.launch();
+        ten
+    }
+}
+
+impl Ten {
+    /// Start `ten serve` on this dir's config (again); its stderr is appended to `ten.stderr`.
+    fn launch(&mut self) {
+        let config = self.dir.path().join("tenement.toml");
+        self.stderr_path = self.dir.path().join("ten.stderr");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr_path)
+            .expect("stderr file");
         let mut child = Command::new(ten_bin())
             .arg("serve")
             .arg("--config")
             .arg(&config)
-            .args(extra)
+            .args(&self.extra)
             .env("TEN_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -191,19 +218,28 @@ impl Builder {
         let (Some(addr), Some(control)) = (addr, control) else {
             let _ = child.kill();
             let _ = child.wait();
-            let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+            let err = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
             panic!("ten serve did not start; stderr:\n{err}");
         };
-        Ten {
-            child: Some(child),
-            dir: self.dir,
-            addr,
-            https,
-            control,
-            admin,
-            stdout: lines,
-            stderr_path,
-        }
+        self.child = Some(child);
+        self.addr = addr;
+        self.https = https;
+        self.control = control;
+        self.admin = admin;
+        self.stdout = lines;
+    }
+
+    /// Start `ten serve` again on the same dir and config (after `sigterm` or `kill9`).
+    pub fn serve_again(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.launch();
+    }
+
+    /// `kill -9` ten serve (its instances are left behind, as after a crash).
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
