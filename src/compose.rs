@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use tenement_conf::{Config, InstanceName};
 use tenement_proxy::metrics::Metrics;
+use tenement_proxy::plugins::Chain;
 use tenement_proxy::{
     Availability, Backend, InstanceStats, ProcessMetrics, ProcessOpts, RouteSpec, Router, Table,
     TableBuilder, UpstreamAddr,
@@ -37,28 +38,29 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Composer {
-    /// `metrics`: the hot-path registry, or None when `[settings] metrics = false`.
+    /// `metrics`: the hot-path registry, or None when `[settings] metrics = false`. Plugin
+    /// chains are built here, once: every table shares them (rate-limit buckets, auth caches).
     pub fn new(
         config: Arc<Config>,
         metrics: Option<Arc<Metrics>>,
         store: Option<StateStore>,
-    ) -> Arc<Self> {
-        let opts = config
-            .processes
-            .iter()
-            .map(|p| {
-                let o = ProcessOpts {
-                    name: p.name.as_str().into(),
-                    request_timeout: p.request_timeout,
-                    max_body: p.max_body,
-                    metrics: metrics.as_ref().map(|m| ProcessMetrics {
-                        in_flight: m.process_in_flight(&p.name),
-                        unrouted: m.instance(&p.name, "-"),
-                    }),
-                };
-                (p.name.clone(), Arc::new(o))
-            })
-            .collect();
+    ) -> Result<Arc<Self>, String> {
+        let mut opts = HashMap::new();
+        for p in &config.processes {
+            let plugins =
+                Chain::build(&p.plugins).map_err(|e| format!("process.{}.{e}", p.name))?;
+            let o = ProcessOpts {
+                name: p.name.as_str().into(),
+                request_timeout: p.request_timeout,
+                max_body: p.max_body,
+                metrics: metrics.as_ref().map(|m| ProcessMetrics {
+                    in_flight: m.process_in_flight(&p.name),
+                    unrouted: m.instance(&p.name, "-"),
+                }),
+                plugins,
+            };
+            opts.insert(p.name.clone(), Arc::new(o));
+        }
         let me = Composer {
             externals: Externals::new(&config, store.as_ref()),
             router: Arc::new(Router::new(Table::default())),
@@ -71,7 +73,7 @@ impl Composer {
             metrics,
         };
         me.rebuild();
-        Arc::new(me)
+        Ok(Arc::new(me))
     }
 
     pub fn router(&self) -> Arc<Router> {
@@ -189,17 +191,6 @@ impl Composer {
         self.prune(&view);
     }
 
-    /// Rebuild on every change of the supervisor's view, until the channel closes.
-    pub async fn follow(self: Arc<Self>) {
-        let Some(mut views) = self.views.get().cloned() else {
-            return;
-        };
-        while views.changed().await.is_ok() {
-            views.borrow_and_update();
-            self.rebuild();
-        }
-    }
-
     /// Health-check external upstreams every `health_check_interval`; rebuild on changes.
     pub async fn check_externals(self: Arc<Self>) {
         let every = self.config.settings.health_check_interval;
@@ -283,7 +274,6 @@ impl TrafficProbe for Composer {
 /// Wakes idle instances for the proxy, and returns once the table routes to them.
 pub struct Wake {
     pub supervisor: tenement_supervisor::Supervisor,
-    pub composer: Arc<Composer>,
 }
 
 #[async_trait::async_trait]
@@ -293,12 +283,7 @@ impl tenement_proxy::management::Waker for Wake {
             process: process.into(),
             id: id.into(),
         };
-        self.supervisor
-            .wake(&name)
-            .await
-            .map_err(|e| e.to_string())?;
-        // The composer follows views asynchronously: rebuild now so the retry sees it.
-        self.composer.rebuild();
-        Ok(())
+        // The supervisor rebuilds the table before its view change returns: the retry sees it.
+        self.supervisor.wake(&name).await.map_err(|e| e.to_string())
     }
 }

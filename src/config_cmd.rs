@@ -27,6 +27,21 @@ pub fn check(explicit: Option<&Path>) -> ExitCode {
     let path = find_config_path(explicit);
     match Config::load(&path) {
         Ok(c) => {
+            // Plugins are built as `ten serve` builds them (Argon2 hashes parsed, ...).
+            let bad: Vec<String> = c
+                .processes
+                .iter()
+                .filter_map(|p| {
+                    tenement_proxy::plugins::Chain::build(&p.plugins)
+                        .err()
+                        .map(|e| format!("{}: process.{}.{e}", path.display(), p.name))
+                })
+                .collect();
+            if !bad.is_empty() {
+                eprintln!("{}", bad.join("\n"));
+                eprintln!("{}: {} error(s)", path.display(), bad.len());
+                return ExitCode::from(1);
+            }
             let instances = c.instances.len();
             println!(
                 "{}: ok: {} process(es), {} route(s), {} instance(s) at boot, domain {}",

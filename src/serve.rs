@@ -87,7 +87,8 @@ pub async fn run(config: Config) -> Result<()> {
     };
     let db = s.data_dir.join("tenement.db");
     let weights = StateStore::open(&db).with_context(|| format!("cannot open {}", db.display()))?;
-    let composer = Composer::new(config.clone(), metrics.clone(), Some(weights));
+    let composer = Composer::new(config.clone(), metrics.clone(), Some(weights))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let store = StateStore::open(&db).with_context(|| format!("cannot open {}", db.display()))?;
     let logs = LogStore::open(
         &db,
@@ -105,12 +106,14 @@ pub async fn run(config: Config) -> Result<()> {
         Some(store),
     );
     composer.attach(supervisor.subscribe());
-    tokio::spawn(composer.clone().follow());
+    {
+        let composer = composer.clone();
+        supervisor.on_publish(move || composer.rebuild());
+    }
     tokio::spawn(composer.clone().check_externals());
 
     let waker = Arc::new(Wake {
         supervisor: supervisor.clone(),
-        composer: composer.clone(),
     });
     let api = Arc::new(Api {
         config: config.clone(),
@@ -121,6 +124,8 @@ pub async fn run(config: Config) -> Result<()> {
         metrics,
         logs: logs.clone(),
     });
+    // Orphans killed and desired instances announced before any listener opens.
+    let wanted = supervisor.prepare();
     let proxy = TenProxy::new(composer.router(), api.clone(), Some(waker));
     let traffic = proxy.traffic();
     let conf = Arc::new(ServerConf {
@@ -189,7 +194,7 @@ pub async fn run(config: Config) -> Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let boot = {
         let supervisor = supervisor.clone();
-        tokio::spawn(async move { supervisor.restore().await })
+        tokio::spawn(async move { supervisor.start_desired(wanted).await })
     };
     let mut failure = None;
     tokio::select! {

@@ -6,6 +6,7 @@
 pub mod host;
 pub mod management;
 pub mod metrics;
+pub mod plugins;
 mod select;
 mod service;
 pub mod table;

@@ -13,6 +13,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::host::{self, HostError};
 use crate::management::{self, Body, Management, Waker};
+use crate::plugins::{Chain, LogInfo, Reply, RequestInfo};
 use crate::table::{Availability, Backend, InFlight, ProcessOpts, Target};
 use crate::Router;
 
@@ -54,6 +55,10 @@ pub struct Ctx {
     start: Instant,
     /// Counts this request in its process's in-flight gauge until dropped.
     _gauge: Option<GaugeGuard>,
+    /// The target process's plugins, when it has any.
+    plugins: Option<Arc<Chain>>,
+    /// A plugin's answer to send instead of an error (a body over a plugin's limit).
+    reply: Option<Reply>,
 }
 
 struct GaugeGuard(prometheus::IntGauge);
@@ -160,6 +165,25 @@ async fn respond(session: &mut Session, ctx: &Ctx, status: u16, msg: &str) -> Re
     session.set_keepalive(if status >= 500 { None } else { Some(60) });
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+/// A plugin's reply, with the request id (its own headers kept: Retry-After, WWW-Authenticate).
+async fn respond_reply(session: &mut Session, ctx: &Ctx, reply: Reply) -> Result<()> {
+    let mut resp = ResponseHeader::build(reply.status, Some(reply.headers.len() + 2))?;
+    for (k, v) in reply.headers {
+        resp.append_header(k, v)?;
+    }
+    resp.insert_header(http::header::CONTENT_LENGTH, reply.body.len())?;
+    resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    // A 413 leaves an unread body behind: do not reuse the connection.
+    session.set_keepalive(if reply.status == 413 || reply.status >= 500 {
+        None
+    } else {
+        Some(60)
+    });
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(reply.body), true).await?;
     Ok(())
 }
 
@@ -296,6 +320,29 @@ impl TenProxy {
                     ctx._gauge = Some(GaugeGuard(m.in_flight.clone()));
                 }
             }
+            // Plugins answer first: a refused request never wakes an instance.
+            if !woken {
+                let chain = ctx
+                    .target
+                    .as_ref()
+                    .and_then(opts_of)
+                    .and_then(|o| o.plugins.clone());
+                if let Some(chain) = chain {
+                    let client_ip = session
+                        .client_addr()
+                        .and_then(|a| a.as_inet())
+                        .map(|a| a.ip());
+                    let reply = chain.on_request(&RequestInfo {
+                        client_ip,
+                        header: session.req_header(),
+                    });
+                    ctx.plugins = Some(chain);
+                    if let Some(reply) = reply {
+                        respond_reply(session, ctx, reply).await?;
+                        return Ok(true);
+                    }
+                }
+            }
             let idle = match &ctx.target {
                 Some(Target::Instance(b)) if b.availability == Availability::Idle => {
                     Some(b.clone())
@@ -380,6 +427,8 @@ impl ProxyHttp for TenProxy {
             error_msg: None,
             start: Instant::now(),
             _gauge: None,
+            plugins: None,
+            reply: None,
         }
     }
 
@@ -404,6 +453,13 @@ impl ProxyHttp for TenProxy {
             if ctx.body_seen > ctx.max_body {
                 ctx.error_msg = Some(format!("request body larger than {} bytes", ctx.max_body));
                 return Err(http_status(413));
+            }
+            if let Some(c) = ctx.plugins.as_ref().filter(|c| c.wants_body()) {
+                if let Some(r) = c.on_body(ctx.body_seen) {
+                    let status = r.status;
+                    ctx.reply = Some(r);
+                    return Err(http_status(status));
+                }
             }
         }
         Ok(())
@@ -511,6 +567,9 @@ impl ProxyHttp for TenProxy {
                 Err(_) => return Err(http_status(400)),
             }
         }
+        if let Some(c) = &ctx.plugins {
+            c.on_upstream_request(upstream);
+        }
         Ok(())
     }
 
@@ -523,6 +582,9 @@ impl ProxyHttp for TenProxy {
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
         resp.remove_header("keep-alive");
         resp.remove_header("proxy-connection");
+        if let Some(c) = &ctx.plugins {
+            c.on_response(resp);
+        }
         Ok(())
     }
 
@@ -557,6 +619,24 @@ impl ProxyHttp for TenProxy {
                     m.unrouted.observe(status, ctx.start.elapsed());
                 }
             }
+        }
+        if let Some(c) = &ctx.plugins {
+            c.on_log(&LogInfo {
+                process: ctx
+                    .target
+                    .as_ref()
+                    .and_then(opts_of)
+                    .map(|o| &*o.name)
+                    .unwrap_or(""),
+                status,
+                latency: ctx.start.elapsed(),
+                request_bytes: ctx.body_seen,
+                client_ip: session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip()),
+                path: session.req_header().uri.path(),
+            });
         }
     }
 
@@ -596,7 +676,11 @@ impl ProxyHttp for TenProxy {
                     .unwrap_or("error")
                     .to_ascii_lowercase(),
             });
-            if let Err(err) = respond(session, ctx, code, &msg).await {
+            let sent = match ctx.reply.take() {
+                Some(reply) => respond_reply(session, ctx, reply).await,
+                None => respond(session, ctx, code, &msg).await,
+            };
+            if let Err(err) = sent {
                 tracing::debug!(error = %err, "could not send error response");
             }
         }

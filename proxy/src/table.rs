@@ -102,6 +102,8 @@ pub struct ProcessOpts {
     pub max_body: u64,
     /// In-flight gauge and the counters of requests no instance took (503s).
     pub metrics: Option<ProcessMetrics>,
+    /// The process's plugins (None: no plugins, nothing to pay on the hot path).
+    pub plugins: Option<Arc<crate::plugins::Chain>>,
 }
 
 #[derive(Debug)]
@@ -400,6 +402,7 @@ mod tests {
             request_timeout: Duration::from_secs(30),
             max_body: 1 << 20,
             metrics: None,
+            plugins: None,
         })
     }
 

@@ -84,8 +84,20 @@ impl Api {
         .ok()
         .filter(|c| state.register(Box::new(c.clone())).is_ok())
         {
+            // ten's own lines, and those of instances that still exist (no stale series).
+            let externals = self.composer.externals_json();
+            let exists = |p: &str, i: &str| {
+                p == "ten"
+                    || view
+                        .instances
+                        .iter()
+                        .any(|v| v.name.process == p && v.name.id == i)
+                    || externals.iter().any(|e| e["process"] == p && e["id"] == i)
+            };
             for ((p, i), n) in self.logs.lines_by_instance() {
-                lines.with_label_values(&[&p, &i]).inc_by(n);
+                if exists(&p, &i) {
+                    lines.with_label_values(&[&p, &i]).inc_by(n);
+                }
             }
         }
         if let Ok(dropped) = prometheus::IntCounter::new(

@@ -89,6 +89,8 @@ pub struct Started {
     pub child: Child,
     pub pid: u32,
     pub addr: Addr,
+    /// The output readers: they end at EOF of the app's stdout/stderr.
+    pub captures: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// A TCP port the OS says is free right now.
@@ -181,25 +183,31 @@ pub fn start(l: &Launch<'_>) -> Result<Started, Error> {
     let pid = child
         .id()
         .ok_or_else(|| Error::Spawn(format!("{} exited at once", l.name)))?;
+    let mut captures = Vec::new();
     if let Some(out) = child.stdout.take() {
-        tokio::spawn(capture(
+        captures.push(tokio::spawn(capture(
             out,
             l.name.clone(),
             Stream::Stdout,
             l.sink.clone(),
             l.tail.clone(),
-        ));
+        )));
     }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(capture(
+        captures.push(tokio::spawn(capture(
             err,
             l.name.clone(),
             Stream::Stderr,
             l.sink.clone(),
             l.tail.clone(),
-        ));
+        )));
     }
-    Ok(Started { child, pid, addr })
+    Ok(Started {
+        child,
+        pid,
+        addr,
+        captures,
+    })
 }
 
 /// Read lines (lossy UTF-8, long lines split) until EOF.

@@ -130,6 +130,23 @@ struct Slot {
     wake: Arc<Notify>,
     done: watch::Receiver<bool>,
     storage_warned: u8,
+    /// Announced at boot, not spawned yet (no runner behind it).
+    reserved: bool,
+}
+
+fn new_view(name: &InstanceName, weight: u32) -> InstanceView {
+    InstanceView {
+        name: name.clone(),
+        state: State::Starting,
+        weight,
+        pid: None,
+        addr: None,
+        started: None,
+        restarts: 0,
+        idle: false,
+        last_error: None,
+        storage_bytes: None,
+    }
 }
 
 struct Inner {
@@ -142,6 +159,7 @@ struct Inner {
     sink: Arc<dyn LogSink>,
     store: Option<StateStore>,
     shutting_down: AtomicBool,
+    on_publish: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// The supervisor handle (cheap to clone).
@@ -172,6 +190,7 @@ impl Supervisor {
                 sink,
                 store,
                 shutting_down: AtomicBool::new(false),
+                on_publish: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -200,16 +219,27 @@ impl Supervisor {
         self.inner.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Publish the current view, then tell the listener (the composer) before returning: an
+    /// API call that changed something answers only once the new routing table is live.
     fn publish(&self) {
-        let view = {
+        {
+            // Built and sent under the lock: views are published in the order they were made.
             let slots = self.slots();
             let mut v: Vec<_> = slots.values().map(|s| (s.seq, s.view.clone())).collect();
             v.sort_by_key(|(seq, _)| *seq);
-            View {
+            let view = View {
                 instances: v.into_iter().map(|(_, v)| v).collect(),
-            }
-        };
-        self.inner.view_tx.send_replace(Arc::new(view));
+            };
+            self.inner.view_tx.send_replace(Arc::new(view));
+        }
+        if let Some(hook) = self.inner.on_publish.get() {
+            hook();
+        }
+    }
+
+    /// Call `hook` after every published change (once; later calls are ignored).
+    pub fn on_publish(&self, hook: impl Fn() + Send + Sync + 'static) {
+        let _ = self.inner.on_publish.set(Box::new(hook));
     }
 
     fn update(&self, name: &InstanceName, f: impl FnOnce(&mut InstanceView)) {
@@ -423,29 +453,22 @@ impl Supervisor {
         let wake = Arc::new(Notify::new());
         {
             let mut slots = self.slots();
-            if slots.contains_key(name) {
-                return Err(Error::AlreadyRunning(name.to_string()));
-            }
+            // A slot reserved at boot keeps its place; any other is a conflict.
+            let seq = match slots.get(name) {
+                Some(s) if s.reserved => s.seq,
+                Some(_) => return Err(Error::AlreadyRunning(name.to_string())),
+                None => self.inner.seq.fetch_add(1, Ordering::Relaxed),
+            };
             slots.insert(
                 name.clone(),
                 Slot {
-                    view: InstanceView {
-                        name: name.clone(),
-                        state: State::Starting,
-                        weight,
-                        pid: None,
-                        addr: None,
-                        started: None,
-                        restarts: 0,
-                        idle: false,
-                        last_error: None,
-                        storage_bytes: None,
-                    },
-                    seq: self.inner.seq.fetch_add(1, Ordering::Relaxed),
+                    view: new_view(name, weight),
+                    seq,
                     stop: stop_tx,
                     wake: wake.clone(),
                     done: done_rx,
                     storage_warned: 0,
+                    reserved: false,
                 },
             );
         }
@@ -495,10 +518,20 @@ impl Supervisor {
 
     async fn stop_with(&self, name: &InstanceName, forget: bool) -> Result<(), Error> {
         let mut done = {
-            let slots = self.slots();
+            let mut slots = self.slots();
             let slot = slots
                 .get(name)
                 .ok_or_else(|| Error::UnknownInstance(name.to_string()))?;
+            if slot.reserved {
+                // Announced at boot, never started: nothing to stop.
+                slots.remove(name);
+                drop(slots);
+                if forget {
+                    self.persist(|s| s.remove(name));
+                }
+                self.publish();
+                return Ok(());
+            }
             slot.stop.send_replace(Stop::Yes { forget });
             slot.done.clone()
         };
@@ -591,10 +624,11 @@ impl Supervisor {
         }
     }
 
-    /// At start: kill what a crashed `ten serve` left running, then bring back the desired
-    /// instances (persisted ones in their order with their weights, then `[instances]` of the
-    /// config not already there). Failures are logged; the others still start.
-    pub async fn restore(&self) {
+    /// At start, before the listeners open: kill what a crashed `ten serve` left running, and
+    /// announce the desired instances (persisted ones in their order with their weights, then
+    /// `[instances]` of the config not already there) as `starting`, so their hosts answer 503,
+    /// not 404, until each is up. Returns them for [`Supervisor::start_desired`].
+    pub fn prepare(&self) -> Vec<(InstanceName, u32)> {
         let persisted = match &self.inner.store {
             Some(store) => store.load().unwrap_or_else(|e| {
                 tracing::error!("{e}");
@@ -622,6 +656,30 @@ impl Supervisor {
                 wanted.push((name.clone(), 100));
             }
         }
+        // Announce them all at once (state starting: 503, not 404, until each is up).
+        {
+            let mut slots = self.slots();
+            for (name, weight) in &wanted {
+                let (stop, _) = watch::channel(Stop::No);
+                let (_, done) = watch::channel(true);
+                slots.entry(name.clone()).or_insert_with(|| Slot {
+                    view: new_view(name, *weight),
+                    seq: self.inner.seq.fetch_add(1, Ordering::Relaxed),
+                    stop,
+                    wake: Arc::new(Notify::new()),
+                    done,
+                    storage_warned: 0,
+                    reserved: true,
+                });
+            }
+        }
+        self.publish();
+        wanted
+    }
+
+    /// Spawn what [`Supervisor::prepare`] announced, in order. Failures are logged; the others
+    /// still start.
+    pub async fn start_desired(&self, wanted: Vec<(InstanceName, u32)>) {
         for (name, weight) in wanted {
             if self.inner.shutting_down.load(Ordering::Relaxed) {
                 return;

@@ -50,6 +50,22 @@ struct Live {
     addr: Addr,
     exit: watch::Receiver<Option<(String, bool)>>,
     cgroup: Option<std::path::PathBuf>,
+    captures: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Live {
+    /// Let the output readers reach EOF (bounded: a grandchild may hold the pipes open), so
+    /// the last lines an app printed before dying are in the tail.
+    async fn drain_output(&mut self) {
+        let all = join_all(std::mem::take(&mut self.captures));
+        let _ = tokio::time::timeout(Duration::from_secs(1), all).await;
+    }
+}
+
+async fn join_all(handles: Vec<tokio::task::JoinHandle<()>>) {
+    for h in handles {
+        let _ = h.await;
+    }
 }
 
 impl Runner {
@@ -68,12 +84,12 @@ impl Runner {
         let mut attempt = 0u32;
         let mut recent: VecDeque<Instant> = VecDeque::new();
         loop {
-            let live = match self.start().await {
+            let mut live = match self.start().await {
                 Ok(live) => live,
                 Err(e) => {
                     if let Some(tx) = first.take() {
+                        self.sup.forget_slot(&self.name); // gone before the caller hears of it
                         let _ = tx.send(Err(e));
-                        self.sup.forget_slot(&self.name);
                         return;
                     }
                     self.sup.event(&self.name, &format!("restart failed: {e}"));
@@ -97,13 +113,14 @@ impl Runner {
                 Err(reason) => {
                     self.kill(&live).await;
                     if let Some(tx) = first.take() {
+                        live.drain_output().await;
+                        self.cleanup(&live);
+                        self.sup.forget_slot(&self.name); // gone before the caller hears of it
                         let _ = tx.send(Err(Error::StartupFailed {
                             name: self.name.to_string(),
                             reason,
                             tail: self.tail.lines(),
                         }));
-                        self.cleanup(&live);
-                        self.sup.forget_slot(&self.name);
                         return;
                     }
                     if let Some(forget) = self.stop_requested() {
@@ -303,6 +320,7 @@ impl Runner {
         };
         let (exit_tx, exit) = watch::channel(None);
         let mut child = started.child;
+        let captures = started.captures;
         tokio::spawn(async move {
             let status = child.wait().await;
             let (text, success) = match &status {
@@ -318,6 +336,7 @@ impl Runner {
             addr,
             exit,
             cgroup,
+            captures,
         })
     }
 

@@ -7,6 +7,7 @@ mod edge;
 mod lifecycle;
 mod logs;
 mod metrics;
+mod plugins;
 mod routing;
 mod supervision;
 mod tls;

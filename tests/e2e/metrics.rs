@@ -174,7 +174,10 @@ fn counters_move_by_exactly_the_requests_sent() {
         .body("[process.idle]\ncommand = \"@APP@\"\n")
         .start();
     assert_eq!(ten2.get(&format!("idle.{DOMAIN}"), "/").status, 503);
-    let s = scrape(&ten2);
+    let unrouted = [("process", "idle"), ("instance", "-"), ("status", "503")];
+    let s = scrape_until(&ten2, "the 503 counted", |s| {
+        value(s, "tenement_requests_total", &unrouted).is_some()
+    });
     assert_eq!(
         value(
             &s,

@@ -1,0 +1,209 @@
+"""Measurements: wrk at saturation, oha at a fixed rate, CPU and RSS from /proc, a tiny
+keep-alive HTTP client (readiness, idle connections, callgrind traffic), callgrind totals and
+per-function costs."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from procs import HOST, LOAD_CPU
+
+REQUEST = f"GET / HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: ten-bench\r\n\r\n".encode()
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection; responses must carry Content-Length."""
+
+    def __init__(self, port, timeout=30.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+
+    def _recv(self):
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("connection closed by the server")
+        self.buf += data
+
+    def get(self):
+        """(status, headers, body) of one GET /."""
+        self.sock.sendall(REQUEST)
+        while b"\r\n\r\n" not in self.buf:
+            self._recv()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        if "content-length" not in headers:
+            raise ValueError(f"response without Content-Length: {lines[0]}")
+        n = int(headers["content-length"])
+        while len(self.buf) < n:
+            self._recv()
+        body, self.buf = self.buf[:n], self.buf[n:]
+        return status, headers, body
+
+    def close(self):
+        self.sock.close()
+
+
+def check_ok(port):
+    """Raise unless GET / answers 200 "ok"; the response headers when it does."""
+    c = Conn(port, timeout=5.0)
+    try:
+        status, headers, body = c.get()
+    finally:
+        c.close()
+    if status != 200 or body != b"ok":
+        raise ValueError(f"GET / answered {status} {body[:80]!r}")
+    return headers
+
+
+def requests(port, n):
+    """Send `n` requests one after another on one keep-alive connection."""
+    c = Conn(port)
+    try:
+        for _ in range(n):
+            status, _, _ = c.get()
+            if status != 200:
+                raise RuntimeError(f"status {status} during the callgrind run")
+    finally:
+        c.close()
+
+
+def open_idle(port, n):
+    """`n` keep-alive connections, each after one request/response, left open."""
+    conns = []
+    for _ in range(n):
+        c = Conn(port)
+        status, _, _ = c.get()
+        if status != 200:
+            raise RuntimeError(f"status {status} while opening idle connections")
+        conns.append(c)
+    return conns
+
+
+def cpu_ticks(pids):
+    """utime + stime of the processes (all their threads), in clock ticks."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5)
+    return total
+
+
+def memory(pids):
+    """{rss, anon, file, threads} summed over the processes, rss in kB."""
+    out = {"rss": 0, "anon": 0, "file": 0, "threads": 0}
+    keys = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file", "Threads": "threads"}
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            k, _, v = line.partition(":")
+            if k in keys:
+                out[keys[k]] += int(v.split()[0])
+    return out
+
+
+def wrk_cmd(bins, port, conns, duration):
+    return [
+        "taskset", "-c", LOAD_CPU, bins["wrk"], "-t1", f"-c{conns}", f"-d{duration}s",
+        "--latency", "-H", f"Host: {HOST}", f"http://127.0.0.1:{port}/",
+    ]
+
+
+def _num(pattern, text, cast=float, default=None):
+    m = re.search(pattern, text)
+    return cast(m.group(1)) if m else default
+
+
+def wrk(bins, port, conns, duration, pids):
+    """Saturation run: req/s, requests, errors, and the CPU the `pids` spent meanwhile."""
+    cmd = wrk_cmd(bins, port, conns, duration)
+    before = cpu_ticks(pids)
+    t0 = time.monotonic()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    wall = time.monotonic() - t0
+    ticks = cpu_ticks(pids) - before
+    reqs = _num(r"(\d+) requests in", out, int, 0)
+    errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "rps": _num(r"Requests/sec:\s+([\d.]+)", out, float, 0.0),
+        "requests": reqs,
+        "non2xx": _num(r"Non-2xx or 3xx responses: (\d+)", out, int, 0),
+        "socket_errors": sum(int(x) for x in errs.groups()) if errs else 0,
+        "cpu_us_per_req": ticks * 1e6 / CLK_TCK / reqs if reqs else None,
+        "cpu_busy": ticks / CLK_TCK / wall,
+    }
+
+
+def oha_cmd(bins, port, rate, conns, duration):
+    return [
+        "taskset", "-c", LOAD_CPU, bins["oha"], "-q", str(rate), "--latency-correction",
+        "-z", f"{duration}s", "-c", str(conns), "--no-tui", "--output-format", "json",
+        "-H", f"Host: {HOST}", f"http://127.0.0.1:{port}/",
+    ]
+
+
+def oha(bins, port, rate, conns, duration):
+    """Fixed-rate run: latency percentiles in ms, and the achieved rate."""
+    cmd = oha_cmd(bins, port, rate, conns, duration)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    data = json.loads(out)
+    pct = data.get("latencyPercentiles", {})
+    summary = data.get("summary", {})
+    codes = data.get("statusCodeDistribution", {})
+    ok = sum(v for k, v in codes.items() if k.startswith("2"))
+    return {
+        "p50_ms": pct["p50"] * 1e3 if pct.get("p50") is not None else None,
+        "p99_ms": pct["p99"] * 1e3 if pct.get("p99") is not None else None,
+        "rps": summary.get("requestsPerSec"),
+        "non2xx": sum(codes.values()) - ok,
+        "errors": sum(data.get("errorDistribution", {}).values()),
+    }
+
+
+def callgrind_total(path):
+    """Instructions of a callgrind profile (its `totals:` or `summary:` line)."""
+    for line in Path(path).read_text(errors="replace").splitlines():
+        if line.startswith(("totals:", "summary:")):
+            return int(line.split()[1])
+    raise ValueError(f"no totals in {path}")
+
+
+_HASH = re.compile(r"::h[0-9a-f]{16}")
+_LINE = re.compile(r"^\s*([\d,]+)\s+(?:\(\s*[\d.]+%\)\s+)?(\S.*?)\s*$")
+
+
+def callgrind_functions(bins, path):
+    """{function: self instructions} of a profile, via callgrind_annotate."""
+    out = subprocess.run(
+        [bins["callgrind_annotate"], "--inclusive=no", "--threshold=100", str(path)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    costs = {}
+    body = False
+    for line in out.splitlines():
+        if re.match(r"^-+$", line.strip()) and body is False and costs == {} and "Ir" in out:
+            pass
+        m = _LINE.match(line)
+        if not m or "PROGRAM TOTALS" in line or ":" not in m.group(2):
+            continue
+        name = m.group(2)
+        # "file:function [object]": keep the function (and its object when the file is unknown).
+        fn = name.split(":", 1)[1] if not name.startswith("???") else name[4:]
+        fn = _HASH.sub("", re.sub(r"\s*\[[^\]]*\]$", "", fn))
+        costs[fn] = costs.get(fn, 0) + int(m.group(1).replace(",", ""))
+    return costs

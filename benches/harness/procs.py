@@ -1,0 +1,254 @@
+"""The processes of a bench run: the upstream, the proxies under test, and their configs.
+
+Every process is started here and stopped here, by its own pid (and those of its children,
+nginx's workers): nothing else on the machine is touched.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROXY_CPU = "0"  # the proxy under test, alone
+LOAD_CPU = "1"  # the load generator and the upstream
+DOMAIN = "bench.test"
+HOST = f"up.{DOMAIN}"  # what every client sends; ten routes it to [process.up]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def children(pid):
+    """Pids whose parent is `pid` (nginx's workers)."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 1 and fields[1] == str(pid):
+            kids.append(int(entry))
+    return kids
+
+
+class Proc:
+    """A process started by the bench, its output in `workdir/NAME.out|.err`."""
+
+    def __init__(self, name, argv, workdir, stop_signal=signal.SIGINT, env=None):
+        self.name = name
+        self.argv = [str(a) for a in argv]
+        self.out = workdir / f"{name}.out"
+        self.err = workdir / f"{name}.err"
+        self.stop_signal = stop_signal
+        with open(self.out, "wb") as out, open(self.err, "wb") as err:
+            self.popen = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                cwd=workdir,
+                env=env,
+            )
+
+    @property
+    def pid(self):
+        return self.popen.pid
+
+    def pids(self):
+        return [self.pid] + children(self.pid)
+
+    def alive(self):
+        return self.popen.poll() is None
+
+    def stderr_tail(self, n=20):
+        try:
+            lines = self.err.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-n:])
+
+    def stop(self, timeout=60):
+        """Stop politely (`stop_signal`), then for sure; the children too."""
+        kids = children(self.pid) if self.alive() else []
+        if self.alive():
+            self.popen.send_signal(self.stop_signal)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        for k in kids:
+            try:
+                os.kill(k, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return self.popen.returncode
+
+
+def nginx_common(d, name):
+    root = "user root;\n" if os.geteuid() == 0 else ""
+    tmp = d / "tmp" / name
+    tmp.mkdir(parents=True, exist_ok=True)
+    return f"""{root}worker_rlimit_nofile 65536;
+pid {d}/{name}.pid;
+error_log {d}/{name}.error.log warn;
+events {{ worker_connections 20000; }}
+"""
+
+
+def nginx_http_common(d, name):
+    tmp = d / "tmp" / name
+    return f"""    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+"""
+
+
+def upstream_conf(d, name, port, sock, single=False):
+    """The upstream: nginx answering `200 ok` on TCP and on a unix socket."""
+    mode = "master_process off;\n" if single else "master_process on;\n"
+    return f"""daemon off;
+{mode}worker_processes 1;
+{nginx_common(d, name)}
+http {{
+{nginx_http_common(d, name)}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        listen unix:{sock} backlog=4096;
+        location / {{ return 200 "ok"; }}
+    }}
+}}
+"""
+
+
+def nginx_proxy_conf(d, name, port, upstream, single=False):
+    """nginx as a reverse proxy doing ten's work: route by Host, X-Forwarded-*, X-Request-Id
+    both ways, upstream keepalive done right."""
+    mode = "master_process off;\n" if single else "master_process on;\n"
+    return f"""daemon off;
+{mode}worker_processes 1;
+{nginx_common(d, name)}
+http {{
+{nginx_http_common(d, name)}
+    upstream up {{
+        server {upstream};
+        keepalive 64;
+        keepalive_requests 100000;
+        keepalive_timeout 300s;
+    }}
+    server {{
+        listen 127.0.0.1:{port} default_server backlog=4096;
+        return 404;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name {HOST};
+        location / {{
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header X-Request-Id $request_id;
+            add_header X-Request-Id $request_id;
+        }}
+    }}
+}}
+"""
+
+
+PLUGINS = """plugins = [
+  { kind = "headers", response_set = { X-Bench-Plugin = "on" }, request_remove = ["X-Bench-Nothing"] },
+  { kind = "ip_filter", allow = ["127.0.0.1/32"] },
+  { kind = "rate_limit", rps = 1000000000, burst = 1000000000 },
+]
+"""
+
+
+def ten_conf(d, name, port, upstream, metrics=True, plugins=False):
+    return f"""[settings]
+domain = "{DOMAIN}"
+listen = "127.0.0.1:{port}"
+data_dir = "{d}/{name}-data"
+metrics = {"true" if metrics else "false"}
+
+[process.up]
+upstreams = ["{upstream}"]
+{PLUGINS if plugins else ""}"""
+
+
+@dataclass
+class Target:
+    """One configuration under load: how to start its proxy (None: direct to the upstream)."""
+
+    key: str
+    label: str
+    kind: str  # direct | nginx | floor | ten
+    upstream: str = ""  # 127.0.0.1:PORT or unix:/PATH
+    metrics: bool = True
+    plugins: bool = False
+    port: int = 0
+    proc: Proc = None
+    notes: list = field(default_factory=list)
+
+    def argv(self, bins, d, name, port, single=False):
+        """The command line (and config file written) for a proxy of this target."""
+        if self.kind == "nginx":
+            conf = d / f"{name}.conf"
+            conf.write_text(nginx_proxy_conf(d, name, port, self.upstream, single))
+            return [bins["nginx"], "-e", d / f"{name}.error.log", "-p", d, "-c", conf]
+        if self.kind == "floor":
+            return [bins["floor"], "--listen", f"127.0.0.1:{port}", "--upstream", self.upstream]
+        if self.kind == "ten":
+            conf = d / f"{name}.toml"
+            conf.write_text(ten_conf(d, name, port, self.upstream, self.metrics, self.plugins))
+            return [bins["ten"], "serve", "--config", conf]
+        if self.kind == "direct":
+            conf = d / f"{name}.conf"
+            conf.write_text(upstream_conf(d, name, port, d / f"{name}.sock", single))
+            return [bins["nginx"], "-e", d / f"{name}.error.log", "-p", d, "-c", conf]
+        raise ValueError(self.kind)
+
+    def stop_signal(self):
+        # nginx: SIGINT/SIGTERM are its fast shutdown; Pingora: SIGINT is (SIGTERM waits for a
+        # grace period); ten serve drains on either.
+        return signal.SIGINT
+
+
+def start(target, bins, d, name, port, cpu=PROXY_CPU, wrap=(), env=None):
+    argv = ["taskset", "-c", cpu, *wrap, *target.argv(bins, d, name, port, single=bool(wrap))]
+    return Proc(name, argv, d, stop_signal=target.stop_signal(), env=env)
+
+
+def wait_ready(proc, port, check, timeout=60.0):
+    """Poll until `check(port)` passes (it raises until then); raise with the stderr tail."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(
+                f"{proc.name} exited with {proc.popen.returncode}; stderr:\n{proc.stderr_tail()}"
+            )
+        try:
+            return check(port)
+        except (OSError, ValueError) as e:
+            last = e
+            time.sleep(0.1)
+    raise RuntimeError(f"{proc.name} not ready after {timeout}s ({last}); stderr:\n{proc.stderr_tail()}")

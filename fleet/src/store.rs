@@ -1,0 +1,342 @@
+//! Servers and tenants in SQLite (`fleet_servers`, `fleet_tenants` in the shared `tenement.db`).
+//!
+//! A tenant's `server` is a foreign key (`ON DELETE RESTRICT`): a server with tenants cannot be
+//! removed until they are migrated or removed. Every input is validated here, so the API and
+//! the CLI report the same messages.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use tenement_conf::{check_hostname, check_instance_id, check_process_name};
+
+use crate::validate::{check_id, normalize_url};
+use crate::FleetError;
+
+/// A tenement server of the fleet.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct Server {
+    pub id: String,
+    /// `http(s)://host[:port]`, without a trailing slash.
+    pub url: String,
+    /// The Host suffix for its instances: `{instance}.{process}.{domain}`.
+    pub domain: String,
+    pub region: Option<String>,
+    /// Its API token, to read its `/api/logs` and `/metrics`. Never serialized.
+    #[serde(skip)]
+    pub token: Option<String>,
+}
+
+/// What `add_server` takes (also the body of `POST /api/servers`).
+#[derive(Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NewServer {
+    pub id: String,
+    pub url: String,
+    #[serde(default)]
+    pub domain: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// A tenant: its domain is served by `process:instance` on its home `server`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Tenant {
+    pub id: String,
+    pub domain: String,
+    pub server: String,
+    pub process: String,
+    pub instance: String,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS fleet_servers (
+    id         TEXT PRIMARY KEY,
+    url        TEXT NOT NULL,
+    domain     TEXT NOT NULL,
+    region     TEXT,
+    token      TEXT,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fleet_tenants (
+    id       TEXT PRIMARY KEY,
+    domain   TEXT NOT NULL UNIQUE,
+    server   TEXT NOT NULL REFERENCES fleet_servers(id) ON DELETE RESTRICT,
+    process  TEXT NOT NULL,
+    instance TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS fleet_tenants_server ON fleet_tenants(server);
+";
+
+const SERVER_COLS: &str = "id, url, domain, region, token";
+const TENANT_COLS: &str = "id, domain, server, process, instance";
+
+pub struct FleetStore {
+    conn: Mutex<Connection>,
+}
+
+impl FleetStore {
+    /// Opens (or creates) the database file and our two tables.
+    pub fn open(db: &Path) -> Result<Self, FleetError> {
+        if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                FleetError::Invalid(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let conn = Connection::open(db)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        // journal_mode answers with a row, so it is read rather than executed.
+        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        conn.execute_batch("PRAGMA foreign_keys = ON;")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(FleetStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn add_server(&self, s: &NewServer) -> Result<Server, FleetError> {
+        check_id("server", &s.id)?;
+        let (url, host) = normalize_url(&s.url)?;
+        let domain = match s.domain.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
+            Some(d) => {
+                let d = d.to_ascii_lowercase();
+                check_hostname(&d).map_err(|e| FleetError::Invalid(format!("domain: {e}")))?;
+                d
+            }
+            None => check_hostname(&host).map(|()| host.clone()).map_err(|_| {
+                FleetError::Invalid(format!(
+                    "the url's host {host:?} is not a domain: pass a domain for server {}",
+                    s.id
+                ))
+            })?,
+        };
+        let server = Server {
+            id: s.id.clone(),
+            url,
+            domain,
+            region: nonempty(&s.region),
+            token: nonempty(&s.token),
+        };
+        let conn = self.conn();
+        if let Some(old) = get_server(&conn, &s.id)? {
+            return Err(FleetError::Conflict(format!(
+                "server {} already exists ({}): remove it first to change it",
+                old.id, old.url
+            )));
+        }
+        conn.execute(
+            "INSERT INTO fleet_servers (id, url, domain, region, token, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                server.id,
+                server.url,
+                server.domain,
+                server.region,
+                server.token,
+                now_ms()
+            ],
+        )?;
+        Ok(server)
+    }
+
+    /// Every server, by id.
+    pub fn servers(&self) -> Result<Vec<Server>, FleetError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {SERVER_COLS} FROM fleet_servers ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([], server_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn server(&self, id: &str) -> Result<Server, FleetError> {
+        get_server(&self.conn(), id)?.ok_or_else(|| unknown_server(id))
+    }
+
+    /// Removes a server that no tenant calls home.
+    pub fn remove_server(&self, id: &str) -> Result<(), FleetError> {
+        let conn = self.conn();
+        if get_server(&conn, id)?.is_none() {
+            return Err(unknown_server(id));
+        }
+        let mut stmt =
+            conn.prepare("SELECT id FROM fleet_tenants WHERE server = ?1 ORDER BY id")?;
+        let homed: Vec<String> = stmt
+            .query_map([id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        if !homed.is_empty() {
+            return Err(FleetError::Conflict(format!(
+                "server {id} still has tenants: {} — migrate or remove them first",
+                homed.join(", ")
+            )));
+        }
+        conn.execute("DELETE FROM fleet_servers WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    pub fn add_tenant(&self, t: &Tenant) -> Result<Tenant, FleetError> {
+        check_id("tenant", &t.id)?;
+        let domain = t.domain.trim().to_ascii_lowercase();
+        check_hostname(&domain).map_err(|e| FleetError::Invalid(format!("domain: {e}")))?;
+        check_process_name(&t.process).map_err(FleetError::Invalid)?;
+        check_instance_id(&t.instance).map_err(FleetError::Invalid)?;
+        let tenant = Tenant {
+            domain,
+            ..t.clone()
+        };
+        let conn = self.conn();
+        if let Some(old) = get_tenant(&conn, &t.id)? {
+            return Err(FleetError::Conflict(format!(
+                "tenant {} already exists ({} on {}): remove it first to change it",
+                old.id, old.domain, old.server
+            )));
+        }
+        let owner: Option<String> = conn
+            .query_row(
+                "SELECT id FROM fleet_tenants WHERE domain = ?1",
+                [&tenant.domain],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(owner) = owner {
+            return Err(FleetError::Conflict(format!(
+                "domain {} is already used by tenant {owner}",
+                tenant.domain
+            )));
+        }
+        if get_server(&conn, &tenant.server)?.is_none() {
+            return Err(unknown_server(&tenant.server));
+        }
+        conn.execute(
+            "INSERT INTO fleet_tenants (id, domain, server, process, instance)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                tenant.id,
+                tenant.domain,
+                tenant.server,
+                tenant.process,
+                tenant.instance
+            ],
+        )?;
+        Ok(tenant)
+    }
+
+    /// Every tenant, by id.
+    pub fn tenants(&self) -> Result<Vec<Tenant>, FleetError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {TENANT_COLS} FROM fleet_tenants ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([], tenant_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn tenant(&self, id: &str) -> Result<Tenant, FleetError> {
+        get_tenant(&self.conn(), id)?.ok_or_else(|| unknown_tenant(id))
+    }
+
+    pub fn remove_tenant(&self, id: &str) -> Result<(), FleetError> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM fleet_tenants WHERE id = ?1", [id])?;
+        if n == 0 {
+            return Err(unknown_tenant(id));
+        }
+        Ok(())
+    }
+
+    /// Moves a tenant's home to `server` (one UPDATE: atomic).
+    pub fn migrate_tenant(&self, id: &str, server: &str) -> Result<Tenant, FleetError> {
+        let conn = self.conn();
+        let Some(mut tenant) = get_tenant(&conn, id)? else {
+            return Err(unknown_tenant(id));
+        };
+        if get_server(&conn, server)?.is_none() {
+            return Err(unknown_server(server));
+        }
+        conn.execute(
+            "UPDATE fleet_tenants SET server = ?2 WHERE id = ?1",
+            [id, server],
+        )?;
+        tenant.server = server.to_string();
+        Ok(tenant)
+    }
+}
+
+fn get_server(conn: &Connection, id: &str) -> Result<Option<Server>, FleetError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {SERVER_COLS} FROM fleet_servers WHERE id = ?1"),
+            [id],
+            server_row,
+        )
+        .optional()?)
+}
+
+fn get_tenant(conn: &Connection, id: &str) -> Result<Option<Tenant>, FleetError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {TENANT_COLS} FROM fleet_tenants WHERE id = ?1"),
+            [id],
+            tenant_row,
+        )
+        .optional()?)
+}
+
+fn server_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Server> {
+    Ok(Server {
+        id: r.get(0)?,
+        url: r.get(1)?,
+        domain: r.get(2)?,
+        region: r.get(3)?,
+        token: r.get(4)?,
+    })
+}
+
+fn tenant_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Tenant> {
+    Ok(Tenant {
+        id: r.get(0)?,
+        domain: r.get(1)?,
+        server: r.get(2)?,
+        process: r.get(3)?,
+        instance: r.get(4)?,
+    })
+}
+
+fn unknown_server(id: &str) -> FleetError {
+    FleetError::NotFound(format!(
+        "unknown server {id:?} (see `ten server list`, add it with `ten server add`)"
+    ))
+}
+
+fn unknown_tenant(id: &str) -> FleetError {
+    FleetError::NotFound(format!("unknown tenant {id:?} (see `ten tenant list`)"))
+}
+
+fn nonempty(v: &Option<String>) -> Option<String> {
+    v.as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

@@ -1,0 +1,254 @@
+//! `/api/servers`, `/api/tenants`, `/api/fleet/metrics`, `/api/fleet/logs`: the fleet (SPEC §9).
+//!
+//! Reads come from the fleet's published view (servers with their health); every write goes
+//! to the store and is followed by `fleet.changed()`, which publishes the new view.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use tenement_conf::parse_duration;
+use tenement_fleet::{Fleet, FleetError, NewServer, Tenant};
+use tenement_proxy::management::Request;
+
+use super::{parse_body, query_param, Api, ApiError, ApiResult};
+
+/// Per-server budget for `/api/fleet/metrics` and `/api/fleet/logs`.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrateReq {
+    server: String,
+}
+
+impl From<FleetError> for ApiError {
+    fn from(e: FleetError) -> Self {
+        let status = match &e {
+            FleetError::Invalid(_) => StatusCode::BAD_REQUEST,
+            FleetError::NotFound(_) => StatusCode::NOT_FOUND,
+            FleetError::Conflict(_) => StatusCode::CONFLICT,
+            FleetError::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+fn is_fleet_path(segments: &[&str]) -> bool {
+    matches!(
+        segments,
+        ["servers"]
+            | ["servers", _]
+            | ["tenants"]
+            | ["tenants", _]
+            | ["tenants", _, "migrate"]
+            | ["fleet", "metrics" | "logs"]
+    )
+}
+
+fn server_json(fleet: &Fleet, id: &str) -> ApiResult {
+    let view = fleet.view();
+    let s = view.server(id).ok_or_else(|| {
+        ApiError::not_found(format!("unknown server {id:?} (see `ten server list`)"))
+    })?;
+    Ok((StatusCode::OK, json!(s)))
+}
+
+fn add_server(fleet: &Fleet, body: &[u8]) -> ApiResult {
+    let req: NewServer = parse_body(body)?;
+    let added = fleet.store().add_server(&req)?;
+    fleet.changed();
+    tracing::info!("fleet: server {} added ({})", added.id, added.url);
+    let (_, v) = server_json(fleet, &added.id)?;
+    Ok((StatusCode::CREATED, v))
+}
+
+fn remove_server(fleet: &Fleet, id: &str) -> ApiResult {
+    fleet.store().remove_server(id)?;
+    fleet.changed();
+    tracing::info!("fleet: server {id} removed");
+    Ok((StatusCode::NO_CONTENT, Value::Null))
+}
+
+fn add_tenant(fleet: &Fleet, body: &[u8]) -> ApiResult {
+    let req: Tenant = parse_body(body)?;
+    let t = fleet.store().add_tenant(&req)?;
+    fleet.changed();
+    tracing::info!(
+        "fleet: tenant {} added: {} -> {}:{} on {}",
+        t.id,
+        t.domain,
+        t.process,
+        t.instance,
+        t.server
+    );
+    Ok((StatusCode::CREATED, json!(t)))
+}
+
+fn remove_tenant(fleet: &Fleet, id: &str) -> ApiResult {
+    fleet.store().remove_tenant(id)?;
+    fleet.changed();
+    tracing::info!("fleet: tenant {id} removed");
+    Ok((StatusCode::NO_CONTENT, Value::Null))
+}
+
+fn migrate_tenant(fleet: &Fleet, id: &str, body: &[u8]) -> ApiResult {
+    let req: MigrateReq = parse_body(body)?;
+    let before = fleet.store().tenant(id)?;
+    let t = fleet.store().migrate_tenant(id, &req.server)?;
+    fleet.changed();
+    tracing::info!(
+        "fleet: tenant {id} migrated from {} to {}",
+        before.server,
+        t.server
+    );
+    Ok((StatusCode::OK, json!(t)))
+}
+
+fn now_rfc3339() -> String {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    tenement_fleet::rfc3339_ms(ms)
+}
+
+/// `GET /api/fleet/logs`: the same filters as `/api/logs`, forwarded to every server's
+/// `/api/logs`, merged newest first with a `server` field. A server that cannot be read
+/// contributes one line saying why (process "ten", stream stderr) instead of silence.
+async fn fleet_logs(fleet: &Fleet, q: Option<&str>) -> ApiResult {
+    if let Some(s) = query_param(q, "stream").filter(|s| !s.is_empty()) {
+        if s != "stdout" && s != "stderr" {
+            return Err(ApiError::bad(format!(
+                "stream: expected stdout or stderr, got {s:?}"
+            )));
+        }
+    }
+    if let Some(s) = query_param(q, "since").filter(|s| !s.is_empty()) {
+        parse_duration(&s).map_err(|_| {
+            ApiError::bad(format!(
+                "since: expected a duration like \"10m\", got {s:?}"
+            ))
+        })?;
+    }
+    let limit = match query_param(q, "limit").filter(|s| !s.is_empty()) {
+        Some(l) => l
+            .parse::<usize>()
+            .map_err(|_| ApiError::bad(format!("limit: expected a number, got {l:?}")))?,
+        None => 100,
+    };
+    // Forward the caller's filters as written, minus the caller's own credentials.
+    let forwarded: Vec<&str> = q
+        .unwrap_or("")
+        .split('&')
+        .filter(|kv| !kv.is_empty() && !kv.starts_with("token="))
+        .collect();
+    let path = if forwarded.is_empty() {
+        "/api/logs".to_string()
+    } else {
+        format!("/api/logs?{}", forwarded.join("&"))
+    };
+    let servers: Vec<_> = fleet
+        .view()
+        .servers
+        .iter()
+        .map(|s| s.server.clone())
+        .collect();
+    let results = tenement_fleet::fetch_all(&servers, &path, FETCH_TIMEOUT).await;
+    let mut per_server = Vec::with_capacity(results.len());
+    for (id, r) in results {
+        let lines = r.and_then(|text| {
+            serde_json::from_str::<Vec<Value>>(&text)
+                .map_err(|e| format!("its /api/logs answered something else than lines ({e})"))
+        });
+        match lines {
+            Ok(lines) => per_server.push((id, lines)),
+            Err(e) => {
+                tracing::warn!("fleet logs: cannot read the logs of server {id}: {e}");
+                let line = json!({
+                    "timestamp": now_rfc3339(),
+                    "process": "ten",
+                    "instance": "fleet",
+                    "stream": "stderr",
+                    "message": format!("cannot read the logs of server {id}: {e}"),
+                });
+                per_server.push((id, vec![line]));
+            }
+        }
+    }
+    let merged = tenement_fleet::merge_logs(per_server, limit);
+    Ok((StatusCode::OK, Value::Array(merged)))
+}
+
+impl Api {
+    fn fleet_or_off(&self) -> Result<&Fleet, ApiError> {
+        self.fleet.as_ref().ok_or_else(|| {
+            ApiError(
+                StatusCode::CONFLICT,
+                "fleet routing is off: add a [fleet] section to the config".into(),
+            )
+        })
+    }
+
+    /// Every server's `/metrics`, merged with a `server_id` label (Prometheus text).
+    pub(crate) async fn fleet_metrics_text(&self) -> Result<String, ApiError> {
+        let fleet = self.fleet_or_off()?;
+        let servers: Vec<_> = fleet
+            .view()
+            .servers
+            .iter()
+            .map(|s| s.server.clone())
+            .collect();
+        let scrapes = tenement_fleet::fetch_all(&servers, "/metrics", FETCH_TIMEOUT).await;
+        for (id, r) in &scrapes {
+            if let Err(e) = r {
+                tracing::warn!("fleet metrics: cannot scrape server {id}: {e}");
+            }
+        }
+        Ok(tenement_fleet::merge_metrics(&scrapes))
+    }
+
+    /// The fleet routes (`segments` = the path after `/api/`, split on '/'); None for any
+    /// other path.
+    pub(crate) async fn fleet_route(
+        &self,
+        method: &Method,
+        segments: &[&str],
+        req: &Request,
+    ) -> Option<ApiResult> {
+        if !is_fleet_path(segments) {
+            return None;
+        }
+        let fleet = match self.fleet_or_off() {
+            Ok(f) => f,
+            Err(e) => return Some(Err(e)),
+        };
+        let body = &req.body;
+        Some(match (method, segments) {
+            (&Method::GET, ["servers"]) => Ok((StatusCode::OK, json!(fleet.view().servers))),
+            (&Method::POST, ["servers"]) => add_server(fleet, body),
+            (&Method::GET, ["servers", id]) => server_json(fleet, id),
+            (&Method::DELETE, ["servers", id]) => remove_server(fleet, id),
+            (&Method::GET, ["tenants"]) => Ok((StatusCode::OK, json!(fleet.view().tenants))),
+            (&Method::POST, ["tenants"]) => add_tenant(fleet, body),
+            (&Method::GET, ["tenants", id]) => fleet
+                .store()
+                .tenant(id)
+                .map(|t| (StatusCode::OK, json!(t)))
+                .map_err(ApiError::from),
+            (&Method::DELETE, ["tenants", id]) => remove_tenant(fleet, id),
+            (&Method::POST, ["tenants", id, "migrate"]) => migrate_tenant(fleet, id, body),
+            (&Method::GET, ["fleet", "metrics"]) => self
+                .fleet_metrics_text()
+                .await
+                .map(|text| (StatusCode::OK, Value::String(text))),
+            (&Method::GET, ["fleet", "logs"]) => fleet_logs(fleet, req.head.uri.query()).await,
+            _ => Err(ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("method {method} not allowed on {}", req.head.uri.path()),
+            )),
+        })
+    }
+}
