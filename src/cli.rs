@@ -34,7 +34,13 @@ pub struct Global {
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Data directory (control socket, database, sockets) [default: the config's data_dir]
-    #[arg(long, global = true, value_name = "DIR", env = "TENEMENT_DATA_DIR")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "TENEMENT_DATA_DIR",
+        hide_env_values = true
+    )]
     pub data_dir: Option<PathBuf>,
 }
 
@@ -75,6 +81,7 @@ finish (at most drain_timeout), then its process group gets SIGTERM and SIGKILL 
 Example:\n  ten stop api:v1"
     )]
     Stop {
+        /// The instance, as process:id
         #[arg(value_parser = parse_instance)]
         instance: String,
     },
@@ -83,6 +90,7 @@ Example:\n  ten stop api:v1"
         long_about = "Stop and start an instance again with the same weight.\n\nExample:\n  ten restart api:prod"
     )]
     Restart {
+        /// The instance, as process:id
         #[arg(value_parser = parse_instance)]
         instance: String,
     },
@@ -102,6 +110,7 @@ and requests served.\n\nExamples:\n  ten ps\n  ten ps --json | jq '.[] | select(
 Example:\n  ten health api:prod && echo up"
     )]
     Health {
+        /// The instance, as process:id
         #[arg(value_parser = parse_instance)]
         instance: String,
     },
@@ -112,8 +121,10 @@ Example:\n  ten health api:prod && echo up"
 ten weight api:v2 100"
     )]
     Weight {
+        /// The instance, as process:id
         #[arg(value_parser = parse_instance)]
         instance: String,
+        /// Share of {process}.{domain}, 0..100
         #[arg(value_parser = clap::value_parser!(u32).range(0..=100))]
         weight: u32,
     },
@@ -193,9 +204,12 @@ every request goes to one or the other, none is lost. --from keeps running so th
 healthy.\n\nExamples:\n  ten route api --from v1 --to v2\n  ten route api --from v2 --to v1   # rollback"
     )]
     Route {
+        /// The process whose traffic moves
         process: String,
+        /// The version (instance id) that gives up its traffic (weight 0)
         #[arg(long)]
         from: String,
+        /// The version that takes all traffic (weight 100); must be healthy
         #[arg(long)]
         to: String,
     },

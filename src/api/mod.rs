@@ -232,7 +232,24 @@ impl Management for Api {
                 resp
             }
             Ok((status, body)) => json_response(status, &body),
-            Err(e) => error_response(e),
+            Err(e) => {
+                let allow = (e.0 == StatusCode::METHOD_NOT_ALLOWED)
+                    .then(|| {
+                        allowed_methods(
+                            &path
+                                .trim_start_matches("/api/")
+                                .split('/')
+                                .collect::<Vec<_>>(),
+                        )
+                    })
+                    .flatten();
+                let mut resp = error_response(e);
+                if let Some(allow) = allow {
+                    resp.headers_mut()
+                        .insert(header::ALLOW, HeaderValue::from_static(allow));
+                }
+                resp
+            }
         }
     }
 }
@@ -265,26 +282,30 @@ impl Api {
                     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
                 Ok((StatusCode::CREATED, json!({ "token": token })))
             }
-            (
-                _,
-                ["instances"]
-                | ["instances", _]
-                | ["instances", _, "restart" | "weight"]
-                | ["tokens"]
-                | ["deploy"]
-                | ["route"]
-                | ["deploys"]
-                | ["logs"]
-                | ["logs", "stream"],
-            ) => Err(ApiError(
+            (_, segs) if allowed_methods(segs).is_some() => Err(ApiError(
                 StatusCode::METHOD_NOT_ALLOWED,
-                format!("method {m} not allowed on {path}"),
+                format!(
+                    "method {m} not allowed on {path} (allowed: {})",
+                    allowed_methods(segs).unwrap_or_default()
+                ),
             )),
             _ => Err(ApiError::not_found(format!(
                 "no such API route: {m} {path}"
             ))),
         }
     }
+}
+
+/// The methods an API path takes (for 405 and its `Allow` header); None for unknown paths.
+fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
+    Some(match segments {
+        ["instances"] => "GET, POST",
+        ["instances", _] => "GET, DELETE",
+        ["instances", _, "restart"] | ["tokens"] | ["deploy"] | ["route"] => "POST",
+        ["instances", _, "weight"] => "PUT",
+        ["deploys"] | ["logs"] | ["logs", "stream"] => "GET",
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
