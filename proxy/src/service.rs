@@ -168,6 +168,13 @@ async fn respond(session: &mut Session, ctx: &Ctx, status: u16, msg: &str) -> Re
     Ok(())
 }
 
+/// What a table lookup found.
+enum Lookup {
+    Routed,
+    BadHost(HostError),
+    NoRoute(String),
+}
+
 /// A plugin's reply, with the request id (its own headers kept: Retry-After, WWW-Authenticate).
 async fn respond_reply(session: &mut Session, ctx: &Ctx, reply: Reply) -> Result<()> {
     let mut resp = ResponseHeader::build(reply.status, Some(reply.headers.len() + 2))?;
@@ -267,9 +274,9 @@ impl TenProxy {
         Ok(())
     }
 
-    /// Route the request; Ok(true) when a response was already sent.
-    async fn route(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let req = session.req_header();
+    /// Look the request up in the current table, borrowing its Host and path (no allocation
+    /// unless there is no route). Sets `ctx.target` and `ctx.strip` when routed.
+    fn lookup(&self, req: &RequestHeader, ctx: &mut Ctx) -> Lookup {
         let raw_host: &[u8] = match req.headers.get(http::header::HOST) {
             Some(h) => h.as_bytes(),
             None => req
@@ -279,34 +286,35 @@ impl TenProxy {
                 .unwrap_or_default(),
         };
         let host = match host::normalize(raw_host) {
-            Ok(h) => h.into_owned(),
-            Err(e @ (HostError::Missing | HostError::Malformed)) => {
-                respond(session, ctx, 400, &format!("bad request: {e}")).await?;
-                return Ok(true);
-            }
+            Ok(h) => h,
+            Err(e) => return Lookup::BadHost(e),
         };
-        let path = req
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_string();
+        let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let table = self.router.load();
+        match table.lookup(&host, path) {
+            Some(routed) => {
+                ctx.strip = routed.strip.map(str::len).unwrap_or(0);
+                ctx.target = Some(routed.target.clone());
+                Lookup::Routed
+            }
+            None => Lookup::NoRoute(host.into_owned()),
+        }
+    }
+
+    /// Route the request; Ok(true) when a response was already sent.
+    async fn route(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         // At most one wake per request: look up, wake an idle instance, look up again.
         let mut woken = false;
         loop {
-            {
-                let table = self.router.load();
-                match table.lookup(&host, &path) {
-                    Some(routed) => {
-                        ctx.strip = routed.strip.map(str::len).unwrap_or(0);
-                        ctx.target = Some(routed.target.clone());
-                    }
-                    None => {
-                        drop(table);
-                        respond(session, ctx, 404, &format!("no route for host \"{host}\""))
-                            .await?;
-                        return Ok(true);
-                    }
+            match self.lookup(session.req_header(), ctx) {
+                Lookup::Routed => {}
+                Lookup::BadHost(e) => {
+                    respond(session, ctx, 400, &format!("bad request: {e}")).await?;
+                    return Ok(true);
+                }
+                Lookup::NoRoute(host) => {
+                    respond(session, ctx, 404, &format!("no route for host \"{host}\"")).await?;
+                    return Ok(true);
                 }
             }
             if ctx._gauge.is_none() {
