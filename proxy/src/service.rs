@@ -74,7 +74,7 @@ fn opts_of(target: &Target) -> Option<&Arc<ProcessOpts>> {
     match target {
         Target::Pool(p) => Some(&p.opts),
         Target::Instance(b) => Some(&b.opts),
-        Target::Management => None,
+        Target::Management | Target::Remote(_) => None,
     }
 }
 
@@ -405,6 +405,16 @@ impl TenProxy {
                     return Ok(true);
                 }
             }
+            Some(Target::Remote(r)) => {
+                if r.peer.is_none() {
+                    let msg = format!(
+                        "tenant {}: its server is offline and no other server is online",
+                        r.tenant
+                    );
+                    respond(session, ctx, 503, &msg).await?;
+                    return Ok(true);
+                }
+            }
             None => return Ok(false),
         }
         if content_length.is_some_and(|n| n > ctx.max_body) {
@@ -474,6 +484,13 @@ impl ProxyHttp for TenProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        if let Some(Target::Remote(r)) = &ctx.target {
+            // Another tenement server: its own proxy routes the rewritten Host.
+            return match &r.peer {
+                Some(peer) => Ok(Box::new(peer.clone())),
+                None => Err(http_status(503)),
+            };
+        }
         let backend = match &ctx.target {
             Some(Target::Instance(b)) => b.clone(),
             Some(Target::Pool(pool)) => match pool.choose(ctx.tried) {
@@ -558,6 +575,9 @@ impl ProxyHttp for TenProxy {
             upstream.insert_header("x-forwarded-host", h)?;
         }
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(Target::Remote(r)) = &ctx.target {
+            upstream.insert_header(http::header::HOST, &*r.host)?;
+        }
         if ctx.strip > 0 {
             let pq = upstream
                 .uri

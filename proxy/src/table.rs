@@ -187,12 +187,61 @@ impl Pool {
     }
 }
 
-/// A fleet tenant served by another tenement server (filled in by the fleet issue).
+/// A fleet tenant served by another tenement server.
 #[derive(Debug)]
 pub struct Remote {
-    /// The Host header to send.
+    /// The tenant's id (for messages).
+    pub tenant: Box<str>,
+    /// The server it goes to (None: no server online).
+    pub server: Option<Box<str>>,
+    /// The Host header to send: `{instance}.{process}.{server domain}`.
     pub host: Box<str>,
-    pub peer: HttpPeer,
+    pub(crate) peer: Option<HttpPeer>,
+}
+
+impl Remote {
+    /// A tenant going to `addr` (TLS when `tls`, with `host` as SNI).
+    pub fn to(
+        tenant: &str,
+        server: &str,
+        host: String,
+        addr: SocketAddr,
+        tls: bool,
+        sni: &str,
+    ) -> Self {
+        let mut peer = HttpPeer::new(addr, tls, sni.to_string());
+        peer.options.connection_timeout = Some(Duration::from_secs(3));
+        peer.options.read_timeout = Some(Duration::from_secs(60));
+        peer.options.write_timeout = Some(Duration::from_secs(60));
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        Remote {
+            tenant: tenant.into(),
+            server: Some(server.into()),
+            host: host.into(),
+            peer: Some(peer),
+        }
+    }
+
+    /// A tenant with nowhere to go (its home is offline and no other server is online).
+    pub fn unavailable(tenant: &str) -> Self {
+        Remote {
+            tenant: tenant.into(),
+            server: None,
+            host: Box::from(""),
+            peer: None,
+        }
+    }
+}
+
+/// Where a fleet tenant's domain goes.
+#[derive(Debug)]
+pub enum TenantTarget {
+    /// Served by this server: `process:instance` here.
+    Local {
+        process: String,
+        instance: String,
+    },
+    Remote(Remote),
 }
 
 /// What a host (+ prefix) routes to.
@@ -204,6 +253,8 @@ pub enum Target {
     Instance(Arc<Backend>),
     /// The management API, dashboard and /metrics.
     Management,
+    /// A fleet tenant on another server.
+    Remote(Arc<Remote>),
 }
 
 #[derive(Debug, Clone)]
@@ -285,6 +336,21 @@ impl Table {
     }
 }
 
+/// One instance of a pool; one not spawned (yet) still answers, with 503 "not running".
+fn instance_target(pool: &Arc<Pool>, id: &str) -> Target {
+    match pool.backends.iter().find(|b| &*b.id == id) {
+        Some(b) => Target::Instance(b.clone()),
+        None => Target::Instance(Arc::new(Backend::new(
+            pool.opts.clone(),
+            id,
+            None,
+            0,
+            Availability::Down,
+            Arc::default(),
+        ))),
+    }
+}
+
 /// How a `[routes]` entry names its target.
 #[derive(Debug, Clone)]
 pub struct RouteSpec {
@@ -301,6 +367,7 @@ pub struct TableBuilder {
     domain: String,
     pools: Vec<Arc<Pool>>,
     routes: Vec<RouteSpec>,
+    tenants: Vec<(String, TenantTarget)>,
 }
 
 impl TableBuilder {
@@ -309,7 +376,14 @@ impl TableBuilder {
             domain: domain.to_ascii_lowercase(),
             pools: Vec::new(),
             routes: Vec::new(),
+            tenants: Vec::new(),
         }
+    }
+
+    /// A fleet tenant's exact domain (below `[routes]`, above the implicit host rules).
+    pub fn tenant(&mut self, domain: &str, target: TenantTarget) -> &mut Self {
+        self.tenants.push((domain.to_ascii_lowercase(), target));
+        self
     }
 
     /// Add a process and all its instances (in display order).
@@ -354,24 +428,23 @@ impl TableBuilder {
                 hosts.entry(host.into()).or_default().fallback = Some(Target::Instance(b.clone()));
             }
         }
+        for (domain, t) in self.tenants {
+            let target = match t {
+                TenantTarget::Local { process, instance } => match pools.get(process.as_str()) {
+                    Some(pool) => instance_target(pool, &instance),
+                    None => Target::Remote(Arc::new(Remote::unavailable(&domain))),
+                },
+                TenantTarget::Remote(r) => Target::Remote(Arc::new(r)),
+            };
+            hosts.entry(domain.into()).or_default().fallback = Some(target);
+        }
         for r in self.routes {
             let Some(pool) = pools.get(r.process.as_str()) else {
                 continue; // validated by conf; an unknown process is never routed
             };
             let target = match &r.instance {
                 None => Target::Pool(pool.clone()),
-                Some(id) => match pool.backends.iter().find(|b| &*b.id == id.as_str()) {
-                    Some(b) => Target::Instance(b.clone()),
-                    // Not spawned (yet): the route still answers, with 503 "not running".
-                    None => Target::Instance(Arc::new(Backend::new(
-                        pool.opts.clone(),
-                        id,
-                        None,
-                        0,
-                        Availability::Down,
-                        Arc::default(),
-                    ))),
-                },
+                Some(id) => instance_target(pool, id),
             };
             let entry = hosts.entry(r.host.to_ascii_lowercase().into()).or_default();
             entry.routes.retain(|x| *x.prefix != *r.prefix);
