@@ -521,6 +521,7 @@ mod tests {
             Some(Target::Pool(p)) => format!("pool {}", p.opts.name),
             Some(Target::Instance(b)) => format!("instance {}", b.key),
             Some(Target::Management) => "management".into(),
+            Some(Target::Remote(r)) => format!("remote {}", r.host),
             None => "none".into(),
         }
     }
