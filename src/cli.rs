@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::client::Client;
-use crate::cmd::{deploy, instances, logs, token};
+use crate::cmd::{deploy, fleet, instances, logs, token};
 use crate::{config_cmd, serve};
 
 #[derive(Debug, Parser)]
@@ -196,6 +196,12 @@ ten logs -f --stream stderr\n  ten logs ten --search crash"
         #[arg(long)]
         json: bool,
     },
+    /// Fleet: register other tenement servers (needs a [fleet] section)
+    #[command(subcommand)]
+    Server(ServerCommand),
+    /// Fleet: route a tenant's domain to a server (needs a [fleet] section)
+    #[command(subcommand)]
+    Tenant(TenantCommand),
     /// Move all traffic of a process from one version to another in one atomic swap
     #[command(
         long_about = "Set --to to weight 100 and --from to weight 0 in ONE routing table swap: \
@@ -225,6 +231,65 @@ fn parse_timeout(s: &str) -> Result<String, String> {
                 Ok(s.to_string())
             }
         })
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Register a tenement server by its URL; it is health-checked from then on
+    #[command(
+        long_about = "Register a tenement server by its URL. The fleet health loop checks \
+GET {url}/health from then on. Its domain (default: the URL's host) is used to rewrite the Host of \
+its tenants' requests to {instance}.{process}.{domain}. A server whose domain is this server's own \
+domain is this server: its tenants are served locally.\n\nExamples:\n  \
+ten server add eu1 http://10.0.0.5:8080 --domain eu1.example.com --region eu"
+    )]
+    Add {
+        id: String,
+        url: String,
+        /// Its base domain [default: the URL's host]
+        #[arg(long)]
+        domain: Option<String>,
+        /// Failover prefers servers of the same region
+        #[arg(long)]
+        region: Option<String>,
+        /// Its API token, to read its /metrics and /api/logs for fleet aggregation
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// List servers with their status (unknown, online, degraded, offline) and last seen
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a server (refused while it is the home of tenants)
+    Rm { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Route a tenant's domain to process:instance on its home server
+    #[command(
+        long_about = "Route a tenant's domain to `process:instance` on its home server. \
+Requests for the domain go to the home server with Host rewritten to {instance}.{process}.{server \
+domain}; if home is offline and [fleet] failover is on, to another online server; none: 503.\n\n\
+Example:\n  ten tenant add acme acme.example.com eu1 app acme"
+    )]
+    Add {
+        id: String,
+        domain: String,
+        server: String,
+        process: String,
+        instance: String,
+    },
+    /// List tenants
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move a tenant to another home server, atomically for new requests
+    Migrate { id: String, server: String },
+    /// Remove a tenant
+    Rm { id: String },
 }
 
 /// Validate `process:id` at parse time (a bad spelling is a usage error, exit 2).
@@ -374,6 +439,42 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 json,
             },
         ),
+        Command::Server(cmd) => {
+            let c = Client::locate(&cli.global)?;
+            match cmd {
+                ServerCommand::Add {
+                    id,
+                    url,
+                    domain,
+                    region,
+                    token,
+                } => fleet::server_add(
+                    &c,
+                    &id,
+                    &url,
+                    domain.as_deref(),
+                    region.as_deref(),
+                    token.as_deref(),
+                ),
+                ServerCommand::List { json } => fleet::server_list(&c, json),
+                ServerCommand::Rm { id } => fleet::server_rm(&c, &id),
+            }
+        }
+        Command::Tenant(cmd) => {
+            let c = Client::locate(&cli.global)?;
+            match cmd {
+                TenantCommand::Add {
+                    id,
+                    domain,
+                    server,
+                    process,
+                    instance,
+                } => fleet::tenant_add(&c, &id, &domain, &server, &process, &instance),
+                TenantCommand::List { json } => fleet::tenant_list(&c, json),
+                TenantCommand::Migrate { id, server } => fleet::tenant_migrate(&c, &id, &server),
+                TenantCommand::Rm { id } => fleet::tenant_rm(&c, &id),
+            }
+        }
         Command::Route { process, from, to } => {
             deploy::route(&Client::locate(&cli.global)?, &process, &from, &to)
         }

@@ -4,21 +4,26 @@
 //! instance's live counters (and metric handles) across table swaps.
 
 use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use tenement_conf::{Config, InstanceName};
+use tenement_fleet::FleetView;
 use tenement_proxy::metrics::Metrics;
 use tenement_proxy::plugins::Chain;
 use tenement_proxy::{
-    Availability, Backend, InstanceStats, ProcessMetrics, ProcessOpts, RouteSpec, Router, Table,
-    TableBuilder, UpstreamAddr,
+    Availability, Backend, InstanceStats, ProcessMetrics, ProcessOpts, Remote, RouteSpec, Router,
+    Table, TableBuilder, TenantTarget, UpstreamAddr,
 };
 use tenement_supervisor::{Addr, State, StateStore, TrafficProbe, View};
 
 use crate::externals::Externals;
+
+/// A fleet server's address, whether it speaks TLS, and its host (for SNI).
+type ServerAddr = (SocketAddr, bool, String);
 
 pub struct Composer {
     config: Arc<Config>,
@@ -28,6 +33,10 @@ pub struct Composer {
     /// Where external weights persist (its own connection to tenement.db).
     store: Option<StateStore>,
     views: OnceLock<watch::Receiver<Arc<View>>>,
+    /// The fleet's view and its failover setting, when `[fleet]` is on.
+    fleet: OnceLock<(watch::Receiver<Arc<FleetView>>, bool)>,
+    /// Server URLs resolved once: (address, TLS, host for SNI).
+    resolved: Mutex<HashMap<String, Option<ServerAddr>>>,
     build: Mutex<()>,
     stats: Mutex<HashMap<InstanceName, Arc<InstanceStats>>>,
     metrics: Option<Arc<Metrics>>,
@@ -68,6 +77,8 @@ impl Composer {
             opts,
             store,
             views: OnceLock::new(),
+            fleet: OnceLock::new(),
+            resolved: Mutex::default(),
             build: Mutex::new(()),
             stats: Mutex::default(),
             metrics,
@@ -84,6 +95,78 @@ impl Composer {
     pub fn attach(&self, views: watch::Receiver<Arc<View>>) {
         let _ = self.views.set(views);
         self.rebuild();
+    }
+
+    /// Route fleet tenants from now on, rebuilding whenever the fleet view changes.
+    pub fn attach_fleet(self: &Arc<Self>, fleet: &tenement_fleet::Fleet) {
+        let rx = fleet.subscribe();
+        let _ = self.fleet.set((rx.clone(), fleet.conf().failover));
+        self.rebuild();
+        let me = self.clone();
+        let mut rx = rx;
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                rx.borrow_and_update();
+                me.rebuild();
+            }
+        });
+    }
+
+    /// `http(s)://host[:port]` -> its first address (resolved once per URL).
+    fn resolve_url(&self, url: &str) -> Option<ServerAddr> {
+        let mut cache = lock(&self.resolved);
+        cache
+            .entry(url.to_string())
+            .or_insert_with(|| {
+                let uri: http::Uri = url.parse().ok()?;
+                let tls = uri.scheme_str() == Some("https");
+                let host = uri
+                    .host()?
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string();
+                let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+                let addr = (host.as_str(), port).to_socket_addrs().ok()?.next();
+                if addr.is_none() {
+                    tracing::error!(%url, "cannot resolve fleet server address");
+                }
+                Some((addr?, tls, host))
+            })
+            .clone()
+    }
+
+    /// Where each tenant's domain goes now.
+    fn tenant_targets(&self) -> Vec<(String, TenantTarget)> {
+        let Some((rx, failover)) = self.fleet.get() else {
+            return Vec::new();
+        };
+        let fleet = rx.borrow().clone();
+        let own = &self.config.settings.domain;
+        fleet
+            .tenants
+            .iter()
+            .map(|t| {
+                let target = match fleet.target(t, *failover) {
+                    None => TenantTarget::Remote(Box::new(Remote::unavailable(&t.id))),
+                    Some(s) if s.server.domain == *own => TenantTarget::Local {
+                        process: t.process.clone(),
+                        instance: t.instance.clone(),
+                    },
+                    Some(s) => match self.resolve_url(&s.server.url) {
+                        Some((addr, tls, sni)) => TenantTarget::Remote(Box::new(Remote::to(
+                            &t.id,
+                            &s.server.id,
+                            tenement_fleet::tenant_host(t, &s.server),
+                            addr,
+                            tls,
+                            &sni,
+                        ))),
+                        None => TenantTarget::Remote(Box::new(Remote::unavailable(&t.id))),
+                    },
+                };
+                (t.domain.clone(), target)
+            })
+            .collect()
     }
 
     fn view(&self) -> Arc<View> {
@@ -177,6 +260,9 @@ impl Composer {
                 )));
             }
             b.process(opts.clone(), backends);
+        }
+        for (domain, target) in self.tenant_targets() {
+            b.tenant(&domain, target);
         }
         for r in &self.config.routes {
             b.route(RouteSpec {

@@ -17,6 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use tenement_conf::Config;
+use tenement_fleet::{Fleet, FleetStore};
 use tenement_proxy::{Mode, TenProxy};
 use tenement_supervisor::logs::{LogOptions, LogStore};
 use tenement_supervisor::{StateStore, Supervisor};
@@ -111,6 +112,23 @@ pub async fn run(config: Config) -> Result<()> {
         supervisor.on_publish(move || composer.rebuild());
     }
     tokio::spawn(composer.clone().check_externals());
+    let (fleet_stop_tx, fleet_stop_rx) = watch::channel(false);
+    let fleet = match &config.fleet {
+        None => None,
+        Some(conf) => {
+            let fleet_store =
+                FleetStore::open(&db).with_context(|| format!("cannot open {}", db.display()))?;
+            // Status changes are traced by the fleet itself; the log store gets them as `ten`.
+            let sink = logs.clone();
+            let events: tenement_fleet::Events = Arc::new(move |line: &str| {
+                sink.record("ten", "fleet", tenement_supervisor::Stream::Stdout, line);
+            });
+            let fleet = Fleet::new(fleet_store, conf.clone(), events);
+            composer.attach_fleet(&fleet);
+            tokio::spawn(fleet.clone().run(fleet_stop_rx));
+            Some(fleet)
+        }
+    };
 
     let waker = Arc::new(Wake {
         supervisor: supervisor.clone(),
@@ -123,6 +141,7 @@ pub async fn run(config: Config) -> Result<()> {
         audit: Audit::open(&db).with_context(|| format!("cannot open {}", db.display()))?,
         metrics,
         logs: logs.clone(),
+        fleet,
     });
     // Orphans killed and desired instances announced before any listener opens.
     let wanted = supervisor.prepare();
@@ -213,6 +232,7 @@ pub async fn run(config: Config) -> Result<()> {
 
     // Stop accepting, let in-flight requests finish, then stop the instances.
     let _ = shutdown_tx.send(true);
+    let _ = fleet_stop_tx.send(true);
     let deadline = Instant::now() + s.drain_timeout;
     while traffic.in_flight() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

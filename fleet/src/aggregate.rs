@@ -158,12 +158,7 @@ pub async fn fetch_all(
     let client = crate::http::client();
     let mut set = JoinSet::new();
     for (i, s) in servers.iter().enumerate() {
-        let mut req = client
-            .get(format!("{}{path_and_query}", s.url))
-            .timeout(timeout);
-        if let Some(t) = &s.token {
-            req = req.bearer_auth(t);
-        }
+        let req = crate::http::get(&client, s, path_and_query, timeout);
         set.spawn(async move { (i, fetch(req, timeout).await) });
     }
     let mut results: Vec<Option<Result<String, String>>> = vec![None; servers.len()];

@@ -354,10 +354,7 @@ async fn check(
     timeout: Duration,
 ) -> Result<Duration, String> {
     let start = Instant::now();
-    let mut req = client.get(format!("{}/health", s.url)).timeout(timeout);
-    if let Some(t) = &s.token {
-        req = req.bearer_auth(t);
-    }
+    let req = crate::http::get(client, s, "/health", timeout);
     let resp = req
         .send()
         .await

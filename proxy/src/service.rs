@@ -564,15 +564,22 @@ impl ProxyHttp for TenProxy {
             };
             upstream.insert_header("x-forwarded-for", xff)?;
         }
+        // On a TLS listener ten is the edge: it states proto and host itself. On plain HTTP it
+        // may sit behind another proxy (a fleet router): values that came with the request are
+        // kept (kamal-proxy's rule). X-Forwarded-For is always appended.
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
-        if let Some(h) = session
-            .req_header()
-            .headers
-            .get(http::header::HOST)
-            .cloned()
-        {
-            upstream.insert_header("x-forwarded-host", h)?;
+        if tls || !upstream.headers.contains_key("x-forwarded-proto") {
+            upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+        }
+        if tls || !upstream.headers.contains_key("x-forwarded-host") {
+            if let Some(h) = session
+                .req_header()
+                .headers
+                .get(http::header::HOST)
+                .cloned()
+            {
+                upstream.insert_header("x-forwarded-host", h)?;
+            }
         }
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
         if let Some(Target::Remote(r)) = &ctx.target {

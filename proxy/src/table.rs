@@ -241,7 +241,7 @@ pub enum TenantTarget {
         process: String,
         instance: String,
     },
-    Remote(Remote),
+    Remote(Box<Remote>),
 }
 
 /// What a host (+ prefix) routes to.
@@ -434,7 +434,7 @@ impl TableBuilder {
                     Some(pool) => instance_target(pool, &instance),
                     None => Target::Remote(Arc::new(Remote::unavailable(&domain))),
                 },
-                TenantTarget::Remote(r) => Target::Remote(Arc::new(r)),
+                TenantTarget::Remote(r) => Target::Remote(Arc::from(r)),
             };
             hosts.entry(domain.into()).or_default().fallback = Some(target);
         }

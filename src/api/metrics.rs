@@ -115,6 +115,20 @@ impl Api {
         ) {
             info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         }
+        if let Some(fleet) = &self.fleet {
+            let up = gauge_vec(
+                &state,
+                "tenement_fleet_server_up",
+                "1 when the fleet server is online or degraded",
+                &["server_id"],
+            );
+            if let Some(up) = up {
+                for s in &fleet.view().servers {
+                    up.with_label_values(&[s.server.id.as_str()])
+                        .set(i64::from(s.status.is_up()));
+                }
+            }
+        }
         let mut families = state.gather();
         if let Some(m) = &self.metrics {
             families.extend(m.registry().gather());

@@ -2,7 +2,9 @@
 //! `admin_listen`, and the control socket (trusted: no token).
 
 mod auth;
+mod dashboard;
 mod deploy;
+mod fleet;
 mod instances;
 mod logs;
 mod metrics;
@@ -30,6 +32,8 @@ pub struct Api {
     pub auth: Auth,
     pub audit: crate::audit::Audit,
     pub logs: tenement_supervisor::logs::LogStore,
+    /// The fleet (None without a `[fleet]` section).
+    pub fleet: Option<tenement_fleet::Fleet>,
     /// The hot-path registry (None when `[settings] metrics = false`).
     pub metrics: Option<Arc<tenement_proxy::metrics::Metrics>>,
 }
@@ -180,16 +184,11 @@ impl Management for Api {
                 );
                 return resp;
             }
-            "/" => {
-                let mut resp = http::Response::new(Body::Full(Bytes::from(format!(
-                    "tenement {} — management API at /api/ (see docs/api.md), health at /health\n",
-                    env!("CARGO_PKG_VERSION")
-                ))));
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; charset=utf-8"),
-                );
-                return resp;
+            // The dashboard: fixed embedded files only (anything else under /assets/ is 404).
+            p if p == "/" || p == "/index.html" || p.starts_with("/assets/") => {
+                return dashboard::asset(p).unwrap_or_else(|| {
+                    error_response(ApiError::not_found(format!("no such page: {p}")))
+                });
             }
             _ => {}
         }
@@ -218,6 +217,19 @@ impl Management for Api {
                     return resp;
                 }
             }
+        }
+        if path == "/api/fleet/metrics" && req.head.method == Method::GET {
+            return match self.fleet_metrics_text().await {
+                Ok(text) => {
+                    let mut resp = http::Response::new(Body::Full(Bytes::from(text)));
+                    resp.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    );
+                    resp
+                }
+                Err(e) => error_response(e),
+            };
         }
         if path == "/api/logs/stream" && req.head.method == Method::GET {
             return self
@@ -258,6 +270,9 @@ impl Api {
     async fn route(&self, req: &Request, path: &str) -> ApiResult {
         let segments: Vec<&str> = path.trim_start_matches("/api/").split('/').collect();
         let m = &req.head.method;
+        if let Some(r) = self.fleet_route(m, &segments, req).await {
+            return r;
+        }
         match (m, segments.as_slice()) {
             (&Method::GET, ["instances"]) => Ok((StatusCode::OK, self.list_instances())),
             (&Method::POST, ["instances"]) => self.spawn_instance(&req.body).await,

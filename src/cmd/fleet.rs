@@ -98,7 +98,10 @@ fn print_list(v: &Value, as_json: bool, render: fn(&[Value]) -> String) -> Resul
     if as_json {
         println!("{}", serde_json::to_string_pretty(v)?);
     } else {
-        print!("{}", render(v.as_array().map(Vec::as_slice).unwrap_or_default()));
+        print!(
+            "{}",
+            render(v.as_array().map(Vec::as_slice).unwrap_or_default())
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

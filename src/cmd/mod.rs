@@ -1,6 +1,7 @@
 //! Client commands: one module per group, each a thin call to `ten serve`'s API.
 
 pub mod deploy;
+pub mod fleet;
 pub mod instances;
 pub mod logs;
 pub mod token;

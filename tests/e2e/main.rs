@@ -2,8 +2,10 @@
 
 mod config;
 mod control;
+mod dashboard;
 mod deploy;
 mod edge;
+mod fleet;
 mod lifecycle;
 mod logs;
 mod metrics;

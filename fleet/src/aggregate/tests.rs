@@ -310,6 +310,7 @@ async fn fetch_all_asks_every_server_in_parallel() {
         ok.requests()[0].header("authorization"),
         Some("Bearer tok-a")
     );
+    assert_eq!(ok.requests()[0].header("host"), Some("a.example.com"));
     let b = got[1].1.clone().unwrap_err();
     assert!(b.starts_with("HTTP 401") && b.contains("bad token"), "{b}");
     assert!(denied.requests()[0].header("authorization").is_none());

@@ -141,6 +141,8 @@ async fn statuses_become_online_degraded_and_offline() {
     assert!(gone.offline_since.is_some() && gone.last_seen.is_none());
     assert_eq!(gone.last_error.as_deref(), Some("connection refused"));
     assert!(fast.requests().iter().all(|r| r.path == "/health"));
+    // The url is an IP: the server is asked on its domain (a `ten` answers /health there only).
+    assert_eq!(fast.requests()[0].header("host"), Some("fast.example.com"));
 
     stop_tx.send(true).unwrap();
     tokio::time::timeout(LIMIT, loop_task)
