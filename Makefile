@@ -3,8 +3,11 @@ SHELL := /bin/bash
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the build and the tests need (cmake: Pingora's zlib-ng; nginx: the nginx
-# migration test; curl: handy for the demo).
-APT_PACKAGES := cmake gcc g++ make pkg-config curl nginx-light
+# migration test; curl: handy for the demo; chromium: the dashboard's browser test).
+APT_PACKAGES := cmake gcc g++ make pkg-config curl nginx-light chromium
+# The dashboard's browser test (tests/e2e/dashboard.rs runs it): playwright-core, pinned by its
+# package-lock.json, installed with `npm ci` when node_modules is missing or the lock changed.
+BROWSER_DIR := tests/browser
 
 .PHONY: all deps build demo test lint fmt ci bench clean
 
@@ -16,6 +19,13 @@ deps:
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq $$missing; \
+	fi
+	@command -v npm >/dev/null || { echo "error: npm not found: install Node.js 20 or later (the browser test uses playwright-core)" >&2; exit 1; }
+	@want=$$(sha256sum $(BROWSER_DIR)/package-lock.json | cut -d' ' -f1); \
+	if [ "$$want" != "$$(cat $(BROWSER_DIR)/node_modules/.lock-sha256 2>/dev/null)" ]; then \
+		echo "installing the browser test's npm packages (npm ci in $(BROWSER_DIR))"; \
+		(cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --loglevel=error) && \
+		echo "$$want" > $(BROWSER_DIR)/node_modules/.lock-sha256; \
 	fi
 
 build: deps

@@ -25,7 +25,11 @@ fn bin(name: &str) -> PathBuf {
     // target/release/deps/scenarios-HASH -> target/release/NAME
     let release = exe.parent().and_then(Path::parent).expect("target dir");
     let p = release.join(name);
-    assert!(p.exists(), "{} missing: run `cargo build --release --bins` first", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build --release --bins` first",
+        p.display()
+    );
     p
 }
 
@@ -85,7 +89,10 @@ impl Ten {
             .expect("write");
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
-        out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+        out.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
     }
 
     fn wait_ok(&self, host: &str) {
@@ -98,8 +105,14 @@ impl Ten {
 
     /// CPU seconds (user + system) of `ten serve` so far.
     fn cpu(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let f: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
         let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
             + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
         ticks / 100.0
@@ -108,18 +121,30 @@ impl Ten {
 
 impl Drop for Ten {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
     }
 }
 
 fn get(addr: SocketAddr, host: &str, path: &str) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(addr) else { return (0, String::new()) };
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
     s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    );
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     (status, out)
 }
 
@@ -136,7 +161,10 @@ fn ms(d: Duration) -> String {
 fn app_start_time() -> Duration {
     let mut times = Vec::new();
     for _ in 0..7 {
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
         let t = Instant::now();
         let mut c = Command::new(bin("ten-testapp"))
             .args(["--port", &port.to_string()])
@@ -199,7 +227,9 @@ fn load(addr: SocketAddr, host: &str, secs: u64, conns: usize) -> (f64, Duration
             let (stop, host) = (stop.clone(), host.to_string());
             std::thread::spawn(move || {
                 let mut lat = Vec::new();
-                let Ok(s) = TcpStream::connect(addr) else { return lat };
+                let Ok(s) = TcpStream::connect(addr) else {
+                    return lat;
+                };
                 let mut w = s.try_clone().expect("clone");
                 let mut r = BufReader::new(s);
                 let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
@@ -234,14 +264,18 @@ fn load(addr: SocketAddr, host: &str, secs: u64, conns: usize) -> (f64, Duration
         .collect();
     std::thread::sleep(Duration::from_secs(secs));
     stop.store(true, Ordering::Relaxed);
-    let mut all: Vec<Duration> = threads.into_iter().flat_map(|t| t.join().unwrap_or_default()).collect();
+    let mut all: Vec<Duration> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap_or_default())
+        .collect();
     all.sort();
     let p99 = all.get(all.len() * 99 / 100).copied().unwrap_or_default();
     (all.len() as f64 / secs as f64, p99)
 }
 
 fn weight_churn() -> Vec<(String, f64, Duration)> {
-    let ten = Ten::start("[process.api]\ncommand = \"@APP@\"\n[instances]\napi = [\"v1\", \"v2\"]\n");
+    let ten =
+        Ten::start("[process.api]\ncommand = \"@APP@\"\n[instances]\napi = [\"v1\", \"v2\"]\n");
     ten.wait_ok("v1.api.b.test");
     ten.wait_ok("v2.api.b.test");
     let mut rows = Vec::new();
@@ -273,7 +307,14 @@ fn weight_churn() -> Vec<(String, f64, Duration)> {
         let (rps, p99) = load(ten.addr, "api.b.test", 4, 8);
         stop.store(true, Ordering::Relaxed);
         let changes = churn.join().unwrap_or(0);
-        rows.push((format!("round {} weights changing 10/s ({changes} changes)", round + 1), rps, p99));
+        rows.push((
+            format!(
+                "round {} weights changing 10/s ({changes} changes)",
+                round + 1
+            ),
+            rps,
+            p99,
+        ));
     }
     rows
 }
@@ -284,12 +325,24 @@ fn tenant_table(n: usize) -> (f64, Duration) {
     let t = Instant::now();
     let mut b = TableBuilder::new("b.test");
     for i in 0..n {
-        let r = Remote::to(&format!("t{i}"), "s1", format!("t{i}.app.s1.test"), addr, false, "s1.test");
-        b.tenant(&format!("tenant{i}.example.com"), TenantTarget::Remote(Box::new(r)));
+        let r = Remote::to(
+            &format!("t{i}"),
+            "s1",
+            format!("t{i}.app.s1.test"),
+            addr,
+            false,
+            "s1.test",
+        );
+        b.tenant(
+            &format!("tenant{i}.example.com"),
+            TenantTarget::Remote(Box::new(r)),
+        );
     }
     let table = b.build();
     let build = t.elapsed();
-    let hosts: Vec<String> = (0..1000).map(|i| format!("tenant{}.example.com", (i * 7919) % n)).collect();
+    let hosts: Vec<String> = (0..1000)
+        .map(|i| format!("tenant{}.example.com", (i * 7919) % n))
+        .collect();
     let rounds = 2_000;
     let t = Instant::now();
     let mut found = 0usize;
@@ -321,8 +374,14 @@ fn fleet_health_cpu() -> (f64, usize) {
     let ten = Ten::start("[fleet]\nhealth_interval = \"1s\"\n");
     let n = 1000;
     for i in 0..n {
-        let body = format!("{{\"id\": \"s{i}\", \"url\": \"http://127.0.0.1:{port}\", \"domain\": \"s{i}.test\"}}");
-        assert_eq!(ten.api("POST", "/api/servers", &body), 201, "add server {i}");
+        let body = format!(
+            "{{\"id\": \"s{i}\", \"url\": \"http://127.0.0.1:{port}\", \"domain\": \"s{i}.test\"}}"
+        );
+        assert_eq!(
+            ten.api("POST", "/api/servers", &body),
+            201,
+            "add server {i}"
+        );
     }
     std::thread::sleep(Duration::from_secs(3));
     let (c0, t0) = (ten.cpu(), Instant::now());
@@ -338,11 +397,26 @@ fn main() {
     let wake = wake_latency();
     println!("### Scale to zero and restarts\n");
     println!("| measure | median |\n|---|---|");
-    println!("| ten-testapp start to listening, on its own | {} |", ms(start));
-    println!("| request to an idle-stopped instance (wake + serve) | {} |", ms(wake));
-    println!("| wake overhead over the app's own start | {} |", ms(wake.saturating_sub(start)));
-    println!("| crash to serving again, backoff_base_ms = 1000 (default) | {} |", ms(restart_latency(1000)));
-    println!("| crash to serving again, backoff_base_ms = 10 | {} |", ms(restart_latency(10)));
+    println!(
+        "| ten-testapp start to listening, on its own | {} |",
+        ms(start)
+    );
+    println!(
+        "| request to an idle-stopped instance (wake + serve) | {} |",
+        ms(wake)
+    );
+    println!(
+        "| wake overhead over the app's own start | {} |",
+        ms(wake.saturating_sub(start))
+    );
+    println!(
+        "| crash to serving again, backoff_base_ms = 1000 (default) | {} |",
+        ms(restart_latency(1000))
+    );
+    println!(
+        "| crash to serving again, backoff_base_ms = 10 | {} |",
+        ms(restart_latency(10))
+    );
     println!("\n### Weight changes under load (8 keep-alive connections, 4 s each, interleaved)\n");
     println!("| run | req/s | p99 |\n|---|---|---|");
     for (name, rps, p99) in weight_churn() {

@@ -183,6 +183,7 @@ PLUGINS = """plugins = [
 
 
 def ten_conf(d, name, port, upstream, metrics=True, plugins=False):
+    ups = ", ".join(f'"{u}"' for u in (upstream if isinstance(upstream, list) else [upstream]))
     return f"""[settings]
 domain = "{DOMAIN}"
 listen = "127.0.0.1:{port}"
@@ -190,7 +191,7 @@ data_dir = "{d}/{name}-data"
 metrics = {"true" if metrics else "false"}
 
 [process.up]
-upstreams = ["{upstream}"]
+upstreams = [{ups}]
 {PLUGINS if plugins else ""}"""
 
 
@@ -201,12 +202,20 @@ class Target:
     key: str
     label: str
     kind: str  # direct | nginx | floor | ten
-    upstream: str = ""  # 127.0.0.1:PORT or unix:/PATH
+    upstream: object = ""  # 127.0.0.1:PORT or unix:/PATH (a list for ten: several)
     metrics: bool = True
     plugins: bool = False
+    # Runs on the process of another target (`shares`), changing weights during its runs.
+    shares: str = ""
+    churn: bool = False
+    callgrind: bool = True
     port: int = 0
     proc: Proc = None
+    control: Path = None
     notes: list = field(default_factory=list)
+
+    def control_socket(self, d, name):
+        return d / f"{name}-data" / "ten.sock"
 
     def argv(self, bins, d, name, port, single=False):
         """The command line (and config file written) for a proxy of this target."""
@@ -227,9 +236,10 @@ class Target:
         raise ValueError(self.kind)
 
     def stop_signal(self):
-        # nginx: SIGINT/SIGTERM are its fast shutdown; Pingora: SIGINT is (SIGTERM waits for a
-        # grace period); ten serve drains on either.
-        return signal.SIGINT
+        # nginx: SIGTERM is its fast shutdown (a single-process nginx leaves SIGINT at its default
+        # action, which would kill valgrind before it writes the profile); Pingora: SIGINT is
+        # (SIGTERM waits for a grace period); ten serve drains on either.
+        return signal.SIGTERM if self.kind in ("nginx", "direct") else signal.SIGINT
 
 
 def start(target, bins, d, name, port, cpu=PROXY_CPU, wrap=(), env=None):

@@ -113,10 +113,8 @@ mod tests {
                 prev_ceiling = ceiling;
                 let d = b.delay(attempt, rng.f64());
                 assert!(d <= ceiling, "{d:?} > {ceiling:?}");
-                assert!(
-                    d >= ceiling.mul_f64(1.0 - jitter) - ms(1),
-                    "{d:?} below jitter floor"
-                );
+                let floor = ceiling.mul_f64(1.0 - jitter).saturating_sub(ms(1));
+                assert!(d >= floor, "{d:?} below jitter floor {floor:?}");
             }
         }
     }

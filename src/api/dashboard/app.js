@@ -374,42 +374,61 @@ export function parseProm(text) {
   return out;
 }
 
-// Per process: total requests and the cumulative duration buckets (le -> count).
-function summarize(samples) {
+// The counters of one scrape, per series (label set): requests and duration buckets.
+function counters(samples) {
+  const requests = new Map(); // series key -> {process, value}
+  const buckets = new Map(); // series key -> {process, le, value}
+  let version = null;
+  const key = (s) => `${s.name}{${Object.keys(s.labels).sort().map((k) => `${k}=${s.labels[k]}`).join(',')}}`;
+  for (const s of samples) {
+    if (s.name === 'tenement_requests_total' && s.labels.process) {
+      requests.set(key(s), { process: s.labels.process, value: s.value });
+    } else if (s.name === 'tenement_request_duration_seconds_bucket' && s.labels.process) {
+      const le = s.labels.le === '+Inf' ? Infinity : parseFloat(s.labels.le);
+      buckets.set(key(s), { process: s.labels.process, le, value: s.value });
+    } else if (s.name === 'tenement_build_info') {
+      version = s.labels.version;
+    }
+  }
+  return { requests, buckets, version };
+}
+
+// How much a counter grew between two scrapes; a series that went down was reset (its instance
+// restarted) and counts from zero, as Prometheus' rate() does.
+function growth(cur, prev) {
+  const before = prev ? prev.value : 0;
+  return cur.value >= before ? cur.value - before : cur.value;
+}
+
+// Per process, between two scrapes: requests, and the duration buckets' growth (le -> count).
+export function deltas(cur, prev) {
   const procs = new Map();
   const get = (p) => {
     if (!procs.has(p)) procs.set(p, { requests: 0, buckets: new Map() });
     return procs.get(p);
   };
-  let version = null;
-  for (const s of samples) {
-    if (s.name === 'tenement_requests_total' && s.labels.process) {
-      get(s.labels.process).requests += s.value;
-    } else if (s.name === 'tenement_request_duration_seconds_bucket' && s.labels.process) {
-      const le = s.labels.le === '+Inf' ? Infinity : parseFloat(s.labels.le);
-      const b = get(s.labels.process).buckets;
-      b.set(le, (b.get(le) || 0) + s.value);
-    } else if (s.name === 'tenement_build_info') {
-      version = s.labels.version;
-    }
+  for (const [k, s] of cur.requests) get(s.process).requests += growth(s, prev.requests.get(k));
+  for (const [k, s] of cur.buckets) {
+    const b = get(s.process).buckets;
+    b.set(s.le, (b.get(s.le) || 0) + growth(s, prev.buckets.get(k)));
   }
-  return { procs, version };
+  return procs;
 }
 
-// The 0.99 quantile of the requests between two scrapes, from cumulative bucket deltas
-// (linear within a bucket, as Prometheus' histogram_quantile does). null without requests.
-export function quantile(q, before, after) {
-  const les = [...after.keys()].sort((a, b) => a - b);
-  const deltas = les.map((le) => Math.max(0, (after.get(le) || 0) - ((before && before.get(le)) || 0)));
-  const total = deltas.length ? deltas[deltas.length - 1] : 0;
+// The q quantile of the requests in a window, from cumulative bucket counts (le -> count),
+// linear within a bucket as Prometheus' histogram_quantile does. null without requests.
+export function quantile(q, buckets) {
+  const les = [...buckets.keys()].sort((a, b) => a - b);
+  const counts = les.map((le) => buckets.get(le) || 0);
+  const total = counts.length ? counts[counts.length - 1] : 0;
   if (!total) return null;
   const rank = q * total;
   for (let i = 0; i < les.length; i++) {
-    if (deltas[i] >= rank) {
+    if (counts[i] >= rank) {
       if (les[i] === Infinity) return i > 0 ? les[i - 1] : null;
       const lo = i > 0 ? les[i - 1] : 0;
-      const below = i > 0 ? deltas[i - 1] : 0;
-      const inBucket = deltas[i] - below;
+      const below = i > 0 ? counts[i - 1] : 0;
+      const inBucket = counts[i] - below;
       return inBucket > 0 ? lo + (les[i] - lo) * ((rank - below) / inBucket) : les[i];
     }
   }
@@ -432,20 +451,20 @@ async function scrapeMetrics() {
     return;
   }
   const now = performance.now();
-  const { procs, version } = summarize(parseProm(await res.text()));
-  if (version) $('ov-version').textContent = version;
+  const cur = counters(parseProm(await res.text()));
+  if (cur.version) $('ov-version').textContent = cur.version;
   state.metricsNote = '';
   const prev = state.lastScrape;
-  state.lastScrape = { t: now, procs };
+  state.lastScrape = { t: now, ...cur };
   for (const i of state.instances) if (!state.series.has(i.process)) state.series.set(i.process, []);
   if (!prev) return;
   const dt = (now - prev.t) / 1000;
   if (dt <= 0) return;
-  for (const [p, cur] of procs) {
-    const old = prev.procs.get(p);
-    let delta = cur.requests - (old ? old.requests : 0);
-    if (delta < 0) delta = cur.requests; // counter reset (ten restarted)
-    const point = { t: Date.now(), rps: delta / dt, p99: quantile(0.99, old && old.buckets, cur.buckets) };
+  const procs = deltas(cur, prev);
+  // A process without any request yet has no series: it charts as 0 req/s.
+  for (const p of state.series.keys()) if (!procs.has(p)) procs.set(p, { requests: 0, buckets: new Map() });
+  for (const [p, d] of procs) {
+    const point = { t: Date.now(), rps: d.requests / dt, p99: quantile(0.99, d.buckets) };
     if (!state.series.has(p)) state.series.set(p, []);
     const s = state.series.get(p);
     s.push(point);

@@ -1,0 +1,379 @@
+"""`make bench`: ten vs nginx vs a vanilla Pingora proxy vs direct, in ONE run, configurations
+interleaved round by round; writes BENCHMARKS.md. Started by benches/run.sh (see
+docs/benchmarks.md); `--help` lists the knobs."""
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import resource
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import measure  # noqa: E402
+import procs  # noqa: E402
+import report  # noqa: E402
+from procs import LOAD_CPU, PROXY_CPU, Target  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def parse_args():
+    p = argparse.ArgumentParser(prog="benches/run.sh", description=__doc__)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (>= 3 for the report)")
+    p.add_argument("--duration", type=int, default=6, help="seconds per wrk run")
+    p.add_argument("--connections", type=int, default=50)
+    p.add_argument("--rate", type=int, default=0, help="fixed rate for oha (0: auto)")
+    p.add_argument("--latency-duration", type=int, default=10, help="seconds per oha run")
+    p.add_argument("--idle-conns", type=int, default=1000)
+    p.add_argument("--cg-base", type=int, default=500, help="requests of the short callgrind run")
+    p.add_argument("--cg-requests", type=int, default=2000, help="extra requests of the long one")
+    p.add_argument("--only", default="", help="comma-separated configuration keys")
+    p.add_argument("--no-callgrind", action="store_true")
+    p.add_argument("--no-micro", action="store_true")
+    p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    p.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs)")
+    return p.parse_args()
+
+
+def tool(name, *candidates):
+    for c in (name, *candidates):
+        path = shutil.which(c) or (c if Path(c).is_file() else None)
+        if path:
+            return path
+    sys.exit(f"bench: {name} not found: `make bench` installs it")
+
+
+def find_tools():
+    rel = ROOT / "target" / "release"
+    bins = {
+        "wrk": tool("wrk"),
+        "oha": tool("oha", str(Path.home() / ".cargo/bin/oha")),
+        "nginx": tool("nginx", "/usr/sbin/nginx"),
+        "valgrind": tool("valgrind"),
+        "callgrind_annotate": tool("callgrind_annotate"),
+        "ten": rel / "ten",
+        "floor": rel / "ten-bench-pingora",
+    }
+    for k in ("ten", "floor"):
+        if not bins[k].is_file():
+            sys.exit(f"bench: {bins[k]} missing: run `cargo build --release --bins` first")
+    return bins
+
+
+def version(cmd):
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unknown ({e})"
+    text = (r.stdout + r.stderr).strip().splitlines()
+    return text[0].strip() if text else "unknown"
+
+
+def machine(bins):
+    model = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    git = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True, text=True,
+    ).stdout.strip()
+    pingora = "unknown"
+    lock = (ROOT / "Cargo.lock").read_text().split("[[package]]")
+    for pkg in lock:
+        if 'name = "pingora-proxy"' in pkg:
+            pingora = pkg.split('version = "', 1)[1].split('"', 1)[0]
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "kernel": os.uname().release,
+        "ten": f"{version([bins['ten'], '--version'])} (git {git or '?'}{', with local changes' if dirty else ''})",
+        "pingora": pingora,
+        "nginx": version([bins["nginx"], "-v"]),
+        "wrk": version([bins["wrk"], "-v"]),
+        "oha": version([bins["oha"], "--version"]),
+        "rustc": version(["rustc", "--version"]),
+        "valgrind": version([bins["valgrind"], "--version"]),
+    }
+
+
+def loadavg():
+    return Path("/proc/loadavg").read_text().split()[:3]
+
+
+def all_targets(up_port, sock):
+    tcp, unix = f"127.0.0.1:{up_port}", f"unix:{sock}"
+    return [
+        Target("direct", "direct to the upstream (no proxy)", "direct"),
+        Target("nginx", "nginx reverse proxy, TCP upstream", "nginx", tcp),
+        Target("nginx-unix", "nginx reverse proxy, unix-socket upstream", "nginx", unix),
+        Target("floor", "vanilla Pingora floor, TCP upstream", "floor", tcp),
+        Target("floor-unix", "vanilla Pingora floor, unix-socket upstream", "floor", unix),
+        Target("ten", "ten serve, TCP upstream (metrics on)", "ten", tcp),
+        Target("ten-unix", "ten serve, unix-socket upstream (metrics on)", "ten", unix),
+        Target("ten-nometrics", "ten serve, TCP upstream, metrics = false", "ten", tcp, metrics=False),
+        Target("ten-plugins", "ten serve, TCP upstream, metrics on + 3 plugins", "ten", tcp, plugins=True),
+        Target("ten-2up", "ten serve, two upstreams (TCP + unix socket, weights 100/100), weights unchanged",
+               "ten", [tcp, unix], callgrind=False),
+        Target("ten-2up-churn", "the same process while `up:0`'s weight changes 10 times per second",
+               "ten", [tcp, unix], shares="ten-2up", churn=True, callgrind=False),
+    ]
+
+
+def log(msg):
+    print(f"bench: {msg}", flush=True)
+
+
+def start_proxies(targets, bins, d, res):
+    """Start every proxy on the proxy core; measure its RSS idle and with idle connections."""
+    running = []
+    by_key = {}
+    for t in targets:
+        if t.kind == "direct":
+            running.append(t)
+            continue
+        if t.shares:
+            base = by_key.get(t.shares)
+            if base is not None:
+                t.port, t.proc = base.port, base.proc
+                t.control = base.control
+                running.append(t)
+            continue
+        t.port = procs.free_port()
+        t.proc = procs.start(t, bins, d, t.key, t.port)
+        t.control = t.control_socket(d, t.key)
+        res["commands"][t.key] = shlex.join(t.proc.argv)
+        try:
+            headers = procs.wait_ready(t.proc, t.port, measure.check_ok)
+        except RuntimeError as e:
+            if not t.plugins:
+                raise
+            t.proc.stop()
+            res["plugins"] = f"not wired yet: ten did not serve the plugins config ({e})"
+            log(res["plugins"])
+            continue
+        if t.plugins:
+            if headers.get("x-bench-plugin") != "on":
+                t.proc.stop()
+                res["plugins"] = (
+                    "not wired yet: the `headers` plugin's response header was missing, "
+                    "so ten accepted `plugins` without applying them"
+                )
+                log(res["plugins"])
+                continue
+            res["plugins"] = "wired"
+        running.append(t)
+        by_key[t.key] = t
+    return running
+
+
+def rss_phase(targets, res, n_conns):
+    for t in targets:
+        if t.shares:
+            continue
+        pids = t.proc.pids()
+        time.sleep(1.0)
+        idle = measure.memory(pids)
+        conns = measure.open_idle(t.port, n_conns)
+        time.sleep(0.5)
+        busy = measure.memory(t.proc.pids())
+        for c in conns:
+            c.close()
+        res["rss"][t.key] = {"idle": idle, "conns": busy, "n": n_conns}
+        log(f"{t.key}: RSS idle {idle['rss'] / 1024:.1f} MB, {n_conns} conns {busy['rss'] / 1024:.1f} MB")
+
+
+@contextlib.contextmanager
+def churning(t, res):
+    """Weight changes during the run of a churn target; None for the others."""
+    if not t.churn:
+        yield None
+        return
+    with measure.Churn(t.control) as churn:
+        yield churn
+    res.setdefault("churn", {"ok": 0, "failed": 0})
+    res["churn"]["ok"] += churn.ok
+    res["churn"]["failed"] += churn.failed
+
+
+def load_phase(targets, bins, args, res):
+    log("warm-up: 2 s of wrk per configuration")
+    for t in targets:
+        measure.wrk(bins, t.port, args.connections, 2, t.proc.pids())
+    for r in range(args.rounds):
+        # Rotate the order each round so no configuration always runs first or last.
+        order = targets[r % len(targets):] + targets[:r % len(targets)]
+        res["order"].append([t.key for t in order])
+        row = {}
+        for t in order:
+            with churning(t, res) as churn:
+                row[t.key] = measure.wrk(bins, t.port, args.connections, args.duration, t.proc.pids())
+            if churn:
+                row[t.key]["weight_changes"] = churn.ok
+            log(f"round {r + 1}: {t.key}: {row[t.key]['rps']:.0f} req/s, "
+                f"{row[t.key]['cpu_us_per_req'] or 0:.1f} us CPU/req")
+        res["rounds"].append(row)
+
+
+def latency_phase(targets, bins, args, res):
+    rate = args.rate
+    if not rate:
+        # Well below saturation for every proxy of this run: half the slowest median, at most
+        # 5,000 req/s, rounded down to 500.
+        medians = [
+            statistics.median(r[t.key]["rps"] for r in res["rounds"])
+            for t in targets if t.kind != "direct"
+        ]
+        rate = max(500, min(5000, int(min(medians) / 2) // 500 * 500))
+    res["rate"] = rate
+    for t in targets:
+        with churning(t, res):
+            res["latency"][t.key] = measure.oha(
+                bins, t.port, rate, args.connections, args.latency_duration
+            )
+        lat = res["latency"][t.key]
+        log(f"{t.key}: at {rate} req/s p50 {lat['p50_ms']:.3f} ms p99 {lat['p99_ms']:.3f} ms")
+
+
+def callgrind_phase(targets, bins, d, args, res):
+    """Instructions per request: (I(base + n) - I(base)) / n, startup and shutdown cancelling."""
+    counts = (args.cg_base, args.cg_base + args.cg_requests)
+    for t in targets:
+        if not t.callgrind:
+            continue
+        totals, funcs = [], []
+        for n in counts:
+            name = f"cg-{t.key}-{n}"
+            out = d / f"{name}.callgrind"
+            wrap = [bins["valgrind"], "--tool=callgrind", f"--callgrind-out-file={out}"]
+            port = procs.free_port()
+            proc = procs.start(t, bins, d, name, port, cpu=PROXY_CPU, wrap=wrap)
+            res["commands"].setdefault("callgrind", shlex.join(proc.argv))
+            try:
+                procs.wait_ready(proc, port, measure.check_ok, timeout=300)
+                measure.requests(port, n - 1)  # the readiness check was the first
+            finally:
+                proc.stop(timeout=300)
+            totals.append(measure.callgrind_total(out))
+            funcs.append(measure.callgrind_functions(bins, out))
+        per_req = (totals[1] - totals[0]) / args.cg_requests
+        names = set(funcs[0]) | set(funcs[1])
+        per_fn = {
+            f: (funcs[1].get(f, 0) - funcs[0].get(f, 0)) / args.cg_requests for f in names
+        }
+        res["callgrind"][t.key] = {
+            "per_req": per_req,
+            "totals": totals,
+            "counts": counts,
+            "funcs": {f: v for f, v in per_fn.items() if abs(v) >= 1.0},
+        }
+        log(f"{t.key}: {per_req:,.0f} instructions/request")
+
+
+def micro_phase(res):
+    log("micro-benchmarks: cargo bench -p tenement-proxy --bench routing")
+    r = subprocess.run(
+        ["cargo", "bench", "-q", "-p", "tenement-proxy", "--bench", "routing"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    if r.returncode != 0:
+        res["micro"] = f"(cargo bench failed with status {r.returncode})\n\n```\n{r.stderr[-3000:]}\n```\n"
+    else:
+        res["micro"] = r.stdout
+
+
+def main():
+    args = parse_args()
+    os.sched_setaffinity(0, {int(LOAD_CPU)})
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+    bins = find_tools()
+    t0 = time.monotonic()
+    res = {
+        "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(bins),
+        "load_start": loadavg(),
+        "args": vars(args),
+        "commands": {},
+        "rss": {},
+        "rounds": [],
+        "order": [],
+        "latency": {},
+        "callgrind": {},
+        "plugins": "not run",
+        "micro": "",
+    }
+    d = Path(tempfile.mkdtemp(prefix="ten-bench-"))
+    log(f"work dir {d}")
+    up_port = procs.free_port()
+    upstream = Target("direct", "upstream", "direct")
+    up = procs.start(upstream, bins, d, "upstream", up_port, cpu=LOAD_CPU)
+    res["commands"]["upstream"] = shlex.join(up.argv)
+    targets = all_targets(up_port, d / "upstream.sock")
+    if args.only:
+        keep = set(args.only.split(","))
+        targets = [t for t in targets if t.key in keep]
+    for t in targets:
+        if t.kind == "direct":
+            t.port, t.proc = up_port, up
+    running = []
+    try:
+        procs.wait_ready(up, up_port, measure.check_ok)
+        running = start_proxies(targets, bins, d, res)
+        res["targets"] = [t.key for t in running]
+        res["labels"] = {t.key: t.label for t in running}
+        res["kinds"] = {t.key: t.kind for t in running}
+        res["configs"] = {
+            t.key: (d / f"{t.key}.{'toml' if t.kind == 'ten' else 'conf'}").read_text()
+            for t in running if t.kind in ("nginx", "ten") and not t.shares
+        }
+        res["configs"]["upstream"] = (d / "upstream.conf").read_text()
+        res["commands"]["wrk"] = shlex.join(measure.wrk_cmd(bins, "PORT", args.connections, args.duration))
+        rss_phase(running, res, args.idle_conns)
+        load_phase(running, bins, args, res)
+        latency_phase(running, bins, args, res)
+        res["commands"]["oha"] = shlex.join(
+            measure.oha_cmd(bins, "PORT", res["rate"], args.connections, args.latency_duration)
+        )
+        for t in running:
+            if t.kind != "direct" and not t.shares:
+                t.proc.stop()
+        if not args.no_callgrind:
+            callgrind_phase(running, bins, d, args, res)
+    finally:
+        for t in running:
+            if t.proc is not None and t.kind != "direct":
+                t.proc.stop()
+        up.stop()
+    if not args.no_micro:
+        micro_phase(res)
+    res["load_end"] = loadavg()
+    res["minutes"] = (time.monotonic() - t0) / 60
+    dump = ROOT / "target" / "bench" / "results.json"
+    dump.parent.mkdir(parents=True, exist_ok=True)
+    dump.write_text(json.dumps(res, indent=1, default=str))
+    Path(args.out).write_text(report.render(res))
+    log(f"wrote {args.out} (raw results: {dump}) in {res['minutes']:.1f} min")
+    if not args.keep:
+        shutil.rmtree(d, ignore_errors=True)
+    else:
+        log(f"kept {d}")
+
+
+if __name__ == "__main__":
+    main()
