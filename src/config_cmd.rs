@@ -65,12 +65,7 @@ pub fn check(explicit: Option<&Path>) -> ExitCode {
 /// Every route ten would serve, in precedence order (SPEC §3), as an aligned table.
 pub fn routes(c: &Config) -> String {
     let d = &c.settings.domain;
-    let mut rows: Vec<[String; 4]> = vec![[
-        "HOST".into(),
-        "PREFIX".into(),
-        "TARGET".into(),
-        "NOTE".into(),
-    ]];
+    let mut rows: Vec<[String; 4]> = Vec::new();
     for r in &c.routes {
         let target = match &r.instance {
             Some(id) => format!("instance {}:{id}", r.process),
@@ -123,7 +118,7 @@ pub fn routes(c: &Config) -> String {
         "/health /metrics /api/".into(),
     ]);
     // Implicit rules whose whole host a [routes] entry takes over.
-    for row in rows.iter_mut().skip(1 + c.routes.len()) {
+    for row in rows.iter_mut().skip(c.routes.len()) {
         if c.routes.iter().any(|r| r.host == row[0] && r.prefix == "/") {
             row[3] = "shadowed by [routes]".into();
         }
@@ -134,19 +129,8 @@ pub fn routes(c: &Config) -> String {
         "404 no route for host".into(),
         "".into(),
     ]);
-    let widths: Vec<usize> = (0..4)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in &rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
-    }
-    out
+    let rows = rows.into_iter().map(Vec::from).collect();
+    crate::cmd::table::table(&["HOST", "PREFIX", "TARGET", "NOTE"], rows, None)
 }
 
 fn dur(d: Duration) -> String {

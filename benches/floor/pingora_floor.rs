@@ -7,7 +7,11 @@
 //! ```text
 //! ten-bench-pingora --listen 127.0.0.1:8090 --upstream 127.0.0.1:8081 [--threads 1]
 //! ten-bench-pingora --listen 127.0.0.1:8090 --upstream unix:/run/up.sock
+//! ten-bench-pingora --listen 127.0.0.1:8090 --upstream 127.0.0.1:8081 --l4-read-buffer 8192
 //! ```
+//!
+//! `--l4-read-buffer` sets the per-connection read buffer of the listener (Pingora's default:
+//! 64 KiB), to measure what it costs per idle keep-alive connection.
 //!
 //! SIGINT stops it at once (Pingora's fast shutdown); SIGTERM waits for a grace period.
 
@@ -16,6 +20,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -42,15 +47,17 @@ struct Args {
     listen: SocketAddr,
     upstream: String,
     threads: usize,
+    l4_read_buffer: Option<usize>,
 }
 
-const USAGE: &str =
-    "usage: ten-bench-pingora --listen IP:PORT --upstream IP:PORT|unix:/PATH [--threads N]";
+const USAGE: &str = "usage: ten-bench-pingora --listen IP:PORT --upstream IP:PORT|unix:/PATH \
+                     [--threads N] [--l4-read-buffer BYTES]";
 
 fn parse_args() -> std::result::Result<Args, String> {
     let mut listen = None;
     let mut upstream = None;
     let mut threads = 1;
+    let mut l4_read_buffer = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -71,6 +78,13 @@ fn parse_args() -> std::result::Result<Args, String> {
                     .filter(|n| *n > 0)
                     .ok_or_else(|| format!("--threads: expected a number > 0, got {v:?}"))?;
             }
+            "--l4-read-buffer" => {
+                let v = value()?;
+                let n = v.parse().map_err(|_| {
+                    format!("--l4-read-buffer: expected a number of bytes, got {v:?}")
+                })?;
+                l4_read_buffer = Some(n);
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -80,6 +94,7 @@ fn parse_args() -> std::result::Result<Args, String> {
             listen,
             upstream,
             threads,
+            l4_read_buffer,
         }),
         _ => Err(USAGE.into()),
     }
@@ -112,7 +127,13 @@ fn main() -> ExitCode {
     server.bootstrap();
     let mut service =
         pingora_proxy::http_proxy_service(&Arc::clone(&server.configuration), Floor { peer });
-    service.add_tcp(&args.listen.to_string());
+    match args.l4_read_buffer {
+        Some(n) => service.add_listener(
+            ListenerConfig::tcp(args.listen.to_string())
+                .l4_buffer(L4BufferSettings::default().read(n)),
+        ),
+        None => service.add_tcp(&args.listen.to_string()),
+    }
     server.add_service(service);
     println!(
         "ten-bench-pingora: listening on http://{} -> {} ({} thread(s))",

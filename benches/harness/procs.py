@@ -209,6 +209,7 @@ class Target:
     shares: str = ""
     churn: bool = False
     callgrind: bool = True
+    extra: list = field(default_factory=list)  # more proxy arguments (the floor's)
     port: int = 0
     proc: Proc = None
     control: Path = None
@@ -224,7 +225,8 @@ class Target:
             conf.write_text(nginx_proxy_conf(d, name, port, self.upstream, single))
             return [bins["nginx"], "-e", d / f"{name}.error.log", "-p", d, "-c", conf]
         if self.kind == "floor":
-            return [bins["floor"], "--listen", f"127.0.0.1:{port}", "--upstream", self.upstream]
+            return [bins["floor"], "--listen", f"127.0.0.1:{port}", "--upstream", self.upstream,
+                    *self.extra]
         if self.kind == "ten":
             conf = d / f"{name}.toml"
             conf.write_text(ten_conf(d, name, port, self.upstream, self.metrics, self.plugins))

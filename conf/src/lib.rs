@@ -24,7 +24,7 @@ pub use names::{
 pub use parse::{find_config_path, CONFIG_ENV};
 pub use process::DEFAULT_SOCKET;
 pub use routes::parse_route_key;
-pub use units::{parse_duration, parse_size, DurationError, SizeError};
+pub use units::{parse_duration, parse_size, rfc3339_ms, DurationError, SizeError};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

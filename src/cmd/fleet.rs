@@ -1,62 +1,14 @@
 //! `ten server add | list | rm` and `ten tenant add | list | migrate | rm`.
 
-use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use serde_json::{json, Value};
 
+use std::fmt::Write as _;
+
+use super::table::{cell, encode, table};
 use crate::client::Client;
-
-/// A path segment, percent-encoded (ids are validated by the server; this keeps the request
-/// line intact whatever was typed).
-fn seg(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-fn cell(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) if s.is_empty() => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-/// An aligned table with a header; `empty` is printed under the header when there are no rows.
-fn table(header: &[&str], rows: Vec<Vec<String>>, empty: &str) -> String {
-    let mut all: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
-    let no_rows = rows.is_empty();
-    all.extend(rows);
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            all.iter()
-                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for row in &all {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
-    }
-    if no_rows {
-        let _ = writeln!(out, "{empty}");
-    }
-    out
-}
 
 /// `ten server list`: ID URL DOMAIN REGION STATUS LAST_SEEN.
 pub fn servers_table(rows: &[Value]) -> String {
@@ -72,7 +24,7 @@ pub fn servers_table(rows: &[Value]) -> String {
     table(
         &["ID", "URL", "DOMAIN", "REGION", "STATUS", "LAST_SEEN"],
         rows,
-        "(no servers: add one with `ten server add <id> <url>`)",
+        Some("(no servers: add one with `ten server add <id> <url>`)"),
     )
 }
 
@@ -90,7 +42,7 @@ pub fn tenants_table(rows: &[Value]) -> String {
     table(
         &["ID", "DOMAIN", "SERVER", "PROCESS", "INSTANCE"],
         rows,
-        "(no tenants)",
+        Some("(no tenants)"),
     )
 }
 
@@ -145,7 +97,7 @@ pub fn server_list(c: &Client, as_json: bool) -> Result<ExitCode> {
 }
 
 pub fn server_rm(c: &Client, id: &str) -> Result<ExitCode> {
-    c.call("DELETE", &format!("/api/servers/{}", seg(id)), None)?;
+    c.call("DELETE", &format!("/api/servers/{}", encode(id)), None)?;
     println!("server {id} removed");
     Ok(ExitCode::SUCCESS)
 }
@@ -177,7 +129,7 @@ pub fn tenant_list(c: &Client, as_json: bool) -> Result<ExitCode> {
 pub fn tenant_migrate(c: &Client, id: &str, server: &str) -> Result<ExitCode> {
     let v = c.call(
         "POST",
-        &format!("/api/tenants/{}/migrate", seg(id)),
+        &format!("/api/tenants/{}/migrate", encode(id)),
         Some(&json!({ "server": server })),
     )?;
     println!(
@@ -188,7 +140,7 @@ pub fn tenant_migrate(c: &Client, id: &str, server: &str) -> Result<ExitCode> {
 }
 
 pub fn tenant_rm(c: &Client, id: &str) -> Result<ExitCode> {
-    c.call("DELETE", &format!("/api/tenants/{}", seg(id)), None)?;
+    c.call("DELETE", &format!("/api/tenants/{}", encode(id)), None)?;
     println!("tenant {id} removed");
     Ok(ExitCode::SUCCESS)
 }
@@ -224,6 +176,6 @@ us1  http://10.0.0.7:8080     us1.example.com  -       unknown  -
             tenants_table(&rows),
             "ID    DOMAIN    SERVER  PROCESS  INSTANCE\nacme  acme.com  eu1     app      acme\n"
         );
-        assert_eq!(seg("a b/c"), "a%20b%2Fc");
+        assert_eq!(encode("a b/c"), "a%20b%2Fc");
     }
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use serde_json::{json, Value};
 
+use super::table::{cell, table};
 use crate::client::Client;
 
 pub fn spawn(c: &Client, name: &str, weight: Option<u32>) -> Result<ExitCode> {
@@ -97,64 +98,40 @@ pub fn human_secs(s: u64) -> String {
     }
 }
 
-fn cell(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
 /// The `ten ps` table: INSTANCE STATE HEALTH WEIGHT PID UPTIME RESTARTS REQUESTS, aligned.
 pub fn ps_table(rows: &[Value]) -> String {
-    let header = [
-        "INSTANCE", "STATE", "HEALTH", "WEIGHT", "PID", "UPTIME", "RESTARTS", "REQUESTS",
-    ];
-    let mut table: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
-    for r in rows {
-        let mut state = cell(&r["state"]);
-        if r["idle"].as_bool() == Some(true) {
-            state.push_str(" (idle)");
-        }
-        if r["kind"].as_str() == Some("external") {
-            state.push_str(" (external)");
-        }
-        table.push(vec![
-            cell(&r["name"]),
-            state,
-            cell(&r["health"]),
-            cell(&r["weight"]),
-            cell(&r["pid"]),
-            r["uptime_secs"]
-                .as_u64()
-                .map(human_secs)
-                .unwrap_or_else(|| "-".into()),
-            cell(&r["restarts"]),
-            cell(&r["requests"]),
-        ]);
-    }
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            table
-                .iter()
-                .map(|row| row[i].chars().count())
-                .max()
-                .unwrap_or(0)
+    let rows = rows
+        .iter()
+        .map(|r| {
+            let mut state = cell(&r["state"]);
+            if r["idle"].as_bool() == Some(true) {
+                state.push_str(" (idle)");
+            }
+            if r["kind"].as_str() == Some("external") {
+                state.push_str(" (external)");
+            }
+            vec![
+                cell(&r["name"]),
+                state,
+                cell(&r["health"]),
+                cell(&r["weight"]),
+                cell(&r["pid"]),
+                r["uptime_secs"]
+                    .as_u64()
+                    .map(human_secs)
+                    .unwrap_or_else(|| "-".into()),
+                cell(&r["restarts"]),
+                cell(&r["requests"]),
+            ]
         })
         .collect();
-    let mut out = String::new();
-    for row in &table {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
-    }
-    if rows.is_empty() {
-        out.push_str("(no instances)\n");
-    }
-    out
+    table(
+        &[
+            "INSTANCE", "STATE", "HEALTH", "WEIGHT", "PID", "UPTIME", "RESTARTS", "REQUESTS",
+        ],
+        rows,
+        Some("(no instances)"),
+    )
 }
 
 #[cfg(test)]

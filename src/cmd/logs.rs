@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use serde_json::Value;
 
+use super::table::encode;
 use crate::client::Client;
 
 pub struct LogsArgs {
@@ -16,17 +17,6 @@ pub struct LogsArgs {
     pub since: Option<String>,
     pub limit: Option<usize>,
     pub json: bool,
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// One line as `time instance stream message`, coloured by stream on a terminal.

@@ -4,4 +4,5 @@ pub mod deploy;
 pub mod fleet;
 pub mod instances;
 pub mod logs;
+pub mod table;
 pub mod token;
