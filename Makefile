@@ -58,3 +58,30 @@ ci: test lint
 
 clean:
 	$(CARGO) clean
+
+# Benchmarks, never part of `make test` (docs/benchmarks.md): ten vs nginx vs a vanilla Pingora
+# proxy vs direct in one run, then the routing micro-benchmarks; writes BENCHMARKS.md.
+# `make bench BENCH_ARGS="--rounds 5"` passes options to benches/run.sh (--help lists them).
+# Tools: the build's packages, wrk, nginx (the upstream and the peer), valgrind (callgrind) and
+# python3 (the driver) from Debian; oha (fixed-rate latency) from crates.io at a fixed version,
+# kept in ~/.cargo/bin. (Not `deps`: the benchmarks need no browser.)
+BENCH_APT := cmake gcc g++ make pkg-config wrk nginx-light valgrind python3
+OHA_VERSION := 1.16.0
+BENCH_ARGS ?=
+
+.PHONY: bench-deps
+bench-deps:
+	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust (https://rustup.rs) first" >&2; exit 1; }
+	@missing=""; for p in $(BENCH_APT); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq $$missing; \
+	fi
+	@if ! "$$HOME/.cargo/bin/oha" --version 2>/dev/null | grep -qx "oha $(OHA_VERSION)"; then \
+		$(CARGO) install oha --version $(OHA_VERSION) --locked; \
+	fi
+
+bench: bench-deps
+	$(CARGO) build --release --bins
+	$(CARGO) bench -p tenement-proxy --bench routing --no-run
+	benches/run.sh $(BENCH_ARGS)

@@ -360,6 +360,7 @@ impl TrafficProbe for Composer {
 /// Wakes idle instances for the proxy, and returns once the table routes to them.
 pub struct Wake {
     pub supervisor: tenement_supervisor::Supervisor,
+    pub composer: Arc<Composer>,
 }
 
 #[async_trait::async_trait]
@@ -369,7 +370,13 @@ impl tenement_proxy::management::Waker for Wake {
             process: process.into(),
             id: id.into(),
         };
-        // The supervisor rebuilds the table before its view change returns: the retry sees it.
-        self.supervisor.wake(&name).await.map_err(|e| e.to_string())
+        self.supervisor
+            .wake(&name)
+            .await
+            .map_err(|e| e.to_string())?;
+        // wake() returns as soon as the view says healthy; the rebuild that view change
+        // triggers may still be running on another thread. Build now: the retry sees it.
+        self.composer.rebuild();
+        Ok(())
     }
 }

@@ -132,6 +132,7 @@ pub async fn run(config: Config) -> Result<()> {
 
     let waker = Arc::new(Wake {
         supervisor: supervisor.clone(),
+        composer: composer.clone(),
     });
     let api = Arc::new(Api {
         config: config.clone(),

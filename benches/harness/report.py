@@ -426,11 +426,26 @@ def section_remains(res, v, rows, out):
         flper = None
         if fl.get("conns") and fl.get("idle"):
             flper = (fl["conns"]["rss"] - fl["idle"]["rss"]) / n
-        out.append(
+        small = res["rss"].get("floor-buf8k", {})
+        smper = None
+        if small.get("conns") and small.get("idle"):
+            smper = (small["conns"]["rss"] - small["idle"]["rss"]) / n
+        line = (
             f"- **RSS with {n} connections**: {per:.1f} kB per idle keep-alive connection for "
-            f"ten, {'–' if flper is None else f'{flper:.1f}'} kB for the floor: Pingora keeps a "
-            "task and its read buffer per downstream connection; that part is the framework's."
+            f"ten, {'–' if flper is None else f'{flper:.1f}'} kB for the floor. Most of it is "
+            "the listener's L4 read buffer, allocated per downstream connection and kept while "
+            "it idles: 64 KiB by default (`DEFAULT_L4_READ_BUFFER_SIZE`, pingora-core "
+            "`protocols/l4/stream.rs`)."
         )
+        if smper is not None:
+            thr = v.ratio("floor-buf8k", "floor")
+            line += (
+                f" The floor with an 8 KiB read buffer (`floor-buf8k`) uses {smper:.1f} kB per "
+                f"connection at {rx(thr)} the default floor's req/s: ten can size it per listener "
+                "with Pingora 0.9.1's `ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings)` "
+                "and `add_listener`, instead of `add_tcp` (`src/serve.rs`)."
+            )
+        out.append(line)
     lk = lookup_ratios(res.get("micro"))
     if lk and lk[2] > 1.5:
         out.append(

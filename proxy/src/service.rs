@@ -168,6 +168,9 @@ async fn respond(session: &mut Session, ctx: &Ctx, status: u16, msg: &str) -> Re
     Ok(())
 }
 
+/// How long an upgraded (WebSocket) connection may stay silent before it is closed.
+const UPGRADED_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// What a table lookup found.
 enum Lookup {
     Routed,
@@ -483,7 +486,7 @@ impl ProxyHttp for TenProxy {
         Ok(())
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         if let Some(Target::Remote(r)) = &ctx.target {
             // Another tenement server: its own proxy routes the rewritten Host.
             return match &r.peer {
@@ -514,9 +517,15 @@ impl ProxyHttp for TenProxy {
             ctx.error_msg = Some(format!("instance {} is not running", backend.key));
             return Err(http_status(503));
         };
+        let mut peer = Box::new(peer);
+        if session.is_upgrade_req() {
+            // A WebSocket lives on after its response: request_timeout would cut quiet ones.
+            peer.options.read_timeout = Some(UPGRADED_IDLE_TIMEOUT);
+            peer.options.write_timeout = Some(UPGRADED_IDLE_TIMEOUT);
+        }
         ctx.in_flight = Some(backend.stats.begin(self.now_ms()));
         ctx.backend = Some(backend);
-        Ok(Box::new(peer))
+        Ok(peer)
     }
 
     fn fail_to_connect(

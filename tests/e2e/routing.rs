@@ -260,6 +260,12 @@ fn websocket_and_sse_pass_through() {
         .expect("send");
     let msg = ws.read().expect("read");
     assert_eq!(msg.into_text().expect("text").as_str(), "ping through ten");
+    // Quiet for longer than request_timeout (1s here): a WebSocket is not cut by it.
+    std::thread::sleep(Duration::from_millis(1500));
+    ws.send(tungstenite::Message::text("still there"))
+        .expect("send after a pause");
+    let msg = ws.read().expect("read after a pause");
+    assert_eq!(msg.into_text().expect("text").as_str(), "still there");
     let _ = ws.close(None);
     // SSE: events arrive one by one, before the stream ends.
     let mut s = TcpStream::connect(ten.addr).expect("connect");
