@@ -111,6 +111,8 @@ fn counters_move_by_exactly_the_requests_sent() {
                 "tenement_requests_total",
                 &[("process", "api"), ("instance", "a"), ("status", "4xx")],
             ) == Some(1.0)
+            // The in-flight gauge drops just after the counters move.
+            && value(s, "tenement_in_flight_requests", &[("process", "api")]) == Some(0.0)
     });
     let ok1 = value(
         &after,
