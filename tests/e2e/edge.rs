@@ -222,7 +222,11 @@ fn nginx_migration_answers_like_nginx() {
         ports(&std::fs::read_to_string(example.join("nginx.conf")).expect("nginx.conf"))
             .replace("127.0.0.1:8080", &format!("127.0.0.1:{nginx_port}"));
     std::fs::write(dir.path().join("nginx.conf"), nginx_conf).expect("write");
-    let mut nginx = start_nginx(dir.path(), &dir.path().join("nginx.conf"), nginx_port);
+    let nginx = NginxGuard(Some(start_nginx(
+        dir.path(),
+        &dir.path().join("nginx.conf"),
+        nginx_port,
+    )));
     let ten_conf =
         ports(&std::fs::read_to_string(example.join("tenement.toml")).expect("tenement.toml"))
             .replace("127.0.0.1:8080", "127.0.0.1:0");
@@ -262,6 +266,25 @@ fn nginx_migration_answers_like_nginx() {
             assert_eq!(n.text(), t.text(), "{host}{path}: same body");
         }
     }
-    let _ = nginx.kill();
-    let _ = nginx.wait();
+    drop(nginx);
+}
+
+/// Stops nginx however the test ends.
+struct NginxGuard(Option<Child>);
+
+impl Drop for NginxGuard {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            stop_nginx(c);
+        }
+    }
+}
+
+/// SIGTERM: nginx's master stops its workers too (SIGKILL would orphan them).
+fn stop_nginx(mut nginx: Child) {
+    crate::util::signal(nginx.id(), crate::util::libc_sig::TERM);
+    if crate::util::wait_bounded(&mut nginx, Duration::from_secs(10)).is_none() {
+        let _ = nginx.kill();
+        let _ = nginx.wait();
+    }
 }
