@@ -131,8 +131,8 @@ impl FleetView {
     }
 
     /// Where a tenant's requests go: its home unless home is offline; then, with `failover`,
-    /// another server that is up (online first, then degraded; by id); None = 503.
-    /// A home still `unknown` (not checked yet) is used.
+    /// another server that is up, preferring the home's region (online before degraded; by
+    /// id within a rank); None = 503. A home still `unknown` (not checked yet) is used.
     pub fn target(&self, tenant: &Tenant, failover: bool) -> Option<&ServerState> {
         let home = self.server(&tenant.server);
         if let Some(h) = home.filter(|h| h.status != Status::Offline) {
@@ -141,10 +141,17 @@ impl FleetView {
         if !failover {
             return None;
         }
-        let others = || self.servers.iter().filter(|s| s.server.id != tenant.server);
-        others()
-            .find(|s| s.status == Status::Online)
-            .or_else(|| others().find(|s| s.status == Status::Degraded))
+        let region = home.and_then(|h| h.server.region.as_deref());
+        // Lower rank first: same region online, same region degraded, other online, other degraded.
+        let rank = |s: &ServerState| {
+            let other_region = u8::from(region.is_none() || s.server.region.as_deref() != region);
+            let degraded = u8::from(s.status == Status::Degraded);
+            other_region * 2 + degraded
+        };
+        self.servers
+            .iter()
+            .filter(|s| s.server.id != tenant.server && s.status.is_up())
+            .min_by_key(|s| (rank(s), s.server.id.clone()))
     }
 }
 
@@ -223,6 +230,51 @@ mod tests {
         assert_eq!(
             tenant_host(&t, &v.servers[0].server),
             "acme.app.s1.example.com"
+        );
+    }
+
+    #[test]
+    fn failover_prefers_the_home_region() {
+        let t = Tenant {
+            id: "acme".into(),
+            domain: "acme.com".into(),
+            server: "eu1".into(),
+            process: "app".into(),
+            instance: "acme".into(),
+        };
+        let in_region = |id: &str, region: &str, status| {
+            let mut s = state(id, status);
+            s.server.region = Some(region.into());
+            s
+        };
+        let v = FleetView::new(
+            vec![
+                in_region("eu1", "eu", Status::Offline),
+                in_region("a-us", "us", Status::Online),
+                in_region("eu2", "eu", Status::Degraded),
+                in_region("eu3", "eu", Status::Online),
+            ],
+            vec![t.clone()],
+            1,
+        );
+        assert_eq!(
+            v.target(&t, true).unwrap().server.id,
+            "eu3",
+            "same region, online"
+        );
+        let v = FleetView::new(
+            vec![
+                in_region("eu1", "eu", Status::Offline),
+                in_region("a-us", "us", Status::Online),
+                in_region("eu2", "eu", Status::Degraded),
+            ],
+            vec![t.clone()],
+            1,
+        );
+        assert_eq!(
+            v.target(&t, true).unwrap().server.id,
+            "eu2",
+            "same region beats online elsewhere"
         );
     }
 

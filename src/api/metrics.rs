@@ -43,8 +43,17 @@ impl Api {
         )
         .ok()
         .filter(|c| state.register(Box::new(c.clone())).is_ok());
+        let states = gauge_vec(
+            &state,
+            "tenement_instance_state",
+            "1 for the state the instance is in (starting, healthy, unhealthy, draining, stopped, failed)",
+            &["process", "instance", "state"],
+        );
         for v in &view.instances {
             let l = [v.name.process.as_str(), v.name.id.as_str()];
+            if let Some(g) = &states {
+                g.with_label_values(&[l[0], l[1], v.state.as_str()]).set(1);
+            }
             if let Some(g) = &up {
                 g.with_label_values(&l)
                     .set(i64::from(v.state == tenement_supervisor::State::Healthy));

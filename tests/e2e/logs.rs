@@ -187,3 +187,31 @@ fn a_flood_is_written_or_counted_as_dropped_never_lost() {
         assert!(out.contains("noise 200000 from api:a"), "{out}");
     }
 }
+
+#[test]
+fn logs_survive_a_restart_of_ten_serve() {
+    let mut ten = app("\"a\"");
+    ten.wait_status(&format!("a.api.{DOMAIN}"), "/", 200);
+    ten.get(&format!("a.api.{DOMAIN}"), "/noise?lines=1&stream=stderr");
+    wait_logs(&ten, &["logs", "api:a"], "noise 1 from api:a");
+    assert!(ten.sigterm().success());
+    ten.serve_again();
+    let out = wait_logs(
+        &ten,
+        &["logs", "api:a", "--stream", "stderr"],
+        "noise 1 from api:a",
+    );
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains("noise 1 from api:a"))
+            .count(),
+        1,
+        "{out}"
+    );
+    // ten's own events from before the restart are there too.
+    wait_logs(
+        &ten,
+        &["logs", "ten", "--search", "stopped"],
+        "api:a: stopped",
+    );
+}

@@ -112,6 +112,21 @@ fn crash_loop_ends_in_failed_without_restart_loop() {
         "{v}"
     );
     assert_eq!(ten.get(&host("api"), "/").status, 503);
+    let m = crate::metrics::scrape(&ten);
+    let failed = [("process", "api"), ("instance", "a"), ("state", "failed")];
+    assert_eq!(
+        crate::metrics::value(&m, "tenement_instance_state", &failed),
+        Some(1.0),
+        "failed is visible in metrics"
+    );
+    assert_eq!(
+        crate::metrics::value(
+            &m,
+            "tenement_instance_up",
+            &[("process", "api"), ("instance", "a")]
+        ),
+        Some(0.0)
+    );
     // It stays failed: no more restarts.
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(instance(&ten, "api:a").expect("listed")["restarts"], 3);
