@@ -181,7 +181,8 @@ pub async fn run(config: Config) -> Result<()> {
         let local = prebind(&fds, addr)?;
         let mut svc = pingora_proxy::http_proxy_service_with_name(
             &conf,
-            TenProxy::management_only(composer.router(), api.clone(), Mode::Admin),
+            TenProxy::management_only(composer.router(), api.clone(), Mode::Admin)
+                .trust_loopback(s.admin_loopback_trusted),
             "ten-admin",
         );
         svc.add_tcp(&local);

@@ -50,6 +50,8 @@ pub struct Settings {
     pub metrics_token: Option<String>,
     /// Per-request metrics on the hot path (default true; false only for benchmarking the cost).
     pub metrics: bool,
+    /// Requests from a loopback address on `admin_listen` need no API token (default false).
+    pub admin_loopback_trusted: bool,
     pub log_retention: Duration,
     pub log_max_rows: u64,
     // tenement 0.2 defaults for every process:

@@ -20,6 +20,7 @@ const SETTINGS_KEYS: &[&str] = &[
     "tls",
     "metrics_token",
     "metrics",
+    "admin_loopback_trusted",
     "log_retention",
     "log_max_rows",
     "max_restarts",
@@ -59,6 +60,7 @@ impl Settings {
             tls: None,
             metrics_token: None,
             metrics: true,
+            admin_loopback_trusted: false,
             log_retention: Duration::from_secs(7 * 86_400),
             log_max_rows: 1_000_000,
             max_restarts: 5,
@@ -119,6 +121,9 @@ pub(crate) fn parse_settings(cx: &mut Cx, field: Option<Field<'_, '_>>) -> Setti
         .and_then(|f| non_empty(cx, &f).map(str::to_string));
     if let Some(b) = t.get("metrics").and_then(|f| cx.bool(&f)) {
         s.metrics = b;
+    }
+    if let Some(b) = t.get("admin_loopback_trusted").and_then(|f| cx.bool(&f)) {
+        s.admin_loopback_trusted = b;
     }
     if let Some(n) = t.get("log_max_rows").and_then(|f| cx.u64(&f, 1)) {
         s.log_max_rows = n;

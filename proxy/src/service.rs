@@ -109,6 +109,8 @@ pub enum Mode {
 /// The proxy: routes by Host through the current [`Router`] table.
 pub struct TenProxy {
     mode: Mode,
+    /// Admin mode: a loopback client needs no token (`admin_loopback_trusted`).
+    trust_loopback: bool,
     router: Arc<Router>,
     management: Arc<dyn Management>,
     waker: Option<Arc<dyn Waker>>,
@@ -124,6 +126,7 @@ impl TenProxy {
     ) -> Self {
         TenProxy {
             mode: Mode::Proxy,
+            trust_loopback: false,
             epoch: router.epoch(),
             router,
             management,
@@ -141,6 +144,12 @@ impl TenProxy {
         let mut p = TenProxy::new(router, management, None);
         p.mode = mode;
         p
+    }
+
+    /// Admin mode: let loopback clients in without a token.
+    pub fn trust_loopback(mut self, yes: bool) -> Self {
+        self.trust_loopback = yes && self.mode == Mode::Admin;
+        self
     }
 
     pub fn traffic(&self) -> Arc<Traffic> {
@@ -249,7 +258,8 @@ impl TenProxy {
                 head,
                 body: Bytes::from(body),
                 client,
-                trusted: self.mode == Mode::Control,
+                trusted: self.mode == Mode::Control
+                    || (self.trust_loopback && client.is_some_and(|ip| ip.is_loopback())),
             })
             .await;
         let (parts, body) = resp.into_parts();

@@ -158,3 +158,36 @@ fn dashboard_in_headless_chromium() {
         );
     }
 }
+
+#[test]
+fn admin_listen_trusts_loopback_only_when_turned_on() {
+    let get = |addr, host: &str| {
+        crate::util::request(
+            addr,
+            format!("GET /api/instances HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+    };
+    let ten = crate::util::Builder::new()
+        .settings("admin_listen = \"127.0.0.1:0\"\nadmin_loopback_trusted = true")
+        .start();
+    let admin = ten.admin.expect("admin listener");
+    assert_eq!(
+        get(admin, "anything").status,
+        200,
+        "loopback client on admin_listen, no token"
+    );
+    assert_eq!(
+        get(ten.addr, crate::util::DOMAIN).status,
+        401,
+        "the public listener still needs a token"
+    );
+    let off = crate::util::Builder::new()
+        .settings("admin_listen = \"127.0.0.1:0\"")
+        .start();
+    assert_eq!(
+        get(off.admin.expect("admin listener"), "anything").status,
+        401,
+        "off by default"
+    );
+}

@@ -128,10 +128,15 @@ class ApiError extends Error {
   }
 }
 
+/** Authorization for the API: none when the server trusts this client (admin_loopback_trusted). */
+function authHeaders() {
+  return state.token ? { Authorization: `Bearer ${state.token}` } : {};
+}
+
 async function api(method, path, body) {
-  if (!state.token) throw new ApiError(401, 'no token');
+  if (!state.token && !state.noToken) throw new ApiError(401, 'no token');
   const gen = state.gen;
-  const headers = { Authorization: `Bearer ${state.token}` };
+  const headers = authHeaders();
   const init = { method, headers, cache: 'no-store' };
   if (body !== undefined) {
     headers['Content-Type'] = 'application/json';
@@ -239,7 +244,7 @@ function authFailed(status, msg, retryAfter) {
 async function useToken(token) {
   stopAll();
   state.token = token.trim();
-  if (!state.token) {
+  if (!state.token && !state.noToken) {
     showAuth();
     return;
   }
@@ -256,7 +261,7 @@ async function useToken(token) {
     }
     return;
   }
-  localStorage.setItem(TOKEN_KEY, state.token);
+  if (state.token) localStorage.setItem(TOKEN_KEY, state.token);
   state.authOk = true;
   $('auth').hidden = true;
   $('token-input').value = '';
@@ -438,7 +443,7 @@ export function quantile(q, buckets) {
 async function scrapeMetrics() {
   let res;
   try {
-    res = await fetch('/metrics', { headers: { Authorization: `Bearer ${state.token}` }, cache: 'no-store' });
+    res = await fetch('/metrics', { headers: authHeaders(), cache: 'no-store' });
   } catch (e) {
     state.metricsNote = `cannot read /metrics: ${e.message}`;
     return;
@@ -739,7 +744,7 @@ async function tailLogs(gen) {
   setLogMode('live: connecting…');
   let lastId = Infinity;
   const buffered = [];
-  const es = new EventSource(`/api/logs/stream${qs({ ...f, token: state.token })}`);
+  const es = new EventSource(`/api/logs/stream${qs(state.token ? { ...f, token: state.token } : f)}`);
   state.events = es;
   const onLine = (l) => {
     if (lastId === Infinity) buffered.push(l);
@@ -986,8 +991,22 @@ function wire() {
 }
 
 wire();
-if (state.token) useToken(state.token);
-else {
-  setConn('none', 'no token');
-  showAuth();
+if (state.token) {
+  useToken(state.token);
+} else {
+  // An admin_listen with `admin_loopback_trusted` lets a local browser in without a token.
+  fetch('/api/instances', { cache: 'no-store' })
+    .then((res) => {
+      if (res.ok) {
+        state.noToken = true;
+        useToken('');
+      } else {
+        setConn('none', 'no token');
+        showAuth();
+      }
+    })
+    .catch(() => {
+      setConn('none', 'no token');
+      showAuth();
+    });
 }
