@@ -12,6 +12,11 @@ mod serve;
 
 use std::process::ExitCode;
 
+/// mimalloc: the allocator took ~23 % of ten's instructions per request under glibc malloc
+/// (BENCHMARKS.md, callgrind).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 
 fn main() -> ExitCode {
