@@ -85,3 +85,6 @@ bench: bench-deps
 	$(CARGO) build --release --bins
 	$(CARGO) bench -p tenement-proxy --bench routing --no-run
 	benches/run.sh $(BENCH_ARGS)
+	@# Scenario measurements and the log store, appended to the same report (same session).
+	$(CARGO) bench --bench scenarios 2>/dev/null >> BENCHMARKS.md
+	$(CARGO) bench --bench logstore 2>/dev/null >> BENCHMARKS.md

@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 [ "$(nproc)" -ge 2 ] || { echo "bench: needs 2 cores (proxy on core 0, load on core 1)" >&2; exit 1; }
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 export PATH="$HOME/.cargo/bin:$PATH"
+export PYTHONDONTWRITEBYTECODE=1  # no __pycache__ in benches/harness
 exec python3 benches/harness "$@"

@@ -265,7 +265,7 @@ def callgrind_phase(targets, bins, d, args, res):
             wrap = [bins["valgrind"], "--tool=callgrind", f"--callgrind-out-file={out}"]
             port = procs.free_port()
             proc = procs.start(t, bins, d, name, port, cpu=PROXY_CPU, wrap=wrap)
-            res["commands"].setdefault("callgrind", shlex.join(proc.argv))
+            res["commands"].setdefault(f"callgrind ({t.key})", shlex.join(proc.argv))
             try:
                 procs.wait_ready(proc, port, measure.check_ok, timeout=300)
                 measure.requests(port, n - 1)  # the readiness check was the first
@@ -325,6 +325,8 @@ def main():
     }
     d = Path(tempfile.mkdtemp(prefix="ten-bench-"))
     log(f"work dir {d}")
+    res["workdir"] = str(d)
+    res["root"] = str(ROOT)
     up_port = procs.free_port()
     upstream = Target("direct", "upstream", "direct")
     up = procs.start(upstream, bins, d, "upstream", up_port, cpu=LOAD_CPU)

@@ -37,8 +37,8 @@ HINTS = [
      "`request_timeout`): Pingora registers a timer around every upstream read and write; the "
      "floor sets none."),
     (r"Instant::now|clock_gettime|__vdso|Timespec",
-     "Clock reads: `Ctx::start` (`Instant::now`) and `now_ms` per request, `elapsed()` twice in "
-     "`logging`."),
+     "Clock reads: `Ctx::start` (`Instant::now`) and `now_ms` (`epoch.elapsed()`) per request, "
+     "`elapsed()` again in `logging`."),
     (r"tracing|callsite|Dispatch|dispatcher",
      "`tracing` callsite checks on the hot path."),
     (r"arc_swap|ArcSwap|HybridStrategy|debt",
@@ -164,6 +164,15 @@ def section_machine(res, out):
     ]
 
 
+def short(res, text):
+    """Paths of this run made readable: the work dir as $WORK, the repository as `.`."""
+    if res.get("workdir"):
+        text = text.replace(res["workdir"], "$WORK")
+    if res.get("root"):
+        text = text.replace(res["root"] + "/", "./")
+    return text
+
+
 def section_setup(res, v, out):
     a = res["args"]
     out += [
@@ -185,18 +194,21 @@ def section_setup(res, v, out):
         "nginx is configured to do ten's work: route by Host (a `default_server` answers 404), "
         "add `X-Forwarded-For/Proto/Host` and `X-Request-Id` (also on the response), upstream "
         "keepalive done right. The floor adds nothing: Pingora's defaults, one fixed upstream.\n",
-        "Commands (ports are picked at run time):\n",
+        "Commands (ports are picked at run time; `$WORK` is the run's temporary directory):\n",
         "```sh",
     ]
     cmds = res["commands"]
-    for k in ("upstream", "nginx", "floor", "ten", "ten-unix", "wrk", "oha", "callgrind"):
+    for k in ("upstream", "nginx", "floor", "floor-buf8k", "ten", "wrk", "oha",
+              "callgrind (nginx)", "callgrind (floor)", "callgrind (ten)"):
         if k in cmds:
-            out.append(f"# {k}\n{cmds[k]}")
+            out.append(f"# {k}\n{short(res, cmds[k])}")
     out += ["```\n"]
     confs = res.get("configs", {})
-    for k, lang in (("nginx", "nginx"), ("ten", "toml"), ("ten-plugins", "toml")):
+    for k, lang in (("upstream", "nginx"), ("nginx", "nginx"), ("ten", "toml"),
+                    ("ten-plugins", "toml"), ("ten-2up", "toml")):
         if k in confs:
-            out += [f"<details><summary>{k} config</summary>\n", f"```{lang}", confs[k].rstrip(), "```", "</details>\n"]
+            out += [f"<details><summary>{k} config</summary>\n", f"```{lang}",
+                    short(res, confs[k]).rstrip(), "```", "</details>\n"]
 
 
 def section_results(res, v, out):
@@ -341,6 +353,17 @@ def lookup_ratios(micro):
     return (int(m.group(1)), int(m.group(2)), float(m.group(3)), float(m.group(4))) if m else None
 
 
+def lookup_rows(micro):
+    """{(hosts, access): (router ns, rwlock ns, arcswap contended ns, rwlock contended ns)}."""
+    rows = {}
+    for m in re.finditer(
+        r"^\| (\d+) \| (uniform|hot) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|",
+        micro or "", re.M,
+    ):
+        rows[(int(m.group(1)), m.group(2))] = tuple(float(m.group(i)) for i in range(3, 7))
+    return rows
+
+
 def verdict(ok):
     return "–" if ok is None else ("met" if ok else "**missed**")
 
@@ -354,6 +377,9 @@ def section_targets(res, v, out):
     n = res["args"]["idle_conns"]
     lk = lookup_ratios(res.get("micro"))
     met_cost = v.ratio("ten", "ten-nometrics")
+    mi, mo = v.instr("ten"), v.instr("ten-nometrics")
+    met_instr = None if not (mi and mo) else mi / mo
+    churn = v.ratio("ten-2up-churn", "ten-2up")
     rows = [
         ("ten instructions/request within +10 % of the floor", rx(t_f), None if t_f is None else t_f <= 1.10),
         ("ten beats the floor: req/s (median per-round ratio)", rx(thr_f), None if thr_f is None else thr_f >= 1.0),
@@ -367,8 +393,12 @@ def section_targets(res, v, out):
          "–" if not lk else f"{lk[2]:.2f}x", None if not lk else lk[2] <= 1.5),
         ("route lookup at 100k hosts <= 1.5x at 10 (hot set)",
          "–" if not lk else f"{lk[3]:.2f}x", None if not lk else lk[3] <= 1.5),
-        ("issue 7: metrics cost < 3 % of throughput",
-         pct(None if met_cost is None else 1 - met_cost), None if met_cost is None else met_cost >= 0.97),
+        ("issue 7: metrics cost < 3 %: instructions/request (repeatable)",
+         pct(None if met_instr is None else met_instr - 1), None if met_instr is None else met_instr <= 1.03),
+        ("issue 7: metrics cost < 3 %: throughput (median per-round ratio, noisy)",
+         pct(None if met_cost is None else met_cost - 1), None if met_cost is None else met_cost >= 0.97),
+        ("issue 5: no throughput drop while weights change 10 times/s (within 3 %)",
+         pct(None if churn is None else churn - 1), None if churn is None else churn >= 0.97),
     ]
     out += ["## Targets (issue 9, and issue 7's metrics budget)\n", "| target | this run | verdict |", "|---|---:|---|"]
     out += [f"| {a} | {b} | {verdict(c)} |" for a, b, c in rows]
@@ -439,30 +469,70 @@ def section_remains(res, v, rows, out):
         )
         if smper is not None:
             thr = v.ratio("floor-buf8k", "floor")
+            projected = rss_i + (per - (flper or per) + smper) * n if flper else None
             line += (
                 f" The floor with an 8 KiB read buffer (`floor-buf8k`) uses {smper:.1f} kB per "
                 f"connection at {rx(thr)} the default floor's req/s: ten can size it per listener "
                 "with Pingora 0.9.1's `ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings)` "
-                "and `add_listener`, instead of `add_tcp` (`src/serve.rs`)."
+                "and `add_listener`, instead of `add_tcp` (`src/serve.rs`)"
+            )
+            line += (
+                f"; ten would then hold about {mb(projected)} MB with {n} connections."
+                if projected else "."
             )
         out.append(line)
     lk = lookup_ratios(res.get("micro"))
+    rows = lookup_rows(res.get("micro"))
     if lk and lk[2] > 1.5:
-        out.append(
+        line = (
             f"- **Route lookup at {lk[0]:,} hosts**: {lk[2]:.2f}x the cost at {lk[1]} with "
             f"uniform access over all hosts, {lk[3]:.2f}x for a hot set. The uniform case is "
             "memory latency, not the algorithm (one hash probe either way): a 100k-host table "
             "does not fit in the caches, and a lookup follows several pointers (the hashbrown "
-            "slot, the `Box<str>` key, the entry's `Vec` of prefix routes, the target's `Arc`). "
-            "A flatter layout (keys and single-route entries stored inline) would cut the misses."
+            "slot, the `Box<str>` key, the entry's `Vec` of prefix routes, the target's `Arc`)."
         )
-    if v.has("ten-nometrics"):
-        mc = v.ratio("ten", "ten-nometrics")
-        if mc is not None and mc < 0.97:
-            out.append(
-                f"- **Metrics**: {pct(mc - 1)} throughput with metrics on (target: < 3 %); see "
-                "\"What metrics cost\" above for the functions."
+        big = rows.get((lk[0], "uniform"))
+        if big:
+            line += (
+                f" The naive `RwLock<HashMap<Box<str>, Target>>`, read alone, takes {big[1]:.0f} ns "
+                f"there against the `Router`'s {big[0]:.0f} ns: its entry holds the target itself, "
+                "while a `HostEntry` reaches it through its `Vec` of prefix routes, one more miss."
             )
+        line += (
+            " A flatter layout (the key and a single `/` route's target stored in the slot) "
+            "would cut the misses."
+        )
+        out.append(line)
+    for k, base, what in (("ten", "ten-nometrics", "Metrics"),
+                          ("ten-2up-churn", "ten-2up", "Weight changes")):
+        thr = v.ratio(k, base)
+        if thr is None or thr >= 0.97:
+            continue
+        rs = v.ratios(k, base)
+        line = (
+            f"- **{what}**: {pct(thr - 1)} throughput (median of the per-round ratios "
+            f"{', '.join(f'{x:.2f}' for x in rs)}; target: within 3 %)."
+        )
+        if k == "ten-2up-churn":
+            line += (
+                f" p99 at the fixed rate: {f3(v.lat(k, 'p99_ms'))} ms with the changes, "
+                f"{f3(v.lat(base, 'p99_ms'))} ms without. The table swap itself is lock-free "
+                "(see the micro-benchmarks); what a weight change also does is synchronous: "
+                "`PUT /api/instances/up:0/weight` persists the weight "
+                "(`compose.rs::set_external_weight` → `StateStore`) and writes the audit row "
+                "(`audit.rs::Audit::record`) inside the API handler, i.e. on the tokio worker "
+                "that also serves the proxied requests (one worker here); each change commits "
+                "to SQLite with an fsync, and a slow fsync on a busy disk stalls every request "
+                "on that worker. Moving the writes to a blocking thread (or a writer task) "
+                "would keep them off the hot path."
+            )
+        ia, ib = v.instr(k), v.instr(base)
+        if ia and ib:
+            line += (
+                f" The repeatable figure, instructions/request, differs by {pct(ia / ib - 1)}: "
+                f"{'the throughput gap is within this run' + chr(39) + 's noise (see the spread of the rounds)' if ia / ib <= 1.03 else 'see the function breakdown above'}."
+            )
+        out.append(line)
     out.append("")
 
 
@@ -484,9 +554,5 @@ def render(res):
     rows = section_targets(res, v, out)
     section_remains(res, v, rows, out)
     out += [
-        "## Not measured here yet\n",
-        "- issue 3: wake latency over the app's own start, restart latency after a crash;",
-        "- issue 8: health-loop CPU with 1,000 registered servers (route lookup at 100k hosts "
-        "and the table rebuild are in the micro-benchmarks above).\n",
     ]
     return "\n".join(out)
