@@ -213,6 +213,40 @@ def churning(t, res):
     res["churn"]["failed"] += churn.failed
 
 
+STARVED = 0.5
+STARVED_RETRIES = 2
+
+
+# ten's allocator (mimalloc) commits its first arena eagerly; this measures ten's RSS without it.
+RSS_VARIANTS = {"ten": {"MIMALLOC_ARENA_EAGER_COMMIT": "0"}}
+
+
+def rss_variants(targets, bins, d, res, n_conns):
+    """RSS of a proxy started with extra environment variables (no load runs)."""
+    for t in targets:
+        extra = RSS_VARIANTS.get(t.key)
+        if not extra or t.shares:
+            continue
+        name = f"{t.key}-rssenv"
+        port = procs.free_port()
+        proc = procs.start(t, bins, d, name, port, env={**os.environ, **extra})
+        try:
+            procs.wait_ready(proc, port, measure.check_ok)
+            time.sleep(1.0)
+            idle = measure.memory(proc.pids())
+            conns = measure.open_idle(port, n_conns)
+            time.sleep(0.5)
+            busy = measure.memory(proc.pids())
+            for c in conns:
+                c.close()
+        finally:
+            proc.stop()
+        label = " ".join(f"{k}={v}" for k, v in extra.items())
+        res["rss_variants"][t.key] = {"env": label, "idle": idle, "conns": busy, "n": n_conns}
+        log(f"{t.key} with {label}: RSS idle {idle['rss'] / 1024:.1f} MB, "
+            f"{n_conns} conns {busy['rss'] / 1024:.1f} MB")
+
+
 def load_phase(targets, bins, args, res):
     log("warm-up: 2 s of wrk per configuration")
     for t in targets:
@@ -223,10 +257,20 @@ def load_phase(targets, bins, args, res):
         res["order"].append([t.key for t in order])
         row = {}
         for t in order:
-            with churning(t, res) as churn:
-                row[t.key] = measure.wrk(bins, t.port, args.connections, args.duration, t.proc.pids())
-            if churn:
-                row[t.key]["weight_changes"] = churn.ok
+            # Other engineers' builds share the machine: a run in which they took more than
+            # half of the proxy's core says little about the proxy; run it again (at most
+            # STARVED_RETRIES times), and keep the count.
+            for attempt in range(STARVED_RETRIES + 1):
+                with churning(t, res) as churn:
+                    run = measure.wrk(bins, t.port, args.connections, args.duration, t.proc.pids())
+                if churn:
+                    run["weight_changes"] = churn.ok
+                run["retries"] = attempt
+                if t.kind == "direct" or run["others_on_core"] <= STARVED:
+                    break
+                log(f"round {r + 1}: {t.key}: other processes took "
+                    f"{run['others_on_core'] * 100:.0f} % of core {PROXY_CPU}: again")
+            row[t.key] = run
             log(f"round {r + 1}: {t.key}: {row[t.key]['rps']:.0f} req/s, "
                 f"{row[t.key]['cpu_us_per_req'] or 0:.1f} us CPU/req")
         res["rounds"].append(row)
@@ -316,6 +360,7 @@ def main():
         "args": vars(args),
         "commands": {},
         "rss": {},
+        "rss_variants": {},
         "rounds": [],
         "order": [],
         "latency": {},
@@ -352,6 +397,7 @@ def main():
         res["configs"]["upstream"] = (d / "upstream.conf").read_text()
         res["commands"]["wrk"] = shlex.join(measure.wrk_cmd(bins, "PORT", args.connections, args.duration))
         rss_phase(running, res, args.idle_conns)
+        rss_variants(running, bins, d, res, args.idle_conns)
         load_phase(running, bins, args, res)
         latency_phase(running, bins, args, res)
         res["commands"]["oha"] = shlex.join(

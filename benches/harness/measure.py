@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from procs import HOST, LOAD_CPU
+from procs import HOST, LOAD_CPU, PROXY_CPU
 
 REQUEST = f"GET / HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: ten-bench\r\n\r\n".encode()
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -178,14 +178,26 @@ def _num(pattern, text, cast=float, default=None):
     return cast(m.group(1)) if m else default
 
 
+def core_busy_ticks(cpu):
+    """Busy clock ticks of one core since boot (/proc/stat: all but idle and iowait)."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            v = [int(x) for x in line.split()[1:]]
+            return sum(v) - v[3] - (v[4] if len(v) > 4 else 0)
+    return 0
+
+
 def wrk(bins, port, conns, duration, pids):
-    """Saturation run: req/s, requests, errors, and the CPU the `pids` spent meanwhile."""
+    """Saturation run: req/s, requests, errors, the CPU the `pids` spent meanwhile, and the
+    share of the proxy core that other processes of the machine took."""
     cmd = wrk_cmd(bins, port, conns, duration)
     before = cpu_ticks(pids)
+    core_before = core_busy_ticks(PROXY_CPU)
     t0 = time.monotonic()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     wall = time.monotonic() - t0
     ticks = cpu_ticks(pids) - before
+    core = core_busy_ticks(PROXY_CPU) - core_before
     reqs = _num(r"(\d+) requests in", out, int, 0)
     errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return {
@@ -195,6 +207,8 @@ def wrk(bins, port, conns, duration, pids):
         "socket_errors": sum(int(x) for x in errs.groups()) if errs else 0,
         "cpu_us_per_req": ticks * 1e6 / CLK_TCK / reqs if reqs else None,
         "cpu_busy": ticks / CLK_TCK / wall,
+        # Meaningful for a proxy pinned on PROXY_CPU (for `direct`, everything there is other).
+        "others_on_core": max(0.0, (core - ticks) / CLK_TCK / wall),
     }
 
 

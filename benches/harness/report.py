@@ -7,9 +7,14 @@ ALLOC = re.compile(
     r"^(_int_(malloc|free|realloc|memalign)|malloc|free|realloc|calloc|cfree|malloc_consolidate"
     r"|unlink_chunk.*|tcache_.*|__libc_(malloc|free|realloc|calloc)|__GI___libc_(malloc|free)"
     r"|(__rustc::)?__rust_(alloc|dealloc|realloc|alloc_zeroed)|(__rustc::)?__rdl_\w+"
-    r"|_?mi_\w+|_?rjem_\w+|je_\w+)$"
+    r"|_?mi_\w+|_?rjem_\w+|je_\w+|.*GlobalAlloc>::(alloc|dealloc|realloc|alloc_zeroed))$"
 )
+MIMALLOC = re.compile(r"^_?mi_\w+$")
+JEMALLOC = re.compile(r"^(_?rjem_|je_)\w+$")
 MEMCPY = re.compile(r"mem(cpy|move)")
+# A run in which other processes took more than this share of the proxy's core is shown but
+# left out of medians and ratios (the driver already ran it again, up to twice).
+STARVED = 0.5
 
 # What a function name in ten's extra cost (over the floor) points at in ten's code. A hint is
 # printed only when its pattern is among the largest additions of this run.
@@ -95,8 +100,19 @@ class View:
     def has(self, k):
         return k in self.keys and all(k in r for r in self.rounds)
 
+    def starved(self, r, k):
+        """Other processes took more than half of the proxy's core during this run."""
+        return self.res["kinds"].get(k) != "direct" and r[k].get("others_on_core", 0) > STARVED
+
+    def good(self, k):
+        """The rounds whose run of `k` counts."""
+        return [r for r in self.rounds if k in r and not self.starved(r, k)] if self.has(k) else []
+
     def rps(self, k):
-        return med(r[k]["rps"] for r in self.rounds) if self.has(k) else None
+        return med(r[k]["rps"] for r in self.good(k))
+
+    def others(self, k):
+        return med(r[k].get("others_on_core") for r in self.rounds) if self.has(k) else None
 
     def ref(self, k, base):
         """The same-transport reference: nginx-unix for a unix-socket row, else nginx."""
@@ -107,16 +123,19 @@ class View:
     def ratios(self, k, ref):
         if not ref or not self.has(k) or not self.has(ref):
             return []
-        return [r[k]["rps"] / r[ref]["rps"] for r in self.rounds if r[ref]["rps"]]
+        return [
+            r[k]["rps"] / r[ref]["rps"] for r in self.rounds
+            if r[ref]["rps"] and not self.starved(r, k) and not self.starved(r, ref)
+        ]
 
     def ratio(self, k, ref):
         return med(self.ratios(k, ref))
 
     def cpu(self, k):
-        return med(r[k]["cpu_us_per_req"] for r in self.rounds) if self.has(k) else None
+        return med(r[k]["cpu_us_per_req"] for r in self.good(k))
 
     def busy(self, k):
-        return med(r[k]["cpu_busy"] for r in self.rounds) if self.has(k) else None
+        return med(r[k]["cpu_busy"] for r in self.good(k))
 
     def instr(self, k):
         return self.cg.get(k, {}).get("per_req")
@@ -220,10 +239,13 @@ def section_results(res, v, out):
         f"(unix-socket rows against the unix-socket reference). Latency: oha at a fixed "
         f"{f0(rate)} req/s with `--latency-correction`. CPU: the proxy's utime+stime over the wrk "
         f"runs / requests. RSS: VmRSS after start, and with {n} idle keep-alive connections open. "
-        "Instructions: callgrind, per request, startup cancelled.\n",
+        "Instructions: callgrind, per request, startup cancelled. *others*: the share of "
+        "the proxy's core that other processes of the machine took during its wrk runs "
+        f"(median); a run where they took more than {STARVED * 100:.0f} % was run again (at "
+        "most twice) and, if still so, is marked `*` below and left out of medians and ratios.\n",
         f"| configuration | req/s | vs nginx | vs floor | p50 ms | p99 ms | CPU µs/req | core busy "
-        f"| RSS idle MB | RSS {n} conns MB | instructions/req |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| others | RSS idle MB | RSS {n} conns MB | instructions/req |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     notes = []
     for k in v.keys:
@@ -236,6 +258,7 @@ def section_results(res, v, out):
             f"| {name} | {f0(v.rps(k))} | {rx(v.ratio(k, v.ref(k, 'nginx')))} | "
             f"{rx(v.ratio(k, v.ref(k, 'floor')))} | {f3(v.lat(k, 'p50_ms'))} | {f3(v.lat(k, 'p99_ms'))} | "
             f"{f1(v.cpu(k))} | {'–' if busy is None else f'{busy * 100:.0f} %'} | "
+            f"{'–' if v.others(k) is None or k == 'direct' else f'{v.others(k) * 100:.0f} %'} | "
             f"{mb(v.rss(k, 'idle'))} | {mb(v.rss(k, 'conns'))} | {f0(v.instr(k))} |"
         )
     out.append("")
@@ -252,7 +275,11 @@ def section_results(res, v, out):
     out += [f"| configuration | {head} | vs nginx, per round | vs floor, per round |",
             "|---|" + "---:|" * rounds + "---|---|"]
     for k in v.keys:
-        cells = " | ".join(f0(r[k]["rps"]) for r in v.rounds)
+        cells = " | ".join(
+            f0(r[k]["rps"]) + ("*" if v.starved(r, k) else "")
+            + (f" ({r[k]['retries'] + 1} runs)" if r[k].get("retries") else "")
+            for r in v.rounds
+        )
         vn = ", ".join(f"{x:.2f}" for x in v.ratios(k, v.ref(k, "nginx"))) or "–"
         vf = ", ".join(f"{x:.2f}" for x in v.ratios(k, v.ref(k, "floor"))) or "–"
         out.append(f"| `{k}` | {cells} | {vn} | {vf} |")
@@ -432,53 +459,84 @@ def section_remains(res, v, rows, out):
             "the framework's per-request work (a `RequestHeader`/`ResponseHeader` with a "
             "case-preserving header map per message, buffers copied between the downstream and "
             "upstream sessions, a boxed `HttpPeer` per request), the same for every Pingora "
-            "proxy: ten can cut its own share and use a faster global allocator (mimalloc or "
-            "jemalloc would cut the allocator's share for ten and the floor alike — only ten's "
-            "binary would get it), not remove Pingora's."
+            "proxy: ten can cut its own share, not remove Pingora's."
         )
+        ta = v.share("ten", ALLOC)
+        fns = v.cg.get("ten", {}).get("funcs", {})
+        which = ("mimalloc" if any(MIMALLOC.match(x) for x in fns)
+                 else "jemalloc" if any(JEMALLOC.match(x) for x in fns) else None)
+        if ta is not None and which:
+            out.append(
+                f"  - ten runs {which} as its global allocator: the allocator takes "
+                f"{ta * 100:.0f} % of ten's instructions, {'–' if a is None else f'{a * 100:.0f} %'} "
+                "of the floor's (glibc malloc)."
+            )
+        elif ta is not None:
+            out.append(
+                f"  - The allocator (glibc malloc) takes {ta * 100:.0f} % of ten's instructions: a "
+                "faster global allocator (mimalloc or jemalloc) in ten's binary would cut that."
+            )
     rss_i = v.rss("ten", "idle")
     if rss_i is not None and rss_i > 20 * 1024:
         mem = res["rss"]["ten"]["idle"]
         fl = res["rss"].get("floor", {}).get("idle", {})
-        out.append(
+        line = (
             f"- **RSS idle**: ten {mb(mem['rss'])} MB ({mb(mem['anon'])} MB anonymous, "
             f"{mb(mem['file'])} MB file-backed: the binary's pages), {mem['threads']} threads; the "
-            f"floor {mb(fl.get('rss'))} MB ({mb(fl.get('anon'))} MB anonymous). ten's extra "
-            "anonymous memory is its own state: the SQLite connections (desired state, log store, "
-            "audit, tokens) with their page caches, the Prometheus registry, the log writer "
-            "thread and tokio's blocking pool."
+            f"floor {mb(fl.get('rss'))} MB ({mb(fl.get('anon'))} MB anonymous)."
         )
+        var = res.get("rss_variants", {}).get("ten")
+        fns = v.cg.get("ten", {}).get("funcs", {})
+        if var and any(MIMALLOC.match(x) for x in fns):
+            line += (
+                f" Started with `{var['env']}`, ten idles at {mb(var['idle']['rss'])} MB "
+                f"({mb(var['idle']['anon'])} MB anonymous) and holds {mb(var['conns']['rss'])} MB "
+                f"with {var['n']} connections: mimalloc commits its first arena eagerly (and "
+                "the kernel may back it with huge pages); ten can turn that off at startup "
+                "(`mi_option_arena_eager_commit`) rather than in the environment."
+            )
+        line += (
+            " The rest of ten's anonymous memory over the floor's is its own state: the SQLite "
+            "connections (desired state, log store, audit, tokens) and their page caches, the "
+            "Prometheus registry, the log writer thread, tokio's blocking pool."
+        )
+        out.append(line)
     rss_c = v.rss("ten", "conns")
     if rss_c is not None and rss_c > 40 * 1024 and rss_i is not None:
         n = res["args"]["idle_conns"]
-        per = (rss_c - rss_i) / n
-        fl = res["rss"].get("floor", {})
-        flper = None
-        if fl.get("conns") and fl.get("idle"):
-            flper = (fl["conns"]["rss"] - fl["idle"]["rss"]) / n
-        small = res["rss"].get("floor-buf8k", {})
-        smper = None
-        if small.get("conns") and small.get("idle"):
-            smper = (small["conns"]["rss"] - small["idle"]["rss"]) / n
+
+        def per_conn(k):
+            r = res["rss"].get(k, {})
+            if r.get("conns") and r.get("idle"):
+                return (r["conns"]["rss"] - r["idle"]["rss"]) / n
+            return None
+
+        per, flper, smper = per_conn("ten"), per_conn("floor"), per_conn("floor-buf8k")
         line = (
             f"- **RSS with {n} connections**: {per:.1f} kB per idle keep-alive connection for "
-            f"ten, {'–' if flper is None else f'{flper:.1f}'} kB for the floor. Most of it is "
-            "the listener's L4 read buffer, allocated per downstream connection and kept while "
-            "it idles: 64 KiB by default (`DEFAULT_L4_READ_BUFFER_SIZE`, pingora-core "
-            "`protocols/l4/stream.rs`)."
+            f"ten, {'–' if flper is None else f'{flper:.1f}'} kB for the floor with Pingora's "
+            "default listener read buffer (64 KiB per downstream connection, kept while it "
+            "idles: `DEFAULT_L4_READ_BUFFER_SIZE`, pingora-core `protocols/l4/stream.rs`)"
         )
         if smper is not None:
             thr = v.ratio("floor-buf8k", "floor")
-            projected = rss_i + (per - (flper or per) + smper) * n if flper else None
             line += (
-                f" The floor with an 8 KiB read buffer (`floor-buf8k`) uses {smper:.1f} kB per "
-                f"connection at {rx(thr)} the default floor's req/s: ten can size it per listener "
-                "with Pingora 0.9.1's `ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings)` "
-                "and `add_listener`, instead of `add_tcp` (`src/serve.rs`)"
+                f", {smper:.1f} kB for the floor with an 8 KiB one (`floor-buf8k`, at {rx(thr)} "
+                "the default floor's req/s)"
             )
+        if smper is not None and flper is not None and per > (flper + smper) / 2:
+            projected = rss_i + (per - flper + smper) * n
             line += (
-                f"; ten would then hold about {mb(projected)} MB with {n} connections."
-                if projected else "."
+                ". ten can size it per listener with Pingora 0.9.1's "
+                "`ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings)` and `add_listener` "
+                f"instead of `add_tcp` (`src/serve.rs`): about {mb(projected)} MB with {n} "
+                "connections."
+            )
+        else:
+            line += (
+                ". ten's per-connection cost is already that of a small read buffer; what "
+                "remains per connection is Pingora's own (the connection's task and session "
+                "state, its write buffer), the same as the floor's."
             )
         out.append(line)
     lk = lookup_ratios(res.get("micro"))
@@ -526,6 +584,19 @@ def section_remains(res, v, rows, out):
                 "on that worker. Moving the writes to a blocking thread (or a writer task) "
                 "would keep them off the hot path."
             )
+        if k == "ten-2up-churn":
+            line += (
+                f" p99 at the fixed rate: {f3(v.lat(k, 'p99_ms'))} ms with the changes, "
+                f"{f3(v.lat(base, 'p99_ms'))} ms without. The table swap itself is lock-free "
+                "(see the micro-benchmarks); what a weight change also does is synchronous: "
+                "`PUT /api/instances/up:0/weight` persists the weight "
+                "(`compose.rs::set_external_weight` → `StateStore`) and writes the audit row "
+                "(`audit.rs::Audit::record`) inside the API handler, i.e. on the tokio worker "
+                "that also serves the proxied requests (one worker here); each change commits "
+                "to SQLite with an fsync, and a slow fsync on a busy disk stalls every request "
+                "on that worker. Moving the writes to a blocking thread (or a writer task) "
+                "would keep them off the hot path."
+            )
         ia, ib = v.instr(k), v.instr(base)
         if ia and ib:
             line += (
@@ -553,6 +624,4 @@ def render(res):
             res.get("micro") or "Not run.\n"]
     rows = section_targets(res, v, out)
     section_remains(res, v, rows, out)
-    out += [
-    ]
     return "\n".join(out)
