@@ -43,9 +43,10 @@ demo: build
 	@echo
 	PATH="$(CURDIR)/target/release:$$PATH" exec ./target/release/ten serve --config examples/demo/tenement.toml
 
-# Every test: unit tests of each crate and the end-to-end tests of the real binary.
+# Every test: unit tests of each crate and the end-to-end tests of the real binary. Benchmarks
+# (harness = false) are not tests: `make bench` runs them.
 test: deps
-	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --lib --bins --tests
 
 fmt:
 	$(CARGO) fmt --all
