@@ -9,6 +9,7 @@ import json
 import os
 import resource
 import shlex
+import signal
 import shutil
 import statistics
 import subprocess
@@ -261,6 +262,11 @@ def load_phase(targets, bins, args, res):
             # half of the proxy's core says little about the proxy; run it again (at most
             # STARVED_RETRIES times), and keep the count.
             for attempt in range(STARVED_RETRIES + 1):
+                if not t.proc.alive():
+                    raise RuntimeError(
+                        f"{t.key} exited ({t.proc.popen.returncode}) during the run; its "
+                        f"stderr ends with:\n{t.proc.stderr_tail(5)}"
+                    )
                 with churning(t, res) as churn:
                     run = measure.wrk(bins, t.port, args.connections, args.duration, t.proc.pids())
                 if churn:
@@ -347,6 +353,8 @@ def micro_phase(res):
 
 def main():
     args = parse_args()
+    # SIGTERM (a stopped `make`) unwinds like Ctrl-C, so every process started here is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.sched_setaffinity(0, {int(LOAD_CPU)})
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
