@@ -624,4 +624,4 @@ def render(res):
             res.get("micro") or "Not run.\n"]
     rows = section_targets(res, v, out)
     section_remains(res, v, rows, out)
-    return "\n".join(out)
+    return "\n".join(out) + "\n"
