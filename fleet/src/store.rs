@@ -6,7 +6,7 @@
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tenement_conf::{check_hostname, check_instance_id, check_process_name};
 
 use crate::validate::{check_id, normalize_url};
-use crate::FleetError;
+use crate::{now_ms, FleetError};
 
 /// A tenement server of the fleet.
 #[derive(Serialize, Clone, Debug, PartialEq)]
@@ -328,13 +328,6 @@ fn nonempty(v: &Option<String>) -> Option<String> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(str::to_string)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
