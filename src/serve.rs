@@ -160,10 +160,11 @@ pub async fn run(config: Config) -> Result<()> {
     let mut announced = Vec::new();
     for addr in &s.listen {
         let local = prebind(&fds, addr)?;
-        // 8 KiB read buffers instead of Pingora's 64 KiB per connection: idle keep-alive
-        // connections cost a fraction of the memory (BENCHMARKS.md), at no throughput cost.
+        // No L4 read buffer (Pingora's default is 64 KiB per connection): reads go straight
+        // into the HTTP session's own buffers, so an idle keep-alive connection holds no read
+        // buffer at all (BENCHMARKS.md: RSS with 1000 connections, req/s unchanged).
         service.add_listener(ListenerConfig::tcp(&local).l4_buffer(L4BufferSettings {
-            read: Some(8 * 1024),
+            read: Some(0),
             write: None,
         }));
         announced.push(format!("http://{local}"));

@@ -20,6 +20,7 @@ pub fn normalize(raw: &[u8]) -> Result<Cow<'_, str>, HostError> {
     if raw.len() > 255 {
         return Err(HostError::Malformed);
     }
+    let mut upper = false;
     let host = if raw[0] == b'[' {
         // IPv6 literal, optional :port after the ']'
         let end = raw
@@ -38,32 +39,41 @@ pub fn normalize(raw: &[u8]) -> Result<Cow<'_, str>, HostError> {
         {
             return Err(HostError::Malformed);
         }
+        upper = inner.iter().any(u8::is_ascii_uppercase);
         &raw[..=end]
     } else {
-        let (name, port) = match raw.iter().rposition(|&c| c == b':') {
-            Some(i) => (&raw[..i], Some(&raw[i + 1..])),
-            None => (raw, None),
-        };
-        if let Some(port) = port {
-            if !valid_port(port) {
-                return Err(HostError::Malformed);
+        // One pass over the name (this runs on every request): allowed characters, no empty
+        // label, note upper case; a ':' ends the name and starts the port.
+        let mut end = raw.len();
+        let mut prev_dot = true; // a leading '.' is an empty label
+        for (i, &c) in raw.iter().enumerate() {
+            match c {
+                b'.' if prev_dot => return Err(HostError::Malformed),
+                b'.' => prev_dot = true,
+                b':' => {
+                    end = i;
+                    break;
+                }
+                c if c.is_ascii_alphanumeric() || c == b'-' || c == b'_' => {
+                    upper |= c.is_ascii_uppercase();
+                    prev_dot = false;
+                }
+                _ => return Err(HostError::Malformed),
             }
         }
+        if end < raw.len() && !valid_port(&raw[end + 1..]) {
+            return Err(HostError::Malformed);
+        }
+        let name = &raw[..end];
         let name = name.strip_suffix(b".").unwrap_or(name);
-        if name.is_empty()
-            || !name
-                .iter()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
-            || name.starts_with(b".")
-            || name.windows(2).any(|w| w == b"..")
-        {
+        if name.is_empty() {
             return Err(HostError::Malformed);
         }
         name
     };
     // Only ASCII reaches here, so from_utf8 cannot fail; map defensively anyway.
     let s = std::str::from_utf8(host).map_err(|_| HostError::Malformed)?;
-    if s.bytes().any(|c| c.is_ascii_uppercase()) {
+    if upper {
         Ok(Cow::Owned(s.to_ascii_lowercase()))
     } else {
         Ok(Cow::Borrowed(s))
@@ -88,6 +98,12 @@ mod tests {
         assert_eq!(normalize(b"example.com.").as_deref(), Ok("example.com"));
         assert_eq!(normalize(b"[::1]:8080").as_deref(), Ok("[::1]"));
         assert_eq!(normalize(b"127.0.0.1:80").as_deref(), Ok("127.0.0.1"));
+        assert_eq!(normalize(b"[::FFFF:1]").as_deref(), Ok("[::ffff:1]"));
+        assert_eq!(
+            normalize(b"My_Host-1.Example").as_deref(),
+            Ok("my_host-1.example")
+        );
+        assert_eq!(normalize(b"example.com.:443").as_deref(), Ok("example.com"));
     }
 
     #[test]
@@ -109,6 +125,10 @@ mod tests {
             b"a/b",
             b"a\xffb",
             b":80",
+            b"a:80:80",
+            b"a.b:",
+            b"a..",
+            b".",
         ] {
             assert_eq!(
                 normalize(bad),

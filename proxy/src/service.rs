@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -40,7 +41,8 @@ impl Drop for TrafficGuard {
 /// Per-request state.
 pub struct Ctx {
     _traffic: Option<TrafficGuard>,
-    request_id: String,
+    /// Sent upstream and back to the client (one shared buffer, cloned by reference count).
+    request_id: HeaderValue,
     target: Option<Target>,
     /// Bytes of the path to strip (a matched `strip_prefix` route).
     strip: usize,
@@ -155,10 +157,6 @@ impl TenProxy {
     pub fn traffic(&self) -> Arc<Traffic> {
         self.traffic.clone()
     }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
 }
 
 /// A short plain-text response, with the request id.
@@ -167,7 +165,7 @@ async fn respond(session: &mut Session, ctx: &Ctx, status: u16, msg: &str) -> Re
     let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-    resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    resp.insert_header("x-request-id", ctx.request_id.clone())?;
     if status == 429 || status == 503 {
         resp.insert_header(http::header::RETRY_AFTER, "1")?;
     }
@@ -194,7 +192,7 @@ async fn respond_reply(session: &mut Session, ctx: &Ctx, reply: Reply) -> Result
         resp.append_header(k, v)?;
     }
     resp.insert_header(http::header::CONTENT_LENGTH, reply.body.len())?;
-    resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    resp.insert_header("x-request-id", ctx.request_id.clone())?;
     // A 413 leaves an unread body behind: do not reuse the connection.
     session.set_keepalive(if reply.status == 413 || reply.status >= 500 {
         None
@@ -206,22 +204,85 @@ async fn respond_reply(session: &mut Session, ctx: &Ctx, reply: Reply) -> Result
     Ok(())
 }
 
-fn new_request_id() -> String {
-    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// 128 random bits as 32 lower-case hex digits (no formatting machinery: this runs per request).
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 32];
+    for (half, n) in [fastrand::u64(..), fastrand::u64(..)]
+        .into_iter()
+        .enumerate()
+    {
+        for i in 0..16 {
+            buf[half * 16 + 15 - i] = HEX[((n >> (4 * i)) & 0xf) as usize];
+        }
+    }
+    // Hex digits are always a valid header value.
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// Keep a client-sent id if it is sane (printable, bounded), else make one.
-fn request_id(req: &RequestHeader) -> String {
-    match req.headers.get("x-request-id") {
+fn request_id(req: &RequestHeader) -> HeaderValue {
+    match req.headers.get(X_REQUEST_ID) {
         Some(v)
             if !v.is_empty()
                 && v.len() <= 200
                 && v.as_bytes().iter().all(|c| c.is_ascii_graphic()) =>
         {
-            String::from_utf8_lossy(v.as_bytes()).into_owned()
+            v.clone()
         }
         _ => new_request_id(),
     }
+}
+
+/// An IP address as a header value; IPv4 without the formatting machinery (per request).
+fn ip_value(ip: std::net::IpAddr) -> HeaderValue {
+    let mut buf = [0u8; 15];
+    let mut n = 0;
+    let v4 = match ip {
+        std::net::IpAddr::V4(v4) => v4,
+        std::net::IpAddr::V6(_) => {
+            return HeaderValue::from_str(&ip.to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+        }
+    };
+    for (i, o) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        if o >= 100 {
+            buf[n] = b'0' + o / 100;
+            n += 1;
+        }
+        if o >= 10 {
+            buf[n] = b'0' + (o / 10) % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + o % 10;
+        n += 1;
+    }
+    HeaderValue::from_bytes(&buf[..n]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Which `X-Forwarded-*` headers the request already carries: one pass over the names (a
+/// request has few headers), instead of a hashed lookup per name.
+fn forwarded_present(req: &RequestHeader) -> (bool, bool, bool) {
+    let (mut xff, mut proto, mut host) = (false, false, false);
+    for k in req.headers.keys() {
+        let k = k.as_str().as_bytes();
+        if k.len() >= 15 && k.starts_with(b"x-forwarded-") {
+            match &k[12..] {
+                b"for" => xff = true,
+                b"proto" => proto = true,
+                b"host" => host = true,
+                _ => {}
+            }
+        }
+    }
+    (xff, proto, host)
 }
 
 fn http_status(code: u16) -> Box<Error> {
@@ -267,7 +328,7 @@ impl TenProxy {
         for (k, v) in parts.headers.iter() {
             head.append_header(k.clone(), v.clone())?;
         }
-        head.insert_header("x-request-id", ctx.request_id.as_str())?;
+        head.insert_header("x-request-id", ctx.request_id.clone())?;
         match body {
             Body::Full(b) => {
                 head.insert_header(http::header::CONTENT_LENGTH, b.len())?;
@@ -447,7 +508,7 @@ impl ProxyHttp for TenProxy {
         self.traffic.in_flight.fetch_add(1, Ordering::Relaxed);
         Ctx {
             _traffic: Some(TrafficGuard(self.traffic.clone())),
-            request_id: String::new(),
+            request_id: HeaderValue::from_static(""),
             target: None,
             strip: 0,
             backend: None,
@@ -533,7 +594,13 @@ impl ProxyHttp for TenProxy {
             peer.options.read_timeout = Some(UPGRADED_IDLE_TIMEOUT);
             peer.options.write_timeout = Some(UPGRADED_IDLE_TIMEOUT);
         }
-        ctx.in_flight = Some(backend.stats.begin(self.now_ms()));
+        // The request's start time, in the table's epoch (no second clock read).
+        let now_ms = ctx.start.saturating_duration_since(self.epoch).as_millis();
+        ctx.in_flight = Some(
+            backend
+                .stats
+                .begin(u64::try_from(now_ms).unwrap_or(u64::MAX)),
+        );
         ctx.backend = Some(backend);
         Ok(peer)
     }
@@ -568,18 +635,25 @@ impl ProxyHttp for TenProxy {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        let (has_xff, has_proto, has_host) = forwarded_present(upstream);
         if let Some(ip) = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
         {
-            let xff = match upstream
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-                _ => ip.to_string(),
+            let prev = match has_xff {
+                true => upstream
+                    .headers
+                    .get(X_FORWARDED_FOR)
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|v| !v.is_empty()),
+                false => None,
+            };
+            let xff = match prev {
+                Some(prev) => {
+                    HeaderValue::from_str(&format!("{prev}, {ip}")).map_err(|_| http_status(400))?
+                }
+                None => ip_value(ip),
             };
             upstream.insert_header("x-forwarded-for", xff)?;
         }
@@ -587,10 +661,13 @@ impl ProxyHttp for TenProxy {
         // may sit behind another proxy (a fleet router): values that came with the request are
         // kept (kamal-proxy's rule). X-Forwarded-For is always appended.
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        if tls || !upstream.headers.contains_key("x-forwarded-proto") {
-            upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+        if tls || !has_proto {
+            upstream.insert_header(
+                "x-forwarded-proto",
+                HeaderValue::from_static(if tls { "https" } else { "http" }),
+            )?;
         }
-        if tls || !upstream.headers.contains_key("x-forwarded-host") {
+        if tls || !has_host {
             if let Some(h) = session
                 .req_header()
                 .headers
@@ -600,7 +677,7 @@ impl ProxyHttp for TenProxy {
                 upstream.insert_header("x-forwarded-host", h)?;
             }
         }
-        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        upstream.insert_header("x-request-id", ctx.request_id.clone())?;
         if let Some(Target::Remote(r)) = &ctx.target {
             upstream.insert_header(http::header::HOST, &*r.host)?;
         }
@@ -633,9 +710,17 @@ impl ProxyHttp for TenProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
-        resp.remove_header("keep-alive");
-        resp.remove_header("proxy-connection");
+        resp.insert_header("x-request-id", ctx.request_id.clone())?;
+        // Hop-by-hop headers an upstream may send: a scan of the few names beats two hashed
+        // removals on every response.
+        let hop = resp.headers.keys().any(|k| {
+            let k = k.as_str();
+            k == "keep-alive" || k == "proxy-connection"
+        });
+        if hop {
+            resp.remove_header("keep-alive");
+            resp.remove_header("proxy-connection");
+        }
         if let Some(c) = &ctx.plugins {
             c.on_response(resp);
         }
@@ -742,5 +827,57 @@ impl ProxyHttp for TenProxy {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    #[test]
+    fn request_ids_are_32_hex_digits_and_differ() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_eq!(a.len(), 32);
+        assert!(a.as_bytes().iter().all(u8::is_ascii_hexdigit));
+        assert!(!a.as_bytes().iter().any(u8::is_ascii_uppercase));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn ip_values_match_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.100.255",
+            "192.168.9.99",
+            "::1",
+            "fe80::1",
+        ] {
+            let parsed: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_value(parsed).to_str().unwrap(), parsed.to_string());
+        }
+    }
+
+    #[test]
+    fn forwarded_headers_are_found_in_any_case() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        assert_eq!(forwarded_present(&req), (false, false, false));
+        req.insert_header("X-Forwarded-Proto", "https").unwrap();
+        assert_eq!(forwarded_present(&req), (false, true, false));
+        req.insert_header("x-forwarded-for", "1.2.3.4").unwrap();
+        req.insert_header("X-FORWARDED-HOST", "a.b").unwrap();
+        req.insert_header("x-forwarded-port", "80").unwrap();
+        assert_eq!(forwarded_present(&req), (true, true, true));
+    }
+
+    #[test]
+    fn client_request_ids_are_kept_only_when_sane() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("X-Request-Id", "abc-123").unwrap();
+        assert_eq!(request_id(&req), "abc-123");
+        req.insert_header("X-Request-Id", "has space").unwrap();
+        assert_eq!(request_id(&req).len(), 32);
     }
 }

@@ -1,8 +1,9 @@
 //! The log store (SPEC §7): every captured line in SQLite with FTS5 for search, written off the
 //! hot path.
 //!
-//! [`LogStore::record`] never blocks: it `try_send`s onto a bounded channel and counts a line as
-//! dropped when the channel is full. One writer thread owns the write connection, commits
+//! [`LogStore::record`] never blocks: it queues the line on a channel bounded by a counter (at
+//! most `queue` lines waiting; the channel's memory grows and shrinks with what waits, nothing
+//! is reserved up front) and counts a line as dropped when the queue is full. One writer thread owns the write connection, commits
 //! batches (up to `batch` lines or `flush_every`) in one transaction each, publishes committed
 //! lines to [`LogStore::subscribe`]rs, and applies retention by age and row count in bounded
 //! chunks. Queries use a separate read connection.
@@ -13,8 +14,8 @@ mod writer;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
@@ -120,10 +121,14 @@ pub struct LogLine {
 pub(crate) struct Shared {
     pub dropped: AtomicU64,
     pub written: AtomicU64,
+    /// Lines queued and not yet committed (or counted as dropped) by the writer.
+    pub queued: AtomicUsize,
 }
 
 struct Inner {
-    tx: SyncSender<Msg>,
+    tx: Sender<Msg>,
+    /// At most this many lines wait for the writer.
+    queue: usize,
     shared: Arc<Shared>,
     /// Accepted lines per process, then per instance (two lookups, no allocation on a hit).
     accepted: Mutex<HashMap<String, HashMap<String, u64>>>,
@@ -157,7 +162,10 @@ impl LogStore {
         };
         let conn = store::open_writer(db_path)?;
         let reader = store::open_reader(db_path)?;
-        let (tx, rx) = mpsc::sync_channel(opts.queue);
+        // Unbounded channel, bounded by `Shared::queued`: a preallocated `sync_channel` of
+        // 65,536 slots would hold ~6 MB of memory for as long as ten runs.
+        let (tx, rx) = mpsc::channel();
+        let queue = opts.queue;
         let (events, _) = broadcast::channel(SUBSCRIBE_CAPACITY);
         let shared = Arc::new(Shared::default());
         let writer = Writer {
@@ -174,6 +182,7 @@ impl LogStore {
         Ok(LogStore {
             inner: Arc::new(Inner {
                 tx,
+                queue,
                 shared,
                 accepted: Mutex::new(HashMap::new()),
                 events,
@@ -209,7 +218,12 @@ impl LogStore {
             stream,
             message: message.to_owned(),
         };
-        match inner.tx.try_send(Msg::Line(line)) {
+        if inner.shared.queued.fetch_add(1, Ordering::AcqRel) >= inner.queue {
+            inner.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            inner.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match inner.tx.send(Msg::Line(line)) {
             Ok(()) => {
                 let mut accepted = lock(&inner.accepted);
                 if let Some(n) = accepted.get_mut(process).and_then(|m| m.get_mut(instance)) {
@@ -222,7 +236,9 @@ impl LogStore {
                         .or_default() += 1;
                 }
             }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+            Err(_) => {
+                // The writer is gone.
+                inner.shared.queued.fetch_sub(1, Ordering::AcqRel);
                 inner.shared.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -250,7 +266,7 @@ impl LogStore {
             return;
         }
         let (reply, done) = mpsc::channel();
-        // A blocking send: the marker must not be dropped when the queue is full.
+        // Control messages are not counted against the queue: never dropped.
         if self.inner.tx.send(msg(reply)).is_ok() {
             let _ = done.recv();
         }

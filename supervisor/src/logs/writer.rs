@@ -175,6 +175,8 @@ impl Writer {
         if batch.is_empty() {
             return 0;
         }
+        // These lines leave the queue now (committed, or counted as dropped below).
+        self.shared.queued.fetch_sub(batch.len(), Ordering::AcqRel);
         let mut ids = Vec::with_capacity(batch.len());
         let result = (|| {
             let tx = self.conn.transaction()?;
