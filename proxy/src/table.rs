@@ -277,11 +277,97 @@ impl PrefixRoute {
 /// Everything routed for one exact host.
 #[derive(Debug, Clone, Default)]
 pub struct HostEntry {
-    /// Longest prefix first.
-    routes: Vec<PrefixRoute>,
-    /// The lower-priority rule for this host when no prefix matches.
+    /// Longest prefix first; never "/" (a "/" route is the fallback: it matches every path).
+    routes: Box<[PrefixRoute]>,
+    /// What the host gets when no prefix matches.
     fallback: Option<Target>,
 }
+
+/// What the builder collects for one host.
+#[derive(Debug, Default)]
+struct HostRules {
+    routes: Vec<PrefixRoute>,
+    fallback: Option<Target>,
+}
+
+impl HostRules {
+    /// Longest prefix first; a "/" route (it matches every path, and stripping "/" is a no-op)
+    /// replaces the lower-priority fallback, so most lookups never read a route list.
+    fn finish(mut self) -> HostEntry {
+        self.routes
+            .sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        if self.routes.last().is_some_and(|r| &*r.prefix == "/") {
+            self.fallback = self.routes.pop().map(|r| r.target);
+        }
+        HostEntry {
+            routes: self.routes.into_boxed_slice(),
+            fallback: self.fallback,
+        }
+    }
+}
+
+/// Longest host name stored inline in its table slot.
+const INLINE_HOST: usize = 30;
+
+/// A host name as a table key: inline when short (nearly all are), so a probe compares it in
+/// the slot it already loaded instead of following a pointer; with the entry beside it, a
+/// lookup in a table of 100k hosts touches one slot, not three scattered allocations.
+#[derive(Clone)]
+enum HostKey {
+    Inline { len: u8, buf: [u8; INLINE_HOST] },
+    Heap(Box<[u8]>),
+}
+
+impl HostKey {
+    fn new(host: &str) -> HostKey {
+        let b = host.as_bytes();
+        match u8::try_from(b.len()) {
+            Ok(len) if b.len() <= INLINE_HOST => {
+                let mut buf = [0; INLINE_HOST];
+                buf[..b.len()].copy_from_slice(b);
+                HostKey::Inline { len, buf }
+            }
+            _ => HostKey::Heap(b.into()),
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            HostKey::Inline { len, buf } => &buf[..usize::from(*len)],
+            HostKey::Heap(b) => b,
+        }
+    }
+}
+
+impl std::fmt::Debug for HostKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.bytes()))
+    }
+}
+
+// Hash and Eq agree with `[u8]`'s, so a lookup borrows the request's host bytes.
+impl std::hash::Hash for HostKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.bytes().hash(state);
+    }
+}
+
+impl PartialEq for HostKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes() == other.bytes()
+    }
+}
+
+impl Eq for HostKey {}
+
+impl std::borrow::Borrow<[u8]> for HostKey {
+    fn borrow(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
+/// Seeded per process, fast on short keys (SipHash, std's default, cost ~2x a probe here).
+type FastState = foldhash::fast::RandomState;
 
 /// The result of a lookup.
 #[derive(Debug, Clone)]
@@ -295,7 +381,7 @@ pub struct Routed<'a> {
 #[derive(Debug, Default)]
 pub struct Table {
     domain: Box<str>,
-    hosts: HashMap<Box<str>, HostEntry>,
+    hosts: HashMap<HostKey, HostEntry, FastState>,
     /// Every pool by process name (for the API and retries).
     pools: HashMap<Box<str>, Arc<Pool>>,
 }
@@ -307,7 +393,7 @@ impl Table {
 
     /// Route a normalised host (lower-case, no port) and path.
     pub fn lookup<'a>(&'a self, host: &str, path: &str) -> Option<Routed<'a>> {
-        let entry = self.hosts.get(host)?;
+        let entry = self.hosts.get(host.as_bytes())?;
         for r in &entry.routes {
             if r.matches(path) {
                 let strip = (r.strip && &*r.prefix != "/").then_some(&*r.prefix);
@@ -407,15 +493,15 @@ impl TableBuilder {
     }
 
     pub fn build(self) -> Table {
-        let mut hosts: HashMap<Box<str>, HostEntry> = HashMap::new();
+        let mut hosts: HashMap<String, HostRules> = HashMap::new();
         let domain = self.domain;
         // Lowest priority first; a higher rule replaces the fallback of the same host.
-        hosts.entry(domain.clone().into()).or_default().fallback = Some(Target::Management);
+        hosts.entry(domain.clone()).or_default().fallback = Some(Target::Management);
         let mut pools = HashMap::new();
         for pool in &self.pools {
             let name = &*pool.opts.name;
             hosts
-                .entry(format!("{name}.{domain}").into())
+                .entry(format!("{name}.{domain}"))
                 .or_default()
                 .fallback = Some(Target::Pool(pool.clone()));
             pools.insert(Box::from(name), pool.clone());
@@ -425,7 +511,7 @@ impl TableBuilder {
             for b in pool.backends.iter() {
                 // Hosts are matched lower-cased, so ids are too.
                 let host = format!("{}.{name}.{domain}", b.id.to_ascii_lowercase());
-                hosts.entry(host.into()).or_default().fallback = Some(Target::Instance(b.clone()));
+                hosts.entry(host).or_default().fallback = Some(Target::Instance(b.clone()));
             }
         }
         for (domain, t) in self.tenants {
@@ -436,7 +522,7 @@ impl TableBuilder {
                 },
                 TenantTarget::Remote(r) => Target::Remote(Arc::from(r)),
             };
-            hosts.entry(domain.into()).or_default().fallback = Some(target);
+            hosts.entry(domain).or_default().fallback = Some(target);
         }
         for r in self.routes {
             let Some(pool) = pools.get(r.process.as_str()) else {
@@ -446,7 +532,7 @@ impl TableBuilder {
                 None => Target::Pool(pool.clone()),
                 Some(id) => instance_target(pool, id),
             };
-            let entry = hosts.entry(r.host.to_ascii_lowercase().into()).or_default();
+            let entry = hosts.entry(r.host.to_ascii_lowercase()).or_default();
             entry.routes.retain(|x| *x.prefix != *r.prefix);
             entry.routes.push(PrefixRoute {
                 prefix: r.prefix.into(),
@@ -454,12 +540,13 @@ impl TableBuilder {
                 target,
             });
         }
-        for e in hosts.values_mut() {
-            e.routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        let mut table = HashMap::with_capacity_and_hasher(hosts.len(), FastState::default());
+        for (host, rules) in hosts {
+            table.insert(HostKey::new(&host), rules.finish());
         }
         Table {
             domain: domain.into(),
-            hosts,
+            hosts: table,
             pools,
         }
     }
