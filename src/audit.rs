@@ -37,13 +37,16 @@ impl Audit {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
-        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = db.execute(
-            "INSERT INTO deploy_log (ts_ms, action, process, instance, result) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![now, action, process, instance, result],
-        ) {
-            tracing::error!("deploy_log: {e}");
-        }
+        // The insert may wait for an fsync: off the worker that also proxies.
+        tenement_supervisor::blocking(|| {
+            let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = db.execute(
+                "INSERT INTO deploy_log (ts_ms, action, process, instance, result) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![now, action, process, instance, result],
+            ) {
+                tracing::error!("deploy_log: {e}");
+            }
+        });
     }
 
     /// The newest `limit` entries, newest first.

@@ -300,7 +300,7 @@ impl Composer {
             return false;
         }
         if let Some(s) = &self.store {
-            if let Err(e) = s.set_external_weight(name, weight) {
+            if let Err(e) = tenement_supervisor::blocking(|| s.set_external_weight(name, weight)) {
                 tracing::error!("{e}");
             }
         }
