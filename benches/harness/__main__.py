@@ -126,7 +126,7 @@ def all_targets(up_port, sock):
         Target("floor-unix", "vanilla Pingora floor, unix-socket upstream", "floor", unix),
         Target("floor-buf0", "vanilla Pingora floor, TCP upstream, no L4 read buffer per "
                "connection (ten's listener setting) instead of the default 64 KiB", "floor", tcp,
-               extra=["--l4-read-buffer", "0"], callgrind=False),
+               extra=["--l4-read-buffer", "0"]),
         Target("ten", "ten serve, TCP upstream (metrics on)", "ten", tcp),
         Target("ten-unix", "ten serve, unix-socket upstream (metrics on)", "ten", unix),
         Target("ten-nometrics", "ten serve, TCP upstream, metrics = false", "ten", tcp, metrics=False),

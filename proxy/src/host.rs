@@ -32,11 +32,10 @@ pub fn normalize(raw: &[u8]) -> Result<Cow<'_, str>, HostError> {
             return Err(HostError::Malformed);
         }
         let inner = &raw[1..end];
-        if inner.is_empty()
-            || !inner
-                .iter()
-                .all(|c| c.is_ascii_hexdigit() || *c == b':' || *c == b'.')
-        {
+        let valid = std::str::from_utf8(inner)
+            .ok()
+            .is_some_and(|s| s.parse::<std::net::Ipv6Addr>().is_ok());
+        if !valid {
             return Err(HostError::Malformed);
         }
         upper = inner.iter().any(u8::is_ascii_uppercase);
@@ -122,6 +121,9 @@ mod tests {
             b"a:123456",
             b"[::1",
             b"[zz]",
+            b"[:]",
+            b"[1:2]",
+            b"[]",
             b"a/b",
             b"a\xffb",
             b":80",

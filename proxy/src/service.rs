@@ -641,19 +641,24 @@ impl ProxyHttp for TenProxy {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
         {
+            // Every X-Forwarded-For line the client sent, in order, then the client's address.
             let prev = match has_xff {
                 true => upstream
                     .headers
-                    .get(X_FORWARDED_FOR)
-                    .and_then(|v| v.to_str().ok())
-                    .filter(|v| !v.is_empty()),
-                false => None,
+                    .get_all(X_FORWARDED_FOR)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                false => String::new(),
             };
-            let xff = match prev {
-                Some(prev) => {
+            let xff = match prev.is_empty() {
+                false => {
                     HeaderValue::from_str(&format!("{prev}, {ip}")).map_err(|_| http_status(400))?
                 }
-                None => ip_value(ip),
+                true => ip_value(ip),
             };
             upstream.insert_header("x-forwarded-for", xff)?;
         }
@@ -668,13 +673,22 @@ impl ProxyHttp for TenProxy {
             )?;
         }
         if tls || !has_host {
-            if let Some(h) = session
-                .req_header()
-                .headers
-                .get(http::header::HOST)
-                .cloned()
-            {
-                upstream.insert_header("x-forwarded-host", h)?;
+            // The Host header, or an HTTP/2 request's :authority.
+            let req = session.req_header();
+            let host = match req.headers.get(http::header::HOST) {
+                Some(h) => Some(h.clone()),
+                None => req
+                    .uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+            };
+            match host {
+                Some(h) => upstream.insert_header("x-forwarded-host", h)?,
+                // Never pass on a client's claim where ten is the edge.
+                None if tls => {
+                    upstream.remove_header("x-forwarded-host");
+                }
+                None => {}
             }
         }
         upstream.insert_header("x-request-id", ctx.request_id.clone())?;

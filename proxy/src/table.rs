@@ -68,7 +68,11 @@ impl InstanceStats {
     pub(crate) fn begin(self: &Arc<Self>, now_ms: u64) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
-        self.last_request_ms.store(now_ms.max(1), Ordering::Relaxed);
+        // Never backwards: a request that waited for a wake may begin after a newer one.
+        let now_ms = now_ms.max(1);
+        if now_ms > self.last_request_ms.load(Ordering::Relaxed) {
+            self.last_request_ms.store(now_ms, Ordering::Relaxed);
+        }
         InFlight(self.clone())
     }
 }

@@ -115,6 +115,15 @@ fn request_headers_are_forwarded_and_request_id_echoed() {
     assert_eq!(r.header("x-request-id"), Some("abc-123"));
     // Our own error responses carry one too.
     assert!(ten.get("nowhere", "/").header("x-request-id").is_some());
+    // Several X-Forwarded-For lines are one list (RFC 9110 §5.3): all kept, in order.
+    let raw = format!(
+        "GET /headers HTTP/1.1\r\nHost: {}\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2, 10.0.0.3\r\nConnection: close\r\n\r\n",
+        host("prod.api")
+    );
+    assert_eq!(
+        ten.request(&raw).json()["x-forwarded-for"],
+        "10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"
+    );
 }
 
 #[test]
