@@ -425,7 +425,11 @@ def main():
         micro_phase(res)
     res["load_end"] = loadavg()
     res["minutes"] = (time.monotonic() - t0) / 60
-    dump = ROOT / "target" / "bench" / "results.json"
+    # The raw results sit beside the report: a partial run (`--out /tmp/b.md`) never
+    # replaces those of the last full one.
+    out = Path(args.out)
+    dump = (ROOT / "target" / "bench" / "results.json" if out.resolve() == (ROOT / "BENCHMARKS.md").resolve()
+            else out.with_suffix(".json"))
     dump.parent.mkdir(parents=True, exist_ok=True)
     dump.write_text(json.dumps(res, indent=1, default=str))
     Path(args.out).write_text(report.render(res))

@@ -489,6 +489,26 @@ def section_remains(res, v, rows, out):
                 f"  - The allocator (glibc malloc) takes {ta * 100:.0f} % of ten's instructions: a "
                 "faster global allocator (mimalloc or jemalloc) in ten's binary would cut that."
             )
+    thr_f = v.ratio("ten", "floor")
+    if thr_f is not None and thr_f < 1.0:
+        rs = v.ratios("ten", "floor")
+        line = (
+            f"- **ten vs the floor in req/s**: {rx(thr_f)} (per round "
+            f"{', '.join(f'{x:.2f}' for x in rs)}), CPU µs/request {f1(v.cpu('ten'))} vs "
+            f"{f1(v.cpu('floor'))}: the per-request work above, on the CPU."
+        )
+        b0, fl = v.instr("floor-buf0"), v.instr("floor")
+        tb0 = v.ratio("floor-buf0", "floor")
+        if b0 and fl and tb0 is not None:
+            line += (
+                f" The floor with ten's listener setting (`floor-buf0`, no read buffer) executes "
+                f"{b0:,.0f} instructions/request against the default floor's {fl:,.0f} (reads go "
+                f"straight into Pingora's header buffer, no copy), and ran at {rx(tb0)} its req/s "
+                "in this run; callgrind counts user space only, so a real difference there would "
+                f"be kernel time. Against that floor, ten executes {pct(t / b0 - 1)} more "
+                "instructions per request."
+            )
+        out.append(line)
     rss_i = v.rss("ten", "idle")
     if rss_i is not None and rss_i > 20 * 1024:
         mem = res["rss"]["ten"]["idle"]
