@@ -858,6 +858,7 @@ impl ProxyHttp for TenProxy {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::net::IpAddr;

@@ -737,6 +737,7 @@ fn dir_size(dir: &Path) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod blocking_tests {
     use super::blocking;
 
