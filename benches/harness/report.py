@@ -503,7 +503,7 @@ def section_remains(res, v, rows, out):
             line += (
                 f" The floor with ten's listener setting (`floor-buf0`, no read buffer) executes "
                 f"{b0:,.0f} instructions/request against the default floor's {fl:,.0f} (reads go "
-                f"straight into Pingora's header buffer, no copy), and ran at {rx(tb0)} its req/s "
+                f"straight into Pingora's header buffer), and ran at {rx(tb0)} its req/s "
                 "in this run; callgrind counts user space only, so a real difference there would "
                 f"be kernel time. Against that floor, ten executes {pct(t / b0 - 1)} more "
                 "instructions per request."
