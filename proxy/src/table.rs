@@ -649,6 +649,42 @@ mod tests {
     }
 
     #[test]
+    fn long_hosts_and_slash_routes_over_a_host_rule() {
+        let api = opts("api");
+        let web = opts("web");
+        let long = format!("{}.example.com", "a".repeat(50)); // beyond the inline key
+        let mut b = TableBuilder::new("d");
+        b.process(api.clone(), vec![backend(&api, "1", 1)]);
+        b.process(web.clone(), vec![backend(&web, "1", 1)]);
+        for (host, prefix, process) in [
+            (long.as_str(), "/", "api"),
+            (long.as_str(), "/web", "web"),
+            ("api.d", "/", "web"), // a "/" route beats the implicit process host
+        ] {
+            b.route(RouteSpec {
+                host: host.into(),
+                prefix: prefix.into(),
+                process: process.into(),
+                instance: None,
+                strip_prefix: true,
+            });
+        }
+        let t = b.build();
+        let r = t.lookup(&long, "/anything");
+        assert_eq!(
+            r.as_ref().and_then(|r| r.strip),
+            None,
+            "stripping / is a no-op"
+        );
+        assert_eq!(key(r), "pool api");
+        let r = t.lookup(&long, "/web/x");
+        assert_eq!(r.as_ref().and_then(|r| r.strip), Some("/web"));
+        assert_eq!(key(r), "pool web");
+        assert_eq!(key(t.lookup(&long[1..], "/")), "none");
+        assert_eq!(key(t.lookup("api.d", "/")), "pool web");
+    }
+
+    #[test]
     fn prefix_routes_win_and_fall_back() {
         let t = table();
         let r = t.lookup("example.com", "/api/users");
