@@ -160,7 +160,7 @@ class View:
         b = self.cg.get(base, {}).get("funcs", {})
         rows = [(f, a.get(f, 0.0), b.get(f, 0.0)) for f in set(a) | set(b)]
         rows = [(f, x, y, x - y) for f, x, y in rows]
-        rows.sort(key=lambda r: -r[3])
+        rows.sort(key=lambda r: (-r[3], r[0]))  # ties by name: the same report every render
         return rows[:n]
 
 
@@ -440,16 +440,20 @@ def section_remains(res, v, rows, out):
     if not missed:
         out.append("Every target was met in this run.\n")
     t, f, ng = v.instr("ten"), v.instr("floor"), v.instr("nginx")
+    # Allocator shares of ten and the floor, and which allocator ten's profile shows.
+    ta, fa = v.share("ten", ALLOC), v.share("floor", ALLOC)
+    fns = v.cg.get("ten", {}).get("funcs", {})
+    which = ("mimalloc" if any(MIMALLOC.match(x) for x in fns)
+             else "jemalloc" if any(JEMALLOC.match(x) for x in fns) else "glibc malloc")
     if t and f:
         # The allocators differ (mimalloc vs glibc): compare them as totals, not per function.
         adds = [r for r in v.delta("ten", "floor", 60) if r[3] > 0 and not ALLOC.search(r[0])]
         listed = ", ".join(f"{code(fn, 70)} (+{d:,.0f})" for fn, _, _, d in adds[:6])
-        ta_, fa_ = v.share("ten", ALLOC), v.share("floor", ALLOC)
         alloc = ""
-        if ta_ is not None and fa_ is not None:
+        if ta is not None and fa is not None:
             alloc = (
-                f" The allocator: {ta_ * t:,.0f} instructions/request in ten (mimalloc), "
-                f"{fa_ * f:,.0f} in the floor (glibc)."
+                f" The allocator: {ta * t:,.0f} instructions/request in ten ({which}), "
+                f"{fa * f:,.0f} in the floor (glibc)."
             )
         out.append(
             f"- **ten over the floor**: {t:,.0f} vs {f:,.0f} instructions/request "
@@ -460,10 +464,10 @@ def section_remains(res, v, rows, out):
             if re.search(pattern, names):
                 out.append(f"  - {hint}")
     if f and ng:
-        a, m = v.share("floor", ALLOC), v.share("floor", MEMCPY)
+        m = v.share("floor", MEMCPY)
         out.append(
             f"- **Pingora's floor vs nginx**: {f:,.0f} vs {ng:,.0f} instructions/request "
-            f"({f / ng:.1f}x); the allocator takes {'–' if a is None else f'{a * 100:.0f} %'} and "
+            f"({f / ng:.1f}x); the allocator takes {'–' if fa is None else f'{fa * 100:.0f} %'} and "
             f"memcpy/memmove {'–' if m is None else f'{m * 100:.0f} %'} of the floor's. That is "
             "the framework's per-request work (a `RequestHeader`/`ResponseHeader` with a "
             "case-preserving header map per message, buffers copied between the downstream and "
@@ -474,14 +478,10 @@ def section_remains(res, v, rows, out):
             "`rep movsb` once per byte (on the CPU it is a few hundred cycles: the instruction "
             "count overstates it)."
         )
-        ta = v.share("ten", ALLOC)
-        fns = v.cg.get("ten", {}).get("funcs", {})
-        which = ("mimalloc" if any(MIMALLOC.match(x) for x in fns)
-                 else "jemalloc" if any(JEMALLOC.match(x) for x in fns) else None)
-        if ta is not None and which:
+        if ta is not None and which != "glibc malloc":
             out.append(
                 f"  - ten runs {which} as its global allocator: the allocator takes "
-                f"{ta * 100:.0f} % of ten's instructions, {'–' if a is None else f'{a * 100:.0f} %'} "
+                f"{ta * 100:.0f} % of ten's instructions, {'–' if fa is None else f'{fa * 100:.0f} %'} "
                 "of the floor's (glibc malloc)."
             )
         elif ta is not None:
@@ -497,12 +497,12 @@ def section_remains(res, v, rows, out):
             f"{', '.join(f'{x:.2f}' for x in rs)}), CPU µs/request {f1(v.cpu('ten'))} vs "
             f"{f1(v.cpu('floor'))}: the per-request work above, on the CPU."
         )
-        b0, fl = v.instr("floor-buf0"), v.instr("floor")
+        b0 = v.instr("floor-buf0")
         tb0 = v.ratio("floor-buf0", "floor")
-        if b0 and fl and tb0 is not None:
+        if b0 and f and t and tb0 is not None:
             line += (
                 f" The floor with ten's listener setting (`floor-buf0`, no read buffer) executes "
-                f"{b0:,.0f} instructions/request against the default floor's {fl:,.0f} (reads go "
+                f"{b0:,.0f} instructions/request against the default floor's {f:,.0f} (reads go "
                 f"straight into Pingora's header buffer), and ran at {rx(tb0)} its req/s "
                 "in this run; callgrind counts user space only, so a real difference there would "
                 f"be kernel time. Against that floor, ten executes {pct(t / b0 - 1)} more "
