@@ -1,13 +1,23 @@
-//! The composer: the ONE place that turns the config, the supervisor's view and the external
-//! upstreams into a routing table and swaps it in. Builds are serialized and always use the
-//! latest view, so an older table can never be published after a newer one. It also keeps each
-//! instance's live counters (and metric handles) across table swaps.
+//! From views to the routing table: ONE pure builder and ONE publisher.
+//!
+//! [`build_table`] is a pure function of the config (compiled once into [`Compiled`]: the
+//! per-process options and plugin chains every table shares), the supervisor's
+//! [`RoutingView`], the fleet's view and the live counters ([`StatsCache`]): no I/O, no DNS, no
+//! locks. The [`Publisher`] is its only caller: one task that waits for either view to change,
+//! builds the next table from the latest of both, swaps it in, and acknowledges the
+//! supervisor's generation. That acknowledgement is what a changing call waits for
+//! ([`tenement_supervisor::Supervisor::settle`]), so an API call still answers only once the
+//! table that contains its change is live.
+//!
+//! Only routing changes reach it: the supervisor publishes a view when an address, a weight, a
+//! state or the idle flag changes, never for status fields (restarts, last error, storage).
 
-use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use tenement_conf::{Config, InstanceName};
@@ -15,45 +25,24 @@ use tenement_fleet::FleetView;
 use tenement_proxy::metrics::Metrics;
 use tenement_proxy::plugins::Chain;
 use tenement_proxy::{
-    Availability, Backend, InstanceStats, ProcessMetrics, ProcessOpts, Remote, RouteSpec, Router,
-    Table, TableBuilder, TenantTarget, UpstreamAddr,
+    Availability, Backend, InstanceStats, ProcessMetrics, ProcessOpts, Remote, Router, Table,
+    TableBuilder, TenantTarget,
 };
-use tenement_supervisor::{Addr, State, StateStore, TrafficProbe, View};
-
-use crate::externals::Externals;
+use tenement_supervisor::{Routed, RoutingView, State, Supervisor, TrafficProbe};
 
 /// A fleet server's address, whether it speaks TLS, and its host (for SNI).
-type ServerAddr = (SocketAddr, bool, String);
+pub type ServerAddr = (SocketAddr, bool, String);
 
-pub struct Composer {
-    config: Arc<Config>,
-    router: Arc<Router>,
+/// The config as tables need it, built once: per-process options and plugin chains (shared by
+/// every table, so rate-limit buckets and auth caches survive swaps).
+pub struct Compiled {
+    pub config: Arc<Config>,
     opts: HashMap<String, Arc<ProcessOpts>>,
-    externals: Externals,
-    /// Where external weights persist (its own connection to tenement.db).
-    store: Option<StateStore>,
-    views: OnceLock<watch::Receiver<Arc<View>>>,
-    /// The fleet's view and its failover setting, when `[fleet]` is on.
-    fleet: OnceLock<(watch::Receiver<Arc<FleetView>>, bool)>,
-    /// Server URLs resolved once: (address, TLS, host for SNI).
-    resolved: Mutex<HashMap<String, Option<ServerAddr>>>,
-    build: Mutex<()>,
-    stats: Mutex<HashMap<InstanceName, Arc<InstanceStats>>>,
-    metrics: Option<Arc<Metrics>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Composer {
-    /// `metrics`: the hot-path registry, or None when `[settings] metrics = false`. Plugin
-    /// chains are built here, once: every table shares them (rate-limit buckets, auth caches).
-    pub fn new(
-        config: Arc<Config>,
-        metrics: Option<Arc<Metrics>>,
-        store: Option<StateStore>,
-    ) -> Result<Arc<Self>, String> {
+impl Compiled {
+    /// `metrics`: the hot-path registry, or None when `[settings] metrics = false`.
+    pub fn new(config: Arc<Config>, metrics: Option<&Arc<Metrics>>) -> Result<Self, String> {
         let mut opts = HashMap::new();
         for p in &config.processes {
             let plugins =
@@ -62,7 +51,7 @@ impl Composer {
                 name: p.name.as_str().into(),
                 request_timeout: p.request_timeout,
                 max_body: p.max_body,
-                metrics: metrics.as_ref().map(|m| ProcessMetrics {
+                metrics: metrics.map(|m| ProcessMetrics {
                     in_flight: m.process_in_flight(&p.name),
                     unrouted: m.instance(&p.name, "-"),
                 }),
@@ -70,135 +59,50 @@ impl Composer {
             };
             opts.insert(p.name.clone(), Arc::new(o));
         }
-        let me = Composer {
-            externals: Externals::new(&config, store.as_ref()),
-            router: Arc::new(Router::new(Table::default())),
-            config,
-            opts,
-            store,
-            views: OnceLock::new(),
-            fleet: OnceLock::new(),
-            resolved: Mutex::default(),
-            build: Mutex::new(()),
-            stats: Mutex::default(),
+        Ok(Compiled { config, opts })
+    }
+}
+
+/// The fleet as tables need it: its view, whether failover is on, and the servers' resolved
+/// addresses by URL.
+pub struct FleetInput<'a> {
+    pub view: &'a FleetView,
+    pub failover: bool,
+    pub addrs: &'a HashMap<String, ServerAddr>,
+}
+
+/// Every instance's live counters (and metric handles), kept across table swaps.
+pub type Stats = HashMap<InstanceName, Arc<InstanceStats>>;
+
+/// The counters, brought in line with each view before a build: new instances get theirs,
+/// gone ones lose theirs (and their metric series). O(instances).
+pub struct StatsCache {
+    map: Arc<Stats>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl StatsCache {
+    pub fn new(metrics: Option<Arc<Metrics>>) -> Self {
+        StatsCache {
+            map: Arc::default(),
             metrics,
-        };
-        me.rebuild();
-        Ok(Arc::new(me))
+        }
     }
 
-    pub fn router(&self) -> Arc<Router> {
-        self.router.clone()
-    }
-
-    /// Follow the supervisor's views from now on.
-    pub fn attach(&self, views: watch::Receiver<Arc<View>>) {
-        let _ = self.views.set(views);
-        self.rebuild();
-    }
-
-    /// Route fleet tenants from now on, rebuilding whenever the fleet view changes.
-    pub fn attach_fleet(self: &Arc<Self>, fleet: &tenement_fleet::Fleet) {
-        let rx = fleet.subscribe();
-        let _ = self.fleet.set((rx.clone(), fleet.conf().failover));
-        self.rebuild();
-        let me = self.clone();
-        let mut rx = rx;
-        tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
-                rx.borrow_and_update();
-                me.rebuild();
-            }
-        });
-    }
-
-    /// `http(s)://host[:port]` -> its first address (resolved once per URL).
-    fn resolve_url(&self, url: &str) -> Option<ServerAddr> {
-        let mut cache = lock(&self.resolved);
-        cache
-            .entry(url.to_string())
-            .or_insert_with(|| {
-                let uri: http::Uri = url.parse().ok()?;
-                let tls = uri.scheme_str() == Some("https");
-                let host = uri
-                    .host()?
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_string();
-                let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-                let addr = (host.as_str(), port).to_socket_addrs().ok()?.next();
-                if addr.is_none() {
-                    tracing::error!(%url, "cannot resolve fleet server address");
-                }
-                Some((addr?, tls, host))
-            })
-            .clone()
-    }
-
-    /// Where each tenant's domain goes now.
-    fn tenant_targets(&self) -> Vec<(String, TenantTarget)> {
-        let Some((rx, failover)) = self.fleet.get() else {
-            return Vec::new();
-        };
-        let fleet = rx.borrow().clone();
-        let own = &self.config.settings.domain;
-        fleet
-            .tenants
+    /// Add counters for new instances and drop those of instances no longer in `view`.
+    pub fn sync(&mut self, view: &RoutingView) {
+        let live: HashSet<&InstanceName> = view.instances.iter().map(|r| &r.name).collect();
+        let stale = self.map.keys().any(|n| !live.contains(n));
+        let missing = view
+            .instances
             .iter()
-            .map(|t| {
-                let target = match fleet.target(t, *failover) {
-                    None => TenantTarget::Remote(Box::new(Remote::unavailable(&t.id))),
-                    Some(s) if s.server.domain == *own => TenantTarget::Local {
-                        process: t.process.clone(),
-                        instance: t.instance.clone(),
-                    },
-                    Some(s) => match self.resolve_url(&s.server.url) {
-                        Some((addr, tls, sni)) => TenantTarget::Remote(Box::new(Remote::to(
-                            &t.id,
-                            &s.server.id,
-                            tenement_fleet::tenant_host(t, &s.server),
-                            addr,
-                            tls,
-                            &sni,
-                        ))),
-                        None => TenantTarget::Remote(Box::new(Remote::unavailable(&t.id))),
-                    },
-                };
-                (t.domain.clone(), target)
-            })
-            .collect()
-    }
-
-    fn view(&self) -> Arc<View> {
-        self.views
-            .get()
-            .map(|v| v.borrow().clone())
-            .unwrap_or_default()
-    }
-
-    /// An instance's live counters, if it has been in a table.
-    pub fn stats(&self, name: &InstanceName) -> Option<Arc<InstanceStats>> {
-        lock(&self.stats).get(name).cloned()
-    }
-
-    fn stats_for(&self, name: &InstanceName) -> Arc<InstanceStats> {
-        lock(&self.stats)
-            .entry(name.clone())
-            .or_insert_with(|| {
-                let m = self
-                    .metrics
-                    .as_ref()
-                    .map(|m| m.instance(&name.process, &name.id));
-                Arc::new(InstanceStats::with_metrics(m))
-            })
-            .clone()
-    }
-
-    /// Forget the counters (and metric series) of instances that are gone.
-    fn prune(&self, view: &View) {
-        lock(&self.stats).retain(|name, s| {
-            let keep =
-                self.externals.contains(name) || view.instances.iter().any(|v| &v.name == name);
+            .any(|r| !self.map.contains_key(&r.name));
+        if !stale && !missing {
+            return;
+        }
+        let map = Arc::make_mut(&mut self.map);
+        map.retain(|name, s| {
+            let keep = live.contains(name);
             if !keep {
                 if let Some(m) = &s.metrics {
                     m.remove();
@@ -206,161 +110,249 @@ impl Composer {
             }
             keep
         });
-    }
-
-    /// Build the table from the latest state and publish it in one swap.
-    pub fn rebuild(&self) {
-        let _one_at_a_time = lock(&self.build);
-        let view = self.view();
-        let externals = self.externals.all();
-        let mut b = TableBuilder::new(&self.config.settings.domain);
-        for p in &self.config.processes {
-            let Some(opts) = self.opts.get(&p.name) else {
-                continue;
-            };
-            let mut backends = Vec::new();
-            for e in externals.iter().filter(|e| e.name.process == p.name) {
-                let availability = match e.addr {
-                    Some(_) => Availability::Up { healthy: e.healthy },
-                    None => Availability::Down,
-                };
-                let stats = self.stats_for(&e.name);
-                backends.push(Arc::new(Backend::new(
-                    opts.clone(),
-                    &e.name.id,
-                    e.addr.clone(),
-                    e.weight,
-                    availability,
-                    stats,
-                )));
-            }
-            for v in view.instances.iter().filter(|v| v.name.process == p.name) {
-                let availability = match v.state {
-                    State::Healthy => Availability::Up { healthy: true },
-                    State::Unhealthy => Availability::Up { healthy: false },
-                    State::Stopped | State::Draining | State::Starting if v.idle => {
-                        Availability::Idle
-                    }
-                    State::Starting | State::Draining | State::Stopped | State::Failed => {
-                        Availability::Down
-                    }
-                };
-                let addr = v.addr.as_ref().map(|a| match a {
-                    Addr::Tcp(sa) => UpstreamAddr::Tcp(*sa),
-                    Addr::Unix(p) => UpstreamAddr::Unix(p.clone()),
-                });
-                let stats = self.stats_for(&v.name);
-                backends.push(Arc::new(Backend::new(
-                    opts.clone(),
-                    &v.name.id,
-                    addr,
-                    v.weight,
-                    availability,
-                    stats,
-                )));
-            }
-            b.process(opts.clone(), backends);
-        }
-        for (domain, target) in self.tenant_targets() {
-            b.tenant(&domain, target);
-        }
-        for r in &self.config.routes {
-            b.route(RouteSpec {
-                host: r.host.clone(),
-                prefix: r.prefix.clone(),
-                process: r.process.clone(),
-                instance: r.instance.clone(),
-                strip_prefix: r.strip_prefix,
-            });
-        }
-        self.router.publish(b.build());
-        self.prune(&view);
-    }
-
-    /// Health-check external upstreams every `health_check_interval`; rebuild on changes.
-    pub async fn check_externals(self: Arc<Self>) {
-        let every = self.config.settings.health_check_interval;
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if self
-                .externals
-                .check(every.min(Duration::from_secs(5)))
-                .await
-            {
-                self.rebuild();
+        for r in &view.instances {
+            if !map.contains_key(&r.name) {
+                let m = self
+                    .metrics
+                    .as_ref()
+                    .map(|m| m.instance(&r.name.process, &r.name.id));
+                map.insert(r.name.clone(), Arc::new(InstanceStats::with_metrics(m)));
             }
         }
     }
 
-    /// `ten weight legacy:0 50`; false when it is not an external upstream.
-    pub fn set_external_weight(&self, name: &InstanceName, weight: u32) -> bool {
-        if !self.externals.set_weight(name, weight) {
-            return false;
-        }
-        if let Some(s) = &self.store {
-            if let Err(e) = tenement_supervisor::blocking(|| s.set_external_weight(name, weight)) {
-                tracing::error!("{e}");
-            }
-        }
-        self.rebuild();
-        true
+    pub fn get(&self, name: &InstanceName) -> Option<&Arc<InstanceStats>> {
+        self.map.get(name)
     }
 
-    /// External upstreams as API entries: `legacy:0`, `legacy:1`, ...
-    pub fn externals_json(&self) -> Vec<serde_json::Value> {
-        self.externals
-            .all()
-            .into_iter()
-            .map(|e| {
-                let stats = self.stats(&e.name);
-                let (state, health) = match (&e.addr, e.healthy) {
-                    (None, _) => ("failed", "-"),
-                    (Some(_), true) => ("healthy", "passing"),
-                    (Some(_), false) => ("unhealthy", "failing"),
-                };
-                serde_json::json!({
-                    "name": e.name.to_string(),
-                    "process": e.name.process,
-                    "id": e.name.id,
-                    "kind": "external",
-                    "state": state,
-                    "health": health,
-                    "weight": e.weight,
-                    "pid": null,
-                    "address": e.addr.as_ref().map(|a| a.to_string()),
-                    "uptime_secs": null,
-                    "restarts": 0,
-                    "requests": stats.as_ref().map(|s| s.requests()).unwrap_or(0),
-                    "in_flight": stats.as_ref().map(|s| s.in_flight()).unwrap_or(0),
-                    "idle": false,
-                    "last_error": null,
-                    "storage_bytes": null,
-                })
-            })
-            .collect()
+    pub fn snapshot(&self) -> Arc<Stats> {
+        self.map.clone()
     }
 }
 
-impl TrafficProbe for Composer {
+/// How routing treats an instance in `state`.
+fn availability(r: &Routed) -> Availability {
+    match r.state {
+        State::Healthy => Availability::Up { healthy: true },
+        State::Unhealthy => Availability::Up { healthy: false },
+        State::Stopped | State::Draining | State::Starting if r.idle => Availability::Idle,
+        State::Starting | State::Draining | State::Stopped | State::Failed => Availability::Down,
+    }
+}
+
+/// The routing table for these inputs. Pure: no I/O, no DNS, no locks. Instances without
+/// counters in `stats` get fresh ones (call [`StatsCache::sync`] first to keep them).
+pub fn build_table(
+    compiled: &Compiled,
+    view: &RoutingView,
+    fleet: Option<FleetInput<'_>>,
+    stats: &StatsCache,
+) -> Table {
+    let config = &compiled.config;
+    let mut b = TableBuilder::new(&config.settings.domain);
+    // One pass over the view, grouped by process in view order.
+    let mut by_process: HashMap<&str, Vec<&Arc<Routed>>> = HashMap::new();
+    for r in &view.instances {
+        by_process
+            .entry(r.name.process.as_str())
+            .or_default()
+            .push(r);
+    }
+    for p in &config.processes {
+        let Some(opts) = compiled.opts.get(&p.name) else {
+            continue;
+        };
+        let backends = by_process
+            .get(p.name.as_str())
+            .map(|list| {
+                list.iter()
+                    .map(|r| {
+                        let stats = stats.get(&r.name).cloned().unwrap_or_default();
+                        Arc::new(Backend::new(
+                            opts.clone(),
+                            &r.name.id,
+                            r.addr.clone(),
+                            r.weight,
+                            availability(r),
+                            stats,
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        b.process(opts.clone(), backends);
+    }
+    if let Some(f) = fleet {
+        for (domain, target) in tenant_targets(&config.settings.domain, &f) {
+            b.tenant(&domain, target);
+        }
+    }
+    for r in &config.routes {
+        b.route_ref(r);
+    }
+    b.build()
+}
+
+/// Where each tenant's domain goes now.
+fn tenant_targets(own: &str, f: &FleetInput<'_>) -> Vec<(String, TenantTarget)> {
+    f.view
+        .tenants
+        .iter()
+        .map(|t| {
+            let target = match f.view.target(t, f.failover) {
+                None => TenantTarget::Remote(Box::new(Remote::unavailable(&t.id))),
+                Some(s) if s.server.domain == own => TenantTarget::Local {
+                    process: t.process.clone(),
+                    instance: t.instance.clone(),
+                },
+                Some(s) => match f.addrs.get(&s.server.url) {
+                    Some((addr, tls, sni)) => TenantTarget::Remote(Box::new(Remote::to(
+                        &t.id,
+                        &s.server.id,
+                        tenement_fleet::tenant_host(t, &s.server),
+                        *addr,
+                        *tls,
+                        sni,
+                    ))),
+                    None => TenantTarget::Remote(Box::new(Remote::unavailable(&t.id))),
+                },
+            };
+            (t.domain.clone(), target)
+        })
+        .collect()
+}
+
+/// `http(s)://host[:port]` -> (first address, TLS, host for SNI). Resolved by the publisher
+/// before a build, never inside it.
+async fn resolve_url(url: &str) -> Option<ServerAddr> {
+    let uri: http::Uri = url.parse().ok()?;
+    let tls = uri.scheme_str() == Some("https");
+    let host = uri
+        .host()?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let found = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map(|mut a| a.next());
+    match found {
+        Ok(a) => Some((a?, tls, host)),
+        Err(e) => {
+            tracing::error!(%url, "cannot resolve fleet server address: {e}");
+            None
+        }
+    }
+}
+
+/// The one place tables are built and swapped in.
+pub struct Publisher {
+    compiled: Compiled,
+    router: Arc<Router>,
+    metrics: Option<Arc<Metrics>>,
+    /// The counters of the live table, for the supervisor's drains and the API.
+    stats: ArcSwap<Stats>,
+}
+
+impl Publisher {
+    pub fn new(config: Arc<Config>, metrics: Option<Arc<Metrics>>) -> Result<Arc<Self>, String> {
+        let compiled = Compiled::new(config, metrics.as_ref())?;
+        let router = Arc::new(Router::new(build_table(
+            &compiled,
+            &RoutingView::default(),
+            None,
+            &StatsCache::new(None),
+        )));
+        Ok(Arc::new(Publisher {
+            compiled,
+            router,
+            metrics,
+            stats: ArcSwap::default(),
+        }))
+    }
+
+    pub fn router(&self) -> Arc<Router> {
+        self.router.clone()
+    }
+
+    /// An instance's live counters, if it has been in a table.
+    pub fn stats(&self, name: &InstanceName) -> Option<Arc<InstanceStats>> {
+        self.stats.load().get(name).cloned()
+    }
+
+    /// Build a table whenever the supervisor's routing view or the fleet's view changes, from
+    /// the latest of both; acknowledge each supervisor generation once its table is live. Runs
+    /// until the supervisor is gone.
+    pub async fn run(
+        self: Arc<Self>,
+        supervisor: Supervisor,
+        mut fleet: Option<(watch::Receiver<Arc<FleetView>>, bool)>,
+    ) {
+        let mut views = supervisor.follow();
+        let mut cache = StatsCache::new(self.metrics.clone());
+        let mut addrs: HashMap<String, ServerAddr> = HashMap::new();
+        let mut fleet_view = None;
+        loop {
+            let view = views.borrow_and_update().clone();
+            if let Some((rx, failover)) = fleet.as_mut() {
+                fleet_view = Some((rx.borrow_and_update().clone(), *failover));
+            }
+            if let Some((fv, _)) = &fleet_view {
+                // Server addresses are resolved here, before the build, and a failure is not
+                // kept: it is tried again on the next change.
+                for s in &fv.servers {
+                    if !addrs.contains_key(&s.server.url) {
+                        if let Some(a) = resolve_url(&s.server.url).await {
+                            addrs.insert(s.server.url.clone(), a);
+                        }
+                    }
+                }
+            }
+            let table = tenement_supervisor::blocking(|| {
+                cache.sync(&view);
+                let input = fleet_view.as_ref().map(|(fv, failover)| FleetInput {
+                    view: fv,
+                    failover: *failover,
+                    addrs: &addrs,
+                });
+                build_table(&self.compiled, &view, input, &cache)
+            });
+            self.router.publish(table);
+            self.stats.store(cache.snapshot());
+            supervisor.acknowledge(view.generation);
+            let fleet_closed = match fleet.as_mut() {
+                Some((rx, _)) => tokio::select! {
+                    r = views.changed() => if r.is_err() { return } else { false },
+                    r = rx.changed() => r.is_err(),
+                },
+                None => {
+                    if views.changed().await.is_err() {
+                        return;
+                    }
+                    false
+                }
+            };
+            if fleet_closed {
+                fleet = None; // the fleet stopped (shutdown): keep routing on its last view
+            }
+        }
+    }
+}
+
+impl TrafficProbe for Publisher {
     fn in_flight(&self, name: &InstanceName) -> u64 {
-        lock(&self.stats)
-            .get(name)
-            .map(|s| s.in_flight())
-            .unwrap_or(0)
+        self.stats.load().get(name).map_or(0, |s| s.in_flight())
     }
 
     fn last_request(&self, name: &InstanceName) -> Option<Instant> {
-        let since_epoch = lock(&self.stats).get(name)?.last_request()?;
+        let since_epoch = self.stats.load().get(name)?.last_request()?;
         Some(self.router.epoch() + since_epoch)
     }
 }
 
-/// Wakes idle instances for the proxy, and returns once the table routes to them.
+/// Wakes idle instances for the proxy; returns once the table routes to them.
 pub struct Wake {
-    pub supervisor: tenement_supervisor::Supervisor,
-    pub composer: Arc<Composer>,
+    pub supervisor: Supervisor,
 }
 
 #[async_trait::async_trait]
@@ -370,13 +362,11 @@ impl tenement_proxy::management::Waker for Wake {
             process: process.into(),
             id: id.into(),
         };
-        self.supervisor
-            .wake(&name)
-            .await
-            .map_err(|e| e.to_string())?;
-        // wake() returns as soon as the view says healthy; the rebuild that view change
-        // triggers may still be running on another thread. Build now: the retry sees it.
-        self.composer.rebuild();
-        Ok(())
+        // wake() returns once the table built from the view that shows it healthy is live.
+        self.supervisor.wake(&name).await.map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

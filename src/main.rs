@@ -7,7 +7,6 @@ mod client;
 mod cmd;
 mod compose;
 mod config_cmd;
-mod externals;
 mod serve;
 
 use std::process::ExitCode;

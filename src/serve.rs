@@ -1,4 +1,4 @@
-//! `ten serve`: wires the proxy, the supervisor and the composer together, then runs until
+//! `ten serve`: wires the proxy, the supervisor and the table publisher together, then runs until
 //! SIGTERM/SIGINT: stop accepting, drain in-flight requests, stop every instance, exit 0.
 
 use std::net::TcpListener;
@@ -26,7 +26,7 @@ use tenement_supervisor::{StateStore, Supervisor};
 
 use crate::api::{register_process_collector, Api, Auth};
 use crate::audit::Audit;
-use crate::compose::{Composer, Wake};
+use crate::compose::{Publisher, Wake};
 use tenement_proxy::metrics::Metrics;
 
 /// Bind `addr` now (port 0 gets a real port) and hand the socket to Pingora's listener table
@@ -89,9 +89,8 @@ pub async fn run(config: Config) -> Result<()> {
         None
     };
     let db = s.data_dir.join("tenement.db");
-    let weights = StateStore::open(&db).with_context(|| format!("cannot open {}", db.display()))?;
-    let composer = Composer::new(config.clone(), metrics.clone(), Some(weights))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let publisher =
+        Publisher::new(config.clone(), metrics.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let store = StateStore::open(&db).with_context(|| format!("cannot open {}", db.display()))?;
     let logs = LogStore::open(
         &db,
@@ -104,16 +103,10 @@ pub async fn run(config: Config) -> Result<()> {
     .with_context(|| format!("cannot open the log store {}", db.display()))?;
     let supervisor = Supervisor::new(
         config.clone(),
-        composer.clone(),
+        publisher.clone(),
         Arc::new(logs.clone()),
         Some(store),
     );
-    composer.attach(supervisor.subscribe());
-    {
-        let composer = composer.clone();
-        supervisor.on_publish(move || composer.rebuild());
-    }
-    tokio::spawn(composer.clone().check_externals());
     let (fleet_stop_tx, fleet_stop_rx) = watch::channel(false);
     let fleet = match &config.fleet {
         None => None,
@@ -126,29 +119,34 @@ pub async fn run(config: Config) -> Result<()> {
                 sink.record("ten", "fleet", tenement_supervisor::Stream::Stdout, line);
             });
             let fleet = Fleet::new(fleet_store, conf.clone(), events);
-            composer.attach_fleet(&fleet);
             tokio::spawn(fleet.clone().run(fleet_stop_rx));
             Some(fleet)
         }
     };
+    // The one place tables are built: from the supervisor's and the fleet's views.
+    tokio::spawn(publisher.clone().run(
+        supervisor.clone(),
+        fleet.as_ref().map(|f| (f.subscribe(), f.conf().failover)),
+    ));
 
     let waker = Arc::new(Wake {
         supervisor: supervisor.clone(),
-        composer: composer.clone(),
     });
     let api = Arc::new(Api {
         config: config.clone(),
         supervisor: supervisor.clone(),
-        composer: composer.clone(),
+        composer: publisher.clone(),
         auth: Auth::open(&db).with_context(|| format!("cannot open {}", db.display()))?,
         audit: Audit::open(&db).with_context(|| format!("cannot open {}", db.display()))?,
         metrics,
         logs: logs.clone(),
         fleet,
     });
-    // Orphans killed and desired instances announced before any listener opens.
-    let wanted = supervisor.prepare();
-    let proxy = TenProxy::new(composer.router(), api.clone(), Some(waker));
+    // Orphans killed, desired instances announced and external upstreams resolved before any
+    // listener opens, and the table that shows them live.
+    let wanted = supervisor.prepare().await;
+    supervisor.settle().await;
+    let proxy = TenProxy::new(publisher.router(), api.clone(), Some(waker));
     let traffic = proxy.traffic();
     let conf = Arc::new(ServerConf {
         threads: std::thread::available_parallelism()
@@ -180,7 +178,7 @@ pub async fn run(config: Config) -> Result<()> {
 
     let mut control = pingora_proxy::http_proxy_service_with_name(
         &conf,
-        TenProxy::management_only(composer.router(), api.clone(), Mode::Control),
+        TenProxy::management_only(publisher.router(), api.clone(), Mode::Control),
         "ten-control",
     );
     control.add_uds(&sock_key, Some(std::fs::Permissions::from_mode(0o600)));
@@ -189,7 +187,7 @@ pub async fn run(config: Config) -> Result<()> {
         let local = prebind(&fds, addr)?;
         let mut svc = pingora_proxy::http_proxy_service_with_name(
             &conf,
-            TenProxy::management_only(composer.router(), api.clone(), Mode::Admin)
+            TenProxy::management_only(publisher.router(), api.clone(), Mode::Admin)
                 .trust_loopback(s.admin_loopback_trusted),
             "ten-admin",
         );

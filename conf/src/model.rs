@@ -86,6 +86,25 @@ pub enum RestartPolicy {
     Never,
 }
 
+/// Where something listens, resolved: an instance, an external upstream, a fleet server. The
+/// one address type the proxy, the supervisor and the composer share.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Addr {
+    Tcp(std::net::SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Addr::Tcp(a) => write!(f, "{a}"),
+            Addr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// An external upstream as written in the config: a name to resolve (`host:port`), or a
+/// socket path (already an [`Addr`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Upstream {
     /// `host:port`

@@ -18,8 +18,8 @@ use arc_swap::ArcSwap;
 
 pub use service::{Ctx, Mode, TenProxy, Traffic};
 pub use table::{
-    Availability, Backend, InstanceStats, Pool, ProcessMetrics, ProcessOpts, Remote, RouteSpec,
-    Table, TableBuilder, Target, TenantTarget, UpstreamAddr,
+    Availability, Backend, InstanceStats, Pool, ProcessMetrics, ProcessOpts, Remote, Table,
+    TableBuilder, Target, TenantTarget,
 };
 
 /// Holds the current table. Writers build a whole new table and `publish` it; readers `load`.

@@ -4,33 +4,20 @@
 //! (see [`crate::Router`]); a request does one `load()`, one hash probe on the host, a short
 //! prefix scan, and a lock-free weighted choice.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use pingora_core::upstreams::peer::HttpPeer;
 
+use tenement_conf::{Addr, Route};
+
 use crate::metrics::InstanceMetrics;
 use crate::select::WeightedSet;
-
-/// Where an instance listens.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum UpstreamAddr {
-    Tcp(SocketAddr),
-    Unix(PathBuf),
-}
-
-impl std::fmt::Display for UpstreamAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            UpstreamAddr::Tcp(a) => write!(f, "{a}"),
-            UpstreamAddr::Unix(p) => write!(f, "unix:{}", p.display()),
-        }
-    }
-}
 
 /// Live counters of one instance. They outlive table swaps: the composer hands the same `Arc`
 /// to every table it builds, so drains and idle checks see every request.
@@ -124,7 +111,7 @@ pub struct Backend {
     pub key: Arc<str>,
     pub id: Arc<str>,
     pub opts: Arc<ProcessOpts>,
-    pub addr: Option<UpstreamAddr>,
+    pub addr: Option<Addr>,
     pub weight: u32,
     pub availability: Availability,
     pub stats: Arc<InstanceStats>,
@@ -136,7 +123,7 @@ impl Backend {
     pub fn new(
         opts: Arc<ProcessOpts>,
         id: &str,
-        addr: Option<UpstreamAddr>,
+        addr: Option<Addr>,
         weight: u32,
         availability: Availability,
         stats: Arc<InstanceStats>,
@@ -162,10 +149,10 @@ impl Backend {
     }
 }
 
-fn build_peer(addr: &UpstreamAddr, opts: &ProcessOpts) -> Option<HttpPeer> {
+fn build_peer(addr: &Addr, opts: &ProcessOpts) -> Option<HttpPeer> {
     let mut peer = match addr {
-        UpstreamAddr::Tcp(sa) => HttpPeer::new(*sa, false, String::new()),
-        UpstreamAddr::Unix(path) => HttpPeer::new_uds(path.to_str()?, false, String::new()).ok()?,
+        Addr::Tcp(sa) => HttpPeer::new(*sa, false, String::new()),
+        Addr::Unix(path) => HttpPeer::new_uds(path.to_str()?, false, String::new()).ok()?,
     };
     peer.options.connection_timeout = Some(Duration::from_secs(3));
     peer.options.read_timeout = Some(opts.request_timeout);
@@ -427,6 +414,14 @@ impl Table {
 }
 
 /// One instance of a pool; one not spawned (yet) still answers, with 503 "not running".
+/// The rules of `host` (created empty).
+fn rules<'m>(
+    hosts: &'m mut HashMap<HostKey, HostRules, FastState>,
+    host: &str,
+) -> &'m mut HostRules {
+    hosts.entry(HostKey::new(host)).or_default()
+}
+
 fn instance_target(pool: &Arc<Pool>, id: &str) -> Target {
     match pool.backends.iter().find(|b| &*b.id == id) {
         Some(b) => Target::Instance(b.clone()),
@@ -441,26 +436,17 @@ fn instance_target(pool: &Arc<Pool>, id: &str) -> Target {
     }
 }
 
-/// How a `[routes]` entry names its target.
-#[derive(Debug, Clone)]
-pub struct RouteSpec {
-    pub host: String,
-    pub prefix: String,
-    pub process: String,
-    pub instance: Option<String>,
-    pub strip_prefix: bool,
-}
-
 /// Builds a [`Table`] by SPEC §3 precedence: routes > tenants > instance > process > domain.
+/// Routes may be borrowed (from the config, which outlives the build) or owned.
 #[derive(Debug)]
-pub struct TableBuilder {
+pub struct TableBuilder<'a> {
     domain: String,
     pools: Vec<Arc<Pool>>,
-    routes: Vec<RouteSpec>,
+    routes: Vec<Cow<'a, Route>>,
     tenants: Vec<(String, TenantTarget)>,
 }
 
-impl TableBuilder {
+impl<'a> TableBuilder<'a> {
     pub fn new(domain: &str) -> Self {
         TableBuilder {
             domain: domain.to_ascii_lowercase(),
@@ -491,31 +477,45 @@ impl TableBuilder {
         self
     }
 
-    pub fn route(&mut self, spec: RouteSpec) -> &mut Self {
-        self.routes.push(spec);
+    pub fn route(&mut self, spec: Route) -> &mut Self {
+        self.routes.push(Cow::Owned(spec));
+        self
+    }
+
+    /// A route borrowed from a config that outlives the build (no copy).
+    pub fn route_ref(&mut self, spec: &'a Route) -> &mut Self {
+        self.routes.push(Cow::Borrowed(spec));
         self
     }
 
     pub fn build(self) -> Table {
-        let mut hosts: HashMap<String, HostRules> = HashMap::new();
         let domain = self.domain;
+        let backends: usize = self.pools.iter().map(|p| p.backends.len()).sum();
+        let capacity = 1 + self.pools.len() + backends + self.tenants.len() + self.routes.len();
+        // Keyed as the final table is (no String per host, one cheap hash), then finished in
+        // one pass.
+        let mut hosts: HashMap<HostKey, HostRules, FastState> =
+            HashMap::with_capacity_and_hasher(capacity, FastState::default());
+        let mut key = String::with_capacity(64);
         // Lowest priority first; a higher rule replaces the fallback of the same host.
-        hosts.entry(domain.clone()).or_default().fallback = Some(Target::Management);
-        let mut pools = HashMap::new();
+        rules(&mut hosts, &domain).fallback = Some(Target::Management);
+        let mut pools = HashMap::with_capacity(self.pools.len());
         for pool in &self.pools {
             let name = &*pool.opts.name;
-            hosts
-                .entry(format!("{name}.{domain}"))
-                .or_default()
-                .fallback = Some(Target::Pool(pool.clone()));
+            key.clear();
+            let _ = write!(key, "{name}.{domain}");
+            rules(&mut hosts, &key).fallback = Some(Target::Pool(pool.clone()));
             pools.insert(Box::from(name), pool.clone());
         }
         for pool in &self.pools {
             let name = &*pool.opts.name;
             for b in pool.backends.iter() {
                 // Hosts are matched lower-cased, so ids are too.
-                let host = format!("{}.{name}.{domain}", b.id.to_ascii_lowercase());
-                hosts.entry(host).or_default().fallback = Some(Target::Instance(b.clone()));
+                key.clear();
+                key.push_str(&b.id);
+                key.make_ascii_lowercase();
+                let _ = write!(key, ".{name}.{domain}");
+                rules(&mut hosts, &key).fallback = Some(Target::Instance(b.clone()));
             }
         }
         for (domain, t) in self.tenants {
@@ -526,9 +526,9 @@ impl TableBuilder {
                 },
                 TenantTarget::Remote(r) => Target::Remote(Arc::from(r)),
             };
-            hosts.entry(domain).or_default().fallback = Some(target);
+            rules(&mut hosts, &domain).fallback = Some(target);
         }
-        for r in self.routes {
+        for r in &self.routes {
             let Some(pool) = pools.get(r.process.as_str()) else {
                 continue; // validated by conf; an unknown process is never routed
             };
@@ -536,18 +536,21 @@ impl TableBuilder {
                 None => Target::Pool(pool.clone()),
                 Some(id) => instance_target(pool, id),
             };
-            let entry = hosts.entry(r.host.to_ascii_lowercase()).or_default();
+            key.clear();
+            key.push_str(&r.host);
+            key.make_ascii_lowercase();
+            let entry = rules(&mut hosts, &key);
             entry.routes.retain(|x| *x.prefix != *r.prefix);
             entry.routes.push(PrefixRoute {
-                prefix: r.prefix.into(),
+                prefix: r.prefix.as_str().into(),
                 strip: r.strip_prefix,
                 target,
             });
         }
-        let mut table = HashMap::with_capacity_and_hasher(hosts.len(), FastState::default());
-        for (host, rules) in hosts {
-            table.insert(HostKey::new(&host), rules.finish());
-        }
+        let table = hosts
+            .into_iter()
+            .map(|(host, rules)| (host, rules.finish()))
+            .collect();
         Table {
             domain: domain.into(),
             hosts: table,
@@ -574,7 +577,7 @@ mod tests {
         Arc::new(Backend::new(
             o.clone(),
             id,
-            Some(UpstreamAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], port)))),
+            Some(Addr::Tcp(SocketAddr::from(([127, 0, 0, 1], port)))),
             100,
             Availability::Up { healthy: true },
             Arc::default(),
@@ -590,14 +593,14 @@ mod tests {
             vec![backend(&api, "prod", 1), backend(&api, "v2", 2)],
         );
         b.process(web.clone(), vec![backend(&web, "a", 3)]);
-        b.route(RouteSpec {
+        b.route(Route {
             host: "example.com".into(),
             prefix: "/api".into(),
             process: "api".into(),
             instance: Some("prod".into()),
             strip_prefix: true,
         });
-        b.route(RouteSpec {
+        b.route(Route {
             host: "www.example.com".into(),
             prefix: "/".into(),
             process: "web".into(),
@@ -636,7 +639,7 @@ mod tests {
         let api = opts("api");
         let mut b = TableBuilder::new("d");
         b.process(api.clone(), vec![backend(&api, "User123", 1)]);
-        b.route(RouteSpec {
+        b.route(Route {
             host: "x.com".into(),
             prefix: "/".into(),
             process: "api".into(),
@@ -661,7 +664,7 @@ mod tests {
             (long.as_str(), "/web", "web"),
             ("api.d", "/", "web"), // a "/" route beats the implicit process host
         ] {
-            b.route(RouteSpec {
+            b.route(Route {
                 host: host.into(),
                 prefix: prefix.into(),
                 process: process.into(),

@@ -82,7 +82,9 @@ impl Api {
             return Err(e.into());
         }
         if weight > 0 {
-            self.supervisor.set_weights(&[(name.clone(), weight)])?;
+            self.supervisor
+                .set_weights(&[(name.clone(), weight)])
+                .await?;
         }
         self.audit.record(
             "deploy",
@@ -97,7 +99,7 @@ impl Api {
         Ok((StatusCode::CREATED, self.instance_json(&v)))
     }
 
-    pub(crate) fn route_traffic(&self, body: &[u8]) -> ApiResult {
+    pub(crate) async fn route_traffic(&self, body: &[u8]) -> ApiResult {
         let req: RouteReq = parse_body(body)?;
         let from = parse_name(&format!("{}:{}", req.process, req.from))?;
         let to = parse_name(&format!("{}:{}", req.process, req.to))?;
@@ -124,7 +126,8 @@ impl Api {
             return Err(ApiError(StatusCode::CONFLICT, msg));
         }
         self.supervisor
-            .set_weights(&[(to.clone(), 100), (from.clone(), 0)])?;
+            .set_weights(&[(to.clone(), 100), (from.clone(), 0)])
+            .await?;
         self.audit.record(
             "route",
             &req.process,

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use tenement_conf::InstanceName;
-use tenement_supervisor::{InstanceView, State};
+use tenement_supervisor::{InstanceView, Kind, State};
 
 use super::{parse_body, parse_name, Api, ApiError, ApiResult};
 
@@ -51,11 +51,11 @@ pub fn check_weight(w: u32) -> Result<u32, ApiError> {
 impl Api {
     pub(crate) fn instance_json(&self, v: &InstanceView) -> Value {
         let stats = self.composer.stats(&v.name);
-        json!({
+        let mut out = json!({
             "name": v.name.to_string(),
             "process": v.name.process,
             "id": v.name.id,
-            "kind": "spawned",
+            "kind": v.kind.as_str(),
             "host": format!("{}.{}.{}", v.name.id.to_ascii_lowercase(), v.name.process, self.config.settings.domain),
             "state": v.state.as_str(),
             "health": health(v.state),
@@ -69,18 +69,24 @@ impl Api {
             "idle": v.idle,
             "last_error": v.last_error,
             "storage_bytes": v.storage_bytes,
-        })
+        });
+        if v.kind == Kind::External {
+            // An external upstream has no host of its own: it is reached through its process.
+            if let Some(o) = out.as_object_mut() {
+                o.remove("host");
+            }
+        }
+        out
     }
 
     pub(crate) fn list_instances(&self) -> Value {
         let view = self.supervisor.view();
-        let mut out: Vec<Value> = view
-            .instances
-            .iter()
-            .map(|v| self.instance_json(v))
-            .collect();
-        out.extend(self.composer.externals_json());
-        Value::Array(out)
+        Value::Array(
+            view.instances
+                .iter()
+                .map(|v| self.instance_json(v))
+                .collect(),
+        )
     }
 
     pub(crate) async fn spawn_instance(&self, body: &[u8]) -> ApiResult {
@@ -118,32 +124,17 @@ impl Api {
         Ok((StatusCode::OK, self.instance_json(&v)))
     }
 
-    pub(crate) fn set_weight(&self, name: &str, body: &[u8]) -> ApiResult {
+    pub(crate) async fn set_weight(&self, name: &str, body: &[u8]) -> ApiResult {
         let name = parse_name(name)?;
         let req: WeightReq = parse_body(body)?;
         let w = check_weight(req.weight)?;
-        if self.composer.set_external_weight(&name, w) {
-            self.audit.record(
-                "weight",
-                &name.process,
-                &name.id,
-                &format!("ok: weight {w} (external)"),
-            );
-            let v = self
-                .composer
-                .externals_json()
-                .into_iter()
-                .find(|e| e["name"] == name.to_string());
-            return Ok((StatusCode::OK, v.unwrap_or(Value::Null)));
-        }
-        self.view_of(&name)?;
-        self.supervisor.set_weights(&[(name.clone(), w)])?;
-        self.audit.record(
-            "weight",
-            &name.process,
-            &name.id,
-            &format!("ok: weight {w}"),
-        );
+        let v = self.view_of(&name)?;
+        self.supervisor.set_weights(&[(name.clone(), w)]).await?;
+        let what = match v.kind {
+            Kind::External => format!("ok: weight {w} (external)"),
+            Kind::Spawned => format!("ok: weight {w}"),
+        };
+        self.audit.record("weight", &name.process, &name.id, &what);
         let v = self.view_of(&name)?;
         Ok((StatusCode::OK, self.instance_json(&v)))
     }

@@ -51,9 +51,6 @@ impl Api {
         );
         for v in &view.instances {
             let l = [v.name.process.as_str(), v.name.id.as_str()];
-            if let Some(g) = &states {
-                g.with_label_values(&[l[0], l[1], v.state.as_str()]).set(1);
-            }
             if let Some(g) = &up {
                 g.with_label_values(&l)
                     .set(i64::from(v.state == tenement_supervisor::State::Healthy));
@@ -61,26 +58,18 @@ impl Api {
             if let Some(g) = &weight {
                 g.with_label_values(&l).set(i64::from(v.weight));
             }
+            if v.kind == tenement_supervisor::Kind::External {
+                continue; // only up and weight: ten does not run it
+            }
+            if let Some(g) = &states {
+                g.with_label_values(&[l[0], l[1], v.state.as_str()]).set(1);
+            }
             if let (Some(g), Some(b)) = (&storage, v.storage_bytes) {
                 g.with_label_values(&l)
                     .set(i64::try_from(b).unwrap_or(i64::MAX));
             }
             if let Some(c) = &restarts {
                 c.with_label_values(&l).inc_by(u64::from(v.restarts));
-            }
-        }
-        for e in self.composer.externals_json() {
-            let l = [
-                e["process"].as_str().unwrap_or(""),
-                e["id"].as_str().unwrap_or(""),
-            ];
-            if let Some(g) = &up {
-                g.with_label_values(&l)
-                    .set(i64::from(e["state"] == "healthy"));
-            }
-            if let Some(g) = &weight {
-                g.with_label_values(&l)
-                    .set(e["weight"].as_i64().unwrap_or(0));
             }
         }
         if let Some(lines) = IntCounterVec::new(
@@ -94,14 +83,12 @@ impl Api {
         .filter(|c| state.register(Box::new(c.clone())).is_ok())
         {
             // ten's own lines, and those of instances that still exist (no stale series).
-            let externals = self.composer.externals_json();
             let exists = |p: &str, i: &str| {
                 p == "ten"
                     || view
                         .instances
                         .iter()
                         .any(|v| v.name.process == p && v.name.id == i)
-                    || externals.iter().any(|e| e["process"] == p && e["id"] == i)
             };
             for ((p, i), n) in self.logs.lines_by_instance() {
                 if exists(&p, &i) {

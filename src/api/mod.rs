@@ -20,7 +20,7 @@ use tenement_conf::{Config, InstanceName};
 use tenement_proxy::management::{Body, Management, Request, Response};
 use tenement_supervisor::Supervisor;
 
-use crate::compose::Composer;
+use crate::compose::Publisher;
 
 pub use auth::Auth;
 pub use metrics::register_process_collector;
@@ -28,7 +28,7 @@ pub use metrics::register_process_collector;
 pub struct Api {
     pub config: Arc<Config>,
     pub supervisor: Supervisor,
-    pub composer: Arc<Composer>,
+    pub composer: Arc<Publisher>,
     pub auth: Auth,
     pub audit: crate::audit::Audit,
     pub logs: tenement_supervisor::logs::LogStore,
@@ -279,9 +279,9 @@ impl Api {
             (&Method::GET, ["instances", name]) => self.get_instance(name),
             (&Method::DELETE, ["instances", name]) => self.stop_instance(name).await,
             (&Method::POST, ["instances", name, "restart"]) => self.restart_instance(name).await,
-            (&Method::PUT, ["instances", name, "weight"]) => self.set_weight(name, &req.body),
+            (&Method::PUT, ["instances", name, "weight"]) => self.set_weight(name, &req.body).await,
             (&Method::POST, ["deploy"]) => self.deploy(&req.body).await,
-            (&Method::POST, ["route"]) => self.route_traffic(&req.body),
+            (&Method::POST, ["route"]) => self.route_traffic(&req.body).await,
             (&Method::GET, ["deploys"]) => self.history(req.head.uri.query()),
             (&Method::GET, ["logs"]) => self.logs(req.head.uri.query()),
             (&Method::POST, ["tokens"]) => {

@@ -13,8 +13,8 @@ use tokio::process::{Child, Command};
 use tenement_conf::template::{self, Vars};
 use tenement_conf::{InstanceName, ListenMode, Process};
 
-use crate::probe::Addr;
 use crate::Error;
+use tenement_conf::Addr;
 
 /// stdout or stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

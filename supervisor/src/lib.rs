@@ -1,188 +1,53 @@
 //! The supervisor: spawns instances, waits for readiness, checks health, restarts with
-//! backoff, stops idle instances and wakes them, drains and stops; keeps the desired state
-//! (instances and weights) in SQLite so a restart of `ten serve` brings them back.
+//! backoff, stops idle instances and wakes them, drains and stops; health-checks external
+//! upstreams; keeps the desired state (instances and weights) in SQLite so a restart of
+//! `ten serve` brings them back.
 //!
-//! It publishes a plain [`View`] of its instances through a `watch` channel; the `ten` binary's
-//! composer turns views into routing tables. It never touches the proxy: in-flight counts and
-//! last-request times come in through the [`TrafficProbe`] trait.
+//! It publishes what routing reads as numbered [`RoutingView`]s (see [`registry`] for the
+//! protocol); the `ten` binary builds routing tables from them and acknowledges each
+//! generation, and every call here that changes routing returns only once the table that
+//! contains its change is live. It never touches the proxy: in-flight counts and last-request
+//! times come in through the [`TrafficProbe`] trait.
 
 mod backoff;
+mod blocking;
 mod cgroup;
 mod child;
+mod error;
+mod externals;
 pub mod logs;
 mod orphans;
 pub mod probe;
+mod registry;
 mod runner;
 mod state;
+mod storage;
+mod view;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{oneshot, watch, Notify};
 
-use tenement_conf::{Config, InstanceName, Process};
+use tenement_conf::{Config, InstanceName};
 
 pub use backoff::{Backoff, BackoffError};
+pub use blocking::blocking;
 pub use child::{describe_exit, instance_data_dir, LogSink, Stream, Tail, TracingSink};
-pub use probe::Addr;
+pub use error::Error;
 pub use runner::UNHEALTHY_AFTER;
 pub use state::{Persisted, StateError, StateStore};
+pub use view::{InstanceView, Kind, Routed, RoutingView, State, Status, TrafficProbe, View};
 
-/// Runs blocking work (a SQLite write, which may wait for an fsync) from code that may be on a
-/// tokio worker thread, which is also the proxy's: on a multi-thread runtime the worker hands
-/// its other tasks to another thread while `f` blocks, so a weight change or a deploy never
-/// stalls requests in flight (BENCHMARKS.md, weights changing 10 times per second). Elsewhere
-/// (no runtime, a current-thread runtime) `f` simply runs.
-pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
-}
-
+use registry::{Registry, Slot};
 use runner::{Runner, Stop};
-
-/// Supervisor errors, each naming the instance and what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("unknown process \"{0}\" (not in the config)")]
-    UnknownProcess(String),
-    #[error("unknown instance {0}")]
-    UnknownInstance(String),
-    #[error("process \"{0}\" is external (upstreams): ten does not spawn or stop it")]
-    External(String),
-    #[error("instance {0} already exists")]
-    AlreadyRunning(String),
-    #[error("{0}")]
-    Spawn(String),
-    #[error("instance {name} did not become healthy: {reason}{}", tail_text(.tail))]
-    StartupFailed {
-        name: String,
-        reason: String,
-        tail: Vec<String>,
-    },
-    #[error("instance {0} could not be woken: {1}")]
-    Wake(String, String),
-    #[error("ten is shutting down")]
-    ShuttingDown,
-    #[error(transparent)]
-    State(#[from] StateError),
-}
-
-fn tail_text(tail: &[String]) -> String {
-    if tail.is_empty() {
-        " (it printed nothing)".into()
-    } else {
-        format!("\nlast lines of its output:\n  {}", tail.join("\n  "))
-    }
-}
-
-/// Instance states (SPEC §4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    Starting,
-    Healthy,
-    Unhealthy,
-    Draining,
-    Stopped,
-    Failed,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Starting => "starting",
-            State::Healthy => "healthy",
-            State::Unhealthy => "unhealthy",
-            State::Draining => "draining",
-            State::Stopped => "stopped",
-            State::Failed => "failed",
-        }
-    }
-}
-
-/// One instance, as published.
-#[derive(Debug, Clone, PartialEq)]
-pub struct InstanceView {
-    pub name: InstanceName,
-    pub state: State,
-    pub weight: u32,
-    pub pid: Option<u32>,
-    pub addr: Option<Addr>,
-    pub started: Option<Instant>,
-    pub restarts: u32,
-    /// Stopped for idleness: a request wakes it.
-    pub idle: bool,
-    /// Why it is not healthy, when known.
-    pub last_error: Option<String>,
-    /// Size of its DATA_DIR at the last check (when `storage_quota_mb` is set).
-    pub storage_bytes: Option<u64>,
-}
-
-/// Every instance, in spawn order.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct View {
-    pub instances: Vec<InstanceView>,
-}
-
-/// What the supervisor learns from the proxy.
-pub trait TrafficProbe: Send + Sync + 'static {
-    fn in_flight(&self, name: &InstanceName) -> u64;
-    /// When the last request to it started, if any.
-    fn last_request(&self, name: &InstanceName) -> Option<Instant>;
-}
-
-struct Slot {
-    view: InstanceView,
-    seq: u64,
-    stop: watch::Sender<Stop>,
-    wake: Arc<Notify>,
-    done: watch::Receiver<bool>,
-    storage_warned: u8,
-    /// Announced at boot, not spawned yet (no runner behind it).
-    reserved: bool,
-}
-
-fn new_view(name: &InstanceName, weight: u32) -> InstanceView {
-    InstanceView {
-        name: name.clone(),
-        state: State::Starting,
-        weight,
-        pid: None,
-        addr: None,
-        started: None,
-        restarts: 0,
-        idle: false,
-        last_error: None,
-        storage_bytes: None,
-    }
-}
-
-struct Inner {
-    config: Arc<Config>,
-    data_dir: PathBuf,
-    slots: Mutex<BTreeMap<InstanceName, Slot>>,
-    seq: AtomicU64,
-    view_tx: watch::Sender<Arc<View>>,
-    traffic: Arc<dyn TrafficProbe>,
-    sink: Arc<dyn LogSink>,
-    store: Option<StateStore>,
-    shutting_down: AtomicBool,
-    on_publish: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
-}
 
 /// The supervisor handle (cheap to clone).
 #[derive(Clone)]
 pub struct Supervisor {
-    inner: Arc<Inner>,
+    reg: Arc<Registry>,
 }
-
-const TEN: &str = "ten";
 
 impl Supervisor {
     /// `store`: where desired state is kept (None: nothing persists, for tests).
@@ -192,246 +57,46 @@ impl Supervisor {
         sink: Arc<dyn LogSink>,
         store: Option<StateStore>,
     ) -> Self {
-        let (view_tx, _) = watch::channel(Arc::new(View::default()));
         Supervisor {
-            inner: Arc::new(Inner {
-                data_dir: config.settings.data_dir.clone(),
-                config,
-                slots: Mutex::new(BTreeMap::new()),
-                seq: AtomicU64::new(0),
-                view_tx,
-                traffic,
-                sink,
-                store,
-                shutting_down: AtomicBool::new(false),
-                on_publish: std::sync::OnceLock::new(),
-            }),
+            reg: Arc::new(Registry::new(config, traffic, sink, store)),
         }
     }
 
     pub fn config(&self) -> &Arc<Config> {
-        &self.inner.config
+        &self.reg.config
     }
 
-    /// Views as they change.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<View>> {
-        self.inner.view_tx.subscribe()
+    /// Routing views as they change. The caller builds a table from each and calls
+    /// [`Supervisor::acknowledge`] with its generation once it is live: from then on, calls
+    /// that change routing wait for that acknowledgement before they return.
+    pub fn follow(&self) -> watch::Receiver<Arc<RoutingView>> {
+        self.reg.follow()
     }
 
+    /// The table built from routing view `generation` (or a later one) is live.
+    pub fn acknowledge(&self, generation: u64) {
+        self.reg.acknowledge(generation);
+    }
+
+    /// Wait until the table that contains every change made so far is live.
+    pub async fn settle(&self) {
+        self.reg.settle(self.reg.generation()).await;
+    }
+
+    /// Every instance with its status, in spawn order (external upstreams last).
     pub fn view(&self) -> Arc<View> {
-        self.inner.view_tx.borrow().clone()
+        Arc::new(self.reg.view())
     }
 
     /// One instance's current view.
     pub fn instance(&self, name: &InstanceName) -> Option<InstanceView> {
-        self.slots().get(name).map(|s| s.view.clone())
-    }
-
-    fn slots(&self) -> MutexGuard<'_, BTreeMap<InstanceName, Slot>> {
-        // Every update under this lock is a single insert/remove/field store, so a panic
-        // elsewhere cannot leave the map half-written: a poisoned lock is safe to keep using.
-        self.inner.slots.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Publish the current view, then tell the listener (the composer) before returning: an
-    /// API call that changed something answers only once the new routing table is live.
-    fn publish(&self) {
-        {
-            // Built and sent under the lock: views are published in the order they were made.
-            let slots = self.slots();
-            let mut v: Vec<_> = slots.values().map(|s| (s.seq, s.view.clone())).collect();
-            v.sort_by_key(|(seq, _)| *seq);
-            let view = View {
-                instances: v.into_iter().map(|(_, v)| v).collect(),
-            };
-            self.inner.view_tx.send_replace(Arc::new(view));
-        }
-        if let Some(hook) = self.inner.on_publish.get() {
-            hook();
-        }
-    }
-
-    /// Call `hook` after every published change (once; later calls are ignored).
-    pub fn on_publish(&self, hook: impl Fn() + Send + Sync + 'static) {
-        let _ = self.inner.on_publish.set(Box::new(hook));
-    }
-
-    fn update(&self, name: &InstanceName, f: impl FnOnce(&mut InstanceView)) {
-        if let Some(slot) = self.slots().get_mut(name) {
-            f(&mut slot.view);
-        }
-        self.publish();
-    }
-
-    fn persist(&self, f: impl FnOnce(&StateStore) -> Result<(), StateError>) {
-        if let Some(store) = &self.inner.store {
-            if let Err(e) = blocking(|| f(store)) {
-                tracing::error!("{e}");
-            }
-        }
-    }
-
-    // --- used by the runner ---
-
-    pub(crate) fn data_dir(&self) -> &Path {
-        &self.inner.data_dir
-    }
-
-    pub(crate) fn sink(&self) -> Arc<dyn LogSink> {
-        self.inner.sink.clone()
-    }
-
-    pub(crate) fn health_interval(&self) -> Duration {
-        self.inner.config.settings.health_check_interval
+        self.reg.instance(name)
     }
 
     /// An event of `ten` itself about an instance: to the log store (process "ten") and tracing.
     pub fn event(&self, name: &InstanceName, what: &str) {
-        tracing::info!(instance = %name, "{what}");
-        self.ten_line(Stream::Stdout, &format!("{name}: {what}"));
+        self.reg.event(name, what);
     }
-
-    pub(crate) fn warn(&self, name: &InstanceName, what: &str) {
-        tracing::warn!(instance = %name, "{what}");
-        self.ten_line(Stream::Stderr, &format!("{name}: warning: {what}"));
-    }
-
-    fn ten_line(&self, stream: Stream, line: &str) {
-        let me = InstanceName {
-            process: TEN.into(),
-            id: "serve".into(),
-        };
-        self.inner.sink.line(&me, stream, line);
-    }
-
-    pub(crate) fn set_state(&self, name: &InstanceName, state: State, error: Option<String>) {
-        self.update(name, |v| {
-            v.state = state;
-            // An idle instance stays wakeable while it stops and while it starts again.
-            if matches!(state, State::Healthy | State::Failed | State::Unhealthy) {
-                v.idle = false;
-            }
-            if state == State::Healthy {
-                v.last_error = None;
-            } else if error.is_some() {
-                v.last_error = error;
-            }
-        });
-    }
-
-    pub(crate) fn set_last_error(&self, name: &InstanceName, error: String) {
-        self.update(name, |v| v.last_error = Some(error));
-    }
-
-    pub(crate) fn set_started(&self, name: &InstanceName, pid: u32, addr: Addr) {
-        self.update(name, |v| {
-            v.pid = Some(pid);
-            v.addr = Some(addr);
-            v.started = Some(Instant::now());
-        });
-        self.persist(|s| s.set_pgid(name, Some(pid)));
-    }
-
-    pub(crate) fn clear_pid(&self, name: &InstanceName) {
-        self.update(name, |v| {
-            v.pid = None;
-            v.started = None;
-        });
-        self.persist(|s| s.set_pgid(name, None));
-    }
-
-    /// It is about to stop for idleness: from now on a request wakes it instead of failing.
-    pub(crate) fn mark_idle(&self, name: &InstanceName) {
-        self.update(name, |v| v.idle = true);
-    }
-
-    pub(crate) fn set_idle(&self, name: &InstanceName) {
-        self.update(name, |v| {
-            v.state = State::Stopped;
-            v.idle = true;
-            v.pid = None;
-            v.started = None;
-        });
-        self.persist(|s| s.set_pgid(name, None));
-    }
-
-    pub(crate) fn count_restart(&self, name: &InstanceName) {
-        self.update(name, |v| v.restarts += 1);
-    }
-
-    /// The runner is done: forget the slot (and the desired state when `forget`).
-    pub(crate) fn finish(&self, name: &InstanceName, forget: bool) {
-        self.event(name, "stopped");
-        if forget {
-            self.persist(|s| s.remove(name));
-        } else {
-            self.persist(|s| s.set_pgid(name, None));
-        }
-        self.forget_slot(name);
-    }
-
-    pub(crate) fn forget_slot(&self, name: &InstanceName) {
-        self.slots().remove(name);
-        self.publish();
-    }
-
-    /// Wait until no request is in flight on `name` (at most drain_timeout).
-    pub(crate) async fn drain(&self, name: &InstanceName) {
-        let deadline = Instant::now() + self.inner.config.settings.drain_timeout;
-        while self.inner.traffic.in_flight(name) > 0 {
-            if Instant::now() >= deadline {
-                self.warn(name, "drain_timeout reached with requests in flight");
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// No request in flight and none started for `idle_timeout` (counting from `since`).
-    pub(crate) fn is_idle(
-        &self,
-        name: &InstanceName,
-        since: Instant,
-        idle_timeout: Duration,
-    ) -> bool {
-        let t = &self.inner.traffic;
-        let last = t.last_request(name).map_or(since, |l| l.max(since));
-        t.in_flight(name) == 0 && last.elapsed() >= idle_timeout
-    }
-
-    /// storage_quota_mb: a warning at 80 % and at 100 % (once each until it drops back).
-    pub(crate) fn check_storage(&self, name: &InstanceName, process: &Process) {
-        let Some(quota_mb) = process.storage_quota_mb else {
-            return;
-        };
-        let used = dir_size(&instance_data_dir(&self.inner.data_dir, name));
-        let quota = quota_mb * 1024 * 1024;
-        let level = if used >= quota {
-            2
-        } else {
-            u8::from(used * 5 >= quota * 4)
-        };
-        let warn = {
-            let mut slots = self.slots();
-            let Some(slot) = slots.get_mut(name) else {
-                return;
-            };
-            slot.view.storage_bytes = Some(used);
-            let warn = level > slot.storage_warned;
-            slot.storage_warned = level;
-            warn
-        };
-        self.publish();
-        if warn {
-            let pct = used * 100 / quota.max(1);
-            self.warn(
-                name,
-                &format!("DATA_DIR uses {used} bytes, {pct}% of storage_quota_mb {quota_mb}"),
-            );
-        }
-    }
-
-    // --- the API ---
 
     /// Spawn `name` with `weight` and wait until it is ready (accepts connections, or answers
     /// its health path 2xx) within startup_timeout. On failure it is killed and forgotten and
@@ -447,11 +112,22 @@ impl Supervisor {
         weight: u32,
         startup_timeout: Option<Duration>,
     ) -> Result<InstanceView, Error> {
-        if self.inner.shutting_down.load(Ordering::Relaxed) {
+        let r = self.spawn_inner(name, weight, startup_timeout).await;
+        self.settle().await;
+        r
+    }
+
+    async fn spawn_inner(
+        &self,
+        name: &InstanceName,
+        weight: u32,
+        startup_timeout: Option<Duration>,
+    ) -> Result<InstanceView, Error> {
+        let reg = &self.reg;
+        if reg.shutting_down.load(Ordering::Relaxed) {
             return Err(Error::ShuttingDown);
         }
-        let mut process = self
-            .inner
+        let mut process = reg
             .config
             .process(&name.process)
             .ok_or_else(|| Error::UnknownProcess(name.process.clone()))?
@@ -466,29 +142,20 @@ impl Supervisor {
         let (done_tx, done_rx) = watch::channel(false);
         let wake = Arc::new(Notify::new());
         {
-            let mut slots = self.slots();
             // A slot reserved at boot keeps its place; any other is a conflict.
-            let seq = match slots.get(name) {
+            let seq = match reg.slots().get(name) {
                 Some(s) if s.reserved => s.seq,
                 Some(_) => return Err(Error::AlreadyRunning(name.to_string())),
-                None => self.inner.seq.fetch_add(1, Ordering::Relaxed),
+                None => reg.next_seq(),
             };
-            slots.insert(
-                name.clone(),
-                Slot {
-                    view: new_view(name, weight),
-                    seq,
-                    stop: stop_tx,
-                    wake: wake.clone(),
-                    done: done_rx,
-                    storage_warned: 0,
-                    reserved: false,
-                },
-            );
+            let mut slot = Slot::new(name, Kind::Spawned, weight, seq, false);
+            slot.stop = stop_tx;
+            slot.wake = wake.clone();
+            slot.done = done_rx;
+            reg.insert(name, slot);
         }
-        self.publish();
         let runner = Runner {
-            sup: self.clone(),
+            reg: reg.clone(),
             name: name.clone(),
             process,
             stop: stop_rx,
@@ -496,7 +163,7 @@ impl Supervisor {
             tail: Arc::new(Tail::default()),
         };
         // Recorded before the start, so the process group it runs in is recorded too.
-        let new_row = match &self.inner.store {
+        let new_row = match &reg.store {
             Some(store) => blocking(|| store.upsert(name, weight)).unwrap_or_else(|e| {
                 tracing::error!("{e}");
                 false
@@ -514,7 +181,7 @@ impl Supervisor {
                 .ok_or_else(|| Error::UnknownInstance(name.to_string())),
             Ok(Err(e)) => {
                 if new_row {
-                    self.persist(|s| s.remove(name)); // a failed spawn changes nothing
+                    reg.persist(|s| s.remove(name)); // a failed spawn changes nothing
                 }
                 Err(e)
             }
@@ -531,28 +198,45 @@ impl Supervisor {
     }
 
     async fn stop_with(&self, name: &InstanceName, forget: bool) -> Result<(), Error> {
-        let mut done = {
-            let mut slots = self.slots();
+        let reg = &self.reg;
+        let done = {
+            let mut slots = reg.slots();
             let slot = slots
                 .get(name)
                 .ok_or_else(|| Error::UnknownInstance(name.to_string()))?;
+            if slot.routed.kind == Kind::External && forget {
+                return Err(Error::External(name.process.clone()));
+            }
             if slot.reserved {
                 // Announced at boot, never started: nothing to stop.
                 slots.remove(name);
-                drop(slots);
-                if forget {
-                    self.persist(|s| s.remove(name));
-                }
-                self.publish();
-                return Ok(());
+                None
+            } else {
+                slot.stop.send_replace(Stop::Yes { forget });
+                Some(slot.done.clone())
             }
-            slot.stop.send_replace(Stop::Yes { forget });
-            slot.done.clone()
+        };
+        let Some(mut done) = done else {
+            if forget {
+                reg.persist(|s| s.remove(name));
+            }
+            let generation = reg.publish();
+            reg.settle(generation).await;
+            return Ok(());
         };
         let _ = done.wait_for(|d| *d).await;
-        let process = self.inner.config.process(&name.process);
+        self.settle().await;
+        let process = reg.config.process(&name.process);
         if forget && process.is_some_and(|p| !p.storage_persist) {
-            let _ = std::fs::remove_dir_all(instance_data_dir(&self.inner.data_dir, name));
+            let dir = instance_data_dir(&reg.data_dir, name);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    reg.warn(
+                        name,
+                        &format!("cannot remove its DATA_DIR {}: {e}", dir.display()),
+                    );
+                }
+            }
         }
         Ok(())
     }
@@ -562,49 +246,70 @@ impl Supervisor {
         let view = self
             .instance(name)
             .ok_or_else(|| Error::UnknownInstance(name.to_string()))?;
+        if view.kind == Kind::External {
+            return Err(Error::External(name.process.clone()));
+        }
         self.stop_with(name, false).await?;
         self.spawn(name, view.weight).await?;
-        self.update(name, |v| v.restarts = view.restarts + 1);
+        self.reg
+            .status(name, |s| s.restarts = view.restarts.saturating_add(1));
         self.instance(name)
             .ok_or_else(|| Error::UnknownInstance(name.to_string()))
     }
 
-    /// Set weights of several instances at once: ONE published view, so ONE table swap.
-    pub fn set_weights(&self, weights: &[(InstanceName, u32)]) -> Result<(), Error> {
-        {
-            let mut slots = self.slots();
+    /// Set weights of several instances (spawned or external) at once: ONE published view, so
+    /// ONE table swap; returns once that table is live.
+    pub async fn set_weights(&self, weights: &[(InstanceName, u32)]) -> Result<(), Error> {
+        let reg = &self.reg;
+        let (generation, external) = {
+            let mut slots = reg.slots();
             if let Some((missing, _)) = weights.iter().find(|(n, _)| !slots.contains_key(n)) {
                 return Err(Error::UnknownInstance(missing.to_string()));
             }
+            let mut external = Vec::new();
             for (n, w) in weights {
                 if let Some(slot) = slots.get_mut(n) {
-                    slot.view.weight = *w;
+                    if slot.routed.weight != *w {
+                        Arc::make_mut(&mut slot.routed).weight = *w;
+                    }
+                    external.push(slot.routed.kind == Kind::External);
                 }
             }
+            (reg.publish_slots(&slots), external)
+        };
+        reg.settle(generation).await;
+        let (ext, spawned): (Vec<_>, Vec<_>) = weights
+            .iter()
+            .zip(external)
+            .partition(|(_, is_external)| *is_external);
+        let spawned: Vec<_> = spawned.into_iter().map(|(w, _)| w.clone()).collect();
+        if !spawned.is_empty() {
+            reg.persist(|s| s.set_weights(&spawned));
         }
-        self.publish();
-        self.persist(|s| s.set_weights(weights));
+        for ((name, w), _) in ext {
+            reg.persist(|s| s.set_external_weight(name, *w));
+        }
         Ok(())
     }
 
-    /// Wake an idle-stopped instance and wait until it is healthy. Concurrent callers share
-    /// one wake.
+    /// Wake an idle-stopped instance and wait until it is healthy and routed. Concurrent
+    /// callers share one wake.
     pub async fn wake(&self, name: &InstanceName) -> Result<(), Error> {
-        let mut views = self.subscribe();
-        let timeout = self
-            .inner
+        let reg = &self.reg;
+        let mut views = reg.subscribe();
+        let timeout = reg
             .config
             .process(&name.process)
             .map(|p| p.startup_timeout)
             .unwrap_or(Duration::from_secs(10))
             + Duration::from_secs(5);
         {
-            let slots = self.slots();
+            let slots = reg.slots();
             let slot = slots
                 .get(name)
                 .ok_or_else(|| Error::UnknownInstance(name.to_string()))?;
-            match (slot.view.state, slot.view.idle) {
-                (State::Healthy, _) => return Ok(()),
+            match (slot.routed.state, slot.routed.idle) {
+                (State::Healthy, _) => {}
                 // Stopping or stopped for idleness: one permit, taken when the runner waits.
                 // (Starting while idle means a wake is already under way: share it.)
                 (State::Stopped | State::Draining, true) => slot.wake.notify_one(),
@@ -613,16 +318,22 @@ impl Supervisor {
         }
         let woke = tokio::time::timeout(timeout, async {
             loop {
-                let state = views
-                    .borrow_and_update()
-                    .instances
-                    .iter()
-                    .find(|v| &v.name == name)
-                    .map(|v| (v.state, v.idle));
+                let (generation, state) = {
+                    let v = views.borrow_and_update();
+                    let state = v
+                        .instances
+                        .iter()
+                        .find(|r| &r.name == name)
+                        .map(|r| r.state);
+                    (v.generation, state)
+                };
                 match state {
-                    Some((State::Healthy, _)) => return Ok(()),
+                    Some(State::Healthy) => {
+                        reg.settle(generation).await;
+                        return Ok(());
+                    }
                     None => return Err("it was stopped".to_string()),
-                    Some((State::Failed, _)) => return Err("it failed to start".to_string()),
+                    Some(State::Failed) => return Err("it failed to start".to_string()),
                     _ => {}
                 }
                 if views.changed().await.is_err() {
@@ -638,12 +349,14 @@ impl Supervisor {
         }
     }
 
-    /// At start, before the listeners open: kill what a crashed `ten serve` left running, and
+    /// At start, before the listeners open: kill what a crashed `ten serve` left running,
     /// announce the desired instances (persisted ones in their order with their weights, then
     /// `[instances]` of the config not already there) as `starting`, so their hosts answer 503,
-    /// not 404, until each is up. Returns them for [`Supervisor::start_desired`].
-    pub fn prepare(&self) -> Vec<(InstanceName, u32)> {
-        let persisted = match &self.inner.store {
+    /// not 404, until each is up; resolve the external upstreams and start their health
+    /// checks. Returns the instances for [`Supervisor::start_desired`].
+    pub async fn prepare(&self) -> Vec<(InstanceName, u32)> {
+        let reg = &self.reg;
+        let persisted = match &reg.store {
             Some(store) => store.load().unwrap_or_else(|e| {
                 tracing::error!("{e}");
                 Vec::new()
@@ -653,8 +366,7 @@ impl Supervisor {
         orphans::kill(&persisted);
         let mut wanted: Vec<(InstanceName, u32)> = Vec::new();
         for p in persisted {
-            let known = self
-                .inner
+            let known = reg
                 .config
                 .process(&p.name.process)
                 .is_some_and(|pr| !pr.is_external());
@@ -662,40 +374,83 @@ impl Supervisor {
                 wanted.push((p.name, p.weight));
             } else {
                 tracing::warn!(instance = %p.name, "no longer in the config: forgotten");
-                self.persist(|s| s.remove(&p.name));
+                reg.persist(|s| s.remove(&p.name));
             }
         }
-        for name in &self.inner.config.instances {
+        for name in &reg.config.instances {
             if !wanted.iter().any(|(n, _)| n == name) {
                 wanted.push((name.clone(), 100));
             }
         }
+        self.prepare_externals().await;
         // Announce them all at once (state starting: 503, not 404, until each is up).
         {
-            let mut slots = self.slots();
+            let mut slots = reg.slots();
             for (name, weight) in &wanted {
-                let (stop, _) = watch::channel(Stop::No);
-                let (_, done) = watch::channel(true);
-                slots.entry(name.clone()).or_insert_with(|| Slot {
-                    view: new_view(name, *weight),
-                    seq: self.inner.seq.fetch_add(1, Ordering::Relaxed),
-                    stop,
-                    wake: Arc::new(Notify::new()),
-                    done,
-                    storage_warned: 0,
-                    reserved: true,
-                });
+                if !slots.contains_key(name) {
+                    let slot = Slot::new(name, Kind::Spawned, *weight, reg.next_seq(), true);
+                    slots.insert(name.clone(), slot);
+                }
+            }
+            reg.publish_slots(&slots);
+        }
+        wanted
+    }
+
+    /// External upstreams: resolved once now (so they route from the first request), with
+    /// their persisted weights (default 100), then health-checked by their own runners.
+    async fn prepare_externals(&self) {
+        let reg = &self.reg;
+        let weights = reg
+            .store
+            .as_ref()
+            .and_then(|s| s.external_weights().ok())
+            .unwrap_or_default();
+        for p in reg.config.processes.iter().filter(|p| p.is_external()) {
+            for (i, u) in p.upstreams.iter().enumerate() {
+                let name = InstanceName {
+                    process: p.name.clone(),
+                    id: i.to_string(),
+                };
+                let weight = weights
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or(100, |(_, w)| *w);
+                let addr = match externals::resolve(u).await {
+                    Ok(a) => Some(a),
+                    Err(why) => {
+                        tracing::error!(upstream = %name, "cannot resolve upstream address; it is left out of routing until it resolves: {why}");
+                        None
+                    }
+                };
+                let (stop_tx, stop_rx) = watch::channel(Stop::No);
+                let (done_tx, done_rx) = watch::channel(false);
+                let mut slot = Slot::new(&name, Kind::External, weight, reg.next_seq(), false);
+                {
+                    let r = Arc::make_mut(&mut slot.routed);
+                    r.state = externals::initial_state(&addr);
+                    r.addr = addr;
+                }
+                slot.stop = stop_tx;
+                slot.done = done_rx;
+                reg.slots().insert(name.clone(), slot);
+                tokio::spawn(externals::run(
+                    reg.clone(),
+                    name,
+                    u.clone(),
+                    p.health.clone(),
+                    stop_rx,
+                    done_tx,
+                ));
             }
         }
-        self.publish();
-        wanted
     }
 
     /// Spawn what [`Supervisor::prepare`] announced, in order. Failures are logged; the others
     /// still start.
     pub async fn start_desired(&self, wanted: Vec<(InstanceName, u32)>) {
         for (name, weight) in wanted {
-            if self.inner.shutting_down.load(Ordering::Relaxed) {
+            if self.reg.shutting_down.load(Ordering::Relaxed) {
                 return;
             }
             if let Err(e) = self.spawn(&name, weight).await {
@@ -706,75 +461,13 @@ impl Supervisor {
 
     /// Refuse new spawns, then stop every instance concurrently (keeping the desired state).
     pub async fn stop_all(&self) {
-        self.inner.shutting_down.store(true, Ordering::Relaxed);
-        let names: Vec<_> = self.slots().keys().cloned().collect();
+        self.reg.shutting_down.store(true, Ordering::Relaxed);
+        let names: Vec<_> = self.reg.slots().keys().cloned().collect();
         let mut tasks = tokio::task::JoinSet::new();
         for n in names {
             let me = self.clone();
             tasks.spawn(async move { me.stop_with(&n, false).await });
         }
         while tasks.join_next().await.is_some() {}
-    }
-}
-
-/// Bytes under `dir` (files only; symlinks not followed).
-fn dir_size(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(e.path()),
-                Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
-                _ => {}
-            }
-        }
-    }
-    total
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod blocking_tests {
-    use super::blocking;
-
-    #[test]
-    fn runs_with_and_without_a_runtime() {
-        assert_eq!(blocking(|| 1), 1);
-        let current = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        assert_eq!(current.block_on(async { blocking(|| 2) }), 2);
-        let multi = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .build()
-            .unwrap();
-        // On a worker, and from the runtime's own block_on.
-        let on_worker = multi.block_on(async { tokio::spawn(async { blocking(|| 3) }).await });
-        assert_eq!(on_worker.unwrap(), 3);
-        assert_eq!(multi.block_on(async { blocking(|| 4) }), 4);
-    }
-
-    #[test]
-    fn other_tasks_run_while_one_blocks() {
-        let multi = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_time()
-            .build()
-            .unwrap();
-        multi.block_on(async {
-            let (tx, rx) = std::sync::mpsc::channel::<()>();
-            // Blocks its worker until the other task has run: with one worker, that task runs
-            // only because the blocked one handed the worker over.
-            let blocked = tokio::spawn(async move {
-                blocking(|| rx.recv_timeout(std::time::Duration::from_secs(20)).is_ok())
-            });
-            let other = tokio::spawn(async move { tx.send(()).is_ok() });
-            assert!(other.await.unwrap());
-            assert!(blocked.await.unwrap());
-        });
     }
 }

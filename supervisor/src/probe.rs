@@ -1,26 +1,11 @@
 //! Readiness and health probes over an instance's TCP port or unix socket.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
-/// Where an instance listens.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Addr {
-    Tcp(std::net::SocketAddr),
-    Unix(PathBuf),
-}
-
-impl std::fmt::Display for Addr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Addr::Tcp(a) => write!(f, "{a}"),
-            Addr::Unix(p) => write!(f, "unix:{}", p.display()),
-        }
-    }
-}
+pub use tenement_conf::Addr;
 
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}

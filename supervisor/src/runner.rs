@@ -12,8 +12,11 @@ use tenement_conf::{InstanceName, Process, RestartPolicy};
 
 use crate::backoff::Backoff;
 use crate::child::{self, Tail};
-use crate::probe::{self, Addr};
-use crate::{cgroup, Error, State, Supervisor};
+use tenement_conf::Addr;
+
+use crate::probe;
+use crate::registry::Registry;
+use crate::{cgroup, storage, Error, State};
 
 /// Consecutive failed health checks that make an instance unhealthy.
 pub const UNHEALTHY_AFTER: u32 = 3;
@@ -36,7 +39,7 @@ enum Outcome {
 }
 
 pub struct Runner {
-    pub sup: Supervisor,
+    pub reg: Arc<Registry>,
     pub name: InstanceName,
     pub process: Process,
     pub stop: watch::Receiver<Stop>,
@@ -88,11 +91,11 @@ impl Runner {
                 Ok(live) => live,
                 Err(e) => {
                     if let Some(tx) = first.take() {
-                        self.sup.forget_slot(&self.name); // gone before the caller hears of it
+                        self.reg.forget_slot(&self.name); // gone before the caller hears of it
                         let _ = tx.send(Err(e));
                         return;
                     }
-                    self.sup.event(&self.name, &format!("restart failed: {e}"));
+                    self.reg.event(&self.name, &format!("restart failed: {e}"));
                     match self
                         .after_failure(&backoff, &mut attempt, &mut recent, None)
                         .await
@@ -104,8 +107,8 @@ impl Runner {
             };
             match self.wait_ready(&live).await {
                 Ok(()) => {
-                    self.sup.set_state(&self.name, State::Healthy, None);
-                    self.sup.event(&self.name, "healthy");
+                    self.reg.set_state(&self.name, State::Healthy, None);
+                    self.reg.event(&self.name, "healthy");
                     if let Some(tx) = first.take() {
                         let _ = tx.send(Ok(()));
                     }
@@ -115,7 +118,7 @@ impl Runner {
                     if let Some(tx) = first.take() {
                         live.drain_output().await;
                         self.cleanup(&live);
-                        self.sup.forget_slot(&self.name); // gone before the caller hears of it
+                        self.reg.forget_slot(&self.name); // gone before the caller hears of it
                         let _ = tx.send(Err(Error::StartupFailed {
                             name: self.name.to_string(),
                             reason,
@@ -125,10 +128,10 @@ impl Runner {
                     }
                     if let Some(forget) = self.stop_requested() {
                         self.cleanup(&live);
-                        self.sup.finish(&self.name, forget);
+                        self.reg.finish(&self.name, forget);
                         return;
                     }
-                    self.sup.event(
+                    self.reg.event(
                         &self.name,
                         &format!("did not become healthy after restart: {reason}"),
                     );
@@ -150,26 +153,26 @@ impl Runner {
                 Outcome::Stop { forget } => {
                     self.drain_and_kill(&live).await;
                     self.cleanup(&live);
-                    self.sup.finish(&self.name, forget);
+                    self.reg.finish(&self.name, forget);
                     return;
                 }
                 Outcome::Idle => {
-                    self.sup
+                    self.reg
                         .event(&self.name, "idle: stopping (it wakes on its next request)");
-                    self.sup.mark_idle(&self.name);
+                    self.reg.mark_idle(&self.name);
                     self.drain_and_kill(&live).await;
                     self.cleanup(&live);
-                    self.sup.set_idle(&self.name);
+                    self.reg.set_idle(&self.name);
                     let mut stop = self.stop.clone();
                     tokio::select! {
                         _ = self.wake.notified() => {
-                            self.sup.event(&self.name, "waking");
+                            self.reg.event(&self.name, "waking");
                             attempt = 0;
                             continue;
                         }
                         _ = stop.wait_for(|s| *s != Stop::No) => {
                             let forget = self.stop_requested().unwrap_or(false);
-                            self.sup.finish(&self.name, forget);
+                            self.reg.finish(&self.name, forget);
                             return;
                         }
                     }
@@ -187,20 +190,20 @@ impl Runner {
                         } else {
                             State::Failed
                         };
-                        self.sup.event(
+                        self.reg.event(
                             &self.name,
                             &format!(
                                 "{text}; restart = {} so it stays down",
                                 policy(self.process.restart)
                             ),
                         );
-                        self.sup.set_state(&self.name, state, Some(text));
-                        self.sup.clear_pid(&self.name);
+                        self.reg.set_state(&self.name, state, Some(text));
+                        self.reg.clear_pid(&self.name);
                         self.wait_for_stop().await;
                         return;
                     }
-                    self.sup.event(&self.name, &format!("crashed: {text}"));
-                    self.sup.set_last_error(&self.name, text);
+                    self.reg.event(&self.name, &format!("crashed: {text}"));
+                    self.reg.set_last_error(&self.name, text);
                     match self
                         .after_failure(&backoff, &mut attempt, &mut recent, None)
                         .await
@@ -210,7 +213,7 @@ impl Runner {
                     }
                 }
                 Outcome::Unhealthy(reason) => {
-                    self.sup
+                    self.reg
                         .event(&self.name, &format!("unhealthy ({reason}): restarting"));
                     self.kill(&live).await;
                     self.cleanup(&live);
@@ -237,7 +240,7 @@ impl Runner {
         if let Some(live) = live {
             self.cleanup(live);
         }
-        self.sup.clear_pid(&self.name);
+        self.reg.clear_pid(&self.name);
         let now = Instant::now();
         while recent
             .front()
@@ -252,15 +255,15 @@ impl Runner {
                 probe::humanize(self.process.restart_window),
                 self.name
             );
-            self.sup.event(&self.name, &why);
-            self.sup.set_state(&self.name, State::Failed, Some(why));
+            self.reg.event(&self.name, &why);
+            self.reg.set_state(&self.name, State::Failed, Some(why));
             self.wait_for_stop().await;
             return None;
         }
         let delay = backoff.next(*attempt);
         *attempt = attempt.saturating_add(1);
-        self.sup.set_state(&self.name, State::Starting, None);
-        self.sup.event(
+        self.reg.set_state(&self.name, State::Starting, None);
+        self.reg.event(
             &self.name,
             &format!("restarting in {}", probe::humanize(delay)),
         );
@@ -269,34 +272,34 @@ impl Runner {
             _ = tokio::time::sleep(delay) => {}
             _ = stop.wait_for(|s| *s != Stop::No) => {
                 let forget = self.stop_requested().unwrap_or(false);
-                self.sup.finish(&self.name, forget);
+                self.reg.finish(&self.name, forget);
                 return None;
             }
         }
         recent.push_back(Instant::now());
-        self.sup.count_restart(&self.name);
+        self.reg.count_restart(&self.name);
         Some(())
     }
 
     async fn wait_for_stop(&mut self) {
         let _ = self.stop.wait_for(|s| *s != Stop::No).await;
         let forget = self.stop_requested().unwrap_or(false);
-        self.sup.finish(&self.name, forget);
+        self.reg.finish(&self.name, forget);
     }
 
     async fn start(&self) -> Result<Live, Error> {
-        self.sup.set_state(&self.name, State::Starting, None);
+        self.reg.set_state(&self.name, State::Starting, None);
         let started = child::start(&child::Launch {
             name: &self.name,
             process: &self.process,
-            data_dir: self.sup.data_dir(),
-            sink: self.sup.sink(),
+            data_dir: &self.reg.data_dir,
+            sink: self.reg.sink.clone(),
             tail: self.tail.clone(),
         })?;
         let pid = started.pid;
         let addr = started.addr.clone();
-        self.sup.set_started(&self.name, pid, addr.clone());
-        self.sup
+        self.reg.set_started(&self.name, pid, addr.clone());
+        self.reg
             .event(&self.name, &format!("spawned pid {pid} on {addr}"));
         let cgroup = if self.process.memory_limit_mb.is_some() || self.process.cpu_shares.is_some()
         {
@@ -308,7 +311,7 @@ impl Runner {
             ) {
                 Ok(path) => Some(path),
                 Err(e) => {
-                    self.sup.warn(
+                    self.reg.warn(
                         &self.name,
                         &format!("memory_limit_mb/cpu_shares not applied: {e}"),
                     );
@@ -379,7 +382,7 @@ impl Runner {
     }
 
     async fn monitor(&mut self, live: &Live) -> Outcome {
-        let interval = self.sup.health_interval();
+        let interval = self.reg.health_interval();
         let mut health = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let idle_timeout = self.process.idle_timeout;
@@ -405,26 +408,26 @@ impl Runner {
                     match probe::probe(&live.addr, self.process.health.as_deref(), timeout).await {
                         Ok(()) => {
                             if fails >= UNHEALTHY_AFTER {
-                                self.sup.event(&self.name, "recovered: healthy again");
-                                self.sup.set_state(&self.name, State::Healthy, None);
+                                self.reg.event(&self.name, "recovered: healthy again");
+                                self.reg.set_state(&self.name, State::Healthy, None);
                             }
                             fails = 0;
                         }
                         Err(e) => {
                             fails += 1;
                             if fails == UNHEALTHY_AFTER {
-                                self.sup.event(&self.name, &format!("unhealthy after {fails} failed checks: {e}"));
-                                self.sup.set_state(&self.name, State::Unhealthy, Some(e.clone()));
+                                self.reg.event(&self.name, &format!("unhealthy after {fails} failed checks: {e}"));
+                                self.reg.set_state(&self.name, State::Unhealthy, Some(e.clone()));
                                 if self.process.restart != RestartPolicy::Never {
                                     return Outcome::Unhealthy(e);
                                 }
                             }
                         }
                     }
-                    self.sup.check_storage(&self.name, &self.process);
+                    storage::check(&self.reg, &self.name, &self.process).await;
                 }
                 _ = idle_tick.tick(), if !idle_timeout.is_zero() => {
-                    if self.sup.is_idle(&self.name, since, idle_timeout) {
+                    if self.reg.is_idle(&self.name, since, idle_timeout) {
                         return Outcome::Idle;
                     }
                 }
@@ -444,7 +447,7 @@ impl Runner {
                 .await
                 .is_err();
         if timed_out {
-            self.sup.event(
+            self.reg.event(
                 &self.name,
                 &format!(
                     "did not stop within stop_timeout {}: SIGKILL",
@@ -458,8 +461,10 @@ impl Runner {
 
     /// Out of routing, in-flight requests finish (<= drain_timeout), then kill.
     async fn drain_and_kill(&self, live: &Live) {
-        self.sup.set_state(&self.name, State::Draining, None);
-        self.sup.drain(&self.name).await;
+        // Out of the table first (the drain counts only requests it routed), then drain.
+        let generation = self.reg.set_state(&self.name, State::Draining, None);
+        self.reg.settle(generation).await;
+        self.reg.drain(&self.name).await;
         self.kill(live).await;
     }
 

@@ -1,0 +1,129 @@
+//! External upstreams (`upstreams = [...]`): services ten does not spawn or stop, kept as
+//! instances of kind [`Kind::External`] (`legacy:0`, `legacy:1`, ...) in the same registry as
+//! spawned ones: same weight path, same views, same state table. Their runner only resolves
+//! and health-checks: the address is resolved again on every check (a failure is never
+//! cached: the last good address is kept), and [`UNHEALTHY_AFTER`] failed checks in a row take
+//! it out of routing until one passes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use tenement_conf::{Addr, InstanceName, Upstream};
+
+use crate::probe;
+use crate::registry::Registry;
+use crate::runner::{Stop, UNHEALTHY_AFTER};
+use crate::view::State;
+
+/// `host:port` -> its first address; a socket path as it is.
+pub(crate) async fn resolve(u: &Upstream) -> Result<Addr, String> {
+    match u {
+        Upstream::Unix(p) => Ok(Addr::Unix(p.clone())),
+        Upstream::Tcp(hp) => match tokio::net::lookup_host(hp.as_str()).await {
+            Ok(mut addrs) => addrs
+                .next()
+                .map(Addr::Tcp)
+                .ok_or_else(|| format!("{hp}: no address")),
+            Err(e) => Err(format!("{hp}: {e}")),
+        },
+    }
+}
+
+/// The state an external upstream starts in: healthy until checks say otherwise (connect
+/// failures are retried by the proxy anyway), failed while it has no address.
+pub(crate) fn initial_state(addr: &Option<Addr>) -> State {
+    match addr {
+        Some(_) => State::Healthy,
+        None => State::Failed,
+    }
+}
+
+/// One external upstream's health loop, until it is stopped (shutdown).
+pub(crate) async fn run(
+    reg: Arc<Registry>,
+    name: InstanceName,
+    upstream: Upstream,
+    health: Option<String>,
+    mut stop: watch::Receiver<Stop>,
+    done: watch::Sender<bool>,
+) {
+    let every = reg.health_interval();
+    let timeout = every.min(Duration::from_secs(5));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fails = 0u32;
+    let mut unresolved_logged = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s != Stop::No) => break,
+        }
+        let addr = match resolve(&upstream).await {
+            Ok(a) => {
+                unresolved_logged = false;
+                let had_none = reg.instance(&name).is_some_and(|v| v.addr.is_none());
+                reg.route(&name, |r, _| {
+                    r.addr = Some(a.clone());
+                    if had_none {
+                        r.state = State::Healthy;
+                    }
+                });
+                a
+            }
+            Err(why) => {
+                if !unresolved_logged {
+                    tracing::error!(upstream = %name, "cannot resolve upstream address: {why}");
+                    unresolved_logged = true;
+                }
+                match reg.instance(&name).and_then(|v| v.addr) {
+                    Some(a) => a, // keep the last good address
+                    None => continue,
+                }
+            }
+        };
+        match probe::probe(&addr, health.as_deref(), timeout).await {
+            Ok(()) => {
+                if fails >= UNHEALTHY_AFTER {
+                    tracing::info!(upstream = %name, "external upstream healthy again");
+                    reg.set_state(&name, State::Healthy, None);
+                }
+                fails = 0;
+            }
+            Err(why) => {
+                fails = fails.saturating_add(1);
+                if fails == UNHEALTHY_AFTER {
+                    tracing::warn!(upstream = %name, "external upstream unhealthy: {why}");
+                    reg.set_state(&name, State::Unhealthy, None);
+                }
+            }
+        }
+    }
+    reg.forget_slot(&name);
+    let _ = done.send(true);
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn resolves_literals_and_paths_and_reports_failures() {
+        let a = resolve(&Upstream::Tcp("127.0.0.1:3000".into()))
+            .await
+            .unwrap();
+        assert_eq!(a.to_string(), "127.0.0.1:3000");
+        let u = resolve(&Upstream::Unix("/run/x.sock".into()))
+            .await
+            .unwrap();
+        assert_eq!(u.to_string(), "unix:/run/x.sock");
+        let e = resolve(&Upstream::Tcp("no-such-host.invalid:80".into()))
+            .await
+            .unwrap_err();
+        assert!(e.starts_with("no-such-host.invalid:80"), "{e}");
+        assert_eq!(initial_state(&None), State::Failed);
+        assert_eq!(initial_state(&Some(a)), State::Healthy);
+    }
+}
