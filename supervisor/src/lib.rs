@@ -9,6 +9,7 @@
 mod backoff;
 mod cgroup;
 mod child;
+pub mod db;
 pub mod logs;
 mod orphans;
 pub mod probe;
