@@ -1,8 +1,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::testing::{closed_url, wait_until, Answer, TestServer};
-use crate::NewServer;
+use crate::{Events, FleetStore, NewServer, Tenant};
 
 fn conf(interval_ms: u64, degraded_ms: u64) -> tenement_conf::Fleet {
     tenement_conf::Fleet {

@@ -31,6 +31,7 @@ fn msg<T: std::fmt::Debug>(r: Result<T, FleetError>) -> (String, String) {
         FleetError::NotFound(_) => "not found",
         FleetError::Conflict(_) => "conflict",
         FleetError::Db(_) => "db",
+        FleetError::Schema(_) => "schema",
     };
     (kind.to_string(), e.to_string())
 }
