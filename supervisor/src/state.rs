@@ -214,4 +214,34 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn a_database_from_before_versions_opens_with_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("tenement.db");
+        {
+            // What the code before schema versions created (migration 1 is that text).
+            let old = Connection::open(&db).unwrap();
+            old.execute_batch(SCHEMA.migrations[0]).unwrap();
+            old.execute(
+                "INSERT INTO instances (process, id, weight, seq) VALUES ('api', 'v1', 7, 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let s = StateStore::open(&db).unwrap();
+        assert_eq!(s.load().unwrap()[0].weight, 7);
+        let version: i64 = s
+            .conn()
+            .query_row(
+                "SELECT version FROM schema_version WHERE component = 'state'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, 1);
+        drop(s);
+        // Re-open: a no-op.
+        assert_eq!(StateStore::open(&db).unwrap().load().unwrap().len(), 1);
+    }
 }
