@@ -3,29 +3,35 @@
 
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection};
 use serde_json::{json, Value};
+use tenement_supervisor::db::{self, Schema};
+
+/// The `deploy_log` table (component `audit` in `schema_version`, see `tenement_supervisor::db`).
+const SCHEMA: Schema = Schema {
+    component: "audit",
+    migrations: &[
+        // 1: the schema from before versions existed.
+        "CREATE TABLE IF NOT EXISTS deploy_log (
+            id INTEGER PRIMARY KEY,
+            ts_ms INTEGER NOT NULL,
+            action TEXT NOT NULL,
+            process TEXT NOT NULL,
+            instance TEXT NOT NULL,
+            result TEXT NOT NULL
+        );",
+    ],
+};
 
 pub struct Audit {
     db: Mutex<Connection>,
 }
 
 impl Audit {
-    pub fn open(db: &Path) -> anyhow::Result<Self> {
-        let conn = Connection::open(db)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS deploy_log (
-                id INTEGER PRIMARY KEY,
-                ts_ms INTEGER NOT NULL,
-                action TEXT NOT NULL,
-                process TEXT NOT NULL,
-                instance TEXT NOT NULL,
-                result TEXT NOT NULL
-            );",
-        )?;
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let conn = db::open(path, &[], Some(&SCHEMA))?;
         Ok(Audit {
             db: Mutex::new(conn),
         })

@@ -13,7 +13,6 @@
 //! state or the idle flag changes, never for status fields (restarts, last error, storage).
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,9 +28,6 @@ use tenement_proxy::{
     TableBuilder, TenantTarget,
 };
 use tenement_supervisor::{Routed, RoutingView, State, Supervisor, TrafficProbe};
-
-/// A fleet server's address, whether it speaks TLS, and its host (for SNI).
-pub type ServerAddr = (SocketAddr, bool, String);
 
 /// The config as tables need it, built once: per-process options and plugin chains (shared by
 /// every table, so rate-limit buckets and auth caches survive swaps).
@@ -63,12 +59,11 @@ impl Compiled {
     }
 }
 
-/// The fleet as tables need it: its view, whether failover is on, and the servers' resolved
-/// addresses by URL.
+/// The fleet as tables need it: its view (servers with the addresses the fleet resolved) and
+/// whether failover is on.
 pub struct FleetInput<'a> {
     pub view: &'a FleetView,
     pub failover: bool,
-    pub addrs: &'a HashMap<String, ServerAddr>,
 }
 
 /// Every instance's live counters (and metric handles), kept across table swaps.
@@ -205,14 +200,14 @@ fn tenant_targets(own: &str, f: &FleetInput<'_>) -> Vec<(String, TenantTarget)> 
                     process: t.process.clone(),
                     instance: t.instance.clone(),
                 },
-                Some(s) => match f.addrs.get(&s.server.url) {
-                    Some((addr, tls, sni)) => TenantTarget::Remote(Box::new(Remote::to(
+                Some(s) => match &s.resolved {
+                    Some(a) => TenantTarget::Remote(Box::new(Remote::to(
                         &t.id,
                         &s.server.id,
                         tenement_fleet::tenant_host(t, &s.server),
-                        *addr,
-                        *tls,
-                        sni,
+                        a.addr,
+                        a.tls,
+                        &a.host,
                     ))),
                     None => TenantTarget::Remote(Box::new(Remote::unavailable(&t.id))),
                 },
@@ -220,29 +215,6 @@ fn tenant_targets(own: &str, f: &FleetInput<'_>) -> Vec<(String, TenantTarget)> 
             (t.domain.clone(), target)
         })
         .collect()
-}
-
-/// `http(s)://host[:port]` -> (first address, TLS, host for SNI). Resolved by the publisher
-/// before a build, never inside it.
-async fn resolve_url(url: &str) -> Option<ServerAddr> {
-    let uri: http::Uri = url.parse().ok()?;
-    let tls = uri.scheme_str() == Some("https");
-    let host = uri
-        .host()?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let found = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .map(|mut a| a.next());
-    match found {
-        Ok(a) => Some((a?, tls, host)),
-        Err(e) => {
-            tracing::error!(%url, "cannot resolve fleet server address: {e}");
-            None
-        }
-    }
 }
 
 /// The one place tables are built and swapped in.
@@ -290,30 +262,17 @@ impl Publisher {
     ) {
         let mut views = supervisor.follow();
         let mut cache = StatsCache::new(self.metrics.clone());
-        let mut addrs: HashMap<String, ServerAddr> = HashMap::new();
         let mut fleet_view = None;
         loop {
             let view = views.borrow_and_update().clone();
             if let Some((rx, failover)) = fleet.as_mut() {
                 fleet_view = Some((rx.borrow_and_update().clone(), *failover));
             }
-            if let Some((fv, _)) = &fleet_view {
-                // Server addresses are resolved here, before the build, and a failure is not
-                // kept: it is tried again on the next change.
-                for s in &fv.servers {
-                    if !addrs.contains_key(&s.server.url) {
-                        if let Some(a) = resolve_url(&s.server.url).await {
-                            addrs.insert(s.server.url.clone(), a);
-                        }
-                    }
-                }
-            }
             let table = tenement_supervisor::blocking(|| {
                 cache.sync(&view);
                 let input = fleet_view.as_ref().map(|(fv, failover)| FleetInput {
                     view: fv,
                     failover: *failover,
-                    addrs: &addrs,
                 });
                 build_table(&self.compiled, &view, input, &cache)
             });

@@ -18,7 +18,7 @@ mod units;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
 pub use names::{
-    check_hostname, check_instance_id, check_process_name, is_header_name, parse_cidr,
+    check_hostname, check_instance_id, check_process_name, is_header_name, is_label, parse_cidr,
     InstanceNameError,
 };
 pub use parse::{find_config_path, CONFIG_ENV};

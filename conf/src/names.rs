@@ -6,9 +6,9 @@ use std::str::FromStr;
 
 use crate::InstanceName;
 
-/// A process name becomes a DNS label (`{process}.{domain}`): `[a-z0-9][a-z0-9_-]*`, at most 63
-/// characters.
-pub fn check_process_name(name: &str) -> Result<(), String> {
+/// A name used as a DNS label (process names; fleet server and tenant ids):
+/// `[a-z0-9][a-z0-9_-]*`, at most 63 characters. Each caller words its own message.
+pub fn is_label(name: &str) -> bool {
     let valid_start = name
         .bytes()
         .next()
@@ -16,7 +16,12 @@ pub fn check_process_name(name: &str) -> Result<(), String> {
     let valid_rest = name
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if !valid_start || !valid_rest || name.len() > 63 {
+    valid_start && valid_rest && name.len() <= 63
+}
+
+/// A process name becomes a DNS label (`{process}.{domain}`): see [`is_label`].
+pub fn check_process_name(name: &str) -> Result<(), String> {
+    if !is_label(name) {
         return Err(format!(
             "invalid process name {name:?}: use lower-case letters, digits, '-' and '_', starting with a letter or digit, at most 63 characters (it becomes a DNS label)"
         ));

@@ -1,48 +1,23 @@
-//! [`Fleet`]: the health loop and the published [`FleetView`].
+//! The health loop: every `health_interval` each server without a check in flight gets
+//! `GET {url}/health` (timeout: min(interval, 5s)) in its own task, so one slow server never
+//! delays another, and its url is resolved (`tokio::net::lookup_host`) in the same task.
+//! A result is applied as soon as it arrives; a status change or a new address is published at
+//! once, other changes (last_seen, latency) at the next tick: at most one routine publish per
+//! interval. A server that appears between ticks is resolved at once (not checked).
 //!
-//! Every `health_interval` each server without a check in flight gets `GET {url}/health`
-//! (timeout: min(interval, 5s)) in its own task, so one slow server never delays another.
-//! A result is applied as soon as it arrives; a status change is published at once, other
-//! changes (last_seen, latency) at the next tick: at most one routine publish per interval.
+//! Resolution: the published [`ServerAddr`] is the last good one. A failure is never cached: it
+//! keeps the previous address (or none) and the next tick tries again.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 
-use crate::webhook::{OutagePayload, WebhookSender};
-use crate::{now_ms, rfc3339_ms, FleetStore, FleetView, Server, ServerState, Status, Tenant};
-
-/// The events sink: one human line per status change or webhook.
-pub type Events = Arc<dyn Fn(&str) + Send + Sync>;
-
-/// The fleet: its store, its health loop and the snapshot it publishes. Cheap to clone.
-#[derive(Clone)]
-pub struct Fleet {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    store: FleetStore,
-    conf: tenement_conf::Fleet,
-    events: Events,
-    tx: watch::Sender<Arc<FleetView>>,
-    client: reqwest::Client,
-    webhook: Option<WebhookSender>,
-    /// Runtime health by server id; also serializes publishes.
-    rt: Mutex<Runtime>,
-}
-
-#[derive(Default)]
-struct Runtime {
-    health: HashMap<String, Health>,
-    generation: u64,
-    /// Something changed that is not published yet.
-    dirty: bool,
-}
+use crate::fleet::{Fleet, Inner, Runtime};
+use crate::webhook::OutagePayload;
+use crate::{now_ms, rfc3339_ms, Server, ServerAddr, Status};
 
 /// One server's runtime health.
 #[derive(Clone, Debug, PartialEq)]
@@ -55,6 +30,10 @@ pub(crate) struct Health {
     pub last_error: Option<String>,
     /// The webhook for the current outage was sent (or is being sent).
     pub webhook_sent: bool,
+    /// The url's last good resolution (kept when a later one fails).
+    pub resolved: Option<ServerAddr>,
+    /// Why the last resolution failed (cleared by a success): logged once per cause.
+    pub resolve_error: Option<String>,
 }
 
 impl Default for Health {
@@ -67,6 +46,8 @@ impl Default for Health {
             failures: 0,
             last_error: None,
             webhook_sent: false,
+            resolved: None,
+            resolve_error: None,
         }
     }
 }
@@ -122,60 +103,24 @@ pub(crate) fn record(
     (h.status != old).then_some((old, h.status, why))
 }
 
+/// What a task of the loop reports.
+enum Done {
+    /// A tick's check of server `id` (at `url`), with its url resolved alongside.
+    Checked {
+        id: String,
+        url: String,
+        resolved: Result<ServerAddr, String>,
+        result: Result<Duration, String>,
+    },
+    /// A new server's url, resolved before its first tick.
+    Resolved {
+        id: String,
+        url: String,
+        resolved: Result<ServerAddr, String>,
+    },
+}
+
 impl Fleet {
-    /// A fleet over `store`, publishing its first view now (every server `unknown`).
-    pub fn new(store: FleetStore, conf: tenement_conf::Fleet, events: Events) -> Fleet {
-        let (tx, _) = watch::channel(Arc::new(FleetView::default()));
-        let webhook = conf.webhook.as_deref().map(WebhookSender::new);
-        let fleet = Fleet {
-            inner: Arc::new(Inner {
-                store,
-                conf,
-                events,
-                tx,
-                client: crate::http::client(),
-                webhook,
-                rt: Mutex::new(Runtime::default()),
-            }),
-        };
-        fleet.changed();
-        fleet
-    }
-
-    pub fn subscribe(&self) -> watch::Receiver<Arc<FleetView>> {
-        self.inner.tx.subscribe()
-    }
-
-    pub fn view(&self) -> Arc<FleetView> {
-        self.inner.tx.borrow().clone()
-    }
-
-    pub fn store(&self) -> &FleetStore {
-        &self.inner.store
-    }
-
-    pub fn conf(&self) -> &tenement_conf::Fleet {
-        &self.inner.conf
-    }
-
-    /// Re-reads servers and tenants from the store and publishes them (after every write).
-    pub fn changed(&self) {
-        let mut rt = self.inner.lock();
-        let read = self
-            .inner
-            .store
-            .servers()
-            .and_then(|s| Ok((s, self.inner.store.tenants()?)));
-        match read {
-            Ok((servers, tenants)) => {
-                let ids: HashSet<&str> = servers.iter().map(|s| s.id.as_str()).collect();
-                rt.health.retain(|id, _| ids.contains(id.as_str()));
-                self.inner.publish(&mut rt, servers, tenants);
-            }
-            Err(e) => tracing::error!("fleet: cannot read servers and tenants: {e}"),
-        }
-    }
-
     /// The health loop; returns when `shutdown` turns true (or its sender is dropped).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let interval = self
@@ -186,23 +131,44 @@ impl Fleet {
         let timeout = interval.min(Duration::from_secs(5));
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut checks: JoinSet<(String, String, Result<Duration, String>)> = JoinSet::new();
+        let mut tasks: JoinSet<Done> = JoinSet::new();
+        // Checks in flight by task, so a server gets at most one at a time.
         let mut in_flight: HashMap<tokio::task::Id, String> = HashMap::new();
+        // (id, url) of the servers resolved (or being resolved) since the loop started.
+        let mut seen: HashSet<(String, String)> = HashSet::new();
+        let mut views = self.subscribe();
         loop {
             if *shutdown.borrow() {
                 break;
             }
             tokio::select! {
                 r = shutdown.changed() => if r.is_err() { break },
-                Some(done) = checks.join_next_with_id(), if !checks.is_empty() => match done {
-                    Ok((task, (id, url, result))) => {
+                Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => match done {
+                    Ok((task, Done::Checked { id, url, resolved, result })) => {
                         in_flight.remove(&task);
-                        self.inner.apply(&id, &url, result);
+                        self.inner.apply(&id, &url, Some(resolved), Some(result));
+                    }
+                    Ok((_, Done::Resolved { id, url, resolved })) => {
+                        self.inner.apply(&id, &url, Some(resolved), None);
                     }
                     Err(e) => {
                         if let Some(id) = in_flight.remove(&e.id()) {
                             tracing::error!("fleet: health check of server {id} failed: {e}");
                         }
+                    }
+                },
+                Ok(()) = views.changed() => {
+                    let view = views.borrow_and_update().clone();
+                    seen.retain(|(id, url)| view.server(id).is_some_and(|s| s.server.url == *url));
+                    for s in &view.servers {
+                        if s.resolved.is_some() || !seen.insert((s.server.id.clone(), s.server.url.clone())) {
+                            continue;
+                        }
+                        let (id, url) = (s.server.id.clone(), s.server.url.clone());
+                        tasks.spawn(async move {
+                            let resolved = resolve(&url, timeout).await;
+                            Done::Resolved { id, url, resolved }
+                        });
                     }
                 },
                 _ = ticker.tick() => {
@@ -213,56 +179,32 @@ impl Fleet {
                         .map(|s| s.server.clone())
                         .collect();
                     for s in due {
+                        seen.insert((s.id.clone(), s.url.clone()));
                         let client = self.inner.client.clone();
                         let id = s.id.clone();
-                        let task = checks.spawn(async move {
-                            let result = check(&client, &s, timeout).await;
-                            (s.id, s.url, result)
+                        let task = tasks.spawn(async move {
+                            let (resolved, result) =
+                                tokio::join!(resolve(&s.url, timeout), check(&client, &s, timeout));
+                            Done::Checked { id: s.id, url: s.url, resolved, result }
                         });
                         in_flight.insert(task.id(), id);
                     }
                 }
             }
         }
-        checks.abort_all();
+        tasks.abort_all();
     }
 }
 
 impl Inner {
-    fn lock(&self) -> MutexGuard<'_, Runtime> {
-        self.rt.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn publish(&self, rt: &mut Runtime, servers: Vec<Server>, tenants: Vec<Tenant>) {
-        let states = servers
-            .into_iter()
-            .map(|server| {
-                let h = rt.health.entry(server.id.clone()).or_default();
-                ServerState {
-                    server,
-                    status: h.status,
-                    last_seen: h.last_seen_ms.map(rfc3339_ms),
-                    latency_ms: h.latency_ms,
-                    offline_since: h.offline_since_ms.map(rfc3339_ms),
-                    consecutive_failures: h.failures,
-                    last_error: h.last_error.clone(),
-                }
-            })
-            .collect();
-        rt.generation += 1;
-        rt.dirty = false;
-        self.tx
-            .send_replace(Arc::new(FleetView::new(states, tenants, rt.generation)));
-    }
-
-    /// Republishes the current servers and tenants with fresh health.
-    fn republish(&self, rt: &mut Runtime) {
-        let view = self.tx.borrow().clone();
-        let servers = view.servers.iter().map(|s| s.server.clone()).collect();
-        self.publish(rt, servers, view.tenants.clone());
-    }
-
-    fn apply(&self, id: &str, url: &str, result: Result<Duration, String>) {
+    /// Applies a resolution and/or a check result of server `id`, if it is still at `url`.
+    fn apply(
+        &self,
+        id: &str,
+        url: &str,
+        resolved: Option<Result<ServerAddr, String>>,
+        result: Option<Result<Duration, String>>,
+    ) {
         let line = {
             let mut rt = self.lock();
             // A result for a server removed (or replaced) since the check started is dropped.
@@ -273,12 +215,18 @@ impl Inner {
             let Some(h) = rt.health.get_mut(id) else {
                 return;
             };
-            let change = record(h, result, &self.conf, now_ms());
-            rt.dirty = true;
-            let line = change.map(|(old, new, why)| {
+            let moved = resolved.is_some_and(|r| note_resolved(h, id, url, r));
+            let checked = result.map(|result| record(h, result, &self.conf, now_ms()));
+            if checked.is_some() {
+                rt.dirty = true;
+            }
+            let change = checked.flatten();
+            // A status change or a new address (routing) is published at once.
+            if change.is_some() || moved {
                 self.republish(&mut rt);
-                (new, format!("server {id}: {old} -> {new} ({why})"))
-            });
+            }
+            let line =
+                change.map(|(old, new, why)| (new, format!("server {id}: {old} -> {new} ({why})")));
             self.send_due_webhooks(&mut rt);
             line
         };
@@ -345,6 +293,62 @@ impl Inner {
             });
         }
     }
+}
+
+/// Records a resolution of server `id`'s `url`; returns whether its published address changes.
+/// A failure keeps the previous address and is logged once per cause.
+fn note_resolved(h: &mut Health, id: &str, url: &str, r: Result<ServerAddr, String>) -> bool {
+    match r {
+        Ok(addr) => {
+            if h.resolve_error.take().is_some() {
+                tracing::info!("fleet: server {id}: {url} resolves again, to {}", addr.addr);
+            }
+            if h.resolved.as_ref() == Some(&addr) {
+                return false;
+            }
+            h.resolved = Some(addr);
+            true
+        }
+        Err(e) => {
+            if h.resolve_error.as_deref() != Some(e.as_str()) {
+                match &h.resolved {
+                    Some(old) => tracing::warn!(
+                        "fleet: server {id}: cannot resolve {url}: {e} (still using {})",
+                        old.addr
+                    ),
+                    None => tracing::error!("fleet: server {id}: cannot resolve {url}: {e}"),
+                }
+                h.resolve_error = Some(e);
+            }
+            false
+        }
+    }
+}
+
+/// A server url's host (without IPv6 brackets, for SNI), port (the scheme's by default) and
+/// whether it is https; None if it is not a url with a host.
+pub(crate) fn parse_url(url: &str) -> Option<(String, u16, bool)> {
+    let uri: ::http::Uri = url.parse().ok()?;
+    let tls = uri.scheme_str() == Some("https");
+    let host = uri
+        .host()?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    Some((host, port, tls))
+}
+
+/// Resolves a server url (asynchronously, within `timeout`) to its first address.
+pub(crate) async fn resolve(url: &str, timeout: Duration) -> Result<ServerAddr, String> {
+    let (host, port, tls) = parse_url(url).ok_or_else(|| format!("not a url: {url:?}"))?;
+    let lookup = tokio::net::lookup_host((host.as_str(), port));
+    let addr = match tokio::time::timeout(timeout, lookup).await {
+        Err(_) => return Err(format!("no answer within {}ms", timeout.as_millis())),
+        Ok(Err(e)) => return Err(e.to_string()),
+        Ok(Ok(mut addrs)) => addrs.next().ok_or("no address")?,
+    };
+    Ok(ServerAddr { addr, tls, host })
 }
 
 /// One `GET {url}/health`: Ok(latency to the response head) on a 2xx.

@@ -6,13 +6,13 @@
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use tenement_conf::{check_hostname, check_instance_id, check_process_name};
 
+use crate::db::{self, DbError, Schema};
 use crate::validate::{check_id, normalize_url};
 use crate::{now_ms, FleetError};
 
@@ -55,7 +55,14 @@ pub struct Tenant {
     pub instance: String,
 }
 
-const SCHEMA: &str = "
+/// The fleet's tables (component `fleet` in `schema_version`).
+const SCHEMA: Schema = Schema {
+    component: "fleet",
+    migrations: &[SCHEMA_V1],
+};
+
+/// Migration 1: the schema from before versions existed.
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS fleet_servers (
     id         TEXT PRIMARY KEY,
     url        TEXT NOT NULL,
@@ -89,12 +96,12 @@ impl FleetStore {
                 FleetError::Invalid(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let conn = Connection::open(db)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        // journal_mode answers with a row, so it is read rather than executed.
-        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        conn.execute_batch("PRAGMA foreign_keys = ON;")?;
-        conn.execute_batch(SCHEMA)?;
+        // foreign_keys is per connection and a no-op inside a transaction: a pragma, set first.
+        let pragmas = [("journal_mode", "WAL"), ("foreign_keys", "ON")];
+        let conn = db::open(db, &pragmas, Some(&SCHEMA)).map_err(|e| match e {
+            DbError::Open { source, .. } | DbError::Sqlite(source) => FleetError::Db(source),
+            refused => FleetError::Schema(refused),
+        })?;
         Ok(FleetStore {
             conn: Mutex::new(conn),
         })

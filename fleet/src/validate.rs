@@ -1,19 +1,13 @@
 //! Input checks for servers and tenants: ids and server urls.
 
-use tenement_conf::check_hostname;
+use tenement_conf::{check_hostname, is_label};
 
 use crate::FleetError;
 
-/// Server and tenant ids: `[a-z0-9][a-z0-9_-]*`, at most 63 characters (used in paths and labels).
+/// Server and tenant ids: `[a-z0-9][a-z0-9_-]*`, at most 63 characters (used in paths and
+/// labels): the same check as process names, [`is_label`].
 pub(crate) fn check_id(kind: &str, id: &str) -> Result<(), FleetError> {
-    let start = id
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    let rest = id
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if !start || !rest || id.len() > 63 {
+    if !is_label(id) {
         return Err(FleetError::Invalid(format!(
             "invalid {kind} id {id:?}: use lower-case letters, digits, '-' and '_', starting with a letter or digit, at most 63 characters"
         )));

@@ -13,6 +13,20 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use rusqlite::{params, Connection};
 use sha2::{Digest, Sha256};
+use tenement_supervisor::db::{self, Schema};
+
+/// The `api_tokens` table (component `auth` in `schema_version`, see `tenement_supervisor::db`).
+const SCHEMA: Schema = Schema {
+    component: "auth",
+    migrations: &[
+        // 1: the schema from before versions existed.
+        "CREATE TABLE IF NOT EXISTS api_tokens (
+            id INTEGER PRIMARY KEY,
+            hash TEXT NOT NULL,
+            created_ms INTEGER NOT NULL
+        );",
+    ],
+};
 
 /// Failures allowed per client address within WINDOW before it is slowed down.
 const MAX_FAILURES: u32 = 5;
@@ -48,16 +62,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Auth {
-    pub fn open(db: &Path) -> anyhow::Result<Self> {
-        let conn = Connection::open(db)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS api_tokens (
-                id INTEGER PRIMARY KEY,
-                hash TEXT NOT NULL,
-                created_ms INTEGER NOT NULL
-            );",
-        )?;
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let conn = db::open(path, &[], Some(&SCHEMA))?;
         Ok(Auth {
             db: Mutex::new(conn),
             verified: Mutex::default(),

@@ -1,7 +1,7 @@
 //! `/api/servers`, `/api/tenants`, `/api/fleet/metrics`, `/api/fleet/logs`: the fleet (SPEC §9).
 //!
 //! Reads come from the fleet's published view (servers with their health); every write goes
-//! to the store and is followed by `fleet.changed()`, which publishes the new view.
+//! through the `Fleet` handle, which writes to its store and publishes the new view.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -30,7 +30,7 @@ impl From<FleetError> for ApiError {
             FleetError::Invalid(_) => StatusCode::BAD_REQUEST,
             FleetError::NotFound(_) => StatusCode::NOT_FOUND,
             FleetError::Conflict(_) => StatusCode::CONFLICT,
-            FleetError::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            FleetError::Db(_) | FleetError::Schema(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())
     }
@@ -58,24 +58,21 @@ fn server_json(fleet: &Fleet, id: &str) -> ApiResult {
 
 fn add_server(fleet: &Fleet, body: &[u8]) -> ApiResult {
     let req: NewServer = parse_body(body)?;
-    let added = fleet.store().add_server(&req)?;
-    fleet.changed();
+    let added = fleet.add_server(&req)?;
     tracing::info!("fleet: server {} added ({})", added.id, added.url);
     let (_, v) = server_json(fleet, &added.id)?;
     Ok((StatusCode::CREATED, v))
 }
 
 fn remove_server(fleet: &Fleet, id: &str) -> ApiResult {
-    fleet.store().remove_server(id)?;
-    fleet.changed();
+    fleet.remove_server(id)?;
     tracing::info!("fleet: server {id} removed");
     Ok((StatusCode::NO_CONTENT, Value::Null))
 }
 
 fn add_tenant(fleet: &Fleet, body: &[u8]) -> ApiResult {
     let req: Tenant = parse_body(body)?;
-    let t = fleet.store().add_tenant(&req)?;
-    fleet.changed();
+    let t = fleet.add_tenant(&req)?;
     tracing::info!(
         "fleet: tenant {} added: {} -> {}:{} on {}",
         t.id,
@@ -88,8 +85,7 @@ fn add_tenant(fleet: &Fleet, body: &[u8]) -> ApiResult {
 }
 
 fn remove_tenant(fleet: &Fleet, id: &str) -> ApiResult {
-    fleet.store().remove_tenant(id)?;
-    fleet.changed();
+    fleet.remove_tenant(id)?;
     tracing::info!("fleet: tenant {id} removed");
     Ok((StatusCode::NO_CONTENT, Value::Null))
 }
@@ -97,8 +93,7 @@ fn remove_tenant(fleet: &Fleet, id: &str) -> ApiResult {
 fn migrate_tenant(fleet: &Fleet, id: &str, body: &[u8]) -> ApiResult {
     let req: MigrateReq = parse_body(body)?;
     let before = fleet.store().tenant(id)?;
-    let t = fleet.store().migrate_tenant(id, &req.server)?;
-    fleet.changed();
+    let t = fleet.migrate_tenant(id, &req.server)?;
     tracing::info!(
         "fleet: tenant {id} migrated from {} to {}",
         before.server,

@@ -148,3 +148,92 @@ fn no_view_still_routes_the_domain_and_processes() {
     // A process with no instance answers (503 from the proxy), it is not unknown (404).
     assert!(t.pool("api").is_some_and(|p| p.backends.is_empty()));
 }
+
+fn server(id: &str, status: tenement_fleet::Status, resolved: bool) -> tenement_fleet::ServerState {
+    tenement_fleet::ServerState {
+        server: tenement_fleet::Server {
+            id: id.into(),
+            url: format!("https://{id}.example.com"),
+            domain: format!("{id}.example.com"),
+            region: None,
+            token: None,
+        },
+        status,
+        last_seen: None,
+        latency_ms: None,
+        offline_since: None,
+        consecutive_failures: 0,
+        last_error: None,
+        resolved: resolved.then(|| tenement_fleet::ServerAddr {
+            addr: ([127, 0, 0, 1], 4443).into(),
+            tls: true,
+            host: format!("{id}.example.com"),
+        }),
+    }
+}
+
+fn tenant(id: &str, server: &str) -> tenement_fleet::Tenant {
+    tenement_fleet::Tenant {
+        id: id.into(),
+        domain: format!("{id}.customers.test"),
+        server: server.into(),
+        process: "api".into(),
+        instance: id.into(),
+    }
+}
+
+#[test]
+fn tenants_go_local_remote_or_nowhere_without_any_dns() {
+    use tenement_fleet::Status::{Offline, Online};
+    let mut conf = config("[process.api]\ncommand = \"x\"\n");
+    Arc::make_mut(&mut conf).settings.domain = "me.example.com".into();
+    let c = Compiled::new(conf, None).unwrap();
+    let fleet = FleetView::new(
+        vec![
+            server("me", Online, true),
+            server("far", Online, true),
+            server("unresolved", Online, false),
+            server("down", Offline, true),
+        ],
+        vec![
+            tenant("local", "me"),
+            tenant("remote", "far"),
+            tenant("noaddr", "unresolved"),
+            tenant("stranded", "down"),
+        ],
+        1,
+    );
+    let v = view(vec![routed(
+        "api:local",
+        Kind::Spawned,
+        State::Healthy,
+        100,
+        1001,
+        false,
+    )]);
+    let mut stats = StatsCache::new(None);
+    stats.sync(&v);
+    let input = FleetInput {
+        view: &fleet,
+        failover: false,
+    };
+    let t = build_table(&c, &v, Some(input), &stats);
+    // Served here: straight to the local instance, no hop.
+    let local = backend(&t, "local.customers.test", "/").unwrap();
+    assert_eq!(local.id.as_ref(), "local");
+    // On another server: to the address the fleet resolved, with that server's Host.
+    match t.lookup("remote.customers.test", "/").unwrap().target {
+        Target::Remote(r) => {
+            assert_eq!(r.server.as_deref(), Some("far"));
+            assert_eq!(&*r.host, "remote.api.far.example.com");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Not resolved yet, or home offline without failover: a 503 target, never a 404.
+    for host in ["noaddr.customers.test", "stranded.customers.test"] {
+        match t.lookup(host, "/").unwrap().target {
+            Target::Remote(r) => assert!(r.server.is_none(), "{host}"),
+            other => panic!("{host}: {other:?}"),
+        }
+    }
+}

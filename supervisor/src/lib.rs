@@ -13,6 +13,7 @@ mod backoff;
 mod blocking;
 mod cgroup;
 mod child;
+pub mod db;
 mod error;
 mod externals;
 pub mod logs;

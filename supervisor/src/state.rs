@@ -1,6 +1,7 @@
 //! Desired state in SQLite (`{data_dir}/tenement.db`, table `instances`): which instances
 //! should run, their weights, and the process group each one last ran in (so that a restart
-//! after `kill -9` of `ten serve` can kill what it left behind).
+//! after `kill -9` of `ten serve` can kill what it left behind). Opened through [`crate::db`]
+//! as component `state`.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -8,9 +9,39 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 use tenement_conf::InstanceName;
 
+use crate::db::{self, DbError, Schema};
+
 #[derive(Debug, thiserror::Error)]
 #[error("state store: {0}")]
-pub struct StateError(#[from] rusqlite::Error);
+pub struct StateError(#[from] DbError);
+
+impl From<rusqlite::Error> for StateError {
+    fn from(e: rusqlite::Error) -> Self {
+        StateError(DbError::Sqlite(e))
+    }
+}
+
+/// The `instances` and `external_weights` tables (component `state` in `schema_version`).
+pub(crate) const SCHEMA: Schema = Schema {
+    component: "state",
+    migrations: &[
+        // 1: the schema from before versions existed.
+        "CREATE TABLE IF NOT EXISTS instances (
+            process TEXT NOT NULL,
+            id      TEXT NOT NULL,
+            weight  INTEGER NOT NULL,
+            seq     INTEGER NOT NULL,
+            pgid    INTEGER,
+            PRIMARY KEY (process, id)
+        );
+        CREATE TABLE IF NOT EXISTS external_weights (
+            process TEXT NOT NULL,
+            id      TEXT NOT NULL,
+            weight  INTEGER NOT NULL,
+            PRIMARY KEY (process, id)
+        );",
+    ],
+};
 
 /// One persisted instance.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,27 +57,8 @@ pub struct StateStore {
 }
 
 impl StateStore {
-    pub fn open(db: &Path) -> Result<Self, StateError> {
-        let conn = Connection::open(db)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS instances (
-                process TEXT NOT NULL,
-                id      TEXT NOT NULL,
-                weight  INTEGER NOT NULL,
-                seq     INTEGER NOT NULL,
-                pgid    INTEGER,
-                PRIMARY KEY (process, id)
-            );
-            CREATE TABLE IF NOT EXISTS external_weights (
-                process TEXT NOT NULL,
-                id      TEXT NOT NULL,
-                weight  INTEGER NOT NULL,
-                PRIMARY KEY (process, id)
-            );",
-        )?;
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        let conn = db::open(path, db::WAL, Some(&SCHEMA))?;
         Ok(StateStore {
             conn: Mutex::new(conn),
         })
@@ -201,5 +213,35 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_database_from_before_versions_opens_with_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("tenement.db");
+        {
+            // What the code before schema versions created (migration 1 is that text).
+            let old = Connection::open(&db).unwrap();
+            old.execute_batch(SCHEMA.migrations[0]).unwrap();
+            old.execute(
+                "INSERT INTO instances (process, id, weight, seq) VALUES ('api', 'v1', 7, 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let s = StateStore::open(&db).unwrap();
+        assert_eq!(s.load().unwrap()[0].weight, 7);
+        let version: i64 = s
+            .conn()
+            .query_row(
+                "SELECT version FROM schema_version WHERE component = 'state'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, 1);
+        drop(s);
+        // Re-open: a no-op.
+        assert_eq!(StateStore::open(&db).unwrap().load().unwrap().len(), 1);
     }
 }

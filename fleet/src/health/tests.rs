@@ -1,8 +1,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::testing::{closed_url, wait_until, Answer, TestServer};
-use crate::NewServer;
+use crate::{Events, FleetStore, NewServer, Tenant};
 
 fn conf(interval_ms: u64, degraded_ms: u64) -> tenement_conf::Fleet {
     tenement_conf::Fleet {
@@ -350,6 +351,104 @@ async fn a_hanging_server_does_not_delay_the_others() {
     .await;
     let last_error = f.view().server("hang").unwrap().last_error.clone();
     assert_eq!(last_error.as_deref(), Some("no answer within 1000ms"));
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(LIMIT, loop_task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[test]
+fn server_urls_parse_like_the_router_did() {
+    assert_eq!(
+        parse_url("http://eu1.example.com"),
+        Some(("eu1.example.com".into(), 80, false))
+    );
+    assert_eq!(
+        parse_url("https://eu1.example.com"),
+        Some(("eu1.example.com".into(), 443, true))
+    );
+    assert_eq!(
+        parse_url("https://[::1]:8443"),
+        Some(("::1".into(), 8443, true))
+    );
+    assert_eq!(parse_url("not a url"), None);
+}
+
+#[test]
+fn a_failed_resolution_keeps_the_last_good_address() {
+    let a = ServerAddr {
+        addr: "10.0.0.1:80".parse().unwrap(),
+        tls: false,
+        host: "s1.example.com".into(),
+    };
+    let b = ServerAddr {
+        addr: "10.0.0.2:80".parse().unwrap(),
+        ..a.clone()
+    };
+    let mut h = Health::default();
+    let url = "http://s1.example.com";
+    assert!(!note_resolved(
+        &mut h,
+        "s1",
+        url,
+        Err("no such host".into())
+    ));
+    assert_eq!(h.resolved, None, "a failure with no good address: none");
+    assert!(note_resolved(&mut h, "s1", url, Ok(a.clone())));
+    assert!(
+        !note_resolved(&mut h, "s1", url, Ok(a.clone())),
+        "unchanged"
+    );
+    assert!(!note_resolved(&mut h, "s1", url, Err("timeout".into())));
+    assert_eq!(
+        h.resolved.as_ref(),
+        Some(&a),
+        "kept, not replaced by the failure"
+    );
+    assert_eq!(h.resolve_error.as_deref(), Some("timeout"));
+    // Not cached: the next good answer is taken.
+    assert!(note_resolved(&mut h, "s1", url, Ok(b.clone())));
+    assert_eq!(
+        (h.resolved.as_ref(), h.resolve_error.as_ref()),
+        (Some(&b), None)
+    );
+}
+
+#[tokio::test]
+async fn the_loop_publishes_resolved_addresses_even_between_ticks() {
+    let a = TestServer::ok().await;
+    let b = TestServer::ok().await;
+    let (_dir, store) = store();
+    add(&store, "a", &a.url());
+    // A long interval: "b", added after the first tick, is resolved before the second.
+    let (f, _) = fleet(store, conf(60_000, 1000));
+    assert!(f.view().server("a").unwrap().resolved.is_none());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let loop_task = tokio::spawn(f.clone().run(stop_rx));
+    wait_until("a resolved", LIMIT, || {
+        f.view().server("a").is_some_and(|s| s.resolved.is_some())
+    })
+    .await;
+    let got = f.view().server("a").unwrap().resolved.clone().unwrap();
+    assert_eq!(got.addr.to_string(), a.url().trim_start_matches("http://"));
+    assert_eq!((got.tls, got.host.as_str()), (false, "127.0.0.1"));
+    f.add_server(&NewServer {
+        id: "b".into(),
+        url: b.url(),
+        domain: Some("b.example.com".into()),
+        ..NewServer::default()
+    })
+    .unwrap();
+    wait_until("b resolved", LIMIT, || {
+        f.view().server("b").is_some_and(|s| s.resolved.is_some())
+    })
+    .await;
+    assert_eq!(
+        f.view().server("b").unwrap().status,
+        Status::Unknown,
+        "resolved, not checked, before its first tick"
+    );
     stop_tx.send(true).unwrap();
     tokio::time::timeout(LIMIT, loop_task)
         .await

@@ -31,6 +31,7 @@ fn msg<T: std::fmt::Debug>(r: Result<T, FleetError>) -> (String, String) {
         FleetError::NotFound(_) => "not found",
         FleetError::Conflict(_) => "conflict",
         FleetError::Db(_) => "db",
+        FleetError::Schema(_) => "schema",
     };
     (kind.to_string(), e.to_string())
 }
@@ -254,4 +255,48 @@ fn foreign_keys_are_enforced_by_the_database() {
     // Reopening the same file: data kept, tables not recreated.
     let s = FleetStore::open(&dir.path().join("data/tenement.db")).unwrap();
     assert_eq!(s.tenant("acme").unwrap().server, "s1");
+}
+
+#[test]
+fn a_database_from_before_versions_opens_and_a_newer_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tenement.db");
+    {
+        // What the code before schema versions created (migration 1 is that text).
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(super::SCHEMA_V1).unwrap();
+        old.execute(
+            "INSERT INTO fleet_servers VALUES ('s1', 'http://s1.example.com', 's1.example.com', NULL, NULL, 0)",
+            [],
+        )
+        .unwrap();
+    }
+    let s = FleetStore::open(&path).unwrap();
+    assert_eq!(s.server("s1").unwrap().domain, "s1.example.com");
+    let version = |c: &Connection| -> i64 {
+        c.query_row(
+            "SELECT version FROM schema_version WHERE component = 'fleet'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(version(&s.conn()), 1);
+    drop(s);
+    let s = FleetStore::open(&path).unwrap();
+    assert_eq!(version(&s.conn()), 1, "re-open is a no-op");
+    s.conn()
+        .execute(
+            "UPDATE schema_version SET version = 9 WHERE component = 'fleet'",
+            [],
+        )
+        .unwrap();
+    drop(s);
+    let e = FleetStore::open(&path).err().unwrap();
+    assert!(matches!(e, FleetError::Schema(_)), "{e:?}");
+    assert!(
+        e.to_string()
+            .contains("the fleet tables are at schema version 9, newer than this ten knows (1)"),
+        "{e}"
+    );
 }

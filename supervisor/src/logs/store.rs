@@ -2,7 +2,8 @@
 //! and timestamps (integer milliseconds in the table, RFC 3339 on the way out).
 //!
 //! The database file is shared with other components (`{data_dir}/tenement.db`): everything
-//! here creates or touches only `logs`, `logs_fts` and their indexes and triggers.
+//! here creates or touches only `logs`, `logs_fts` and their indexes and triggers (plus the
+//! `logs` row of `schema_version`, through [`crate::db`]).
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,9 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::Connection;
 
 use super::LogError;
-
-/// How long a statement waits for another connection's lock before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::db::{self, DbError, Schema};
 
 /// Rows removed per retention statement, so the writer never stalls for long.
 pub(crate) const RETENTION_CHUNK: u64 = 5_000;
@@ -24,7 +23,7 @@ pub(crate) const RETENTION_CHUNK: u64 = 5_000;
 /// batch with one `INSERT ... SELECT` ([`INDEX_BATCH`]) in the batch's transaction. A per-row
 /// trigger opens a statement savepoint per line, and FTS5 flushes its pending terms to a new
 /// segment at every savepoint: that made ingest 2.6x slower (44k vs 117k lines/s at 100k rows).
-const SCHEMA: &str = "
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS logs (
     id       INTEGER PRIMARY KEY AUTOINCREMENT,
     ts       INTEGER NOT NULL,
@@ -43,6 +42,12 @@ CREATE TRIGGER IF NOT EXISTS logs_fts_delete AFTER DELETE ON logs BEGIN
 END;
 ";
 
+/// The log tables (component `logs` in `schema_version`). 1: the schema from before versions.
+const SCHEMA: Schema = Schema {
+    component: "logs",
+    migrations: &[SCHEMA_V1],
+};
+
 pub(crate) const INSERT: &str =
     "INSERT INTO logs (ts, process, instance, stream, message) VALUES (?1, ?2, ?3, ?4, ?5)";
 
@@ -58,15 +63,14 @@ const DELETE_OLDER: &str =
 const DELETE_OLDEST: &str =
     "DELETE FROM logs WHERE id IN (SELECT id FROM logs ORDER BY id LIMIT ?1)";
 
-/// Opens a connection with the pragmas every connection to the shared file uses.
-fn connect(path: &Path) -> Result<Connection, LogError> {
-    let conn = Connection::open(path)
-        .map_err(|e| LogError::Io(format!("cannot open {}: {e}", path.display())))?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    // journal_mode answers with a row, so it is read rather than executed.
-    let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-    conn.execute_batch("PRAGMA synchronous = NORMAL;")?;
-    Ok(conn)
+impl From<DbError> for LogError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Sqlite(e) => LogError::Sqlite(e),
+            // "cannot open {path}: {e}", and the schema refusals, as plain text.
+            other => LogError::Io(other.to_string()),
+        }
+    }
 }
 
 /// The writer's connection: creates the parent directory and our tables if needed.
@@ -79,16 +83,13 @@ pub(crate) fn open_writer(path: &Path) -> Result<Connection, LogError> {
             ))
         })?;
     }
-    let conn = connect(path)?;
-    conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))?;
-    Ok(conn)
+    Ok(db::open(path, db::WAL, Some(&SCHEMA))?)
 }
 
 /// The readers' connection (opened after the writer created the schema).
 pub(crate) fn open_reader(path: &Path) -> Result<Connection, LogError> {
-    let conn = connect(path)?;
-    conn.execute_batch("PRAGMA query_only = ON;")?;
-    Ok(conn)
+    let pragmas = [db::WAL, &[("query_only", "ON")]].concat();
+    Ok(db::open(path, &pragmas, None)?)
 }
 
 pub(crate) fn count_rows(conn: &Connection) -> rusqlite::Result<u64> {

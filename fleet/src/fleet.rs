@@ -1,0 +1,244 @@
+//! [`Fleet`]: the fleet handle. It owns the store, the published [`FleetView`] and the runtime
+//! health, and every write goes through it: `add_server`, `remove_server`, `add_tenant`,
+//! `remove_tenant`, `migrate_tenant` write to the store AND publish the new view, so no caller
+//! has to remember to. The health loop that updates the runtime health is in `health.rs`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
+
+use crate::health::Health;
+use crate::webhook::WebhookSender;
+use crate::{
+    rfc3339_ms, FleetError, FleetStore, FleetView, NewServer, Server, ServerState, Tenant,
+};
+
+/// The events sink: one human line per status change or webhook.
+pub type Events = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// The fleet: its store, its health loop and the snapshot it publishes. Cheap to clone.
+#[derive(Clone)]
+pub struct Fleet {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: FleetStore,
+    pub(crate) conf: tenement_conf::Fleet,
+    pub(crate) events: Events,
+    pub(crate) tx: watch::Sender<Arc<FleetView>>,
+    pub(crate) client: reqwest::Client,
+    pub(crate) webhook: Option<WebhookSender>,
+    /// Runtime health by server id; also serializes publishes.
+    pub(crate) rt: Mutex<Runtime>,
+}
+
+#[derive(Default)]
+pub(crate) struct Runtime {
+    pub(crate) health: HashMap<String, Health>,
+    pub(crate) generation: u64,
+    /// Something changed that is not published yet.
+    pub(crate) dirty: bool,
+}
+
+impl Fleet {
+    /// A fleet over `store`, publishing its first view now (every server `unknown`).
+    pub fn new(store: FleetStore, conf: tenement_conf::Fleet, events: Events) -> Fleet {
+        let (tx, _) = watch::channel(Arc::new(FleetView::default()));
+        let webhook = conf.webhook.as_deref().map(WebhookSender::new);
+        let fleet = Fleet {
+            inner: Arc::new(Inner {
+                store,
+                conf,
+                events,
+                tx,
+                client: crate::http::client(),
+                webhook,
+                rt: Mutex::new(Runtime::default()),
+            }),
+        };
+        fleet.changed();
+        fleet
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<FleetView>> {
+        self.inner.tx.subscribe()
+    }
+
+    pub fn view(&self) -> Arc<FleetView> {
+        self.inner.tx.borrow().clone()
+    }
+
+    /// The store, for reads. A write made here directly is published only by [`Fleet::changed`]:
+    /// use the handle's own writes instead.
+    pub fn store(&self) -> &FleetStore {
+        &self.inner.store
+    }
+
+    pub fn conf(&self) -> &tenement_conf::Fleet {
+        &self.inner.conf
+    }
+
+    /// Adds a server and publishes it (status `unknown` until the loop checks it).
+    pub fn add_server(&self, s: &NewServer) -> Result<Server, FleetError> {
+        let added = self.inner.store.add_server(s)?;
+        self.changed();
+        Ok(added)
+    }
+
+    /// Removes a server that no tenant calls home, and publishes.
+    pub fn remove_server(&self, id: &str) -> Result<(), FleetError> {
+        self.inner.store.remove_server(id)?;
+        self.changed();
+        Ok(())
+    }
+
+    /// Adds a tenant and publishes it.
+    pub fn add_tenant(&self, t: &Tenant) -> Result<Tenant, FleetError> {
+        let added = self.inner.store.add_tenant(t)?;
+        self.changed();
+        Ok(added)
+    }
+
+    /// Removes a tenant and publishes.
+    pub fn remove_tenant(&self, id: &str) -> Result<(), FleetError> {
+        self.inner.store.remove_tenant(id)?;
+        self.changed();
+        Ok(())
+    }
+
+    /// Moves a tenant's home to `server` and publishes.
+    pub fn migrate_tenant(&self, id: &str, server: &str) -> Result<Tenant, FleetError> {
+        let moved = self.inner.store.migrate_tenant(id, server)?;
+        self.changed();
+        Ok(moved)
+    }
+
+    /// Re-reads servers and tenants from the store and publishes them (each write above does).
+    pub fn changed(&self) {
+        let mut rt = self.inner.lock();
+        let read = self
+            .inner
+            .store
+            .servers()
+            .and_then(|s| Ok((s, self.inner.store.tenants()?)));
+        match read {
+            Ok((servers, tenants)) => {
+                let ids: HashSet<&str> = servers.iter().map(|s| s.id.as_str()).collect();
+                rt.health.retain(|id, _| ids.contains(id.as_str()));
+                self.inner.publish(&mut rt, servers, tenants);
+            }
+            Err(e) => tracing::error!("fleet: cannot read servers and tenants: {e}"),
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Runtime> {
+        self.rt.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn publish(&self, rt: &mut Runtime, servers: Vec<Server>, tenants: Vec<Tenant>) {
+        let states = servers
+            .into_iter()
+            .map(|server| {
+                let h = rt.health.entry(server.id.clone()).or_default();
+                ServerState {
+                    server,
+                    status: h.status,
+                    last_seen: h.last_seen_ms.map(rfc3339_ms),
+                    latency_ms: h.latency_ms,
+                    offline_since: h.offline_since_ms.map(rfc3339_ms),
+                    consecutive_failures: h.failures,
+                    last_error: h.last_error.clone(),
+                    resolved: h.resolved.clone(),
+                }
+            })
+            .collect();
+        rt.generation += 1;
+        rt.dirty = false;
+        self.tx
+            .send_replace(Arc::new(FleetView::new(states, tenants, rt.generation)));
+    }
+
+    /// Republishes the current servers and tenants with fresh health.
+    pub(crate) fn republish(&self, rt: &mut Runtime) {
+        let view = self.tx.borrow().clone();
+        let servers = view.servers.iter().map(|s| s.server.clone()).collect();
+        self.publish(rt, servers, view.tenants.clone());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::Status;
+
+    fn fleet() -> (tempfile::TempDir, Fleet) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FleetStore::open(&dir.path().join("tenement.db")).unwrap();
+        let conf = tenement_conf::Fleet {
+            health_interval: std::time::Duration::from_secs(60),
+            unhealthy_after: 3,
+            degraded_latency: std::time::Duration::from_secs(1),
+            failover: true,
+            webhook: None,
+            webhook_after: std::time::Duration::from_secs(300),
+        };
+        (dir, Fleet::new(store, conf, Arc::new(|_: &str| {})))
+    }
+
+    #[test]
+    fn every_write_publishes_without_being_asked() {
+        let (_dir, f) = fleet();
+        let g0 = f.view().generation;
+        f.add_server(&NewServer {
+            id: "s1".into(),
+            url: "http://127.0.0.1:9".into(),
+            domain: Some("s1.example.com".into()),
+            ..NewServer::default()
+        })
+        .unwrap();
+        f.add_server(&NewServer {
+            id: "s2".into(),
+            url: "https://s2.example.com".into(),
+            ..NewServer::default()
+        })
+        .unwrap();
+        let v = f.view();
+        assert!(v.generation > g0);
+        assert_eq!(v.server("s1").unwrap().status, Status::Unknown);
+        let t = f
+            .add_tenant(&Tenant {
+                id: "acme".into(),
+                domain: "ACME.com".into(),
+                server: "s1".into(),
+                process: "app".into(),
+                instance: "acme".into(),
+            })
+            .unwrap();
+        assert_eq!(f.view().tenant_by_domain("acme.com"), Some(&t));
+        let moved = f.migrate_tenant("acme", "s2").unwrap();
+        assert_eq!(moved.server, "s2");
+        assert_eq!(f.view().tenant_by_domain("acme.com").unwrap().server, "s2");
+        // A refused write publishes nothing.
+        let g = f.view().generation;
+        assert!(matches!(
+            f.remove_server("s2"),
+            Err(FleetError::Conflict(_))
+        ));
+        assert_eq!(f.view().generation, g);
+        f.remove_tenant("acme").unwrap();
+        assert!(f.view().tenants.is_empty());
+        f.remove_server("s2").unwrap();
+        let ids: Vec<_> = f
+            .view()
+            .servers
+            .iter()
+            .map(|s| s.server.id.clone())
+            .collect();
+        assert_eq!(ids, ["s1"]);
+    }
+}
