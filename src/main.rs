@@ -1,14 +1,7 @@
 //! `ten`: one binary that replaces nginx, a process supervisor and a basic monitoring stack.
 
-mod api;
-mod audit;
-mod cli;
 mod client;
-mod cmd;
-mod compose;
-mod config_cmd;
-mod externals;
-mod serve;
+mod server;
 
 use std::process::ExitCode;
 
@@ -45,8 +38,8 @@ mod mimalloc_options {
 }
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    match cli::run(cli) {
+    let cli = client::cli::Cli::parse();
+    match client::cli::run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

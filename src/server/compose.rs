@@ -20,7 +20,7 @@ use tenement_proxy::{
 };
 use tenement_supervisor::{Addr, State, StateStore, TrafficProbe, View};
 
-use crate::externals::Externals;
+use crate::server::externals::Externals;
 
 /// A fleet server's address, whether it speaks TLS, and its host (for SNI).
 type ServerAddr = (SocketAddr, bool, String);

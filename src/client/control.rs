@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
-use crate::cli::Global;
-use crate::config_cmd;
+use crate::client::cli::Global;
+use crate::client::cmd::config as config_cmd;
 
 pub struct Client {
     sock: PathBuf,
@@ -32,7 +32,7 @@ impl Client {
                 .data_dir,
         };
         Ok(Client {
-            sock: crate::serve::control_socket(&data_dir),
+            sock: crate::server::serve::control_socket(&data_dir),
         })
     }
 

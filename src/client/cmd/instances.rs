@@ -7,7 +7,7 @@ use anyhow::Result;
 use serde_json::{json, Value};
 
 use super::table::{cell, table};
-use crate::client::Client;
+use crate::client::control::Client;
 
 pub fn spawn(c: &Client, name: &str, weight: Option<u32>) -> Result<ExitCode> {
     let (process, id) = name.split_once(':').unwrap_or((name, ""));

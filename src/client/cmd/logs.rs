@@ -7,7 +7,7 @@ use anyhow::Result;
 use serde_json::Value;
 
 use super::table::encode;
-use crate::client::Client;
+use crate::client::control::Client;
 
 pub struct LogsArgs {
     pub target: Option<String>,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use tenement_conf::{find_config_path, Config, ListenMode, PluginConf, RestartPolicy, Upstream};
 
-use crate::cli::Global;
+use crate::client::cli::Global;
 
 /// Load the config named by --config / $TENEMENT_CONFIG / ./tenement.toml, with --data-dir
 /// applied. Errors list every problem, one per line.
@@ -130,7 +130,7 @@ pub fn routes(c: &Config) -> String {
         "".into(),
     ]);
     let rows = rows.into_iter().map(Vec::from).collect();
-    crate::cmd::table::table(&["HOST", "PREFIX", "TARGET", "NOTE"], rows, None)
+    crate::client::cmd::table::table(&["HOST", "PREFIX", "TARGET", "NOTE"], rows, None)
 }
 
 fn dur(d: Duration) -> String {

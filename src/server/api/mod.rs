@@ -20,7 +20,7 @@ use tenement_conf::{Config, InstanceName};
 use tenement_proxy::management::{Body, Management, Request, Response};
 use tenement_supervisor::Supervisor;
 
-use crate::compose::Composer;
+use crate::server::compose::Composer;
 
 pub use auth::Auth;
 pub use metrics::register_process_collector;
@@ -30,7 +30,7 @@ pub struct Api {
     pub supervisor: Supervisor,
     pub composer: Arc<Composer>,
     pub auth: Auth,
-    pub audit: crate::audit::Audit,
+    pub audit: crate::server::audit::Audit,
     pub logs: tenement_supervisor::logs::LogStore,
     /// The fleet (None without a `[fleet]` section).
     pub fleet: Option<tenement_fleet::Fleet>,

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use std::fmt::Write as _;
 
 use super::table::{cell, encode, table};
-use crate::client::Client;
+use crate::client::control::Client;
 
 /// `ten server list`: ID URL DOMAIN REGION STATUS LAST_SEEN.
 pub fn servers_table(rows: &[Value]) -> String {

@@ -24,9 +24,9 @@ use tenement_proxy::{Mode, TenProxy};
 use tenement_supervisor::logs::{LogOptions, LogStore};
 use tenement_supervisor::{StateStore, Supervisor};
 
-use crate::api::{register_process_collector, Api, Auth};
-use crate::audit::Audit;
-use crate::compose::{Composer, Wake};
+use crate::server::api::{register_process_collector, Api, Auth};
+use crate::server::audit::Audit;
+use crate::server::compose::{Composer, Wake};
 use tenement_proxy::metrics::Metrics;
 
 /// Bind `addr` now (port 0 gets a real port) and hand the socket to Pingora's listener table

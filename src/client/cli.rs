@@ -7,9 +7,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::Client;
-use crate::cmd::{deploy, fleet, instances, logs, token};
-use crate::{config_cmd, serve};
+use crate::client::cmd::config as config_cmd;
+use crate::client::cmd::{deploy, fleet, instances, logs, token};
+use crate::client::control::Client;
+use crate::server::serve;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use serde_json::{json, Value};
 
-use crate::client::Client;
+use crate::client::control::Client;
 
 pub fn deploy(
     c: &Client,
