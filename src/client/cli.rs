@@ -45,6 +45,23 @@ pub struct Global {
     pub data_dir: Option<PathBuf>,
 }
 
+impl Global {
+    /// The client of the running `ten serve`: its data dir is --data-dir, $TENEMENT_DATA_DIR,
+    /// or the config's `[settings] data_dir` (read alone: the rest of the file may be invalid).
+    pub fn client(&self) -> Result<Client> {
+        let data_dir = match &self.data_dir {
+            Some(d) => d.clone(),
+            None => {
+                let path = tenement_conf::find_config_path(self.config.as_deref());
+                tenement_conf::Config::load_data_dir(&path)
+                    .map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()))
+                    .context("cannot find the control socket: pass --data-dir, set TENEMENT_DATA_DIR, or point --config at the server's config")?
+            }
+        };
+        Ok(Client::locate(&data_dir))
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy, the supervisor and the management API
@@ -374,23 +391,21 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 (None, None) => usage("expected process:id (e.g. api:prod) or a process with --id"),
             };
             let name = parse_instance(&name).unwrap_or_else(|e| usage(&e));
-            instances::spawn(&Client::locate(&cli.global)?, &name, weight)
+            instances::spawn(&cli.global.client()?, &name, weight)
         }
-        Command::Stop { instance } => instances::stop(&Client::locate(&cli.global)?, &instance),
-        Command::Restart { instance } => {
-            instances::restart(&Client::locate(&cli.global)?, &instance)
-        }
-        Command::Ps { json } => instances::ps(&Client::locate(&cli.global)?, json),
-        Command::Health { instance } => instances::health(&Client::locate(&cli.global)?, &instance),
+        Command::Stop { instance } => instances::stop(&cli.global.client()?, &instance),
+        Command::Restart { instance } => instances::restart(&cli.global.client()?, &instance),
+        Command::Ps { json } => instances::ps(&cli.global.client()?, json),
+        Command::Health { instance } => instances::health(&cli.global.client()?, &instance),
         Command::Weight { instance, weight } => {
-            instances::weight(&Client::locate(&cli.global)?, &instance, weight)
+            instances::weight(&cli.global.client()?, &instance, weight)
         }
-        Command::TokenGen => token::generate(&Client::locate(&cli.global)?),
+        Command::TokenGen => token::generate(&cli.global.client()?),
         Command::Deploy {
             history: true,
             json,
             ..
-        } => deploy::history(&Client::locate(&cli.global)?, json),
+        } => deploy::history(&cli.global.client()?, json),
         Command::Deploy {
             target,
             version,
@@ -413,7 +428,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 parse_instance(&format!("{process}:{version}")).unwrap_or_else(|e| usage(&e));
             let (process, version) = name.split_once(':').unwrap_or_default();
             deploy::deploy(
-                &Client::locate(&cli.global)?,
+                &cli.global.client()?,
                 process,
                 version,
                 weight,
@@ -429,7 +444,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             limit,
             json,
         } => logs::logs(
-            &Client::locate(&cli.global)?,
+            &cli.global.client()?,
             logs::LogsArgs {
                 target,
                 follow,
@@ -441,7 +456,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             },
         ),
         Command::Server(cmd) => {
-            let c = Client::locate(&cli.global)?;
+            let c = cli.global.client()?;
             match cmd {
                 ServerCommand::Add {
                     id,
@@ -462,7 +477,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Tenant(cmd) => {
-            let c = Client::locate(&cli.global)?;
+            let c = cli.global.client()?;
             match cmd {
                 TenantCommand::Add {
                     id,
@@ -477,7 +492,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Route { process, from, to } => {
-            deploy::route(&Client::locate(&cli.global)?, &process, &from, &to)
+            deploy::route(&cli.global.client()?, &process, &from, &to)
         }
     }
 }

@@ -2,14 +2,11 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
-
-use crate::client::cli::Global;
-use crate::client::cmd::config as config_cmd;
 
 pub struct Client {
     sock: PathBuf,
@@ -22,18 +19,11 @@ pub struct Reply {
 }
 
 impl Client {
-    /// The control socket from --data-dir, $TENEMENT_DATA_DIR, or the config's data_dir.
-    pub fn locate(global: &Global) -> Result<Client> {
-        let data_dir = match &global.data_dir {
-            Some(d) => d.clone(),
-            None => config_cmd::load(global)
-                .context("cannot find the control socket: pass --data-dir, set TENEMENT_DATA_DIR, or point --config at the server's config")?
-                .settings
-                .data_dir,
-        };
-        Ok(Client {
-            sock: crate::server::serve::control_socket(&data_dir),
-        })
+    /// The client of the `ten serve` whose data dir is `data_dir`.
+    pub fn locate(data_dir: &Path) -> Client {
+        Client {
+            sock: crate::server::serve::control_socket(data_dir),
+        }
     }
 
     fn connect(&self, read_timeout: Option<Duration>) -> Result<UnixStream> {
