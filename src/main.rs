@@ -2,6 +2,7 @@
 
 mod client;
 mod server;
+mod wire;
 
 use std::process::ExitCode;
 

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 
 pub struct Client {
@@ -68,6 +70,19 @@ impl Client {
             );
         }
         Ok(reply.body)
+    }
+
+    /// One request with a typed body (a `wire` type) and a typed answer.
+    pub fn exchange<B: Serialize, R: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<R> {
+        // Through `Value`, whose map keeps keys sorted: the bytes sent stay what they were.
+        let body = body.map(serde_json::to_value).transpose()?;
+        let v = self.call(method, path, body.as_ref())?;
+        serde_json::from_value(v).map_err(|e| anyhow!("bad answer from ten serve ({e})"))
     }
 
     pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Reply> {

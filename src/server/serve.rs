@@ -263,3 +263,17 @@ pub async fn run(config: Config) -> Result<()> {
     tracing::info!("stopped");
     Ok(())
 }
+
+/// The server's log: `TEN_LOG` (an `EnvFilter`), else info without Pingora's chatter; on
+/// stderr, coloured on a terminal.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TEN_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}

@@ -1,14 +1,85 @@
-//! `ten server add | list | rm` and `ten tenant add | list | migrate | rm`.
+//! `ten server add | list | rm` and `ten tenant add | list | migrate | rm`: their arguments
+//! and what they do.
 
+use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use serde_json::{json, Value};
-
-use std::fmt::Write as _;
+use clap::Subcommand;
+use serde_json::Value;
 
 use super::table::{cell, encode, table};
+use crate::client::cli::Global;
 use crate::client::control::Client;
+use crate::wire::{MigrateArgs, ServerArgs, TenantArgs};
+
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Register a tenement server by its URL; it is health-checked from then on
+    #[command(
+        long_about = "Register a tenement server by its URL. The fleet health loop checks \
+GET {url}/health from then on. Its domain (default: the URL's host) is used to rewrite the Host of \
+its tenants' requests to {instance}.{process}.{domain}. A server whose domain is this server's own \
+domain is this server: its tenants are served locally.\n\nExamples:\n  \
+ten server add eu1 http://10.0.0.5:8080 --domain eu1.example.com --region eu"
+    )]
+    Add(ServerArgs),
+    /// List servers with their status (unknown, online, degraded, offline) and last seen
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a server (refused while it is the home of tenants)
+    Rm { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Route a tenant's domain to process:instance on its home server
+    #[command(
+        long_about = "Route a tenant's domain to `process:instance` on its home server. \
+Requests for the domain go to the home server with Host rewritten to {instance}.{process}.{server \
+domain}; if home is offline and [fleet] failover is on, to another online server; none: 503.\n\n\
+Example:\n  ten tenant add acme acme.example.com eu1 app acme"
+    )]
+    Add(TenantArgs),
+    /// List tenants
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move a tenant to another home server, atomically for new requests
+    Migrate {
+        id: String,
+        #[command(flatten)]
+        args: MigrateArgs,
+    },
+    /// Remove a tenant
+    Rm { id: String },
+}
+
+impl ServerCommand {
+    pub fn run(self, global: &Global) -> Result<ExitCode> {
+        let c = global.client()?;
+        match self {
+            ServerCommand::Add(args) => server_add(&c, &args),
+            ServerCommand::List { json } => server_list(&c, json),
+            ServerCommand::Rm { id } => server_rm(&c, &id),
+        }
+    }
+}
+
+impl TenantCommand {
+    pub fn run(self, global: &Global) -> Result<ExitCode> {
+        let c = global.client()?;
+        match self {
+            TenantCommand::Add(args) => tenant_add(&c, &args),
+            TenantCommand::List { json } => tenant_list(&c, json),
+            TenantCommand::Migrate { id, args } => tenant_migrate(&c, &id, &args),
+            TenantCommand::Rm { id } => tenant_rm(&c, &id),
+        }
+    }
+}
 
 /// `ten server list`: ID URL DOMAIN REGION STATUS LAST_SEEN.
 pub fn servers_table(rows: &[Value]) -> String {
@@ -58,29 +129,12 @@ fn print_list(v: &Value, as_json: bool, render: fn(&[Value]) -> String) -> Resul
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn server_add(
-    c: &Client,
-    id: &str,
-    url: &str,
-    domain: Option<&str>,
-    region: Option<&str>,
-    token: Option<&str>,
-) -> Result<ExitCode> {
-    let mut body = json!({ "id": id, "url": url });
-    if let Some(d) = domain {
-        body["domain"] = json!(d);
-    }
-    if let Some(r) = region {
-        body["region"] = json!(r);
-    }
-    if let Some(t) = token {
-        body["token"] = json!(t);
-    }
-    let v = c.call("POST", "/api/servers", Some(&body))?;
+fn server_add(c: &Client, a: &ServerArgs) -> Result<ExitCode> {
+    let v = c.call("POST", "/api/servers", Some(&serde_json::to_value(a)?))?;
     let mut line = format!(
         "server {} added: {} (domain {}",
-        v["id"].as_str().unwrap_or(id),
-        v["url"].as_str().unwrap_or(url),
+        v["id"].as_str().unwrap_or(&a.id),
+        v["url"].as_str().unwrap_or(&a.url),
         v["domain"].as_str().unwrap_or("?")
     );
     if let Some(r) = v["region"].as_str() {
@@ -91,55 +145,50 @@ pub fn server_add(
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn server_list(c: &Client, as_json: bool) -> Result<ExitCode> {
+fn server_list(c: &Client, as_json: bool) -> Result<ExitCode> {
     let v = c.call("GET", "/api/servers", None)?;
     print_list(&v, as_json, servers_table)
 }
 
-pub fn server_rm(c: &Client, id: &str) -> Result<ExitCode> {
+fn server_rm(c: &Client, id: &str) -> Result<ExitCode> {
     c.call("DELETE", &format!("/api/servers/{}", encode(id)), None)?;
     println!("server {id} removed");
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn tenant_add(
-    c: &Client,
-    id: &str,
-    domain: &str,
-    server: &str,
-    process: &str,
-    instance: &str,
-) -> Result<ExitCode> {
-    let body = json!({
-        "id": id, "domain": domain, "server": server, "process": process, "instance": instance,
-    });
-    let v = c.call("POST", "/api/tenants", Some(&body))?;
+fn tenant_add(c: &Client, a: &TenantArgs) -> Result<ExitCode> {
+    let v = c.call("POST", "/api/tenants", Some(&serde_json::to_value(a)?))?;
     println!(
-        "tenant {id} added: {} -> {process}:{instance} on server {server}",
-        v["domain"].as_str().unwrap_or(domain)
+        "tenant {} added: {} -> {}:{} on server {}",
+        a.id,
+        v["domain"].as_str().unwrap_or(&a.domain),
+        a.process,
+        a.instance,
+        a.server
     );
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn tenant_list(c: &Client, as_json: bool) -> Result<ExitCode> {
+fn tenant_list(c: &Client, as_json: bool) -> Result<ExitCode> {
     let v = c.call("GET", "/api/tenants", None)?;
     print_list(&v, as_json, tenants_table)
 }
 
-pub fn tenant_migrate(c: &Client, id: &str, server: &str) -> Result<ExitCode> {
+fn tenant_migrate(c: &Client, id: &str, a: &MigrateArgs) -> Result<ExitCode> {
     let v = c.call(
         "POST",
         &format!("/api/tenants/{}/migrate", encode(id)),
-        Some(&json!({ "server": server })),
+        Some(&serde_json::to_value(a)?),
     )?;
     println!(
-        "tenant {id} ({}) now served by server {server}; requests in flight finish where they started",
-        v["domain"].as_str().unwrap_or("?")
+        "tenant {id} ({}) now served by server {}; requests in flight finish where they started",
+        v["domain"].as_str().unwrap_or("?"),
+        a.server
     );
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn tenant_rm(c: &Client, id: &str) -> Result<ExitCode> {
+fn tenant_rm(c: &Client, id: &str) -> Result<ExitCode> {
     c.call("DELETE", &format!("/api/tenants/{}", encode(id)), None)?;
     println!("tenant {id} removed");
     Ok(ExitCode::SUCCESS)
@@ -148,6 +197,7 @@ pub fn tenant_rm(c: &Client, id: &str) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn server_table_is_aligned() {
