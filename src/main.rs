@@ -1,13 +1,8 @@
 //! `ten`: one binary that replaces nginx, a process supervisor and a basic monitoring stack.
 
-mod api;
-mod audit;
-mod cli;
 mod client;
-mod cmd;
-mod compose;
-mod config_cmd;
-mod serve;
+mod server;
+mod wire;
 
 use std::process::ExitCode;
 
@@ -44,8 +39,8 @@ mod mimalloc_options {
 }
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    match cli::run(cli) {
+    let cli = client::cli::Cli::parse();
+    match client::cli::run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -37,22 +37,30 @@ impl Config {
     /// Read and parse the file at `path`. Relative paths inside it are resolved against its
     /// folder; `source` is set to the file's absolute path. An unreadable file is one error.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                file: file.clone(),
-                line: None,
-                path: String::new(),
-                message: format!("cannot read the config file: {e}"),
-            }])
-        })?;
-        let base_dir = match path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent,
-            _ => Path::new("."),
-        };
+        let (file, text, base_dir) = read(path)?;
         let mut config = Config::parse(&text, &file, base_dir)?;
         config.source = Some(absolute(path));
         Ok(config)
+    }
+
+    /// Only `[settings] data_dir` of the file at `path`, resolved as [`Config::load`] resolves
+    /// it (against the file's folder; default `tenement-data` beside it). Nothing else in the
+    /// file is validated: a client of a running `ten serve` needs only its control socket,
+    /// and must find it while the file on disk has errors. Unreadable or unparsable TOML, or a
+    /// bad `data_dir`, are errors.
+    pub fn load_data_dir(path: &Path) -> Result<PathBuf, ConfigErrors> {
+        let (file, text, base_dir) = read(path)?;
+        let lines = Lines::new(&text);
+        let doc = parse_toml(&text, &file, &lines)?;
+        let entries = tree::table_entries(doc.as_table(), &lines);
+        let top = Tbl {
+            path: String::new(),
+            line: Some(1),
+            entries: &entries,
+        };
+        let mut cx = Cx::new(&file, absolute(base_dir));
+        let dir = settings::parse_data_dir(&mut cx, top.get("settings"));
+        cx.finish(dir)
     }
 
     /// Parse and validate `text`. `file_name` is used in messages only; relative paths
@@ -61,25 +69,7 @@ impl Config {
     /// sorted by line.
     pub fn parse(text: &str, file_name: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
         let lines = Lines::new(text);
-        let doc = match ImDocument::parse(text) {
-            Ok(doc) => doc,
-            Err(e) => {
-                let line = e.span().map(|s| lines.line(s.start));
-                let message = e
-                    .message()
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                return Err(ConfigErrors(vec![ConfigError {
-                    file: file_name.to_string(),
-                    line,
-                    path: String::new(),
-                    message: format!("invalid TOML: {message}"),
-                }]));
-            }
-        };
+        let doc = parse_toml(text, file_name, &lines)?;
         let entries = tree::table_entries(doc.as_table(), &lines);
         let top = Tbl {
             path: String::new(),
@@ -119,6 +109,48 @@ impl Config {
             self.settings.domain = domain.trim().to_ascii_lowercase();
         }
     }
+}
+
+/// The file's name (for messages), its text and its folder. An unreadable file is one error.
+fn read(path: &Path) -> Result<(String, String, &Path), ConfigErrors> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.clone(),
+            line: None,
+            path: String::new(),
+            message: format!("cannot read the config file: {e}"),
+        }])
+    })?;
+    let base_dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    Ok((file, text, base_dir))
+}
+
+/// The TOML document, or one error with the line of the syntax error.
+fn parse_toml<'t>(
+    text: &'t str,
+    file_name: &str,
+    lines: &Lines,
+) -> Result<ImDocument<&'t str>, ConfigErrors> {
+    ImDocument::parse(text).map_err(|e| {
+        let line = e.span().map(|s| lines.line(s.start));
+        let message = e
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        ConfigErrors(vec![ConfigError {
+            file: file_name.to_string(),
+            line,
+            path: String::new(),
+            message: format!("invalid TOML: {message}"),
+        }])
+    })
 }
 
 /// `addr` with its port replaced (`[::1]:8080` -> `[::1]:9000`).

@@ -74,6 +74,24 @@ impl Settings {
     }
 }
 
+/// `data_dir`, resolved against the config's folder, into `dir` (left as is when absent or bad).
+fn data_dir(cx: &mut Cx, t: &Tbl<'_, '_>, dir: &mut PathBuf) {
+    if let Some(f) = t.get("data_dir") {
+        if let Some(d) = non_empty(cx, &f) {
+            *dir = resolve_path(&cx.base_dir, d);
+        }
+    }
+}
+
+/// Only `[settings] data_dir` (default `{base_dir}/tenement-data`); the rest is not looked at.
+pub(crate) fn parse_data_dir(cx: &mut Cx, field: Option<Field<'_, '_>>) -> PathBuf {
+    let mut dir = Settings::defaults(&cx.base_dir).data_dir;
+    if let Some(t) = field.and_then(|f| cx.table(&f)) {
+        data_dir(cx, &t, &mut dir);
+    }
+    dir
+}
+
 pub(crate) fn parse_settings(cx: &mut Cx, field: Option<Field<'_, '_>>) -> Settings {
     let mut s = Settings::defaults(&cx.base_dir);
     let Some(t) = field.and_then(|f| cx.table(&f)) else {
@@ -93,11 +111,7 @@ pub(crate) fn parse_settings(cx: &mut Cx, field: Option<Field<'_, '_>>) -> Setti
     if let Some(f) = t.get("admin_listen") {
         s.admin_listen = socket_addr(cx, &f);
     }
-    if let Some(f) = t.get("data_dir") {
-        if let Some(dir) = non_empty(cx, &f) {
-            s.data_dir = resolve_path(&cx.base_dir, dir);
-        }
-    }
+    data_dir(cx, &t, &mut s.data_dir);
     let duration = |cx: &mut Cx, key: &str, positive: bool, value: &mut Duration| {
         if let Some(d) = t.get(key).and_then(|f| cx.duration(&f, positive)) {
             *value = d;

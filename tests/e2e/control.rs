@@ -477,6 +477,56 @@ fn client_without_a_server_says_so_and_exits_1() {
     assert_eq!(err, expected);
 }
 
+/// `ten ps` and friends need only the control socket: they read `[settings] data_dir` and
+/// nothing else, so they keep working while the config on disk is being edited and invalid.
+#[test]
+fn client_finds_the_server_while_the_config_on_disk_is_invalid() {
+    let ten = server();
+    cli_ok(&ten, &["spawn", "api:x"]);
+    let config = ten.dir.path().join("tenement.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        format!("{text}\n[process.broken]\nhealth = 3\nbogus = true\n"),
+    )
+    .expect("write config");
+    // Another file, elsewhere, naming the same data dir relative to its own folder.
+    let sub = ten.dir.path().join("sub");
+    std::fs::create_dir(&sub).expect("sub dir");
+    std::fs::write(
+        sub.join("tenement.toml"),
+        "[settings]\ndata_dir = \"../data\"\nno_such_key = 1\n",
+    )
+    .expect("write sub config");
+    let run = |args: &[&str]| {
+        run_bounded(
+            Command::new(ten_bin())
+                .args(args)
+                .current_dir(ten.dir.path())
+                .env_remove("TENEMENT_CONFIG")
+                .env_remove("TENEMENT_DATA_DIR"),
+            Duration::from_secs(60),
+        )
+    };
+    // The config check still says what is wrong.
+    let (status, _, err) = run(&["config", "check"]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("process.broken"), "{err}");
+    for args in [&["ps"][..], &["--config", "sub/tenement.toml", "ps"]] {
+        let (status, out, err) = run(args);
+        assert!(status.success(), "ten {args:?}: {status:?}\n{out}{err}");
+        assert!(out.starts_with("INSTANCE "), "ten {args:?}: {out}");
+        assert!(out.contains("api:x "), "ten {args:?}: {out}");
+        assert_eq!(err, "", "ten {args:?}");
+    }
+    // A file that is not TOML at all gives no data_dir: that is said, with the file's error.
+    std::fs::write(&config, "[settings\n").expect("write config");
+    let (status, out, err) = run(&["ps"]);
+    assert_eq!(status.code(), Some(1), "{out}{err}");
+    assert!(err.contains("cannot find the control socket"), "{err}");
+    assert!(err.contains("invalid TOML"), "{err}");
+}
+
 #[test]
 fn control_socket_is_private_and_owned_by_one_server() {
     let ten = Builder::new()

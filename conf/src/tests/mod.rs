@@ -1,5 +1,6 @@
 //! Whole-file tests: every error kind, the valid configs, the example files.
 
+mod data_dir;
 mod errors;
 mod examples;
 mod valid;

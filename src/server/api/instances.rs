@@ -1,28 +1,13 @@
 //! `/api/instances`: list, spawn, inspect, stop, restart, weight.
 
 use http::StatusCode;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use tenement_conf::InstanceName;
 use tenement_supervisor::{InstanceView, Kind, State};
 
 use super::{parse_body, parse_name, Api, ApiError, ApiResult};
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SpawnReq {
-    process: String,
-    id: String,
-    #[serde(default)]
-    weight: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WeightReq {
-    weight: u32,
-}
+use crate::wire::{InstanceInfo, SpawnArgs, WeightArgs};
 
 fn health(state: State) -> &'static str {
     match state {
@@ -49,34 +34,41 @@ pub fn check_weight(w: u32) -> Result<u32, ApiError> {
 }
 
 impl Api {
-    pub(crate) fn instance_json(&self, v: &InstanceView) -> Value {
-        let stats = self.composer.stats(&v.name);
-        let mut out = json!({
-            "name": v.name.to_string(),
-            "process": v.name.process,
-            "id": v.name.id,
-            "kind": v.kind.as_str(),
-            "host": format!("{}.{}.{}", v.name.id.to_ascii_lowercase(), v.name.process, self.config.settings.domain),
-            "state": v.state.as_str(),
-            "health": health(v.state),
-            "weight": v.weight,
-            "pid": v.pid,
-            "address": v.addr.as_ref().map(|a| a.to_string()),
-            "uptime_secs": v.started.map(|s| s.elapsed().as_secs()),
-            "restarts": v.restarts,
-            "requests": stats.as_ref().map(|s| s.requests()).unwrap_or(0),
-            "in_flight": stats.as_ref().map(|s| s.in_flight()).unwrap_or(0),
-            "idle": v.idle,
-            "last_error": v.last_error,
-            "storage_bytes": v.storage_bytes,
-        });
-        if v.kind == Kind::External {
+    pub(crate) fn instance_info(&self, v: &InstanceView) -> InstanceInfo {
+        let stats = self.publisher.stats(&v.name);
+        InstanceInfo {
+            name: v.name.to_string(),
+            process: v.name.process.clone(),
+            id: v.name.id.clone(),
+            kind: v.kind.as_str().into(),
             // An external upstream has no host of its own: it is reached through its process.
-            if let Some(o) = out.as_object_mut() {
-                o.remove("host");
-            }
+            host: (v.kind == Kind::Spawned).then(|| {
+                format!(
+                    "{}.{}.{}",
+                    v.name.id.to_ascii_lowercase(),
+                    v.name.process,
+                    self.config.settings.domain
+                )
+            }),
+            state: v.state.as_str().into(),
+            health: health(v.state).into(),
+            weight: v.weight,
+            pid: v.pid,
+            address: v.addr.as_ref().map(|a| a.to_string()),
+            uptime_secs: v.started.map(|s| s.elapsed().as_secs()),
+            restarts: v.restarts,
+            requests: stats.as_ref().map(|s| s.requests()).unwrap_or(0),
+            in_flight: stats.as_ref().map(|s| s.in_flight()).unwrap_or(0),
+            idle: v.idle,
+            last_error: v.last_error.clone(),
+            storage_bytes: v.storage_bytes,
         }
-        out
+    }
+
+    /// An instance as the JSON the API answers (keys in sorted order, as `serde_json::Value`
+    /// keeps them).
+    pub(crate) fn instance_json(&self, v: &InstanceView) -> Value {
+        serde_json::to_value(self.instance_info(v)).unwrap_or(Value::Null)
     }
 
     pub(crate) fn list_instances(&self) -> Value {
@@ -90,8 +82,9 @@ impl Api {
     }
 
     pub(crate) async fn spawn_instance(&self, body: &[u8]) -> ApiResult {
-        let req: SpawnReq = parse_body(body)?;
-        let name = parse_name(&format!("{}:{}", req.process, req.id))?;
+        let req: SpawnArgs = parse_body(body)?;
+        let id = req.id.unwrap_or_default();
+        let name = parse_name(&format!("{}:{id}", req.target))?;
         let weight = check_weight(req.weight.unwrap_or(100))?;
         let v = self.supervisor.spawn(&name, weight).await?;
         Ok((StatusCode::CREATED, self.instance_json(&v)))
@@ -126,7 +119,7 @@ impl Api {
 
     pub(crate) async fn set_weight(&self, name: &str, body: &[u8]) -> ApiResult {
         let name = parse_name(name)?;
-        let req: WeightReq = parse_body(body)?;
+        let req: WeightArgs = parse_body(body)?;
         let w = check_weight(req.weight)?;
         let v = self.view_of(&name)?;
         self.supervisor.set_weights(&[(name.clone(), w)]).await?;

@@ -5,13 +5,12 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use tenement_conf::parse_duration;
 use tenement_fleet::{Fleet, FleetError, NewServer, Tenant};
-use tenement_proxy::management::Request;
 
 use super::{parse_body, query_param, Api, ApiError, ApiResult};
 
@@ -36,19 +35,7 @@ impl From<FleetError> for ApiError {
     }
 }
 
-fn is_fleet_path(segments: &[&str]) -> bool {
-    matches!(
-        segments,
-        ["servers"]
-            | ["servers", _]
-            | ["tenants"]
-            | ["tenants", _]
-            | ["tenants", _, "migrate"]
-            | ["fleet", "metrics" | "logs"]
-    )
-}
-
-fn server_json(fleet: &Fleet, id: &str) -> ApiResult {
+pub(super) fn server_json(fleet: &Fleet, id: &str) -> ApiResult {
     let view = fleet.view();
     let s = view.server(id).ok_or_else(|| {
         ApiError::not_found(format!("unknown server {id:?} (see `ten server list`)"))
@@ -56,7 +43,7 @@ fn server_json(fleet: &Fleet, id: &str) -> ApiResult {
     Ok((StatusCode::OK, json!(s)))
 }
 
-fn add_server(fleet: &Fleet, body: &[u8]) -> ApiResult {
+pub(super) fn add_server(fleet: &Fleet, body: &[u8]) -> ApiResult {
     let req: NewServer = parse_body(body)?;
     let added = fleet.add_server(&req)?;
     tracing::info!("fleet: server {} added ({})", added.id, added.url);
@@ -64,13 +51,13 @@ fn add_server(fleet: &Fleet, body: &[u8]) -> ApiResult {
     Ok((StatusCode::CREATED, v))
 }
 
-fn remove_server(fleet: &Fleet, id: &str) -> ApiResult {
+pub(super) fn remove_server(fleet: &Fleet, id: &str) -> ApiResult {
     fleet.remove_server(id)?;
     tracing::info!("fleet: server {id} removed");
     Ok((StatusCode::NO_CONTENT, Value::Null))
 }
 
-fn add_tenant(fleet: &Fleet, body: &[u8]) -> ApiResult {
+pub(super) fn add_tenant(fleet: &Fleet, body: &[u8]) -> ApiResult {
     let req: Tenant = parse_body(body)?;
     let t = fleet.add_tenant(&req)?;
     tracing::info!(
@@ -84,13 +71,13 @@ fn add_tenant(fleet: &Fleet, body: &[u8]) -> ApiResult {
     Ok((StatusCode::CREATED, json!(t)))
 }
 
-fn remove_tenant(fleet: &Fleet, id: &str) -> ApiResult {
+pub(super) fn remove_tenant(fleet: &Fleet, id: &str) -> ApiResult {
     fleet.remove_tenant(id)?;
     tracing::info!("fleet: tenant {id} removed");
     Ok((StatusCode::NO_CONTENT, Value::Null))
 }
 
-fn migrate_tenant(fleet: &Fleet, id: &str, body: &[u8]) -> ApiResult {
+pub(super) fn migrate_tenant(fleet: &Fleet, id: &str, body: &[u8]) -> ApiResult {
     let req: MigrateReq = parse_body(body)?;
     let before = fleet.store().tenant(id)?;
     let t = fleet.migrate_tenant(id, &req.server)?;
@@ -113,7 +100,7 @@ fn now_rfc3339() -> String {
 /// `GET /api/fleet/logs`: the same filters as `/api/logs`, forwarded to every server's
 /// `/api/logs`, merged newest first with a `server` field. A server that cannot be read
 /// contributes one line saying why (process "ten", stream stderr) instead of silence.
-async fn fleet_logs(fleet: &Fleet, q: Option<&str>) -> ApiResult {
+pub(super) async fn fleet_logs(fleet: &Fleet, q: Option<&str>) -> ApiResult {
     if let Some(s) = query_param(q, "stream").filter(|s| !s.is_empty()) {
         if s != "stdout" && s != "stderr" {
             return Err(ApiError::bad(format!(
@@ -178,7 +165,7 @@ async fn fleet_logs(fleet: &Fleet, q: Option<&str>) -> ApiResult {
 }
 
 impl Api {
-    fn fleet_or_off(&self) -> Result<&Fleet, ApiError> {
+    pub(super) fn fleet_or_off(&self) -> Result<&Fleet, ApiError> {
         self.fleet.as_ref().ok_or_else(|| {
             ApiError(
                 StatusCode::CONFLICT,
@@ -203,47 +190,5 @@ impl Api {
             }
         }
         Ok(tenement_fleet::merge_metrics(&scrapes))
-    }
-
-    /// The fleet routes (`segments` = the path after `/api/`, split on '/'); None for any
-    /// other path.
-    pub(crate) async fn fleet_route(
-        &self,
-        method: &Method,
-        segments: &[&str],
-        req: &Request,
-    ) -> Option<ApiResult> {
-        if !is_fleet_path(segments) {
-            return None;
-        }
-        let fleet = match self.fleet_or_off() {
-            Ok(f) => f,
-            Err(e) => return Some(Err(e)),
-        };
-        let body = &req.body;
-        Some(match (method, segments) {
-            (&Method::GET, ["servers"]) => Ok((StatusCode::OK, json!(fleet.view().servers))),
-            (&Method::POST, ["servers"]) => add_server(fleet, body),
-            (&Method::GET, ["servers", id]) => server_json(fleet, id),
-            (&Method::DELETE, ["servers", id]) => remove_server(fleet, id),
-            (&Method::GET, ["tenants"]) => Ok((StatusCode::OK, json!(fleet.view().tenants))),
-            (&Method::POST, ["tenants"]) => add_tenant(fleet, body),
-            (&Method::GET, ["tenants", id]) => fleet
-                .store()
-                .tenant(id)
-                .map(|t| (StatusCode::OK, json!(t)))
-                .map_err(ApiError::from),
-            (&Method::DELETE, ["tenants", id]) => remove_tenant(fleet, id),
-            (&Method::POST, ["tenants", id, "migrate"]) => migrate_tenant(fleet, id, body),
-            (&Method::GET, ["fleet", "metrics"]) => self
-                .fleet_metrics_text()
-                .await
-                .map(|text| (StatusCode::OK, Value::String(text))),
-            (&Method::GET, ["fleet", "logs"]) => fleet_logs(fleet, req.head.uri.query()).await,
-            _ => Err(ApiError(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("method {method} not allowed on {}", req.head.uri.path()),
-            )),
-        })
     }
 }

@@ -8,29 +8,31 @@ mod fleet;
 mod instances;
 mod logs;
 mod metrics;
+mod route;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, StatusCode};
+use http::{header, HeaderValue, StatusCode};
 use serde_json::{json, Value};
 
 use tenement_conf::{Config, InstanceName};
 use tenement_proxy::management::{Body, Management, Request, Response};
 use tenement_supervisor::Supervisor;
 
-use crate::compose::Publisher;
+use crate::server::compose::Publisher;
 
 pub use auth::Auth;
 pub use metrics::register_process_collector;
+pub use route::ApiRoute;
 
 pub struct Api {
     pub config: Arc<Config>,
     pub supervisor: Supervisor,
-    pub composer: Arc<Publisher>,
+    pub publisher: Arc<Publisher>,
     pub auth: Auth,
-    pub audit: crate::audit::Audit,
+    pub audit: crate::server::audit::Audit,
     pub logs: tenement_supervisor::logs::LogStore,
     /// The fleet (None without a `[fleet]` section).
     pub fleet: Option<tenement_fleet::Fleet>,
@@ -218,25 +220,29 @@ impl Management for Api {
                 }
             }
         }
-        if path == "/api/fleet/metrics" && req.head.method == Method::GET {
-            return match self.fleet_metrics_text().await {
-                Ok(text) => {
-                    let mut resp = http::Response::new(Body::Full(Bytes::from(text)));
-                    resp.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                    );
-                    resp
-                }
-                Err(e) => error_response(e),
-            };
+        let route = ApiRoute::parse(&req.head.method, &path);
+        match route {
+            ApiRoute::FleetMetrics => {
+                return match self.fleet_metrics_text().await {
+                    Ok(text) => {
+                        let mut resp = http::Response::new(Body::Full(Bytes::from(text)));
+                        resp.headers_mut().insert(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                        );
+                        resp
+                    }
+                    Err(e) => error_response(e),
+                };
+            }
+            ApiRoute::LogsStream => {
+                return self
+                    .logs_stream(req.head.uri.query())
+                    .unwrap_or_else(error_response);
+            }
+            _ => {}
         }
-        if path == "/api/logs/stream" && req.head.method == Method::GET {
-            return self
-                .logs_stream(req.head.uri.query())
-                .unwrap_or_else(error_response);
-        }
-        match self.route(&req, &path).await {
+        match self.dispatch(&req, &path, route).await {
             Ok((status, body)) if status == StatusCode::NO_CONTENT => {
                 let _ = body;
                 let mut resp = http::Response::new(Body::Full(Bytes::new()));
@@ -245,16 +251,9 @@ impl Management for Api {
             }
             Ok((status, body)) => json_response(status, &body),
             Err(e) => {
-                let allow = (e.0 == StatusCode::METHOD_NOT_ALLOWED)
-                    .then(|| {
-                        allowed_methods(
-                            &path
-                                .trim_start_matches("/api/")
-                                .split('/')
-                                .collect::<Vec<_>>(),
-                        )
-                    })
-                    .flatten();
+                let allow = route
+                    .allow()
+                    .filter(|_| e.0 == StatusCode::METHOD_NOT_ALLOWED);
                 let mut resp = error_response(e);
                 if let Some(allow) = allow {
                     resp.headers_mut()
@@ -267,24 +266,29 @@ impl Management for Api {
 }
 
 impl Api {
-    async fn route(&self, req: &Request, path: &str) -> ApiResult {
-        let segments: Vec<&str> = path.trim_start_matches("/api/").split('/').collect();
+    /// Answer one JSON route (the streamed and plain-text ones are answered in `handle`).
+    async fn dispatch(&self, req: &Request, path: &str, route: ApiRoute<'_>) -> ApiResult {
+        use ApiRoute as R;
         let m = &req.head.method;
-        if let Some(r) = self.fleet_route(m, &segments, req).await {
-            return r;
-        }
-        match (m, segments.as_slice()) {
-            (&Method::GET, ["instances"]) => Ok((StatusCode::OK, self.list_instances())),
-            (&Method::POST, ["instances"]) => self.spawn_instance(&req.body).await,
-            (&Method::GET, ["instances", name]) => self.get_instance(name),
-            (&Method::DELETE, ["instances", name]) => self.stop_instance(name).await,
-            (&Method::POST, ["instances", name, "restart"]) => self.restart_instance(name).await,
-            (&Method::PUT, ["instances", name, "weight"]) => self.set_weight(name, &req.body).await,
-            (&Method::POST, ["deploy"]) => self.deploy(&req.body).await,
-            (&Method::POST, ["route"]) => self.route_traffic(&req.body).await,
-            (&Method::GET, ["deploys"]) => self.history(req.head.uri.query()),
-            (&Method::GET, ["logs"]) => self.logs(req.head.uri.query()),
-            (&Method::POST, ["tokens"]) => {
+        let body = &req.body;
+        let query = req.head.uri.query();
+        let fleet = if route.is_fleet() {
+            Some(self.fleet_or_off()?)
+        } else {
+            None
+        };
+        match (route, fleet) {
+            (R::ListInstances, _) => Ok((StatusCode::OK, self.list_instances())),
+            (R::SpawnInstance, _) => self.spawn_instance(body).await,
+            (R::GetInstance(name), _) => self.get_instance(name),
+            (R::StopInstance(name), _) => self.stop_instance(name).await,
+            (R::RestartInstance(name), _) => self.restart_instance(name).await,
+            (R::SetWeight(name), _) => self.set_weight(name, body).await,
+            (R::Deploy, _) => self.deploy(body).await,
+            (R::Route, _) => self.route_traffic(body).await,
+            (R::History, _) => self.history(query),
+            (R::Logs, _) => self.logs(query),
+            (R::CreateToken, _) => {
                 if !req.trusted {
                     return Err(ApiError(
                         StatusCode::FORBIDDEN,
@@ -297,30 +301,38 @@ impl Api {
                     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
                 Ok((StatusCode::CREATED, json!({ "token": token })))
             }
-            (_, segs) if allowed_methods(segs).is_some() => Err(ApiError(
+            (R::ListServers, Some(f)) => Ok((StatusCode::OK, json!(f.view().servers))),
+            (R::AddServer, Some(f)) => fleet::add_server(f, body),
+            (R::GetServer(id), Some(f)) => fleet::server_json(f, id),
+            (R::RemoveServer(id), Some(f)) => fleet::remove_server(f, id),
+            (R::ListTenants, Some(f)) => Ok((StatusCode::OK, json!(f.view().tenants))),
+            (R::AddTenant, Some(f)) => fleet::add_tenant(f, body),
+            (R::GetTenant(id), Some(f)) => f
+                .store()
+                .tenant(id)
+                .map(|t| (StatusCode::OK, json!(t)))
+                .map_err(ApiError::from),
+            (R::RemoveTenant(id), Some(f)) => fleet::remove_tenant(f, id),
+            (R::MigrateTenant(id), Some(f)) => fleet::migrate_tenant(f, id, body),
+            (R::FleetMetrics, Some(_)) => self
+                .fleet_metrics_text()
+                .await
+                .map(|text| (StatusCode::OK, Value::String(text))),
+            (R::FleetLogs, Some(f)) => fleet::fleet_logs(f, query).await,
+            (R::WrongMethod { fleet: true, .. }, _) => Err(ApiError(
                 StatusCode::METHOD_NOT_ALLOWED,
-                format!(
-                    "method {m} not allowed on {path} (allowed: {})",
-                    allowed_methods(segs).unwrap_or_default()
-                ),
+                format!("method {m} not allowed on {path}"),
             )),
-            _ => Err(ApiError::not_found(format!(
+            (R::WrongMethod { allow, .. }, _) => Err(ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("method {m} not allowed on {path} (allowed: {allow})"),
+            )),
+            // LogsStream is answered in `handle`; a fleet route always has its fleet here.
+            (R::Unknown | R::LogsStream, _) | (_, None) => Err(ApiError::not_found(format!(
                 "no such API route: {m} {path}"
             ))),
         }
     }
-}
-
-/// The methods an API path takes (for 405 and its `Allow` header); None for unknown paths.
-fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
-    Some(match segments {
-        ["instances"] => "GET, POST",
-        ["instances", _] => "GET, DELETE",
-        ["instances", _, "restart"] | ["tokens"] | ["deploy"] | ["route"] => "POST",
-        ["instances", _, "weight"] => "PUT",
-        ["deploys"] | ["logs"] | ["logs", "stream"] => "GET",
-        _ => return None,
-    })
 }
 
 #[cfg(test)]

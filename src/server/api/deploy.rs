@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use http::StatusCode;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use tenement_conf::{parse_duration, InstanceName};
@@ -15,26 +14,7 @@ use tenement_supervisor::State;
 
 use super::instances::check_weight;
 use super::{parse_body, parse_name, query_param, Api, ApiError, ApiResult};
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DeployReq {
-    process: String,
-    version: String,
-    #[serde(default)]
-    weight: Option<u32>,
-    /// Duration text ("60s") or seconds.
-    #[serde(default)]
-    timeout: Option<Value>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RouteReq {
-    process: String,
-    from: String,
-    to: String,
-}
+use crate::wire::{DeployArgs, RouteArgs};
 
 fn timeout_of(v: &Option<Value>) -> Result<Option<Duration>, ApiError> {
     match v {
@@ -65,8 +45,12 @@ fn timeout_of(v: &Option<Value>) -> Result<Option<Duration>, ApiError> {
 
 impl Api {
     pub(crate) async fn deploy(&self, body: &[u8]) -> ApiResult {
-        let req: DeployReq = parse_body(body)?;
-        let name = parse_name(&format!("{}:{}", req.process, req.version))?;
+        let req: DeployArgs = parse_body(body)?;
+        let name = parse_name(&format!(
+            "{}:{}",
+            req.target.unwrap_or_default(),
+            req.version.unwrap_or_default()
+        ))?;
         let weight = check_weight(req.weight.unwrap_or(0))?;
         let timeout = timeout_of(&req.timeout)?;
         if self.supervisor.instance(&name).is_some() {
@@ -100,7 +84,7 @@ impl Api {
     }
 
     pub(crate) async fn route_traffic(&self, body: &[u8]) -> ApiResult {
-        let req: RouteReq = parse_body(body)?;
+        let req: RouteArgs = parse_body(body)?;
         let from = parse_name(&format!("{}:{}", req.process, req.from))?;
         let to = parse_name(&format!("{}:{}", req.process, req.to))?;
         if from == to {

@@ -2,14 +2,13 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
-
-use crate::cli::Global;
-use crate::config_cmd;
 
 pub struct Client {
     sock: PathBuf,
@@ -22,18 +21,11 @@ pub struct Reply {
 }
 
 impl Client {
-    /// The control socket from --data-dir, $TENEMENT_DATA_DIR, or the config's data_dir.
-    pub fn locate(global: &Global) -> Result<Client> {
-        let data_dir = match &global.data_dir {
-            Some(d) => d.clone(),
-            None => config_cmd::load(global)
-                .context("cannot find the control socket: pass --data-dir, set TENEMENT_DATA_DIR, or point --config at the server's config")?
-                .settings
-                .data_dir,
-        };
-        Ok(Client {
-            sock: crate::serve::control_socket(&data_dir),
-        })
+    /// The client of the `ten serve` whose data dir is `data_dir`.
+    pub fn locate(data_dir: &Path) -> Client {
+        Client {
+            sock: crate::server::serve::control_socket(data_dir),
+        }
     }
 
     fn connect(&self, read_timeout: Option<Duration>) -> Result<UnixStream> {
@@ -78,6 +70,19 @@ impl Client {
             );
         }
         Ok(reply.body)
+    }
+
+    /// One request with a typed body (a `wire` type) and a typed answer.
+    pub fn exchange<B: Serialize, R: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<R> {
+        // Through `Value`, whose map keeps keys sorted: the bytes sent stay what they were.
+        let body = body.map(serde_json::to_value).transpose()?;
+        let v = self.call(method, path, body.as_ref())?;
+        serde_json::from_value(v).map_err(|e| anyhow!("bad answer from ten serve ({e})"))
     }
 
     pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Reply> {

@@ -4,18 +4,42 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::Result;
+use clap::Args;
 use serde_json::Value;
 
 use super::table::encode;
-use crate::client::Client;
+use crate::client::cli::Global;
+use crate::wire::parse_timeout;
 
-pub struct LogsArgs {
+/// Show captured output of instances (and ten's own events), or follow it live
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Show the captured stdout/stderr lines of instances, newest last, from \
+the log store (SQLite with full-text search). `ten` itself logs its events (spawn, crash, restart, \
+health, deploy) as process \"ten\". With -f, keep printing new lines until Ctrl-C.\n\n\
+Examples:\n  ten logs api:prod\n  ten logs api --search 'timeout OR refused' --since 1h\n  \
+ten logs -f --stream stderr\n  ten logs ten --search crash"
+)]
+pub struct Logs {
+    /// process or process:id (default: everything)
     pub target: Option<String>,
+    /// Follow new lines as they arrive
+    #[arg(short, long)]
     pub follow: bool,
+    /// Full-text search (SQLite FTS5: words, "phrases", prefix*, AND/OR/NOT)
+    #[arg(long)]
     pub search: Option<String>,
+    /// Only stdout or stderr
+    #[arg(long, value_parser = ["stdout", "stderr"])]
     pub stream: Option<String>,
+    /// Only lines newer than this, e.g. 10m, 2h
+    #[arg(long, value_parser = parse_timeout)]
     pub since: Option<String>,
+    /// How many lines [default: 100; 10 with -f]
+    #[arg(long)]
     pub limit: Option<usize>,
+    /// One JSON object per line
+    #[arg(long)]
     pub json: bool,
 }
 
@@ -39,7 +63,14 @@ fn render(v: &Value, color: bool) -> String {
     }
 }
 
-pub fn logs(c: &Client, a: LogsArgs) -> Result<ExitCode> {
+impl Logs {
+    pub fn run(self, global: &Global) -> Result<ExitCode> {
+        logs(global, self)
+    }
+}
+
+fn logs(global: &Global, a: Logs) -> Result<ExitCode> {
+    let c = global.client()?;
     let mut filters = Vec::new();
     if let Some(t) = &a.target {
         match t.split_once(':') {

@@ -1,14 +1,60 @@
-//! `ten config check` and `ten config show`, and loading the config for every command.
+//! `ten config check` and `ten config show`, and loading the config (`ten serve`, `ten config
+//! show`).
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
+use clap::Subcommand;
 use tenement_conf::{find_config_path, Config, ListenMode, PluginConf, RestartPolicy, Upstream};
 
-use crate::cli::Global;
+use crate::client::cli::Global;
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a config file: every error at once (exit 1), or a summary (exit 0)
+    #[command(
+        long_about = "Validate a config file and print every error at once with its line and key \
+path (exit 1), or a summary of what it would serve (exit 0).\n\nExamples:\n  ten config check\n  \
+ten config check /etc/ten/tenement.toml"
+    )]
+    Check {
+        /// The file [default: --config, $TENEMENT_CONFIG, else ./tenement.toml]
+        path: Option<PathBuf>,
+    },
+    /// Print the resolved config: every default filled in, paths made absolute
+    #[command(
+        long_about = "Print the resolved config: every default filled in, paths made absolute.\n\n\
+With --routes, print instead every route ten would serve, in precedence order (like `nginx -T`): \
+[routes] entries, then {id}.{process}.{domain}, {process}.{domain} and the management domain.\n\n\
+Examples:\n  ten config show\n  ten config show --routes"
+    )]
+    Show {
+        /// Explain the routes instead: host, path prefix, target
+        #[arg(long)]
+        routes: bool,
+    },
+}
+
+impl ConfigCommand {
+    pub fn run(self, global: &Global) -> Result<ExitCode> {
+        match self {
+            ConfigCommand::Check { path } => {
+                Ok(check(path.as_deref().or(global.config.as_deref())))
+            }
+            ConfigCommand::Show { routes: true } => {
+                print!("{}", routes(&load(global)?));
+                Ok(ExitCode::SUCCESS)
+            }
+            ConfigCommand::Show { routes: false } => {
+                print!("{}", show(&load(global)?));
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    }
+}
 
 /// Load the config named by --config / $TENEMENT_CONFIG / ./tenement.toml, with --data-dir
 /// applied. Errors list every problem, one per line.
@@ -130,7 +176,7 @@ pub fn routes(c: &Config) -> String {
         "".into(),
     ]);
     let rows = rows.into_iter().map(Vec::from).collect();
-    crate::cmd::table::table(&["HOST", "PREFIX", "TARGET", "NOTE"], rows, None)
+    crate::client::cmd::table::table(&["HOST", "PREFIX", "TARGET", "NOTE"], rows, None)
 }
 
 fn dur(d: Duration) -> String {

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Result};
 
-use crate::client::Client;
+use crate::client::control::Client;
 
 pub fn generate(c: &Client) -> Result<ExitCode> {
     let v = c.call("POST", "/api/tokens", None)?;

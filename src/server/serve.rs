@@ -24,9 +24,9 @@ use tenement_proxy::{Mode, TenProxy};
 use tenement_supervisor::logs::{LogOptions, LogStore};
 use tenement_supervisor::{StateStore, Supervisor};
 
-use crate::api::{register_process_collector, Api, Auth};
-use crate::audit::Audit;
-use crate::compose::{Publisher, Wake};
+use crate::server::api::{register_process_collector, Api, Auth};
+use crate::server::audit::Audit;
+use crate::server::compose::{Publisher, Wake};
 use tenement_proxy::metrics::Metrics;
 
 /// Bind `addr` now (port 0 gets a real port) and hand the socket to Pingora's listener table
@@ -135,7 +135,7 @@ pub async fn run(config: Config) -> Result<()> {
     let api = Arc::new(Api {
         config: config.clone(),
         supervisor: supervisor.clone(),
-        composer: publisher.clone(),
+        publisher: publisher.clone(),
         auth: Auth::open(&db).with_context(|| format!("cannot open {}", db.display()))?,
         audit: Audit::open(&db).with_context(|| format!("cannot open {}", db.display()))?,
         metrics,
@@ -260,4 +260,18 @@ pub async fn run(config: Config) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The server's log: `TEN_LOG` (an `EnvFilter`), else info without Pingora's chatter; on
+/// stderr, coloured on a terminal.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TEN_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
 }

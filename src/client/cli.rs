@@ -1,0 +1,127 @@
+//! The command line: `Cli`, the global flags, the `Command` enum and its dispatch. Each
+//! command's arguments (with its help text) and its `run` live in its own `cmd/` module.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::cmd::{config, deploy, fleet, instances, logs, serve, token};
+use crate::client::control::Client;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ten",
+    version,
+    about = "tenement: a Pingora proxy, a process supervisor and a fleet router in one binary",
+    long_about = "tenement: a Pingora proxy, a process supervisor and a fleet router in one binary.\n\n\
+`ten serve` runs everything; the other commands are clients of it or work on the config file.\n\n\
+Examples:\n  ten serve --config examples/demo/tenement.toml\n  ten config check tenement.toml\n  \
+curl -H 'Host: prod.hello.localhost' localhost:8080/"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Config file [default: $TENEMENT_CONFIG, else ./tenement.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Data directory (control socket, database, sockets) [default: the config's data_dir]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "TENEMENT_DATA_DIR",
+        hide_env_values = true
+    )]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Global {
+    /// The client of the running `ten serve`: its data dir is --data-dir, $TENEMENT_DATA_DIR,
+    /// or the config's `[settings] data_dir` (read alone: the rest of the file may be invalid).
+    pub fn client(&self) -> Result<Client> {
+        let data_dir = match &self.data_dir {
+            Some(d) => d.clone(),
+            None => {
+                let path = tenement_conf::find_config_path(self.config.as_deref());
+                tenement_conf::Config::load_data_dir(&path)
+                    .map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()))
+                    .context("cannot find the control socket: pass --data-dir, set TENEMENT_DATA_DIR, or point --config at the server's config")?
+            }
+        };
+        Ok(Client::locate(&data_dir))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Serve(serve::Serve),
+    /// Check or show the config file
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
+    Spawn(instances::Spawn),
+    Stop(instances::Stop),
+    Restart(instances::Restart),
+    Ps(instances::Ps),
+    Health(instances::Health),
+    Weight(instances::Weight),
+    /// Create an API token: printed once, only its Argon2 hash is stored
+    #[command(
+        name = "token-gen",
+        long_about = "Create an API token for the management HTTP API \
+(Authorization: Bearer <token>). It is printed once; the server keeps only its Argon2 hash.\n\n\
+Example:\n  TOKEN=$(ten token-gen)\n  curl -H \"Authorization: Bearer $TOKEN\" -H 'Host: example.com' localhost:8080/api/instances"
+    )]
+    TokenGen,
+    Deploy(deploy::Deploy),
+    Logs(logs::Logs),
+    /// Fleet: register other tenement servers (needs a [fleet] section)
+    #[command(subcommand)]
+    Server(fleet::ServerCommand),
+    /// Fleet: route a tenant's domain to a server (needs a [fleet] section)
+    #[command(subcommand)]
+    Tenant(fleet::TenantCommand),
+    Route(deploy::Route),
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Serve(c) => c.run(g),
+        Command::Config(c) => c.run(g),
+        Command::Spawn(c) => c.run(g),
+        Command::Stop(c) => c.run(g),
+        Command::Restart(c) => c.run(g),
+        Command::Ps(c) => c.run(g),
+        Command::Health(c) => c.run(g),
+        Command::Weight(c) => c.run(g),
+        Command::TokenGen => token::generate(&g.client()?),
+        Command::Deploy(c) => c.run(g),
+        Command::Logs(c) => c.run(g),
+        Command::Server(c) => c.run(g),
+        Command::Tenant(c) => c.run(g),
+        Command::Route(c) => c.run(g),
+    }
+}
+
+/// Validate `process:id` at parse time (a bad spelling is a usage error, exit 2).
+pub fn parse_instance(s: &str) -> Result<String, String> {
+    s.parse::<tenement_conf::InstanceName>()
+        .map(|n| n.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// A usage error: clap's format, exit 2.
+pub fn usage(msg: &str) -> ! {
+    use clap::CommandFactory;
+    Cli::command()
+        .error(clap::error::ErrorKind::InvalidValue, msg)
+        .exit()
+}

@@ -1,0 +1,45 @@
+//! `ten serve`: load the config, apply --port / --domain, and hand over to the server program
+//! (`server::serve`) on a fresh tokio runtime.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use super::config::load;
+use crate::client::cli::Global;
+use crate::server::serve;
+
+/// Run the proxy, the supervisor and the management API
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Run the proxy, the supervisor and the management API.\n\n\
+Spawns the [instances] of the config, routes by Host, and on SIGTERM or SIGINT stops accepting,\n\
+drains in-flight requests (drain_timeout), stops every instance and exits 0.\n\n\
+Examples:\n  ten serve\n  ten serve --config /etc/ten/tenement.toml --port 80 --domain example.com"
+)]
+pub struct Serve {
+    /// Listen on this port (replaces the port of the first [settings] listen address)
+    #[arg(long, value_name = "N")]
+    pub port: Option<u16>,
+    /// Base domain for {process}.{domain} routing (overrides [settings] domain)
+    #[arg(long, value_name = "D")]
+    pub domain: Option<String>,
+}
+
+impl Serve {
+    pub fn run(self, global: &Global) -> Result<ExitCode> {
+        let mut config = load(global)?;
+        config.apply_overrides(self.port, self.domain.as_deref());
+        serve::init_tracing();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("ten")
+            .build()
+            .context("cannot start the async runtime")?;
+        rt.block_on(serve::run(config))?;
+        // Connections still open after the drain are closed by exiting.
+        rt.shutdown_timeout(std::time::Duration::from_millis(100));
+        Ok(ExitCode::SUCCESS)
+    }
+}

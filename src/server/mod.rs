@@ -1,0 +1,7 @@
+//! `ten serve`: the proxy, the supervisor and the fleet wired together, the table publisher,
+//! the audit log and the management API.
+
+pub mod api;
+pub mod audit;
+pub mod compose;
+pub mod serve;
