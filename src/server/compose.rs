@@ -328,4 +328,5 @@ impl tenement_proxy::management::Waker for Wake {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
+#[path = "compose/tests.rs"] // explicit, so benches/tables.rs can include this file
 mod tests;
