@@ -497,3 +497,131 @@ impl Runner {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::registry::Slot;
+    use crate::{Kind, TracingSink, TrafficProbe};
+
+    struct NoTraffic;
+    impl TrafficProbe for NoTraffic {
+        fn in_flight(&self, _: &InstanceName) -> u64 {
+            0
+        }
+        fn last_request(&self, _: &InstanceName) -> Option<Instant> {
+            None
+        }
+    }
+
+    /// A runner for `api.1` (slot in place, no child) with `max_restarts` and a `backoff`
+    /// from..to, its stop sender and its restarts.
+    fn runner(
+        max_restarts: u32,
+        backoff: (Duration, Duration),
+    ) -> (Runner, watch::Sender<Stop>, Life) {
+        let config = tenement_conf::Config::parse(
+            "[process.api]\ncommand = \"x\"\n",
+            "tenement.toml",
+            std::path::Path::new("/tmp"),
+        )
+        .unwrap();
+        let mut process = config.process("api").unwrap().clone();
+        process.max_restarts = max_restarts;
+        (process.backoff_base, process.backoff_max) = backoff;
+        let reg = Arc::new(Registry::new(
+            Arc::new(config),
+            Arc::new(NoTraffic),
+            Arc::new(TracingSink),
+            None,
+        ));
+        let name = InstanceName {
+            process: "api".into(),
+            id: "1".into(),
+        };
+        reg.insert(&name, Slot::new(&name, Kind::Spawned, 100, 0, false));
+        let (stop_tx, stop) = watch::channel(Stop::No);
+        let life = Life {
+            first: None,
+            restarts: Restarts::of(&process).unwrap(),
+        };
+        let runner = Runner {
+            reg,
+            name,
+            process,
+            stop,
+            wake: Arc::new(Notify::new()),
+            tail: Arc::new(Tail::default()),
+        };
+        (runner, stop_tx, life)
+    }
+
+    fn view(r: &Runner) -> crate::InstanceView {
+        r.reg.instance(&r.name).unwrap()
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[tokio::test]
+    async fn backoff_sleeps_then_starts_again_and_counts_the_restart() {
+        let (mut r, _stop, mut life) = runner(5, (MS, MS * 2));
+        assert!(matches!(r.backoff_phase(&mut life).await, Phase::Start));
+        let v = view(&r);
+        assert_eq!((v.state, v.restarts), (State::Starting, 1));
+        assert!(matches!(r.backoff_phase(&mut life).await, Phase::Start));
+        assert_eq!(view(&r).restarts, 2);
+    }
+
+    #[tokio::test]
+    async fn backoff_gives_up_on_a_crash_loop_and_stays_down_until_stopped() {
+        let (mut r, stop, mut life) = runner(2, (MS, MS * 2));
+        assert!(matches!(r.backoff_phase(&mut life).await, Phase::Start));
+        assert!(matches!(r.backoff_phase(&mut life).await, Phase::Start));
+        assert!(matches!(r.backoff_phase(&mut life).await, Phase::Down));
+        let v = view(&r);
+        assert_eq!((v.state, v.restarts), (State::Failed, 2));
+        let why = v.last_error.unwrap();
+        assert!(
+            why.starts_with("crash loop: 2 restarts within restart_window"),
+            "{why}"
+        );
+        stop.send_replace(Stop::Yes { forget: true });
+        assert!(matches!(
+            r.down_phase().await,
+            Phase::Finish { forget: true }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_stop_during_the_backoff_finishes_without_a_restart() {
+        let (mut r, stop, mut life) = runner(5, (Duration::from_secs(60), Duration::from_secs(60)));
+        stop.send_replace(Stop::Yes { forget: false });
+        assert!(matches!(
+            r.backoff_phase(&mut life).await,
+            Phase::Finish { forget: false }
+        ));
+        assert_eq!(view(&r).restarts, 0);
+    }
+
+    #[tokio::test]
+    async fn idle_wakes_into_a_fresh_start_or_finishes_on_a_stop() {
+        let (mut r, stop, mut life) = runner(100, (MS, MS * 8));
+        // Three failures: the next delay would be the cap.
+        for _ in 0..3 {
+            assert!(matches!(r.backoff_phase(&mut life).await, Phase::Start));
+        }
+        r.wake.notify_one();
+        assert!(matches!(r.idle_phase(&mut life).await, Phase::Start));
+        assert_eq!(
+            life.restarts.next(Instant::now(), 0.0),
+            Next::Restart(MS),
+            "a wake starts the backoff over"
+        );
+        stop.send_replace(Stop::Yes { forget: true });
+        assert!(matches!(
+            r.idle_phase(&mut life).await,
+            Phase::Finish { forget: true }
+        ));
+    }
+}
