@@ -18,6 +18,7 @@ mod error;
 mod externals;
 pub mod logs;
 mod orphans;
+mod policy;
 pub mod probe;
 mod registry;
 mod runner;

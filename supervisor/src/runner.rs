@@ -1,19 +1,16 @@
 //! One task per instance owns its whole life: start, wait until ready, watch exits and health,
 //! stop when idle, restart with backoff, drain and stop when asked.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use tokio::sync::{oneshot, watch, Notify};
 
-use tenement_conf::{InstanceName, Process, RestartPolicy};
+use tenement_conf::{Addr, InstanceName, Process};
 
-use crate::backoff::Backoff;
 use crate::child::{self, Tail};
-use tenement_conf::Addr;
-
+use crate::policy::{self, Next, Restarts};
 use crate::probe;
 use crate::registry::Registry;
 use crate::{cgroup, storage, Error, State};
@@ -36,6 +33,39 @@ enum Outcome {
     Unhealthy(String),
     Idle,
     Stop { forget: bool },
+}
+
+/// Where a runner is in an instance's life; each phase is a method returning the next one.
+///
+/// Start → Ready → Monitor, then by how the watch ended: Idle (→ Start on a wake), Backoff
+/// (→ Start, or Down on a crash loop), Down (restart policy says no), Stop. Every way out
+/// passes Finish (the slot is forgotten), except a failed first start (Done at once).
+enum Phase {
+    /// Spawn the child.
+    Start,
+    /// Wait until it accepts connections (or answers its health path).
+    Ready(Live),
+    /// Healthy: watch exits, health, idleness and stop requests.
+    Monitor(Live),
+    /// Stopped for idleness: wait for a wake or a stop.
+    Idle,
+    /// After a failure, the child gone: crash loop or sleep the backoff.
+    Backoff,
+    /// Stays down (restart policy or crash loop) until asked to stop.
+    Down,
+    /// Asked to stop while running: drain and kill.
+    Stop { live: Live, forget: bool },
+    /// The runner is done: forget the slot (and the desired state when `forget`).
+    Finish { forget: bool },
+    /// Nothing left to do.
+    Done,
+}
+
+/// What a runner carries from phase to phase.
+struct Life {
+    /// Hears how the first start went; taken by it.
+    first: Option<oneshot::Sender<Result<(), Error>>>,
+    restarts: Restarts,
 }
 
 pub struct Runner {
@@ -79,189 +109,171 @@ impl Runner {
         }
     }
 
+    /// Drive the instance through its phases until it is done. `first` hears how the first
+    /// start went (the caller of a spawn waits on it).
     pub async fn run(mut self, first: oneshot::Sender<Result<(), Error>>) {
-        let mut first = Some(first);
-        let backoff = Backoff::new(self.process.backoff_base, self.process.backoff_max, 0.5)
-            .or_else(|_| Backoff::new(Duration::from_secs(1), Duration::from_secs(60), 0.5));
-        let Ok(backoff) = backoff else { return };
-        let mut attempt = 0u32;
-        let mut recent: VecDeque<Instant> = VecDeque::new();
+        let Ok(restarts) = Restarts::of(&self.process) else {
+            return;
+        };
+        let mut life = Life {
+            first: Some(first),
+            restarts,
+        };
+        let mut phase = Phase::Start;
         loop {
-            let mut live = match self.start().await {
-                Ok(live) => live,
-                Err(e) => {
-                    if let Some(tx) = first.take() {
-                        self.reg.forget_slot(&self.name); // gone before the caller hears of it
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                    self.reg.event(&self.name, &format!("restart failed: {e}"));
-                    match self
-                        .after_failure(&backoff, &mut attempt, &mut recent, None)
-                        .await
-                    {
-                        Some(()) => continue,
-                        None => return,
-                    }
-                }
-            };
-            match self.wait_ready(&live).await {
-                Ok(()) => {
-                    self.reg.set_state(&self.name, State::Healthy, None);
-                    self.reg.event(&self.name, "healthy");
-                    if let Some(tx) = first.take() {
-                        let _ = tx.send(Ok(()));
-                    }
-                }
-                Err(reason) => {
-                    self.kill(&live).await;
-                    if let Some(tx) = first.take() {
-                        live.drain_output().await;
-                        self.cleanup(&live);
-                        self.reg.forget_slot(&self.name); // gone before the caller hears of it
-                        let _ = tx.send(Err(Error::StartupFailed {
-                            name: self.name.to_string(),
-                            reason,
-                            tail: self.tail.lines(),
-                        }));
-                        return;
-                    }
-                    if let Some(forget) = self.stop_requested() {
-                        self.cleanup(&live);
-                        self.reg.finish(&self.name, forget);
-                        return;
-                    }
-                    self.reg.event(
-                        &self.name,
-                        &format!("did not become healthy after restart: {reason}"),
-                    );
-                    match self
-                        .after_failure(&backoff, &mut attempt, &mut recent, Some(&live))
-                        .await
-                    {
-                        Some(()) => continue,
-                        None => return,
-                    }
-                }
-            }
-            let healthy_at = Instant::now();
-            let outcome = self.monitor(&live).await;
-            if healthy_at.elapsed() >= backoff.max() {
-                attempt = 0; // it ran long enough: the next crash starts the backoff over
-            }
-            match outcome {
-                Outcome::Stop { forget } => {
-                    self.drain_and_kill(&live).await;
-                    self.cleanup(&live);
+            phase = match phase {
+                Phase::Start => self.start_phase(&mut life).await,
+                Phase::Ready(live) => self.ready_phase(&mut life, live).await,
+                Phase::Monitor(live) => self.monitor_phase(&mut life, live).await,
+                Phase::Idle => self.idle_phase(&mut life).await,
+                Phase::Backoff => self.backoff_phase(&mut life).await,
+                Phase::Down => self.down_phase().await,
+                Phase::Stop { live, forget } => self.stop_phase(live, forget).await,
+                Phase::Finish { forget } => {
                     self.reg.finish(&self.name, forget);
-                    return;
+                    Phase::Done
                 }
-                Outcome::Idle => {
-                    self.reg
-                        .event(&self.name, "idle: stopping (it wakes on its next request)");
-                    self.reg.mark_idle(&self.name);
-                    self.drain_and_kill(&live).await;
-                    self.cleanup(&live);
-                    self.reg.set_idle(&self.name);
-                    let mut stop = self.stop.clone();
-                    tokio::select! {
-                        _ = self.wake.notified() => {
-                            self.reg.event(&self.name, "waking");
-                            attempt = 0;
-                            continue;
-                        }
-                        _ = stop.wait_for(|s| *s != Stop::No) => {
-                            let forget = self.stop_requested().unwrap_or(false);
-                            self.reg.finish(&self.name, forget);
-                            return;
-                        }
-                    }
+                Phase::Done => return,
+            };
+        }
+    }
+
+    /// Spawn the child. A first start that fails ends the runner (the caller hears why).
+    async fn start_phase(&mut self, life: &mut Life) -> Phase {
+        match self.start().await {
+            Ok(live) => Phase::Ready(live),
+            Err(e) => {
+                if let Some(tx) = life.first.take() {
+                    self.reg.forget_slot(&self.name); // gone before the caller hears of it
+                    let _ = tx.send(Err(e));
+                    return Phase::Done;
                 }
-                Outcome::Exited { text, success } => {
-                    let restart = match self.process.restart {
-                        RestartPolicy::Always => true,
-                        RestartPolicy::OnFailure => !success,
-                        RestartPolicy::Never => false,
-                    };
-                    self.cleanup(&live);
-                    if !restart {
-                        let state = if success {
-                            State::Stopped
-                        } else {
-                            State::Failed
-                        };
-                        self.reg.event(
-                            &self.name,
-                            &format!(
-                                "{text}; restart = {} so it stays down",
-                                policy(self.process.restart)
-                            ),
-                        );
-                        self.reg.set_state(&self.name, state, Some(text));
-                        self.reg.clear_pid(&self.name);
-                        self.wait_for_stop().await;
-                        return;
-                    }
-                    self.reg.event(&self.name, &format!("crashed: {text}"));
-                    self.reg.set_last_error(&self.name, text);
-                    match self
-                        .after_failure(&backoff, &mut attempt, &mut recent, None)
-                        .await
-                    {
-                        Some(()) => continue,
-                        None => return,
-                    }
-                }
-                Outcome::Unhealthy(reason) => {
-                    self.reg
-                        .event(&self.name, &format!("unhealthy ({reason}): restarting"));
-                    self.kill(&live).await;
-                    self.cleanup(&live);
-                    match self
-                        .after_failure(&backoff, &mut attempt, &mut recent, None)
-                        .await
-                    {
-                        Some(()) => continue,
-                        None => return,
-                    }
-                }
+                self.reg.event(&self.name, &format!("restart failed: {e}"));
+                Phase::Backoff
             }
         }
     }
 
-    /// Decide whether to restart after a failure; sleeps the backoff. None = the runner is done.
-    async fn after_failure(
-        &mut self,
-        backoff: &Backoff,
-        attempt: &mut u32,
-        recent: &mut VecDeque<Instant>,
-        live: Option<&Live>,
-    ) -> Option<()> {
-        if let Some(live) = live {
-            self.cleanup(live);
+    /// Wait until it is ready: healthy, or killed (a first start that fails ends the runner).
+    async fn ready_phase(&mut self, life: &mut Life, mut live: Live) -> Phase {
+        match self.wait_ready(&live).await {
+            Ok(()) => {
+                self.reg.set_state(&self.name, State::Healthy, None);
+                self.reg.event(&self.name, "healthy");
+                if let Some(tx) = life.first.take() {
+                    let _ = tx.send(Ok(()));
+                }
+                Phase::Monitor(live)
+            }
+            Err(reason) => {
+                self.kill(&live).await;
+                if let Some(tx) = life.first.take() {
+                    live.drain_output().await;
+                    self.cleanup(&live);
+                    self.reg.forget_slot(&self.name); // gone before the caller hears of it
+                    let _ = tx.send(Err(Error::StartupFailed {
+                        name: self.name.to_string(),
+                        reason,
+                        tail: self.tail.lines(),
+                    }));
+                    return Phase::Done;
+                }
+                if let Some(forget) = self.stop_requested() {
+                    self.cleanup(&live);
+                    return Phase::Finish { forget };
+                }
+                self.reg.event(
+                    &self.name,
+                    &format!("did not become healthy after restart: {reason}"),
+                );
+                self.cleanup(&live);
+                Phase::Backoff
+            }
         }
+    }
+
+    /// Watch it run until it exits, turns unhealthy, goes idle or is asked to stop.
+    async fn monitor_phase(&mut self, life: &mut Life, live: Live) -> Phase {
+        let healthy_at = Instant::now();
+        let outcome = self.monitor(&live, life.restarts.when_unhealthy()).await;
+        life.restarts.ran(healthy_at, Instant::now());
+        match outcome {
+            Outcome::Stop { forget } => Phase::Stop { live, forget },
+            Outcome::Idle => {
+                self.reg
+                    .event(&self.name, "idle: stopping (it wakes on its next request)");
+                self.reg.mark_idle(&self.name);
+                self.drain_and_kill(&live).await;
+                self.cleanup(&live);
+                self.reg.set_idle(&self.name);
+                Phase::Idle
+            }
+            Outcome::Exited { text, success } => {
+                let restart = life.restarts.after_exit(success);
+                self.cleanup(&live);
+                if !restart {
+                    let state = if success {
+                        State::Stopped
+                    } else {
+                        State::Failed
+                    };
+                    self.reg.event(
+                        &self.name,
+                        &format!(
+                            "{text}; restart = {} so it stays down",
+                            policy::name(self.process.restart)
+                        ),
+                    );
+                    self.reg.set_state(&self.name, state, Some(text));
+                    self.reg.clear_pid(&self.name);
+                    return Phase::Down;
+                }
+                self.reg.event(&self.name, &format!("crashed: {text}"));
+                self.reg.set_last_error(&self.name, text);
+                Phase::Backoff
+            }
+            Outcome::Unhealthy(reason) => {
+                self.reg
+                    .event(&self.name, &format!("unhealthy ({reason}): restarting"));
+                self.kill(&live).await;
+                self.cleanup(&live);
+                Phase::Backoff
+            }
+        }
+    }
+
+    /// Stopped for idleness: wait for a request to wake it, or a stop.
+    async fn idle_phase(&mut self, life: &mut Life) -> Phase {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = self.wake.notified() => {
+                self.reg.event(&self.name, "waking");
+                life.restarts.woke();
+                Phase::Start
+            }
+            _ = stop.wait_for(|s| *s != Stop::No) => {
+                Phase::Finish { forget: self.stop_requested().unwrap_or(false) }
+            }
+        }
+    }
+
+    /// After a failure (the child is gone and cleaned up): give up on a crash loop, or sleep
+    /// the backoff and start again.
+    async fn backoff_phase(&mut self, life: &mut Life) -> Phase {
         self.reg.clear_pid(&self.name);
-        let now = Instant::now();
-        while recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > self.process.restart_window)
-        {
-            recent.pop_front();
-        }
-        if recent.len() >= self.process.max_restarts as usize {
-            let why = format!(
-                "crash loop: {} restarts within restart_window {}; not restarting (ten restart {} to try again)",
-                recent.len(),
-                probe::humanize(self.process.restart_window),
-                self.name
-            );
-            self.reg.event(&self.name, &why);
-            self.reg.set_state(&self.name, State::Failed, Some(why));
-            self.wait_for_stop().await;
-            return None;
-        }
-        let delay = backoff.next(*attempt);
-        *attempt = attempt.saturating_add(1);
+        let delay = match life.restarts.next(Instant::now(), fastrand::f64()) {
+            Next::Restart(delay) => delay,
+            Next::GiveUp { restarts } => {
+                let why = format!(
+                    "crash loop: {restarts} restarts within restart_window {}; not restarting (ten restart {} to try again)",
+                    probe::humanize(self.process.restart_window),
+                    self.name
+                );
+                self.reg.event(&self.name, &why);
+                self.reg.set_state(&self.name, State::Failed, Some(why));
+                return Phase::Down;
+            }
+        };
         self.reg.set_state(&self.name, State::Starting, None);
         self.reg.event(
             &self.name,
@@ -271,20 +283,27 @@ impl Runner {
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stop.wait_for(|s| *s != Stop::No) => {
-                let forget = self.stop_requested().unwrap_or(false);
-                self.reg.finish(&self.name, forget);
-                return None;
+                return Phase::Finish { forget: self.stop_requested().unwrap_or(false) };
             }
         }
-        recent.push_back(Instant::now());
+        life.restarts.restarted(Instant::now());
         self.reg.count_restart(&self.name);
-        Some(())
+        Phase::Start
     }
 
-    async fn wait_for_stop(&mut self) {
+    /// It stays down (restart policy, crash loop) until asked to stop.
+    async fn down_phase(&mut self) -> Phase {
         let _ = self.stop.wait_for(|s| *s != Stop::No).await;
-        let forget = self.stop_requested().unwrap_or(false);
-        self.reg.finish(&self.name, forget);
+        Phase::Finish {
+            forget: self.stop_requested().unwrap_or(false),
+        }
+    }
+
+    /// Asked to stop while running: out of routing, drain, kill.
+    async fn stop_phase(&mut self, live: Live, forget: bool) -> Phase {
+        self.drain_and_kill(&live).await;
+        self.cleanup(&live);
+        Phase::Finish { forget }
     }
 
     async fn start(&self) -> Result<Live, Error> {
@@ -381,7 +400,8 @@ impl Runner {
         }
     }
 
-    async fn monitor(&mut self, live: &Live) -> Outcome {
+    /// Watch a healthy child; `restart_unhealthy`: failing its checks ends the watch.
+    async fn monitor(&mut self, live: &Live, restart_unhealthy: bool) -> Outcome {
         let interval = self.reg.health_interval();
         let mut health = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -418,7 +438,7 @@ impl Runner {
                             if fails == UNHEALTHY_AFTER {
                                 self.reg.event(&self.name, &format!("unhealthy after {fails} failed checks: {e}"));
                                 self.reg.set_state(&self.name, State::Unhealthy, Some(e.clone()));
-                                if self.process.restart != RestartPolicy::Never {
+                                if restart_unhealthy {
                                     return Outcome::Unhealthy(e);
                                 }
                             }
@@ -478,10 +498,130 @@ impl Runner {
     }
 }
 
-fn policy(p: RestartPolicy) -> &'static str {
-    match p {
-        RestartPolicy::Always => "always",
-        RestartPolicy::OnFailure => "on-failure",
-        RestartPolicy::Never => "never",
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::registry::Slot;
+    use crate::{Kind, TracingSink, TrafficProbe};
+
+    struct NoTraffic;
+    impl TrafficProbe for NoTraffic {
+        fn in_flight(&self, _: &InstanceName) -> u64 {
+            0
+        }
+        fn last_request(&self, _: &InstanceName) -> Option<Instant> {
+            None
+        }
+    }
+
+    /// A runner for `api.1` (slot in place, no child) with `max_restarts` and a `backoff`
+    /// from..to, its stop sender and its restarts.
+    fn runner(
+        max_restarts: u32,
+        backoff: (Duration, Duration),
+    ) -> (Runner, watch::Sender<Stop>, Life) {
+        let config = tenement_conf::Config::parse(
+            "[process.api]\ncommand = \"x\"\n",
+            "tenement.toml",
+            std::path::Path::new("/tmp"),
+        )
+        .unwrap();
+        let mut process = config.process("api").unwrap().clone();
+        process.max_restarts = max_restarts;
+        (process.backoff_base, process.backoff_max) = backoff;
+        let reg = Arc::new(Registry::new(
+            Arc::new(config),
+            Arc::new(NoTraffic),
+            Arc::new(TracingSink),
+            None,
+        ));
+        let name = InstanceName {
+            process: "api".into(),
+            id: "1".into(),
+        };
+        reg.insert(&name, Slot::new(&name, Kind::Spawned, 100, 0, false));
+        let (stop_tx, stop) = watch::channel(Stop::No);
+        let life = Life {
+            first: None,
+            restarts: Restarts::of(&process).unwrap(),
+        };
+        let runner = Runner {
+            reg,
+            name,
+            process,
+            stop,
+            wake: Arc::new(Notify::new()),
+            tail: Arc::new(Tail::default()),
+        };
+        (runner, stop_tx, life)
+    }
+
+    fn view(r: &Runner) -> crate::InstanceView {
+        r.reg.instance(&r.name).unwrap()
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[tokio::test]
+    async fn backoff_sleeps_then_starts_again_and_counts_the_restart() {
+        let (mut r, _stop, mut life) = runner(5, (MS, MS * 2));
+        assert!(matches!(r.backoff_phase(&mut life).await, Phase::Start));
+        let v = view(&r);
+        assert_eq!((v.state, v.restarts), (State::Starting, 1));
+        assert!(matches!(r.backoff_phase(&mut life).await, Phase::Start));
+        assert_eq!(view(&r).restarts, 2);
+    }
+
+    #[tokio::test]
+    async fn backoff_gives_up_on_a_crash_loop_and_stays_down_until_stopped() {
+        let (mut r, stop, mut life) = runner(2, (MS, MS * 2));
+        assert!(matches!(r.backoff_phase(&mut life).await, Phase::Start));
+        assert!(matches!(r.backoff_phase(&mut life).await, Phase::Start));
+        assert!(matches!(r.backoff_phase(&mut life).await, Phase::Down));
+        let v = view(&r);
+        assert_eq!((v.state, v.restarts), (State::Failed, 2));
+        let why = v.last_error.unwrap();
+        assert!(
+            why.starts_with("crash loop: 2 restarts within restart_window"),
+            "{why}"
+        );
+        stop.send_replace(Stop::Yes { forget: true });
+        assert!(matches!(
+            r.down_phase().await,
+            Phase::Finish { forget: true }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_stop_during_the_backoff_finishes_without_a_restart() {
+        let (mut r, stop, mut life) = runner(5, (Duration::from_secs(60), Duration::from_secs(60)));
+        stop.send_replace(Stop::Yes { forget: false });
+        assert!(matches!(
+            r.backoff_phase(&mut life).await,
+            Phase::Finish { forget: false }
+        ));
+        assert_eq!(view(&r).restarts, 0);
+    }
+
+    #[tokio::test]
+    async fn idle_wakes_into_a_fresh_start_or_finishes_on_a_stop() {
+        let (mut r, stop, mut life) = runner(100, (MS, MS * 8));
+        // Three failures: the next delay would be the cap.
+        for _ in 0..3 {
+            assert!(matches!(r.backoff_phase(&mut life).await, Phase::Start));
+        }
+        r.wake.notify_one();
+        assert!(matches!(r.idle_phase(&mut life).await, Phase::Start));
+        assert_eq!(
+            life.restarts.next(Instant::now(), 0.0),
+            Next::Restart(MS),
+            "a wake starts the backoff over"
+        );
+        stop.send_replace(Stop::Yes { forget: true });
+        assert!(matches!(
+            r.idle_phase(&mut life).await,
+            Phase::Finish { forget: true }
+        ));
     }
 }
