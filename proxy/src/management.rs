@@ -245,11 +245,17 @@ impl HttpServerApp for ManagementApp {
         match read {
             Ok(true) => {}
             Ok(false) => return None,
-            Err(e) => {
+            // Logged as Pingora's proxy service logs them (these services used to be one).
+            Err(mut e) => {
+                e.as_down();
+                let kind = session.session_type();
                 if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+                    tracing::debug!("Fail to proxy: {e}, downstream session type: {kind}");
                     if let Err(e) = session.respond_error(400).await {
-                        tracing::debug!(error = %e, "could not send error response");
+                        tracing::error!("failed to send error response to downstream: {e}");
                     }
+                } else {
+                    tracing::error!("Fail to proxy: {e}, downstream session type: {kind}");
                 }
                 session.shutdown().await;
                 return None;
@@ -257,7 +263,7 @@ impl HttpServerApp for ManagementApp {
         }
         if session.req_header().method == http::Method::CONNECT {
             if let Err(e) = session.respond_error(405).await {
-                tracing::debug!(error = %e, "could not send error response");
+                tracing::error!("failed to send error response to downstream: {e}");
             }
             session.shutdown().await;
             return None;
@@ -283,6 +289,8 @@ impl HttpServerApp for ManagementApp {
                         tracing::debug!(error = %err, "could not send error response");
                     }
                 }
+                let summary = session.request_summary();
+                tracing::error!("Fail to filter request: {e}, status: {code}, {summary}");
                 session.on_proxy_failure(e);
                 None
             }
