@@ -1,54 +1,27 @@
-//! The proxy: Pingora `ProxyHttp`, the arc-swapped routing table, hot-path accounting.
+//! The proxy: Pingora `ProxyHttp`, the arc-swapped routing table, hot-path accounting, and the
+//! management API's own Pingora app (`admin_listen`, the control socket).
 //!
 //! The hot path takes no lock: one `ArcSwap::load()` of one immutable [`Table`] (routes,
 //! weights and health together), a hash lookup, a thread-local random choice.
 
+mod admit;
+mod ctx;
+mod forwarded;
 pub mod host;
 pub mod management;
 pub mod metrics;
 pub mod plugins;
+mod respond;
+mod router;
 mod select;
 mod service;
 pub mod table;
 
-use std::sync::Arc;
-use std::time::Instant;
-
-use arc_swap::ArcSwap;
-
-pub use service::{Ctx, Mode, TenProxy, Traffic};
+pub use ctx::{Ctx, Traffic};
+pub use management::ManagementApp;
+pub use router::Router;
+pub use service::TenProxy;
 pub use table::{
     Availability, Backend, InstanceStats, Pool, ProcessMetrics, ProcessOpts, Remote, Table,
     TableBuilder, Target, TenantTarget,
 };
-
-/// Holds the current table. Writers build a whole new table and `publish` it; readers `load`.
-#[derive(Debug)]
-pub struct Router {
-    table: ArcSwap<Table>,
-    epoch: Instant,
-}
-
-impl Router {
-    pub fn new(table: Table) -> Self {
-        Router {
-            table: ArcSwap::from_pointee(table),
-            epoch: Instant::now(),
-        }
-    }
-
-    /// The current table (cheap; do not hold it across awaits).
-    pub fn load(&self) -> arc_swap::Guard<Arc<Table>> {
-        self.table.load()
-    }
-
-    /// Swap in a new table atomically: a request sees the old one or the new one, never a mix.
-    pub fn publish(&self, table: Table) {
-        self.table.store(Arc::new(table));
-    }
-
-    /// The instant the proxy's millisecond clock counts from.
-    pub fn epoch(&self) -> Instant {
-        self.epoch
-    }
-}

@@ -1,11 +1,25 @@
-//! The seam between the proxy and the management API: the proxy hands requests for the bare
-//! domain to a [`Management`] implementation (provided by the `ten` binary, which also serves
-//! it on `admin_listen` and the control socket), then writes its answer back.
+//! The management API in the proxy crate: the seam (a [`Management`] implementation, provided
+//! by the `ten` binary), [`serve`] (one management request on a Pingora session, for the
+//! proxy's bare domain and the app below), and [`ManagementApp`], the small Pingora HTTP app
+//! that serves it alone on `admin_listen` and the control socket.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::header::HeaderValue;
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::listening::Service;
+use pingora_error::{ErrorType, Result};
+use pingora_http::ResponseHeader;
+use tokio::sync::Notify;
+
+use crate::forwarded::{client_ip, request_id, X_REQUEST_ID};
+use crate::respond::{keepalive_after, plain, status_for};
 
 /// A response body: whole, or streamed (SSE) until the sender is dropped.
 pub enum Body {
@@ -64,5 +78,227 @@ impl Management for HealthOnly {
             http::HeaderValue::from_static("application/json"),
         );
         resp
+    }
+}
+
+/// Who may use the management API without a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trust {
+    /// Nobody: the proxy's bare domain, `admin_listen`.
+    Token,
+    /// Loopback clients (`admin_loopback_trusted`).
+    Loopback,
+    /// Everyone: the control socket (mode 0600).
+    Always,
+}
+
+impl Trust {
+    fn trusted(self, client: Option<IpAddr>) -> bool {
+        match self {
+            Trust::Token => false,
+            Trust::Loopback => client.is_some_and(|ip| ip.is_loopback()),
+            Trust::Always => true,
+        }
+    }
+}
+
+/// A short plain-text answer written straight to the session.
+async fn write_plain(
+    session: &mut ServerSession,
+    request_id: &HeaderValue,
+    status: u16,
+    msg: &str,
+) -> Result<()> {
+    let (resp, body) = plain(status, msg, request_id)?;
+    session.set_keepalive(keepalive_after(status));
+    session.write_response_header(resp).await?;
+    session.write_response_body(body, true).await
+}
+
+/// Serve one management request whose header has been read: read its body (up to
+/// [`MAX_BODY`]), hand it to `management`, write the answer (streamed chunked for
+/// [`Body::Stream`]), with the request id.
+pub(crate) async fn serve(
+    management: &dyn Management,
+    session: &mut ServerSession,
+    request_id: &HeaderValue,
+    trust: Trust,
+) -> Result<()> {
+    let client = client_ip(session);
+    let mut body = Vec::new();
+    while let Some(chunk) = session.read_request_body().await? {
+        if body.len() + chunk.len() > MAX_BODY {
+            return write_plain(session, request_id, 413, "request body too large").await;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let req = session.req_header();
+    let mut builder = http::Request::builder()
+        .method(req.method.clone())
+        .uri(req.uri.clone());
+    for (k, v) in req.headers.iter() {
+        builder = builder.header(k, v);
+    }
+    let Ok(request) = builder.body(()) else {
+        return write_plain(session, request_id, 400, "bad request").await;
+    };
+    let (head, ()) = request.into_parts();
+    let resp = management
+        .handle(Request {
+            head,
+            body: Bytes::from(body),
+            client,
+            trusted: trust.trusted(client),
+        })
+        .await;
+    let (parts, body) = resp.into_parts();
+    let mut head = ResponseHeader::build(parts.status, Some(parts.headers.len() + 1))?;
+    for (k, v) in parts.headers.iter() {
+        head.append_header(k.clone(), v.clone())?;
+    }
+    head.insert_header(X_REQUEST_ID, request_id.clone())?;
+    match body {
+        Body::Full(b) => {
+            head.insert_header(http::header::CONTENT_LENGTH, b.len())?;
+            session.write_response_header(Box::new(head)).await?;
+            session.write_response_body(b, true).await?;
+        }
+        Body::Stream(mut rx) => {
+            // Chunked, so the connection can be reused and clients see the framing.
+            head.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            session.write_response_header(Box::new(head)).await?;
+            while let Some(chunk) = rx.recv().await {
+                session.write_response_body(chunk, false).await?;
+            }
+            session.write_response_body(Bytes::new(), true).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The management API alone, as a Pingora HTTP app: `admin_listen` (a token unless
+/// `admin_loopback_trusted` and the client is local) and the control socket (trusted).
+/// HTTP/1.1 keep-alive as the proxy's listeners; answers stream (SSE).
+pub struct ManagementApp {
+    management: Arc<dyn Management>,
+    trust: Trust,
+    /// Set, and `closing` notified, once the service stops: idle keep-alive reads give up.
+    closed: AtomicBool,
+    closing: Notify,
+}
+
+impl ManagementApp {
+    /// The control socket: every client is trusted (the socket is mode 0600).
+    pub fn control(management: Arc<dyn Management>) -> Self {
+        Self::new(management, Trust::Always)
+    }
+
+    /// `admin_listen`: a token is required, except from loopback when `loopback_trusted`.
+    pub fn admin(management: Arc<dyn Management>, loopback_trusted: bool) -> Self {
+        let trust = match loopback_trusted {
+            true => Trust::Loopback,
+            false => Trust::Token,
+        };
+        Self::new(management, trust)
+    }
+
+    fn new(management: Arc<dyn Management>, trust: Trust) -> Self {
+        ManagementApp {
+            management,
+            trust,
+            closed: AtomicBool::new(false),
+            closing: Notify::new(),
+        }
+    }
+
+    /// A Pingora service named `name` running this app (listeners to be added).
+    pub fn into_service(self, name: &str) -> Service<ManagementApp> {
+        Service::new(name.to_string(), self)
+    }
+
+    /// Resolves once the service has stopped (registered before the flag is read, so a stop
+    /// in between is not missed).
+    async fn stopped(&self) {
+        let notified = self.closing.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for ManagementApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let read = tokio::select! {
+            biased;
+            read = session.read_request() => read,
+            // Stopping: drop an idle keep-alive connection.
+            () = self.stopped() => return None,
+        };
+        match read {
+            Ok(true) => {}
+            Ok(false) => return None,
+            // Logged as Pingora's proxy service logs them (these services used to be one).
+            Err(mut e) => {
+                e.as_down();
+                let kind = session.session_type();
+                if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+                    tracing::debug!("Fail to proxy: {e}, downstream session type: {kind}");
+                    if let Err(e) = session.respond_error(400).await {
+                        tracing::error!("failed to send error response to downstream: {e}");
+                    }
+                } else {
+                    tracing::error!("Fail to proxy: {e}, downstream session type: {kind}");
+                }
+                session.shutdown().await;
+                return None;
+            }
+        }
+        if session.req_header().method == http::Method::CONNECT {
+            if let Err(e) = session.respond_error(405).await {
+                tracing::error!("failed to send error response to downstream: {e}");
+            }
+            session.shutdown().await;
+            return None;
+        }
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        }
+        let id = request_id(session.req_header());
+        match serve(&*self.management, &mut session, &id, self.trust).await {
+            Ok(()) => {
+                let settings = HttpPersistentSettings::for_session(&session);
+                session
+                    .finish()
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
+            }
+            Err(e) => {
+                let (code, msg) = status_for(&e, None);
+                if code > 0 && session.response_written().is_none() {
+                    if let Err(err) = write_plain(&mut session, &id, code, &msg).await {
+                        tracing::debug!(error = %err, "could not send error response");
+                    }
+                }
+                let summary = session.request_summary();
+                tracing::error!("Fail to filter request: {e}, status: {code}, {summary}");
+                session.on_proxy_failure(e);
+                None
+            }
+        }
+    }
+
+    async fn http_cleanup(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.closing.notify_waiters();
     }
 }

@@ -248,6 +248,43 @@ pub enum Target {
     Remote(Arc<Remote>),
 }
 
+impl Target {
+    /// The process this target belongs to (None for the management API and a remote tenant).
+    #[inline]
+    pub fn opts(&self) -> Option<&Arc<ProcessOpts>> {
+        match self {
+            Target::Pool(p) => Some(&p.opts),
+            Target::Instance(b) => Some(&b.opts),
+            Target::Management | Target::Remote(_) => None,
+        }
+    }
+
+    /// Whether a request can go to this target now: its request body limit, or why not (the
+    /// message of a 503). The management API takes everything here (it reads its own bodies).
+    #[inline]
+    pub fn admission(&self) -> Result<u64, String> {
+        match self {
+            Target::Pool(pool) => match pool.set.is_empty() {
+                false => Ok(pool.opts.max_body),
+                true => Err(format!("no healthy instance of \"{}\"", pool.opts.name)),
+            },
+            Target::Instance(b) => match b.availability {
+                Availability::Up { .. } if b.peer.is_some() => Ok(b.opts.max_body),
+                Availability::Idle => Err(format!("instance {} is idle", b.key)),
+                _ => Err(format!("instance {} is not running", b.key)),
+            },
+            Target::Remote(r) => match r.peer {
+                Some(_) => Ok(u64::MAX),
+                None => Err(format!(
+                    "tenant {}: its server is offline and no other server is online",
+                    r.tenant
+                )),
+            },
+            Target::Management => Ok(u64::MAX),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PrefixRoute {
     /// "/" or "/api" (no trailing slash).

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use tenement_conf::Config;
 use tenement_fleet::{Fleet, FleetStore};
-use tenement_proxy::{Mode, TenProxy};
+use tenement_proxy::{ManagementApp, TenProxy};
 use tenement_supervisor::logs::{LogOptions, LogStore};
 use tenement_supervisor::{StateStore, Supervisor};
 
@@ -176,21 +176,13 @@ pub async fn run(config: Config) -> Result<()> {
         announced.push(format!("https://{local}"));
     }
 
-    let mut control = pingora_proxy::http_proxy_service_with_name(
-        &conf,
-        TenProxy::management_only(publisher.router(), api.clone(), Mode::Control),
-        "ten-control",
-    );
+    let mut control = ManagementApp::control(api.clone()).into_service("ten-control");
     control.add_uds(&sock_key, Some(std::fs::Permissions::from_mode(0o600)));
     let mut admin = None;
     if let Some(addr) = &s.admin_listen {
         let local = prebind(&fds, addr)?;
-        let mut svc = pingora_proxy::http_proxy_service_with_name(
-            &conf,
-            TenProxy::management_only(publisher.router(), api.clone(), Mode::Admin)
-                .trust_loopback(s.admin_loopback_trusted),
-            "ten-admin",
-        );
+        let mut svc =
+            ManagementApp::admin(api.clone(), s.admin_loopback_trusted).into_service("ten-admin");
         svc.add_tcp(&local);
         announced.push(format!("admin http://{local}"));
         admin = Some(svc);

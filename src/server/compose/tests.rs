@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use tenement_conf::Addr;
-use tenement_proxy::{Availability, Target};
+use tenement_proxy::Target;
 use tenement_supervisor::Kind;
 
 use super::*;

@@ -1,0 +1,290 @@
+//! The routing decision, without I/O: where the table sends a request (`lookup`) and what to
+//! do with it there (`admit`). The proxy's `request_filter` runs these, wakes an idle
+//! instance when told to, and writes every answer in one place.
+
+use std::sync::Arc;
+
+use pingora_http::RequestHeader;
+
+use crate::host;
+use crate::plugins::Reply;
+use crate::table::{Availability, Backend, Table, Target};
+
+/// What to do with a request.
+#[derive(Debug)]
+pub(crate) enum Decision {
+    /// Send it upstream; its body may be up to `max_body` bytes.
+    Proxy { max_body: u64 },
+    /// Answer with this status and a plain-text message.
+    Answer(u16, String),
+    /// A plugin's answer.
+    Reply(Reply),
+    /// Serve the management API.
+    Management,
+    /// Wake this idle instance, then route again.
+    Wake(Arc<Backend>),
+}
+
+/// Route `req` by its Host (or `:authority`) and path, borrowing both (no allocation unless
+/// there is no route): the target and how many path bytes to strip, or the answer.
+#[inline]
+pub(crate) fn lookup(table: &Table, req: &RequestHeader) -> Result<(Target, usize), Decision> {
+    let raw_host: &[u8] = match req.headers.get(http::header::HOST) {
+        Some(h) => h.as_bytes(),
+        None => req
+            .uri
+            .authority()
+            .map(|a| a.as_str().as_bytes())
+            .unwrap_or_default(),
+    };
+    let host = match host::normalize(raw_host) {
+        Ok(h) => h,
+        Err(e) => return Err(Decision::Answer(400, format!("bad request: {e}"))),
+    };
+    let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    match table.lookup(&host, path) {
+        Some(routed) => Ok((
+            routed.target.clone(),
+            routed.strip.map(str::len).unwrap_or(0),
+        )),
+        None => Err(Decision::Answer(
+            404,
+            format!("no route for host \"{host}\""),
+        )),
+    }
+}
+
+/// What to do with a request routed to `target` that declares `content_length` body bytes.
+/// `may_wake`: an idle instance may be woken (there is a waker and this request has not
+/// woken one yet); otherwise it is answered 503.
+#[inline]
+pub(crate) fn admit(target: &Target, content_length: Option<u64>, may_wake: bool) -> Decision {
+    match target {
+        Target::Management => Decision::Management,
+        Target::Instance(b) if may_wake && b.availability == Availability::Idle => {
+            Decision::Wake(b.clone())
+        }
+        _ => match target.admission() {
+            Ok(max_body) if content_length.is_some_and(|n| n > max_body) => {
+                Decision::Answer(413, format!("request body larger than {max_body} bytes"))
+            }
+            Ok(max_body) => Decision::Proxy { max_body },
+            Err(msg) => Decision::Answer(503, msg),
+        },
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use crate::table::{ProcessOpts, Remote, TableBuilder, TenantTarget};
+    use tenement_conf::{Addr, Route};
+
+    fn opts(name: &str, max_body: u64) -> Arc<ProcessOpts> {
+        Arc::new(ProcessOpts {
+            name: name.into(),
+            request_timeout: Duration::from_secs(30),
+            max_body,
+            metrics: None,
+            plugins: None,
+        })
+    }
+
+    fn backend(o: &Arc<ProcessOpts>, id: &str, port: u16, a: Availability) -> Arc<Backend> {
+        let addr = (port > 0).then(|| Addr::Tcp(SocketAddr::from(([127, 0, 0, 1], port))));
+        Arc::new(Backend::new(o.clone(), id, addr, 100, a, Arc::default()))
+    }
+
+    /// `api` (two healthy instances, 1 KiB bodies), `web` (idle `a`, down `b`, nothing
+    /// eligible), `/api` on `example.com` stripped to `api:prod`, two fleet tenants.
+    fn table() -> Table {
+        let api = opts("api", 1024);
+        let web = opts("web", 1 << 20);
+        let up = Availability::Up { healthy: true };
+        let mut b = TableBuilder::new("example.com");
+        b.process(
+            api.clone(),
+            vec![backend(&api, "prod", 1, up), backend(&api, "v2", 2, up)],
+        );
+        b.process(
+            web.clone(),
+            vec![
+                backend(&web, "a", 3, Availability::Idle),
+                backend(&web, "b", 0, Availability::Down),
+            ],
+        );
+        b.route(Route {
+            host: "example.com".into(),
+            prefix: "/api".into(),
+            process: "api".into(),
+            instance: Some("prod".into()),
+            strip_prefix: true,
+        });
+        b.tenant(
+            "acme.test",
+            TenantTarget::Remote(Box::new(Remote::to(
+                "acme",
+                "s2",
+                "acme.app.s2.example.com".into(),
+                SocketAddr::from(([127, 0, 0, 1], 9)),
+                false,
+                "",
+            ))),
+        );
+        b.tenant(
+            "gone.test",
+            TenantTarget::Remote(Box::new(Remote::unavailable("gone"))),
+        );
+        b.build()
+    }
+
+    fn req(host: Option<&str>, path: &str, content_length: Option<u64>) -> RequestHeader {
+        let mut r = RequestHeader::build("POST", path.as_bytes(), None).unwrap();
+        if let Some(h) = host {
+            r.insert_header("host", h).unwrap();
+        }
+        if let Some(n) = content_length {
+            r.insert_header("content-length", n).unwrap();
+        }
+        r
+    }
+
+    /// What `request_filter` decides on its first pass, as text.
+    fn decide(
+        table: &Table,
+        host: Option<&str>,
+        path: &str,
+        len: Option<u64>,
+        wake: bool,
+    ) -> String {
+        let r = req(host, path, len);
+        match lookup(table, &r) {
+            Err(d) => show(d),
+            Ok((target, strip)) => format!("{} strip={strip}", show(admit(&target, len, wake))),
+        }
+    }
+
+    fn show(d: Decision) -> String {
+        match d {
+            Decision::Proxy { max_body } => format!("proxy max_body={max_body}"),
+            Decision::Answer(status, msg) => format!("{status} {msg}"),
+            Decision::Reply(r) => format!("reply {}", r.status),
+            Decision::Management => "management".into(),
+            Decision::Wake(b) => format!("wake {}", b.key),
+        }
+    }
+
+    #[test]
+    fn a_healthy_pool_is_proxied_with_its_body_limit() {
+        let t = table();
+        assert_eq!(
+            decide(&t, Some("api.example.com"), "/x", None, true),
+            "proxy max_body=1024 strip=0"
+        );
+        assert_eq!(
+            decide(&t, Some("API.Example.com:8080"), "/", Some(1024), false),
+            "proxy max_body=1024 strip=0"
+        );
+        assert_eq!(
+            decide(&t, Some("prod.api.example.com"), "/", None, true),
+            "proxy max_body=1024 strip=0"
+        );
+    }
+
+    #[test]
+    fn a_prefix_route_reports_the_bytes_to_strip() {
+        let t = table();
+        assert_eq!(
+            decide(&t, Some("example.com"), "/api/users", None, true),
+            "proxy max_body=1024 strip=4"
+        );
+        // The rest of the bare domain is the management API.
+        assert_eq!(
+            decide(&t, Some("example.com"), "/apiary", None, true),
+            "management strip=0"
+        );
+        assert_eq!(
+            decide(&t, Some("example.com"), "/", Some(1 << 30), true),
+            "management strip=0"
+        );
+    }
+
+    #[test]
+    fn bodies_over_the_limit_are_refused_before_anything_is_sent() {
+        let t = table();
+        assert_eq!(
+            decide(&t, Some("api.example.com"), "/", Some(1025), true),
+            "413 request body larger than 1024 bytes strip=0"
+        );
+    }
+
+    #[test]
+    fn misses_are_answered_400_or_404() {
+        let t = table();
+        assert_eq!(
+            decide(&t, None, "/", None, true),
+            "400 bad request: missing Host header"
+        );
+        assert_eq!(
+            decide(&t, Some("a b"), "/", None, true),
+            "400 bad request: malformed Host header"
+        );
+        assert_eq!(
+            decide(&t, Some("nope.example.com"), "/", None, true),
+            "404 no route for host \"nope.example.com\""
+        );
+        // HTTP/2: no Host header, the :authority routes.
+        let mut r = RequestHeader::build("GET", b"/x", None).unwrap();
+        r.set_uri("https://api.example.com/x".parse().unwrap());
+        assert!(matches!(lookup(&t, &r), Ok((Target::Pool(_), 0))));
+    }
+
+    #[test]
+    fn an_idle_instance_is_woken_once_then_answered_503() {
+        let t = table();
+        assert_eq!(
+            decide(&t, Some("a.web.example.com"), "/", None, true),
+            "wake web:a strip=0"
+        );
+        assert_eq!(
+            decide(&t, Some("a.web.example.com"), "/", None, false),
+            "503 instance web:a is idle strip=0"
+        );
+        // A pool is never woken through: it answers with what it has.
+        assert_eq!(
+            decide(&t, Some("web.example.com"), "/", None, true),
+            "503 no healthy instance of \"web\" strip=0"
+        );
+    }
+
+    #[test]
+    fn down_instances_and_lost_tenants_are_503() {
+        let t = table();
+        assert_eq!(
+            decide(&t, Some("b.web.example.com"), "/", None, true),
+            "503 instance web:b is not running strip=0"
+        );
+        // The limit is not checked when there is nowhere to send the body.
+        assert_eq!(
+            decide(&t, Some("b.web.example.com"), "/", Some(1 << 30), true),
+            "503 instance web:b is not running strip=0"
+        );
+        assert_eq!(
+            decide(&t, Some("gone.test"), "/", None, true),
+            "503 tenant gone: its server is offline and no other server is online strip=0"
+        );
+    }
+
+    #[test]
+    fn remote_tenants_are_proxied_without_a_body_limit() {
+        let t = table();
+        assert_eq!(
+            decide(&t, Some("acme.test"), "/", Some(1 << 40), true),
+            format!("proxy max_body={} strip=0", u64::MAX)
+        );
+    }
+}

@@ -1,0 +1,429 @@
+//! The headers the proxy adds or strips on the way through: the request id, `X-Forwarded-*`,
+//! the `strip_prefix` URI rewrite and the hop-by-hop response headers. Pure functions over
+//! Pingora's header types (no session), so each rule is unit-tested here.
+//!
+//! Names are `&'static str` for `insert_header`: Pingora keeps a static name as is, but
+//! copies a `HeaderName` outside its short list into a new buffer on every insert. Lookups
+//! use the pre-parsed `HeaderName` of the same spelling.
+
+use std::net::IpAddr;
+
+use http::header::{HeaderName, HeaderValue};
+use pingora_core::protocols::http::ServerSession;
+use pingora_error::Result;
+use pingora_http::{RequestHeader, ResponseHeader};
+
+use crate::respond::http_status;
+
+/// Sent upstream and back to the client with every request.
+pub(crate) const X_REQUEST_ID: &str = "x-request-id";
+const X_REQUEST_ID_NAME: HeaderName = HeaderName::from_static(X_REQUEST_ID);
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_FOR_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_FOR);
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
+
+/// The client's IP address (None on a Unix-socket listener).
+#[inline]
+pub(crate) fn client_ip(session: &ServerSession) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+/// 128 random bits as 32 lower-case hex digits (no formatting machinery: this runs per request).
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 32];
+    for (half, n) in [fastrand::u64(..), fastrand::u64(..)]
+        .into_iter()
+        .enumerate()
+    {
+        for i in 0..16 {
+            buf[half * 16 + 15 - i] = HEX[((n >> (4 * i)) & 0xf) as usize];
+        }
+    }
+    // Hex digits are always a valid header value.
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// Keep a client-sent id if it is sane (printable, bounded), else make one.
+pub(crate) fn request_id(req: &RequestHeader) -> HeaderValue {
+    match req.headers.get(X_REQUEST_ID_NAME) {
+        Some(v)
+            if !v.is_empty()
+                && v.len() <= 200
+                && v.as_bytes().iter().all(|c| c.is_ascii_graphic()) =>
+        {
+            v.clone()
+        }
+        _ => new_request_id(),
+    }
+}
+
+/// An IP address as a header value; IPv4 without the formatting machinery (per request).
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    let mut buf = [0u8; 15];
+    let mut n = 0;
+    let v4 = match ip {
+        IpAddr::V4(v4) => v4,
+        IpAddr::V6(_) => {
+            return HeaderValue::from_str(&ip.to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+        }
+    };
+    for (i, o) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        if o >= 100 {
+            buf[n] = b'0' + o / 100;
+            n += 1;
+        }
+        if o >= 10 {
+            buf[n] = b'0' + (o / 10) % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + o % 10;
+        n += 1;
+    }
+    HeaderValue::from_bytes(&buf[..n]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Which `X-Forwarded-*` headers the request already carries: one pass over the names (a
+/// request has few headers), instead of a hashed lookup per name.
+fn forwarded_present(req: &RequestHeader) -> (bool, bool, bool) {
+    let (mut xff, mut proto, mut host) = (false, false, false);
+    for k in req.headers.keys() {
+        let k = k.as_str().as_bytes();
+        if k.len() >= 15 && k.starts_with(b"x-forwarded-") {
+            match &k[12..] {
+                b"for" => xff = true,
+                b"proto" => proto = true,
+                b"host" => host = true,
+                _ => {}
+            }
+        }
+    }
+    (xff, proto, host)
+}
+
+/// Set `X-Forwarded-For`, `-Proto` and `-Host` on the request going `upstream`, from the
+/// `downstream` request as the client sent it, the client's address and whether it came over
+/// TLS. A 400 when the client's `X-Forwarded-For` cannot be extended.
+#[inline]
+pub(crate) fn set_forwarded(
+    upstream: &mut RequestHeader,
+    downstream: &RequestHeader,
+    client: Option<IpAddr>,
+    tls: bool,
+) -> Result<()> {
+    let (has_xff, has_proto, has_host) = forwarded_present(upstream);
+    if let Some(ip) = client {
+        // Every X-Forwarded-For line the client sent, in order, then the client's address.
+        let prev = match has_xff {
+            true => upstream
+                .headers
+                .get_all(X_FORWARDED_FOR_NAME)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .collect::<Vec<_>>()
+                .join(", "),
+            false => String::new(),
+        };
+        let xff = match prev.is_empty() {
+            false => {
+                HeaderValue::from_str(&format!("{prev}, {ip}")).map_err(|_| http_status(400))?
+            }
+            true => ip_value(ip),
+        };
+        upstream.insert_header(X_FORWARDED_FOR, xff)?;
+    }
+    // On a TLS listener ten is the edge: it states proto and host itself. On plain HTTP it
+    // may sit behind another proxy (a fleet router): values that came with the request are
+    // kept (kamal-proxy's rule). X-Forwarded-For is always appended.
+    if tls || !has_proto {
+        upstream.insert_header(
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(if tls { "https" } else { "http" }),
+        )?;
+    }
+    if tls || !has_host {
+        // The Host header, or an HTTP/2 request's :authority.
+        let host = match downstream.headers.get(http::header::HOST) {
+            Some(h) => Some(h.clone()),
+            None => downstream
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        };
+        match host {
+            Some(h) => upstream.insert_header(X_FORWARDED_HOST, h)?,
+            // Never pass on a client's claim where ten is the edge.
+            None if tls => {
+                upstream.remove_header(X_FORWARDED_HOST);
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// Drop the first `strip` bytes of the path (a matched `strip_prefix` route), keeping the
+/// query and a leading `/`. A 400 when what is left is not a valid URI.
+#[inline]
+pub(crate) fn strip_prefix(upstream: &mut RequestHeader, strip: usize) -> Result<()> {
+    let pq = upstream
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let rest = pq.get(strip..).unwrap_or("");
+    let new = if rest.starts_with('/') {
+        rest.to_string()
+    } else {
+        format!("/{rest}")
+    };
+    match new.parse::<http::Uri>() {
+        Ok(uri) => {
+            upstream.set_uri(uri);
+            Ok(())
+        }
+        Err(_) => Err(http_status(400)),
+    }
+}
+
+/// Remove the hop-by-hop headers an upstream may send: a scan of the few names beats two
+/// hashed removals on every response.
+#[inline]
+pub(crate) fn strip_hop_by_hop(resp: &mut ResponseHeader) {
+    let hop = resp.headers.keys().any(|k| {
+        let k = k.as_str();
+        k == "keep-alive" || k == "proxy-connection"
+    });
+    if hop {
+        resp.remove_header("keep-alive");
+        resp.remove_header("proxy-connection");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn get(req: &RequestHeader, name: &str) -> Option<String> {
+        let all: Vec<_> = req.headers.get_all(name).iter().collect();
+        assert!(all.len() <= 1, "{name} set more than once");
+        all.first().map(|v| v.to_str().unwrap().to_string())
+    }
+
+    fn request(headers: &[(&'static str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", b"/a/b?q=1", None).unwrap();
+        for (k, v) in headers {
+            req.append_header(*k, *v).unwrap();
+        }
+        req
+    }
+
+    fn forwarded(
+        headers: &[(&'static str, &str)],
+        client: Option<&str>,
+        tls: bool,
+    ) -> RequestHeader {
+        let downstream = request(headers);
+        let mut upstream = downstream.clone();
+        let client = client.map(|c| c.parse().unwrap());
+        set_forwarded(&mut upstream, &downstream, client, tls).unwrap();
+        upstream
+    }
+
+    #[test]
+    fn request_ids_are_32_hex_digits_and_differ() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_eq!(a.len(), 32);
+        assert!(a.as_bytes().iter().all(u8::is_ascii_hexdigit));
+        assert!(!a.as_bytes().iter().any(u8::is_ascii_uppercase));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn ip_values_match_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.100.255",
+            "192.168.9.99",
+            "::1",
+            "fe80::1",
+        ] {
+            let parsed: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_value(parsed).to_str().unwrap(), parsed.to_string());
+        }
+    }
+
+    #[test]
+    fn forwarded_headers_are_found_in_any_case() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        assert_eq!(forwarded_present(&req), (false, false, false));
+        req.insert_header("X-Forwarded-Proto", "https").unwrap();
+        assert_eq!(forwarded_present(&req), (false, true, false));
+        req.insert_header("x-forwarded-for", "1.2.3.4").unwrap();
+        req.insert_header("X-FORWARDED-HOST", "a.b").unwrap();
+        req.insert_header("x-forwarded-port", "80").unwrap();
+        assert_eq!(forwarded_present(&req), (true, true, true));
+    }
+
+    #[test]
+    fn client_request_ids_are_kept_only_when_sane() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("X-Request-Id", "abc-123").unwrap();
+        assert_eq!(request_id(&req), "abc-123");
+        req.insert_header("X-Request-Id", "has space").unwrap();
+        assert_eq!(request_id(&req).len(), 32);
+        req.insert_header("X-Request-Id", "").unwrap();
+        assert_eq!(request_id(&req).len(), 32);
+        req.insert_header("X-Request-Id", "a".repeat(201)).unwrap();
+        assert_eq!(request_id(&req).len(), 32);
+        req.insert_header("X-Request-Id", "a".repeat(200)).unwrap();
+        assert_eq!(request_id(&req).len(), 200);
+    }
+
+    #[test]
+    fn plain_http_sets_all_three_from_the_request() {
+        let up = forwarded(&[("host", "app.example.com")], Some("10.0.0.7"), false);
+        assert_eq!(get(&up, "x-forwarded-for").unwrap(), "10.0.0.7");
+        assert_eq!(get(&up, "x-forwarded-proto").unwrap(), "http");
+        assert_eq!(get(&up, "x-forwarded-host").unwrap(), "app.example.com");
+    }
+
+    #[test]
+    fn every_client_forwarded_for_line_is_kept_in_order_then_the_client() {
+        let up = forwarded(
+            &[
+                ("host", "a.example.com"),
+                ("x-forwarded-for", " 1.1.1.1 , 2.2.2.2"),
+                ("X-Forwarded-For", ""),
+                ("x-forwarded-for", "3.3.3.3"),
+            ],
+            Some("10.0.0.7"),
+            false,
+        );
+        assert_eq!(
+            get(&up, "x-forwarded-for").unwrap(),
+            "1.1.1.1 , 2.2.2.2, 3.3.3.3, 10.0.0.7"
+        );
+    }
+
+    #[test]
+    fn without_a_client_address_forwarded_for_is_left_alone() {
+        // A Unix-socket listener: nothing to append, the client's line passes through.
+        let up = forwarded(
+            &[("host", "a"), ("x-forwarded-for", "1.1.1.1")],
+            None,
+            false,
+        );
+        assert_eq!(get(&up, "x-forwarded-for").unwrap(), "1.1.1.1");
+        let up = forwarded(&[("host", "a")], None, false);
+        assert_eq!(get(&up, "x-forwarded-for"), None);
+    }
+
+    #[test]
+    fn ipv6_clients_are_appended_as_displayed() {
+        let up = forwarded(&[("host", "a")], Some("fe80::1"), false);
+        assert_eq!(get(&up, "x-forwarded-for").unwrap(), "fe80::1");
+        let up = forwarded(
+            &[("host", "a"), ("x-forwarded-for", "1.1.1.1")],
+            Some("::1"),
+            false,
+        );
+        assert_eq!(get(&up, "x-forwarded-for").unwrap(), "1.1.1.1, ::1");
+    }
+
+    #[test]
+    fn plain_http_keeps_proto_and_host_a_proxy_in_front_sent() {
+        let up = forwarded(
+            &[
+                ("host", "inner.example.com"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "outer.example.com"),
+            ],
+            Some("10.0.0.7"),
+            false,
+        );
+        assert_eq!(get(&up, "x-forwarded-proto").unwrap(), "https");
+        assert_eq!(get(&up, "x-forwarded-host").unwrap(), "outer.example.com");
+    }
+
+    #[test]
+    fn tls_states_proto_and_host_itself() {
+        let up = forwarded(
+            &[
+                ("host", "app.example.com"),
+                ("x-forwarded-proto", "http"),
+                ("x-forwarded-host", "evil.example.com"),
+            ],
+            Some("10.0.0.7"),
+            true,
+        );
+        assert_eq!(get(&up, "x-forwarded-proto").unwrap(), "https");
+        assert_eq!(get(&up, "x-forwarded-host").unwrap(), "app.example.com");
+    }
+
+    #[test]
+    fn tls_without_a_host_drops_the_clients_forwarded_host() {
+        let up = forwarded(&[("x-forwarded-host", "evil.example.com")], None, true);
+        assert_eq!(get(&up, "x-forwarded-host"), None);
+        // On plain HTTP the claim is kept (a proxy in front may have set it).
+        let up = forwarded(&[("x-forwarded-host", "outer.example.com")], None, false);
+        assert_eq!(get(&up, "x-forwarded-host").unwrap(), "outer.example.com");
+    }
+
+    #[test]
+    fn forwarded_host_falls_back_to_the_authority() {
+        let mut downstream = RequestHeader::build("GET", b"/x", None).unwrap();
+        downstream.set_uri("https://h2.example.com/x".parse().unwrap());
+        let mut upstream = downstream.clone();
+        set_forwarded(&mut upstream, &downstream, None, true).unwrap();
+        assert_eq!(
+            get(&upstream, "x-forwarded-host").unwrap(),
+            "h2.example.com"
+        );
+    }
+
+    #[test]
+    fn strip_prefix_keeps_the_query_and_a_leading_slash() {
+        for (path, strip, want) in [
+            ("/api/users?x=1", 4, "/users?x=1"),
+            ("/api", 4, "/"),
+            ("/api?x=1", 4, "/?x=1"),
+            ("/apiv2/x", 4, "/v2/x"),
+            ("/a", 10, "/"),
+        ] {
+            let mut req = RequestHeader::build("GET", path.as_bytes(), None).unwrap();
+            strip_prefix(&mut req, strip).unwrap();
+            assert_eq!(req.uri.to_string(), want, "{path} minus {strip}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_response_headers_are_removed() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.append_header("Keep-Alive", "timeout=5").unwrap();
+        resp.append_header("Proxy-Connection", "keep-alive")
+            .unwrap();
+        resp.append_header("x-other", "1").unwrap();
+        strip_hop_by_hop(&mut resp);
+        assert!(resp.headers.get("keep-alive").is_none());
+        assert!(resp.headers.get("proxy-connection").is_none());
+        assert_eq!(resp.headers.get("x-other").unwrap(), "1");
+        let mut plain = ResponseHeader::build(204, None).unwrap();
+        strip_hop_by_hop(&mut plain);
+        assert!(plain.headers.is_empty());
+    }
+}
