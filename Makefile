@@ -89,3 +89,4 @@ bench: bench-deps
 	@# Scenario measurements and the log store, appended to the same report (same session).
 	$(CARGO) bench --bench scenarios 2>/dev/null >> BENCHMARKS.md
 	$(CARGO) bench --bench logstore 2>/dev/null >> BENCHMARKS.md
+	$(CARGO) bench --bench tables 2>/dev/null >> BENCHMARKS.md

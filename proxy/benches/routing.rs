@@ -65,7 +65,7 @@ fn tenant(i: usize) -> String {
 
 /// `hosts` tenant hosts, each a `[routes]` entry (prefix `/`) to process "api", like a fleet of
 /// tenant domains (in ten they come from the config, made once).
-fn tenant_routes(hosts: usize) -> Vec<Route> {
+fn tenant_routes(hosts: usize) -> Arc<[Route]> {
     (0..hosts)
         .map(|i| Route {
             host: tenant(i),
@@ -78,17 +78,19 @@ fn tenant_routes(hosts: usize) -> Vec<Route> {
 }
 
 /// A table with these routes to process "api" (two instances). `weight` lets two tables differ.
-fn build_table(routes: &[Route], weight: u32) -> Table {
+fn build_table(routes: &Arc<[Route]>, weight: u32) -> Table {
+    builder(routes, weight).build()
+}
+
+fn builder(routes: &Arc<[Route]>, weight: u32) -> TableBuilder {
     let api = opts("api");
     let mut b = TableBuilder::new(DOMAIN);
     b.process(
         api.clone(),
         vec![backend(&api, 1, weight), backend(&api, 2, 100)],
     );
-    for r in routes {
-        b.route_ref(r);
-    }
-    b.build()
+    b.routes(routes.clone());
+    b
 }
 
 fn api_target(table: &Table) -> Target {
@@ -298,16 +300,28 @@ fn rebuild(mode: &Mode) {
     println!("### Table rebuild\n");
     println!(
         "Build a whole table with `TableBuilder` from routes the config already holds and \
-         `Router::publish` it (what the table publisher does on every routing change; the old \
-         table is dropped), median of {} runs. Target (issue 16): 100k hosts <= 20 ms.\n",
+         `Router::publish` it (the old table is dropped), median of {} runs. *Same shape*: what \
+         the table publisher does for a weight, health or address change (`build_on` the live \
+         table: the host index is shared, the targets made again). *New shape*: hosts, \
+         instance ids or tenants changed (the host index is built). Target (issue 16): 100k \
+         hosts <= 20 ms.\n",
         mode.rebuilds
     );
-    println!("| hosts | build + publish (ms) |");
-    println!("|---:|---:|");
+    println!("| hosts | same shape (ms) | new shape (ms) |");
+    println!("|---:|---:|---:|");
     for &hosts in mode.sizes {
         let routes = tenant_routes(hosts);
         let router = Router::new(build_table(&routes, 100));
-        let times: Vec<f64> = (0..mode.rebuilds)
+        let same: Vec<f64> = (0..mode.rebuilds)
+            .map(|i| {
+                let start = Instant::now();
+                let weight = if i % 2 == 0 { 50 } else { 100 };
+                let next = builder(&routes, weight).build_on(Some(&router.load()));
+                router.publish(next);
+                start.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        let new: Vec<f64> = (0..mode.rebuilds)
             .map(|i| {
                 let start = Instant::now();
                 let weight = if i % 2 == 0 { 50 } else { 100 };
@@ -315,7 +329,7 @@ fn rebuild(mode: &Mode) {
                 start.elapsed().as_secs_f64() * 1e3
             })
             .collect();
-        println!("| {hosts} | {:.2} |", median(times));
+        println!("| {hosts} | {:.2} | {:.2} |", median(same), median(new));
     }
     println!();
 }

@@ -4,7 +4,6 @@
 //! (see [`crate::Router`]); a request does one `load()`, one hash probe on the host, a short
 //! prefix scan, and a lock-free weighted choice.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -285,12 +284,13 @@ impl Target {
     }
 }
 
+/// A path-prefix route of a host; its target is an index into the table's targets.
 #[derive(Debug, Clone)]
-pub struct PrefixRoute {
-    /// "/" or "/api" (no trailing slash).
-    pub prefix: Box<str>,
-    pub strip: bool,
-    pub target: Target,
+struct PrefixRoute {
+    /// "/api" (no trailing slash; never "/").
+    prefix: Box<str>,
+    strip: bool,
+    target: u32,
 }
 
 impl PrefixRoute {
@@ -302,35 +302,25 @@ impl PrefixRoute {
     }
 }
 
-/// Everything routed for one exact host.
+/// Everything routed for one exact host, by target index (see [`Table`]).
 #[derive(Debug, Clone, Default)]
-pub struct HostEntry {
+struct HostEntry {
     /// Longest prefix first; never "/" (a "/" route is the fallback: it matches every path).
     routes: Box<[PrefixRoute]>,
     /// What the host gets when no prefix matches.
-    fallback: Option<Target>,
+    fallback: Option<u32>,
 }
 
-/// What the builder collects for one host.
-#[derive(Debug, Default)]
-struct HostRules {
-    routes: Vec<PrefixRoute>,
-    fallback: Option<Target>,
-}
-
-impl HostRules {
-    /// Longest prefix first; a "/" route (it matches every path, and stripping "/" is a no-op)
-    /// replaces the lower-priority fallback, so most lookups never read a route list.
-    fn finish(mut self) -> HostEntry {
-        self.routes
-            .sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-        if self.routes.last().is_some_and(|r| &*r.prefix == "/") {
-            self.fallback = self.routes.pop().map(|r| r.target);
-        }
-        HostEntry {
-            routes: self.routes.into_boxed_slice(),
-            fallback: self.fallback,
-        }
+impl HostEntry {
+    /// Add a prefix route (not "/": that one is the fallback), replacing one with the same
+    /// prefix; longest prefix first, equal lengths in the order added. Rare (most hosts have
+    /// no prefix route), so the slice is rebuilt each time.
+    fn add_route(&mut self, route: PrefixRoute) {
+        let mut routes = Vec::from(std::mem::take(&mut self.routes));
+        routes.retain(|x| x.prefix != route.prefix);
+        routes.push(route);
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        self.routes = routes.into_boxed_slice();
     }
 }
 
@@ -405,13 +395,24 @@ pub struct Routed<'a> {
     pub strip: Option<&'a str>,
 }
 
+/// The host index: every host name and what it routes to, by target index.
+type Hosts = HashMap<HostKey, HostEntry, FastState>;
+
 /// The whole routing table.
+///
+/// Hosts map to indexes into `targets` rather than to targets: a table whose shape (hosts,
+/// instance ids, tenants, routes) is the previous table's shares its host index, and a rebuild
+/// for a weight, health, address or failover change only makes the targets again — O(pools +
+/// instances), not O(hosts) ([`TableBuilder::build_on`]). Targets are laid out as: the
+/// management API, each pool, each pool's instances, then the extras the shape lists.
 #[derive(Debug, Default)]
 pub struct Table {
     domain: Box<str>,
-    hosts: HashMap<HostKey, HostEntry, FastState>,
+    hosts: Arc<Hosts>,
+    targets: Box<[Target]>,
     /// Every pool by process name (for the API and retries).
-    pools: HashMap<Box<str>, Arc<Pool>>,
+    pools: HashMap<Box<str>, Arc<Pool>, FastState>,
+    shape: Arc<Shape>,
 }
 
 impl Table {
@@ -420,18 +421,19 @@ impl Table {
     }
 
     /// Route a normalised host (lower-case, no port) and path.
+    #[inline]
     pub fn lookup<'a>(&'a self, host: &str, path: &str) -> Option<Routed<'a>> {
         let entry = self.hosts.get(host.as_bytes())?;
         for r in &entry.routes {
             if r.matches(path) {
-                let strip = (r.strip && &*r.prefix != "/").then_some(&*r.prefix);
                 return Some(Routed {
-                    target: &r.target,
-                    strip,
+                    target: self.targets.get(r.target as usize)?,
+                    strip: r.strip.then_some(&*r.prefix),
                 });
             }
         }
-        entry.fallback.as_ref().map(|target| Routed {
+        let target = self.targets.get(entry.fallback? as usize)?;
+        Some(Routed {
             target,
             strip: None,
         })
@@ -448,46 +450,78 @@ impl Table {
     pub fn host_count(&self) -> usize {
         self.hosts.len()
     }
-}
 
-/// One instance of a pool; one not spawned (yet) still answers, with 503 "not running".
-/// The rules of `host` (created empty).
-fn rules<'m>(
-    hosts: &'m mut HashMap<HostKey, HostRules, FastState>,
-    host: &str,
-) -> &'m mut HostRules {
-    hosts.entry(HostKey::new(host)).or_default()
-}
-
-fn instance_target(pool: &Arc<Pool>, id: &str) -> Target {
-    match pool.backends.iter().find(|b| &*b.id == id) {
-        Some(b) => Target::Instance(b.clone()),
-        None => Target::Instance(Arc::new(Backend::new(
-            pool.opts.clone(),
-            id,
-            None,
-            0,
-            Availability::Down,
-            Arc::default(),
-        ))),
+    /// Whether `other` shares this table's host index (built on it with the same shape).
+    pub fn shares_hosts_with(&self, other: &Table) -> bool {
+        Arc::ptr_eq(&self.hosts, &other.hosts)
     }
 }
 
+/// What a tenant's host routes to, as far as the host index is concerned.
+#[derive(Debug, Clone, PartialEq)]
+enum TenantShape {
+    Local { process: String, instance: String },
+    Remote,
+}
+
+/// A target after the instances: made again on every build from its recipe.
+#[derive(Debug, Clone)]
+enum Extra {
+    /// An instance a route or tenant names that is not in its pool (yet): 503 "not running".
+    Missing { pool: usize, id: Box<str> },
+    /// The tenant at this position, served by another server.
+    Tenant(usize),
+    /// A local tenant whose process this server does not have.
+    Unavailable(Box<str>),
+}
+
+/// Everything the host index depends on. Two builds with equal shapes have equal host indexes.
+#[derive(Debug, Default)]
+struct Shape {
+    domain: String,
+    /// Process names and their instance ids, in order.
+    pools: Vec<(Arc<str>, Vec<Arc<str>>)>,
+    tenants: Vec<(String, TenantShape)>,
+    routes: Arc<[Route]>,
+    /// Derived from the above when the index was built (not compared).
+    extras: Vec<Extra>,
+}
+
+impl Shape {
+    fn same(&self, other: &Shape) -> bool {
+        self.domain == other.domain
+            && self.pools == other.pools
+            && self.tenants == other.tenants
+            && (Arc::ptr_eq(&self.routes, &other.routes) || self.routes == other.routes)
+    }
+}
+
+/// The entry of `host` (created empty).
+fn entry<'m>(hosts: &'m mut Hosts, host: &str) -> &'m mut HostEntry {
+    hosts.entry(HostKey::new(host)).or_default()
+}
+
+fn index(i: usize) -> u32 {
+    u32::try_from(i).unwrap_or(u32::MAX)
+}
+
 /// Builds a [`Table`] by SPEC §3 precedence: routes > tenants > instance > process > domain.
-/// Routes may be borrowed (from the config, which outlives the build) or owned.
 #[derive(Debug)]
-pub struct TableBuilder<'a> {
+pub struct TableBuilder {
     domain: String,
     pools: Vec<Arc<Pool>>,
-    routes: Vec<Cow<'a, Route>>,
+    /// Routes shared with the config (compared by pointer when a build reuses a host index).
+    shared: Option<Arc<[Route]>>,
+    routes: Vec<Route>,
     tenants: Vec<(String, TenantTarget)>,
 }
 
-impl<'a> TableBuilder<'a> {
+impl TableBuilder {
     pub fn new(domain: &str) -> Self {
         TableBuilder {
             domain: domain.to_ascii_lowercase(),
             pools: Vec::new(),
+            shared: None,
             routes: Vec::new(),
             tenants: Vec::new(),
         }
@@ -515,85 +549,234 @@ impl<'a> TableBuilder<'a> {
     }
 
     pub fn route(&mut self, spec: Route) -> &mut Self {
-        self.routes.push(Cow::Owned(spec));
+        self.routes.push(spec);
         self
     }
 
-    /// A route borrowed from a config that outlives the build (no copy).
-    pub fn route_ref(&mut self, spec: &'a Route) -> &mut Self {
-        self.routes.push(Cow::Borrowed(spec));
+    /// The config's routes, shared (no copy), before any added with [`TableBuilder::route`].
+    pub fn routes(&mut self, routes: Arc<[Route]>) -> &mut Self {
+        self.shared = Some(routes);
         self
     }
 
     pub fn build(self) -> Table {
-        let domain = self.domain;
-        let backends: usize = self.pools.iter().map(|p| p.backends.len()).sum();
-        let capacity = 1 + self.pools.len() + backends + self.tenants.len() + self.routes.len();
-        // Keyed as the final table is (no String per host, one cheap hash), then finished in
-        // one pass.
-        let mut hosts: HashMap<HostKey, HostRules, FastState> =
-            HashMap::with_capacity_and_hasher(capacity, FastState::default());
-        let mut key = String::with_capacity(64);
-        // Lowest priority first; a higher rule replaces the fallback of the same host.
-        rules(&mut hosts, &domain).fallback = Some(Target::Management);
-        let mut pools = HashMap::with_capacity(self.pools.len());
-        for pool in &self.pools {
-            let name = &*pool.opts.name;
-            key.clear();
-            let _ = write!(key, "{name}.{domain}");
-            rules(&mut hosts, &key).fallback = Some(Target::Pool(pool.clone()));
-            pools.insert(Box::from(name), pool.clone());
-        }
-        for pool in &self.pools {
-            let name = &*pool.opts.name;
-            for b in pool.backends.iter() {
-                // Hosts are matched lower-cased, so ids are too.
-                key.clear();
-                key.push_str(&b.id);
-                key.make_ascii_lowercase();
-                let _ = write!(key, ".{name}.{domain}");
-                rules(&mut hosts, &key).fallback = Some(Target::Instance(b.clone()));
+        self.build_on(None)
+    }
+
+    /// Build, sharing `prev`'s host index when the shape is the same (a weight, health,
+    /// address or failover change): then the cost is O(pools + instances), not O(hosts).
+    pub fn build_on(self, prev: Option<&Table>) -> Table {
+        let routes: Arc<[Route]> = match (self.shared, self.routes.is_empty()) {
+            (Some(shared), true) => shared,
+            (None, _) => self.routes.into(),
+            (Some(shared), false) => shared.iter().cloned().chain(self.routes).collect(),
+        };
+        let mut shape = Shape {
+            domain: self.domain,
+            pools: self
+                .pools
+                .iter()
+                .map(|p| {
+                    let ids = p.backends.iter().map(|b| b.id.clone()).collect();
+                    (p.opts.name.clone(), ids)
+                })
+                .collect(),
+            tenants: self
+                .tenants
+                .iter()
+                .map(|(d, t)| {
+                    let s = match t {
+                        TenantTarget::Local { process, instance } => TenantShape::Local {
+                            process: process.clone(),
+                            instance: instance.clone(),
+                        },
+                        TenantTarget::Remote(_) => TenantShape::Remote,
+                    };
+                    (d.clone(), s)
+                })
+                .collect(),
+            routes,
+            extras: Vec::new(),
+        };
+        let (hosts, shape) = match prev.filter(|p| p.shape.same(&shape)) {
+            Some(p) => (p.hosts.clone(), p.shape.clone()),
+            None => {
+                let hosts = index_hosts(&mut shape, &self.pools);
+                (Arc::new(hosts), Arc::new(shape))
             }
+        };
+        let targets = make_targets(&self.pools, self.tenants, &shape.extras);
+        let mut pools: HashMap<Box<str>, Arc<Pool>, FastState> =
+            HashMap::with_capacity_and_hasher(self.pools.len(), FastState::default());
+        for p in self.pools {
+            pools.insert(Box::from(&*p.opts.name), p);
         }
-        for (domain, t) in self.tenants {
-            let target = match t {
-                TenantTarget::Local { process, instance } => match pools.get(process.as_str()) {
-                    Some(pool) => instance_target(pool, &instance),
-                    None => Target::Remote(Arc::new(Remote::unavailable(&domain))),
+        Table {
+            domain: shape.domain.as_str().into(),
+            hosts,
+            targets,
+            pools,
+            shape,
+        }
+    }
+}
+
+/// The host index for `shape` (recording the extra targets it needs in `shape.extras`).
+fn index_hosts(shape: &mut Shape, pools: &[Arc<Pool>]) -> Hosts {
+    let domain = shape.domain.clone();
+    let backends: usize = pools.iter().map(|p| p.backends.len()).sum();
+    let first_backend = 1 + pools.len();
+    // Extras are numbered after every instance, in the order they are needed.
+    let base = first_backend + backends;
+    let extra = |extras: &mut Vec<Extra>, e: Extra| -> u32 {
+        extras.push(e);
+        index(base + extras.len() - 1)
+    };
+    // Where each pool's instances start among the targets, and each pool by name.
+    let mut starts = Vec::with_capacity(pools.len());
+    let mut by_name: HashMap<&str, usize, FastState> =
+        HashMap::with_capacity_and_hasher(pools.len(), FastState::default());
+    let mut at = first_backend;
+    for (i, p) in pools.iter().enumerate() {
+        starts.push(at);
+        at += p.backends.len();
+        by_name.insert(&p.opts.name, i);
+    }
+    let capacity = 1 + pools.len() + backends + shape.tenants.len() + shape.routes.len();
+    let mut hosts: Hosts = HashMap::with_capacity_and_hasher(capacity, FastState::default());
+    let mut extras = Vec::new();
+    // The target of instance `id` of pool `pool`: its own, or a new "missing" one.
+    let instance = |pool: usize, id: &str, extras: &mut Vec<Extra>| -> u32 {
+        let found = pools[pool].backends.iter().position(|b| &*b.id == id);
+        match found {
+            Some(i) => index(starts[pool] + i),
+            None => extra(
+                extras,
+                Extra::Missing {
+                    pool,
+                    id: id.into(),
                 },
-                TenantTarget::Remote(r) => Target::Remote(Arc::from(r)),
-            };
-            rules(&mut hosts, &domain).fallback = Some(target);
+            ),
         }
-        for r in &self.routes {
-            let Some(pool) = pools.get(r.process.as_str()) else {
-                continue; // validated by conf; an unknown process is never routed
-            };
-            let target = match &r.instance {
-                None => Target::Pool(pool.clone()),
-                Some(id) => instance_target(pool, id),
-            };
+    };
+    let mut key = String::with_capacity(64);
+    // Lowest priority first; a higher rule replaces the fallback of the same host.
+    entry(&mut hosts, &domain).fallback = Some(0);
+    for (i, pool) in pools.iter().enumerate() {
+        key.clear();
+        let _ = write!(key, "{}.{domain}", pool.opts.name);
+        entry(&mut hosts, &key).fallback = Some(index(1 + i));
+    }
+    for (i, pool) in pools.iter().enumerate() {
+        let name = &*pool.opts.name;
+        for (j, b) in pool.backends.iter().enumerate() {
+            // Hosts are matched lower-cased, so ids are too.
             key.clear();
-            key.push_str(&r.host);
+            key.push_str(&b.id);
             key.make_ascii_lowercase();
-            let entry = rules(&mut hosts, &key);
-            entry.routes.retain(|x| *x.prefix != *r.prefix);
-            entry.routes.push(PrefixRoute {
+            let _ = write!(key, ".{name}.{domain}");
+            entry(&mut hosts, &key).fallback = Some(index(starts[i] + j));
+        }
+    }
+    for (t, (tenant_domain, s)) in shape.tenants.iter().enumerate() {
+        let target = match s {
+            TenantShape::Local {
+                process,
+                instance: id,
+            } => match by_name.get(process.as_str()) {
+                Some(&pool) => instance(pool, id, &mut extras),
+                None => extra(
+                    &mut extras,
+                    Extra::Unavailable(tenant_domain.as_str().into()),
+                ),
+            },
+            TenantShape::Remote => extra(&mut extras, Extra::Tenant(t)),
+        };
+        entry(&mut hosts, tenant_domain).fallback = Some(target);
+    }
+    // Routes mostly name the same few processes: remember the last one looked up.
+    let mut last: Option<(&str, usize)> = None;
+    for r in shape.routes.iter() {
+        let pool = match last {
+            Some((name, pool)) if name == r.process => pool,
+            _ => match by_name.get(r.process.as_str()) {
+                Some(&pool) => {
+                    last = Some((r.process.as_str(), pool));
+                    pool
+                }
+                None => continue, // validated by conf; an unknown process is never routed
+            },
+        };
+        let target = match &r.instance {
+            None => index(1 + pool),
+            Some(id) => instance(pool, id, &mut extras),
+        };
+        key.clear();
+        key.push_str(&r.host);
+        key.make_ascii_lowercase();
+        let entry = entry(&mut hosts, &key);
+        if r.prefix == "/" {
+            // It matches every path and stripping "/" is a no-op: it IS the host's fallback
+            // (above every implicit rule), so most lookups never read a route list.
+            entry.fallback = Some(target);
+        } else {
+            entry.add_route(PrefixRoute {
                 prefix: r.prefix.as_str().into(),
                 strip: r.strip_prefix,
                 target,
             });
         }
-        let table = hosts
-            .into_iter()
-            .map(|(host, rules)| (host, rules.finish()))
-            .collect();
-        Table {
-            domain: domain.into(),
-            hosts: table,
-            pools,
-        }
     }
+    shape.extras = extras;
+    hosts
+}
+
+/// The targets of one build, in the order [`index_hosts`] numbered them.
+fn make_targets(
+    pools: &[Arc<Pool>],
+    tenants: Vec<(String, TenantTarget)>,
+    extras: &[Extra],
+) -> Box<[Target]> {
+    let backends: usize = pools.iter().map(|p| p.backends.len()).sum();
+    let mut targets = Vec::with_capacity(1 + pools.len() + backends + extras.len());
+    targets.push(Target::Management);
+    targets.extend(pools.iter().map(|p| Target::Pool(p.clone())));
+    for p in pools {
+        targets.extend(p.backends.iter().map(|b| Target::Instance(b.clone())));
+    }
+    let mut remotes: Vec<(String, Option<Box<Remote>>)> = tenants
+        .into_iter()
+        .map(|(d, t)| match t {
+            TenantTarget::Remote(r) => (d, Some(r)),
+            TenantTarget::Local { .. } => (d, None),
+        })
+        .collect();
+    for e in extras {
+        targets.push(match e {
+            Extra::Missing { pool, id } => match pools.get(*pool) {
+                Some(p) => Target::Instance(Arc::new(Backend::new(
+                    p.opts.clone(),
+                    id,
+                    None,
+                    0,
+                    Availability::Down,
+                    Arc::default(),
+                ))),
+                None => Target::Management, // unreachable: the shape matched these pools
+            },
+            Extra::Tenant(i) => match remotes.get_mut(*i) {
+                Some((_, r @ Some(_))) => Target::Remote(
+                    r.take()
+                        .map(Arc::from)
+                        .unwrap_or_else(|| Arc::new(Remote::unavailable(""))),
+                ),
+                Some((d, None)) => Target::Remote(Arc::new(Remote::unavailable(d))),
+                None => Target::Remote(Arc::new(Remote::unavailable(""))),
+            },
+            Extra::Unavailable(d) => Target::Remote(Arc::new(Remote::unavailable(d))),
+        });
+    }
+    targets.into_boxed_slice()
 }
 
 #[cfg(test)]
@@ -737,5 +920,110 @@ mod tests {
         );
         // "/apix" is not under "/api"
         assert_eq!(key(t.lookup("example.com", "/apix")), "management");
+    }
+
+    fn weighted(o: &Arc<ProcessOpts>, id: &str, weight: u32) -> Arc<Backend> {
+        Arc::new(Backend::new(
+            o.clone(),
+            id,
+            Some(Addr::Tcp(SocketAddr::from(([127, 0, 0, 1], 4000)))),
+            weight,
+            Availability::Up { healthy: true },
+            Arc::default(),
+        ))
+    }
+
+    fn shaped(ids: &[&str], weight: u32, routes: &Arc<[Route]>, far: u16) -> TableBuilder {
+        let api = opts("api");
+        let mut b = TableBuilder::new("t.test");
+        b.process(
+            api.clone(),
+            ids.iter().map(|id| weighted(&api, id, weight)).collect(),
+        );
+        b.tenant(
+            "remote.example",
+            TenantTarget::Remote(Box::new(Remote::to(
+                "remote",
+                "far",
+                "remote.api.far.test".into(),
+                SocketAddr::from(([127, 0, 0, 1], far)),
+                false,
+                "far.test",
+            ))),
+        );
+        b.routes(routes.clone());
+        b
+    }
+
+    fn weight_of(t: &Table, host: &str) -> u32 {
+        match t.lookup(host, "/").map(|r| r.target) {
+            Some(Target::Instance(b)) => b.weight,
+            other => panic!("{host}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn same_shape_shares_the_host_index_with_new_targets() {
+        let routes: Arc<[Route]> = vec![
+            Route {
+                host: "x.example".into(),
+                prefix: "/".into(),
+                process: "api".into(),
+                instance: Some("a".into()),
+                strip_prefix: false,
+            },
+            Route {
+                host: "x.example".into(),
+                prefix: "/gone".into(),
+                process: "api".into(),
+                instance: Some("nope".into()),
+                strip_prefix: true,
+            },
+        ]
+        .into();
+        let t1 = shaped(&["a", "b"], 100, &routes, 5000).build();
+        let t2 = shaped(&["a", "b"], 7, &routes, 5001).build_on(Some(&t1));
+        assert!(t2.shares_hosts_with(&t1));
+        // The targets are the new ones: weights, the tenant's new peer, the route's instance.
+        assert_eq!(weight_of(&t2, "a.api.t.test"), 7);
+        assert_eq!(weight_of(&t2, "x.example"), 7);
+        assert_eq!(weight_of(&t1, "x.example"), 100);
+        match t2.lookup("remote.example", "/").map(|r| r.target) {
+            Some(Target::Remote(r)) => assert_eq!(&*r.host, "remote.api.far.test"),
+            other => panic!("{other:?}"),
+        }
+        // A route to an instance that does not exist still answers "not running".
+        let gone = t2.lookup("x.example", "/gone/y").expect("routed");
+        assert_eq!(gone.strip, Some("/gone"));
+        match gone.target {
+            Target::Instance(b) => assert_eq!(b.availability, Availability::Down),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            t2.lookup("api.t.test", "/").map(|r| r.target),
+            Some(Target::Pool(p)) if p.backends[0].weight == 7
+        ));
+        assert!(matches!(
+            t2.lookup("t.test", "/").map(|r| r.target),
+            Some(Target::Management)
+        ));
+    }
+
+    #[test]
+    fn a_new_shape_builds_a_new_host_index() {
+        let routes: Arc<[Route]> = Vec::new().into();
+        let t1 = shaped(&["a", "b"], 100, &routes, 5000).build();
+        let t2 = shaped(&["a", "b", "c"], 100, &routes, 5000).build_on(Some(&t1));
+        assert!(!t2.shares_hosts_with(&t1));
+        assert!(t2.lookup("c.api.t.test", "/").is_some());
+        assert!(t1.lookup("c.api.t.test", "/").is_none());
+        let t3 = shaped(&["b", "c"], 100, &routes, 5000).build_on(Some(&t2));
+        assert!(!t3.shares_hosts_with(&t2));
+        assert!(t3.lookup("a.api.t.test", "/").is_none());
+        // Equal routes in another allocation are the same shape.
+        let copy: Arc<[Route]> = routes.iter().cloned().collect();
+        let t4 = shaped(&["b", "c"], 50, &copy, 5000).build_on(Some(&t3));
+        assert!(t4.shares_hosts_with(&t3));
+        assert_eq!(weight_of(&t4, "c.api.t.test"), 50);
     }
 }

@@ -19,7 +19,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use tenement_conf::{Config, InstanceName};
+use tenement_conf::{Config, InstanceName, Route};
 use tenement_fleet::FleetView;
 use tenement_proxy::metrics::Metrics;
 use tenement_proxy::plugins::Chain;
@@ -34,6 +34,8 @@ use tenement_supervisor::{Routed, RoutingView, State, Supervisor, TrafficProbe};
 pub struct Compiled {
     pub config: Arc<Config>,
     opts: HashMap<String, Arc<ProcessOpts>>,
+    /// `[routes]`, shared by every table (a build with the same shape reuses the host index).
+    routes: Arc<[Route]>,
 }
 
 impl Compiled {
@@ -55,7 +57,12 @@ impl Compiled {
             };
             opts.insert(p.name.clone(), Arc::new(o));
         }
-        Ok(Compiled { config, opts })
+        let routes = config.routes.iter().cloned().collect();
+        Ok(Compiled {
+            config,
+            opts,
+            routes,
+        })
     }
 }
 
@@ -66,8 +73,11 @@ pub struct FleetInput<'a> {
     pub failover: bool,
 }
 
+/// A fast hasher for maps keyed by instance names (built from our own config and views).
+type Fast = foldhash::fast::RandomState;
+
 /// Every instance's live counters (and metric handles), kept across table swaps.
-pub type Stats = HashMap<InstanceName, Arc<InstanceStats>>;
+pub type Stats = HashMap<InstanceName, Arc<InstanceStats>, Fast>;
 
 /// The counters, brought in line with each view before a build: new instances get theirs,
 /// gone ones lose theirs (and their metric series). O(instances).
@@ -86,7 +96,7 @@ impl StatsCache {
 
     /// Add counters for new instances and drop those of instances no longer in `view`.
     pub fn sync(&mut self, view: &RoutingView) {
-        let live: HashSet<&InstanceName> = view.instances.iter().map(|r| &r.name).collect();
+        let live: HashSet<&InstanceName, Fast> = view.instances.iter().map(|r| &r.name).collect();
         let stale = self.map.keys().any(|n| !live.contains(n));
         let missing = view
             .instances
@@ -136,17 +146,20 @@ fn availability(r: &Routed) -> Availability {
 }
 
 /// The routing table for these inputs. Pure: no I/O, no DNS, no locks. Instances without
-/// counters in `stats` get fresh ones (call [`StatsCache::sync`] first to keep them).
+/// counters in `stats` get fresh ones (call [`StatsCache::sync`] first to keep them). `prev`,
+/// the live table, lends its host index when the shape (hosts, instance ids, tenants, routes)
+/// is the same: a weight, health or address change then costs O(instances), not O(hosts).
 pub fn build_table(
     compiled: &Compiled,
     view: &RoutingView,
     fleet: Option<FleetInput<'_>>,
     stats: &StatsCache,
+    prev: Option<&Table>,
 ) -> Table {
     let config = &compiled.config;
     let mut b = TableBuilder::new(&config.settings.domain);
     // One pass over the view, grouped by process in view order.
-    let mut by_process: HashMap<&str, Vec<&Arc<Routed>>> = HashMap::new();
+    let mut by_process: HashMap<&str, Vec<&Arc<Routed>>, Fast> = HashMap::default();
     for r in &view.instances {
         by_process
             .entry(r.name.process.as_str())
@@ -182,10 +195,8 @@ pub fn build_table(
             b.tenant(&domain, target);
         }
     }
-    for r in &config.routes {
-        b.route_ref(r);
-    }
-    b.build()
+    b.routes(compiled.routes.clone());
+    b.build_on(prev)
 }
 
 /// Where each tenant's domain goes now.
@@ -224,6 +235,8 @@ pub struct Publisher {
     metrics: Option<Arc<Metrics>>,
     /// The counters of the live table, for the supervisor's drains and the API.
     stats: ArcSwap<Stats>,
+    /// The generation of the fleet view the live table was built from.
+    fleet_live: watch::Sender<u64>,
 }
 
 impl Publisher {
@@ -234,12 +247,14 @@ impl Publisher {
             &RoutingView::default(),
             None,
             &StatsCache::new(None),
+            None,
         )));
         Ok(Arc::new(Publisher {
             compiled,
             router,
             metrics,
             stats: ArcSwap::default(),
+            fleet_live: watch::Sender::new(0),
         }))
     }
 
@@ -250,6 +265,13 @@ impl Publisher {
     /// An instance's live counters, if it has been in a table.
     pub fn stats(&self, name: &InstanceName) -> Option<Arc<InstanceStats>> {
         self.stats.load().get(name).cloned()
+    }
+
+    /// Wait until the live table was built from fleet view `generation` or a later one, so a
+    /// fleet write answers once it routes (as supervisor calls do with their own views).
+    pub async fn settle_fleet(&self, generation: u64) {
+        let mut live = self.fleet_live.subscribe();
+        let _ = live.wait_for(|g| *g >= generation).await;
     }
 
     /// Build a table whenever the supervisor's routing view or the fleet's view changes, from
@@ -274,11 +296,15 @@ impl Publisher {
                     view: fv,
                     failover: *failover,
                 });
-                build_table(&self.compiled, &view, input, &cache)
+                let live = self.router.load();
+                build_table(&self.compiled, &view, input, &cache, Some(&live))
             });
             self.router.publish(table);
             self.stats.store(cache.snapshot());
             supervisor.acknowledge(view.generation);
+            if let Some((fv, _)) = &fleet_view {
+                self.fleet_live.send_replace(fv.generation);
+            }
             let fleet_closed = match fleet.as_mut() {
                 Some((rx, _)) => tokio::select! {
                     r = views.changed() => if r.is_err() { return } else { false },

@@ -165,6 +165,15 @@ pub(super) async fn fleet_logs(fleet: &Fleet, q: Option<&str>) -> ApiResult {
 }
 
 impl Api {
+    /// A fleet write's answer, given once the table that routes by it is live (the fleet
+    /// publishes its view before the write returns; the publisher builds from it).
+    pub(super) async fn routed(&self, fleet: &Fleet, answer: ApiResult) -> ApiResult {
+        if answer.is_ok() {
+            self.publisher.settle_fleet(fleet.view().generation).await;
+        }
+        answer
+    }
+
     pub(super) fn fleet_or_off(&self) -> Result<&Fleet, ApiError> {
         self.fleet.as_ref().ok_or_else(|| {
             ApiError(

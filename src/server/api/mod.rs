@@ -302,18 +302,20 @@ impl Api {
                 Ok((StatusCode::CREATED, json!({ "token": token })))
             }
             (R::ListServers, Some(f)) => Ok((StatusCode::OK, json!(f.view().servers))),
-            (R::AddServer, Some(f)) => fleet::add_server(f, body),
+            (R::AddServer, Some(f)) => self.routed(f, fleet::add_server(f, body)).await,
             (R::GetServer(id), Some(f)) => fleet::server_json(f, id),
-            (R::RemoveServer(id), Some(f)) => fleet::remove_server(f, id),
+            (R::RemoveServer(id), Some(f)) => self.routed(f, fleet::remove_server(f, id)).await,
             (R::ListTenants, Some(f)) => Ok((StatusCode::OK, json!(f.view().tenants))),
-            (R::AddTenant, Some(f)) => fleet::add_tenant(f, body),
+            (R::AddTenant, Some(f)) => self.routed(f, fleet::add_tenant(f, body)).await,
             (R::GetTenant(id), Some(f)) => f
                 .store()
                 .tenant(id)
                 .map(|t| (StatusCode::OK, json!(t)))
                 .map_err(ApiError::from),
-            (R::RemoveTenant(id), Some(f)) => fleet::remove_tenant(f, id),
-            (R::MigrateTenant(id), Some(f)) => fleet::migrate_tenant(f, id, body),
+            (R::RemoveTenant(id), Some(f)) => self.routed(f, fleet::remove_tenant(f, id)).await,
+            (R::MigrateTenant(id), Some(f)) => {
+                self.routed(f, fleet::migrate_tenant(f, id, body)).await
+            }
             (R::FleetMetrics, Some(_)) => self
                 .fleet_metrics_text()
                 .await

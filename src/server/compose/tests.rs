@@ -56,7 +56,7 @@ fn instances_pools_externals_and_routes() {
     ]);
     let mut stats = StatsCache::new(None);
     stats.sync(&v);
-    let t = build_table(&c, &v, None, &stats);
+    let t = build_table(&c, &v, None, &stats, None);
 
     let a = backend(&t, "a.api.t.test", "/").unwrap();
     assert_eq!(a.availability, Availability::Up { healthy: true });
@@ -106,7 +106,7 @@ fn counters_outlive_tables_and_go_with_their_instance() {
         routed("api:b", Kind::Spawned, State::Healthy, 100, 1002, false),
     ]);
     stats.sync(&v1);
-    let t1 = build_table(&c, &v1, None, &stats);
+    let t1 = build_table(&c, &v1, None, &stats, None);
     let v2 = view(vec![routed(
         "api:a",
         Kind::Spawned,
@@ -116,7 +116,7 @@ fn counters_outlive_tables_and_go_with_their_instance() {
         false,
     )]);
     stats.sync(&v2);
-    let t2 = build_table(&c, &v2, None, &stats);
+    let t2 = build_table(&c, &v2, None, &stats, None);
     let (a1, a2) = (
         backend(&t1, "a.api.t.test", "/").unwrap(),
         backend(&t2, "a.api.t.test", "/").unwrap(),
@@ -140,7 +140,13 @@ fn counters_outlive_tables_and_go_with_their_instance() {
 #[test]
 fn no_view_still_routes_the_domain_and_processes() {
     let c = Compiled::new(config(TWO), None).unwrap();
-    let t = build_table(&c, &RoutingView::default(), None, &StatsCache::new(None));
+    let t = build_table(
+        &c,
+        &RoutingView::default(),
+        None,
+        &StatsCache::new(None),
+        None,
+    );
     assert!(matches!(
         t.lookup("t.test", "/").unwrap().target,
         Target::Management
@@ -217,7 +223,7 @@ fn tenants_go_local_remote_or_nowhere_without_any_dns() {
         view: &fleet,
         failover: false,
     };
-    let t = build_table(&c, &v, Some(input), &stats);
+    let t = build_table(&c, &v, Some(input), &stats, None);
     // Served here: straight to the local instance, no hop.
     let local = backend(&t, "local.customers.test", "/").unwrap();
     assert_eq!(local.id.as_ref(), "local");
