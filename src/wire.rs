@@ -13,6 +13,11 @@ use clap::Args;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
+/// Where the control socket of a data dir is: where the server binds it and the client looks.
+pub fn control_socket(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("ten.sock")
+}
+
 /// A field that is optional for clap but required on the wire: a missing one is serde's own
 /// "missing field" error, as when the field was a plain `String`.
 fn required<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {

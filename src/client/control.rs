@@ -24,7 +24,7 @@ impl Client {
     /// The client of the `ten serve` whose data dir is `data_dir`.
     pub fn locate(data_dir: &Path) -> Client {
         Client {
-            sock: crate::server::serve::control_socket(data_dir),
+            sock: crate::wire::control_socket(data_dir),
         }
     }
 

@@ -5,7 +5,7 @@ use std::net::TcpListener;
 use std::os::fd::IntoRawFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,11 +38,6 @@ fn prebind(fds: &ListenFds, addr: &str) -> Result<String> {
     let local = l.local_addr()?.to_string();
     fds.lock().add(local.clone(), l.into_raw_fd());
     Ok(local)
-}
-
-/// The control socket path of a data dir.
-pub fn control_socket(data_dir: &Path) -> PathBuf {
-    data_dir.join("ten.sock")
 }
 
 /// Bind the control socket (mode 0600). A live socket means another `ten serve` owns this data
@@ -79,7 +74,7 @@ pub async fn run(config: Config) -> Result<()> {
             .with_context(|| format!("cannot create data_dir {}", s.data_dir.display()))?;
     }
     let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
-    let sock = control_socket(&s.data_dir);
+    let sock = crate::wire::control_socket(&s.data_dir);
     let sock_key = bind_control(&fds, &sock)?;
 
     let metrics = if s.metrics {
