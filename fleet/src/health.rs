@@ -121,6 +121,32 @@ enum Done {
 }
 
 impl Fleet {
+    /// Resolve now every server whose url has no address yet (at most `timeout` in all) and
+    /// publish the results: `ten serve` calls it before its listeners open and the API after
+    /// adding a server, so a tenant routes from its first request, as when a rebuild resolved
+    /// urls itself. A failure is not kept: the loop tries again on its next tick.
+    pub async fn resolve_pending(&self, timeout: Duration) {
+        let pending: Vec<(String, String)> = self
+            .view()
+            .servers
+            .iter()
+            .filter(|s| s.resolved.is_none())
+            .map(|s| (s.server.id.clone(), s.server.url.clone()))
+            .collect();
+        let mut tasks = JoinSet::new();
+        for (id, url) in pending {
+            tasks.spawn(async move {
+                let resolved = resolve(&url, timeout).await;
+                (id, url, resolved)
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            if let Ok((id, url, resolved)) = done {
+                self.inner.apply(&id, &url, Some(resolved), None);
+            }
+        }
+    }
+
     /// The health loop; returns when `shutdown` turns true (or its sender is dropped).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let interval = self

@@ -13,7 +13,7 @@
 //! This crate knows nothing of the proxy or the supervisor: the root package wires it in.
 
 pub mod aggregate;
-mod db;
+use tenement_db as db;
 mod fleet;
 mod health;
 mod http;

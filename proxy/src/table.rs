@@ -989,7 +989,11 @@ mod tests {
         assert_eq!(weight_of(&t2, "x.example"), 7);
         assert_eq!(weight_of(&t1, "x.example"), 100);
         match t2.lookup("remote.example", "/").map(|r| r.target) {
-            Some(Target::Remote(r)) => assert_eq!(&*r.host, "remote.api.far.test"),
+            Some(Target::Remote(r)) => {
+                assert_eq!(&*r.host, "remote.api.far.test");
+                let peer = r.peer.as_ref().map(|p| p._address.to_string());
+                assert_eq!(peer.as_deref(), Some("127.0.0.1:5001"), "the new peer");
+            }
             other => panic!("{other:?}"),
         }
         // A route to an instance that does not exist still answers "not running".

@@ -228,6 +228,10 @@ fn tenant_targets(own: &str, f: &FleetInput<'_>) -> Vec<(String, TenantTarget)> 
         .collect()
 }
 
+/// Instances + routes + tenants from which a build runs through `blocking` (BENCHMARKS.md:
+/// 10k instances build in a few milliseconds).
+const BLOCKING_BUILD: usize = 2_000;
+
 /// The one place tables are built and swapped in.
 pub struct Publisher {
     compiled: Compiled,
@@ -276,13 +280,21 @@ impl Publisher {
 
     /// Build a table whenever the supervisor's routing view or the fleet's view changes, from
     /// the latest of both; acknowledge each supervisor generation once its table is live. Runs
-    /// until the supervisor is gone.
+    /// as long as the runtime.
+    /// `views` comes from [`Supervisor::follow`], called by the caller before it spawns this
+    /// task, so no change is ever settled before the publisher follows.
     pub async fn run(
         self: Arc<Self>,
         supervisor: Supervisor,
+        mut views: watch::Receiver<Arc<RoutingView>>,
         mut fleet: Option<(watch::Receiver<Arc<FleetView>>, bool)>,
     ) {
-        let mut views = supervisor.follow();
+        // However this task ends (even by a panic in a build), nobody waits for it any more:
+        // the last table stays live and callers go on.
+        let _release = Release {
+            supervisor: supervisor.clone(),
+            publisher: self.clone(),
+        };
         let mut cache = StatsCache::new(self.metrics.clone());
         let mut fleet_view = None;
         loop {
@@ -290,7 +302,7 @@ impl Publisher {
             if let Some((rx, failover)) = fleet.as_mut() {
                 fleet_view = Some((rx.borrow_and_update().clone(), *failover));
             }
-            let table = tenement_supervisor::blocking(|| {
+            let mut build = || {
                 cache.sync(&view);
                 let input = fleet_view.as_ref().map(|(fv, failover)| FleetInput {
                     view: fv,
@@ -298,7 +310,17 @@ impl Publisher {
                 });
                 let live = self.router.load();
                 build_table(&self.compiled, &view, input, &cache, Some(&live))
-            });
+            };
+            // A big build hands this worker's other tasks (requests) to another thread while it
+            // runs; a small one (well under a millisecond) is cheaper than that hand-off.
+            let size = view.instances.len()
+                + self.compiled.routes.len()
+                + fleet_view.as_ref().map_or(0, |(fv, _)| fv.tenants.len());
+            let table = if size >= BLOCKING_BUILD {
+                tenement_supervisor::blocking(build)
+            } else {
+                build()
+            };
             self.router.publish(table);
             self.stats.store(cache.snapshot());
             supervisor.acknowledge(view.generation);
@@ -318,9 +340,28 @@ impl Publisher {
                 }
             };
             if fleet_closed {
-                fleet = None; // the fleet stopped (shutdown): keep routing on its last view
+                // The fleet stopped (shutdown): keep routing on its last view; fleet writes no
+                // longer wait.
+                fleet = None;
+                self.fleet_live.send_replace(u64::MAX);
             }
         }
+    }
+}
+
+/// Releases every waiter of the publisher when its task ends.
+struct Release {
+    supervisor: Supervisor,
+    publisher: Arc<Publisher>,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("the table publisher panicked: routing stays on the last table");
+        }
+        self.supervisor.acknowledge(u64::MAX);
+        self.publisher.fleet_live.send_replace(u64::MAX);
     }
 }
 

@@ -121,6 +121,7 @@ pub async fn run(config: Config) -> Result<()> {
     // The one place tables are built: from the supervisor's and the fleet's views.
     tokio::spawn(publisher.clone().run(
         supervisor.clone(),
+        supervisor.follow(),
         fleet.as_ref().map(|f| (f.subscribe(), f.conf().failover)),
     ));
 
@@ -135,12 +136,17 @@ pub async fn run(config: Config) -> Result<()> {
         audit: Audit::open(&db).with_context(|| format!("cannot open {}", db.display()))?,
         metrics,
         logs: logs.clone(),
-        fleet,
+        fleet: fleet.clone(),
     });
     // Orphans killed, desired instances announced and external upstreams resolved before any
     // listener opens, and the table that shows them live.
     let wanted = supervisor.prepare().await;
     supervisor.settle().await;
+    if let Some(f) = &fleet {
+        // Server urls resolved (by the fleet) and routed before the first request.
+        f.resolve_pending(Duration::from_secs(5)).await;
+        publisher.settle_fleet(f.view().generation).await;
+    }
     let proxy = TenProxy::new(publisher.router(), api.clone(), Some(waker));
     let traffic = proxy.traffic();
     let conf = Arc::new(ServerConf {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use tenement_conf::{Addr, InstanceName, Upstream};
+use tenement_conf::{Addr, InstanceName};
 
 use crate::probe;
 use crate::registry::Registry;
@@ -18,10 +18,10 @@ use crate::runner::{Stop, UNHEALTHY_AFTER};
 use crate::view::State;
 
 /// `host:port` -> its first address; a socket path as it is.
-pub(crate) async fn resolve(u: &Upstream) -> Result<Addr, String> {
+pub(crate) async fn resolve(u: &tenement_conf::Upstream) -> Result<Addr, String> {
     match u {
-        Upstream::Unix(p) => Ok(Addr::Unix(p.clone())),
-        Upstream::Tcp(hp) => match tokio::net::lookup_host(hp.as_str()).await {
+        tenement_conf::Upstream::Unix(p) => Ok(Addr::Unix(p.clone())),
+        tenement_conf::Upstream::Tcp(hp) => match tokio::net::lookup_host(hp.as_str()).await {
             Ok(mut addrs) => addrs
                 .next()
                 .map(Addr::Tcp)
@@ -40,21 +40,33 @@ pub(crate) fn initial_state(addr: &Option<Addr>) -> State {
     }
 }
 
+/// What an external upstream's runner watches.
+pub(crate) struct Upstream {
+    pub name: InstanceName,
+    pub upstream: tenement_conf::Upstream,
+    pub health: Option<String>,
+    /// Its address did not resolve at boot, and that was logged already.
+    pub unresolved_logged: bool,
+}
+
 /// One external upstream's health loop, until it is stopped (shutdown).
 pub(crate) async fn run(
     reg: Arc<Registry>,
-    name: InstanceName,
-    upstream: Upstream,
-    health: Option<String>,
+    me: Upstream,
     mut stop: watch::Receiver<Stop>,
     done: watch::Sender<bool>,
 ) {
+    let Upstream {
+        name,
+        upstream,
+        health,
+        mut unresolved_logged,
+    } = me;
     let every = reg.health_interval();
     let timeout = every.min(Duration::from_secs(5));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut fails = 0u32;
-    let mut unresolved_logged = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -74,7 +86,7 @@ pub(crate) async fn run(
             }
             Err(why) => {
                 if !unresolved_logged {
-                    tracing::error!(upstream = %name, "cannot resolve upstream address: {why}");
+                    tracing::error!(upstream = %name, "cannot resolve upstream address; it is left out of routing ({why})");
                     unresolved_logged = true;
                 }
                 match reg.instance(&name).and_then(|v| v.addr) {
@@ -108,6 +120,7 @@ pub(crate) async fn run(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use tenement_conf::Upstream;
 
     #[tokio::test]
     async fn resolves_literals_and_paths_and_reports_failures() {

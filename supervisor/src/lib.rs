@@ -13,7 +13,6 @@ mod backoff;
 mod blocking;
 mod cgroup;
 mod child;
-pub mod db;
 mod error;
 mod externals;
 pub mod logs;
@@ -40,6 +39,8 @@ pub use child::{describe_exit, instance_data_dir, LogSink, Stream, Tail, Tracing
 pub use error::Error;
 pub use runner::UNHEALTHY_AFTER;
 pub use state::{Persisted, StateError, StateStore};
+/// The SQLite opener (the `tenement-db` crate), for the binary's own tables.
+pub use tenement_db as db;
 pub use view::{InstanceView, Kind, Routed, RoutingView, State, Status, TrafficProbe, View};
 
 use registry::{Registry, Slot};
@@ -144,8 +145,10 @@ impl Supervisor {
         let (done_tx, done_rx) = watch::channel(false);
         let wake = Arc::new(Notify::new());
         {
-            // A slot reserved at boot keeps its place; any other is a conflict.
-            let seq = match reg.slots().get(name) {
+            // Checked and taken under one lock: two spawns of one name never both pass. A slot
+            // reserved at boot keeps its place; any other is a conflict.
+            let mut slots = reg.slots();
+            let seq = match slots.get(name) {
                 Some(s) if s.reserved => s.seq,
                 Some(_) => return Err(Error::AlreadyRunning(name.to_string())),
                 None => reg.next_seq(),
@@ -154,7 +157,8 @@ impl Supervisor {
             slot.stop = stop_tx;
             slot.wake = wake.clone();
             slot.done = done_rx;
-            reg.insert(name, slot);
+            slots.insert(name.clone(), slot);
+            reg.publish_slots(&slots);
         }
         let runner = Runner {
             reg: reg.clone(),
@@ -421,10 +425,15 @@ impl Supervisor {
                 let addr = match externals::resolve(u).await {
                     Ok(a) => Some(a),
                     Err(why) => {
-                        tracing::error!(upstream = %name, "cannot resolve upstream address; it is left out of routing until it resolves: {why}");
+                        let upstream = match u {
+                            tenement_conf::Upstream::Tcp(hp) => hp.clone(),
+                            tenement_conf::Upstream::Unix(p) => p.display().to_string(),
+                        };
+                        tracing::error!(%upstream, "cannot resolve upstream address; it is left out of routing ({why})");
                         None
                     }
                 };
+                let unresolved = addr.is_none();
                 let (stop_tx, stop_rx) = watch::channel(Stop::No);
                 let (done_tx, done_rx) = watch::channel(false);
                 let mut slot = Slot::new(&name, Kind::External, weight, reg.next_seq(), false);
@@ -438,9 +447,12 @@ impl Supervisor {
                 reg.slots().insert(name.clone(), slot);
                 tokio::spawn(externals::run(
                     reg.clone(),
-                    name,
-                    u.clone(),
-                    p.health.clone(),
+                    externals::Upstream {
+                        name,
+                        upstream: u.clone(),
+                        health: p.health.clone(),
+                        unresolved_logged: unresolved,
+                    },
                     stop_rx,
                     done_tx,
                 ));

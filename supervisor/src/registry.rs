@@ -207,7 +207,8 @@ impl Registry {
         }
     }
 
-    /// Insert (or replace) a slot and publish.
+    /// Insert (or replace) a slot and publish (tests; spawns claim a name under one lock).
+    #[cfg(test)]
     pub fn insert(&self, name: &InstanceName, slot: Slot) -> u64 {
         let mut slots = self.slots();
         slots.insert(name.clone(), slot);

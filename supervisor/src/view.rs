@@ -78,7 +78,8 @@ pub struct Status {
 
 /// Every instance as routing sees it, in spawn order. `generation` grows by one with each
 /// publication: whoever builds tables from these views acknowledges the generation its table
-/// contains, and callers that changed something wait for that ([`crate::Follower`]).
+/// contains, and callers that changed something wait for that
+/// ([`crate::Supervisor::settle`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RoutingView {
     pub generation: u64,

@@ -162,14 +162,12 @@ impl Restart {
 impl Weight {
     pub fn run(self, global: &Global) -> Result<ExitCode> {
         let name = self.instance;
-        // An external upstream that vanished meanwhile answers null.
-        let v: Option<InstanceInfo> = global.client()?.exchange(
+        let v: InstanceInfo = global.client()?.exchange(
             "PUT",
             &format!("/api/instances/{name}/weight"),
             Some(&self.args),
         )?;
-        let weight = v.map_or_else(|| "null".into(), |v| v.weight.to_string());
-        println!("{name} weight {weight}");
+        println!("{name} weight {}", v.weight);
         Ok(ExitCode::SUCCESS)
     }
 }

@@ -53,7 +53,13 @@ impl Api {
         ))?;
         let weight = check_weight(req.weight.unwrap_or(0))?;
         let timeout = timeout_of(&req.timeout)?;
-        if self.supervisor.instance(&name).is_some() {
+        // An external upstream is refused as before (by spawn, with its audit row), not as
+        // an existing instance.
+        let exists = self
+            .supervisor
+            .instance(&name)
+            .is_some_and(|v| v.kind == tenement_supervisor::Kind::Spawned);
+        if exists {
             return Err(ApiError(
                 StatusCode::CONFLICT,
                 format!("{name} already exists: route to it with `ten route` or stop it first"),

@@ -169,6 +169,8 @@ impl Api {
     /// publishes its view before the write returns; the publisher builds from it).
     pub(super) async fn routed(&self, fleet: &Fleet, answer: ApiResult) -> ApiResult {
         if answer.is_ok() {
+            // A server just added is resolved by the fleet first, so its tenants route at once.
+            fleet.resolve_pending(Duration::from_secs(5)).await;
             self.publisher.settle_fleet(fleet.view().generation).await;
         }
         answer

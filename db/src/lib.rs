@@ -1,6 +1,7 @@
-//! The one way this crate (and the `ten` binary's API tokens and audit log) opens
-//! `{data_dir}/tenement.db`: a connection with its pragmas, then the component's numbered
-//! migrations applied in one transaction.
+//! The one way `ten` opens `{data_dir}/tenement.db` (the supervisor's state and logs, the
+//! fleet, the binary's API tokens and audit log): a connection with its pragmas, then the
+//! component's numbered migrations applied in one transaction. A leaf crate (rusqlite only),
+//! so the supervisor and the fleet share it without depending on each other.
 //!
 //! Schema versions. Several components share the file (instances, logs, fleet, API tokens,
 //! audit), each owning its own tables and released on its own schedule, so one
@@ -14,9 +15,6 @@
 //!   `IF NOT EXISTS`, so on such a file it records version 1 without touching any table.
 //! - A component whose recorded version is higher than the migrations this binary knows is
 //!   refused with an error naming the component and both versions (a newer `ten` wrote it).
-//!
-//! The fleet crate has the same opener in `fleet/src/db.rs` (it must not depend on this one):
-//! the two must agree on [`FILE_FORMAT`] and on the `schema_version` table.
 
 use std::path::Path;
 use std::time::Duration;
