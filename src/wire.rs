@@ -110,7 +110,7 @@ pub struct RouteArgs {
     pub to: String,
 }
 
-// `POST /api/servers` (`ten server add`); the server reads it as `tenement_fleet::NewServer`.
+// `POST /api/servers` (`ten server add`); the handler hands it to the fleet as `NewServer`.
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerArgs {
@@ -130,7 +130,7 @@ pub struct ServerArgs {
     pub token: Option<String>,
 }
 
-// `POST /api/tenants` (`ten tenant add`); the server reads it as `tenement_fleet::Tenant`.
+// `POST /api/tenants` (`ten tenant add`); the handler hands it to the fleet as a `Tenant`.
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantArgs {

@@ -630,3 +630,40 @@ fn help_ps() {
 fn help_weight() {
     insta::assert_snapshot!("help_weight", help(&["weight", "--help"]));
 }
+
+/// Regression (issue 16 review): a spawn checks and claims its name in one step, so concurrent
+/// spawns of one `process:id` start exactly one instance, and stopping it leaves none running.
+#[test]
+fn concurrent_spawns_of_one_name_start_one_instance() {
+    let ten = server();
+    let results: Vec<(bool, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let (status, out, err) = ten.cli(&["spawn", "api:x"]);
+                    (status.success(), format!("{out}{err}"))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("spawn thread"))
+            .collect()
+    });
+    let ok: Vec<_> = results.iter().filter(|(ok, _)| *ok).collect();
+    assert_eq!(ok.len(), 1, "{results:?}");
+    for (_, out) in results.iter().filter(|(ok, _)| !*ok) {
+        assert!(out.contains("api:x already exists"), "{out}");
+    }
+    let rows = ps_json(&ten);
+    assert_eq!(names(&rows), ["api:x"]);
+    let p = pid(&rows, "api:x");
+    assert!(alive(p));
+    cli_ok(&ten, &["stop", "api:x"]);
+    assert!(ps_json(&ten).is_empty());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while alive(p) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(p), "pid {p} still running after stop");
+}

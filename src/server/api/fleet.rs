@@ -6,22 +6,16 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use tenement_conf::parse_duration;
 use tenement_fleet::{Fleet, FleetError, NewServer, Tenant};
 
 use super::{parse_body, query_param, Api, ApiError, ApiResult};
+use crate::wire::{MigrateArgs, ServerArgs, TenantArgs};
 
 /// Per-server budget for `/api/fleet/metrics` and `/api/fleet/logs`.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MigrateReq {
-    server: String,
-}
 
 impl From<FleetError> for ApiError {
     fn from(e: FleetError) -> Self {
@@ -44,7 +38,14 @@ pub(super) fn server_json(fleet: &Fleet, id: &str) -> ApiResult {
 }
 
 pub(super) fn add_server(fleet: &Fleet, body: &[u8]) -> ApiResult {
-    let req: NewServer = parse_body(body)?;
+    let req: ServerArgs = parse_body(body)?;
+    let req = NewServer {
+        id: req.id,
+        url: req.url,
+        domain: req.domain,
+        region: req.region,
+        token: req.token,
+    };
     let added = fleet.add_server(&req)?;
     tracing::info!("fleet: server {} added ({})", added.id, added.url);
     let (_, v) = server_json(fleet, &added.id)?;
@@ -58,7 +59,14 @@ pub(super) fn remove_server(fleet: &Fleet, id: &str) -> ApiResult {
 }
 
 pub(super) fn add_tenant(fleet: &Fleet, body: &[u8]) -> ApiResult {
-    let req: Tenant = parse_body(body)?;
+    let req: TenantArgs = parse_body(body)?;
+    let req = Tenant {
+        id: req.id,
+        domain: req.domain,
+        server: req.server,
+        process: req.process,
+        instance: req.instance,
+    };
     let t = fleet.add_tenant(&req)?;
     tracing::info!(
         "fleet: tenant {} added: {} -> {}:{} on {}",
@@ -78,7 +86,7 @@ pub(super) fn remove_tenant(fleet: &Fleet, id: &str) -> ApiResult {
 }
 
 pub(super) fn migrate_tenant(fleet: &Fleet, id: &str, body: &[u8]) -> ApiResult {
-    let req: MigrateReq = parse_body(body)?;
+    let req: MigrateArgs = parse_body(body)?;
     let before = fleet.store().tenant(id)?;
     let t = fleet.migrate_tenant(id, &req.server)?;
     tracing::info!(
