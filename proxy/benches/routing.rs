@@ -302,12 +302,13 @@ fn rebuild(mode: &Mode) {
         "Build a whole table with `TableBuilder` from routes the config already holds and \
          `Router::publish` it (the old table is dropped), median of {} runs. *Same shape*: what \
          the table publisher does for a weight, health or address change (`build_on` the live \
-         table: the host index is shared, the targets made again). *New shape*: hosts, \
-         instance ids or tenants changed (the host index is built). Target (issue 16): 100k \
-         hosts <= 20 ms.\n",
+         table: the host index is shared, the targets made again). *Full index*: a table built \
+         from nothing (at start, or when routes or tenants change); a change of instances \
+         patches the live index instead (`cargo bench --bench tables`). Target (issue 16): \
+         100k hosts <= 20 ms.\n",
         mode.rebuilds
     );
-    println!("| hosts | same shape (ms) | new shape (ms) |");
+    println!("| hosts | same shape (ms) | full index (ms) |");
     println!("|---:|---:|---:|");
     for &hosts in mode.sizes {
         let routes = tenant_routes(hosts);

@@ -285,7 +285,7 @@ impl Target {
 }
 
 /// A path-prefix route of a host; its target is an index into the table's targets.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct PrefixRoute {
     /// "/api" (no trailing slash; never "/").
     prefix: Box<str>,
@@ -303,7 +303,7 @@ impl PrefixRoute {
 }
 
 /// Everything routed for one exact host, by target index (see [`Table`]).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 struct HostEntry {
     /// Longest prefix first; never "/" (a "/" route is the fallback: it matches every path).
     routes: Box<[PrefixRoute]>,
@@ -464,11 +464,13 @@ enum TenantShape {
     Remote,
 }
 
-/// A target after the instances: made again on every build from its recipe.
-#[derive(Debug, Clone)]
+/// A target after the pools: made again on every build from its recipe.
+#[derive(Debug, Clone, PartialEq)]
 enum Extra {
-    /// An instance a route or tenant names that is not in its pool (yet): 503 "not running".
-    Missing { pool: usize, id: Box<str> },
+    /// An instance a route or tenant names: its backend, or, while it is not in its pool, one
+    /// that answers 503 "not running". (Resolved per build, so the host index does not depend
+    /// on which instances exist.)
+    Instance { pool: usize, id: Box<str> },
     /// The tenant at this position, served by another server.
     Tenant(usize),
     /// A local tenant whose process this server does not have.
@@ -489,11 +491,62 @@ struct Shape {
 
 impl Shape {
     fn same(&self, other: &Shape) -> bool {
+        self.pools == other.pools && self.same_but_instances(other)
+    }
+
+    /// The same but for which instances the pools have (same processes, in the same order).
+    fn same_but_instances(&self, other: &Shape) -> bool {
         self.domain == other.domain
-            && self.pools == other.pools
+            && self.pools.len() == other.pools.len()
+            && self.pools.iter().zip(&other.pools).all(|(a, b)| a.0 == b.0)
             && self.tenants == other.tenants
             && (Arc::ptr_eq(&self.routes, &other.routes) || self.routes == other.routes)
     }
+}
+
+/// `{id}.{process}.{domain}`, lower-cased, into `key`.
+fn instance_host(key: &mut String, id: &str, process: &str, domain: &str) {
+    key.clear();
+    key.push_str(id);
+    key.make_ascii_lowercase();
+    let _ = write!(key, ".{process}.{domain}");
+}
+
+/// `prev`'s host index for a shape that differs from `prev`'s only in the instances: the old
+/// instance hosts out, the new ones in — O(instances) after one sequential copy, instead of a
+/// random insert per host. None when an instance host is not plainly its own (a route or a
+/// tenant on the same name, two ids that differ only in case): then the index is built.
+fn patch_hosts(prev: &Table, shape: &Shape) -> Option<Hosts> {
+    let mut hosts = (*prev.hosts).clone();
+    let first = 1 + shape.pools.len() + prev.shape.extras.len();
+    let domain = &shape.domain;
+    let mut key = String::with_capacity(64);
+    let mut at = first;
+    for (process, ids) in &prev.shape.pools {
+        for id in ids {
+            instance_host(&mut key, id, process, domain);
+            match hosts.remove(key.as_bytes()) {
+                Some(e) if e.fallback == Some(index(at)) && e.routes.is_empty() => {}
+                _ => return None,
+            }
+            at += 1;
+        }
+    }
+    let mut at = first;
+    for (process, ids) in &shape.pools {
+        for id in ids {
+            instance_host(&mut key, id, process, domain);
+            let entry = HostEntry {
+                routes: Box::default(),
+                fallback: Some(index(at)),
+            };
+            if hosts.insert(HostKey::new(&key), entry).is_some() {
+                return None;
+            }
+            at += 1;
+        }
+    }
+    Some(hosts)
 }
 
 /// The entry of `host` (created empty).
@@ -598,10 +651,29 @@ impl TableBuilder {
             routes,
             extras: Vec::new(),
         };
-        let (hosts, shape) = match prev.filter(|p| p.shape.same(&shape)) {
-            Some(p) => (p.hosts.clone(), p.shape.clone()),
-            None => {
-                let hosts = index_hosts(&mut shape, &self.pools);
+        let reused = prev.filter(|p| p.shape.same(&shape));
+        let patched = match prev {
+            Some(p) if reused.is_none() && p.shape.same_but_instances(&shape) => {
+                patch_hosts(p, &shape).map(|hosts| (hosts, p.shape.extras.clone()))
+            }
+            _ => None,
+        };
+        let (hosts, shape) = match (reused, patched) {
+            (Some(p), _) => (p.hosts.clone(), p.shape.clone()),
+            (None, Some((hosts, extras))) => {
+                shape.extras = extras;
+                #[cfg(debug_assertions)]
+                {
+                    // Every debug build (the whole test suite) checks the patch against a
+                    // full build.
+                    let (full, extras) = index_hosts(&shape, &self.pools);
+                    debug_assert!(full == hosts && extras == shape.extras);
+                }
+                (Arc::new(hosts), Arc::new(shape))
+            }
+            (None, None) => {
+                let (hosts, extras) = index_hosts(&shape, &self.pools);
+                shape.extras = extras;
                 (Arc::new(hosts), Arc::new(shape))
             }
         };
@@ -621,70 +693,42 @@ impl TableBuilder {
     }
 }
 
-/// The host index for `shape` (recording the extra targets it needs in `shape.extras`).
-fn index_hosts(shape: &mut Shape, pools: &[Arc<Pool>]) -> Hosts {
-    let domain = shape.domain.clone();
+/// The host index for `shape`, and the extra targets it numbered. Targets are numbered:
+/// the management API (0), each pool, the extras (what tenants and routes name beyond a pool),
+/// then every instance — so tenants' and routes' entries do not depend on which instances
+/// exist, and a change of instances only moves instance hosts ([`patch_hosts`]).
+fn index_hosts(shape: &Shape, pools: &[Arc<Pool>]) -> (Hosts, Vec<Extra>) {
+    let domain = &shape.domain;
     let backends: usize = pools.iter().map(|p| p.backends.len()).sum();
-    let first_backend = 1 + pools.len();
-    // Extras are numbered after every instance, in the order they are needed.
-    let base = first_backend + backends;
+    let mut by_name: HashMap<&str, usize, FastState> =
+        HashMap::with_capacity_and_hasher(pools.len(), FastState::default());
+    for (i, p) in pools.iter().enumerate() {
+        by_name.insert(&p.opts.name, i);
+    }
+    let base = 1 + pools.len();
     let extra = |extras: &mut Vec<Extra>, e: Extra| -> u32 {
         extras.push(e);
         index(base + extras.len() - 1)
     };
-    // Where each pool's instances start among the targets, and each pool by name.
-    let mut starts = Vec::with_capacity(pools.len());
-    let mut by_name: HashMap<&str, usize, FastState> =
-        HashMap::with_capacity_and_hasher(pools.len(), FastState::default());
-    let mut at = first_backend;
-    for (i, p) in pools.iter().enumerate() {
-        starts.push(at);
-        at += p.backends.len();
-        by_name.insert(&p.opts.name, i);
-    }
     let capacity = 1 + pools.len() + backends + shape.tenants.len() + shape.routes.len();
     let mut hosts: Hosts = HashMap::with_capacity_and_hasher(capacity, FastState::default());
+    // Tenants' and routes' rules first (they number the extras), applied after the implicit
+    // hosts below, which they outrank.
     let mut extras = Vec::new();
-    // The target of instance `id` of pool `pool`: its own, or a new "missing" one.
-    let instance = |pool: usize, id: &str, extras: &mut Vec<Extra>| -> u32 {
-        let found = pools[pool].backends.iter().position(|b| &*b.id == id);
-        match found {
-            Some(i) => index(starts[pool] + i),
-            None => extra(
-                extras,
-                Extra::Missing {
-                    pool,
-                    id: id.into(),
-                },
-            ),
-        }
-    };
-    let mut key = String::with_capacity(64);
-    // Lowest priority first; a higher rule replaces the fallback of the same host.
-    entry(&mut hosts, &domain).fallback = Some(0);
-    for (i, pool) in pools.iter().enumerate() {
-        key.clear();
-        let _ = write!(key, "{}.{domain}", pool.opts.name);
-        entry(&mut hosts, &key).fallback = Some(index(1 + i));
-    }
-    for (i, pool) in pools.iter().enumerate() {
-        let name = &*pool.opts.name;
-        for (j, b) in pool.backends.iter().enumerate() {
-            // Hosts are matched lower-cased, so ids are too.
-            key.clear();
-            key.push_str(&b.id);
-            key.make_ascii_lowercase();
-            let _ = write!(key, ".{name}.{domain}");
-            entry(&mut hosts, &key).fallback = Some(index(starts[i] + j));
-        }
-    }
+    let mut rules: Vec<(&str, Option<PrefixRoute>, u32)> = Vec::new();
     for (t, (tenant_domain, s)) in shape.tenants.iter().enumerate() {
         let target = match s {
             TenantShape::Local {
                 process,
                 instance: id,
             } => match by_name.get(process.as_str()) {
-                Some(&pool) => instance(pool, id, &mut extras),
+                Some(&pool) => extra(
+                    &mut extras,
+                    Extra::Instance {
+                        pool,
+                        id: id.as_str().into(),
+                    },
+                ),
                 None => extra(
                     &mut extras,
                     Extra::Unavailable(tenant_domain.as_str().into()),
@@ -692,7 +736,7 @@ fn index_hosts(shape: &mut Shape, pools: &[Arc<Pool>]) -> Hosts {
             },
             TenantShape::Remote => extra(&mut extras, Extra::Tenant(t)),
         };
-        entry(&mut hosts, tenant_domain).fallback = Some(target);
+        rules.push((tenant_domain, None, target));
     }
     // Routes mostly name the same few processes: remember the last one looked up.
     let mut last: Option<(&str, usize)> = None;
@@ -709,26 +753,51 @@ fn index_hosts(shape: &mut Shape, pools: &[Arc<Pool>]) -> Hosts {
         };
         let target = match &r.instance {
             None => index(1 + pool),
-            Some(id) => instance(pool, id, &mut extras),
+            Some(id) => extra(
+                &mut extras,
+                Extra::Instance {
+                    pool,
+                    id: id.as_str().into(),
+                },
+            ),
         };
+        // A "/" route matches every path and stripping "/" is a no-op: it IS the host's
+        // fallback (above every implicit rule), so most lookups never read a route list.
+        let prefix = (r.prefix != "/").then(|| PrefixRoute {
+            prefix: r.prefix.as_str().into(),
+            strip: r.strip_prefix,
+            target,
+        });
+        rules.push((&r.host, prefix, target));
+    }
+    let mut key = String::with_capacity(64);
+    // Lowest priority first; a higher rule replaces the fallback of the same host.
+    entry(&mut hosts, domain).fallback = Some(0);
+    for (i, pool) in pools.iter().enumerate() {
         key.clear();
-        key.push_str(&r.host);
-        key.make_ascii_lowercase();
-        let entry = entry(&mut hosts, &key);
-        if r.prefix == "/" {
-            // It matches every path and stripping "/" is a no-op: it IS the host's fallback
-            // (above every implicit rule), so most lookups never read a route list.
-            entry.fallback = Some(target);
-        } else {
-            entry.add_route(PrefixRoute {
-                prefix: r.prefix.as_str().into(),
-                strip: r.strip_prefix,
-                target,
-            });
+        let _ = write!(key, "{}.{domain}", pool.opts.name);
+        entry(&mut hosts, &key).fallback = Some(index(1 + i));
+    }
+    let mut at = base + extras.len();
+    for pool in pools {
+        for b in pool.backends.iter() {
+            // Hosts are matched lower-cased, so ids are too.
+            instance_host(&mut key, &b.id, &pool.opts.name, domain);
+            entry(&mut hosts, &key).fallback = Some(index(at));
+            at += 1;
         }
     }
-    shape.extras = extras;
-    hosts
+    for (host, prefix, target) in rules {
+        key.clear();
+        key.push_str(host);
+        key.make_ascii_lowercase();
+        let entry = entry(&mut hosts, &key);
+        match prefix {
+            None => entry.fallback = Some(target),
+            Some(route) => entry.add_route(route),
+        }
+    }
+    (hosts, extras)
 }
 
 /// The targets of one build, in the order [`index_hosts`] numbered them.
@@ -741,8 +810,14 @@ fn make_targets(
     let mut targets = Vec::with_capacity(1 + pools.len() + backends + extras.len());
     targets.push(Target::Management);
     targets.extend(pools.iter().map(|p| Target::Pool(p.clone())));
-    for p in pools {
-        targets.extend(p.backends.iter().map(|b| Target::Instance(b.clone())));
+    let mut by_id: InstanceIndex<'_> = HashMap::default();
+    if extras.iter().any(|e| matches!(e, Extra::Instance { .. })) {
+        for (i, p) in pools.iter().enumerate() {
+            for b in p.backends.iter() {
+                // The first of equal ids wins, as a scan would find it.
+                by_id.entry((i, &*b.id)).or_insert(b);
+            }
+        }
     }
     let mut remotes: Vec<(String, Option<Box<Remote>>)> = tenants
         .into_iter()
@@ -753,17 +828,7 @@ fn make_targets(
         .collect();
     for e in extras {
         targets.push(match e {
-            Extra::Missing { pool, id } => match pools.get(*pool) {
-                Some(p) => Target::Instance(Arc::new(Backend::new(
-                    p.opts.clone(),
-                    id,
-                    None,
-                    0,
-                    Availability::Down,
-                    Arc::default(),
-                ))),
-                None => Target::Management, // unreachable: the shape matched these pools
-            },
+            Extra::Instance { pool, id } => instance_of(pools, &by_id, *pool, id),
             Extra::Tenant(i) => match remotes.get_mut(*i) {
                 Some((_, r @ Some(_))) => Target::Remote(
                     r.take()
@@ -776,8 +841,32 @@ fn make_targets(
             Extra::Unavailable(d) => Target::Remote(Arc::new(Remote::unavailable(d))),
         });
     }
+    for p in pools {
+        targets.extend(p.backends.iter().map(|b| Target::Instance(b.clone())));
+    }
     targets.into_boxed_slice()
 }
+
+/// Instance `id` of pool `pool`: its backend, or one that answers 503 "not running".
+fn instance_of(pools: &[Arc<Pool>], by_id: &InstanceIndex<'_>, pool: usize, id: &str) -> Target {
+    if let Some(b) = by_id.get(&(pool, id)) {
+        return Target::Instance((*b).clone());
+    }
+    match pools.get(pool) {
+        Some(p) => Target::Instance(Arc::new(Backend::new(
+            p.opts.clone(),
+            id,
+            None,
+            0,
+            Availability::Down,
+            Arc::default(),
+        ))),
+        None => Target::Management, // unreachable: the shape matched these pools
+    }
+}
+
+/// Every instance by (pool, id), for tenants and routes that name one.
+type InstanceIndex<'a> = HashMap<(usize, &'a str), &'a Arc<Backend>, FastState>;
 
 #[cfg(test)]
 mod tests {
@@ -1029,5 +1118,72 @@ mod tests {
         let t4 = shaped(&["b", "c"], 50, &copy, 5000).build_on(Some(&t3));
         assert!(t4.shares_hosts_with(&t3));
         assert_eq!(weight_of(&t4, "c.api.t.test"), 50);
+    }
+
+    #[test]
+    fn a_change_of_instances_patches_the_index_like_a_full_build() {
+        let routes: Arc<[Route]> = vec![
+            Route {
+                host: "x.example".into(),
+                prefix: "/".into(),
+                process: "api".into(),
+                instance: Some("c".into()),
+                strip_prefix: false,
+            },
+            // A route on an instance's own host: that host is not plainly the instance's.
+            Route {
+                host: "b.api.t.test".into(),
+                prefix: "/admin".into(),
+                process: "api".into(),
+                instance: None,
+                strip_prefix: false,
+            },
+        ]
+        .into();
+        let t1 = shaped(&["a", "b"], 100, &routes, 5000).build();
+        // "b" stays (its host has a route: the index is built), then only "a"/"c" change.
+        let t2 = shaped(&["a", "b", "c"], 100, &routes, 5000).build_on(Some(&t1));
+        let t3 = shaped(&["b", "c", "d"], 60, &routes, 5000).build_on(Some(&t2));
+        let full = shaped(&["b", "c", "d"], 60, &routes, 5000).build();
+        for host in [
+            "a.api.t.test",
+            "b.api.t.test",
+            "c.api.t.test",
+            "d.api.t.test",
+            "x.example",
+            "api.t.test",
+            "t.test",
+            "remote.example",
+        ] {
+            for path in ["/", "/admin/x"] {
+                let (got, want) = (t3.lookup(host, path), full.lookup(host, path));
+                assert_eq!(got.is_some(), want.is_some(), "{host}{path}");
+                if let (Some(g), Some(w)) = (got, want) {
+                    assert_eq!(g.strip, w.strip, "{host}{path}");
+                    let name = |t: &Target| match t {
+                        Target::Instance(b) => format!("instance {} {}", b.key, b.weight),
+                        Target::Pool(p) => format!("pool {}", p.opts.name),
+                        Target::Management => "management".into(),
+                        Target::Remote(r) => format!("remote {}", r.host),
+                    };
+                    assert_eq!(name(g.target), name(w.target), "{host}{path}");
+                }
+            }
+        }
+        // The route that names "c" now reaches it; "a" is gone.
+        assert_eq!(weight_of(&t2, "x.example"), 100);
+        assert!(t3.lookup("a.api.t.test", "/").is_none());
+        assert_eq!(weight_of(&t3, "d.api.t.test"), 60);
+        // With no route on an instance host, a change of instances is patched.
+        let plain: Arc<[Route]> = Vec::new().into();
+        let p1 = shaped(&["a", "b"], 100, &plain, 5000).build();
+        let p2 = shaped(&["a", "c"], 100, &plain, 5000).build_on(Some(&p1));
+        assert!(patch_hosts(&p1, &p2.shape).is_some());
+        assert_eq!(weight_of(&p2, "c.api.t.test"), 100);
+        assert!(p2.lookup("b.api.t.test", "/").is_none());
+        // Ids equal but for case are not patched (the index is built).
+        let q = shaped(&["a", "A"], 100, &plain, 5000).build_on(Some(&p1));
+        assert!(patch_hosts(&p1, &q.shape).is_none());
+        assert!(q.lookup("a.api.t.test", "/").is_some());
     }
 }
