@@ -130,6 +130,18 @@ pub struct ServerArgs {
     pub token: Option<String>,
 }
 
+impl From<ServerArgs> for tenement_fleet::NewServer {
+    fn from(a: ServerArgs) -> Self {
+        tenement_fleet::NewServer {
+            id: a.id,
+            url: a.url,
+            domain: a.domain,
+            region: a.region,
+            token: a.token,
+        }
+    }
+}
+
 // `POST /api/tenants` (`ten tenant add`); the handler hands it to the fleet as a `Tenant`.
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -139,6 +151,18 @@ pub struct TenantArgs {
     pub server: String,
     pub process: String,
     pub instance: String,
+}
+
+impl From<TenantArgs> for tenement_fleet::Tenant {
+    fn from(a: TenantArgs) -> Self {
+        tenement_fleet::Tenant {
+            id: a.id,
+            domain: a.domain,
+            server: a.server,
+            process: a.process,
+            instance: a.instance,
+        }
+    }
 }
 
 // `POST /api/tenants/{id}/migrate` (`ten tenant migrate`).

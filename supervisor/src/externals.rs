@@ -45,8 +45,8 @@ pub(crate) struct Upstream {
     pub name: InstanceName,
     pub upstream: tenement_conf::Upstream,
     pub health: Option<String>,
-    /// Its address did not resolve at boot, and that was logged already.
-    pub unresolved_logged: bool,
+    /// Its address as resolved at boot (None: it did not resolve, and that was logged).
+    pub addr: Option<Addr>,
 }
 
 /// One external upstream's health loop, until it is stopped (shutdown).
@@ -60,8 +60,9 @@ pub(crate) async fn run(
         name,
         upstream,
         health,
-        mut unresolved_logged,
+        addr: mut last,
     } = me;
+    let mut unresolved_logged = last.is_none();
     let every = reg.health_interval();
     let timeout = every.min(Duration::from_secs(5));
     let mut tick = tokio::time::interval(every);
@@ -75,13 +76,17 @@ pub(crate) async fn run(
         let addr = match resolve(&upstream).await {
             Ok(a) => {
                 unresolved_logged = false;
-                let had_none = reg.instance(&name).is_some_and(|v| v.addr.is_none());
-                reg.route(&name, |r, _| {
-                    r.addr = Some(a.clone());
-                    if had_none {
-                        r.state = State::Healthy;
-                    }
-                });
+                if last.as_ref() != Some(&a) {
+                    // A first address also makes it routable (it was failed without one).
+                    let first = last.is_none();
+                    reg.route(&name, |r, _| {
+                        r.addr = Some(a.clone());
+                        if first {
+                            r.state = State::Healthy;
+                        }
+                    });
+                    last = Some(a.clone());
+                }
                 a
             }
             Err(why) => {
@@ -89,8 +94,8 @@ pub(crate) async fn run(
                     tracing::error!(upstream = %name, "cannot resolve upstream address; it is left out of routing ({why})");
                     unresolved_logged = true;
                 }
-                match reg.instance(&name).and_then(|v| v.addr) {
-                    Some(a) => a, // keep the last good address
+                match &last {
+                    Some(a) => a.clone(), // keep the last good address
                     None => continue,
                 }
             }

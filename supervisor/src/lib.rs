@@ -433,14 +433,13 @@ impl Supervisor {
                         None
                     }
                 };
-                let unresolved = addr.is_none();
                 let (stop_tx, stop_rx) = watch::channel(Stop::No);
                 let (done_tx, done_rx) = watch::channel(false);
                 let mut slot = Slot::new(&name, Kind::External, weight, reg.next_seq(), false);
                 {
                     let r = Arc::make_mut(&mut slot.routed);
                     r.state = externals::initial_state(&addr);
-                    r.addr = addr;
+                    r.addr = addr.clone();
                 }
                 slot.stop = stop_tx;
                 slot.done = done_rx;
@@ -451,7 +450,7 @@ impl Supervisor {
                         name,
                         upstream: u.clone(),
                         health: p.health.clone(),
-                        unresolved_logged: unresolved,
+                        addr,
                     },
                     stop_rx,
                     done_tx,

@@ -364,11 +364,12 @@ impl Registry {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::child::TracingSink;
 
-    struct NoTraffic;
+    /// A proxy that never has traffic (the supervisor's unit tests share it).
+    pub(crate) struct NoTraffic;
     impl TrafficProbe for NoTraffic {
         fn in_flight(&self, _: &InstanceName) -> u64 {
             0

@@ -502,18 +502,9 @@ impl Runner {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::registry::tests::NoTraffic;
     use crate::registry::Slot;
-    use crate::{Kind, TracingSink, TrafficProbe};
-
-    struct NoTraffic;
-    impl TrafficProbe for NoTraffic {
-        fn in_flight(&self, _: &InstanceName) -> u64 {
-            0
-        }
-        fn last_request(&self, _: &InstanceName) -> Option<Instant> {
-            None
-        }
-    }
+    use crate::{Kind, TracingSink};
 
     /// A runner for `api.1` (slot in place, no child) with `max_restarts` and a `backoff`
     /// from..to, its stop sender and its restarts.

@@ -38,14 +38,7 @@ pub(super) fn server_json(fleet: &Fleet, id: &str) -> ApiResult {
 }
 
 pub(super) fn add_server(fleet: &Fleet, body: &[u8]) -> ApiResult {
-    let req: ServerArgs = parse_body(body)?;
-    let req = NewServer {
-        id: req.id,
-        url: req.url,
-        domain: req.domain,
-        region: req.region,
-        token: req.token,
-    };
+    let req: NewServer = parse_body::<ServerArgs>(body)?.into();
     let added = fleet.add_server(&req)?;
     tracing::info!("fleet: server {} added ({})", added.id, added.url);
     let (_, v) = server_json(fleet, &added.id)?;
@@ -59,14 +52,7 @@ pub(super) fn remove_server(fleet: &Fleet, id: &str) -> ApiResult {
 }
 
 pub(super) fn add_tenant(fleet: &Fleet, body: &[u8]) -> ApiResult {
-    let req: TenantArgs = parse_body(body)?;
-    let req = Tenant {
-        id: req.id,
-        domain: req.domain,
-        server: req.server,
-        process: req.process,
-        instance: req.instance,
-    };
+    let req: Tenant = parse_body::<TenantArgs>(body)?.into();
     let t = fleet.add_tenant(&req)?;
     tracing::info!(
         "fleet: tenant {} added: {} -> {}:{} on {}",
