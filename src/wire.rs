@@ -1,6 +1,7 @@
 //! The control API's messages, ONE type each, shared by both programs: clap parses them from
 //! the command line, the client sends them as JSON, the API handlers deserialize them; and
-//! `InstanceInfo`, the answer about one instance.
+//! `InstanceInfo`, the answer about one instance; `LogsQuery`, the log filters as a query string
+//! (with the one percent-encoding both sides use).
 //!
 //! The JSON is the API's public contract (tests and users post it directly): field names,
 //! optional fields and defaults are those the handlers have always accepted, and the client
@@ -201,6 +202,145 @@ pub struct InstanceInfo {
     pub storage_bytes: Option<u64>,
 }
 
+// ---- Query strings -------------------------------------------------------------------------
+
+/// Percent-encode a path segment or query value (unreserved characters kept).
+pub fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// One query parameter, percent-decoded (`+` is a space; a broken escape stays as written).
+pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = b
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `GET /api/logs`, `/api/logs/stream` and `/api/fleet/logs` (`ten logs`): the filters as one
+/// type, written as a query string by the client (and by the fleet, forwarding to its
+/// servers) and read back by the API. Empty values mean "not given", as they always have.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogsQuery {
+    pub process: Option<String>,
+    /// The instance id (`id=`).
+    pub id: Option<String>,
+    pub stream: Option<tenement_supervisor::Stream>,
+    /// Full-text search (FTS5 syntax). Not used by the live stream.
+    pub search: Option<String>,
+    /// Only lines newer than this (`since=10m`). Not used by the live stream.
+    pub since: Option<std::time::Duration>,
+    /// Only lines with a smaller id (paging back). Not used by the live stream.
+    pub before_id: Option<i64>,
+    /// At most this many lines (the store's default when absent or 0; negative is 0).
+    pub limit: Option<i64>,
+}
+
+impl LogsQuery {
+    /// Read a query string; the error names the parameter and the value.
+    pub fn parse(q: Option<&str>) -> Result<Self, String> {
+        use tenement_supervisor::Stream;
+        let given = |key: &str| query_param(q, key).filter(|s| !s.is_empty());
+        let stream = match given("stream").as_deref() {
+            None => None,
+            Some("stdout") => Some(Stream::Stdout),
+            Some("stderr") => Some(Stream::Stderr),
+            Some(other) => return Err(format!("stream: expected stdout or stderr, got {other:?}")),
+        };
+        let since = given("since")
+            .map(|s| {
+                tenement_conf::parse_duration(&s)
+                    .map_err(|_| format!("since: expected a duration like \"10m\", got {s:?}"))
+            })
+            .transpose()?;
+        let num = |key: &str| -> Result<Option<i64>, String> {
+            given(key)
+                .map(|s| {
+                    s.parse::<i64>()
+                        .map_err(|_| format!("{key}: expected a number, got {s:?}"))
+                })
+                .transpose()
+        };
+        Ok(LogsQuery {
+            process: given("process"),
+            id: given("id"),
+            stream,
+            search: query_param(q, "search"),
+            since,
+            before_id: num("before_id")?,
+            limit: num("limit")?,
+        })
+    }
+
+    /// The query string (without `?`), keys in a fixed order; empty when nothing is set.
+    pub fn to_query(&self) -> String {
+        let mut out = Vec::new();
+        let mut put = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                out.push(format!("{k}={}", encode(&v)));
+            }
+        };
+        put("process", self.process.clone());
+        put("id", self.id.clone());
+        put("stream", self.stream.map(|s| s.as_str().to_string()));
+        put("search", self.search.clone());
+        put(
+            "since",
+            self.since.map(|d| match d.subsec_millis() {
+                0 => d.as_secs().to_string(),
+                _ => format!("{}ms", d.as_millis()),
+            }),
+        );
+        put("before_id", self.before_id.map(|n| n.to_string()));
+        put("limit", self.limit.map(|n| n.to_string()));
+        out.join("&")
+    }
+
+    /// The filters the live stream applies (process, id, stream).
+    pub fn stream_filters(&self) -> LogsQuery {
+        LogsQuery {
+            process: self.process.clone(),
+            id: self.id.clone(),
+            stream: self.stream,
+            ..LogsQuery::default()
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -287,5 +427,55 @@ mod tests {
             .is_none());
         let partial: InstanceInfo = serde_json::from_value(json!({"name": "a:b"})).unwrap();
         assert_eq!(partial.name, "a:b");
+    }
+
+    #[test]
+    fn query_params_are_decoded() {
+        assert_eq!(
+            query_param(Some("a=1&token=x%2By+z"), "token").as_deref(),
+            Some("x+y z")
+        );
+        assert_eq!(query_param(Some("a=1"), "token"), None);
+        assert_eq!(query_param(Some("t=%"), "t").as_deref(), Some("%"));
+        assert_eq!(query_param(Some("t=%4"), "t").as_deref(), Some("%4"));
+    }
+
+    #[test]
+    fn logs_query_round_trips_and_names_bad_values() {
+        let q = LogsQuery {
+            process: Some("api".into()),
+            id: Some("user 1".into()),
+            stream: Some(tenement_supervisor::Stream::Stderr),
+            search: Some("timeout OR \"refused here\"".into()),
+            since: Some(std::time::Duration::from_millis(90_500)),
+            before_id: Some(42),
+            limit: Some(10),
+        };
+        let text = q.to_query();
+        assert_eq!(LogsQuery::parse(Some(&text)).unwrap(), q);
+        assert_eq!(LogsQuery::default().to_query(), "");
+        assert_eq!(
+            LogsQuery::parse(Some("process=&stream=&since=&limit=")).unwrap(),
+            LogsQuery {
+                search: None,
+                ..LogsQuery::default()
+            }
+        );
+        assert_eq!(
+            LogsQuery::parse(Some("stream=both")).unwrap_err(),
+            "stream: expected stdout or stderr, got \"both\""
+        );
+        assert_eq!(
+            LogsQuery::parse(Some("since=soon")).unwrap_err(),
+            "since: expected a duration like \"10m\", got \"soon\""
+        );
+        assert_eq!(
+            LogsQuery::parse(Some("limit=ten")).unwrap_err(),
+            "limit: expected a number, got \"ten\""
+        );
+        assert_eq!(
+            q.stream_filters().to_query(),
+            "process=api&id=user%201&stream=stderr"
+        );
     }
 }

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A whole `tenement.toml`, validated.
@@ -16,8 +17,8 @@ pub struct Config {
     pub settings: Settings,
     /// Processes in declaration order (`[process.X]` and `[service.X]` alike).
     pub processes: Vec<Process>,
-    /// `[routes]` in declaration order.
-    pub routes: Vec<Route>,
+    /// `[routes]` in declaration order; shared (not copied) by every routing table.
+    pub routes: Arc<[Route]>,
     /// `[instances]`: spawned at boot, in this order.
     pub instances: Vec<InstanceName>,
     /// `[fleet]`, when present.

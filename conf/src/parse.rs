@@ -87,7 +87,7 @@ impl Config {
             source: None,
             settings,
             processes,
-            routes,
+            routes: routes.into(),
             instances,
             fleet,
         })

@@ -57,7 +57,7 @@ impl Compiled {
             };
             opts.insert(p.name.clone(), Arc::new(o));
         }
-        let routes = config.routes.iter().cloned().collect();
+        let routes = config.routes.clone();
         Ok(Compiled {
             config,
             opts,

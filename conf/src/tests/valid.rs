@@ -155,7 +155,7 @@ fn spec_example_parses_with_its_values() {
         strip_prefix: strip,
     };
     assert_eq!(
-        c.routes,
+        *c.routes,
         [
             route("example.com", "/", "web", None, false),
             route("www.example.com", "/", "web", None, false),

@@ -112,7 +112,7 @@ pub fn check(explicit: Option<&Path>) -> ExitCode {
 pub fn routes(c: &Config) -> String {
     let d = &c.settings.domain;
     let mut rows: Vec<[String; 4]> = Vec::new();
-    for r in &c.routes {
+    for r in c.routes.iter() {
         let target = match &r.instance {
             Some(id) => format!("instance {}:{id}", r.process),
             None => format!("process {} (weighted)", r.process),
@@ -288,7 +288,7 @@ pub fn show(c: &Config) -> String {
     }
     if !c.routes.is_empty() {
         let _ = writeln!(o, "\n[routes]");
-        for r in &c.routes {
+        for r in c.routes.iter() {
             let key = if r.prefix == "/" {
                 r.host.clone()
             } else {

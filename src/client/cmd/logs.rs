@@ -2,14 +2,31 @@
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Result;
+use clap::builder::TypedValueParser as _;
 use clap::Args;
 use serde_json::Value;
 
-use super::table::encode;
+use tenement_supervisor::Stream;
+
 use crate::client::cli::Global;
-use crate::wire::parse_timeout;
+use crate::wire::{parse_timeout, LogsQuery};
+
+/// `--stream`: stdout or stderr (clap lists both in help and errors).
+fn parse_stream() -> impl clap::builder::TypedValueParser<Value = Stream> {
+    clap::builder::PossibleValuesParser::new(["stdout", "stderr"]).map(|s| match s.as_str() {
+        "stderr" => Stream::Stderr,
+        _ => Stream::Stdout,
+    })
+}
+
+/// `--since`: a duration > 0 (`10m`, `2h`).
+fn parse_since(s: &str) -> Result<Duration, String> {
+    parse_timeout(s)?;
+    tenement_conf::parse_duration(s).map_err(|e| e.to_string())
+}
 
 /// Show captured output of instances (and ten's own events), or follow it live
 #[derive(Debug, Args)]
@@ -30,11 +47,11 @@ pub struct Logs {
     #[arg(long)]
     pub search: Option<String>,
     /// Only stdout or stderr
-    #[arg(long, value_parser = ["stdout", "stderr"])]
-    pub stream: Option<String>,
+    #[arg(long, value_parser = parse_stream())]
+    pub stream: Option<Stream>,
     /// Only lines newer than this, e.g. 10m, 2h
-    #[arg(long, value_parser = parse_timeout)]
-    pub since: Option<String>,
+    #[arg(long, value_parser = parse_since)]
+    pub since: Option<Duration>,
     /// How many lines [default: 100; 10 with -f]
     #[arg(long)]
     pub limit: Option<usize>,
@@ -71,28 +88,22 @@ impl Logs {
 
 fn logs(global: &Global, a: Logs) -> Result<ExitCode> {
     let c = global.client()?;
-    let mut filters = Vec::new();
-    if let Some(t) = &a.target {
-        match t.split_once(':') {
-            Some((p, id)) => {
-                filters.push(format!("process={}", encode(p)));
-                filters.push(format!("id={}", encode(id)));
-            }
-            None => filters.push(format!("process={}", encode(t))),
-        }
-    }
-    if let Some(s) = &a.stream {
-        filters.push(format!("stream={}", encode(s)));
-    }
-    let mut query = filters.clone();
-    if let Some(s) = &a.search {
-        query.push(format!("search={}", encode(s)));
-    }
-    if let Some(s) = &a.since {
-        query.push(format!("since={}", encode(s)));
-    }
-    let limit = a.limit.unwrap_or(if a.follow { 10 } else { 100 });
-    query.push(format!("limit={limit}"));
+    let (process, id) = match a.target.as_deref().map(|t| t.split_once(':')) {
+        Some(Some((p, id))) => (Some(p.to_string()), Some(id.to_string())),
+        Some(None) => (a.target.clone(), None),
+        None => (None, None),
+    };
+    let query = LogsQuery {
+        process,
+        id,
+        stream: a.stream,
+        search: a.search.clone(),
+        since: a.since,
+        limit: Some(
+            i64::try_from(a.limit.unwrap_or(if a.follow { 10 } else { 100 })).unwrap_or(i64::MAX),
+        ),
+        ..LogsQuery::default()
+    };
     let color = std::io::stdout().is_terminal() && !a.json;
     let out = std::io::stdout();
     let print = |v: &Value| {
@@ -104,7 +115,7 @@ fn logs(global: &Global, a: Logs) -> Result<ExitCode> {
         let mut o = out.lock();
         writeln!(o, "{text}").and_then(|_| o.flush()).is_ok()
     };
-    let recent = c.call("GET", &format!("/api/logs?{}", query.join("&")), None)?;
+    let recent = c.call("GET", &format!("/api/logs?{}", query.to_query()), None)?;
     for v in recent
         .as_array()
         .map(Vec::as_slice)
@@ -126,7 +137,7 @@ fn logs(global: &Global, a: Logs) -> Result<ExitCode> {
         .collect();
     let mut pending = String::new();
     c.stream(
-        &format!("/api/logs/stream?{}", filters.join("&")),
+        &format!("/api/logs/stream?{}", query.stream_filters().to_query()),
         |chunk| {
             pending.push_str(&String::from_utf8_lossy(chunk));
             while let Some(end) = pending.find("\n\n") {

@@ -43,14 +43,4 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>, empty: Option<&str>) -> St
     out
 }
 
-/// Percent-encode a path segment or query value (unreserved characters kept).
-pub fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+pub use crate::wire::encode;

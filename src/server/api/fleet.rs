@@ -8,11 +8,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::StatusCode;
 use serde_json::{json, Value};
 
-use tenement_conf::parse_duration;
 use tenement_fleet::{Fleet, FleetError, NewServer, Tenant};
 
-use super::{parse_body, query_param, Api, ApiError, ApiResult};
-use crate::wire::{MigrateArgs, ServerArgs, TenantArgs};
+use super::{parse_body, Api, ApiError, ApiResult};
+use crate::wire::{LogsQuery, MigrateArgs, ServerArgs, TenantArgs};
 
 /// Per-server budget for `/api/fleet/metrics` and `/api/fleet/logs`.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,36 +94,18 @@ fn now_rfc3339() -> String {
 /// `/api/logs`, merged newest first with a `server` field. A server that cannot be read
 /// contributes one line saying why (process "ten", stream stderr) instead of silence.
 pub(super) async fn fleet_logs(fleet: &Fleet, q: Option<&str>) -> ApiResult {
-    if let Some(s) = query_param(q, "stream").filter(|s| !s.is_empty()) {
-        if s != "stdout" && s != "stderr" {
-            return Err(ApiError::bad(format!(
-                "stream: expected stdout or stderr, got {s:?}"
-            )));
-        }
-    }
-    if let Some(s) = query_param(q, "since").filter(|s| !s.is_empty()) {
-        parse_duration(&s).map_err(|_| {
-            ApiError::bad(format!(
-                "since: expected a duration like \"10m\", got {s:?}"
-            ))
-        })?;
-    }
-    let limit = match query_param(q, "limit").filter(|s| !s.is_empty()) {
-        Some(l) => l
-            .parse::<usize>()
-            .map_err(|_| ApiError::bad(format!("limit: expected a number, got {l:?}")))?,
+    let query = LogsQuery::parse(q).map_err(ApiError::bad)?;
+    let limit = match query.limit {
+        Some(n) => usize::try_from(n)
+            .map_err(|_| ApiError::bad(format!("limit: expected a number, got \"{n}\"")))?,
         None => 100,
     };
-    // Forward the caller's filters as written, minus the caller's own credentials.
-    let forwarded: Vec<&str> = q
-        .unwrap_or("")
-        .split('&')
-        .filter(|kv| !kv.is_empty() && !kv.starts_with("token="))
-        .collect();
+    // Forward the caller's filters (never the caller's own credentials).
+    let forwarded = query.to_query();
     let path = if forwarded.is_empty() {
         "/api/logs".to_string()
     } else {
-        format!("/api/logs?{}", forwarded.join("&"))
+        format!("/api/logs?{forwarded}")
     };
     let servers: Vec<_> = fleet
         .view()

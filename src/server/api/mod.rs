@@ -121,40 +121,7 @@ fn bearer(req: &Request) -> Option<String> {
     None
 }
 
-/// One query parameter, percent-decoded.
-pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
-    query?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == key).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = b
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+pub use crate::wire::query_param;
 
 #[async_trait]
 impl Management for Api {
@@ -334,21 +301,5 @@ impl Api {
                 "no such API route: {m} {path}"
             ))),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_params_are_decoded() {
-        assert_eq!(
-            query_param(Some("a=1&token=x%2By+z"), "token").as_deref(),
-            Some("x+y z")
-        );
-        assert_eq!(query_param(Some("a=1"), "token"), None);
-        assert_eq!(query_param(Some("t=%"), "t").as_deref(), Some("%"));
-        assert_eq!(query_param(Some("t=%4"), "t").as_deref(), Some("%4"));
     }
 }
