@@ -283,8 +283,10 @@ impl LogsQuery {
         };
         let since = given("since")
             .map(|s| {
-                tenement_conf::parse_duration(&s)
-                    .map_err(|_| format!("since: expected a duration like \"10m\", got {s:?}"))
+                tenement_conf::parse_duration(&s).map_err(|e| match e {
+                    tenement_conf::DurationError::TooLong { .. } => format!("since: {e}"),
+                    _ => format!("since: expected a duration like \"10m\", got {s:?}"),
+                })
             })
             .transpose()?;
         let num = |key: &str| -> Result<Option<i64>, String> {
@@ -468,6 +470,10 @@ mod tests {
         assert_eq!(
             LogsQuery::parse(Some("since=soon")).unwrap_err(),
             "since: expected a duration like \"10m\", got \"soon\""
+        );
+        assert_eq!(
+            LogsQuery::parse(Some("since=18446744073709551615")).unwrap_err(),
+            "since: \"18446744073709551615\" is too long: a duration is at most 1 year (\"365d\")"
         );
         assert_eq!(
             LogsQuery::parse(Some("limit=ten")).unwrap_err(),

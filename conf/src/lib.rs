@@ -24,7 +24,10 @@ pub use names::{
 pub use parse::{find_config_path, CONFIG_ENV};
 pub use process::DEFAULT_SOCKET;
 pub use routes::parse_route_key;
-pub use units::{parse_duration, parse_size, rfc3339_ms, DurationError, SizeError};
+pub use units::{
+    check_duration, check_size, parse_duration, parse_size, rfc3339_ms, DurationError, SizeError,
+    MAX_DURATION, MAX_SIZE,
+};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

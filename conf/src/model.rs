@@ -55,6 +55,17 @@ pub struct Settings {
     pub admin_loopback_trusted: bool,
     pub log_retention: Duration,
     pub log_max_rows: u64,
+    /// Longest captured line, bytes (longer lines are cut and marked); default 16 KB.
+    pub log_max_line: u64,
+    /// Most bytes of log lines kept in the store (oldest dropped first); default 1 GB.
+    pub log_max_bytes: u64,
+    /// The whole request head must arrive within this (SPEC §14); default 10 s.
+    pub header_timeout: Duration,
+    /// An idle keep-alive client connection is closed after this; default 60 s.
+    pub keepalive_timeout: Duration,
+    /// Open client connections per listener; beyond it new ones wait in the backlog.
+    /// Default 10,000.
+    pub max_connections: u32,
     // tenement 0.2 defaults for every process:
     pub max_restarts: u32,
     pub restart_window: Duration,

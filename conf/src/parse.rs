@@ -80,7 +80,7 @@ impl Config {
         top.check_keys(&mut cx, TOP_KEYS);
         let settings = settings::parse_settings(&mut cx, top.get("settings"));
         let processes = process::parse_processes(&mut cx, &top, &settings);
-        let routes = routes::parse_routes(&mut cx, top.get("routes"), &processes);
+        let routes = routes::parse_routes(&mut cx, top.get("routes"), &processes, &settings.domain);
         let instances = routes::parse_instances(&mut cx, top.get("instances"), &processes);
         let fleet = top.get("fleet").map(|f| settings::parse_fleet(&mut cx, &f));
         cx.finish(Config {

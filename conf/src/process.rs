@@ -9,7 +9,7 @@ use crate::error::Cx;
 use crate::names;
 use crate::parse::resolve_path;
 use crate::plugins::parse_plugins;
-use crate::settings::{backoff, MAX_CPU_SHARES};
+use crate::settings::{backoff, MAX_CPU_SHARES, MAX_QUOTA_MB};
 use crate::template;
 use crate::tree::{describe, Field, Tbl, Val};
 use crate::{ListenMode, Process, RestartPolicy, Settings, Upstream};
@@ -201,7 +201,10 @@ fn parse_process(cx: &mut Cx, name: &str, t: &Tbl<'_, '_>, s: &Settings) -> Proc
     if let Some(f) = t.get("cpu_shares") {
         p.cpu_shares = cx.u32(&f, 1, MAX_CPU_SHARES).or(p.cpu_shares);
     }
-    if let Some(n) = t.get("storage_quota_mb").and_then(|f| cx.u64(&f, 1)) {
+    if let Some(n) = t
+        .get("storage_quota_mb")
+        .and_then(|f| cx.u64_within(&f, 1, MAX_QUOTA_MB))
+    {
         p.storage_quota_mb = Some(n);
     }
     if let Some(b) = t.get("storage_persist").and_then(|f| cx.bool(&f)) {

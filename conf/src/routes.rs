@@ -49,16 +49,31 @@ fn declared_list(processes: &[Process]) -> String {
     format!("declared: {}", names.join(", "))
 }
 
+/// The paths ten answers itself on `{domain}` (SPEC §14): a route may not take them over.
+pub const MANAGEMENT_PATHS: &[&str] = &["/api", "/assets", "/metrics", "/health"];
+
+/// The management path a route with `prefix` would take over, if any: the prefix is one of
+/// them, or lies under one.
+fn shadowed(prefix: &str) -> Option<&'static str> {
+    MANAGEMENT_PATHS
+        .iter()
+        .copied()
+        .find(|m| prefix == *m || prefix.strip_prefix(m).is_some_and(|r| r.starts_with('/')))
+}
+
 pub(crate) fn parse_routes(
     cx: &mut Cx,
     f: Option<Field<'_, '_>>,
     processes: &[Process],
+    domain: &str,
 ) -> Vec<Route> {
     let Some(t) = f.and_then(|f| cx.table(&f)) else {
         return Vec::new();
     };
     let mut routes = Vec::new();
     let mut seen: HashMap<(String, String), Option<usize>> = HashMap::new();
+    // Routes on the management domain: (line, path, prefix).
+    let mut on_domain = Vec::new();
     for entry in t.entries {
         let f = t.field(entry);
         let key = match parse_route_key(entry.key) {
@@ -87,6 +102,9 @@ pub(crate) fn parse_routes(
             continue;
         }
         seen.insert((host.clone(), prefix.clone()), entry.key_line);
+        if host == domain {
+            on_domain.push((entry.key_line, f.path.clone(), prefix.clone()));
+        }
         if let Some((process, instance, strip_prefix)) = target {
             routes.push(Route {
                 host,
@@ -96,6 +114,26 @@ pub(crate) fn parse_routes(
                 strip_prefix,
             });
         }
+    }
+    // A "/" route gives the whole domain to an app: ten then serves no dashboard there (only
+    // on admin_listen and the control socket), so nothing of ten's can be shadowed. Without
+    // one, the dashboard is at "/" and a prefix over one of ten's paths would hand the
+    // dashboard's token (or its script origin) to an app.
+    if !on_domain.iter().any(|(_, _, p)| p == "/") {
+        for (line, path, prefix) in on_domain {
+            if let Some(m) = shadowed(&prefix) {
+                cx.err(
+                    line,
+                    &path,
+                    format!(
+                        "would take over ten's own {m} on the management domain {domain:?}, \
+                         where the dashboard is served: route another host, a prefix outside \
+                         /api, /assets, /metrics and /health, or the whole domain (\"{domain}\" = ...)"
+                    ),
+                );
+            }
+        }
+        routes.retain(|r| r.host != domain || shadowed(&r.prefix).is_none());
     }
     routes
 }

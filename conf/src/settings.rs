@@ -23,6 +23,11 @@ const SETTINGS_KEYS: &[&str] = &[
     "admin_loopback_trusted",
     "log_retention",
     "log_max_rows",
+    "log_max_line",
+    "log_max_bytes",
+    "header_timeout",
+    "keepalive_timeout",
+    "max_connections",
     "max_restarts",
     "restart_window",
     "backoff_base_ms",
@@ -42,6 +47,18 @@ const FLEET_KEYS: &[&str] = &[
     "webhook",
     "webhook_after",
 ];
+
+/// The most `max_connections` may be (per listener).
+pub(crate) const MAX_CONNECTIONS: u32 = 1_000_000;
+
+/// The shortest `log_max_line`: lines are cut there, so keep a useful line whole.
+pub(crate) const MIN_LOG_LINE: u64 = 256;
+
+/// The most a `*_ms` setting may be: one year, as every duration.
+pub(crate) const MAX_MILLIS: u64 = crate::units::MAX_DURATION.as_secs() * 1_000;
+
+/// The most a `storage_quota_mb` may be: 1 TiB, as every size.
+pub(crate) const MAX_QUOTA_MB: u64 = crate::units::MAX_SIZE >> 20;
 
 /// The most a `cpu_shares` (cgroup v2 `cpu.weight`) may be.
 pub(crate) const MAX_CPU_SHARES: u32 = 10_000;
@@ -63,6 +80,11 @@ impl Settings {
             admin_loopback_trusted: false,
             log_retention: Duration::from_secs(7 * 86_400),
             log_max_rows: 1_000_000,
+            log_max_line: 16_000,
+            log_max_bytes: 1_000_000_000,
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
             max_restarts: 5,
             restart_window: Duration::from_secs(300),
             backoff_base: Duration::from_millis(1_000),
@@ -126,6 +148,14 @@ pub(crate) fn parse_settings(cx: &mut Cx, field: Option<Field<'_, '_>>) -> Setti
     duration(cx, "drain_timeout", false, &mut s.drain_timeout);
     duration(cx, "log_retention", true, &mut s.log_retention);
     duration(cx, "restart_window", true, &mut s.restart_window);
+    duration(cx, "header_timeout", true, &mut s.header_timeout);
+    duration(cx, "keepalive_timeout", true, &mut s.keepalive_timeout);
+    if let Some(n) = t
+        .get("max_connections")
+        .and_then(|f| cx.u32(&f, 1, MAX_CONNECTIONS))
+    {
+        s.max_connections = n;
+    }
     if let Some(n) = t.get("max_body").and_then(|f| cx.size(&f)) {
         s.max_body = n;
     }
@@ -142,6 +172,22 @@ pub(crate) fn parse_settings(cx: &mut Cx, field: Option<Field<'_, '_>>) -> Setti
     if let Some(n) = t.get("log_max_rows").and_then(|f| cx.u64(&f, 1)) {
         s.log_max_rows = n;
     }
+    if let Some(f) = t.get("log_max_line") {
+        if let Some(n) = cx.size(&f) {
+            if n < MIN_LOG_LINE {
+                cx.err(
+                    f.line(),
+                    &f.path,
+                    format!("must be at least {MIN_LOG_LINE} bytes, got {n}"),
+                );
+            } else {
+                s.log_max_line = n;
+            }
+        }
+    }
+    if let Some(n) = t.get("log_max_bytes").and_then(|f| cx.size(&f)) {
+        s.log_max_bytes = n;
+    }
     if let Some(n) = t.get("max_restarts").and_then(|f| cx.u32(&f, 0, u32::MAX)) {
         s.max_restarts = n;
     }
@@ -151,7 +197,9 @@ pub(crate) fn parse_settings(cx: &mut Cx, field: Option<Field<'_, '_>>) -> Setti
     s.cpu_shares = t
         .get("cpu_shares")
         .and_then(|f| cx.u32(&f, 1, MAX_CPU_SHARES));
-    s.storage_quota_mb = t.get("storage_quota_mb").and_then(|f| cx.u64(&f, 1));
+    s.storage_quota_mb = t
+        .get("storage_quota_mb")
+        .and_then(|f| cx.u64_within(&f, 1, MAX_QUOTA_MB));
     if let Some(b) = t.get("storage_persist").and_then(|f| cx.bool(&f)) {
         s.storage_persist = b;
     }
@@ -169,7 +217,7 @@ pub(crate) fn backoff(
 ) -> (Duration, Duration) {
     let ms = |cx: &mut Cx, key: &str| {
         let f = t.get(key)?;
-        let n = cx.u64(&f, 1)?;
+        let n = cx.u64_within(&f, 1, MAX_MILLIS)?;
         Some((f, Duration::from_millis(n)))
     };
     let base_set = ms(cx, "backoff_base_ms");

@@ -284,6 +284,14 @@ impl Cx {
         u32::try_from(i).ok()
     }
 
+    /// An integer in `min..=max`.
+    pub fn u64_within(&mut self, f: &Field<'_, '_>, min: u64, max: u64) -> Option<u64> {
+        let min = i64::try_from(min).unwrap_or(i64::MAX);
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        let i = self.int(f, min, max)?;
+        u64::try_from(i).ok()
+    }
+
     pub fn u64(&mut self, f: &Field<'_, '_>, min: u64) -> Option<u64> {
         let min = i64::try_from(min).unwrap_or(i64::MAX);
         let i = self.int(f, min, i64::MAX)?;
@@ -293,7 +301,11 @@ impl Cx {
     /// A duration string or a non-negative integer (seconds); `positive` rejects zero.
     pub fn duration(&mut self, f: &Field<'_, '_>, positive: bool) -> Option<Duration> {
         let parsed = match f.node.val {
-            Val::Int(i) if i >= 0 => Ok(Duration::from_secs(i.unsigned_abs())),
+            Val::Int(i) if i >= 0 => units::check_duration(
+                Duration::from_secs(i.unsigned_abs()),
+                &i.to_string(),
+            )
+            .map_err(|e| e.to_string()),
             Val::Str(s) => units::parse_duration(s).map_err(|e| e.to_string()),
             _ => Err(format!(
                 "expected a duration like \"500ms\", \"10s\", \"5m\" or a whole number of seconds, got {}",
@@ -320,7 +332,9 @@ impl Cx {
     /// A size string or an integer (bytes), greater than 0.
     pub fn size(&mut self, f: &Field<'_, '_>) -> Option<u64> {
         let parsed = match f.node.val {
-            Val::Int(i) if i >= 0 => Ok(i.unsigned_abs()),
+            Val::Int(i) if i >= 0 => {
+                units::check_size(i.unsigned_abs(), &i.to_string()).map_err(|e| e.to_string())
+            }
             Val::Str(s) => units::parse_size(s).map_err(|e| e.to_string()),
             _ => Err(format!(
                 "expected a size like \"10MB\", \"512KB\", \"1GiB\" or a number of bytes, got {}",

@@ -2,44 +2,93 @@
 
 use std::time::Duration;
 
-/// A string that is not a duration.
+/// The longest duration ten takes anywhere (config, CLI, API): one year. Anything longer is a
+/// mistake, and bounding it keeps every `Instant + duration` in range.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
+/// The largest size ten takes anywhere: 1 TiB.
+pub const MAX_SIZE: u64 = 1 << 40;
+
+/// A string that is not a duration, or one over [`MAX_DURATION`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "expected a duration like \"500ms\", \"10s\", \"5m\", \"1h30m\" or a whole number of seconds, got {input:?}"
-)]
-pub struct DurationError {
-    pub input: String,
+pub enum DurationError {
+    #[error(
+        "expected a duration like \"500ms\", \"10s\", \"5m\", \"1h30m\" or a whole number of seconds, got {input:?}"
+    )]
+    Malformed { input: String },
+    #[error("{input:?} is too long: a duration is at most 1 year (\"365d\")")]
+    TooLong { input: String },
 }
 
-/// A string that is not a size.
+/// A string that is not a size, or one over [`MAX_SIZE`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("expected a size like \"10MB\", \"512KB\", \"1GiB\" or a number of bytes, got {input:?}")]
-pub struct SizeError {
-    pub input: String,
+pub enum SizeError {
+    #[error(
+        "expected a size like \"10MB\", \"512KB\", \"1GiB\" or a number of bytes, got {input:?}"
+    )]
+    Malformed { input: String },
+    #[error("{input:?} is too large: a size is at most 1 TiB")]
+    TooLarge { input: String },
+}
+
+/// `d` if it is at most [`MAX_DURATION`]; `input` is what the user wrote (for the message).
+pub fn check_duration(d: Duration, input: &str) -> Result<Duration, DurationError> {
+    if d > MAX_DURATION {
+        return Err(DurationError::TooLong {
+            input: input.to_string(),
+        });
+    }
+    Ok(d)
+}
+
+/// `n` if it is at most [`MAX_SIZE`]; `input` is what the user wrote (for the message).
+pub fn check_size(n: u64, input: &str) -> Result<u64, SizeError> {
+    if n > MAX_SIZE {
+        return Err(SizeError::TooLarge {
+            input: input.to_string(),
+        });
+    }
+    Ok(n)
 }
 
 /// Parse `"500ms"`, `"10s"`, `"5m"`, `"7d"`, `"1h30m"` (humantime syntax) or a whole number of
-/// seconds (`"30"`). Surrounding whitespace is ignored; negative values are rejected.
+/// seconds (`"30"`). Surrounding whitespace is ignored; negative values are rejected, and so
+/// is anything over [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
-    let bad = || DurationError {
+    let bad = || DurationError::Malformed {
         input: s.to_string(),
     };
     let t = s.trim();
     if t.is_empty() {
         return Err(bad());
     }
-    if t.bytes().all(|b| b.is_ascii_digit()) {
-        return t.parse::<u64>().map(Duration::from_secs).map_err(|_| bad());
-    }
-    humantime::parse_duration(t).map_err(|_| bad())
+    let d = if t.bytes().all(|b| b.is_ascii_digit()) {
+        match t.parse::<u64>() {
+            Ok(n) => Duration::from_secs(n),
+            // All digits but beyond u64: a number, just far too long.
+            Err(_) => return check_duration(Duration::MAX, s),
+        }
+    } else {
+        humantime::parse_duration(t).map_err(|e| match e {
+            humantime::DurationError::NumberOverflow => DurationError::TooLong {
+                input: s.to_string(),
+            },
+            _ => bad(),
+        })?
+    };
+    check_duration(d, s)
 }
 
 /// Parse a size in bytes: `"1048576"` (bytes), `"512KB"`, `"10MB"`, `"1GB"`, `"1TB"` (powers of
 /// 1000), `"512KiB"`, `"10MiB"`, `"1GiB"`, `"1TiB"` (powers of 1024), `"100B"`. Units are
 /// case-insensitive and may follow a space; a decimal number (`"1.5GB"`) is allowed with a unit
-/// and rounded to the nearest byte.
+/// and rounded to the nearest byte. At most [`MAX_SIZE`].
 pub fn parse_size(s: &str) -> Result<u64, SizeError> {
-    let bad = || SizeError {
+    parse_size_unbounded(s).and_then(|n| check_size(n, s))
+}
+
+fn parse_size_unbounded(s: &str) -> Result<u64, SizeError> {
+    let bad = || SizeError::Malformed {
         input: s.to_string(),
     };
     let t = s.trim();
@@ -63,16 +112,20 @@ pub fn parse_size(s: &str) -> Result<u64, SizeError> {
         return Err(bad());
     }
     if !number.contains('.') {
-        let n: u64 = number.parse().map_err(|_| bad())?;
-        return n.checked_mul(multiplier).ok_or_else(bad);
+        // Only digits here, so a parse error is an overflow: too large, not malformed.
+        let n: u64 = number.parse().unwrap_or(u64::MAX);
+        return Ok(n.saturating_mul(multiplier)); // too large either way: parse_size says so
     }
     if multiplier == 1 {
         return Err(bad()); // no fractional bytes
     }
     let n: f64 = number.parse().map_err(|_| bad())?;
     let bytes = (n * multiplier as f64).round();
-    if !bytes.is_finite() || bytes < 0.0 || bytes >= u64::MAX as f64 {
+    if !bytes.is_finite() || bytes < 0.0 {
         return Err(bad());
+    }
+    if bytes >= u64::MAX as f64 {
+        return Ok(u64::MAX);
     }
     Ok(bytes as u64)
 }
@@ -101,6 +154,24 @@ mod tests {
         for bad in ["", "-5", "10 parsecs", "ten", "1.5", "5m-"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+        assert_eq!(parse_duration("365d"), Ok(MAX_DURATION));
+        for long in [
+            "366d",
+            "31536001",
+            "18446744073709551615",
+            "99999999999999999999",
+            "9999999999999999999y",
+        ] {
+            assert_eq!(
+                parse_duration(long),
+                Err(DurationError::TooLong { input: long.into() }),
+                "{long}"
+            );
+        }
+        assert_eq!(
+            parse_duration("2y").map_err(|e| e.to_string()),
+            Err("\"2y\" is too long: a duration is at most 1 year (\"365d\")".to_string())
+        );
         assert_eq!(
             parse_duration("ten").map_err(|e| e.to_string()),
             Err("expected a duration like \"500ms\", \"10s\", \"5m\", \"1h30m\" or a whole number of seconds, got \"ten\"".to_string())
@@ -138,6 +209,14 @@ mod tests {
             "20000000TiB",
         ] {
             assert!(parse_size(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_size("1TiB"), Ok(MAX_SIZE));
+        for big in ["1.5TiB", "2TB", "99999999999999999999", "20000000TiB"] {
+            assert_eq!(
+                parse_size(big),
+                Err(SizeError::TooLarge { input: big.into() }),
+                "{big}"
+            );
         }
     }
 }

@@ -379,3 +379,59 @@ ghost = ["a"]
     assert_eq!(display.lines().count(), 8);
     assert_eq!(display.lines().next(), Some(all[0].as_str()));
 }
+
+#[test]
+fn routes_cannot_take_over_the_management_paths() {
+    let tail = "where the dashboard is served: route another host, a prefix outside /api, /assets, /metrics and /health, or the whole domain (\"ten.example\" = ...)";
+    let text = "[settings]\ndomain = \"ten.example\"\n[process.web]\ncommand = \"./web\"\n[routes]\n\"ten.example/api\" = \"web\"\n\"ten.example/assets/x\" = \"web\"\n\"ten.example/blog\" = \"web\"\n\"ten.example/apiary\" = \"web\"\n\"other.example/api\" = \"web\"\n";
+    assert_eq!(
+        errors(text),
+        [
+            format!("tenement.toml:6: routes.\"ten.example/api\": would take over ten's own /api on the management domain \"ten.example\", {tail}"),
+            format!("tenement.toml:7: routes.\"ten.example/assets/x\": would take over ten's own /assets on the management domain \"ten.example\", {tail}"),
+        ]
+    );
+    // The whole domain routed to an app: no dashboard there, so its prefixes are the app's.
+    let whole = format!("{text}\"ten.example\" = \"web\"\n");
+    assert_eq!(super::ok(&whole).routes.len(), 6);
+}
+
+#[test]
+fn durations_and_sizes_are_bounded() {
+    assert_eq!(
+        error("[settings]\ndrain_timeout = 9223372036854775807\n"),
+        "tenement.toml:2: settings.drain_timeout: \"9223372036854775807\" is too long: a duration is at most 1 year (\"365d\")"
+    );
+    assert_eq!(
+        error("[settings]\nlog_retention = \"400d\"\n"),
+        "tenement.toml:2: settings.log_retention: \"400d\" is too long: a duration is at most 1 year (\"365d\")"
+    );
+    assert_eq!(
+        error("[settings]\nmax_body = \"2TiB\"\n"),
+        "tenement.toml:2: settings.max_body: \"2TiB\" is too large: a size is at most 1 TiB"
+    );
+    assert_eq!(
+        error("[settings]\nbackoff_max_ms = 99999999999999\n"),
+        "tenement.toml:2: settings.backoff_max_ms: must be between 1 and 31536000000, got 99999999999999"
+    );
+    assert_eq!(
+        error("[process.a]\ncommand = \"x\"\nstorage_quota_mb = 9999999999\n"),
+        "tenement.toml:3: process.a.storage_quota_mb: must be between 1 and 1048576, got 9999999999"
+    );
+}
+
+#[test]
+fn hostile_traffic_limits_are_checked() {
+    assert_eq!(
+        error("[settings]\nheader_timeout = \"0s\"\n"),
+        "tenement.toml:2: settings.header_timeout: must be greater than 0, got \"0s\""
+    );
+    assert_eq!(
+        error("[settings]\nmax_connections = 0\n"),
+        "tenement.toml:2: settings.max_connections: must be between 1 and 1000000, got 0"
+    );
+    assert_eq!(
+        error("[settings]\nlog_max_line = \"100B\"\n"),
+        "tenement.toml:2: settings.log_max_line: must be at least 256 bytes, got 100"
+    );
+}

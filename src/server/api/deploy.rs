@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::StatusCode;
 use serde_json::{json, Value};
 
-use tenement_conf::{parse_duration, InstanceName};
+use tenement_conf::{check_duration, parse_duration, DurationError, InstanceName};
 use tenement_supervisor::State;
 
 use super::instances::check_weight;
@@ -17,26 +17,26 @@ use super::{parse_body, parse_name, query_param, Api, ApiError, ApiResult};
 use crate::wire::{DeployArgs, RouteArgs};
 
 fn timeout_of(v: &Option<Value>) -> Result<Option<Duration>, ApiError> {
+    let too_long = |e: DurationError| ApiError::bad(format!("timeout: {e}"));
     match v {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .filter(|s| *s > 0)
-            .map(|s| Some(Duration::from_secs(s)))
-            .ok_or_else(|| {
+        Some(Value::Number(n)) => {
+            let secs = n.as_u64().filter(|s| *s > 0).ok_or_else(|| {
                 ApiError::bad(format!(
                     "timeout must be a positive number of seconds, got {n}"
                 ))
-            }),
-        Some(Value::String(s)) => parse_duration(s)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .map(Some)
-            .ok_or_else(|| {
-                ApiError::bad(format!(
-                    "timeout: expected a duration like \"60s\", got {s:?}"
-                ))
-            }),
+            })?;
+            check_duration(Duration::from_secs(secs), &n.to_string())
+                .map(Some)
+                .map_err(too_long)
+        }
+        Some(Value::String(s)) => match parse_duration(s) {
+            Ok(d) if !d.is_zero() => Ok(Some(d)),
+            Err(e @ DurationError::TooLong { .. }) => Err(too_long(e)),
+            _ => Err(ApiError::bad(format!(
+                "timeout: expected a duration like \"60s\", got {s:?}"
+            ))),
+        },
         Some(other) => Err(ApiError::bad(format!(
             "timeout: expected a duration like \"60s\", got {other}"
         ))),

@@ -28,7 +28,7 @@ impl Api {
             instance: q.id,
             stream: q.stream,
             search: q.search,
-            since: q.since.map(|d| SystemTime::now() - d),
+            since: q.since.and_then(|d| SystemTime::now().checked_sub(d)),
             before_id: q.before_id,
             limit: q.limit.map(|n| n.max(0) as usize).unwrap_or(0),
         };
