@@ -6,6 +6,7 @@ mod dashboard;
 mod deploy;
 mod edge;
 mod fleet;
+mod hostile;
 mod lifecycle;
 mod logs;
 mod metrics;
