@@ -1,5 +1,7 @@
 //! Fleet-wide views: every server's `/metrics` merged under a `server_id` label, every
-//! server's `/api/logs` merged by time, and the parallel fetcher both use.
+//! server's `/api/logs` merged by time, and the parallel fetcher both use. A server's answer
+//! is read up to [`MAX_BODY`] bytes: a longer one is that server's error ("answer over 8 MiB,
+//! not merged"), never the router's memory.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,6 +14,9 @@ use crate::Server;
 
 /// The family added by [`merge_metrics`]: 1 when the server's scrape worked.
 pub const SCRAPE_UP: &str = "tenement_fleet_scrape_up";
+
+/// The most bytes read from one server's answer (`/metrics`, `/api/logs`): 8 MiB.
+pub const MAX_BODY: usize = 8 * 1024 * 1024;
 
 struct Family {
     help: Option<String>,
@@ -66,8 +71,19 @@ fn family_of<'a>(name: &'a str, local: &'a HashMap<String, String>, all: &Famili
 /// the first label of every sample (a scraped `server_id` label becomes `exported_server_id`),
 /// one `# HELP`/`# TYPE` per family (the first seen wins) followed by that family's samples from
 /// every server, plus the gauge `tenement_fleet_scrape_up{server_id}`. Unparseable lines are
-/// dropped.
+/// dropped. A failed scrape is 0 in that gauge and a comment at the top naming the server and
+/// why (`# server X: answer over 8 MiB, not merged`).
 pub fn merge_metrics(scrapes: &[(String, Result<String, String>)]) -> String {
+    let mut out = String::new();
+    for (id, scrape) in scrapes {
+        if let Err(e) = scrape {
+            let why: String = e
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            out.push_str(&format!("# server {id}: {why}\n"));
+        }
+    }
     let mut families = Families::default();
     let up = families.get(SCRAPE_UP);
     up.help = Some("1 when the server's /metrics was scraped, 0 when the scrape failed".into());
@@ -110,7 +126,6 @@ pub fn merge_metrics(scrapes: &[(String, Result<String, String>)]) -> String {
             tracing::debug!("fleet metrics: {dropped} unparseable lines from server {id} dropped");
         }
     }
-    let mut out = String::new();
     for name in &families.order {
         let Some(f) = families.by_name.get(name) else {
             continue;
@@ -185,10 +200,7 @@ async fn fetch(req: reqwest::RequestBuilder, timeout: Duration) -> Result<String
         .await
         .map_err(|e| crate::http::error_text(&e, timeout))?;
     let status = resp.status();
-    let body = resp
-        .text()
-        .await
-        .map_err(|e| crate::http::error_text(&e, timeout))?;
+    let body = read_capped(resp, MAX_BODY, timeout).await?;
     if !status.is_success() {
         let excerpt: String = body.trim().chars().take(200).collect();
         return Err(if excerpt.is_empty() {
@@ -198,6 +210,34 @@ async fn fetch(req: reqwest::RequestBuilder, timeout: Duration) -> Result<String
         });
     }
     Ok(body)
+}
+
+/// The body as text (lossy UTF-8), or an error once it passes `cap` bytes (announced by
+/// `Content-Length` or counted while reading): at most `cap` bytes are ever held.
+async fn read_capped(
+    mut resp: reqwest::Response,
+    cap: usize,
+    timeout: Duration,
+) -> Result<String, String> {
+    let too_big = || format!("answer over {} MiB, not merged", cap / (1024 * 1024));
+    if resp
+        .content_length()
+        .is_some_and(|n| n > u64::try_from(cap).unwrap_or(u64::MAX))
+    {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| crate::http::error_text(&e, timeout))?
+    {
+        if body.len() + chunk.len() > cap {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ mod testing;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use aggregate::{fetch_all, merge_logs, merge_metrics};
+pub use aggregate::{fetch_all, merge_logs, merge_metrics, MAX_BODY};
 pub use db::DbError;
 pub use fleet::{Events, Fleet};
 pub use store::{FleetStore, NewServer, Server, Tenant};

@@ -92,7 +92,7 @@ pub async fn run(config: Config) -> Result<()> {
         LogOptions {
             retention: s.log_retention,
             max_rows: s.log_max_rows,
-            ..LogOptions::default()
+            ..LogOptions::from_settings(s)
         },
     )
     .with_context(|| format!("cannot open the log store {}", db.display()))?;

@@ -35,6 +35,12 @@ impl Stream {
 /// Where captured lines go (the log store, in the `ten` binary).
 pub trait LogSink: Send + Sync + 'static {
     fn line(&self, instance: &InstanceName, stream: Stream, line: &str);
+
+    /// The longest line kept, in bytes (`[settings] log_max_line`): a longer one is cut there
+    /// and marked with [`CUT_MARK`].
+    fn max_line(&self) -> usize {
+        DEFAULT_MAX_LINE
+    }
 }
 
 /// A sink that forwards lines to `tracing` (used until a store is attached).
@@ -54,8 +60,14 @@ impl LogSink for TracingSink {
 pub struct Tail(Mutex<VecDeque<String>>);
 
 const TAIL_LINES: usize = 20;
-/// Longest captured line; longer ones are split.
-const MAX_LINE: usize = 16 * 1024;
+/// Longest captured line unless the sink says otherwise (the `log_max_line` default).
+pub const DEFAULT_MAX_LINE: usize = 16_000;
+/// The shortest `max_line` the reader honours (the config refuses less).
+const MIN_MAX_LINE: usize = 256;
+/// Appended to a line that was cut at `max_line` bytes (the rest of it is discarded).
+pub const CUT_MARK: &str = "…[cut]";
+/// The capture's read buffer (independent of `max_line`, which may be large).
+const READ_BUF: usize = 16 * 1024;
 
 impl Tail {
     fn push(&self, line: &str) {
@@ -210,7 +222,9 @@ pub fn start(l: &Launch<'_>) -> Result<Started, Error> {
     })
 }
 
-/// Read lines (lossy UTF-8, long lines split) until EOF.
+/// Read lines (lossy UTF-8) until EOF. A line longer than the sink's `max_line` bytes is cut
+/// there (on a UTF-8 boundary), marked with [`CUT_MARK`], and the rest of it is read and
+/// discarded: memory per stream stays at most `max_line` whatever the app prints.
 async fn capture(
     r: impl AsyncRead + Unpin,
     name: InstanceName,
@@ -218,51 +232,113 @@ async fn capture(
     sink: Arc<dyn LogSink>,
     tail: Arc<Tail>,
 ) {
-    let mut r = BufReader::with_capacity(MAX_LINE, r);
+    let max = sink.max_line().max(MIN_MAX_LINE);
+    let mut r = BufReader::with_capacity(READ_BUF, r);
     let mut buf = Vec::with_capacity(256);
     loop {
         buf.clear();
-        let n = match read_line(&mut r, &mut buf).await {
-            Ok(n) => n,
+        let (n, cut) = match read_line(&mut r, &mut buf, max).await {
+            Ok(got) => got,
             Err(_) => break,
         };
         if n == 0 {
             break;
         }
-        while matches!(buf.last(), Some(b'\n' | b'\r')) {
-            buf.pop();
+        if !cut {
+            while matches!(buf.last(), Some(b'\n' | b'\r')) {
+                buf.pop();
+            }
         }
-        let line = String::from_utf8_lossy(&buf);
+        let line = bounded_text(&buf, max, cut);
         tail.push(&line);
         sink.line(&name, stream, &line);
     }
 }
 
-/// Like `read_until(b'\n')` but stops at MAX_LINE bytes.
+/// Like `read_until(b'\n')`, but keeps at most `max` bytes of the line (plus its newline):
+/// past that it consumes up to the newline without keeping it. Returns the bytes consumed
+/// and whether the line was cut.
 async fn read_line<R: AsyncBufReadExt + Unpin>(
     r: &mut R,
     buf: &mut Vec<u8>,
-) -> std::io::Result<usize> {
+    max: usize,
+) -> std::io::Result<(usize, bool)> {
     let mut total = 0;
+    let mut cut = false;
     loop {
         let available = r.fill_buf().await?;
         if available.is_empty() {
-            return Ok(total);
+            return Ok((total, cut));
         }
-        let room = MAX_LINE - buf.len();
-        let (take, done) = match available.iter().take(room).position(|&c| c == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (
-                available.len().min(room),
-                buf.len() + available.len() >= MAX_LINE,
-            ),
-        };
-        buf.extend_from_slice(&available[..take]);
+        // Room for `max` bytes and a "\r\n" after them (a line of exactly `max` is not cut).
+        let room = (max + 2).saturating_sub(buf.len());
+        let newline = available.iter().position(|&c| c == b'\n');
+        let take = newline.map_or(available.len(), |i| i + 1);
+        let keep = if cut { 0 } else { take.min(room) };
+        buf.extend_from_slice(&available[..keep]);
+        // The line's own bytes: without its "\n" or "\r\n" (a "\r" may wait for its "\n").
+        let mut content = buf.len();
+        if newline.is_some() && keep == take {
+            content -= 1;
+        }
+        if content > 0 && buf[content - 1] == b'\r' {
+            content -= 1;
+        }
+        if !cut && content > max {
+            cut = true;
+            buf.truncate(max);
+        }
         r.consume(take);
         total += take;
-        if done {
-            return Ok(total);
+        if newline.is_some() {
+            return Ok((total, cut));
         }
+    }
+}
+
+/// The text of a captured line: lossy UTF-8, at most `max` bytes (never half a character),
+/// then [`CUT_MARK`] if it was cut (while reading, or because lossy decoding made it longer).
+fn bounded_text(bytes: &[u8], max: usize, cut: bool) -> String {
+    let bytes = &bytes[..bytes.len().min(max)];
+    // A character the cut split in two is dropped whole (not shown as U+FFFD).
+    let bytes = if cut {
+        &bytes[..complete_utf8_len(bytes)]
+    } else {
+        bytes
+    };
+    let mut text = String::from_utf8_lossy(bytes).into_owned();
+    let mut cut = cut;
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        cut = true;
+    }
+    if cut {
+        text.push_str(CUT_MARK);
+    }
+    text
+}
+
+/// `bytes.len()` less a trailing UTF-8 sequence that is incomplete.
+fn complete_utf8_len(bytes: &[u8]) -> usize {
+    let len = bytes.len();
+    // The start of the last character: at most 3 continuation bytes back.
+    let Some(start) = (0..len).rev().take(4).find(|&i| bytes[i] & 0xC0 != 0x80) else {
+        return len;
+    };
+    let need = match bytes[start] {
+        b if b >= 0xF0 => 4,
+        b if b >= 0xE0 => 3,
+        b if b >= 0xC0 => 2,
+        _ => 1,
+    };
+    if start + need > len {
+        start
+    } else {
+        len
     }
 }
 
@@ -286,5 +362,88 @@ pub fn describe_exit(status: &ExitStatus) -> String {
             Err(_) => format!("killed by signal {s}"),
         },
         _ => "exited".into(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Lines as `capture` makes them from `input` with `max_line = max`.
+    fn lines(input: &[u8], max: usize) -> Vec<String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            // A tiny read buffer: lines and cuts span many reads.
+            let mut r = BufReader::with_capacity(7, input);
+            let mut out = Vec::new();
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                let (n, cut) = read_line(&mut r, &mut buf, max).await.unwrap();
+                if n == 0 {
+                    return out;
+                }
+                assert!(buf.len() <= max + 2, "kept {} bytes", buf.len());
+                if !cut {
+                    while matches!(buf.last(), Some(b'\n' | b'\r')) {
+                        buf.pop();
+                    }
+                }
+                out.push(bounded_text(&buf, max, cut));
+            }
+        })
+    }
+
+    #[test]
+    fn a_long_line_is_cut_at_max_line_and_marked_and_its_rest_discarded() {
+        let long = "x".repeat(1000);
+        let input = format!("short\n{long}\nnext\n");
+        let got = lines(input.as_bytes(), 300);
+        assert_eq!(
+            got,
+            vec![
+                "short".to_string(),
+                format!("{}{CUT_MARK}", "x".repeat(300)),
+                "next".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn a_line_of_exactly_max_line_is_kept_whole() {
+        let exact = "y".repeat(300);
+        let input = format!("{exact}\n{exact}\r\n{exact}");
+        assert_eq!(
+            lines(input.as_bytes(), 300),
+            vec![exact.clone(), exact.clone(), exact]
+        );
+        let over = "z".repeat(301);
+        assert_eq!(
+            lines(format!("{over}\n").as_bytes(), 300),
+            vec![format!("{}{CUT_MARK}", "z".repeat(300))]
+        );
+    }
+
+    #[test]
+    fn a_cut_never_splits_a_character() {
+        // 299 ASCII bytes then "é" (2 bytes): the cut at 300 would split it.
+        let input = format!("{}é and more\n", "a".repeat(299));
+        let got = lines(input.as_bytes(), 300);
+        assert_eq!(got, vec![format!("{}{CUT_MARK}", "a".repeat(299))]);
+        // Invalid bytes become U+FFFD (3 bytes each) and still fit in max_line.
+        let bad = vec![0xFFu8; 200];
+        let got = bounded_text(&bad, 300, false);
+        assert!(got.len() <= 300 + CUT_MARK.len(), "{}", got.len());
+        assert!(got.ends_with(CUT_MARK));
+    }
+
+    #[test]
+    fn an_endless_line_without_newline_keeps_memory_bounded() {
+        let input = vec![b'q'; 100_000];
+        let got = lines(&input, 256);
+        assert_eq!(got, vec![format!("{}{CUT_MARK}", "q".repeat(256))]);
     }
 }

@@ -264,7 +264,8 @@ impl Supervisor {
     }
 
     /// Set weights of several instances (spawned or external) at once: ONE published view, so
-    /// ONE table swap; returns once that table is live.
+    /// ONE table swap; returns once that table is live. Err([`Error::State`]) if the weights
+    /// are live but could not be saved.
     pub async fn set_weights(&self, weights: &[(InstanceName, u32)]) -> Result<(), Error> {
         let reg = &self.reg;
         let (generation, external) = {
@@ -289,11 +290,15 @@ impl Supervisor {
             .zip(external)
             .partition(|(_, is_external)| *is_external);
         let spawned: Vec<_> = spawned.into_iter().map(|(w, _)| w.clone()).collect();
-        if !spawned.is_empty() {
-            reg.persist(|s| s.set_weights(&spawned));
-        }
-        for ((name, w), _) in ext {
-            reg.persist(|s| s.set_external_weight(name, *w));
+        // Live already; a weight that could not be saved (after the store's busy retries)
+        // is the caller's error, not only a log line: it would revert at the next start.
+        if let Some(store) = &reg.store {
+            if !spawned.is_empty() {
+                blocking(|| store.set_weights(&spawned))?;
+            }
+            for ((name, w), _) in ext {
+                blocking(|| store.set_external_weight(name, *w))?;
+            }
         }
         Ok(())
     }

@@ -2,11 +2,17 @@
 //! should run, their weights, and the process group each one last ran in (so that a restart
 //! after `kill -9` of `ten serve` can kill what it left behind). Opened through [`crate::db`]
 //! as component `state`.
+//!
+//! The file is shared with the log store, whose writer takes the write lock many times a
+//! second under a flood. Every write here waits for it (`busy_timeout`), and on
+//! `SQLITE_BUSY`/`SQLITE_LOCKED` is tried again a few times with a growing pause
+//! ([`BUSY_RETRIES`], [`BUSY_BACKOFF`]) before the error goes back to the caller.
 
 use std::path::Path;
 use std::sync::Mutex;
+use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use tenement_conf::InstanceName;
 
 use crate::db::{self, DbError, Schema};
@@ -43,6 +49,22 @@ pub(crate) const SCHEMA: Schema = Schema {
     ],
 };
 
+/// How many times a write that found the database busy is tried again (each try itself waits
+/// up to [`crate::db::BUSY_TIMEOUT`] for the lock).
+pub const BUSY_RETRIES: u32 = 5;
+/// The pause before the first retry; it doubles each time, at most [`BUSY_BACKOFF_MAX`].
+pub const BUSY_BACKOFF: Duration = Duration::from_millis(50);
+/// The longest pause between two tries.
+pub const BUSY_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Whether `e` says another connection holds the lock (worth trying again).
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
 /// One persisted instance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Persisted {
@@ -68,6 +90,28 @@ impl StateStore {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Runs the write `f`, again after a pause while the database is busy (at most
+    /// [`BUSY_RETRIES`] more times); the last error is returned.
+    fn write<T>(
+        &self,
+        mut f: impl FnMut(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StateError> {
+        let mut pause = BUSY_BACKOFF;
+        let mut tries = 0;
+        loop {
+            let result = f(&mut self.conn());
+            match result {
+                Err(e) if is_busy(&e) && tries < BUSY_RETRIES => {
+                    tries += 1;
+                    tracing::debug!(error = %e, tries, "state store: busy, trying again");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(BUSY_BACKOFF_MAX);
+                }
+                other => return other.map_err(StateError::from),
+            }
+        }
+    }
+
     /// Every desired instance, in the order they were first spawned.
     pub fn load(&self) -> Result<Vec<Persisted>, StateError> {
         let conn = self.conn();
@@ -90,47 +134,52 @@ impl StateStore {
     /// Record that `name` should run with `weight` (keeps its place in the order). Returns
     /// whether the row is new.
     pub fn upsert(&self, name: &InstanceName, weight: u32) -> Result<bool, StateError> {
-        let conn = self.conn();
-        let seq: Option<i64> = conn
-            .query_row(
-                "SELECT seq FROM instances WHERE process = ?1 AND id = ?2",
-                params![name.process, name.id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        match seq {
-            Some(_) => conn.execute(
-                "UPDATE instances SET weight = ?3 WHERE process = ?1 AND id = ?2",
-                params![name.process, name.id, weight],
-            )?,
-            None => conn.execute(
-                "INSERT INTO instances (process, id, weight, seq)
-                 VALUES (?1, ?2, ?3, COALESCE((SELECT MAX(seq) FROM instances), 0) + 1)",
-                params![name.process, name.id, weight],
-            )?,
-        };
-        Ok(seq.is_none())
+        self.write(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let seq: Option<i64> = tx
+                .query_row(
+                    "SELECT seq FROM instances WHERE process = ?1 AND id = ?2",
+                    params![name.process, name.id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match seq {
+                Some(_) => tx.execute(
+                    "UPDATE instances SET weight = ?3 WHERE process = ?1 AND id = ?2",
+                    params![name.process, name.id, weight],
+                )?,
+                None => tx.execute(
+                    "INSERT INTO instances (process, id, weight, seq)
+                     VALUES (?1, ?2, ?3, COALESCE((SELECT MAX(seq) FROM instances), 0) + 1)",
+                    params![name.process, name.id, weight],
+                )?,
+            };
+            tx.commit()?;
+            Ok(seq.is_none())
+        })
     }
 
     /// Set several weights in one transaction.
     pub fn set_weights(&self, weights: &[(InstanceName, u32)]) -> Result<(), StateError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        for (name, w) in weights {
-            tx.execute(
-                "UPDATE instances SET weight = ?3 WHERE process = ?1 AND id = ?2",
-                params![name.process, name.id, w],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
+        self.write(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for (name, w) in weights {
+                tx.execute(
+                    "UPDATE instances SET weight = ?3 WHERE process = ?1 AND id = ?2",
+                    params![name.process, name.id, w],
+                )?;
+            }
+            tx.commit()
+        })
     }
 
     pub fn set_pgid(&self, name: &InstanceName, pgid: Option<u32>) -> Result<(), StateError> {
-        self.conn().execute(
-            "UPDATE instances SET pgid = ?3 WHERE process = ?1 AND id = ?2",
-            params![name.process, name.id, pgid],
-        )?;
+        self.write(|conn| {
+            conn.execute(
+                "UPDATE instances SET pgid = ?3 WHERE process = ?1 AND id = ?2",
+                params![name.process, name.id, pgid],
+            )
+        })?;
         Ok(())
     }
 
@@ -152,19 +201,23 @@ impl StateStore {
     }
 
     pub fn set_external_weight(&self, name: &InstanceName, weight: u32) -> Result<(), StateError> {
-        self.conn().execute(
-            "INSERT INTO external_weights (process, id, weight) VALUES (?1, ?2, ?3)
-             ON CONFLICT (process, id) DO UPDATE SET weight = excluded.weight",
-            params![name.process, name.id, weight],
-        )?;
+        self.write(|conn| {
+            conn.execute(
+                "INSERT INTO external_weights (process, id, weight) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (process, id) DO UPDATE SET weight = excluded.weight",
+                params![name.process, name.id, weight],
+            )
+        })?;
         Ok(())
     }
 
     pub fn remove(&self, name: &InstanceName) -> Result<(), StateError> {
-        self.conn().execute(
-            "DELETE FROM instances WHERE process = ?1 AND id = ?2",
-            params![name.process, name.id],
-        )?;
+        self.write(|conn| {
+            conn.execute(
+                "DELETE FROM instances WHERE process = ?1 AND id = ?2",
+                params![name.process, name.id],
+            )
+        })?;
         Ok(())
     }
 }
@@ -213,6 +266,45 @@ mod tests {
                 },
             ]
         );
+    }
+
+    /// Review S3: another connection (the log writer) holding the write lock longer than
+    /// `busy_timeout` made a weight write fail with "database is locked". It is tried again.
+    #[test]
+    fn a_write_waits_out_a_lock_held_longer_than_busy_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("tenement.db");
+        let s = StateStore::open(&db).unwrap();
+        s.upsert(&name("api", "v1"), 100).unwrap();
+        s.conn().busy_timeout(Duration::from_millis(10)).unwrap();
+        let holder = Connection::open(&db).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let release = std::thread::spawn(move || {
+            held_tx.send(()).unwrap();
+            // Far longer than busy_timeout, shorter than the retries' pauses together.
+            std::thread::sleep(Duration::from_millis(150));
+            holder.execute_batch("COMMIT").unwrap();
+        });
+        held_rx.recv().unwrap();
+        s.set_weights(&[(name("api", "v1"), 7)]).unwrap();
+        release.join().unwrap();
+        assert_eq!(s.load().unwrap()[0].weight, 7);
+    }
+
+    #[test]
+    fn a_lock_never_released_is_an_error_after_the_retries() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("tenement.db");
+        let s = StateStore::open(&db).unwrap();
+        s.upsert(&name("api", "v1"), 100).unwrap();
+        s.conn().busy_timeout(Duration::from_millis(1)).unwrap();
+        let holder = Connection::open(&db).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let e = s.set_weights(&[(name("api", "v1"), 7)]).unwrap_err();
+        assert!(e.to_string().contains("locked"), "{e}");
+        holder.execute_batch("ROLLBACK").unwrap();
+        assert_eq!(s.load().unwrap()[0].weight, 100);
     }
 
     #[test]

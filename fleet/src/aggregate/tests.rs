@@ -320,3 +320,51 @@ async fn fetch_all_asks_every_server_in_parallel() {
     let got = fetch_all(&servers[3..4], "/metrics", Duration::from_millis(50)).await;
     assert_eq!(got[0].1, Err("no answer within 50ms".into()));
 }
+
+/// Review L4: a server answering more than MAX_BODY is that server's error, not the router's
+/// memory; whether it says its length up front or not.
+#[tokio::test]
+async fn an_answer_over_the_cap_is_an_error_naming_the_server() {
+    let big = "x".repeat(MAX_BODY + 1);
+    let announced = TestServer::start(move |_| Answer::body(big.clone())).await;
+    // No Content-Length: the body runs until the connection closes.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let unannounced = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut c, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 1024];
+                let _ = c.read(&mut head).await;
+                let _ = c
+                    .write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+                    .await;
+                let chunk = vec![b'y'; 64 * 1024];
+                for _ in 0..(20 * 16) {
+                    if c.write_all(&chunk).await.is_err() {
+                        return; // the reader gave up: good
+                    }
+                }
+            });
+        }
+    });
+    let fine = TestServer::start(|_| Answer::body("up 1\n")).await;
+    let servers = vec![
+        srv("big", announced.url(), None),
+        srv("stream", unannounced, None),
+        srv("ok", fine.url(), None),
+    ];
+    let got = fetch_all(&servers, "/metrics", Duration::from_secs(10)).await;
+    assert_eq!(got[0].1, Err("answer over 8 MiB, not merged".into()));
+    assert_eq!(got[1].1, Err("answer over 8 MiB, not merged".into()));
+    assert_eq!(got[2].1, Ok("up 1\n".into()));
+    let merged = merge_metrics(&got);
+    assert!(
+        merged.contains("# server big: answer over 8 MiB, not merged\n")
+            && merged.contains("# server stream: answer over 8 MiB, not merged\n"),
+        "{merged}"
+    );
+    assert!(merged.contains("up{server_id=\"ok\"} 1"), "{merged}");
+    assert!(merged.contains("tenement_fleet_scrape_up{server_id=\"big\"} 0"));
+    reparse(&merged);
+}

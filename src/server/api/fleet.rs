@@ -16,6 +16,25 @@ use crate::wire::{LogsQuery, MigrateArgs, ServerArgs, TenantArgs};
 /// Per-server budget for `/api/fleet/metrics` and `/api/fleet/logs`.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The most lines `/api/fleet/logs` answers (a larger `limit`, or 0, is this).
+pub(crate) const FLEET_LOGS_MAX_LIMIT: usize = 10_000;
+
+/// `/api/fleet/logs`'s line count: 100 when not given, at most [`FLEET_LOGS_MAX_LIMIT`].
+fn fleet_logs_limit(limit: Option<i64>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(100),
+        Some(n) => {
+            let n = usize::try_from(n)
+                .map_err(|_| ApiError::bad(format!("limit: expected a number, got \"{n}\"")))?;
+            Ok(if n == 0 {
+                FLEET_LOGS_MAX_LIMIT
+            } else {
+                n.min(FLEET_LOGS_MAX_LIMIT)
+            })
+        }
+    }
+}
+
 impl From<FleetError> for ApiError {
     fn from(e: FleetError) -> Self {
         let status = match &e {
@@ -95,11 +114,7 @@ fn now_rfc3339() -> String {
 /// contributes one line saying why (process "ten", stream stderr) instead of silence.
 pub(super) async fn fleet_logs(fleet: &Fleet, q: Option<&str>) -> ApiResult {
     let query = LogsQuery::parse(q).map_err(ApiError::bad)?;
-    let limit = match query.limit {
-        Some(n) => usize::try_from(n)
-            .map_err(|_| ApiError::bad(format!("limit: expected a number, got \"{n}\"")))?,
-        None => 100,
-    };
+    let limit = fleet_logs_limit(query.limit)?;
     // Forward the caller's filters (never the caller's own credentials).
     let forwarded = query.to_query();
     let path = if forwarded.is_empty() {
@@ -176,5 +191,23 @@ impl Api {
             }
         }
         Ok(tenement_fleet::merge_metrics(&scrapes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review L4: `limit` was not capped (0 meant every line of every server).
+    #[test]
+    fn the_fleet_logs_limit_is_capped() {
+        let limit = |n| fleet_logs_limit(n).ok();
+        assert_eq!(limit(None), Some(100));
+        assert_eq!(limit(Some(5)), Some(5));
+        assert_eq!(limit(Some(10_000)), Some(10_000));
+        assert_eq!(limit(Some(10_001)), Some(FLEET_LOGS_MAX_LIMIT));
+        assert_eq!(limit(Some(i64::MAX)), Some(FLEET_LOGS_MAX_LIMIT));
+        assert_eq!(limit(Some(0)), Some(FLEET_LOGS_MAX_LIMIT));
+        assert_eq!(limit(Some(-1)), None);
     }
 }

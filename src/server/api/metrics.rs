@@ -1,9 +1,24 @@
 //! `/metrics`: the hot-path families (kept by the proxy) plus the state families, built fresh
 //! from the supervisor's view at each scrape so a removed instance's series disappear.
+//!
+//! A render costs O(instances × series) (review L3): it runs off the async workers
+//! ([`tenement_supervisor::blocking`]) and one at a time. Scrapes that arrive while a render
+//! runs wait for it and then share the next one: N concurrent scrapes cost at most two renders,
+//! and every answer was rendered after its scrape arrived.
 
+use std::time::Instant;
+
+use bytes::Bytes;
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use super::Api;
+
+/// The last render: which `Api` it was for (its address), when it started, and its text.
+type LastRender = Option<(usize, Instant, Bytes)>;
+
+/// One render at a time, process-wide (one `Api` per `ten serve`; keyed by address so tests
+/// with several never share a text).
+static RENDER: tokio::sync::Mutex<LastRender> = tokio::sync::Mutex::const_new(None);
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Option<IntGaugeVec> {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).ok()?;
@@ -12,6 +27,23 @@ fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Option<In
 }
 
 impl Api {
+    /// The exposition for one scrape: rendered off the workers, one render at a time, shared by
+    /// the scrapes that waited for it (see the module header).
+    pub(crate) async fn metrics_body(&self) -> Bytes {
+        let arrived = Instant::now();
+        let me = self as *const Api as usize;
+        let mut last = RENDER.lock().await;
+        if let Some((api, started, body)) = &*last {
+            if *api == me && *started >= arrived {
+                return body.clone();
+            }
+        }
+        let started = Instant::now();
+        let body = Bytes::from(tenement_supervisor::blocking(|| self.metrics_text()));
+        *last = Some((me, started, body.clone()));
+        body
+    }
+
     /// The whole exposition, Prometheus text format.
     pub(crate) fn metrics_text(&self) -> String {
         let state = Registry::new();

@@ -146,7 +146,7 @@ impl Management for Api {
         match path.as_str() {
             "/health" => return json_response(StatusCode::OK, &json!({"status": "ok"})),
             "/metrics" => {
-                let mut resp = http::Response::new(Body::Full(Bytes::from(self.metrics_text())));
+                let mut resp = http::Response::new(Body::Full(self.metrics_body().await));
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

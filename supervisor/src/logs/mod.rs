@@ -1,12 +1,15 @@
 //! The log store (SPEC §7): every captured line in SQLite with FTS5 for search, written off the
 //! hot path.
 //!
-//! [`LogStore::record`] never blocks: it queues the line on a channel bounded by a counter (at
-//! most `queue` lines waiting; the channel's memory grows and shrinks with what waits, nothing
-//! is reserved up front) and counts a line as dropped when the queue is full. One writer thread owns the write connection, commits
-//! batches (up to `batch` lines or `flush_every`) in one transaction each, publishes committed
-//! lines to [`LogStore::subscribe`]rs, and applies retention by age and row count in bounded
-//! chunks. Queries use a separate read connection.
+//! [`LogStore::record`] never blocks: it queues the line on a channel bounded by counters (at
+//! most `queue` lines and `queue_bytes` bytes waiting, [`QUEUE_BYTES`] by default; the
+//! channel's memory grows and shrinks with what waits, nothing is reserved up front) and
+//! counts a line as dropped when the queue is full. One writer thread owns the write
+//! connection, commits batches (up to `batch` lines, `batch_bytes` bytes or `flush_every`) in
+//! one short transaction each, publishes committed lines to [`LogStore::subscribe`]rs, says
+//! how many lines were dropped (a `ten` line, at most every `drop_report_every`), and applies
+//! retention by age, row count and message bytes in bounded chunks. Queries use a separate
+//! read connection.
 
 mod query;
 mod store;
@@ -25,7 +28,7 @@ use tokio::sync::broadcast;
 
 use tenement_conf::InstanceName;
 
-use crate::child::{LogSink, Stream};
+use crate::child::{LogSink, Stream, CUT_MARK, DEFAULT_MAX_LINE};
 
 pub use query::{literal_search, DEFAULT_LIMIT, MAX_LIMIT};
 pub use store::rfc3339_ms;
@@ -34,6 +37,17 @@ use writer::{Msg, Pending, Writer};
 
 /// Lines a subscriber may fall behind before it gets `Lagged`.
 const SUBSCRIBE_CAPACITY: usize = 4096;
+
+/// The most bytes of lines waiting for the writer (messages and names, plus
+/// [`LINE_OVERHEAD`] each): 64 MiB. Past it lines are dropped and counted.
+pub const QUEUE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The most message bytes committed in one transaction: 1 MiB. Keeps each write lock on the
+/// shared `tenement.db` short (the state store's weight writes wait for it).
+pub const BATCH_BYTES: usize = 1024 * 1024;
+
+/// What a queued line costs besides its text (the channel slot and three string headers).
+pub const LINE_OVERHEAD: usize = 128;
 
 /// Log store errors.
 #[derive(Debug, thiserror::Error)]
@@ -53,12 +67,24 @@ pub struct LogOptions {
     pub retention: Duration,
     /// The newest this many lines are kept (`[settings] log_max_rows`); zero means no limit.
     pub max_rows: u64,
+    /// The most message bytes kept (`[settings] log_max_bytes`), oldest deleted first; zero
+    /// means no limit.
+    pub max_bytes: u64,
+    /// The longest line kept, bytes (`[settings] log_max_line`): the capture cuts longer lines
+    /// there and marks them with [`CUT_MARK`]; `record` cuts any other line the same way.
+    pub max_line: usize,
     /// Lines that may wait for the writer before `record` starts dropping them.
     pub queue: usize,
+    /// Bytes that may wait for the writer (see [`QUEUE_BYTES`]); at least 4 × `max_line`.
+    pub queue_bytes: usize,
     /// The most lines committed in one transaction.
     pub batch: usize,
+    /// The most message bytes committed in one transaction (a batch holds at least one line).
+    pub batch_bytes: usize,
     /// The longest a line waits for its batch to fill.
     pub flush_every: Duration,
+    /// How often, at most, the writer logs "N lines dropped" (process `ten`, instance `logs`).
+    pub drop_report_every: Duration,
 }
 
 impl Default for LogOptions {
@@ -66,9 +92,28 @@ impl Default for LogOptions {
         LogOptions {
             retention: Duration::from_secs(7 * 24 * 3600),
             max_rows: 1_000_000,
+            max_bytes: 1_000_000_000,
+            max_line: DEFAULT_MAX_LINE,
             queue: 65_536,
+            queue_bytes: QUEUE_BYTES,
             batch: 2048,
+            batch_bytes: BATCH_BYTES,
             flush_every: Duration::from_millis(50),
+            drop_report_every: Duration::from_secs(10),
+        }
+    }
+}
+
+impl LogOptions {
+    /// The defaults with the `[settings]` that tune the store: `log_retention`,
+    /// `log_max_rows`, `log_max_bytes`, `log_max_line`.
+    pub fn from_settings(s: &tenement_conf::Settings) -> Self {
+        LogOptions {
+            retention: s.log_retention,
+            max_rows: s.log_max_rows,
+            max_bytes: s.log_max_bytes,
+            max_line: usize::try_from(s.log_max_line).unwrap_or(usize::MAX),
+            ..LogOptions::default()
         }
     }
 }
@@ -123,12 +168,21 @@ pub(crate) struct Shared {
     pub written: AtomicU64,
     /// Lines queued and not yet committed (or counted as dropped) by the writer.
     pub queued: AtomicUsize,
+    /// Their bytes ([`Pending::cost`]).
+    pub queued_bytes: AtomicUsize,
+    /// The most message bytes committed in one transaction so far (tests).
+    #[cfg(test)]
+    pub largest_batch: AtomicUsize,
 }
 
 struct Inner {
     tx: Sender<Msg>,
     /// At most this many lines wait for the writer.
     queue: usize,
+    /// At most this many bytes wait for the writer.
+    queue_bytes: usize,
+    /// Longer messages are cut.
+    max_line: usize,
     shared: Arc<Shared>,
     /// Accepted lines per process, then per instance (two lookups, no allocation on a hit).
     accepted: Mutex<HashMap<String, HashMap<String, u64>>>,
@@ -155,9 +209,12 @@ impl LogStore {
     /// Opens (or creates) the store in `db_path`, creating only its own tables, and starts the
     /// writer thread. Lines from earlier runs are kept.
     pub fn open(db_path: &Path, opts: LogOptions) -> Result<LogStore, LogError> {
+        let max_line = opts.max_line.max(CUT_MARK.len());
         let opts = LogOptions {
             queue: opts.queue.max(1),
+            queue_bytes: opts.queue_bytes.max(max_line.saturating_mul(4)),
             batch: opts.batch.max(1),
+            max_line,
             ..opts
         };
         let conn = store::open_writer(db_path)?;
@@ -165,7 +222,7 @@ impl LogStore {
         // Unbounded channel, bounded by `Shared::queued`: a preallocated `sync_channel` of
         // 65,536 slots would hold ~6 MB of memory for as long as ten runs.
         let (tx, rx) = mpsc::channel();
-        let queue = opts.queue;
+        let (queue, queue_bytes) = (opts.queue, opts.queue_bytes);
         let (events, _) = broadcast::channel(SUBSCRIBE_CAPACITY);
         let shared = Arc::new(Shared::default());
         let writer = Writer {
@@ -183,6 +240,8 @@ impl LogStore {
             inner: Arc::new(Inner {
                 tx,
                 queue,
+                queue_bytes,
+                max_line,
                 shared,
                 accepted: Mutex::new(HashMap::new()),
                 events,
@@ -193,8 +252,9 @@ impl LogStore {
         })
     }
 
-    /// Queues one line, stamped now. Never blocks: when the queue is full (or the store is
-    /// closed) the line is counted in [`LogStore::dropped`] instead.
+    /// Queues one line, stamped now. Never blocks: when the queue is full (in lines or bytes)
+    /// or the store is closed, the line is counted in [`LogStore::dropped`] instead. A message
+    /// longer than `max_line` bytes is cut there and marked with [`CUT_MARK`].
     pub fn record(&self, process: &str, instance: &str, stream: Stream, message: &str) {
         self.enqueue(
             store::millis(SystemTime::now()),
@@ -211,18 +271,28 @@ impl LogStore {
             inner.shared.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let line = Pending {
-            ts_ms,
-            process: process.to_owned(),
-            instance: instance.to_owned(),
-            stream,
-            message: message.to_owned(),
-        };
+        let message = cut(message, inner.max_line);
+        let cost = message.len() + process.len() + instance.len() + LINE_OVERHEAD;
         if inner.shared.queued.fetch_add(1, Ordering::AcqRel) >= inner.queue {
             inner.shared.queued.fetch_sub(1, Ordering::AcqRel);
             inner.shared.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        let bytes = inner.shared.queued_bytes.fetch_add(cost, Ordering::AcqRel);
+        if bytes.saturating_add(cost) > inner.queue_bytes {
+            inner.shared.queued_bytes.fetch_sub(cost, Ordering::AcqRel);
+            inner.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            inner.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let line = Pending {
+            ts_ms,
+            process: process.to_owned(),
+            instance: instance.to_owned(),
+            stream,
+            message: message.into_owned(),
+            cost,
+        };
         match inner.tx.send(Msg::Line(line)) {
             Ok(()) => {
                 let mut accepted = lock(&inner.accepted);
@@ -239,6 +309,7 @@ impl LogStore {
             Err(_) => {
                 // The writer is gone.
                 inner.shared.queued.fetch_sub(1, Ordering::AcqRel);
+                inner.shared.queued_bytes.fetch_sub(cost, Ordering::AcqRel);
                 inner.shared.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -278,13 +349,14 @@ impl LogStore {
         self.send_and_wait(Msg::Retain);
     }
 
-    /// Lines dropped because the queue was full, the store was closed, or a batch failed to
-    /// commit (that last case is also logged).
+    /// Lines dropped because the queue was full (lines or bytes), the store was closed, or a
+    /// batch failed to commit (that last case is also logged).
     pub fn dropped(&self) -> u64 {
         self.inner.shared.dropped.load(Ordering::Relaxed)
     }
 
-    /// Lines committed to the database by this handle's writer.
+    /// Recorded lines committed to the database by this handle's writer (the writer's own
+    /// "lines dropped" reports are not counted).
     pub fn written(&self) -> u64 {
         self.inner.shared.written.load(Ordering::Relaxed)
     }
@@ -339,6 +411,23 @@ impl LogSink for LogStore {
     fn line(&self, instance: &InstanceName, stream: Stream, line: &str) {
         self.record(&instance.process, &instance.id, stream, line);
     }
+
+    fn max_line(&self) -> usize {
+        self.inner.max_line
+    }
+}
+
+/// `message` if it has at most `max` bytes plus the length of [`CUT_MARK`] (a line the capture
+/// already cut and marked), else its first `max` bytes (never half a character) and the mark.
+fn cut(message: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if message.len() <= max.saturating_add(CUT_MARK.len()) {
+        return std::borrow::Cow::Borrowed(message);
+    }
+    let mut end = max;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}{CUT_MARK}", &message[..end]))
 }
 
 #[cfg(test)]

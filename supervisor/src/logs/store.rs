@@ -23,7 +23,7 @@ pub(crate) const RETENTION_CHUNK: u64 = 5_000;
 /// batch with one `INSERT ... SELECT` ([`INDEX_BATCH`]) in the batch's transaction. A per-row
 /// trigger opens a statement savepoint per line, and FTS5 flushes its pending terms to a new
 /// segment at every savepoint: that made ingest 2.6x slower (44k vs 117k lines/s at 100k rows).
-const SCHEMA_V1: &str = "
+pub(crate) const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS logs (
     id       INTEGER PRIMARY KEY AUTOINCREMENT,
     ts       INTEGER NOT NULL,
@@ -42,10 +42,27 @@ CREATE TRIGGER IF NOT EXISTS logs_fts_delete AFTER DELETE ON logs BEGIN
 END;
 ";
 
-/// The log tables (component `logs` in `schema_version`). 1: the schema from before versions.
+/// 2: the running total of message bytes (`log_max_bytes`), one row. Deletes keep it by
+/// trigger (any delete, by any path); inserts by one `UPDATE` per batch ([`ADD_BYTES`], in the
+/// batch's transaction: a per-row insert trigger would cost a statement per line). The
+/// migration sums what an older store holds, once.
+const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS logs_size (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    bytes INTEGER NOT NULL
+);
+INSERT OR REPLACE INTO logs_size (id, bytes)
+    SELECT 1, COALESCE(SUM(octet_length(message)), 0) FROM logs;
+CREATE TRIGGER IF NOT EXISTS logs_size_delete AFTER DELETE ON logs BEGIN
+    UPDATE logs_size SET bytes = bytes - octet_length(old.message) WHERE id = 1;
+END;
+";
+
+/// The log tables (component `logs` in `schema_version`). 1: the schema from before versions;
+/// 2: `logs_size`.
 const SCHEMA: Schema = Schema {
     component: "logs",
-    migrations: &[SCHEMA_V1],
+    migrations: &[SCHEMA_V1, SCHEMA_V2],
 };
 
 pub(crate) const INSERT: &str =
@@ -54,6 +71,12 @@ pub(crate) const INSERT: &str =
 /// Indexes a committed batch's ids `?1..=?2`, in the batch's transaction.
 pub(crate) const INDEX_BATCH: &str =
     "INSERT INTO logs_fts (rowid, message) SELECT id, message FROM logs WHERE id BETWEEN ?1 AND ?2";
+
+/// Adds a committed batch's message bytes to the running total, in the batch's transaction.
+pub(crate) const ADD_BYTES: &str = "UPDATE logs_size SET bytes = bytes + ?1 WHERE id = 1";
+
+/// The oldest rows with their message sizes (`octet_length` does not read the text itself).
+const OLDEST_SIZES: &str = "SELECT id, octet_length(message) FROM logs ORDER BY id LIMIT ?1";
 
 /// Oldest-first by age: the `ts` index finds them.
 const DELETE_OLDER: &str =
@@ -114,6 +137,41 @@ pub(crate) fn delete_oldest(conn: &Connection, limit: u64) -> rusqlite::Result<u
     let n = conn
         .prepare_cached(DELETE_OLDEST)?
         .execute([to_i64(limit)])?;
+    Ok(n as u64)
+}
+
+/// The message bytes the store holds (the running total in `logs_size`).
+pub(crate) fn stored_bytes(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row("SELECT bytes FROM logs_size WHERE id = 1", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|n| u64::try_from(n).unwrap_or(0))
+}
+
+/// Deletes the oldest rows whose messages add up to at least `excess` bytes, at most `limit`
+/// rows; returns how many went.
+pub(crate) fn delete_oldest_bytes(
+    conn: &Connection,
+    excess: u64,
+    limit: u64,
+) -> rusqlite::Result<u64> {
+    let mut last = None;
+    let mut sum = 0u64;
+    {
+        let mut stmt = conn.prepare_cached(OLDEST_SIZES)?;
+        let mut rows = stmt.query([to_i64(limit)])?;
+        while let Some(r) = rows.next()? {
+            last = Some(r.get::<_, i64>(0)?);
+            sum = sum.saturating_add(u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0));
+            if sum >= excess {
+                break;
+            }
+        }
+    }
+    let Some(last) = last else { return Ok(0) };
+    let n = conn
+        .prepare_cached("DELETE FROM logs WHERE id <= ?1")?
+        .execute([last])?;
     Ok(n as u64)
 }
 

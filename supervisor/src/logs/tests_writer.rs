@@ -231,3 +231,155 @@ fn a_flood_is_written_or_counted_never_lost() {
     assert_eq!(accepted, written);
     assert_consistent(&path);
 }
+
+/// Total message bytes as SQLite sums them, and as the running total says.
+fn bytes(path: &std::path::Path) -> (u64, u64) {
+    let c = rusqlite::Connection::open(path).unwrap();
+    let sum: i64 = c
+        .query_row(
+            "SELECT COALESCE(SUM(octet_length(message)), 0) FROM logs",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let total = store::stored_bytes(&c).unwrap();
+    (u64::try_from(sum).unwrap(), total)
+}
+
+#[test]
+fn the_queue_is_bounded_in_bytes_and_drops_are_reported() {
+    let (_d, path) = temp();
+    let opts = LogOptions {
+        max_line: 300,
+        queue_bytes: 1200, // two 300-byte lines with their overhead
+        batch: 1,
+        drop_report_every: Duration::ZERO,
+        ..LogOptions::default()
+    };
+    let store = LogStore::open(&path, opts).unwrap();
+    // Another connection holds the write lock: the writer cannot commit, so lines wait.
+    let holder = rusqlite::Connection::open(&path).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let line = "x".repeat(300);
+    for _ in 0..100 {
+        store.record("api", "1", Stream::Stdout, &line);
+    }
+    // At most one line in the writer's hands and two in the queue.
+    assert!(store.dropped() >= 97, "dropped {}", store.dropped());
+    holder.execute_batch("COMMIT").unwrap();
+    store.flush();
+    store.flush(); // the report is written after the first flush's batch
+    assert_eq!(store.written() + store.dropped(), 100);
+    let report = store
+        .query(&LogQuery {
+            process: Some("ten".into()),
+            instance: Some("logs".into()),
+            ..q()
+        })
+        .unwrap();
+    let dropped = store.dropped();
+    assert!(
+        report.iter().any(|l| l
+            .message
+            .starts_with(&format!("{dropped} log lines dropped"))
+            && l.stream == "stderr"),
+        "{report:?} {:?}",
+        store.query(&q()).unwrap()
+    );
+    assert_consistent(&path);
+}
+
+#[test]
+fn a_line_longer_than_max_line_is_cut_and_marked() {
+    let (_d, path) = temp();
+    let opts = LogOptions {
+        max_line: 300,
+        ..LogOptions::default()
+    };
+    let store = LogStore::open(&path, opts).unwrap();
+    assert_eq!(LogSink::max_line(&store), 300);
+    store.record("api", "1", Stream::Stdout, &"é".repeat(400));
+    store.flush();
+    let got = &store.query(&q()).unwrap()[0].message;
+    assert_eq!(*got, format!("{}{CUT_MARK}", "é".repeat(150)));
+}
+
+#[test]
+fn each_transaction_is_bounded_in_bytes() {
+    let (_d, path) = temp();
+    let opts = LogOptions {
+        batch_bytes: 1000,
+        flush_every: Duration::from_secs(5),
+        ..LogOptions::default()
+    };
+    let store = LogStore::open(&path, opts).unwrap();
+    let line = "b".repeat(600);
+    for _ in 0..20 {
+        store.record("api", "1", Stream::Stdout, &line);
+    }
+    store.flush();
+    assert_eq!(store.written(), 20);
+    // A batch stops once it holds batch_bytes: at most one line past it.
+    let largest = store.inner.shared.largest_batch.load(Ordering::Relaxed);
+    assert!(largest <= 1000 + 600, "largest batch {largest} bytes");
+}
+
+#[test]
+fn retention_by_bytes_keeps_the_newest_and_the_total_right() {
+    let (_d, path) = temp();
+    let opts = LogOptions {
+        max_bytes: 10_000,
+        ..LogOptions::default()
+    };
+    let store = LogStore::open(&path, opts).unwrap();
+    for i in 0..100 {
+        store.record(
+            "api",
+            "1",
+            Stream::Stdout,
+            &format!("line {i:03} marker{} {}", i % 2, "z".repeat(980)),
+        );
+    }
+    store.flush();
+    let (sum, total) = bytes(&path);
+    assert_eq!(sum, total);
+    assert!(sum > 10_000);
+    store.retain_now();
+    let (sum, total) = bytes(&path);
+    assert_eq!(sum, total);
+    assert!(sum <= 10_000, "{sum} bytes kept");
+    let lines = store.query(&LogQuery { limit: 1000, ..q() }).unwrap();
+    assert!(lines.len() >= 9, "{} lines kept", lines.len());
+    assert!(lines[0].message.starts_with("line 099 "));
+    // The FTS index forgot the deleted lines.
+    let hits = store
+        .query(&LogQuery {
+            search: Some("marker0".into()),
+            limit: 1000,
+            ..q()
+        })
+        .unwrap();
+    assert_eq!(hits.len(), lines.len().div_ceil(2).min(lines.len()));
+    assert_consistent(&path);
+}
+
+#[test]
+fn a_store_from_before_the_byte_total_gets_it_summed() {
+    let (_d, path) = temp();
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(store::SCHEMA_V1).unwrap();
+        c.execute_batch(
+            "CREATE TABLE schema_version (component TEXT PRIMARY KEY, version INTEGER NOT NULL);
+             INSERT INTO schema_version VALUES ('logs', 1);
+             INSERT INTO logs (ts, process, instance, stream, message)
+                 VALUES (1, 'api', '1', 'stdout', 'héllo'), (2, 'api', '1', 'stdout', 'abc');",
+        )
+        .unwrap();
+    }
+    let store = open(&path);
+    assert_eq!(bytes(&path), (9, 9));
+    store.record("api", "1", Stream::Stdout, "four");
+    store.flush();
+    assert_eq!(bytes(&path), (13, 13));
+}

@@ -1,5 +1,6 @@
 //! The writer thread: the only owner of the write connection. It drains the channel, commits
-//! batches in one transaction each, publishes committed lines, and applies retention.
+//! batches in one short transaction each (bounded in lines and bytes), publishes committed
+//! lines, reports dropped lines, and applies retention.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -24,6 +25,14 @@ pub(crate) struct Pending {
     pub instance: String,
     pub stream: Stream,
     pub message: String,
+    /// What it counts against the queue's bytes (0: the writer's own line, never queued).
+    pub cost: usize,
+}
+
+impl Pending {
+    fn queued(&self) -> bool {
+        self.cost > 0
+    }
 }
 
 pub(crate) enum Msg {
@@ -67,6 +76,10 @@ impl Writer {
         let mut last_retention = Instant::now();
         let mut since_retention = 0u64;
         let mut backlog = false;
+        let mut drops = Drops {
+            reported: 0,
+            at: Instant::now(),
+        };
         loop {
             let wait = if backlog {
                 Duration::ZERO
@@ -110,14 +123,46 @@ impl Writer {
                 last_retention = Instant::now();
                 since_retention = 0;
             }
+            if drops.at.elapsed() >= self.opts.drop_report_every {
+                rows += self.report_drops(&mut drops, &mut batch);
+            }
         }
+    }
+
+    /// Writes "N lines dropped" (process `ten`, instance `logs`, stderr) when lines were
+    /// dropped since the last report. Returns the rows written.
+    fn report_drops(&mut self, drops: &mut Drops, batch: &mut Vec<Pending>) -> u64 {
+        let now = self.shared.dropped.load(Ordering::Relaxed);
+        let new = now.saturating_sub(drops.reported);
+        let secs = drops.at.elapsed().as_secs();
+        drops.at = Instant::now();
+        if new == 0 {
+            return 0;
+        }
+        drops.reported = now;
+        let message = format!(
+            "{new} log lines dropped in the last {secs}s (the log queue was full: more than \
+             {} lines or {} bytes waiting); {now} since start",
+            self.opts.queue, self.opts.queue_bytes
+        );
+        tracing::warn!("log store: {message}");
+        batch.push(Pending {
+            ts_ms: millis(SystemTime::now()),
+            process: "ten".into(),
+            instance: "logs".into(),
+            stream: Stream::Stderr,
+            message,
+            cost: 0,
+        });
+        self.commit(batch)
     }
 
     /// Adds lines to a started batch until it is full, `flush_every` has passed since its first
     /// line, or a control message arrives.
     fn fill(&self, batch: &mut Vec<Pending>) -> After {
         let deadline = Instant::now() + self.opts.flush_every;
-        while batch.len() < self.opts.batch {
+        let mut bytes: usize = batch.iter().map(|p| p.message.len()).sum();
+        while batch.len() < self.opts.batch && bytes < self.opts.batch_bytes {
             let msg = match self.rx.try_recv() {
                 Ok(m) => m,
                 Err(TryRecvError::Disconnected) => return After::Stop,
@@ -134,7 +179,10 @@ impl Writer {
                 }
             };
             match msg {
-                Msg::Line(p) => batch.push(p),
+                Msg::Line(p) => {
+                    bytes += p.message.len();
+                    batch.push(p);
+                }
                 Msg::Flush(reply) => return After::Reply(reply),
                 Msg::Stop => return After::Stop,
                 #[cfg(test)]
@@ -146,16 +194,20 @@ impl Writer {
 
     /// On stop: commit whatever is still queued (it was accepted), answer flushes, exit.
     fn drain(&mut self, batch: &mut Vec<Pending>) {
+        let mut bytes = 0;
         loop {
             match self.rx.try_recv() {
                 Ok(Msg::Line(p)) => {
+                    bytes += p.message.len();
                     batch.push(p);
-                    if batch.len() >= self.opts.batch {
+                    if batch.len() >= self.opts.batch || bytes >= self.opts.batch_bytes {
                         self.commit(batch);
+                        bytes = 0;
                     }
                 }
                 Ok(Msg::Flush(reply)) => {
                     self.commit(batch);
+                    bytes = 0;
                     let _ = reply.send(());
                 }
                 #[cfg(test)]
@@ -176,7 +228,18 @@ impl Writer {
             return 0;
         }
         // These lines leave the queue now (committed, or counted as dropped below).
-        self.shared.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+        let (mut queued, mut cost, mut bytes) = (0usize, 0usize, 0usize);
+        for p in batch.iter() {
+            queued += usize::from(p.queued());
+            cost += p.cost;
+            bytes += p.message.len();
+        }
+        self.shared.queued.fetch_sub(queued, Ordering::AcqRel);
+        self.shared.queued_bytes.fetch_sub(cost, Ordering::AcqRel);
+        #[cfg(test)]
+        self.shared
+            .largest_batch
+            .fetch_max(bytes, Ordering::Relaxed);
         let mut ids = Vec::with_capacity(batch.len());
         let result = (|| {
             let tx = self.conn.transaction()?;
@@ -196,16 +259,22 @@ impl Writer {
                 tx.prepare_cached(store::INDEX_BATCH)?
                     .execute([first, last])?;
             }
+            tx.prepare_cached(store::ADD_BYTES)?
+                .execute([i64::try_from(bytes).unwrap_or(i64::MAX)])?;
             tx.commit()
         })();
         let n = batch.len() as u64;
         if let Err(e) = result {
             tracing::warn!(error = %e, lines = n, "log store: a batch could not be written; its lines are counted as dropped");
-            self.shared.dropped.fetch_add(n, Ordering::Relaxed);
+            self.shared
+                .dropped
+                .fetch_add(queued as u64, Ordering::Relaxed);
             batch.clear();
             return 0;
         }
-        self.shared.written.fetch_add(n, Ordering::Relaxed);
+        self.shared
+            .written
+            .fetch_add(queued as u64, Ordering::Relaxed);
         if self.events.receiver_count() > 0 {
             for (p, id) in batch.drain(..).zip(ids) {
                 let _ = self.events.send(Arc::new(LogLine {
@@ -222,8 +291,8 @@ impl Writer {
         n
     }
 
-    /// One bounded round of retention: at most one chunk by age and one by count, each in its
-    /// own transaction. Returns true if more rows are due (run again soon).
+    /// One bounded round of retention: at most one chunk by age, one by count and one by
+    /// bytes, each in its own transaction. Returns true if more rows are due (run again soon).
     fn retain(&mut self, rows: &mut u64) -> bool {
         let mut more = false;
         if !self.opts.retention.is_zero() {
@@ -246,6 +315,29 @@ impl Writer {
                 Err(e) => tracing::warn!(error = %e, "log store: retention by count failed"),
             }
         }
+        if self.opts.max_bytes > 0 {
+            let bytes = store::stored_bytes(&self.conn);
+            match bytes.and_then(|b| {
+                if b <= self.opts.max_bytes {
+                    return Ok((0, false));
+                }
+                let excess = b - self.opts.max_bytes;
+                let n = store::delete_oldest_bytes(&self.conn, excess, RETENTION_CHUNK)?;
+                Ok((n, store::stored_bytes(&self.conn)? > self.opts.max_bytes))
+            }) {
+                Ok((n, over)) => {
+                    *rows = rows.saturating_sub(n);
+                    more |= n > 0 && over;
+                }
+                Err(e) => tracing::warn!(error = %e, "log store: retention by bytes failed"),
+            }
+        }
         more
     }
+}
+
+/// The last "lines dropped" report: the count it covered, and when.
+struct Drops {
+    reported: u64,
+    at: Instant,
 }
