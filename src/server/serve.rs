@@ -137,6 +137,7 @@ pub async fn run(config: Config) -> Result<()> {
         metrics,
         logs: logs.clone(),
         fleet: fleet.clone(),
+        rendered: Default::default(),
     });
     // Orphans killed, desired instances announced and external upstreams resolved before any
     // listener opens, and the table that shows them live.

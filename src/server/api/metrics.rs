@@ -13,12 +13,10 @@ use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncode
 
 use super::Api;
 
-/// The last render: which `Api` it was for (its address), when it started, and its text.
-type LastRender = Option<(usize, Instant, Bytes)>;
-
-/// One render at a time, process-wide (one `Api` per `ten serve`; keyed by address so tests
-/// with several never share a text).
-static RENDER: tokio::sync::Mutex<LastRender> = tokio::sync::Mutex::const_new(None);
+/// The last render (when it started, its text), behind the lock that makes renders one at a
+/// time.
+#[derive(Default)]
+pub struct LastRender(tokio::sync::Mutex<Option<(Instant, Bytes)>>);
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Option<IntGaugeVec> {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).ok()?;
@@ -31,16 +29,15 @@ impl Api {
     /// the scrapes that waited for it (see the module header).
     pub(crate) async fn metrics_body(&self) -> Bytes {
         let arrived = Instant::now();
-        let me = self as *const Api as usize;
-        let mut last = RENDER.lock().await;
-        if let Some((api, started, body)) = &*last {
-            if *api == me && *started >= arrived {
+        let mut last = self.rendered.0.lock().await;
+        if let Some((started, body)) = &*last {
+            if *started >= arrived {
                 return body.clone();
             }
         }
         let started = Instant::now();
         let body = Bytes::from(tenement_supervisor::blocking(|| self.metrics_text()));
-        *last = Some((me, started, body.clone()));
+        *last = Some((started, body.clone()));
         body
     }
 

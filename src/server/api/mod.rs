@@ -38,6 +38,8 @@ pub struct Api {
     pub fleet: Option<tenement_fleet::Fleet>,
     /// The hot-path registry (None when `[settings] metrics = false`).
     pub metrics: Option<Arc<tenement_proxy::metrics::Metrics>>,
+    /// The last `/metrics` render, shared by scrapes that waited for it.
+    pub rendered: metrics::LastRender,
 }
 
 /// An API error: status + message, rendered as `{"error": "..."}`.
