@@ -209,17 +209,25 @@ mod tests {
         assert_eq!(pgrp_of("garbage"), None);
     }
 
-    /// `sleep 30` in its own process group, holding `fd` as its descriptor 3 (or nothing).
+    /// In the child: clear close-on-exec on `fd`, so the exec'd program holds it (a dup2 onto
+    /// a fixed number would be a no-op, close-on-exec kept, when `fd` already is that number).
+    fn keep_across_exec(fd: i32) -> std::io::Result<()> {
+        // SAFETY: fcntl on a descriptor of this process.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// `sleep 30` in its own process group, holding `fd` across exec (or nothing).
     fn child_holding(fd: Option<i32>) -> std::process::Child {
         let mut cmd = std::process::Command::new("sleep");
         cmd.arg("30").process_group(0);
         if let Some(fd) = fd {
-            // SAFETY: dup2 only, between fork and exec.
+            // SAFETY: fcntl only, between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
-                    if libc::dup2(fd, 3) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
+                    keep_across_exec(fd)?;
                     Ok(())
                 });
             }
@@ -251,44 +259,32 @@ mod tests {
     }
 
     #[test]
-    fn a_child_of_the_leader_counts_as_the_group() {
+    fn another_member_of_the_group_counts_as_the_group() {
         let given = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = given.local_addr().unwrap().port();
-        // The leader hands the socket to a background child, then becomes a `sleep` without
-        // it: only a child of the group holds the listener.
-        let mut cmd = std::process::Command::new("sh");
-        cmd.args(["-c", "exec 3<&4 4<&-; sleep 30 & exec sleep 31 3<&-"])
-            .process_group(0);
+        // The leader has no socket; a second process in its group (like a worker the app
+        // forked) holds the listener.
+        let mut leader = child_holding(None);
+        let pid = leader.id();
+        let mut member = std::process::Command::new("sleep");
+        member.arg("30").process_group(i32::try_from(pid).unwrap());
         let fd = given.as_raw_fd();
-        // SAFETY: dup2 only, between fork and exec.
+        // SAFETY: fcntl only, between fork and exec.
         unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(fd, 4) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+            member.pre_exec(move || {
+                keep_across_exec(fd)?;
                 Ok(())
             });
         }
-        let mut leader = cmd.spawn().unwrap();
+        let mut member = member.spawn().unwrap();
         drop(given);
-        let pid = leader.id();
-        // Wait (bounded) until the leader is the `sleep` without descriptors 3 and 4.
-        let mut handed = false;
-        for _ in 0..500 {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            let fd3 = std::path::Path::new(&format!("/proc/{pid}/fd/3")).exists();
-            let fd4 = std::path::Path::new(&format!("/proc/{pid}/fd/4")).exists();
-            if comm.trim() == "sleep" && !fd3 && !fd4 {
-                handed = true;
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
         let got = check(port, pid);
-        let pgid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
-        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-        let _ = leader.wait();
-        assert!(handed, "the leader never let go of the socket");
+        let alone = check(port, member.id() + 1_000_000);
+        for c in [&mut leader, &mut member] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         assert_eq!(got, Owner::Ours);
+        assert_eq!(alone, Owner::Other, "a group without it does not own it");
     }
 }
