@@ -50,7 +50,9 @@ impl Backoff {
         let factor = 2u32.saturating_pow(attempt.min(31));
         let ceiling = self.base.saturating_mul(factor).min(self.max);
         let unit = unit.clamp(0.0, 1.0);
-        ceiling.mul_f64(1.0 - self.jitter * unit)
+        // Checked: near Duration::MAX the float product can round past it.
+        Duration::try_from_secs_f64(ceiling.as_secs_f64() * (1.0 - self.jitter * unit))
+            .map_or(ceiling, |d| d.min(ceiling))
     }
 
     /// `delay` with a fresh random number.
@@ -93,6 +95,15 @@ mod tests {
             vec![1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]
         );
         assert_eq!(b.delay(u32::MAX, 0.0), ms(60_000));
+    }
+
+    #[test]
+    fn huge_values_never_panic() {
+        let b = Backoff::new(Duration::MAX, Duration::MAX, 0.5).expect("valid");
+        assert_eq!(b.delay(0, 0.0), Duration::MAX);
+        assert!(b.delay(40, 0.5) <= Duration::MAX);
+        let b = Backoff::new(ms(1), Duration::MAX, 0.0).expect("valid");
+        assert_eq!(b.delay(31, 0.0), ms(1) * (1u32 << 31));
     }
 
     /// Property: for any valid backoff, attempt and random unit, the delay stays within

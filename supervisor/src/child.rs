@@ -1,4 +1,7 @@
 //! Starting one instance's process and capturing its output; signalling its process group.
+//! A start that fails because ten itself is out of resources (a port, the pipes, fork) is
+//! [`Error::Resources`], never the app's failure; the instance joins its cgroup (if it has
+//! limits) between fork and exec.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -13,6 +16,8 @@ use tokio::process::{Child, Command};
 use tenement_conf::template::{self, Vars};
 use tenement_conf::{InstanceName, ListenMode, Process};
 
+use crate::cgroup;
+use crate::resource::{self, Op};
 use crate::Error;
 use tenement_conf::Addr;
 
@@ -103,15 +108,28 @@ pub struct Started {
     pub addr: Addr,
     /// The output readers: they end at EOF of the app's stdout/stderr.
     pub captures: Vec<tokio::task::JoinHandle<()>>,
+    /// Its cgroup (limits set), when it has limits and they could be applied.
+    pub cgroup: Option<PathBuf>,
+    /// Why its limits could not be applied (a warning for the operator).
+    pub cgroup_warning: Option<String>,
+}
+
+/// An error of a spawn step: ten's own resource exhaustion, or the app's (or config's) problem.
+fn spawn_error(e: &std::io::Error, text: String) -> Error {
+    if resource::ours(e, Op::Spawn) {
+        Error::Resources(text)
+    } else {
+        Error::Spawn(text)
+    }
 }
 
 /// A TCP port the OS says is free right now.
 fn free_port() -> Result<u16, Error> {
     let l = std::net::TcpListener::bind(("127.0.0.1", 0))
-        .map_err(|e| Error::Spawn(format!("no free port: {e}")))?;
+        .map_err(|e| spawn_error(&e, format!("no free port: {e}")))?;
     l.local_addr()
         .map(|a| a.port())
-        .map_err(|e| Error::Spawn(format!("no free port: {e}")))
+        .map_err(|e| spawn_error(&e, format!("no free port: {e}")))
 }
 
 /// `{data_dir}/{process}/{id}`
@@ -189,12 +207,50 @@ pub fn start(l: &Launch<'_>) -> Result<Started, Error> {
     if let Some(dir) = &p.directory {
         cmd.current_dir(template::expand(dir, &vars));
     }
-    let mut child = cmd
+    let (prepared, mut cgroup_warning) = if p.memory_limit_mb.is_some() || p.cpu_shares.is_some() {
+        match cgroup::prepare(l.name, p.memory_limit_mb, p.cpu_shares) {
+            Ok(c) => (Some(c), None),
+            Err(e) => (None, Some(e)),
+        }
+    } else {
+        (None, None)
+    };
+    if let Some(c) = &prepared {
+        let fd = c.procs_fd();
+        // SAFETY: the closure runs between fork and exec and only calls write(2).
+        unsafe {
+            cmd.pre_exec(move || {
+                cgroup::join_in_child(fd);
+                Ok(())
+            });
+        }
+    }
+    let spawned = cmd
         .spawn()
-        .map_err(|e| Error::Spawn(format!("cannot start {program:?} for {}: {e}", l.name)))?;
+        .map_err(|e| spawn_error(&e, format!("cannot start {program:?} for {}: {e}", l.name)));
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(c) = &prepared {
+                cgroup::remove(&c.dir);
+            }
+            return Err(e);
+        }
+    };
     let pid = child
         .id()
         .ok_or_else(|| Error::Spawn(format!("{} exited at once", l.name)))?;
+    let cgroup = match prepared {
+        Some(c) => match c.confirm(pid) {
+            Ok(()) => Some(c.dir),
+            Err(e) => {
+                cgroup_warning = Some(e);
+                cgroup::remove(&c.dir);
+                None
+            }
+        },
+        None => None,
+    };
     let mut captures = Vec::new();
     if let Some(out) = child.stdout.take() {
         captures.push(tokio::spawn(capture(
@@ -219,6 +275,8 @@ pub fn start(l: &Launch<'_>) -> Result<Started, Error> {
         pid,
         addr,
         captures,
+        cgroup,
+        cgroup_warning,
     })
 }
 

@@ -14,6 +14,10 @@ pub enum Error {
     AlreadyRunning(String),
     #[error("{0}")]
     Spawn(String),
+    /// ten itself is out of file descriptors, memory or processes (SPEC §14): never the app's
+    /// failure; the start is retried.
+    #[error("ten is out of resources: {0}")]
+    Resources(String),
     #[error("instance {name} did not become healthy: {reason}{}", tail_text(.tail))]
     StartupFailed {
         name: String,

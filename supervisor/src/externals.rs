@@ -108,6 +108,10 @@ pub(crate) async fn run(
                 }
                 fails = 0;
             }
+            // ten's own lack of resources says nothing about the upstream: skipped.
+            Err(why) if why.is_ours() => {
+                tracing::warn!(upstream = %name, "health check skipped: {why}");
+            }
             Err(why) => {
                 fails = fails.saturating_add(1);
                 if fails == UNHEALTHY_AFTER {

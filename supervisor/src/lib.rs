@@ -15,14 +15,18 @@ mod cgroup;
 mod child;
 mod error;
 mod externals;
+mod guard;
 pub mod logs;
 mod orphans;
+mod owner;
 mod policy;
 pub mod probe;
 mod registry;
+mod resource;
 mod runner;
 mod state;
 mod storage;
+mod time;
 mod view;
 
 use std::sync::atomic::Ordering;
@@ -115,16 +119,19 @@ impl Supervisor {
         weight: u32,
         startup_timeout: Option<Duration>,
     ) -> Result<InstanceView, Error> {
-        let r = self.spawn_inner(name, weight, startup_timeout).await;
+        let r = self.spawn_inner(name, weight, startup_timeout, false).await;
         self.settle().await;
         r
     }
 
+    /// `boot`: a desired instance started by `ten serve`; a failed first start is reported but
+    /// the instance stays (retried per its `restart` policy, or `failed`), as after a crash.
     async fn spawn_inner(
         &self,
         name: &InstanceName,
         weight: u32,
         startup_timeout: Option<Duration>,
+        boot: bool,
     ) -> Result<InstanceView, Error> {
         let reg = &self.reg;
         if reg.shutting_down.load(Ordering::Relaxed) {
@@ -142,6 +149,7 @@ impl Supervisor {
             return Err(Error::External(name.process.clone()));
         }
         let (stop_tx, stop_rx) = watch::channel(Stop::No);
+        let stop_rx_guard = stop_rx.clone();
         let (done_tx, done_rx) = watch::channel(false);
         let wake = Arc::new(Notify::new());
         {
@@ -167,6 +175,7 @@ impl Supervisor {
             stop: stop_rx,
             wake,
             tail: Arc::new(Tail::default()),
+            boot,
         };
         // Recorded before the start, so the process group it runs in is recorded too.
         let new_row = match &reg.store {
@@ -177,16 +186,19 @@ impl Supervisor {
             None => false,
         };
         let (first_tx, first_rx) = oneshot::channel();
-        tokio::spawn(async move {
-            runner.run(first_tx).await;
-            let _ = done_tx.send(true);
-        });
+        tokio::spawn(guard::supervise(
+            reg.clone(),
+            name.clone(),
+            stop_rx_guard,
+            runner.run(first_tx),
+            done_tx,
+        ));
         match first_rx.await {
             Ok(Ok(())) => self
                 .instance(name)
                 .ok_or_else(|| Error::UnknownInstance(name.to_string())),
             Ok(Err(e)) => {
-                if new_row {
+                if new_row && !boot {
                     reg.persist(|s| s.remove(name)); // a failed spawn changes nothing
                 }
                 Err(e)
@@ -230,7 +242,12 @@ impl Supervisor {
             reg.settle(generation).await;
             return Ok(());
         };
-        let _ = done.wait_for(|d| *d).await;
+        if done.wait_for(|d| *d).await.is_err() {
+            // Never silently "stopped": the guard always reports done (see `guard`).
+            return Err(Error::Spawn(format!(
+                "{name}: its supervising task ended without reporting; it may still be running"
+            )));
+        }
         self.settle().await;
         let process = reg.config.process(&name.process);
         if forget && process.is_some_and(|p| !p.storage_persist) {
@@ -313,7 +330,7 @@ impl Supervisor {
             .process(&name.process)
             .map(|p| p.startup_timeout)
             .unwrap_or(Duration::from_secs(10))
-            + Duration::from_secs(5);
+            .saturating_add(Duration::from_secs(5));
         {
             let slots = reg.slots();
             let slot = slots
@@ -375,6 +392,15 @@ impl Supervisor {
             None => Vec::new(),
         };
         orphans::kill(&persisted);
+        // Controllers on ten's cgroup before any instance is forked into it (review S2).
+        let limits = reg
+            .config
+            .processes
+            .iter()
+            .any(|p| p.memory_limit_mb.is_some() || p.cpu_shares.is_some());
+        if let Err(e) = cgroup::setup(limits) {
+            tracing::warn!("memory_limit_mb/cpu_shares not applied: {e}");
+        }
         let mut wanted: Vec<(InstanceName, u32)> = Vec::new();
         for p in persisted {
             let known = reg
@@ -464,15 +490,18 @@ impl Supervisor {
         }
     }
 
-    /// Spawn what [`Supervisor::prepare`] announced, in order. Failures are logged; the others
-    /// still start.
+    /// Spawn what [`Supervisor::prepare`] announced, in order. A failed start is logged and
+    /// treated like a crash (review M6): the instance stays listed, retried with backoff per
+    /// its `restart` policy (or `failed` with `restart = "never"`); the others still start.
     pub async fn start_desired(&self, wanted: Vec<(InstanceName, u32)>) {
         for (name, weight) in wanted {
             if self.reg.shutting_down.load(Ordering::Relaxed) {
                 return;
             }
-            if let Err(e) = self.spawn(&name, weight).await {
-                tracing::error!("boot: {e}");
+            let r = self.spawn_inner(&name, weight, None, true).await;
+            self.settle().await;
+            if let Err(e) = r {
+                tracing::error!("boot: {e} (it stays desired: retried per its restart policy)");
             }
         }
     }

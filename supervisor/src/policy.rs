@@ -1,8 +1,10 @@
-//! The restart decisions of one instance, as a pure type: whether an exit restarts under its
-//! `restart` policy, the crash-loop rule (`max_restarts` within `restart_window`), the backoff
-//! attempt counter and its reset, the delay before the next start. Every method takes the
-//! current `Instant` (and the jitter's random number) from its caller, so the runner uses the
-//! real clock and the tests a hand-made one.
+//! The restart and health decisions of one instance, as pure types: whether an exit restarts
+//! under its `restart` policy, the crash-loop rule (`max_restarts` within `restart_window`), the
+//! backoff attempt counter and its reset, the delay before the next start; the retry of a start
+//! that failed because ten itself was out of resources (never charged to the app); and what a
+//! health check's result does ([`Health`]: consecutive failures, unknown results skipped). Every
+//! method takes the current `Instant` (and the jitter's random number) from its caller, so the
+//! runner uses the real clock and the tests a hand-made one.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 use tenement_conf::{Process, RestartPolicy};
 
 use crate::backoff::{Backoff, BackoffError};
+use crate::probe::ProbeError;
 
 /// What to do after a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +34,8 @@ pub struct Restarts {
     attempt: u32,
     /// When the recent restarts happened, oldest first.
     recent: VecDeque<Instant>,
+    /// Backoff attempt of the next retry after ten's own resource failure (not a restart).
+    ours_attempt: u32,
 }
 
 impl Restarts {
@@ -47,6 +52,7 @@ impl Restarts {
             backoff,
             attempt: 0,
             recent: VecDeque::new(),
+            ours_attempt: 0,
         }
     }
 
@@ -112,6 +118,84 @@ impl Restarts {
     /// The restart happened at `now` (after its delay).
     pub fn restarted(&mut self, now: Instant) {
         self.recent.push_back(now);
+    }
+
+    /// A start failed because ten itself is out of resources (SPEC §14): the delay before
+    /// trying again. Not a restart: nothing counts toward `max_restarts`, it never gives up,
+    /// and the app's own backoff is untouched.
+    pub fn ours_delay(&mut self, unit: f64) -> Duration {
+        let delay = self.backoff.delay(self.ours_attempt, unit);
+        self.ours_attempt = self.ours_attempt.saturating_add(1);
+        delay
+    }
+
+    /// A start got as far as a running child: ten has resources again.
+    pub fn started(&mut self) {
+        self.ours_attempt = 0;
+    }
+}
+
+/// What one health check's result does to a running instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Passed (it was healthy already).
+    Pass,
+    /// Passed after it had been marked unhealthy.
+    Recovered,
+    /// Failed; `fails` in a row so far, not yet unhealthy (or already marked).
+    Fail { fails: u32 },
+    /// This failure makes it unhealthy (the `after`th in a row).
+    Unhealthy,
+    /// ten could not run the check (its own resources): skipped, counted neither way.
+    /// `first` for the first of a run of them (log it once).
+    Unknown { first: bool },
+}
+
+/// Consecutive health-check failures of one instance.
+#[derive(Debug, Clone)]
+pub struct Health {
+    after: u32,
+    fails: u32,
+    unknown: bool,
+}
+
+impl Health {
+    /// Unhealthy after `after` failures in a row.
+    pub fn new(after: u32) -> Self {
+        Health {
+            after,
+            fails: 0,
+            unknown: false,
+        }
+    }
+
+    pub fn observe(&mut self, result: &Result<(), ProbeError>) -> Check {
+        match result {
+            Err(ProbeError::Ours(_)) => {
+                let first = !self.unknown;
+                self.unknown = true;
+                Check::Unknown { first }
+            }
+            Ok(()) => {
+                self.unknown = false;
+                let was = self.fails;
+                self.fails = 0;
+                if was >= self.after {
+                    Check::Recovered
+                } else {
+                    Check::Pass
+                }
+            }
+            Err(ProbeError::App(_)) => {
+                self.unknown = false;
+                self.fails = self.fails.saturating_add(1);
+                if self.fails == self.after {
+                    Check::Unhealthy
+                } else {
+                    Check::Fail { fails: self.fails }
+                }
+            }
+        }
     }
 }
 
@@ -314,6 +398,67 @@ mod tests {
         r.restarted(t0);
         assert_eq!(r.next(t0 + s(10), 0.0), Next::GiveUp { restarts: 1 });
         assert!(matches!(r.next(t0 + s(11), 0.0), Next::Restart(_)));
+    }
+
+    /// A probe that fails the way a connect fails at EMFILE, through the one classification.
+    fn emfile_probe() -> Result<(), ProbeError> {
+        let e = std::io::Error::from_raw_os_error(libc::EMFILE);
+        assert!(crate::resource::ours(&e, crate::resource::Op::Connect));
+        Err(ProbeError::Ours(format!("connect to 127.0.0.1:1: {e}")))
+    }
+
+    #[test]
+    fn emfile_probes_are_unknown_and_never_make_it_unhealthy() {
+        let mut h = Health::new(3);
+        assert_eq!(h.observe(&emfile_probe()), Check::Unknown { first: true });
+        for _ in 0..100 {
+            assert_eq!(h.observe(&emfile_probe()), Check::Unknown { first: false });
+        }
+        // Two real failures, a stretch of unknowns, one more real failure: the unknowns
+        // neither count nor reset the run.
+        let app = Err(ProbeError::App("GET /health answered 500".into()));
+        assert_eq!(h.observe(&app), Check::Fail { fails: 1 });
+        assert_eq!(h.observe(&app), Check::Fail { fails: 2 });
+        assert_eq!(h.observe(&emfile_probe()), Check::Unknown { first: true });
+        assert_eq!(h.observe(&emfile_probe()), Check::Unknown { first: false });
+        assert_eq!(h.observe(&app), Check::Unhealthy);
+        assert_eq!(h.observe(&app), Check::Fail { fails: 4 });
+        assert_eq!(h.observe(&emfile_probe()), Check::Unknown { first: true });
+        assert_eq!(h.observe(&Ok(())), Check::Recovered);
+        assert_eq!(h.observe(&Ok(())), Check::Pass);
+    }
+
+    #[test]
+    fn ten_out_of_resources_never_charges_the_app() {
+        let mut r = restarts(RestartPolicy::Always, 2, s(60));
+        let t0 = Instant::now();
+        // A thousand spawns failing with EMFILE: backoff delays, never a give-up.
+        let delays: Vec<_> = (0..1000).map(|_| r.ours_delay(0.0)).collect();
+        assert_eq!(&delays[..5], &[s(1), s(2), s(4), s(8), s(8)]);
+        assert!(delays.iter().all(|d| *d <= s(8)));
+        // The app's own budget and backoff are untouched.
+        assert_eq!(fail(&mut r, t0), s(1));
+        assert_eq!(fail(&mut r, t0 + s(2)), s(2));
+        assert_eq!(r.next(t0 + s(5), 0.0), Next::GiveUp { restarts: 2 });
+        // A start that gets a child resets the resource backoff.
+        r.started();
+        assert_eq!(r.ours_delay(0.0), s(1));
+    }
+
+    #[test]
+    fn huge_durations_do_not_panic() {
+        let mut r = Restarts::new(
+            RestartPolicy::Always,
+            u32::MAX,
+            Duration::MAX,
+            Backoff::new(Duration::MAX, Duration::MAX, 0.5).unwrap(),
+        );
+        let now = Instant::now();
+        assert!(matches!(r.next(now, 0.9), Next::Restart(_)));
+        r.restarted(now);
+        r.ran(now, now);
+        assert!(r.ours_delay(0.3) > Duration::ZERO);
+        assert!(matches!(r.next(now, 0.0), Next::Restart(_)));
     }
 
     #[test]

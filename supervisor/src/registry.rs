@@ -272,8 +272,12 @@ impl Registry {
 
     // --- used by the runners ---
 
+    /// Between 1 ms and a year: tokio's intervals add it to `now` unchecked.
     pub fn health_interval(&self) -> Duration {
-        self.config.settings.health_check_interval
+        self.config
+            .settings
+            .health_check_interval
+            .clamp(Duration::from_millis(1), tenement_conf::MAX_DURATION)
     }
 
     pub fn set_state(&self, name: &InstanceName, state: State, error: Option<String>) -> u64 {
@@ -344,7 +348,7 @@ impl Registry {
 
     /// Wait until no request is in flight on `name` (at most drain_timeout).
     pub async fn drain(&self, name: &InstanceName) {
-        let deadline = Instant::now() + self.config.settings.drain_timeout;
+        let deadline = crate::time::later(Instant::now(), self.config.settings.drain_timeout);
         while self.traffic.in_flight(name) > 0 {
             if Instant::now() >= deadline {
                 self.warn(name, "drain_timeout reached with requests in flight");
@@ -399,6 +403,25 @@ pub(crate) mod tests {
             process: "api".into(),
             id: id.into(),
         }
+    }
+
+    #[tokio::test]
+    async fn drain_with_a_huge_drain_timeout_does_not_panic() {
+        let config = tenement_conf::Config::parse(
+            "[process.api]\ncommand = \"x\"\n",
+            "tenement.toml",
+            std::path::Path::new("/tmp"),
+        )
+        .unwrap();
+        let mut config = config;
+        config.settings.drain_timeout = Duration::MAX;
+        let reg = Registry::new(
+            Arc::new(config),
+            Arc::new(NoTraffic),
+            Arc::new(TracingSink),
+            None,
+        );
+        reg.drain(&name("a")).await;
     }
 
     #[test]

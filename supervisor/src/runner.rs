@@ -1,5 +1,7 @@
 //! One task per instance owns its whole life: start, wait until ready, watch exits and health,
-//! stop when idle, restart with backoff, drain and stop when asked.
+//! stop when idle, restart with backoff, drain and stop when asked. A start that fails because
+//! ten itself is out of resources is retried without charging the app (SPEC §14); a failed
+//! first start at boot is treated like a crash (review M6).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,9 +12,11 @@ use tokio::sync::{oneshot, watch, Notify};
 use tenement_conf::{Addr, InstanceName, Process};
 
 use crate::child::{self, Tail};
-use crate::policy::{self, Next, Restarts};
-use crate::probe;
+use crate::owner::{self, Owner};
+use crate::policy::{self, Check, Health, Next, Restarts};
+use crate::probe::{self, ProbeError};
 use crate::registry::Registry;
+use crate::time::later;
 use crate::{cgroup, storage, Error, State};
 
 /// Consecutive failed health checks that make an instance unhealthy.
@@ -38,8 +42,10 @@ enum Outcome {
 /// Where a runner is in an instance's life; each phase is a method returning the next one.
 ///
 /// Start → Ready → Monitor, then by how the watch ended: Idle (→ Start on a wake), Backoff
-/// (→ Start, or Down on a crash loop), Down (restart policy says no), Stop. Every way out
-/// passes Finish (the slot is forgotten), except a failed first start (Done at once).
+/// (→ Start, or Down on a crash loop), Down (restart policy says no), Stop. A start that failed
+/// on ten's own resources goes to Wait (→ Start, never charged). Every way out passes Finish
+/// (the slot is forgotten), except a failed first start of an operator's spawn (Done at once;
+/// at boot it is a failure like any other).
 enum Phase {
     /// Spawn the child.
     Start,
@@ -51,6 +57,8 @@ enum Phase {
     Idle,
     /// After a failure, the child gone: crash loop or sleep the backoff.
     Backoff,
+    /// ten itself was out of resources (why): sleep a backoff that is not a restart.
+    Wait(String),
     /// Stays down (restart policy or crash loop) until asked to stop.
     Down,
     /// Asked to stop while running: drain and kill.
@@ -65,7 +73,18 @@ enum Phase {
 struct Life {
     /// Hears how the first start went; taken by it.
     first: Option<oneshot::Sender<Result<(), Error>>>,
+    /// Until when an operator's spawn retries a start that failed on ten's resources.
+    first_deadline: Instant,
     restarts: Restarts,
+    /// ten's resource failure was already warned about (once per run of them).
+    ours_warned: bool,
+}
+
+/// Why a started child did not become ready.
+struct NotReady {
+    reason: String,
+    /// The last probe could not be made for ten's own lack of resources.
+    ours: bool,
 }
 
 pub struct Runner {
@@ -75,6 +94,9 @@ pub struct Runner {
     pub stop: watch::Receiver<Stop>,
     pub wake: Arc<Notify>,
     pub tail: Arc<Tail>,
+    /// Started at boot: a failed first start is retried like a crash (the caller still hears
+    /// of the first failure at once), not forgotten.
+    pub boot: bool,
 }
 
 /// A started child and the channel its reaper reports the exit on.
@@ -117,7 +139,9 @@ impl Runner {
         };
         let mut life = Life {
             first: Some(first),
+            first_deadline: later(Instant::now(), self.process.startup_timeout),
             restarts,
+            ours_warned: false,
         };
         let mut phase = Phase::Start;
         loop {
@@ -127,9 +151,16 @@ impl Runner {
                 Phase::Monitor(live) => self.monitor_phase(&mut life, live).await,
                 Phase::Idle => self.idle_phase(&mut life).await,
                 Phase::Backoff => self.backoff_phase(&mut life).await,
+                Phase::Wait(why) => self.wait_phase(&mut life, why).await,
                 Phase::Down => self.down_phase().await,
                 Phase::Stop { live, forget } => self.stop_phase(live, forget).await,
                 Phase::Finish { forget } => {
+                    if let Some(tx) = life.first.take() {
+                        let _ = tx.send(Err(Error::Spawn(format!(
+                            "{} was stopped during its start",
+                            self.name
+                        ))));
+                    }
                     self.reg.finish(&self.name, forget);
                     Phase::Done
                 }
@@ -138,18 +169,90 @@ impl Runner {
         }
     }
 
-    /// Spawn the child. A first start that fails ends the runner (the caller hears why).
+    /// Spawn the child. A first start of an operator's spawn that fails ends the runner (the
+    /// caller hears why); at boot, and on a restart, it is a failure like a crash. ten's own
+    /// lack of resources is never the app's failure: it waits and tries again.
     async fn start_phase(&mut self, life: &mut Life) -> Phase {
         match self.start().await {
-            Ok(live) => Phase::Ready(live),
+            Ok(live) => {
+                life.restarts.started();
+                Phase::Ready(live)
+            }
+            Err(Error::Resources(why)) => self.out_of_resources(life, why),
             Err(e) => {
+                let text = e.to_string();
+                let what = if life.first.is_some() {
+                    "failed to start"
+                } else {
+                    "restart failed"
+                };
                 if let Some(tx) = life.first.take() {
-                    self.reg.forget_slot(&self.name); // gone before the caller hears of it
+                    if !self.boot {
+                        self.reg.forget_slot(&self.name); // gone before the caller hears of it
+                        let _ = tx.send(Err(e));
+                        return Phase::Done;
+                    }
                     let _ = tx.send(Err(e));
-                    return Phase::Done;
                 }
-                self.reg.event(&self.name, &format!("restart failed: {e}"));
-                Phase::Backoff
+                self.start_failed(life, what, text)
+            }
+        }
+    }
+
+    /// A start failed (the app's or its config's fault): back off and retry as after a crash,
+    /// or stay down (failed, with the reason) when `restart = "never"`.
+    fn start_failed(&mut self, life: &Life, what: &str, text: String) -> Phase {
+        if !life.restarts.after_exit(false) {
+            self.reg.event(
+                &self.name,
+                &format!(
+                    "{what}: {text}; restart = {} so it stays down",
+                    policy::name(self.process.restart)
+                ),
+            );
+            self.reg.set_state(&self.name, State::Failed, Some(text));
+            self.reg.clear_pid(&self.name);
+            return Phase::Down;
+        }
+        self.reg.event(&self.name, &format!("{what}: {text}"));
+        self.reg.set_last_error(&self.name, text);
+        Phase::Backoff
+    }
+
+    /// ten itself is out of resources: wait and start again, not charged to the app. An
+    /// operator's spawn gives up once its startup_timeout has passed (and hears why).
+    fn out_of_resources(&mut self, life: &mut Life, why: String) -> Phase {
+        if !self.boot && Instant::now() >= life.first_deadline {
+            if let Some(tx) = life.first.take() {
+                self.reg.forget_slot(&self.name);
+                let _ = tx.send(Err(Error::Resources(why)));
+                return Phase::Done;
+            }
+        }
+        Phase::Wait(why)
+    }
+
+    /// Sleep a backoff after ten's own resource failure; no restart is counted.
+    async fn wait_phase(&mut self, life: &mut Life, why: String) -> Phase {
+        self.reg.clear_pid(&self.name);
+        let delay = life.restarts.ours_delay(fastrand::f64());
+        let text = format!("ten is out of resources: {why}");
+        if !life.ours_warned {
+            life.ours_warned = true;
+            self.reg.warn(
+                &self.name,
+                &format!(
+                    "{text}; not the app's failure: starting again with backoff (first in {}), not counted as a restart",
+                    probe::humanize(delay)
+                ),
+            );
+        }
+        self.reg.set_state(&self.name, State::Starting, Some(text));
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => Phase::Start,
+            _ = stop.wait_for(|s| *s != Stop::No) => {
+                Phase::Finish { forget: self.stop_requested().unwrap_or(false) }
             }
         }
     }
@@ -158,6 +261,7 @@ impl Runner {
     async fn ready_phase(&mut self, life: &mut Life, mut live: Live) -> Phase {
         match self.wait_ready(&live).await {
             Ok(()) => {
+                life.ours_warned = false;
                 self.reg.set_state(&self.name, State::Healthy, None);
                 self.reg.event(&self.name, "healthy");
                 if let Some(tx) = life.first.take() {
@@ -165,29 +269,41 @@ impl Runner {
                 }
                 Phase::Monitor(live)
             }
-            Err(reason) => {
+            Err(NotReady { reason, ours }) => {
                 self.kill(&live).await;
+                let first = life.first.is_some();
                 if let Some(tx) = life.first.take() {
                     live.drain_output().await;
-                    self.cleanup(&live);
-                    self.reg.forget_slot(&self.name); // gone before the caller hears of it
-                    let _ = tx.send(Err(Error::StartupFailed {
-                        name: self.name.to_string(),
-                        reason,
-                        tail: self.tail.lines(),
-                    }));
-                    return Phase::Done;
+                    let err = if ours {
+                        Error::Resources(reason.clone())
+                    } else {
+                        Error::StartupFailed {
+                            name: self.name.to_string(),
+                            reason: reason.clone(),
+                            tail: self.tail.lines(),
+                        }
+                    };
+                    if !self.boot {
+                        self.cleanup(&live);
+                        self.reg.forget_slot(&self.name); // gone before the caller hears of it
+                        let _ = tx.send(Err(err));
+                        return Phase::Done;
+                    }
+                    let _ = tx.send(Err(err));
                 }
+                self.cleanup(&live);
                 if let Some(forget) = self.stop_requested() {
-                    self.cleanup(&live);
                     return Phase::Finish { forget };
                 }
-                self.reg.event(
-                    &self.name,
-                    &format!("did not become healthy after restart: {reason}"),
-                );
-                self.cleanup(&live);
-                Phase::Backoff
+                if ours {
+                    return Phase::Wait(reason);
+                }
+                let what = if first {
+                    "did not become healthy"
+                } else {
+                    "did not become healthy after restart"
+                };
+                self.start_failed(life, what, reason)
             }
         }
     }
@@ -320,26 +436,13 @@ impl Runner {
         self.reg.set_started(&self.name, pid, addr.clone());
         self.reg
             .event(&self.name, &format!("spawned pid {pid} on {addr}"));
-        let cgroup = if self.process.memory_limit_mb.is_some() || self.process.cpu_shares.is_some()
-        {
-            match cgroup::apply(
+        if let Some(e) = &started.cgroup_warning {
+            self.reg.warn(
                 &self.name,
-                pid,
-                self.process.memory_limit_mb,
-                self.process.cpu_shares,
-            ) {
-                Ok(path) => Some(path),
-                Err(e) => {
-                    self.reg.warn(
-                        &self.name,
-                        &format!("memory_limit_mb/cpu_shares not applied: {e}"),
-                    );
-                    None
-                }
-            }
-        } else {
-            None
-        };
+                &format!("memory_limit_mb/cpu_shares not applied: {e}"),
+            );
+        }
+        let cgroup = started.cgroup;
         let (exit_tx, exit) = watch::channel(None);
         let mut child = started.child;
         let captures = started.captures;
@@ -362,55 +465,85 @@ impl Runner {
         })
     }
 
-    async fn wait_ready(&mut self, live: &Live) -> Result<(), String> {
-        let deadline = Instant::now() + self.process.startup_timeout;
+    async fn wait_ready(&mut self, live: &Live) -> Result<(), NotReady> {
+        let deadline = later(Instant::now(), self.process.startup_timeout);
         let mut delay = Duration::from_millis(10);
         let mut last = String::from("it never accepted a connection");
+        let mut last_ours = false;
         let mut exit = live.exit.clone();
+        let app = |reason: String| NotReady {
+            reason,
+            ours: false,
+        };
         loop {
             if let Some((text, _)) = exit.borrow().clone() {
-                return Err(format!("it {text} during startup"));
+                return Err(app(format!("it {text} during startup")));
             }
             if self.stop_requested().is_some() {
-                return Err("stopped during startup".into());
+                return Err(app("stopped during startup".into()));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(format!(
-                    "not ready within startup_timeout {} ({last})",
-                    probe::humanize(self.process.startup_timeout)
-                ));
+                return Err(NotReady {
+                    reason: format!(
+                        "not ready within startup_timeout {} ({last})",
+                        probe::humanize(self.process.startup_timeout)
+                    ),
+                    ours: last_ours,
+                });
             }
-            match probe::probe(
+            let probed = probe::probe(
                 &live.addr,
                 self.process.health.as_deref(),
                 left.min(Duration::from_secs(2)),
             )
-            .await
-            {
+            .await;
+            match probed.and_then(|()| self.listener_is_ours(live)) {
                 Ok(()) => return Ok(()),
-                Err(e) => last = e,
+                Err(e) => {
+                    last_ours = e.is_ours();
+                    last = e.message().to_string();
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(delay.min(left)) => {}
                 _ = exit.changed() => {}
                 _ = self.stop.changed() => {}
             }
-            delay = (delay * 2).min(Duration::from_millis(250));
+            delay = delay.saturating_mul(2).min(Duration::from_millis(250));
+        }
+    }
+
+    /// A TCP instance answered: is it really its own listener (review S1)? A port freed by
+    /// ten can be taken by another process before the app binds it.
+    fn listener_is_ours(&self, live: &Live) -> Result<(), ProbeError> {
+        let Addr::Tcp(a) = &live.addr else {
+            return Ok(());
+        };
+        let port = a.port();
+        match crate::blocking(|| owner::check(port, live.pid)) {
+            Owner::Ours | Owner::Unknown(_) => Ok(()),
+            Owner::Other => Err(ProbeError::App(format!(
+                "port {port} is answered by another process, not this instance (another program took the port before the app bound it)"
+            ))),
+            Owner::NoListener => Err(ProbeError::App(format!(
+                "nothing listens on port {port} any more"
+            ))),
         }
     }
 
     /// Watch a healthy child; `restart_unhealthy`: failing its checks ends the watch.
     async fn monitor(&mut self, live: &Live, restart_unhealthy: bool) -> Outcome {
         let interval = self.reg.health_interval();
-        let mut health = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        let first_check = tokio::time::Instant::from_std(later(Instant::now(), interval));
+        let mut health = tokio::time::interval_at(first_check, interval);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let idle_timeout = self.process.idle_timeout;
         let idle_every =
             (idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
         let mut idle_tick = tokio::time::interval(idle_every);
         let since = Instant::now();
-        let mut fails = 0u32;
+        let mut checks = Health::new(UNHEALTHY_AFTER);
         let mut exit = live.exit.clone();
         loop {
             tokio::select! {
@@ -425,22 +558,25 @@ impl Runner {
                 }
                 _ = health.tick() => {
                     let timeout = interval.min(Duration::from_secs(5));
-                    match probe::probe(&live.addr, self.process.health.as_deref(), timeout).await {
-                        Ok(()) => {
-                            if fails >= UNHEALTHY_AFTER {
-                                self.reg.event(&self.name, "recovered: healthy again");
-                                self.reg.set_state(&self.name, State::Healthy, None);
-                            }
-                            fails = 0;
+                    let result = probe::probe(&live.addr, self.process.health.as_deref(), timeout).await;
+                    match checks.observe(&result) {
+                        Check::Pass | Check::Fail { .. } => {}
+                        Check::Recovered => {
+                            self.reg.event(&self.name, "recovered: healthy again");
+                            self.reg.set_state(&self.name, State::Healthy, None);
                         }
-                        Err(e) => {
-                            fails += 1;
-                            if fails == UNHEALTHY_AFTER {
-                                self.reg.event(&self.name, &format!("unhealthy after {fails} failed checks: {e}"));
-                                self.reg.set_state(&self.name, State::Unhealthy, Some(e.clone()));
-                                if restart_unhealthy {
-                                    return Outcome::Unhealthy(e);
-                                }
+                        Check::Unknown { first } => {
+                            if first {
+                                let why = result.err().map(|e| e.to_string()).unwrap_or_default();
+                                self.reg.warn(&self.name, &format!("health check skipped: {why} (not counted against the app)"));
+                            }
+                        }
+                        Check::Unhealthy => {
+                            let e = result.err().map(|e| e.to_string()).unwrap_or_default();
+                            self.reg.event(&self.name, &format!("unhealthy after {UNHEALTHY_AFTER} failed checks: {e}"));
+                            self.reg.set_state(&self.name, State::Unhealthy, Some(e.clone()));
+                            if restart_unhealthy {
+                                return Outcome::Unhealthy(e);
                             }
                         }
                     }
@@ -535,7 +671,9 @@ mod tests {
         let (stop_tx, stop) = watch::channel(Stop::No);
         let life = Life {
             first: None,
+            first_deadline: Instant::now(),
             restarts: Restarts::of(&process).unwrap(),
+            ours_warned: false,
         };
         let runner = Runner {
             reg,
@@ -544,6 +682,7 @@ mod tests {
             stop,
             wake: Arc::new(Notify::new()),
             tail: Arc::new(Tail::default()),
+            boot: false,
         };
         (runner, stop_tx, life)
     }

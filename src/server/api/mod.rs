@@ -61,7 +61,8 @@ impl From<tenement_supervisor::Error> for ApiError {
         let status = match &e {
             E::UnknownProcess(_) | E::UnknownInstance(_) => StatusCode::NOT_FOUND,
             E::AlreadyRunning(_) | E::External(_) => StatusCode::CONFLICT,
-            E::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            // ten itself is out of descriptors or memory: try again later (SPEC §14).
+            E::ShuttingDown | E::Resources(_) => StatusCode::SERVICE_UNAVAILABLE,
             E::StartupFailed { .. } | E::Spawn(_) | E::Wake(..) | E::State(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
