@@ -92,3 +92,104 @@ fn a_path_above_the_root_is_answered_400() {
         assert!(r.text().contains("above the root"), "{path}: {}", r.text());
     }
 }
+
+/// Run `ten ARGS` against `ten` with its stdout a pipe whose reader has already gone (as in
+/// `ten ps --json | head -1` once head has its line): (status, stderr).
+fn into_a_closed_pipe(ten: &Ten, args: &[&str]) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let (reader, writer) = nix::unistd::pipe().expect("pipe");
+    drop(reader);
+    let mut child = Command::new(crate::util::ten_bin())
+        .arg("--data-dir")
+        .arg(ten.data_dir())
+        .args(args)
+        .env_remove("TENEMENT_CONFIG")
+        .env_remove("TENEMENT_DATA_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ten");
+    let status = crate::util::wait_bounded(&mut child, std::time::Duration::from_secs(60))
+        .unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("ten {args:?} still running");
+        });
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read stderr");
+    (status, err)
+}
+
+#[test]
+fn client_commands_end_quietly_when_their_reader_goes_away() {
+    use std::os::unix::process::ExitStatusExt;
+    let ten = Builder::new()
+        .body("[process.api]\ncommand = \"@APP@\"\n[instances]\napi = [\"a\"]\n")
+        .start();
+    ten.wait_status(&format!("a.api.{}", crate::util::DOMAIN), "/", 200);
+    for args in [
+        &["ps", "--json"][..],
+        &["ps"],
+        &["logs"],
+        &["logs", "--json"],
+    ] {
+        // Each has something to print.
+        let (status, out, err) = ten.cli(args);
+        assert!(status.success() && !out.is_empty(), "{args:?}: {err}");
+        let (status, err) = into_a_closed_pipe(&ten, args);
+        assert!(!err.contains("panicked"), "ten {args:?}: {err}");
+        assert!(
+            status.success() || status.signal() == Some(nix::libc::SIGPIPE),
+            "ten {args:?}: {status:?} {err}"
+        );
+    }
+}
+
+#[test]
+fn ten_logs_shows_control_characters_escaped_review_l9() {
+    // The test app writes its name in every request's log line: ESC and BEL sequences that
+    // would set the terminal's title and colour it red.
+    let ten = Builder::new()
+        .body(
+            "[process.esc]\ncommand = \"@APP@ --name 'e\\u001b]0;pwned\\u0007\\u001b[31mred'\"\n\
+             [instances]\nesc = [\"a\"]\n",
+        )
+        .start();
+    // (ten answers 502: the name in the app's X-Served-By header is not a valid value.)
+    let host = format!("a.esc.{}", crate::util::DOMAIN);
+    let mut out = String::new();
+    for _ in 0..100 {
+        ten.get(&host, "/");
+        let (status, o, err) = ten.cli(&["logs", "esc"]);
+        assert!(status.success(), "{err}");
+        out = o;
+        if out.contains("GET / 200") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        out.contains("e\\x1b]0;pwned\\x07\\x1b[31mred GET / 200"),
+        "{out:?}"
+    );
+    assert!(!out.contains(['\x1b', '\x07']), "{out:?}");
+    // JSON stays JSON: escaped by the encoder, the raw text inside.
+    let (status, json, err) = ten.cli(&["logs", "esc", "--json"]);
+    assert!(status.success(), "{err}");
+    assert!(!json.contains(['\x1b', '\x07']), "{json:?}");
+    let line = json
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+        .find(|v| v["message"].as_str().unwrap_or("").contains("GET / 200"))
+        .expect("the request's line");
+    assert!(line["message"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("e\x1b]0;pwned\x07\x1b[31mred"));
+}
