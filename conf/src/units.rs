@@ -221,6 +221,90 @@ mod tests {
     }
 }
 
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Text that looks like a duration or a size: digits (maybe very many), a fraction, a
+    /// sign, spaces, a unit from either family or a made-up one.
+    fn unit_text() -> impl Strategy<Value = String> {
+        (
+            "[-+ ]?[0-9]{0,25}(\\.[0-9]{0,4})?",
+            " ?",
+            prop_oneof![
+                Just(""),
+                Just("ms"),
+                Just("s"),
+                Just("m"),
+                Just("h"),
+                Just("d"),
+                Just("w"),
+                Just("y"),
+                Just("ns"),
+                Just("B"),
+                Just("kb"),
+                Just("MB"),
+                Just("GiB"),
+                Just("TiB"),
+                Just("tb"),
+                Just("xb"),
+            ],
+            prop::collection::vec("[0-9]{1,6}[a-z]{1,2}", 0..3),
+        )
+            .prop_map(|(n, sp, u, more)| format!("{n}{sp}{u}{}", more.concat()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn durations_never_panic_and_stay_bounded(s in prop_oneof![unit_text(), "\\PC{0,30}"]) {
+            match parse_duration(&s) {
+                Ok(d) => prop_assert!(d <= MAX_DURATION, "{s:?} -> {d:?}"),
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+
+        #[test]
+        fn sizes_never_panic_and_stay_bounded(s in prop_oneof![unit_text(), "\\PC{0,30}"]) {
+            match parse_size(&s) {
+                Ok(n) => prop_assert!(n <= MAX_SIZE, "{s:?} -> {n}"),
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+
+        #[test]
+        fn durations_round_trip(ms in 0u64..=(MAX_DURATION.as_millis() as u64 + 10_000)) {
+            let d = Duration::from_millis(ms);
+            let written = humantime::format_duration(d).to_string();
+            let secs = format!("{}", ms / 1000);
+            if d <= MAX_DURATION {
+                prop_assert_eq!(parse_duration(&written), Ok(d), "{}", written);
+                prop_assert_eq!(parse_duration(&secs), Ok(Duration::from_secs(ms / 1000)));
+            } else {
+                let too_long = matches!(parse_duration(&written), Err(DurationError::TooLong { .. }));
+                prop_assert!(too_long, "{}", written);
+            }
+        }
+
+        #[test]
+        fn sizes_round_trip(n in 0u64..=(MAX_SIZE + 4096), unit in 0usize..5) {
+            let (suffix, scale) = [("", 1), ("B", 1), ("KiB", 1 << 10), ("MiB", 1 << 20), ("kb", 1000)][unit];
+            let k = n / scale;
+            let written = format!("{k}{suffix}");
+            match k * scale <= MAX_SIZE {
+                true => prop_assert_eq!(parse_size(&written), Ok(k * scale)),
+                false => {
+                    let too_large = matches!(parse_size(&written), Err(SizeError::TooLarge { .. }));
+                    prop_assert!(too_large, "{}", written);
+                }
+            }
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch as RFC 3339 in UTC with milliseconds:
 /// `2026-11-23T11:20:49.540Z`. (Shared by the log store, the audit log and the fleet.)
 pub fn rfc3339_ms(ms: i64) -> String {

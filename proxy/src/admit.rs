@@ -8,7 +8,7 @@ use pingora_http::RequestHeader;
 
 use crate::host;
 use crate::plugins::Reply;
-use crate::table::{Availability, Backend, Table, Target};
+use crate::table::{Availability, Backend, Miss, Table, Target};
 
 /// What to do with a request.
 #[derive(Debug)]
@@ -26,9 +26,12 @@ pub(crate) enum Decision {
 }
 
 /// Route `req` by its Host (or `:authority`) and path, borrowing both (no allocation unless
-/// there is no route): the target and how many path bytes to strip, or the answer.
+/// there is no route, or a prefix host's path is not normal): the target and how many path
+/// bytes to strip, or the answer. When a stripping prefix route matched a path that was not
+/// normal, `req`'s URI becomes the normalised path (and query) the bytes are stripped from;
+/// otherwise `req` is left as it came.
 #[inline]
-pub(crate) fn lookup(table: &Table, req: &RequestHeader) -> Result<(Target, usize), Decision> {
+pub(crate) fn lookup(table: &Table, req: &mut RequestHeader) -> Result<(Target, usize), Decision> {
     let raw_host: &[u8] = match req.headers.get(http::header::HOST) {
         Some(h) => h.as_bytes(),
         None => req
@@ -42,16 +45,39 @@ pub(crate) fn lookup(table: &Table, req: &RequestHeader) -> Result<(Target, usiz
         Err(e) => return Err(Decision::Answer(400, format!("bad request: {e}"))),
     };
     let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    match table.lookup(&host, path) {
-        Some(routed) => Ok((
+    let (target, strip, rewrite) = match table.route(&host, path) {
+        Ok(routed) => (
             routed.target.clone(),
             routed.strip.map(str::len).unwrap_or(0),
-        )),
-        None => Err(Decision::Answer(
-            404,
-            format!("no route for host \"{host}\""),
-        )),
+            routed.rewrite,
+        ),
+        Err(Miss::NoRoute) => {
+            return Err(Decision::Answer(
+                404,
+                format!("no route for host \"{host}\""),
+            ))
+        }
+        Err(Miss::AboveRoot) => {
+            return Err(Decision::Answer(
+                400,
+                "bad request: the path climbs above the root".to_string(),
+            ))
+        }
+    };
+    if let Some(path) = rewrite {
+        rewrite_path(req, &path)?;
     }
+    Ok((target, strip))
+}
+
+/// Replace `req`'s path and query with `path` (normalised), keeping its scheme and authority.
+#[cold]
+fn rewrite_path(req: &mut RequestHeader, path: &str) -> Result<(), Decision> {
+    let bad = |e: &dyn std::fmt::Display| Decision::Answer(400, format!("bad request: {e}"));
+    let mut parts = req.uri.clone().into_parts();
+    parts.path_and_query = Some(path.parse().map_err(|e| bad(&e))?);
+    req.set_uri(http::Uri::from_parts(parts).map_err(|e| bad(&e))?);
+    Ok(())
 }
 
 /// What to do with a request routed to `target` that declares `content_length` body bytes.
@@ -124,6 +150,13 @@ mod tests {
             instance: Some("prod".into()),
             strip_prefix: true,
         });
+        b.route(Route {
+            host: "example.com".into(),
+            prefix: "/admin".into(),
+            process: "api".into(),
+            instance: None,
+            strip_prefix: false,
+        });
         b.tenant(
             "acme.test",
             TenantTarget::Remote(Box::new(Remote::to(
@@ -161,8 +194,8 @@ mod tests {
         len: Option<u64>,
         wake: bool,
     ) -> String {
-        let r = req(host, path, len);
-        match lookup(table, &r) {
+        let mut r = req(host, path, len);
+        match lookup(table, &mut r) {
             Err(d) => show(d),
             Ok((target, strip)) => format!("{} strip={strip}", show(admit(&target, len, wake))),
         }
@@ -213,6 +246,76 @@ mod tests {
         );
     }
 
+    /// The path the upstream is sent (before the prefix is stripped) and the decision.
+    fn forwarded(table: &Table, host: &str, path: &str) -> (String, String) {
+        let mut r = req(Some(host), path, None);
+        let d = match lookup(table, &mut r) {
+            Err(d) => show(d),
+            Ok((target, strip)) => format!("{} strip={strip}", show(admit(&target, None, true))),
+        };
+        (r.uri.to_string(), d)
+    }
+
+    #[test]
+    fn prefix_routes_match_the_normalised_path_review_m3() {
+        let t = table();
+        // Not stripped: matched normalised, forwarded as it came.
+        for p in ["/%61dmin/x", "/x/../admin/x", "//admin/x", "/./%61dmin//x"] {
+            assert_eq!(
+                forwarded(&t, "example.com", p),
+                (p.to_string(), "proxy max_body=1024 strip=0".to_string()),
+                "{p}"
+            );
+        }
+        // Stripped: the normalised path (and the query) loses the prefix.
+        for (p, sent) in [
+            ("/%61pi/users", "/api/users"),
+            ("/x/../api?q=%2e", "/api?q=%2e"),
+            ("/api/./users/../me?a=1", "/api/me?a=1"),
+            ("/api//users", "/api/users"),
+        ] {
+            assert_eq!(
+                forwarded(&t, "example.com", p),
+                (sent.to_string(), "proxy max_body=1024 strip=4".to_string()),
+                "{p}"
+            );
+        }
+        // A normal path is left alone; a miss of every prefix goes as it came.
+        assert_eq!(
+            forwarded(&t, "example.com", "/api/users?x=1").0,
+            "/api/users?x=1"
+        );
+        assert_eq!(
+            forwarded(&t, "example.com", "/%61piary"),
+            ("/%61piary".to_string(), "management strip=0".to_string())
+        );
+        assert_eq!(
+            forwarded(&t, "example.com", "/a%2Fpi/x").1,
+            "management strip=0",
+            "an encoded '/' is not a separator"
+        );
+    }
+
+    #[test]
+    fn a_path_above_the_root_is_400_on_a_host_with_prefix_routes() {
+        let t = table();
+        for p in ["/../admin", "/a/../../api", "/%2e%2e/x", "/..?x"] {
+            assert_eq!(
+                decide(&t, Some("example.com"), p, None, true),
+                "400 bad request: the path climbs above the root",
+                "{p}"
+            );
+        }
+        // A host without prefix routes never looks at the path: its upstream judges it.
+        assert_eq!(
+            forwarded(&t, "api.example.com", "/../x"),
+            (
+                "/../x".to_string(),
+                "proxy max_body=1024 strip=0".to_string()
+            )
+        );
+    }
+
     #[test]
     fn bodies_over_the_limit_are_refused_before_anything_is_sent() {
         let t = table();
@@ -240,7 +343,7 @@ mod tests {
         // HTTP/2: no Host header, the :authority routes.
         let mut r = RequestHeader::build("GET", b"/x", None).unwrap();
         r.set_uri("https://api.example.com/x".parse().unwrap());
-        assert!(matches!(lookup(&t, &r), Ok((Target::Pool(_), 0))));
+        assert!(matches!(lookup(&t, &mut r), Ok((Target::Pool(_), 0))));
     }
 
     #[test]

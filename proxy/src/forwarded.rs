@@ -426,4 +426,67 @@ mod tests {
         strip_hop_by_hop(&mut plain);
         assert!(plain.headers.is_empty());
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// What a client can put in a header value: visible ASCII, spaces, tabs and obs-text.
+        fn value() -> impl Strategy<Value = Vec<u8>> {
+            prop::collection::vec(
+                prop_oneof![0x20u8..0x7f, Just(b'\t'), Just(b','), 0x80u8..=0xff],
+                0..40,
+            )
+        }
+
+        fn client() -> impl Strategy<Value = IpAddr> {
+            prop_oneof![
+                any::<[u8; 4]>().prop_map(IpAddr::from),
+                any::<[u16; 8]>().prop_map(IpAddr::from),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+            /// Whatever X-Forwarded-For lines come in, one goes out: the client's (trimmed,
+            /// non-empty, visible ASCII) lines in order, then the peer; or a 400.
+            #[test]
+            fn x_forwarded_for_is_extended_never_panics(
+                lines in prop::collection::vec(value(), 0..4), ip in client(), tls: bool
+            ) {
+                let mut down = RequestHeader::build("GET", b"/", None).unwrap();
+                for l in &lines {
+                    down.append_header(X_FORWARDED_FOR, HeaderValue::from_bytes(l).unwrap()).unwrap();
+                }
+                let mut up = down.clone();
+                if set_forwarded(&mut up, &down, Some(ip), tls).is_ok() {
+                    let all: Vec<_> = up.headers.get_all(X_FORWARDED_FOR).iter().collect();
+                    prop_assert_eq!(all.len(), 1);
+                    let mut want: Vec<String> = lines
+                        .iter()
+                        // A line with other bytes (obs-text) is not text: left out.
+                        .filter(|l| l.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)))
+                        .filter_map(|l| std::str::from_utf8(l).ok())
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_string)
+                        .collect();
+                    want.push(ip.to_string());
+                    let want = want.join(", ");
+                    prop_assert_eq!(all[0].as_bytes(), want.as_bytes());
+                }
+            }
+
+            /// A client's X-Request-Id is kept only when sane; else a fresh one.
+            #[test]
+            fn request_ids_are_always_sane(v in value()) {
+                let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+                req.append_header(X_REQUEST_ID, HeaderValue::from_bytes(&v).unwrap()).unwrap();
+                let id = request_id(&req);
+                prop_assert!(!id.is_empty() && id.len() <= 200);
+                prop_assert!(id.as_bytes().iter().all(u8::is_ascii_graphic));
+            }
+        }
+    }
 }

@@ -141,4 +141,70 @@ mod tests {
         }
         assert_eq!(normalize(&[b'a'; 300]), Err(HostError::Malformed));
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A DNS-ish name in mixed case, maybe with a trailing dot and a port.
+        fn host() -> impl Strategy<Value = (String, String)> {
+            (
+                prop::collection::vec("[a-zA-Z0-9_-]{1,12}", 1..6),
+                any::<bool>(),
+                prop::option::of(0u32..100_000),
+            )
+                .prop_map(|(labels, dot, port)| {
+                    let name = labels.join(".");
+                    let mut raw = name.clone();
+                    if dot {
+                        raw.push('.');
+                    }
+                    if let Some(p) = port {
+                        raw.push_str(&format!(":{p}"));
+                    }
+                    (raw, name.to_ascii_lowercase())
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn never_panics_and_gives_a_bare_lower_case_name(
+                raw in prop::collection::vec(any::<u8>(), 0..300)
+            ) {
+                if let Ok(h) = normalize(&raw) {
+                    prop_assert!(!h.is_empty() && h.len() <= 255, "{h:?}");
+                    prop_assert!(!h.bytes().any(|b| b.is_ascii_uppercase()), "{h:?}");
+                    prop_assert!(h.starts_with('[') || !h.contains(':'), "{h:?}");
+                    // Normal already: borrowed and unchanged the second time.
+                    let again = normalize(h.as_bytes());
+                    prop_assert!(matches!(again, Ok(Cow::Borrowed(a)) if a == h), "{h:?}");
+                }
+            }
+
+            #[test]
+            fn names_lose_their_port_dot_and_case((raw, want) in host()) {
+                let got = normalize(raw.as_bytes());
+                if raw.len() > 255 || raw.rsplit_once(':').is_some_and(|(_, p)| p.len() > 5) {
+                    prop_assert_eq!(got, Err(HostError::Malformed));
+                } else {
+                    prop_assert_eq!(got.as_deref(), Ok(want.as_str()));
+                }
+            }
+
+            #[test]
+            fn ipv6_literals_are_kept_lower_case(
+                segs in prop::array::uniform8(any::<u16>()), port in prop::option::of(0u16..)
+            ) {
+                let ip = std::net::Ipv6Addr::from(segs);
+                let mut raw = format!("[{}]", format!("{ip}").to_ascii_uppercase());
+                if let Some(p) = port {
+                    raw.push_str(&format!(":{p}"));
+                }
+                let (got, want) = (normalize(raw.as_bytes()), format!("[{ip}]"));
+                prop_assert_eq!(got.as_deref(), Ok(want.as_str()));
+            }
+        }
+    }
 }

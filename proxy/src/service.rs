@@ -62,15 +62,15 @@ impl TenProxy {
     /// One routing pass: look the request up in the current table, count it in its process's
     /// gauge, run the plugins (first pass only: a refused request never wakes an instance),
     /// then admit it. Sets `ctx.target` and `ctx.strip` when routed.
-    fn decide(&self, session: &Session, ctx: &mut Ctx, woken: bool) -> Decision {
-        let req = session.req_header();
-        let target = match admit::lookup(&self.router.load(), req) {
+    fn decide(&self, session: &mut Session, ctx: &mut Ctx, woken: bool) -> Decision {
+        let target = match admit::lookup(&self.router.load(), session.req_header_mut()) {
             Ok((target, strip)) => {
                 ctx.strip = strip;
                 &*ctx.target.insert(target)
             }
             Err(answer) => return answer,
         };
+        let req = session.req_header();
         let opts = target.opts();
         if ctx.gauge.is_none() {
             if let Some(m) = opts.and_then(|o| o.metrics.as_ref()) {

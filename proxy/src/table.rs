@@ -4,6 +4,7 @@
 //! (see [`crate::Router`]); a request does one `load()`, one hash probe on the host, a short
 //! prefix scan, and a lock-free weighted choice.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -294,11 +295,11 @@ struct PrefixRoute {
 }
 
 impl PrefixRoute {
+    /// Whether the route takes `path` (normalised, without its query).
     fn matches(&self, path: &str) -> bool {
         let p = &*self.prefix;
         p == "/"
-            || (path.starts_with(p)
-                && matches!(path.as_bytes().get(p.len()), None | Some(b'/') | Some(b'?')))
+            || (path.starts_with(p) && matches!(path.as_bytes().get(p.len()), None | Some(b'/')))
     }
 }
 
@@ -393,6 +394,19 @@ pub struct Routed<'a> {
     pub target: &'a Target,
     /// Some(prefix) when the matched route strips it.
     pub strip: Option<&'a str>,
+    /// The normalised path and the query, when the route strips its prefix and the request's
+    /// path was not normal (`/api/../api/x`): the upstream gets this, less the prefix, as the
+    /// prefix cannot be cut from the original. None otherwise: the upstream gets the original.
+    pub rewrite: Option<Box<str>>,
+}
+
+/// Why a request has no route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// No host (or no fallback and no matching prefix) routes it: 404.
+    NoRoute,
+    /// The host has prefix routes and the path climbs above `/`: 400.
+    AboveRoot,
 }
 
 /// The host index: every host name and what it routes to, by target index.
@@ -420,23 +434,65 @@ impl Table {
         &self.domain
     }
 
-    /// Route a normalised host (lower-case, no port) and path.
+    /// Route a normalised host (lower-case, no port) and a path (with its query): see
+    /// [`Table::route`]; None for either miss.
     #[inline]
     pub fn lookup<'a>(&'a self, host: &str, path: &str) -> Option<Routed<'a>> {
-        let entry = self.hosts.get(host.as_bytes())?;
-        for r in &entry.routes {
-            if r.matches(path) {
-                return Some(Routed {
-                    target: self.targets.get(r.target as usize)?,
-                    strip: r.strip.then_some(&*r.prefix),
-                });
+        self.route(host, path).ok()
+    }
+
+    /// Route a normalised host (lower-case, no port) and a path (with its query). A host
+    /// without prefix routes (nearly all) never looks at the path. A host with some matches
+    /// them against the normalised path ([`crate::path::normalize`]), so an encoded or dotted
+    /// spelling cannot walk around a prefix's route.
+    #[inline]
+    pub fn route<'a>(&'a self, host: &str, path: &str) -> Result<Routed<'a>, Miss> {
+        let entry = self.hosts.get(host.as_bytes()).ok_or(Miss::NoRoute)?;
+        if !entry.routes.is_empty() {
+            if let Some(routed) = self.route_prefix(entry, path)? {
+                return Ok(routed);
             }
         }
-        let target = self.targets.get(entry.fallback? as usize)?;
-        Some(Routed {
+        let target = entry
+            .fallback
+            .and_then(|i| self.targets.get(i as usize))
+            .ok_or(Miss::NoRoute)?;
+        Ok(Routed {
             target,
             strip: None,
+            rewrite: None,
         })
+    }
+
+    /// The prefix route of `entry` that the normalised `path` takes, if any.
+    fn route_prefix<'a>(
+        &'a self,
+        entry: &'a HostEntry,
+        path: &str,
+    ) -> Result<Option<Routed<'a>>, Miss> {
+        let (only_path, query) = match path.find('?') {
+            Some(i) => path.split_at(i),
+            None => (path, ""),
+        };
+        let normal = crate::path::normalize(only_path).map_err(|_| Miss::AboveRoot)?;
+        let Some(r) = entry.routes.iter().find(|r| r.matches(&normal)) else {
+            return Ok(None);
+        };
+        let Some(target) = self.targets.get(r.target as usize) else {
+            return Ok(None);
+        };
+        let rewrite = match normal {
+            Cow::Owned(mut p) if r.strip => {
+                p.push_str(query);
+                Some(p.into_boxed_str())
+            }
+            _ => None,
+        };
+        Ok(Some(Routed {
+            target,
+            strip: r.strip.then_some(&*r.prefix),
+            rewrite,
+        }))
     }
 
     pub fn pool(&self, process: &str) -> Option<&Arc<Pool>> {

@@ -92,6 +92,9 @@ Example:\n  TOKEN=$(ten token-gen)\n  curl -H \"Authorization: Bearer $TOKEN\" -
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    if !matches!(cli.command, Command::Serve(_)) {
+        quiet_in_pipes();
+    }
     let g = &cli.global;
     match cli.command {
         Command::Serve(c) => c.run(g),
@@ -109,6 +112,16 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Tenant(c) => c.run(g),
         Command::Route(c) => c.run(g),
     }
+}
+
+/// A client command whose reader goes away (`ten ps --json | head -1`) ends quietly, killed by
+/// SIGPIPE like other Unix tools, instead of panicking in `println!`: the Rust runtime ignores
+/// SIGPIPE, this puts back the default. Not for `ten serve`, which must outlive its clients'
+/// closed connections. The control socket's writes do not raise it (`Client::send`).
+fn quiet_in_pipes() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: SIG_DFL installs no handler code; no other thread exists yet.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
 /// Validate `process:id` at parse time (a bad spelling is a usage error, exit 2).

@@ -1,6 +1,6 @@
 //! The CLI's client of `ten serve`: HTTP/1.1 + JSON over the control socket.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -51,8 +51,7 @@ impl Client {
             "{method} {path} HTTP/1.1\r\nHost: ten\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        s.write_all(req.as_bytes())
-            .with_context(|| format!("sending to {}", self.sock.display()))
+        send_all(s, req.as_bytes()).with_context(|| format!("sending to {}", self.sock.display()))
     }
 
     /// One request; non-2xx answers become errors carrying the server's message.
@@ -140,6 +139,40 @@ impl Client {
     }
 }
 
+/// `write_all` on the control socket that reports a server gone away as an error (EPIPE)
+/// rather than raising SIGPIPE, which kills a client command (see `cli::quiet_in_pipes`).
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+fn send_all(s: &UnixStream, mut buf: &[u8]) -> std::io::Result<()> {
+    use nix::libc;
+    use std::os::fd::AsRawFd;
+    while !buf.is_empty() {
+        // SAFETY: `buf` is valid for `buf.len()` bytes and the fd is open (owned by `s`).
+        let n = unsafe {
+            libc::send(
+                s.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        match usize::try_from(n) {
+            Ok(n) => buf = buf.get(n..).unwrap_or_default(),
+            Err(_) => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+fn send_all(mut s: &UnixStream, buf: &[u8]) -> std::io::Result<()> {
+    std::io::Write::write_all(&mut s, buf)
+}
+
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
         .iter()
@@ -187,5 +220,20 @@ fn read_chunks(r: &mut impl BufRead, mut f: impl FnMut(&[u8]) -> bool) -> Result
         if !f(&chunk[..n]) {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_gone_away_is_an_error() {
+        let (a, b) = UnixStream::pair().unwrap();
+        send_all(&a, b"hello").unwrap();
+        drop(b);
+        let e = send_all(&a, b"more").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe);
     }
 }

@@ -3,6 +3,7 @@
 mod data_dir;
 mod errors;
 mod examples;
+mod props;
 mod valid;
 
 use std::path::Path;

@@ -1,5 +1,7 @@
 //! `ten logs [process[:id]] [-f] [--search TEXT] [--stream stdout|stderr] [--since 10m] [--limit N]`.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -60,7 +62,8 @@ pub struct Logs {
     pub json: bool,
 }
 
-/// One line as `time instance stream message`, coloured by stream on a terminal.
+/// One line as `time instance stream message`, coloured by stream on a terminal. What the
+/// app printed is shown, not obeyed: control characters are escaped (review L9).
 fn render(v: &Value, color: bool) -> String {
     let s = |k: &str| v[k].as_str().unwrap_or("");
     let who = format!("{}:{}", s("process"), s("instance"));
@@ -70,6 +73,7 @@ fn render(v: &Value, color: bool) -> String {
         s("stream"),
         s("message")
     );
+    let line = escape_controls(&line).into_owned();
     if !color {
         return line;
     }
@@ -78,6 +82,29 @@ fn render(v: &Value, color: bool) -> String {
         (_, "stderr") => format!("\x1b[31m{line}\x1b[0m"),
         _ => line,
     }
+}
+
+/// `text` with its control characters visible instead of acted on by the terminal: C0 (but
+/// tab) and DEL as `\x1b`, C1 as `\u{9b}` (ESC and CSI start the sequences that move the
+/// cursor, recolour, set the title or the clipboard). Borrowed when there are none.
+fn escape_controls(text: &str) -> Cow<'_, str> {
+    let control = |c: char| c.is_control() && c != '\t';
+    if !text.contains(control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            c if !control(c) => out.push(c),
+            c if u32::from(c) < 0x80 => {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
+            c => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+        }
+    }
+    Cow::Owned(out)
 }
 
 impl Logs {
@@ -163,4 +190,30 @@ fn logs(global: &Global, a: Logs) -> Result<ExitCode> {
         },
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed_review_l9() {
+        assert!(matches!(escape_controls("plain\ttext é"), Cow::Borrowed(_)));
+        assert_eq!(
+            escape_controls("\x1b]0;pwned\x07\x1b[31mred\x1b[0m\r\x7f\u{9b}2J\tok\0"),
+            "\\x1b]0;pwned\\x07\\x1b[31mred\\x1b[0m\\x0d\\x7f\\u{9b}2J\tok\\x00"
+        );
+        let v = serde_json::json!({
+            "timestamp": "t", "process": "api", "instance": "a", "stream": "stdout",
+            "message": "\x1b[2Jgone",
+        });
+        assert_eq!(render(&v, false), "t api:a stdout \\x1b[2Jgone");
+        // On a terminal the colour is ten's own, around the escaped text.
+        let v = serde_json::json!({
+            "timestamp": "t", "process": "api", "instance": "a", "stream": "stderr",
+            "message": "\x1b[2J",
+        });
+        assert_eq!(render(&v, true), "\x1b[31mt api:a stderr \\x1b[2J\x1b[0m");
+    }
 }

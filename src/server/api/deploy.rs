@@ -16,7 +16,7 @@ use super::instances::check_weight;
 use super::{parse_body, parse_name, query_param, Api, ApiError, ApiResult};
 use crate::wire::{DeployArgs, RouteArgs};
 
-fn timeout_of(v: &Option<Value>) -> Result<Option<Duration>, ApiError> {
+pub(super) fn timeout_of(v: &Option<Value>) -> Result<Option<Duration>, ApiError> {
     let too_long = |e: DurationError| ApiError::bad(format!("timeout: {e}"));
     match v {
         None | Some(Value::Null) => Ok(None),

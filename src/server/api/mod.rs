@@ -8,6 +8,8 @@ mod fleet;
 mod instances;
 mod logs;
 mod metrics;
+#[cfg(test)]
+mod props;
 mod route;
 
 use std::sync::Arc;

@@ -308,3 +308,75 @@ fn bad_search_is_bad_search() {
     // The store still works afterwards.
     assert_eq!(store.query(&q()).unwrap().len(), 5);
 }
+
+/// Any search text gives lines or `BadSearch` (a 400), never another error (a 500) or a
+/// panic; a literal search of any text without a NUL always gives lines.
+#[test]
+fn any_search_is_lines_or_bad_search() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+    let (_d, path) = temp();
+    let store = open(&path);
+    sample(&store);
+    let fts = prop::collection::vec(
+        prop_oneof![
+            prop::sample::select(vec![
+                "GET",
+                "user",
+                "alice",
+                "AND",
+                "OR",
+                "NOT",
+                "NEAR",
+                "NEAR(",
+                "\"",
+                "(",
+                ")",
+                "*",
+                "^",
+                ":",
+                "message:",
+                "process:",
+                "nosuch:",
+                "{message}",
+                "-",
+                "+",
+                ",",
+                " ",
+                "\u{0}",
+                "'",
+                "\\",
+                "é",
+                "user=alice",
+                "500",
+            ])
+            .prop_map(str::to_string),
+            "\\PC{1,4}",
+        ],
+        0..10,
+    )
+    .prop_map(|v| v.concat());
+    let search = prop_oneof![fts, "\\PC{0,40}"];
+    let mut runner = TestRunner::new(Config {
+        cases: 1000,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&search, |s| {
+            for (text, literal) in [(s.clone(), false), (literal_search(&s), true)] {
+                let q = LogQuery {
+                    search: Some(text.clone()),
+                    ..q()
+                };
+                match store.query(&q) {
+                    Ok(_) => {}
+                    // FTS5 reads its query as a C string: a NUL ends it, even quoted.
+                    Err(LogError::BadSearch { .. }) if !literal || s.contains('\0') => {}
+                    Err(e) => return Err(TestCaseError::fail(format!("{text:?}: {e:?}"))),
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+}
