@@ -10,6 +10,7 @@ mod forwarded;
 pub mod host;
 pub mod management;
 pub mod metrics;
+pub mod password;
 pub mod plugins;
 mod respond;
 mod router;
