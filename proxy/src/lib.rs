@@ -11,6 +11,8 @@ pub mod host;
 pub mod management;
 pub mod metrics;
 pub mod path;
+pub mod password;
+mod peer;
 pub mod plugins;
 mod respond;
 mod router;

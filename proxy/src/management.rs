@@ -88,7 +88,8 @@ pub(crate) enum Trust {
     Token,
     /// Loopback clients (`admin_loopback_trusted`).
     Loopback,
-    /// Everyone: the control socket (mode 0600).
+    /// Everyone: the control socket (mode 0600; peers other than root and ten's own uid are
+    /// dropped before their request is read, see `peer.rs`).
     Always,
 }
 
@@ -236,6 +237,9 @@ impl HttpServerApp for ManagementApp {
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
+        if self.trust == Trust::Always && !crate::peer::control_peer_allowed(&session) {
+            return None; // dropped: the connection closes unanswered
+        }
         let read = tokio::select! {
             biased;
             read = session.read_request() => read,

@@ -62,7 +62,7 @@ impl TenProxy {
     /// One routing pass: look the request up in the current table, count it in its process's
     /// gauge, run the plugins (first pass only: a refused request never wakes an instance),
     /// then admit it. Sets `ctx.target` and `ctx.strip` when routed.
-    fn decide(&self, session: &mut Session, ctx: &mut Ctx, woken: bool) -> Decision {
+    async fn decide(&self, session: &mut Session, ctx: &mut Ctx, woken: bool) -> Decision {
         let target = match admit::lookup(&self.router.load(), session.req_header_mut()) {
             Ok((target, strip)) => {
                 ctx.strip = strip;
@@ -79,10 +79,12 @@ impl TenProxy {
         }
         if !woken {
             if let Some(chain) = opts.and_then(|o| o.plugins.as_ref()) {
-                let reply = chain.on_request(&RequestInfo {
-                    client_ip: client_ip(session),
-                    header: req,
-                });
+                let reply = chain
+                    .on_request(&RequestInfo {
+                        client_ip: client_ip(session),
+                        header: req,
+                    })
+                    .await;
                 ctx.plugins = Some(chain.clone());
                 if let Some(reply) = reply {
                     return Decision::Reply(reply);
@@ -103,7 +105,7 @@ impl TenProxy {
         // At most one wake per request: look up, wake an idle instance, look up again.
         let mut woken = false;
         let decision = loop {
-            match self.decide(session, ctx, woken) {
+            match self.decide(session, ctx, woken).await {
                 Decision::Wake(b) => {
                     woken = true;
                     if let Some(waker) = &self.waker {

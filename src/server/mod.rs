@@ -4,4 +4,5 @@
 pub mod api;
 pub mod audit;
 pub mod compose;
+pub mod data_dir;
 pub mod serve;

@@ -3,7 +3,7 @@
 
 use std::net::TcpListener;
 use std::os::fd::IntoRawFd;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
@@ -66,13 +66,7 @@ fn bind_control(fds: &ListenFds, path: &Path) -> Result<String> {
 pub async fn run(config: Config) -> Result<()> {
     let config = Arc::new(config);
     let s = &config.settings;
-    if !s.data_dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&s.data_dir)
-            .with_context(|| format!("cannot create data_dir {}", s.data_dir.display()))?;
-    }
+    let _held = crate::server::data_dir::prepare(&s.data_dir)?; // umask 077, 0711, ten.lock
     let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
     let sock = crate::wire::control_socket(&s.data_dir);
     let sock_key = bind_control(&fds, &sock)?;

@@ -7,9 +7,16 @@
 //! flood of wrong passwords cannot push out the good ones. An unknown user is checked against a
 //! real hash all the same, so response times do not tell which user names exist.
 //! The `Authorization` header is passed on upstream (remove it with the `headers` plugin).
+//!
+//! A request without credentials, or whose credentials are cached, is answered on the spot. A
+//! new credential is checked off the workers by the process's [`HashRunner`] ([`Check::Later`]):
+//! 503 with `Retry-After: 1` when every hash slot is busy. Its attempt is counted for the
+//! client (IPv4 address or IPv6 /64) before the hash runs: 5 wrong passwords within a minute,
+//! then 429 for 30 s (a cached right password still passes).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 use argon2::password_hash::{PasswordHash, PasswordHashString, PasswordVerifier};
 use argon2::Argon2;
@@ -17,7 +24,8 @@ use base64::Engine;
 use http::HeaderValue;
 use sha2::{Digest, Sha256};
 
-use super::{Plugin, Reply, RequestInfo};
+use super::{Check, Plugin, Reply, RequestInfo};
+use crate::password::{HashRunner, Lockout};
 
 pub(crate) const KIND: &str = "basic_auth";
 const CACHE_CAP: usize = 1024;
@@ -32,6 +40,8 @@ pub struct BasicAuth {
     decoy: PasswordHashString,
     granted: Mutex<HashSet<Fingerprint>>,
     denied: Mutex<HashSet<Fingerprint>>,
+    runner: Arc<HashRunner>,
+    lockout: Lockout,
 }
 
 /// Parse and check one PHC string; the message never quotes it (it may be a secret).
@@ -81,8 +91,16 @@ fn credentials(value: &[u8]) -> Option<(String, Vec<u8>)> {
 }
 
 impl BasicAuth {
-    /// `users`: name -> Argon2 PHC string.
+    /// `users`: name -> Argon2 PHC string. Hashes run on the process's shared runner.
     pub fn new(users: &BTreeMap<String, String>) -> Result<BasicAuth, String> {
+        BasicAuth::with_runner(users, HashRunner::shared())
+    }
+
+    /// As [`BasicAuth::new`], hashing on `runner`.
+    pub fn with_runner(
+        users: &BTreeMap<String, String>,
+        runner: Arc<HashRunner>,
+    ) -> Result<BasicAuth, String> {
         let mut parsed = HashMap::with_capacity(users.len());
         for (name, phc) in users {
             let hash = parse_hash(phc).map_err(|e| format!("user {name}: {e}"))?;
@@ -98,33 +116,88 @@ impl BasicAuth {
             decoy,
             granted: Mutex::default(),
             denied: Mutex::default(),
+            runner,
+            lockout: Lockout::standard(),
         })
     }
 
-    /// Whether an `Authorization` header value grants access.
-    pub fn check(&self, authorization: Option<&HeaderValue>) -> bool {
+    /// The check of one request: on the spot unless a new credential must be hashed.
+    fn check<'a>(
+        &'a self,
+        authorization: Option<&HeaderValue>,
+        client: Option<IpAddr>,
+    ) -> Check<'a> {
         let Some(value) = authorization else {
-            return false;
+            return Check::Reply(challenge());
         };
         let fp: Fingerprint = Sha256::digest(value.as_bytes()).into();
         if knows(&self.granted, &fp) {
-            return true;
+            return Check::Pass;
         }
         if knows(&self.denied, &fp) {
-            return false;
+            return Check::Reply(challenge());
         }
         let Some((user, password)) = credentials(value.as_bytes()) else {
-            return false; // cheap to find out again: not cached
+            return Check::Reply(challenge()); // cheap to find out again: not cached
         };
-        let ok = match self.users.get(&user) {
-            Some(hash) => verify(hash, &password),
-            None => {
-                verify(&self.decoy, &password);
-                false
+        Check::Later(Box::pin(self.verify_new(fp, user, password, client)))
+    }
+
+    /// Argon2 for a credential not seen yet: counted first, then hashed off the worker.
+    async fn verify_new(
+        &self,
+        fp: Fingerprint,
+        user: String,
+        password: Vec<u8>,
+        client: Option<IpAddr>,
+    ) -> Option<Reply> {
+        let attempt = match self.lockout.reserve(client) {
+            Ok(attempt) => attempt,
+            Err(secs) => return Some(locked_out(secs)),
+        };
+        let (hash, known) = match self.users.get(&user) {
+            Some(hash) => (hash.clone(), true),
+            None => (self.decoy.clone(), false),
+        };
+        match self.runner.run(move || verify(&hash, &password)).await {
+            Err(_busy) => {
+                attempt.refund();
+                Some(
+                    Reply::text(503, "busy: too many password checks at once, retry shortly")
+                        .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1")),
+                )
             }
-        };
-        remember(if ok { &self.granted } else { &self.denied }, fp);
-        ok
+            Ok(ok) => {
+                let ok = ok && known;
+                remember(if ok { &self.granted } else { &self.denied }, fp);
+                if ok {
+                    attempt.refund();
+                    None
+                } else {
+                    Some(challenge())
+                }
+            }
+        }
+    }
+}
+
+/// 401 with the Basic challenge.
+fn challenge() -> Reply {
+    Reply::text(401, "unauthorized: valid credentials required").with_header(
+        http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"tenement\""),
+    )
+}
+
+/// 429: too many wrong passwords from this client.
+fn locked_out(secs: u64) -> Reply {
+    let reply = Reply::text(
+        429,
+        &format!("too many failed logins from your address: retry in {secs}s"),
+    );
+    match HeaderValue::from_str(&secs.to_string()) {
+        Ok(v) => reply.with_header(http::header::RETRY_AFTER, v),
+        Err(_) => reply,
     }
 }
 
@@ -139,15 +212,20 @@ impl Plugin for BasicAuth {
         KIND
     }
 
+    /// Without the hash: a cached right credential passes, anything else is refused. (The
+    /// chain calls [`Plugin::check_request`], which also checks new credentials.)
     fn on_request(&self, req: &RequestInfo<'_>) -> Option<Reply> {
-        if self.check(req.header.headers.get(http::header::AUTHORIZATION)) {
-            return None;
+        match self.check(req.header.headers.get(http::header::AUTHORIZATION), None) {
+            Check::Pass => None,
+            Check::Reply(reply) => Some(reply),
+            Check::Later(_) => Some(challenge()),
         }
-        Some(
-            Reply::text(401, "unauthorized: valid credentials required").with_header(
-                http::header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"tenement\""),
-            ),
+    }
+
+    fn check_request<'a>(&'a self, req: &RequestInfo<'_>) -> Check<'a> {
+        self.check(
+            req.header.headers.get(http::header::AUTHORIZATION),
+            req.client_ip,
         )
     }
 }
@@ -156,7 +234,7 @@ impl Plugin for BasicAuth {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::plugins::tests::{get, info};
+    use crate::plugins::tests::{block_on, get, info};
     use argon2::password_hash::rand_core::OsRng;
     use argon2::password_hash::{PasswordHasher, SaltString};
     use argon2::{Algorithm, Params, Version};
@@ -176,58 +254,200 @@ mod tests {
         HeaderValue::from_str(&format!("Basic {token}")).unwrap()
     }
 
-    fn auth() -> BasicAuth {
-        let users = BTreeMap::from([
+    fn users() -> BTreeMap<String, String> {
+        BTreeMap::from([
             ("alice".to_string(), hash("s3cret:with:colons")),
             ("bob".to_string(), hash("hunter2")),
-        ]);
-        BasicAuth::new(&users).unwrap()
+        ])
+    }
+
+    fn auth() -> BasicAuth {
+        BasicAuth::with_runner(&users(), Arc::new(HashRunner::new(4))).unwrap()
+    }
+
+    /// The whole check of one request from `client`: Some(status) when refused.
+    async fn verdict(a: &BasicAuth, v: Option<&HeaderValue>, client: &str) -> Option<u16> {
+        let reply = match a.check(v, Some(client.parse().unwrap())) {
+            Check::Pass => None,
+            Check::Reply(r) => Some(r),
+            Check::Later(answer) => answer.await,
+        };
+        reply.map(|r| r.status)
+    }
+
+    fn check(a: &BasicAuth, v: Option<&HeaderValue>) -> bool {
+        block_on(verdict(a, v, "192.0.2.1")).is_none()
     }
 
     #[test]
     fn right_password_passes_and_is_cached() {
         let a = auth();
         let good = basic("alice:s3cret:with:colons");
-        assert!(a.check(Some(&good)));
+        assert!(check(&a, Some(&good)));
         assert!(knows(&a.granted, &Sha256::digest(good.as_bytes()).into()));
-        assert!(a.check(Some(&good)));
-        assert!(a.check(Some(&basic("bob:hunter2"))));
+        assert!(check(&a, Some(&good)));
+        assert!(check(&a, Some(&basic("bob:hunter2"))));
         let lower = HeaderValue::from_str(&format!(
             "basic {}",
             base64::engine::general_purpose::STANDARD.encode("bob:hunter2")
         ))
         .unwrap();
-        assert!(a.check(Some(&lower)), "the scheme is case-insensitive");
+        assert!(check(&a, Some(&lower)), "the scheme is case-insensitive");
     }
 
     #[test]
     fn wrong_or_missing_credentials_fail() {
         let a = auth();
         let wrong = basic("alice:nope");
-        assert!(!a.check(Some(&wrong)));
+        assert!(!check(&a, Some(&wrong)));
         assert!(knows(&a.denied, &Sha256::digest(wrong.as_bytes()).into()));
-        assert!(!a.check(Some(&wrong)), "cached refusal");
-        assert!(!a.check(Some(&basic("bob:s3cret:with:colons"))), "alice's");
-        assert!(!a.check(Some(&basic("mallory:hunter2"))), "unknown user");
-        assert!(!a.check(Some(&basic("alice"))), "no colon");
-        assert!(!a.check(None));
+        assert!(!check(&a, Some(&wrong)), "cached refusal");
+        assert!(
+            !check(&a, Some(&basic("bob:s3cret:with:colons"))),
+            "alice's"
+        );
+        assert!(!check(&a, Some(&basic("mallory:hunter2"))), "unknown user");
+        assert!(!check(&a, Some(&basic("alice"))), "no colon");
+        assert!(!check(&a, None));
         let bearer = HeaderValue::from_static("Bearer abc");
-        assert!(!a.check(Some(&bearer)));
+        assert!(!check(&a, Some(&bearer)));
         let garbage = HeaderValue::from_static("Basic !!!");
-        assert!(!a.check(Some(&garbage)));
+        assert!(!check(&a, Some(&garbage)));
     }
 
     #[test]
     fn replies_401_with_a_challenge() {
         let a = auth();
         let mut req = get("/");
-        let reply = a.on_request(&info(&req, "::1")).unwrap();
+        let Check::Reply(reply) = a.check_request(&info(&req, "::1")) else {
+            panic!("no credentials: answered on the spot");
+        };
         assert_eq!(reply.status, 401);
         let challenge = reply.headers.iter().find(|(n, _)| n == "www-authenticate");
         assert_eq!(challenge.unwrap().1, "Basic realm=\"tenement\"");
         req.insert_header("authorization", basic("bob:hunter2"))
             .unwrap();
-        assert!(a.on_request(&info(&req, "::1")).is_none());
+        assert_eq!(
+            a.on_request(&info(&req, "::1")).unwrap().status,
+            401,
+            "the synchronous hook never passes an unverified credential"
+        );
+        let Check::Later(answer) = a.check_request(&info(&req, "::1")) else {
+            panic!("a new credential is hashed later");
+        };
+        assert!(block_on(answer).is_none());
+        assert!(matches!(a.check_request(&info(&req, "::1")), Check::Pass));
+        assert!(a.on_request(&info(&req, "::1")).is_none(), "cached");
+    }
+
+    /// SPEC §14: Argon2 never runs on the calling (worker) thread. On a current-thread
+    /// runtime a ticker task progresses while a new credential is being verified; were the
+    /// hash run inside `poll`, the check would finish before the ticker ever ran.
+    #[test]
+    fn verification_leaves_the_worker_free() {
+        let a = auth();
+        let ticks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let seen = block_on(async {
+            let t = ticks.clone();
+            let ticker = tokio::spawn(async move {
+                loop {
+                    t.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            });
+            let v = verdict(&a, Some(&basic("alice:wrong")), "192.0.2.9").await;
+            let seen = ticks.load(std::sync::atomic::Ordering::Relaxed);
+            ticker.abort();
+            assert_eq!(v, Some(401));
+            seen
+        });
+        assert!(seen > 0, "the worker was blocked for the whole hash");
+        assert_eq!(a.runner.started(), 1);
+    }
+
+    #[test]
+    fn busy_runner_answers_503_and_counts_nothing() {
+        let runner = Arc::new(HashRunner::new(1));
+        let a = BasicAuth::with_runner(&users(), runner.clone()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        block_on(async {
+            // Hold the only slot.
+            let held = {
+                let runner = runner.clone();
+                tokio::spawn(async move { runner.run(move || rx.recv()).await })
+            };
+            while runner.started() < 1 {
+                tokio::task::yield_now().await;
+            }
+            for i in 0..8 {
+                let v = verdict(&a, Some(&basic(&format!("alice:x{i}"))), "192.0.2.1").await;
+                assert_eq!(v, Some(503), "{i}");
+            }
+            tx.send(()).unwrap();
+            held.await.unwrap().unwrap().unwrap();
+            // Busy answers were refunded: this client may still try (and succeed).
+            let ok = basic("alice:s3cret:with:colons");
+            assert_eq!(verdict(&a, Some(&ok), "192.0.2.1").await, None);
+        });
+        assert_eq!(runner.refused(), 8);
+    }
+
+    #[test]
+    fn wrong_passwords_are_counted_before_hashing_per_64() {
+        let runner = Arc::new(HashRunner::new(64));
+        let a = BasicAuth::with_runner(&users(), runner.clone()).unwrap();
+        let statuses = block_on(async {
+            // 20 new wrong passwords at once from one /64: only the first 5 are hashed.
+            let checks = (0..20).map(|i| {
+                let v = basic(&format!("alice:bad{i}"));
+                let a = &a;
+                async move { verdict(a, Some(&v), &format!("2001:db8::{i:x}")).await }
+            });
+            let mut statuses = Vec::new();
+            for s in futures_join(checks.collect()).await {
+                statuses.push(s.unwrap());
+            }
+            statuses
+        });
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 401).count(),
+            5,
+            "{statuses:?}"
+        );
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 429).count(),
+            15,
+            "{statuses:?}"
+        );
+        assert_eq!(runner.started(), 5);
+        // Another /64 is not affected; a cached right password passes even when locked out.
+        assert!(check(&a, Some(&basic("bob:hunter2"))));
+        let ok = basic("bob:hunter2");
+        assert_eq!(block_on(verdict(&a, Some(&ok), "2001:db8::1")), None);
+    }
+
+    /// Poll every future together on this task (no extra dependency).
+    async fn futures_join<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+        let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
+        let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            let mut pending = false;
+            for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+                if o.is_none() {
+                    match f.as_mut().poll(cx) {
+                        std::task::Poll::Ready(v) => *o = Some(v),
+                        std::task::Poll::Pending => pending = true,
+                    }
+                }
+            }
+            if pending {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        })
+        .await;
+        out.into_iter().flatten().collect()
     }
 
     #[test]

@@ -11,6 +11,10 @@
 //!
 //! A process without plugins carries no chain at all (`Chain::build` returns `None`), so its
 //! requests pay nothing for the mechanism: no allocation, no dynamic call.
+//!
+//! Hooks are synchronous; a request check that needs slow work (`basic_auth`'s Argon2) returns
+//! [`Check::Later`] from [`Plugin::check_request`], a future the proxy awaits: the work itself
+//! runs off the workers (see [`crate::password`]), and only requests that need it pay for it.
 
 mod basic_auth;
 mod headers;
@@ -18,7 +22,9 @@ mod ip_filter;
 mod max_body;
 mod rate_limit;
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,6 +67,17 @@ impl Reply {
     }
 }
 
+/// What [`Plugin::check_request`] decided.
+pub enum Check<'a> {
+    /// On to the next plugin.
+    Pass,
+    /// Answer the request with this now.
+    Reply(Reply),
+    /// Not known yet: the answer needs slow work (password hashing) that runs off the worker;
+    /// await it (None: on to the next plugin).
+    Later(Pin<Box<dyn Future<Output = Option<Reply>> + Send + 'a>>),
+}
+
 /// The request as plugins see it (built once per request by the proxy).
 #[derive(Debug, Clone, Copy)]
 pub struct RequestInfo<'a> {
@@ -85,7 +102,7 @@ pub struct LogInfo<'a> {
 /// A plugin: every hook has a no-op default, implement the ones you need.
 ///
 /// Hooks are synchronous and run on the proxy's hot path: keep them short and never block on
-/// I/O. Shared state needs interior mutability (`Mutex`, atomics): one plugin value serves
+/// I/O or burn CPU (a slow check returns [`Check::Later`] instead). Shared state needs interior mutability (`Mutex`, atomics): one plugin value serves
 /// every request of its process, on every worker thread.
 pub trait Plugin: Send + Sync + 'static {
     /// The kind, as written in the config (`"rate_limit"`).
@@ -93,6 +110,14 @@ pub trait Plugin: Send + Sync + 'static {
     /// Before routing to an upstream; Some(reply) answers the request right away.
     fn on_request(&self, _req: &RequestInfo<'_>) -> Option<Reply> {
         None
+    }
+    /// What the chain calls before routing: [`Plugin::on_request`]'s answer, unless the plugin
+    /// overrides it to defer slow work ([`Check::Later`]).
+    fn check_request<'a>(&'a self, req: &RequestInfo<'_>) -> Check<'a> {
+        match self.on_request(req) {
+            Some(reply) => Check::Reply(reply),
+            None => Check::Pass,
+        }
     }
     /// Whether [`Plugin::on_body`] does anything: the chain only counts body chunks for the
     /// plugins that ask.
@@ -206,9 +231,21 @@ impl Chain {
         self.plugins.iter().map(|p| p.name())
     }
 
-    /// In order; the first Some wins and the later plugins do not run.
-    pub fn on_request(&self, req: &RequestInfo<'_>) -> Option<Reply> {
-        self.plugins.iter().find_map(|p| p.on_request(req))
+    /// In order; the first reply wins and the later plugins do not run. Awaits only when a
+    /// plugin deferred its check ([`Check::Later`]).
+    pub async fn on_request(&self, req: &RequestInfo<'_>) -> Option<Reply> {
+        for p in self.plugins.iter() {
+            match p.check_request(req) {
+                Check::Pass => {}
+                Check::Reply(reply) => return Some(reply),
+                Check::Later(answer) => {
+                    if let Some(reply) = answer.await {
+                        return Some(reply);
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// Whether any plugin looks at the request body ([`Chain::on_body`] is a no-op otherwise).
@@ -269,6 +306,16 @@ pub(crate) mod tests {
         RequestHeader::build("GET", path.as_bytes(), None).unwrap()
     }
 
+    /// Run a future to its end on a current-thread runtime (blocking work still goes to the
+    /// runtime's blocking pool).
+    pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
     pub(crate) fn info<'a>(req: &'a RequestHeader, ip: &str) -> RequestInfo<'a> {
         RequestInfo {
             client_ip: Some(ip.parse().unwrap()),
@@ -297,11 +344,15 @@ pub(crate) mod tests {
         let mut req = get("/");
         req.insert_header("content-length", "100").unwrap();
         assert_eq!(
-            chain.on_request(&info(&req, "10.1.1.1")).unwrap().status,
+            block_on(chain.on_request(&info(&req, "10.1.1.1")))
+                .unwrap()
+                .status,
             403
         );
         assert_eq!(
-            chain.on_request(&info(&req, "192.0.2.1")).unwrap().status,
+            block_on(chain.on_request(&info(&req, "192.0.2.1")))
+                .unwrap()
+                .status,
             413
         );
         assert_eq!(chain.on_body(11).unwrap().status, 413);
@@ -369,6 +420,6 @@ pub(crate) mod tests {
         chain.on_log(&log);
         chain.on_log(&log);
         assert_eq!(n.load(Ordering::Relaxed), 14);
-        assert!(chain.on_request(&info(&get("/"), "::1")).is_none());
+        assert!(block_on(chain.on_request(&info(&get("/"), "::1"))).is_none());
     }
 }

@@ -1,18 +1,23 @@
-//! API tokens: generated once, stored only as Argon2 hashes; verified tokens are cached by
-//! their SHA-256 digest so the API is not slowed by Argon2 on every call; failed attempts are
-//! limited per client address (never for everyone).
+//! API tokens: generated once, stored only as Argon2 hashes. A verified token is cached by its
+//! SHA-256 digest with the row it matched, and the row is looked up again on every use, so a
+//! deleted token stops working at once while a valid one costs no Argon2 per request.
+//!
+//! New tokens are hashed on the process's shared [`HashRunner`] (SPEC §14: at most CPU count
+//! at once, off the workers; 429 with `Retry-After: 1` when it is full). Failed attempts are
+//! limited per client (IPv4 address or IPv6 /64, never for everyone) and counted before the
+//! hash runs ([`Lockout`]); a cached valid token passes even when its address is locked out.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use rusqlite::{params, Connection};
 use sha2::{Digest, Sha256};
+use tenement_proxy::password::{HashRunner, Lockout};
 use tenement_supervisor::db::{self, Schema};
 
 /// The `api_tokens` table (component `auth` in `schema_version`, see `tenement_supervisor::db`).
@@ -28,33 +33,28 @@ const SCHEMA: Schema = Schema {
     ],
 };
 
-/// Failures allowed per client address within WINDOW before it is slowed down.
-const MAX_FAILURES: u32 = 5;
-const WINDOW: Duration = Duration::from_secs(60);
-/// How long an address is refused (429) once over the limit.
-const PENALTY: Duration = Duration::from_secs(30);
-/// Bound on remembered addresses (oldest forgotten first).
-const MAX_TRACKED: usize = 10_000;
+/// Bound on cached verified tokens (cleared when full; each costs one Argon2 to re-enter).
+const MAX_VERIFIED: usize = 1024;
 
 pub enum Verdict {
     Ok,
     /// 401 with this message.
     Denied(String),
-    /// 429: retry after this many seconds.
-    Slowed(u64),
-}
-
-struct Failures {
-    count: u32,
-    first: Instant,
-    blocked_until: Option<Instant>,
+    /// 429 with `Retry-After: retry_after` (seconds) and this message.
+    TooMany {
+        retry_after: u64,
+        message: String,
+    },
 }
 
 pub struct Auth {
     db: Mutex<Connection>,
-    /// SHA-256 digests of tokens that passed Argon2 verification.
-    verified: Mutex<HashSet<[u8; 32]>>,
-    failures: Mutex<HashMap<IpAddr, Failures>>,
+    /// SHA-256 digest of a token that passed Argon2 -> the `api_tokens` row it matched.
+    verified: Mutex<HashMap<[u8; 32], i64>>,
+    lockout: Lockout,
+    runner: Arc<HashRunner>,
+    /// Argon2 parameters of new tokens.
+    params: argon2::Params,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -63,11 +63,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Auth {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
+        Auth::open_with(path, HashRunner::shared(), argon2::Params::default())
+    }
+
+    fn open_with(
+        path: &Path,
+        runner: Arc<HashRunner>,
+        params: argon2::Params,
+    ) -> anyhow::Result<Self> {
         let conn = db::open(path, &[], Some(&SCHEMA))?;
         Ok(Auth {
             db: Mutex::new(conn),
             verified: Mutex::default(),
-            failures: Mutex::default(),
+            lockout: Lockout::standard(),
+            runner,
+            params,
         })
     }
 
@@ -77,10 +87,14 @@ impl Auth {
         OsRng.fill_bytes(&mut bytes);
         let token = format!("ten_{}", hex(&bytes));
         let salt = SaltString::generate(&mut OsRng);
-        let hash = Argon2::default()
-            .hash_password(token.as_bytes(), &salt)
-            .map_err(|e| anyhow::anyhow!("argon2: {e}"))?
-            .to_string();
+        let hash = Argon2::new(
+            argon2::Algorithm::default(),
+            argon2::Version::default(),
+            self.params.clone(),
+        )
+        .hash_password(token.as_bytes(), &salt)
+        .map_err(|e| anyhow::anyhow!("argon2: {e}"))?
+        .to_string();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
@@ -92,99 +106,257 @@ impl Auth {
         Ok(token)
     }
 
-    fn hashes(&self) -> Vec<String> {
+    /// Every stored token: (row id, Argon2 PHC string).
+    fn hashes(&self) -> Vec<(i64, String)> {
         let db = lock(&self.db);
-        let Ok(mut stmt) = db.prepare("SELECT hash FROM api_tokens") else {
+        let Ok(mut stmt) = db.prepare_cached("SELECT id, hash FROM api_tokens") else {
             return Vec::new();
         };
-        stmt.query_map([], |r| r.get::<_, String>(0))
+        stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
             .map(|rows| rows.flatten().collect())
             .unwrap_or_default()
     }
 
-    /// Check a bearer token from `client`. Argon2 runs on a blocking thread.
-    pub async fn check(&self, token: Option<&str>, client: Option<IpAddr>) -> Verdict {
-        if let Some(ip) = client {
-            if let Some(wait) = self.blocked(ip) {
-                return Verdict::Slowed(wait);
-            }
+    /// Whether the token row `id` still exists (a deleted token stops working at once).
+    fn row_exists(&self, id: i64) -> bool {
+        let db = lock(&self.db);
+        let Ok(mut stmt) = db.prepare_cached("SELECT 1 FROM api_tokens WHERE id = ?1") else {
+            return false;
+        };
+        stmt.exists(params![id]).unwrap_or(false)
+    }
+
+    /// The row of a token verified before, if that row still exists.
+    fn cached(&self, digest: &[u8; 32]) -> Option<i64> {
+        let id = *lock(&self.verified).get(digest)?;
+        if self.row_exists(id) {
+            return Some(id);
         }
-        let hashes = self.hashes();
-        if hashes.is_empty() {
+        lock(&self.verified).remove(digest);
+        None
+    }
+
+    /// Check a bearer token from `client`: the cache first, then Argon2 on the shared runner
+    /// (the attempt counted for `client` before it runs).
+    pub async fn check(&self, token: Option<&str>, client: Option<IpAddr>) -> Verdict {
+        let token = token.filter(|t| !t.is_empty());
+        let digest: Option<[u8; 32]> = token.map(|t| Sha256::digest(t.as_bytes()).into());
+        if digest.is_some_and(|d| self.cached(&d).is_some()) {
+            return Verdict::Ok;
+        }
+        let attempt = match self.lockout.reserve(client) {
+            Ok(attempt) => attempt,
+            Err(secs) => {
+                return Verdict::TooMany {
+                    retry_after: secs,
+                    message: format!(
+                        "too many failed attempts from your address: retry in {secs}s"
+                    ),
+                }
+            }
+        };
+        let rows = self.hashes();
+        if rows.is_empty() {
+            attempt.refund();
             return Verdict::Denied(
                 "no API token is configured: run `ten token-gen` on the server (the control socket needs none)".into(),
             );
         }
-        let Some(token) = token.filter(|t| !t.is_empty()) else {
-            return self.fail(client, "missing token: send Authorization: Bearer <token>");
+        let (Some(token), Some(digest)) = (token, digest) else {
+            return Verdict::Denied("missing token: send Authorization: Bearer <token>".into());
         };
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if lock(&self.verified).contains(&digest) {
-            return Verdict::Ok;
-        }
         let candidate = token.to_string();
-        let ok = tokio::task::spawn_blocking(move || {
-            hashes.iter().any(|h| {
-                PasswordHash::new(h).is_ok_and(|parsed| {
-                    Argon2::default()
-                        .verify_password(candidate.as_bytes(), &parsed)
-                        .is_ok()
-                })
+        let found = self
+            .runner
+            .run(move || {
+                rows.into_iter()
+                    .find(|(_, h)| {
+                        PasswordHash::new(h).is_ok_and(|parsed| {
+                            Argon2::default()
+                                .verify_password(candidate.as_bytes(), &parsed)
+                                .is_ok()
+                        })
+                    })
+                    .map(|(id, _)| id)
             })
-        })
-        .await
-        .unwrap_or(false);
-        if ok {
-            lock(&self.verified).insert(digest);
-            Verdict::Ok
-        } else {
-            self.fail(client, "invalid token")
-        }
-    }
-
-    fn blocked(&self, ip: IpAddr) -> Option<u64> {
-        let failures = lock(&self.failures);
-        let until = failures.get(&ip)?.blocked_until?;
-        let left = until.checked_duration_since(Instant::now())?;
-        Some(left.as_secs().max(1))
-    }
-
-    fn fail(&self, client: Option<IpAddr>, msg: &str) -> Verdict {
-        let Some(ip) = client else {
-            return Verdict::Denied(msg.into());
-        };
-        let mut failures = lock(&self.failures);
-        if failures.len() >= MAX_TRACKED && !failures.contains_key(&ip) {
-            if let Some(oldest) = failures
-                .iter()
-                .min_by_key(|(_, f)| f.first)
-                .map(|(k, _)| *k)
-            {
-                failures.remove(&oldest);
+            .await;
+        match found {
+            Err(_busy) => {
+                attempt.refund();
+                Verdict::TooMany {
+                    retry_after: 1,
+                    message: "busy: too many token checks at once, retry in 1s".into(),
+                }
             }
+            Ok(Some(id)) => {
+                attempt.refund();
+                let mut verified = lock(&self.verified);
+                if verified.len() >= MAX_VERIFIED {
+                    verified.clear();
+                }
+                verified.insert(digest, id);
+                Verdict::Ok
+            }
+            // The attempt stays counted.
+            Ok(None) => Verdict::Denied("invalid token".into()),
         }
-        let now = Instant::now();
-        let f = failures.entry(ip).or_insert(Failures {
-            count: 0,
-            first: now,
-            blocked_until: None,
-        });
-        if now.duration_since(f.first) > WINDOW {
-            *f = Failures {
-                count: 0,
-                first: now,
-                blocked_until: None,
-            };
-        }
-        f.count += 1;
-        if f.count >= MAX_FAILURES {
-            f.blocked_until = Some(now + PENALTY);
-            return Verdict::Slowed(PENALTY.as_secs());
-        }
-        Verdict::Denied(msg.into())
     }
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Small Argon2 parameters (tests run unoptimised); `slots` hash slots.
+    fn auth(dir: &Path, slots: usize) -> Auth {
+        let params = argon2::Params::new(1024, 1, 1, None).unwrap();
+        let runner = Arc::new(HashRunner::new(slots));
+        Auth::open_with(&dir.join("tenement.db"), runner, params).unwrap()
+    }
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    fn status(v: &Verdict) -> u16 {
+        match v {
+            Verdict::Ok => 200,
+            Verdict::Denied(_) => 401,
+            Verdict::TooMany { .. } => 429,
+        }
+    }
+
+    /// Review M9: a deleted token row stops working at once, even though it was cached; a
+    /// cached token costs no Argon2.
+    #[tokio::test]
+    async fn cache_is_keyed_by_row_and_a_deleted_token_stops_working() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = auth(dir.path(), 2);
+        let t1 = a.generate().unwrap();
+        let t2 = a.generate().unwrap();
+        for _ in 0..3 {
+            assert_eq!(status(&a.check(Some(&t1), ip("192.0.2.1")).await), 200);
+        }
+        assert_eq!(a.runner.started(), 1, "verified once, then cached");
+        let other = Connection::open(dir.path().join("tenement.db")).unwrap();
+        let id: i64 = *lock(&a.verified).values().next().unwrap();
+        assert_eq!(
+            other
+                .execute("DELETE FROM api_tokens WHERE id = ?1", [id])
+                .unwrap(),
+            1
+        );
+        let v = a.check(Some(&t1), ip("192.0.2.1")).await;
+        assert_eq!(status(&v), 401);
+        assert!(lock(&a.verified).is_empty(), "the stale entry is gone");
+        assert_eq!(status(&a.check(Some(&t2), ip("192.0.2.1")).await), 200);
+    }
+
+    /// SPEC §14: N concurrent bad tokens from one client: at most 5 reach Argon2.
+    #[tokio::test]
+    async fn failures_are_counted_before_the_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = auth(dir.path(), 64);
+        let good = a.generate().unwrap();
+        let bad: Vec<String> = (0..16).map(|i| format!("ten_bad{i}")).collect();
+        let checks = bad
+            .iter()
+            .enumerate()
+            .map(|(i, t)| a.check(Some(t), ip(&format!("2001:db8::{i:x}"))));
+        let verdicts = join_all(checks.collect()).await;
+        let statuses: Vec<u16> = verdicts.iter().map(status).collect();
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 401).count(),
+            5,
+            "{statuses:?}"
+        );
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 429).count(),
+            11,
+            "{statuses:?}"
+        );
+        assert_eq!(
+            a.runner.started(),
+            5,
+            "only the reserved attempts were hashed"
+        );
+        // The /64 is locked out, even for a good token not yet cached ...
+        assert_eq!(status(&a.check(Some(&good), ip("2001:db8::99")).await), 429);
+        // ... another /64 is not; once cached, the token passes from the locked /64 too.
+        assert_eq!(
+            status(&a.check(Some(&good), ip("2001:db8:0:1::1")).await),
+            200
+        );
+        assert_eq!(status(&a.check(Some(&good), ip("2001:db8::99")).await), 200);
+        // IPv4 per address, v4-mapped as IPv4.
+        for _ in 0..5 {
+            assert_eq!(
+                status(&a.check(Some("ten_x"), ip("::ffff:10.0.0.1")).await),
+                401
+            );
+        }
+        assert_eq!(status(&a.check(Some("ten_x"), ip("10.0.0.1")).await), 429);
+        assert_eq!(status(&a.check(Some("ten_x"), ip("10.0.0.2")).await), 401);
+    }
+
+    #[tokio::test]
+    async fn a_full_runner_answers_429_at_once_and_counts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = auth(dir.path(), 1);
+        let good = a.generate().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let runner = a.runner.clone();
+        let held = tokio::spawn(async move { runner.run(move || rx.recv()).await });
+        while a.runner.started() < 1 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..10 {
+            match a.check(Some(&good), ip("192.0.2.1")).await {
+                Verdict::TooMany {
+                    retry_after,
+                    message,
+                } => {
+                    assert_eq!(retry_after, 1);
+                    assert!(message.starts_with("busy"), "{message}");
+                }
+                v => panic!("expected busy, got {}", status(&v)),
+            }
+        }
+        tx.send(()).unwrap();
+        held.await.unwrap().unwrap().unwrap();
+        assert_eq!(
+            status(&a.check(Some(&good), ip("192.0.2.1")).await),
+            200,
+            "busy answers were not counted as failures"
+        );
+    }
+
+    /// Poll every future together on this task.
+    async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+        let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
+        let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            let mut pending = false;
+            for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+                if o.is_none() {
+                    match f.as_mut().poll(cx) {
+                        std::task::Poll::Ready(v) => *o = Some(v),
+                        std::task::Poll::Pending => pending = true,
+                    }
+                }
+            }
+            if pending {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        })
+        .await;
+        out.into_iter().flatten().collect()
+    }
 }

@@ -117,7 +117,12 @@ fn bearer(req: &Request) -> Option<String> {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
     {
-        return v.strip_prefix("Bearer ").map(|t| t.trim().to_string());
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        return v
+            .trim()
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim().to_string());
     }
     // SSE clients (EventSource) cannot send headers: ?token= on stream endpoints.
     if req.head.uri.path().ends_with("/stream") {
@@ -180,12 +185,12 @@ impl Management for Api {
                     );
                     return resp;
                 }
-                auth::Verdict::Slowed(secs) => {
-                    let mut resp = error_response(ApiError(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        format!("too many failed attempts from your address: retry in {secs}s"),
-                    ));
-                    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                auth::Verdict::TooMany {
+                    retry_after,
+                    message,
+                } => {
+                    let mut resp = error_response(ApiError(StatusCode::TOO_MANY_REQUESTS, message));
+                    if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
                         resp.headers_mut().insert(header::RETRY_AFTER, v);
                     }
                     return resp;
