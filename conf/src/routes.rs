@@ -38,6 +38,18 @@ pub fn parse_route_key(key: &str) -> Result<(String, String), String> {
             "a route prefix cannot contain spaces, '?' or '#', got {bad:?} in {key:?}"
         ));
     }
+    // Requests are matched in normalised form (escapes of unreserved characters decoded, dot
+    // segments resolved): a prefix written otherwise could never match.
+    if let Some(bad) = segments.iter().find(|s| **s == "." || **s == "..") {
+        return Err(format!(
+            "a route prefix cannot have a {bad:?} segment (paths are matched with dot segments resolved), got {key:?}"
+        ));
+    }
+    if let Some(bad) = segments.iter().find(|s| s.contains('%')) {
+        return Err(format!(
+            "a route prefix is written decoded, without %-escapes (requests are matched decoded), got {bad:?} in {key:?}"
+        ));
+    }
     Ok((host, format!("/{}", segments.join("/"))))
 }
 

@@ -57,6 +57,13 @@ pub(crate) fn lookup(table: &Table, req: &mut RequestHeader) -> Result<(Target, 
                 format!("no route for host \"{host}\""),
             ))
         }
+        Err(Miss::EncodedSlash) => {
+            return Err(Decision::Answer(
+                400,
+                "bad request: an encoded slash (%2F or %5C) in the path would change its route"
+                    .to_string(),
+            ))
+        }
         Err(Miss::AboveRoot) => {
             return Err(Decision::Answer(
                 400,
@@ -314,6 +321,28 @@ mod tests {
                 "proxy max_body=1024 strip=0".to_string()
             )
         );
+    }
+
+    #[test]
+    fn encoded_slashes_that_would_change_the_route_are_400() {
+        let t = table();
+        // A backend that decodes %2F before resolving `..` reads these as /admin/...
+        for p in [
+            "/x%2F..%2Fadmin",
+            "/x%2f..%2fadmin/y",
+            "/x%5C..%5Cadmin",
+            "/api%2F..%2F..%2Fx",
+        ] {
+            assert_eq!(
+                decide(&t, Some("example.com"), p, None, true),
+                "400 bad request: an encoded slash (%2F or %5C) in the path would change its route",
+                "{p}"
+            );
+        }
+        // Both readings take the same route: forwarded as it came.
+        for p in ["/admin/a%2Fb", "/api/x%2F..%2Fy", "/a%2Fpi/x"] {
+            assert_eq!(forwarded(&t, "example.com", p).0, p, "{p}");
+        }
     }
 
     #[test]

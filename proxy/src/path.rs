@@ -28,6 +28,35 @@ impl std::fmt::Display for AboveRoot {
 
 impl std::error::Error for AboveRoot {}
 
+/// Whether `path` holds an encoded slash or backslash (`%2F`, `%5C`, any case).
+pub fn has_encoded_slash(path: &str) -> bool {
+    let b = path.as_bytes();
+    b.windows(3).any(|w| {
+        w[0] == b'%'
+            && ((w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'f'))
+                || (w[1] == b'5' && w[2].eq_ignore_ascii_case(&b'c')))
+    })
+}
+
+/// `path` with `%2F` and `%5C` (any case) read as `/`: how a backend that decodes them before
+/// resolving dot segments sees it.
+pub fn decode_slashes(path: &str) -> String {
+    let b = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b.get(i) == Some(&b'%') && has_encoded_slash(path.get(i..i + 3).unwrap_or("")) {
+            out.push('/');
+            i += 3;
+        } else {
+            let ch = path[i..].chars().next().unwrap_or('/');
+            out.push(ch);
+            i += ch.len_utf8();
+        }
+    }
+    out
+}
+
 /// The normalised form of `path` (see the module doc): borrowed when it already is normal.
 pub fn normalize(path: &str) -> Result<Cow<'_, str>, AboveRoot> {
     if !path.starts_with('/') || is_normal(path.as_bytes()) {

@@ -407,6 +407,9 @@ pub enum Miss {
     NoRoute,
     /// The host has prefix routes and the path climbs above `/`: 400.
     AboveRoot,
+    /// The host has prefix routes and the path's encoded slashes (`%2F`, `%5C`) would take it
+    /// to another route for a backend that decodes them before resolving `..`: 400.
+    EncodedSlash,
 }
 
 /// The host index: every host name and what it routes to, by target index.
@@ -475,7 +478,18 @@ impl Table {
             None => (path, ""),
         };
         let normal = crate::path::normalize(only_path).map_err(|_| Miss::AboveRoot)?;
-        let Some(r) = entry.routes.iter().find(|r| r.matches(&normal)) else {
+        let at = entry.routes.iter().position(|r| r.matches(&normal));
+        // `%2F` / `%5C` stay encoded when matching (an encoded slash is no separator), but a
+        // backend that decodes them before resolving `..` would see another path
+        // (`/x%2F..%2Fadmin` = `/admin`): refuse a path whose two readings route apart.
+        if crate::path::has_encoded_slash(only_path) {
+            let slashed = crate::path::decode_slashes(only_path);
+            let alt = crate::path::normalize(&slashed).map_err(|_| Miss::EncodedSlash)?;
+            if entry.routes.iter().position(|r| r.matches(&alt)) != at {
+                return Err(Miss::EncodedSlash);
+            }
+        }
+        let Some(r) = at.and_then(|i| entry.routes.get(i)) else {
             return Ok(None);
         };
         let Some(target) = self.targets.get(r.target as usize) else {

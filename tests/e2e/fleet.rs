@@ -128,6 +128,8 @@ fn tenants_route_fail_over_come_home_and_migrate() {
             hook.port
         ))
         .start_with_args(&["--domain", "r.test"]);
+    // The router's own instance starts in the background after the listeners open.
+    router.wait_status("home.local.r.test", "/", 200);
     let ok = |args: &[&str]| {
         let (ok, out, err) = cli(&router, args);
         assert!(ok, "ten {args:?}: {err}");

@@ -435,3 +435,15 @@ fn hostile_traffic_limits_are_checked() {
         "tenement.toml:2: settings.log_max_line: must be at least 256 bytes, got 100"
     );
 }
+
+#[test]
+fn route_prefixes_are_written_normalised() {
+    assert_eq!(
+        error("[process.web]\ncommand = \"./web\"\n[routes]\n\"a.com/%61dmin\" = \"web\"\n"),
+        "tenement.toml:4: routes.\"a.com/%61dmin\": a route prefix is written decoded, without %-escapes (requests are matched decoded), got \"%61dmin\" in \"a.com/%61dmin\""
+    );
+    assert_eq!(
+        error("[process.web]\ncommand = \"./web\"\n[routes]\n\"a.com/x/../admin\" = \"web\"\n"),
+        "tenement.toml:4: routes.\"a.com/x/../admin\": a route prefix cannot have a \"..\" segment (paths are matched with dot segments resolved), got \"a.com/x/../admin\""
+    );
+}

@@ -161,7 +161,20 @@ fn basic_auth_flood_is_answered_at_once_and_other_sites_keep_working() {
             "GET / HTTP/1.1\r\nHost: a.locked.{DOMAIN}\r\nAuthorization: Basic {cred}\r\nConnection: close\r\n\r\n"
         )
     };
-    assert_eq!(ten.request(&basic("s3cret")).status, 200, "now cached");
+    // `locked` starts after `web` (the server waited for web only): until it is up the right
+    // password gets 503 "not running" (bounded wait). Then the credential is cached.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = ten.request(&basic("s3cret")).status;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "locked never answered 200 (last {status})"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     let (answers, most) = flood(&ten, |i| basic(&format!("wrong{i}")));
     let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
