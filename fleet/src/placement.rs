@@ -141,7 +141,8 @@ impl Inner {
         let view = self.tx.borrow().clone();
         let mut placements = view.placements.clone();
         placements.retain(|tenant, _| view.tenant(tenant).is_some());
-        rt.linger.retain(|tenant, _| placements.contains_key(tenant));
+        rt.linger
+            .retain(|tenant, _| placements.contains_key(tenant));
         let mut changed = placements.len() != view.placements.len();
         let mut tasks = Vec::new();
         let now = now_ms();
@@ -158,7 +159,9 @@ impl Inner {
                     Some(p) if p.server == t.server => false,
                     Some(p) => match p.state {
                         PlaceState::Placing => true,
-                        PlaceState::Ready => view.server(&p.server).is_some_and(|s| s.status.is_up()),
+                        PlaceState::Ready => {
+                            view.server(&p.server).is_some_and(|s| s.status.is_up())
+                        }
                         PlaceState::Failed => now - p.placed_ms < retry_after,
                     },
                 };
@@ -176,7 +179,8 @@ impl Inner {
                     .as_ref()
                     .filter(|p| p.state == PlaceState::Failed)
                     .map(|p| p.server.as_str());
-                let chosen = choose(&view, t, load, failed).or_else(|| choose(&view, t, load, None));
+                let chosen =
+                    choose(&view, t, load, failed).or_else(|| choose(&view, t, load, None));
                 let Some(s) = chosen else {
                     if current.is_some() {
                         placements.remove(&t.id);
@@ -282,7 +286,10 @@ impl Inner {
 
     fn store_placement(&self, p: &Placement) {
         if let Err(e) = self.store.put_placement(p) {
-            tracing::error!("fleet: cannot store the placement of tenant {}: {e}", p.tenant);
+            tracing::error!(
+                "fleet: cannot store the placement of tenant {}: {e}",
+                p.tenant
+            );
         }
     }
 
@@ -485,7 +492,10 @@ async fn stop(client: &reqwest::Client, s: &Server, t: &Tenant) -> Result<(), St
         return Ok(());
     }
     let text = resp.text().await.unwrap_or_default();
-    Err(format!("DELETE {path}: HTTP {status}: {}", api_error(&text)))
+    Err(format!(
+        "DELETE {path}: HTTP {status}: {}",
+        api_error(&text)
+    ))
 }
 
 /// The `error` of an API answer, else its text (shortened).

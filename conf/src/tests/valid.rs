@@ -248,7 +248,10 @@ fn fleet_failover_linger_and_placement_timeout() {
     assert_eq!(fleet.failover_linger, Duration::from_secs(2));
     assert_eq!(fleet.placement_timeout, Duration::from_secs(45));
     assert_eq!(
-        ok("[fleet]\nfailover_linger = 0\n").fleet.unwrap().failover_linger,
+        ok("[fleet]\nfailover_linger = 0\n")
+            .fleet
+            .unwrap()
+            .failover_linger,
         Duration::ZERO,
         "0: stop the copy at the first tick without traffic"
     );

@@ -132,7 +132,11 @@ fn only_up_servers_other_than_home_and_not_excluded() {
         ]
     };
     assert_eq!(pick(servers(), &[], None), "eu2");
-    assert_eq!(pick(servers(), &[], Some("eu2")), "us1", "a failed server is skipped");
+    assert_eq!(
+        pick(servers(), &[], Some("eu2")),
+        "us1",
+        "a failed server is skipped"
+    );
 }
 
 #[test]

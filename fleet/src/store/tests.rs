@@ -317,7 +317,7 @@ fn placements_are_data_and_go_with_their_tenant_or_server() {
         placed_ms: 7,
     };
     s.put_placement(&p).unwrap();
-    assert_eq!(s.placements().unwrap(), [p.clone()]);
+    assert_eq!(s.placements().unwrap(), std::slice::from_ref(&p));
     let failed = Placement {
         state: PlaceState::Failed,
         error: Some("HTTP 500".into()),
@@ -332,7 +332,12 @@ fn placements_are_data_and_go_with_their_tenant_or_server() {
     })
     .unwrap();
     s.remove_tenant("acme").unwrap();
-    let left: Vec<_> = s.placements().unwrap().into_iter().map(|p| p.tenant).collect();
+    let left: Vec<_> = s
+        .placements()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.tenant)
+        .collect();
     assert_eq!(left, ["globex"], "gone with its tenant");
     s.remove_server("b").unwrap();
     assert!(s.placements().unwrap().is_empty(), "gone with its server");

@@ -85,7 +85,12 @@ fn tenant_json(t: &Tenant, served_at: Option<&Option<String>>) -> Value {
 /// `GET /api/tenants`.
 pub(super) fn list_tenants(fleet: &Fleet) -> ApiResult {
     let at = fleet.served_at();
-    let list = fleet.view().tenants.iter().map(|t| tenant_json(t, at.get(&t.id))).collect();
+    let list = fleet
+        .view()
+        .tenants
+        .iter()
+        .map(|t| tenant_json(t, at.get(&t.id)))
+        .collect();
     Ok((StatusCode::OK, Value::Array(list)))
 }
 

@@ -52,14 +52,13 @@ fn placement(router: &Ten) -> (Value, Value) {
     (t["home"].clone(), t["served_at"].clone())
 }
 
-/// Server `id`'s status as the router sees it (over the control socket: cheap).
-fn status_of(router: &Ten, id: &str) -> String {
+/// `GET /api/{path}` on the router's control socket (cheap, unlike a CLI run).
+fn api(router: &Ten, path: &str) -> Value {
     let r = unix_request(
         &router.control,
-        format!("GET /api/servers/{id} HTTP/1.1\r\nHost: ten\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
+        format!("GET /api/{path} HTTP/1.1\r\nHost: ten\r\nConnection: close\r\n\r\n").as_bytes(),
     );
-    r.json()["status"].as_str().unwrap_or("?").to_string()
+    r.json()
 }
 
 #[test]
@@ -83,12 +82,14 @@ fn failover_places_the_tenant_then_returns_home_and_stops_the_copy() {
         ok(
             &router,
             &[
-                "server", "add", id, &url, "--domain", &domain, "--region", "eu", "--token",
-                token,
+                "server", "add", id, &url, "--domain", &domain, "--region", "eu", "--token", token,
             ],
         );
     }
-    ok(&router, &["tenant", "add", "acme", "acme.com", "a", "app", "acme"]);
+    ok(
+        &router,
+        &["tenant", "add", "acme", "acme.com", "a", "app", "acme"],
+    );
     wait_status(&router, "a", "online");
     wait_status(&router, "b", "online");
     assert_eq!(served_by(&router, "acme.com"), (200, "a".into()));
@@ -98,17 +99,21 @@ fn failover_places_the_tenant_then_returns_home_and_stops_the_copy() {
         "b does not run the tenant yet"
     );
 
-    // A stops. Until the router has seen it offline, requests may fail to reach it (502/503);
+    // A dies. Until the router has seen it offline, requests fail to reach it (502/503);
     // from then on each request waits for the placement and is served by B. Never a 404.
-    assert!(a.sigterm().success());
+    a.kill9();
     let deadline = Instant::now() + Duration::from_secs(40);
     let mut before = Vec::new();
     let mut after = Vec::new();
+    // Requests sent after detection while the tenant was still being placed (they waited).
+    let mut waited = 0;
     loop {
-        let detected = status_of(&router, "a") == "offline";
+        let detected = api(&router, "servers/a")["status"] == "offline";
+        let placing = api(&router, "tenants/acme")["served_at"].is_null();
         let answer = served_by(&router, "acme.com");
         assert_ne!(answer.0, 404, "never a 404 during the switch: {}", answer.1);
         if detected {
+            waited += usize::from(placing);
             after.push(answer.clone());
         } else {
             before.push(answer.clone());
@@ -137,6 +142,10 @@ fn failover_places_the_tenant_then_returns_home_and_stops_the_copy() {
         );
     }
     assert!(
+        waited >= 1,
+        "a request sent while the tenant was being placed waited for it: {after:?}"
+    );
+    assert!(
         router
             .stderr()
             .contains("tenant acme: home a offline, placed on b (asking it to start app:acme)"),
@@ -150,7 +159,10 @@ fn failover_places_the_tenant_then_returns_home_and_stops_the_copy() {
     assert_eq!(placement(&router), ("a".into(), "b".into()));
     let table = ok(&router, &["tenant", "list"]);
     assert!(
-        table.lines().next().is_some_and(|h| h.contains("HOME") && h.contains("SERVED_AT")),
+        table
+            .lines()
+            .next()
+            .is_some_and(|h| h.contains("HOME") && h.contains("SERVED_AT")),
         "{table}"
     );
 
