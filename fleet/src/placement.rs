@@ -304,9 +304,13 @@ impl Inner {
         let Some(me) = self.me.upgrade() else {
             return;
         };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::error!("fleet: no async runtime to place tenants on");
+            return;
+        };
         let client = self.client.clone();
         let timeout = self.conf.placement_timeout;
-        tokio::spawn(async move {
+        rt.spawn(async move {
             match task {
                 Task::Spawn(p, server, tenant) => {
                     let result = spawn(&client, &server, &tenant, timeout).await;
