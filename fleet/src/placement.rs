@@ -20,7 +20,7 @@
 //!   own `requests`/`in_flight` counters in that same cached list: every router's traffic
 //!   counts, and the hot path is untouched); then the placement is forgotten.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -139,8 +139,17 @@ impl Inner {
             return lines;
         }
         let view = self.tx.borrow().clone();
+        // One pass over the servers, not one per tenant.
+        let servers: HashMap<&str, &ServerState> = view
+            .servers
+            .iter()
+            .map(|s| (s.server.id.as_str(), s))
+            .collect();
         let mut placements = view.placements.clone();
-        placements.retain(|tenant, _| view.tenant(tenant).is_some());
+        if !placements.is_empty() {
+            let tenants: HashSet<&str> = view.tenants.iter().map(|t| t.id.as_str()).collect();
+            placements.retain(|tenant, _| tenants.contains(tenant.as_str()));
+        }
         rt.linger
             .retain(|tenant, _| placements.contains_key(tenant));
         let mut changed = placements.len() != view.placements.len();
@@ -148,8 +157,8 @@ impl Inner {
         let now = now_ms();
         let retry_after = ms(self.conf.health_interval.max(Duration::from_secs(1)));
         for t in &view.tenants {
-            let home_down = view
-                .server(&t.server)
+            let home_down = servers
+                .get(t.server.as_str())
                 .is_none_or(|h| h.status == Status::Offline);
             let current = placements.get(&t.id).cloned();
             if home_down {
@@ -159,9 +168,9 @@ impl Inner {
                     Some(p) if p.server == t.server => false,
                     Some(p) => match p.state {
                         PlaceState::Placing => true,
-                        PlaceState::Ready => {
-                            view.server(&p.server).is_some_and(|s| s.status.is_up())
-                        }
+                        PlaceState::Ready => servers
+                            .get(p.server.as_str())
+                            .is_some_and(|s| s.status.is_up()),
                         PlaceState::Failed => now - p.placed_ms < retry_after,
                     },
                 };
@@ -220,6 +229,13 @@ impl Inner {
                     "tenant {}: home {} offline, placed on {} ({how})",
                     t.id, t.server, s.server.id
                 ));
+                if let Some(old) = current.filter(|p| p.spawned && p.state == PlaceState::Ready) {
+                    // Its server is down too: nothing can be asked of it now.
+                    lines.push(format!(
+                        "tenant {}: the copy on {} is left as it is (that server is not up)",
+                        t.id, old.server
+                    ));
+                }
                 self.store_placement(&p);
                 if spawn {
                     tasks.push(Task::Spawn(p.clone(), s.server.clone(), t.clone()));
@@ -233,18 +249,19 @@ impl Inner {
                 if rt.stopping.contains(&t.id) {
                     continue;
                 }
-                let copy = view.server(&p.server);
+                let copy = servers.get(p.server.as_str()).copied();
                 let name = instance_name(t);
-                let listed = copy
+                // Not listed there (yet, or any more): no traffic; the stop then answers 404.
+                let traffic = copy
                     .and_then(|s| rt.health.get(&s.server.id))
                     .and_then(|h| h.instances.as_ref())
-                    .map(|i| i.get(&name));
-                // Nothing of ours to stop (not spawned, not ready, or already gone): forget it.
+                    .and_then(|i| i.get(&name))
+                    .unwrap_or_default();
+                // Nothing of ours to stop (not spawned, not ready, server gone): forget it.
                 if !p.spawned
                     || p.server == t.server
                     || p.state != PlaceState::Ready
                     || copy.is_none()
-                    || listed == Some(None)
                 {
                     lines.push(format!(
                         "tenant {}: home {} is back; no longer served at {}",
@@ -256,7 +273,6 @@ impl Inner {
                     changed = true;
                     continue;
                 }
-                let traffic = listed.flatten().unwrap_or_default();
                 let l = rt.linger.entry(t.id.clone()).or_insert(Linger {
                     requests: traffic.requests,
                     quiet_since_ms: now,
