@@ -105,15 +105,17 @@ fn failover_places_the_tenant_then_returns_home_and_stops_the_copy() {
     let deadline = Instant::now() + Duration::from_secs(40);
     let mut before = Vec::new();
     let mut after = Vec::new();
-    // Requests sent after detection while the tenant was still being placed (they waited).
+    // Requests that waited for the placement: sent while the tenant was being placed (or
+    // before the outage was even detected) and served by b.
     let mut waited = 0;
     loop {
         let detected = api(&router, "servers/a")["status"] == "offline";
         let placing = api(&router, "tenants/acme")["served_at"].is_null();
         let answer = served_by(&router, "acme.com");
         assert_ne!(answer.0, 404, "never a 404 during the switch: {}", answer.1);
+        let by_b = answer == (200, "b".to_string());
+        waited += usize::from(by_b && (placing || !detected));
         if detected {
-            waited += usize::from(placing);
             after.push(answer.clone());
         } else {
             before.push(answer.clone());
@@ -143,7 +145,7 @@ fn failover_places_the_tenant_then_returns_home_and_stops_the_copy() {
     }
     assert!(
         waited >= 1,
-        "a request sent while the tenant was being placed waited for it: {after:?}"
+        "a request sent while the tenant was being placed waited for it: {before:?} {after:?}"
     );
     assert!(
         router
