@@ -232,6 +232,26 @@ pub struct Fleet {
     pub unhealthy_after: u32,
     pub degraded_latency: Duration,
     pub failover: bool,
+    /// Home back online: the failover copy is stopped after this long without traffic.
+    pub failover_linger: Duration,
+    /// How long a request for a tenant being placed waits (the copy's spawn included).
+    pub placement_timeout: Duration,
     pub webhook: Option<String>,
     pub webhook_after: Duration,
+}
+
+impl Default for Fleet {
+    /// An empty `[fleet]`.
+    fn default() -> Self {
+        Fleet {
+            health_interval: Duration::from_secs(5),
+            unhealthy_after: 3,
+            degraded_latency: Duration::from_millis(500),
+            failover: true,
+            failover_linger: Duration::from_secs(600),
+            placement_timeout: Duration::from_secs(30),
+            webhook: None,
+            webhook_after: Duration::from_secs(300),
+        }
+    }
 }

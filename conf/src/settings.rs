@@ -44,6 +44,8 @@ const FLEET_KEYS: &[&str] = &[
     "unhealthy_after",
     "degraded_latency",
     "failover",
+    "failover_linger",
+    "placement_timeout",
     "webhook",
     "webhook_after",
 ];
@@ -350,14 +352,7 @@ fn existing_file(cx: &mut Cx, f: &Field<'_, '_>) -> Option<PathBuf> {
 }
 
 pub(crate) fn parse_fleet(cx: &mut Cx, f: &Field<'_, '_>) -> Fleet {
-    let mut fleet = Fleet {
-        health_interval: Duration::from_secs(5),
-        unhealthy_after: 3,
-        degraded_latency: Duration::from_millis(500),
-        failover: true,
-        webhook: None,
-        webhook_after: Duration::from_secs(300),
-    };
+    let mut fleet = Fleet::default();
     let Some(t) = cx.table(f) else {
         return fleet;
     };
@@ -370,6 +365,8 @@ pub(crate) fn parse_fleet(cx: &mut Cx, f: &Field<'_, '_>) -> Fleet {
     duration(cx, "health_interval", true, &mut fleet.health_interval);
     duration(cx, "degraded_latency", true, &mut fleet.degraded_latency);
     duration(cx, "webhook_after", false, &mut fleet.webhook_after);
+    duration(cx, "failover_linger", false, &mut fleet.failover_linger);
+    duration(cx, "placement_timeout", true, &mut fleet.placement_timeout);
     if let Some(n) = t
         .get("unhealthy_after")
         .and_then(|f| cx.u32(&f, 1, u32::MAX))

@@ -1,17 +1,22 @@
 //! [`Fleet`]: the fleet handle. It owns the store, the published [`FleetView`] and the runtime
 //! health, and every write goes through it: `add_server`, `remove_server`, `add_tenant`,
 //! `remove_tenant`, `migrate_tenant` write to the store AND publish the new view, so no caller
-//! has to remember to. The health loop that updates the runtime health is in `health.rs`.
+//! has to remember to. The health loop that updates the runtime health is in `health.rs`; the
+//! failover placements it triggers are in `placement.rs`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::health::Health;
+use crate::placement::Linger;
 use crate::webhook::WebhookSender;
 use crate::{
-    rfc3339_ms, FleetError, FleetStore, FleetView, NewServer, Server, ServerState, Tenant,
+    rfc3339_ms, FleetError, FleetStore, FleetView, NewServer, Placement, Served, Server,
+    ServerState, Tenant,
 };
 
 /// The events sink: one human line per status change or webhook.
@@ -32,6 +37,10 @@ pub(crate) struct Inner {
     pub(crate) webhook: Option<WebhookSender>,
     /// Runtime health by server id; also serializes publishes.
     pub(crate) rt: Mutex<Runtime>,
+    /// Whether this router places tenants (see `placement.rs`): always true with one router.
+    pub(crate) leader: AtomicBool,
+    /// Itself, for the tasks it starts.
+    pub(crate) me: Weak<Inner>,
 }
 
 #[derive(Default)]
@@ -40,6 +49,10 @@ pub(crate) struct Runtime {
     pub(crate) generation: u64,
     /// Something changed that is not published yet.
     pub(crate) dirty: bool,
+    /// Copies whose home is back, by tenant: their traffic since.
+    pub(crate) linger: HashMap<String, Linger>,
+    /// Tenants whose failover copy is being stopped.
+    pub(crate) stopping: HashSet<String>,
 }
 
 impl Fleet {
@@ -48,7 +61,7 @@ impl Fleet {
         let (tx, _) = watch::channel(Arc::new(FleetView::default()));
         let webhook = conf.webhook.as_deref().map(WebhookSender::new);
         let fleet = Fleet {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|me| Inner {
                 store,
                 conf,
                 events,
@@ -56,6 +69,8 @@ impl Fleet {
                 client: crate::http::client(),
                 webhook,
                 rt: Mutex::new(Runtime::default()),
+                leader: AtomicBool::new(true),
+                me: me.clone(),
             }),
         };
         fleet.changed();
@@ -115,22 +130,87 @@ impl Fleet {
         Ok(moved)
     }
 
-    /// Re-reads servers and tenants from the store and publishes them (each write above does).
+    /// Re-reads servers, tenants and placements from the store and publishes them (each write
+    /// above does), then lets the placement component catch up.
     pub fn changed(&self) {
-        let mut rt = self.inner.lock();
-        let read = self
-            .inner
-            .store
-            .servers()
-            .and_then(|s| Ok((s, self.inner.store.tenants()?)));
-        match read {
-            Ok((servers, tenants)) => {
-                let ids: HashSet<&str> = servers.iter().map(|s| s.id.as_str()).collect();
-                rt.health.retain(|id, _| ids.contains(id.as_str()));
-                self.inner.publish(&mut rt, servers, tenants);
+        let lines = {
+            let mut rt = self.inner.lock();
+            let store = &self.inner.store;
+            let read = store
+                .servers()
+                .and_then(|s| Ok((s, store.tenants()?, store.placements()?)));
+            match read {
+                Ok((servers, tenants, placements)) => {
+                    let ids: HashSet<&str> = servers.iter().map(|s| s.id.as_str()).collect();
+                    rt.health.retain(|id, _| ids.contains(id.as_str()));
+                    self.inner.publish(&mut rt, servers, tenants, placements);
+                    self.inner.reconcile(&mut rt)
+                }
+                Err(e) => {
+                    tracing::error!("fleet: cannot read servers, tenants and placements: {e}");
+                    Vec::new()
+                }
             }
-            Err(e) => tracing::error!("fleet: cannot read servers and tenants: {e}"),
+        };
+        self.inner.emit(lines);
+    }
+
+    /// Wait while tenant `id` is being placed (its home is offline and its copy is starting),
+    /// at most `placement_timeout`: Ok(the generation of the view that routes it), or why it
+    /// cannot be served. The proxy's waker calls it for a request to a tenant being placed.
+    pub async fn wait_placed(&self, id: &str) -> Result<u64, String> {
+        let timeout = self.inner.conf.placement_timeout;
+        let failover = self.inner.conf.failover;
+        let mut rx = self.subscribe();
+        let wait = async {
+            loop {
+                let view = rx.borrow_and_update().clone();
+                let Some(t) = view.tenant(id) else {
+                    return Err(format!("tenant {id} was removed"));
+                };
+                match view.serve(t, failover) {
+                    Served::At(_) => return Ok(view.generation),
+                    Served::Unavailable(why) => return Err(why),
+                    Served::Placing => {}
+                }
+                if rx.changed().await.is_err() {
+                    return Err("the fleet stopped".into());
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "not placed within {} (placement_timeout)",
+                show_duration(timeout)
+            )),
         }
+    }
+
+    /// Where each tenant is served now, by tenant id: its home, the server it is placed on,
+    /// or None (being placed, or nowhere).
+    pub fn served_at(&self) -> HashMap<String, Option<String>> {
+        let view = self.view();
+        let failover = self.inner.conf.failover;
+        view.tenants
+            .iter()
+            .map(|t| {
+                let at = match view.serve(t, failover) {
+                    Served::At(s) => Some(s.server.id.clone()),
+                    Served::Placing | Served::Unavailable(_) => None,
+                };
+                (t.id.clone(), at)
+            })
+            .collect()
+    }
+}
+
+/// "30s", "1500ms".
+fn show_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
     }
 }
 
@@ -139,7 +219,13 @@ impl Inner {
         self.rt.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn publish(&self, rt: &mut Runtime, servers: Vec<Server>, tenants: Vec<Tenant>) {
+    pub(crate) fn publish(
+        &self,
+        rt: &mut Runtime,
+        servers: Vec<Server>,
+        tenants: Vec<Tenant>,
+        placements: impl IntoIterator<Item = Placement>,
+    ) {
         let states = servers
             .into_iter()
             .map(|server| {
@@ -158,15 +244,24 @@ impl Inner {
             .collect();
         rt.generation += 1;
         rt.dirty = false;
-        self.tx
-            .send_replace(Arc::new(FleetView::new(states, tenants, rt.generation)));
+        let view = FleetView::new(states, tenants, rt.generation).with_placements(placements);
+        self.tx.send_replace(Arc::new(view));
     }
 
-    /// Republishes the current servers and tenants with fresh health.
+    /// Republishes the current servers, tenants and placements with fresh health.
     pub(crate) fn republish(&self, rt: &mut Runtime) {
         let view = self.tx.borrow().clone();
         let servers = view.servers.iter().map(|s| s.server.clone()).collect();
-        self.publish(rt, servers, view.tenants.clone());
+        let placements = view.placements.values().cloned().collect::<Vec<_>>();
+        self.publish(rt, servers, view.tenants.clone(), placements);
+    }
+
+    /// Emits event lines (outside the runtime lock: the sink may call back into the fleet).
+    pub(crate) fn emit(&self, lines: Vec<String>) {
+        for line in lines {
+            tracing::info!("{line}");
+            (self.events)(&line);
+        }
     }
 }
 
@@ -181,11 +276,8 @@ mod tests {
         let store = FleetStore::open(&dir.path().join("tenement.db")).unwrap();
         let conf = tenement_conf::Fleet {
             health_interval: std::time::Duration::from_secs(60),
-            unhealthy_after: 3,
             degraded_latency: std::time::Duration::from_secs(1),
-            failover: true,
-            webhook: None,
-            webhook_after: std::time::Duration::from_secs(300),
+            ..tenement_conf::Fleet::default()
         };
         (dir, Fleet::new(store, conf, Arc::new(|_: &str| {})))
     }

@@ -5,6 +5,11 @@
 //! once, other changes (last_seen, latency) at the next tick: at most one routine publish per
 //! interval. A server that appears between ticks is resolved at once (not checked).
 //!
+//! With `failover`, the same task also reads the server's `GET /api/instances` (servers with a
+//! token only): the load and instance list the placement component (`placement.rs`) decides on,
+//! cached until the next tick. The placements are reconciled after every status change and
+//! every tick.
+//!
 //! Resolution: the published [`ServerAddr`] is the last good one. A failure is never cached: it
 //! keeps the previous address (or none) and the next tick tries again.
 
@@ -16,6 +21,7 @@ use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 
 use crate::fleet::{Fleet, Inner, Runtime};
+use crate::placement::{list_instances, Instances};
 use crate::webhook::OutagePayload;
 use crate::{now_ms, rfc3339_ms, Server, ServerAddr, Status};
 
@@ -34,6 +40,10 @@ pub(crate) struct Health {
     pub resolved: Option<ServerAddr>,
     /// Why the last resolution failed (cleared by a success): logged once per cause.
     pub resolve_error: Option<String>,
+    /// Its instances as its API last listed them (None: unknown).
+    pub instances: Option<Instances>,
+    /// Why the last listing failed (cleared by a success): logged once per cause.
+    pub instances_error: Option<String>,
 }
 
 impl Default for Health {
@@ -48,6 +58,8 @@ impl Default for Health {
             webhook_sent: false,
             resolved: None,
             resolve_error: None,
+            instances: None,
+            instances_error: None,
         }
     }
 }
@@ -111,6 +123,8 @@ enum Done {
         url: String,
         resolved: Result<ServerAddr, String>,
         result: Result<Duration, String>,
+        /// Its `/api/instances` (None: not asked).
+        instances: Option<Result<Instances, String>>,
     },
     /// A new server's url, resolved before its first tick.
     Resolved {
@@ -142,7 +156,7 @@ impl Fleet {
         }
         while let Some(done) = tasks.join_next().await {
             if let Ok((id, url, resolved)) = done {
-                self.inner.apply(&id, &url, Some(resolved), None);
+                self.inner.apply(&id, &url, Some(resolved), None, None);
             }
         }
     }
@@ -170,12 +184,12 @@ impl Fleet {
             tokio::select! {
                 r = shutdown.changed() => if r.is_err() { break },
                 Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => match done {
-                    Ok((task, Done::Checked { id, url, resolved, result })) => {
+                    Ok((task, Done::Checked { id, url, resolved, result, instances })) => {
                         in_flight.remove(&task);
-                        self.inner.apply(&id, &url, Some(resolved), Some(result));
+                        self.inner.apply(&id, &url, Some(resolved), Some(result), instances);
                     }
                     Ok((_, Done::Resolved { id, url, resolved })) => {
-                        self.inner.apply(&id, &url, Some(resolved), None);
+                        self.inner.apply(&id, &url, Some(resolved), None, None);
                     }
                     Err(e) => {
                         if let Some(id) = in_flight.remove(&e.id()) {
@@ -204,14 +218,24 @@ impl Fleet {
                         .filter(|s| !busy.contains(&s.server.id))
                         .map(|s| s.server.clone())
                         .collect();
+                    let failover = self.inner.conf.failover;
                     for s in due {
                         seen.insert((s.id.clone(), s.url.clone()));
                         let client = self.inner.client.clone();
                         let id = s.id.clone();
                         let task = tasks.spawn(async move {
-                            let (resolved, result) =
-                                tokio::join!(resolve(&s.url, timeout), check(&client, &s, timeout));
-                            Done::Checked { id: s.id, url: s.url, resolved, result }
+                            let list = async {
+                                match failover && s.token.is_some() {
+                                    true => Some(list_instances(&client, &s, timeout).await),
+                                    false => None,
+                                }
+                            };
+                            let (resolved, result, instances) = tokio::join!(
+                                resolve(&s.url, timeout),
+                                check(&client, &s, timeout),
+                                list
+                            );
+                            Done::Checked { id: s.id, url: s.url, resolved, result, instances }
                         });
                         in_flight.insert(task.id(), id);
                     }
@@ -223,13 +247,15 @@ impl Fleet {
 }
 
 impl Inner {
-    /// Applies a resolution and/or a check result of server `id`, if it is still at `url`.
+    /// Applies a resolution and/or a check result (and instance list) of server `id`, if it
+    /// is still at `url`.
     fn apply(
         &self,
         id: &str,
         url: &str,
         resolved: Option<Result<ServerAddr, String>>,
         result: Option<Result<Duration, String>>,
+        instances: Option<Result<Instances, String>>,
     ) {
         let line = {
             let mut rt = self.lock();
@@ -242,6 +268,9 @@ impl Inner {
                 return;
             };
             let moved = resolved.is_some_and(|r| note_resolved(h, id, url, r));
+            if let Some(list) = instances {
+                note_instances(h, id, list);
+            }
             let checked = result.map(|result| record(h, result, &self.conf, now_ms()));
             if checked.is_some() {
                 rt.dirty = true;
@@ -251,12 +280,17 @@ impl Inner {
             if change.is_some() || moved {
                 self.republish(&mut rt);
             }
+            let placed = match change.is_some() {
+                true => self.reconcile(&mut rt),
+                false => Vec::new(),
+            };
             let line =
                 change.map(|(old, new, why)| (new, format!("server {id}: {old} -> {new} ({why})")));
             self.send_due_webhooks(&mut rt);
-            line
+            (line, placed)
         };
         // Outside the lock: the sink may call back into the fleet.
+        let (line, placed) = line;
         if let Some((new, line)) = line {
             if new.is_up() {
                 tracing::info!("{line}");
@@ -265,15 +299,22 @@ impl Inner {
             }
             (self.events)(&line);
         }
+        self.emit(placed);
     }
 
-    /// Each tick: publish pending changes, send the webhooks that are due.
+    /// Each tick: publish pending changes, reconcile the placements, send the webhooks that
+    /// are due.
     fn tick(&self) {
-        let mut rt = self.lock();
-        if rt.dirty {
-            self.republish(&mut rt);
-        }
-        self.send_due_webhooks(&mut rt);
+        let lines = {
+            let mut rt = self.lock();
+            if rt.dirty {
+                self.republish(&mut rt);
+            }
+            let lines = self.reconcile(&mut rt);
+            self.send_due_webhooks(&mut rt);
+            lines
+        };
+        self.emit(lines);
     }
 
     fn send_due_webhooks(&self, rt: &mut Runtime) {
@@ -347,6 +388,26 @@ fn note_resolved(h: &mut Health, id: &str, url: &str, r: Result<ServerAddr, Stri
                 h.resolve_error = Some(e);
             }
             false
+        }
+    }
+}
+
+/// Records a listing of server `id`'s instances. A failure forgets the last list (the load and
+/// what runs there are unknown again) and is logged once per cause.
+fn note_instances(h: &mut Health, id: &str, r: Result<Instances, String>) {
+    match r {
+        Ok(list) => {
+            if h.instances_error.take().is_some() {
+                tracing::info!("fleet: server {id}: its instances can be listed again");
+            }
+            h.instances = Some(list);
+        }
+        Err(e) => {
+            if h.instances_error.as_deref() != Some(e.as_str()) {
+                tracing::warn!("fleet: server {id}: cannot list its instances: {e}");
+                h.instances_error = Some(e);
+            }
+            h.instances = None;
         }
     }
 }

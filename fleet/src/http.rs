@@ -1,4 +1,5 @@
-//! The HTTP client the fleet uses (health checks, webhooks, aggregation) and short error texts.
+//! The HTTP client the fleet uses (health checks, webhooks, aggregation, placement) and short
+//! error texts.
 
 use std::time::Duration;
 
@@ -48,7 +49,20 @@ pub(crate) fn get(
     path: &str,
     timeout: Duration,
 ) -> reqwest::RequestBuilder {
-    let mut req = client.get(format!("{}{path}", s.url)).timeout(timeout);
+    request(client, reqwest::Method::GET, s, path, timeout)
+}
+
+/// `{method} {url}{path}` on a server, with its token and Host as [`get`] sends them.
+pub(crate) fn request(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    s: &Server,
+    path: &str,
+    timeout: Duration,
+) -> reqwest::RequestBuilder {
+    let mut req = client
+        .request(method, format!("{}{path}", s.url))
+        .timeout(timeout);
     if let Some(t) = &s.token {
         req = req.bearer_auth(t);
     }

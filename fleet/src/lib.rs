@@ -1,12 +1,14 @@
 //! The fleet: other tenement servers and the tenants they are home to.
 //!
-//! - [`FleetStore`]: servers and tenants in SQLite, with foreign keys (a server with tenants
-//!   cannot be removed).
+//! - [`FleetStore`]: servers, tenants and failover placements in SQLite, with foreign keys (a
+//!   server with tenants cannot be removed).
 //! - [`Fleet`] (`fleet.rs`): the handle. Every write (`add_server`, `migrate_tenant`, ...) goes
 //!   to the store AND publishes ONE snapshot, [`FleetView`] (`view.rs`: servers with their
 //!   status and resolved address + tenants), through a watch channel: the router reads a
 //!   consistent pair, never servers from one write and tenants from another.
 //! - `health.rs`: the health loop, which checks and resolves every server concurrently.
+//! - `placement.rs`: home offline -> the tenant is placed on another server (its instance
+//!   spawned there if needed) and taken back once home returns.
 //! - [`webhook`]: one POST per outage once a server has been offline for `webhook_after`.
 //! - [`aggregate`]: every server's `/metrics` and `/api/logs`, merged.
 //!
@@ -17,6 +19,7 @@ use tenement_db as db;
 mod fleet;
 mod health;
 mod http;
+mod placement;
 mod prom;
 mod store;
 mod validate;
@@ -32,8 +35,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub use aggregate::{fetch_all, merge_logs, merge_metrics, MAX_BODY};
 pub use db::DbError;
 pub use fleet::{Events, Fleet};
-pub use store::{FleetStore, NewServer, Server, Tenant};
-pub use view::{FleetView, ServerAddr, ServerState, Status};
+pub use store::{FleetStore, NewServer, PlaceState, Placement, Server, Tenant};
+pub use view::{FleetView, Served, ServerAddr, ServerState, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {

@@ -1,8 +1,11 @@
-//! Servers and tenants in SQLite (`fleet_servers`, `fleet_tenants` in the shared `tenement.db`).
+//! Servers, tenants and failover placements in SQLite (`fleet_servers`, `fleet_tenants`,
+//! `fleet_placements` in the shared `tenement.db`).
 //!
 //! A tenant's `server` is a foreign key (`ON DELETE RESTRICT`): a server with tenants cannot be
-//! removed until they are migrated or removed. Every input is validated here, so the API and
-//! the CLI report the same messages.
+//! removed until they are migrated or removed. A placement (where a tenant is served while its
+//! home is offline, see `placement.rs`) is data too, so that another store and another router
+//! can take it over; it goes away with its tenant or its server. Every input is validated here,
+//! so the API and the CLI report the same messages.
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -55,10 +58,57 @@ pub struct Tenant {
     pub instance: String,
 }
 
+/// Where a tenant is served while its home is offline: a decision of the placement component
+/// (`placement.rs`), kept in the store.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub tenant: String,
+    /// The server the tenant is placed on.
+    pub server: String,
+    /// The router asked that server to spawn the instance (so it stops it once home is back);
+    /// false when the server already ran it (or could not be asked: no token).
+    pub spawned: bool,
+    pub state: PlaceState,
+    /// Why the placement failed (state `failed`).
+    pub error: Option<String>,
+    /// When the server was chosen (ms since the epoch).
+    pub placed_ms: i64,
+}
+
+/// A placement's progress.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PlaceState {
+    /// Chosen; the instance is being spawned there: requests wait.
+    Placing,
+    /// Serving.
+    Ready,
+    /// The spawn failed: requests get a 503 saying why until the next try.
+    Failed,
+}
+
+impl PlaceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlaceState::Placing => "placing",
+            PlaceState::Ready => "ready",
+            PlaceState::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> PlaceState {
+        match s {
+            "ready" => PlaceState::Ready,
+            "placing" => PlaceState::Placing,
+            _ => PlaceState::Failed,
+        }
+    }
+}
+
 /// The fleet's tables (component `fleet` in `schema_version`).
 const SCHEMA: Schema = Schema {
     component: "fleet",
-    migrations: &[SCHEMA_V1],
+    migrations: &[SCHEMA_V1, SCHEMA_V2],
 };
 
 /// Migration 1: the schema from before versions existed.
@@ -79,6 +129,18 @@ CREATE TABLE IF NOT EXISTS fleet_tenants (
     instance TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS fleet_tenants_server ON fleet_tenants(server);
+";
+
+/// Migration 2: failover placements (one per tenant at most).
+const SCHEMA_V2: &str = "
+CREATE TABLE fleet_placements (
+    tenant    TEXT PRIMARY KEY REFERENCES fleet_tenants(id) ON DELETE CASCADE,
+    server    TEXT NOT NULL REFERENCES fleet_servers(id) ON DELETE CASCADE,
+    spawned   INTEGER NOT NULL,
+    state     TEXT NOT NULL,
+    error     TEXT,
+    placed_ms INTEGER NOT NULL
+);
 ";
 
 const SERVER_COLS: &str = "id, url, domain, region, token";
@@ -277,6 +339,52 @@ impl FleetStore {
         )?;
         tenant.server = server.to_string();
         Ok(tenant)
+    }
+}
+
+impl FleetStore {
+    /// Every placement, by tenant.
+    pub fn placements(&self) -> Result<Vec<Placement>, FleetError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT tenant, server, spawned, state, error, placed_ms FROM fleet_placements
+             ORDER BY tenant",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Placement {
+                tenant: r.get(0)?,
+                server: r.get(1)?,
+                spawned: r.get(2)?,
+                state: PlaceState::parse(&r.get::<_, String>(3)?),
+                error: r.get(4)?,
+                placed_ms: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records a placement (replacing the tenant's previous one).
+    pub fn put_placement(&self, p: &Placement) -> Result<(), FleetError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO fleet_placements
+             (tenant, server, spawned, state, error, placed_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                p.tenant,
+                p.server,
+                p.spawned,
+                p.state.as_str(),
+                p.error,
+                p.placed_ms
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets a tenant's placement (none: a no-op).
+    pub fn remove_placement(&self, tenant: &str) -> Result<(), FleetError> {
+        self.conn()
+            .execute("DELETE FROM fleet_placements WHERE tenant = ?1", [tenant])?;
+        Ok(())
     }
 }
 

@@ -51,6 +51,11 @@ impl Answer {
         }
     }
 
+    pub fn status_code(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
+
     pub fn after(mut self, delay: Duration) -> Self {
         self.delay = delay;
         self

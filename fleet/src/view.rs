@@ -1,13 +1,14 @@
 //! [`FleetView`]: the one snapshot the fleet publishes (servers with their runtime health and
-//! resolved address, and tenants), with [`Status`] and [`ServerState`], and the failover choice
-//! [`FleetView::target`] the router makes on it.
+//! resolved address, tenants, and failover placements), with [`Status`] and [`ServerState`],
+//! and where a tenant is served on it: [`FleetView::serve`]. Which server a placement picks is
+//! decided by the placement component (`placement.rs`), not here.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use serde::Serialize;
 
-use crate::{Server, Tenant};
+use crate::{PlaceState, Placement, Server, Tenant};
 
 /// A fleet server's address as the fleet's health loop last resolved it, for the router: a
 /// failed resolution is never published (the previous good address stays, or none).
@@ -78,8 +79,33 @@ pub struct FleetView {
     pub tenants: Vec<Tenant>,
     /// Bumped on every publish.
     pub generation: u64,
+    /// Failover placements by tenant id.
+    pub placements: HashMap<String, Placement>,
     /// Tenant index by (lower-case) domain, built once per snapshot.
     domains: HashMap<String, usize>,
+}
+
+/// Where a tenant's requests go now ([`FleetView::serve`]).
+#[derive(Debug)]
+pub enum Served<'a> {
+    /// To this server: its home, or the server it is placed on while home is offline.
+    At(&'a ServerState),
+    /// Home offline; a server is being chosen or is starting the instance: requests wait.
+    Placing,
+    /// Nowhere (a 503 saying why).
+    Unavailable(String),
+}
+
+impl PartialEq for Served<'_> {
+    /// Two `At` are equal when they name the same server.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Served::At(a), Served::At(b)) => a.server.id == b.server.id,
+            (Served::Placing, Served::Placing) => true,
+            (Served::Unavailable(a), Served::Unavailable(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 impl FleetView {
@@ -93,8 +119,22 @@ impl FleetView {
             servers,
             tenants,
             generation,
+            placements: HashMap::new(),
             domains,
         }
+    }
+
+    /// The same view with these placements.
+    pub fn with_placements(mut self, placements: impl IntoIterator<Item = Placement>) -> Self {
+        self.placements = placements
+            .into_iter()
+            .map(|p| (p.tenant.clone(), p))
+            .collect();
+        self
+    }
+
+    pub fn tenant(&self, id: &str) -> Option<&Tenant> {
+        self.tenants.iter().find(|t| t.id == id)
     }
 
     pub fn server(&self, id: &str) -> Option<&ServerState> {
@@ -106,28 +146,54 @@ impl FleetView {
         self.domains.get(host).and_then(|&i| self.tenants.get(i))
     }
 
-    /// Where a tenant's requests go: its home unless home is offline; then, with `failover`,
-    /// another server that is up, preferring the home's region (online before degraded; by
-    /// id within a rank); None = 503. A home still `unknown` (not checked yet) is used.
-    pub fn target(&self, tenant: &Tenant, failover: bool) -> Option<&ServerState> {
+    /// Where a tenant's requests go: its home unless home is offline (a home still `unknown`,
+    /// not checked yet, is used); then, with `failover`, where the tenant is placed once that
+    /// placement is ready. Home offline without a ready placement: wait while one is being
+    /// made (or will be: another server is up), else unavailable.
+    pub fn serve(&self, tenant: &Tenant, failover: bool) -> Served<'_> {
         let home = self.server(&tenant.server);
         if let Some(h) = home.filter(|h| h.status != Status::Offline) {
-            return Some(h);
+            return Served::At(h);
         }
         if !failover {
-            return None;
+            return Served::Unavailable(format!(
+                "its server {} is offline (failover is off)",
+                tenant.server
+            ));
         }
-        let region = home.and_then(|h| h.server.region.as_deref());
-        // Lower rank first: same region online, same region degraded, other online, other degraded.
-        let rank = |s: &ServerState| {
-            let other_region = u8::from(region.is_none() || s.server.region.as_deref() != region);
-            let degraded = u8::from(s.status == Status::Degraded);
-            other_region * 2 + degraded
-        };
-        self.servers
+        match self.placements.get(&tenant.id) {
+            Some(p) if p.server != tenant.server => match p.state {
+                PlaceState::Ready => match self.server(&p.server) {
+                    Some(s) if s.status.is_up() => Served::At(s),
+                    // Its server went down too: the placement component places it again.
+                    _ => self.placing_or_none(tenant),
+                },
+                PlaceState::Placing => Served::Placing,
+                PlaceState::Failed => Served::Unavailable(format!(
+                    "its server {} is offline and placing it on {} failed: {}",
+                    tenant.server,
+                    p.server,
+                    p.error.as_deref().unwrap_or("unknown error")
+                )),
+            },
+            _ => self.placing_or_none(tenant),
+        }
+    }
+
+    /// Placing when some other server is up (one will be chosen), else unavailable.
+    fn placing_or_none(&self, tenant: &Tenant) -> Served<'_> {
+        let any = self
+            .servers
             .iter()
-            .filter(|s| s.server.id != tenant.server && s.status.is_up())
-            .min_by_key(|s| (rank(s), s.server.id.clone()))
+            .any(|s| s.server.id != tenant.server && s.status.is_up());
+        if any {
+            Served::Placing
+        } else {
+            Served::Unavailable(format!(
+                "its server {} is offline and no other server is online",
+                tenant.server
+            ))
+        }
     }
 }
 
@@ -157,7 +223,7 @@ mod tests {
     }
 
     #[test]
-    fn target_prefers_home_then_fails_over_to_an_up_server() {
+    fn serve_goes_home_then_waits_for_the_placement_then_serves_it() {
         let t = Tenant {
             id: "acme".into(),
             domain: "acme.com".into(),
@@ -172,67 +238,62 @@ mod tests {
                 1,
             )
         };
+        let at = |served: Served<'_>| match served {
+            Served::At(s) => s.server.id.clone(),
+            other => format!("{other:?}"),
+        };
         let v = view(&[("s1", Status::Unknown), ("s2", Status::Online)]);
-        assert_eq!(v.target(&t, true).unwrap().server.id, "s1");
+        assert_eq!(at(v.serve(&t, true)), "s1", "unknown home is used");
         assert_eq!(v.tenant_by_domain("acme.com"), Some(&t));
         assert_eq!(v.tenant_by_domain("other.com"), None);
+        let v = view(&[("s1", Status::Degraded), ("s2", Status::Online)]);
+        assert_eq!(at(v.serve(&t, true)), "s1", "degraded home is used");
+
+        // Home offline: wait (another server is up) until the placement is ready.
+        let v = view(&[("s1", Status::Offline), ("s2", Status::Online)]);
+        assert_eq!(v.serve(&t, true), Served::Placing);
+        assert!(
+            matches!(v.serve(&t, false), Served::Unavailable(ref m) if m.contains("failover is off"))
+        );
+        let placed = |state: PlaceState, error: Option<&str>| Placement {
+            tenant: "acme".into(),
+            server: "s2".into(),
+            spawned: true,
+            state,
+            error: error.map(str::to_string),
+            placed_ms: 1,
+        };
+        let v = view(&[("s1", Status::Offline), ("s2", Status::Online)]);
+        let v = v.with_placements([placed(PlaceState::Placing, None)]);
+        assert_eq!(v.serve(&t, true), Served::Placing);
+        let v = v.with_placements([placed(PlaceState::Ready, None)]);
+        assert_eq!(at(v.serve(&t, true)), "s2");
+        let v = v.with_placements([placed(PlaceState::Failed, Some("HTTP 500"))]);
+        assert!(
+            matches!(v.serve(&t, true), Served::Unavailable(ref m) if m.contains("on s2 failed: HTTP 500")),
+            "{:?}",
+            v.serve(&t, true)
+        );
+        // A ready placement whose server went down too: placed again (wait), or nowhere.
         let v = view(&[
             ("s1", Status::Offline),
-            ("s2", Status::Degraded),
+            ("s2", Status::Offline),
             ("s3", Status::Online),
-        ]);
-        assert_eq!(v.target(&t, true).unwrap().server.id, "s3");
-        assert!(v.target(&t, false).is_none());
-        let v = view(&[("s1", Status::Offline), ("s2", Status::Offline)]);
-        assert!(v.target(&t, true).is_none());
+        ])
+        .with_placements([placed(PlaceState::Ready, None)]);
+        assert_eq!(v.serve(&t, true), Served::Placing);
+        let v = view(&[("s1", Status::Offline), ("s2", Status::Offline)])
+            .with_placements([placed(PlaceState::Ready, None)]);
+        assert!(
+            matches!(v.serve(&t, true), Served::Unavailable(ref m) if m.contains("no other server is online"))
+        );
+        // Home back: home again, whatever the placement says.
+        let v = view(&[("s1", Status::Online), ("s2", Status::Online)])
+            .with_placements([placed(PlaceState::Ready, None)]);
+        assert_eq!(at(v.serve(&t, true)), "s1");
         assert_eq!(
             tenant_host(&t, &v.servers[0].server),
             "acme.app.s1.example.com"
-        );
-    }
-
-    #[test]
-    fn failover_prefers_the_home_region() {
-        let t = Tenant {
-            id: "acme".into(),
-            domain: "acme.com".into(),
-            server: "eu1".into(),
-            process: "app".into(),
-            instance: "acme".into(),
-        };
-        let in_region = |id: &str, region: &str, status| {
-            let mut s = state(id, status);
-            s.server.region = Some(region.into());
-            s
-        };
-        let v = FleetView::new(
-            vec![
-                in_region("eu1", "eu", Status::Offline),
-                in_region("a-us", "us", Status::Online),
-                in_region("eu2", "eu", Status::Degraded),
-                in_region("eu3", "eu", Status::Online),
-            ],
-            vec![t.clone()],
-            1,
-        );
-        assert_eq!(
-            v.target(&t, true).unwrap().server.id,
-            "eu3",
-            "same region, online"
-        );
-        let v = FleetView::new(
-            vec![
-                in_region("eu1", "eu", Status::Offline),
-                in_region("a-us", "us", Status::Online),
-                in_region("eu2", "eu", Status::Degraded),
-            ],
-            vec![t.clone()],
-            1,
-        );
-        assert_eq!(
-            v.target(&t, true).unwrap().server.id,
-            "eu2",
-            "same region beats online elsewhere"
         );
     }
 

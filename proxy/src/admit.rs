@@ -1,6 +1,7 @@
 //! The routing decision, without I/O: where the table sends a request (`lookup`) and what to
 //! do with it there (`admit`). The proxy's `request_filter` runs these, wakes an idle
-//! instance when told to, and writes every answer in one place.
+//! instance (or waits for a fleet tenant being placed) when told to, and writes every answer
+//! in one place.
 
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use pingora_http::RequestHeader;
 
 use crate::host;
 use crate::plugins::Reply;
-use crate::table::{Availability, Backend, Miss, Table, Target};
+use crate::table::{Availability, Backend, Miss, Remote, Table, Target};
 
 /// What to do with a request.
 #[derive(Debug)]
@@ -23,6 +24,8 @@ pub(crate) enum Decision {
     Management,
     /// Wake this idle instance, then route again.
     Wake(Arc<Backend>),
+    /// Wait while this fleet tenant is placed on another server, then route again.
+    Place(Arc<Remote>),
 }
 
 /// Route `req` by its Host (or `:authority`) and path, borrowing both (no allocation unless
@@ -88,8 +91,8 @@ fn rewrite_path(req: &mut RequestHeader, path: &str) -> Result<(), Decision> {
 }
 
 /// What to do with a request routed to `target` that declares `content_length` body bytes.
-/// `may_wake`: an idle instance may be woken (there is a waker and this request has not
-/// woken one yet); otherwise it is answered 503.
+/// `may_wake`: an idle instance may be woken, or a tenant being placed waited for (there is a
+/// waker and this request has not waited yet); otherwise it is answered 503.
 #[inline]
 pub(crate) fn admit(target: &Target, content_length: Option<u64>, may_wake: bool) -> Decision {
     match target {
@@ -97,6 +100,7 @@ pub(crate) fn admit(target: &Target, content_length: Option<u64>, may_wake: bool
         Target::Instance(b) if may_wake && b.availability == Availability::Idle => {
             Decision::Wake(b.clone())
         }
+        Target::Remote(r) if may_wake && r.placing => Decision::Place(r.clone()),
         _ => match target.admission() {
             Ok(max_body) if content_length.is_some_and(|n| n > max_body) => {
                 Decision::Answer(413, format!("request body larger than {max_body} bytes"))
@@ -179,6 +183,17 @@ mod tests {
             "gone.test",
             TenantTarget::Remote(Box::new(Remote::unavailable("gone"))),
         );
+        b.tenant(
+            "moving.test",
+            TenantTarget::Remote(Box::new(Remote::placing("moving"))),
+        );
+        b.tenant(
+            "failed.test",
+            TenantTarget::Remote(Box::new(Remote::unavailable_because(
+                "failed",
+                "placing it on s3 failed: HTTP 500",
+            ))),
+        );
         b.build()
     }
 
@@ -215,6 +230,7 @@ mod tests {
             Decision::Reply(r) => format!("reply {}", r.status),
             Decision::Management => "management".into(),
             Decision::Wake(b) => format!("wake {}", b.key),
+            Decision::Place(r) => format!("place {}", r.tenant),
         }
     }
 
@@ -408,6 +424,23 @@ mod tests {
         assert_eq!(
             decide(&t, Some("gone.test"), "/", None, true),
             "503 tenant gone: its server is offline and no other server is online strip=0"
+        );
+    }
+
+    #[test]
+    fn a_tenant_being_placed_is_waited_for_once_then_answered_503_never_404() {
+        let t = table();
+        assert_eq!(
+            decide(&t, Some("moving.test"), "/", None, true),
+            "place moving strip=0"
+        );
+        assert_eq!(
+            decide(&t, Some("moving.test"), "/", None, false),
+            "503 tenant moving: its server is offline and it is being placed on another strip=0"
+        );
+        assert_eq!(
+            decide(&t, Some("failed.test"), "/", None, true),
+            "503 tenant failed: placing it on s3 failed: HTTP 500 strip=0"
         );
     }
 

@@ -50,11 +50,18 @@ pub trait Management: Send + Sync + 'static {
     async fn handle(&self, req: Request) -> Response;
 }
 
-/// Wakes an idle-stopped instance (scale to zero); implemented by the `ten` binary.
+/// Wakes an idle-stopped instance (scale to zero), or waits for a fleet tenant being placed on
+/// another server; implemented by the `ten` binary.
 #[async_trait]
 pub trait Waker: Send + Sync + 'static {
     /// Resolves once the instance is healthy (and a new table is published), or with why not.
     async fn wake(&self, process: &str, id: &str) -> Result<(), String>;
+
+    /// Resolves once fleet tenant `tenant` is served somewhere (and the table that routes it
+    /// is published), or with why not.
+    async fn place(&self, tenant: &str) -> Result<(), String> {
+        Err(format!("tenant {tenant}: no fleet to place it"))
+    }
 }
 
 /// Largest management request body read (JSON commands are small).

@@ -115,6 +115,14 @@ impl TenProxy {
                         }
                     }
                 }
+                Decision::Place(r) => {
+                    woken = true;
+                    if let Some(waker) = &self.waker {
+                        if let Err(e) = waker.place(&r.tenant).await {
+                            break Decision::Answer(503, format!("tenant {}: {e}", r.tenant));
+                        }
+                    }
+                }
                 decision => break decision,
             }
         };
@@ -131,6 +139,10 @@ impl TenProxy {
             // Not returned after a wake; as `admit` answers an instance still idle.
             Decision::Wake(b) => {
                 respond(session, ctx, 503, &format!("instance {} is idle", b.key)).await?
+            }
+            Decision::Place(r) => {
+                let msg = format!("tenant {} is being placed", r.tenant);
+                respond(session, ctx, 503, &msg).await?
             }
         }
         Ok(true)

@@ -187,6 +187,11 @@ pub struct Remote {
     pub server: Option<Box<str>>,
     /// The Host header to send: `{instance}.{process}.{server domain}`.
     pub host: Box<str>,
+    /// Its home is offline and it is being placed on another server: a request waits (see
+    /// [`crate::management::Waker::place`]).
+    pub placing: bool,
+    /// Why it cannot be served (None: the default message).
+    pub why: Option<Box<str>>,
     pub(crate) peer: Option<HttpPeer>,
 }
 
@@ -209,6 +214,8 @@ impl Remote {
             tenant: tenant.into(),
             server: Some(server.into()),
             host: host.into(),
+            placing: false,
+            why: None,
             peer: Some(peer),
         }
     }
@@ -219,7 +226,25 @@ impl Remote {
             tenant: tenant.into(),
             server: None,
             host: Box::from(""),
+            placing: false,
+            why: None,
             peer: None,
+        }
+    }
+
+    /// A tenant with nowhere to go, and why (the 503's message).
+    pub fn unavailable_because(tenant: &str, why: &str) -> Self {
+        Remote {
+            why: Some(why.into()),
+            ..Remote::unavailable(tenant)
+        }
+    }
+
+    /// A tenant being placed on another server: requests wait for it.
+    pub fn placing(tenant: &str) -> Self {
+        Remote {
+            placing: true,
+            ..Remote::unavailable(tenant)
         }
     }
 }
@@ -273,9 +298,14 @@ impl Target {
                 Availability::Idle => Err(format!("instance {} is idle", b.key)),
                 _ => Err(format!("instance {} is not running", b.key)),
             },
-            Target::Remote(r) => match r.peer {
-                Some(_) => Ok(u64::MAX),
-                None => Err(format!(
+            Target::Remote(r) => match (&r.peer, &r.why) {
+                (Some(_), _) => Ok(u64::MAX),
+                (None, _) if r.placing => Err(format!(
+                    "tenant {}: its server is offline and it is being placed on another",
+                    r.tenant
+                )),
+                (None, Some(why)) => Err(format!("tenant {}: {why}", r.tenant)),
+                (None, None) => Err(format!(
                     "tenant {}: its server is offline and no other server is online",
                     r.tenant
                 )),

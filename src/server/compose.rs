@@ -20,7 +20,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use tenement_conf::{Config, InstanceName, Route};
-use tenement_fleet::FleetView;
+use tenement_fleet::{Fleet, FleetView, Served};
 use tenement_proxy::metrics::Metrics;
 use tenement_proxy::plugins::Chain;
 use tenement_proxy::{
@@ -199,19 +199,23 @@ pub fn build_table(
     b.build_on(prev)
 }
 
-/// Where each tenant's domain goes now.
+/// Where each tenant's domain goes now: its home, the server it is placed on, "wait: being
+/// placed", or a 503 saying why.
 fn tenant_targets(own: &str, f: &FleetInput<'_>) -> Vec<(String, TenantTarget)> {
     f.view
         .tenants
         .iter()
         .map(|t| {
-            let target = match f.view.target(t, f.failover) {
-                None => TenantTarget::Remote(Box::new(Remote::unavailable(&t.id))),
-                Some(s) if s.server.domain == own => TenantTarget::Local {
+            let target = match f.view.serve(t, f.failover) {
+                Served::Placing => TenantTarget::Remote(Box::new(Remote::placing(&t.id))),
+                Served::Unavailable(why) => {
+                    TenantTarget::Remote(Box::new(Remote::unavailable_because(&t.id, &why)))
+                }
+                Served::At(s) if s.server.domain == own => TenantTarget::Local {
                     process: t.process.clone(),
                     instance: t.instance.clone(),
                 },
-                Some(s) => match &s.resolved {
+                Served::At(s) => match &s.resolved {
                     Some(a) => TenantTarget::Remote(Box::new(Remote::to(
                         &t.id,
                         &s.server.id,
@@ -376,9 +380,12 @@ impl TrafficProbe for Publisher {
     }
 }
 
-/// Wakes idle instances for the proxy; returns once the table routes to them.
+/// Wakes idle instances for the proxy, and waits for fleet tenants being placed; returns once
+/// the table routes to them.
 pub struct Wake {
     pub supervisor: Supervisor,
+    /// The fleet and the publisher whose table must show its placement (with `[fleet]`).
+    pub fleet: Option<(Fleet, Arc<Publisher>)>,
 }
 
 #[async_trait::async_trait]
@@ -390,6 +397,16 @@ impl tenement_proxy::management::Waker for Wake {
         };
         // wake() returns once the table built from the view that shows it healthy is live.
         self.supervisor.wake(&name).await.map_err(|e| e.to_string())
+    }
+
+    async fn place(&self, tenant: &str) -> Result<(), String> {
+        let Some((fleet, publisher)) = &self.fleet else {
+            return Err("no [fleet] section".into());
+        };
+        let generation = fleet.wait_placed(tenant).await?;
+        // The view routes it: wait for the table built from that view.
+        publisher.settle_fleet(generation).await;
+        Ok(())
     }
 }
 

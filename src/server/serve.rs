@@ -121,6 +121,7 @@ pub async fn run(config: Config) -> Result<()> {
 
     let waker = Arc::new(Wake {
         supervisor: supervisor.clone(),
+        fleet: fleet.clone().map(|f| (f, publisher.clone())),
     });
     let api = Arc::new(Api {
         config: config.clone(),

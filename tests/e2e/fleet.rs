@@ -11,6 +11,8 @@ use serde_json::Value;
 use crate::supervision::cli;
 use crate::util::{Builder, Ten};
 
+mod placement;
+
 /// A webhook receiver on 127.0.0.1 that keeps every POST body.
 struct Hook {
     port: u16,

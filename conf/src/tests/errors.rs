@@ -322,6 +322,12 @@ fn bad_fleet_webhook() {
         error("[fleet]\nwebhook = \"ftp://hooks.example.com\"\n"),
         "tenement.toml:2: fleet.webhook: expected an http:// or https:// URL, got \"ftp://hooks.example.com\""
     );
+    assert_eq!(
+        error("[fleet]\nplacement_timeout = 0\n"),
+        "tenement.toml:2: fleet.placement_timeout: must be greater than 0, got 0"
+    );
+    assert!(error("[fleet]\nfailover_linger = \"soon\"\n")
+        .starts_with("tenement.toml:2: fleet.failover_linger: "));
 }
 
 #[test]

@@ -242,6 +242,23 @@ fn defaults_without_settings() {
 }
 
 #[test]
+fn fleet_failover_linger_and_placement_timeout() {
+    let c = ok("[fleet]\nfailover_linger = \"2s\"\nplacement_timeout = \"45s\"\n");
+    let fleet = c.fleet.unwrap();
+    assert_eq!(fleet.failover_linger, Duration::from_secs(2));
+    assert_eq!(fleet.placement_timeout, Duration::from_secs(45));
+    assert_eq!(
+        ok("[fleet]\nfailover_linger = 0\n")
+            .fleet
+            .unwrap()
+            .failover_linger,
+        Duration::ZERO,
+        "0: stop the copy at the first tick without traffic"
+    );
+    assert_eq!(ok("[fleet]\n").fleet, Some(crate::Fleet::default()));
+}
+
+#[test]
 fn settings_forms_and_units() {
     let c = ok(r#"
 [settings]
@@ -281,6 +298,8 @@ plugins = [
     assert_eq!(fleet.degraded_latency, Duration::from_millis(500));
     assert!(!fleet.failover);
     assert_eq!(fleet.webhook_after, Duration::from_secs(300));
+    assert_eq!(fleet.failover_linger, Duration::from_secs(600));
+    assert_eq!(fleet.placement_timeout, Duration::from_secs(30));
     let big = c.process("big").unwrap();
     assert_eq!(big.max_body, 10 * 1_048_576);
     assert_eq!(

@@ -8,11 +8,8 @@ use crate::{Events, FleetStore, NewServer, Tenant};
 fn conf(interval_ms: u64, degraded_ms: u64) -> tenement_conf::Fleet {
     tenement_conf::Fleet {
         health_interval: Duration::from_millis(interval_ms),
-        unhealthy_after: 3,
         degraded_latency: Duration::from_millis(degraded_ms),
-        failover: true,
-        webhook: None,
-        webhook_after: Duration::from_secs(300),
+        ..tenement_conf::Fleet::default()
     }
 }
 

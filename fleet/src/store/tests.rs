@@ -281,10 +281,10 @@ fn a_database_from_before_versions_opens_and_a_newer_one_is_refused() {
         )
         .unwrap()
     };
-    assert_eq!(version(&s.conn()), 1);
+    assert_eq!(version(&s.conn()), 2, "migration 2 (placements) applied");
     drop(s);
     let s = FleetStore::open(&path).unwrap();
-    assert_eq!(version(&s.conn()), 1, "re-open is a no-op");
+    assert_eq!(version(&s.conn()), 2, "re-open is a no-op");
     s.conn()
         .execute(
             "UPDATE schema_version SET version = 9 WHERE component = 'fleet'",
@@ -296,7 +296,50 @@ fn a_database_from_before_versions_opens_and_a_newer_one_is_refused() {
     assert!(matches!(e, FleetError::Schema(_)), "{e:?}");
     assert!(
         e.to_string()
-            .contains("the fleet tables are at schema version 9, newer than this ten knows (1)"),
+            .contains("the fleet tables are at schema version 9, newer than this ten knows (2)"),
         "{e}"
     );
+}
+
+#[test]
+fn placements_are_data_and_go_with_their_tenant_or_server() {
+    let (_dir, s) = open();
+    s.add_server(&server("a", "http://a.example.com")).unwrap();
+    s.add_server(&server("b", "http://b.example.com")).unwrap();
+    s.add_tenant(&tenant("acme", "acme.com", "a")).unwrap();
+    s.add_tenant(&tenant("globex", "globex.com", "a")).unwrap();
+    let p = Placement {
+        tenant: "acme".into(),
+        server: "b".into(),
+        spawned: true,
+        state: PlaceState::Placing,
+        error: None,
+        placed_ms: 7,
+    };
+    s.put_placement(&p).unwrap();
+    assert_eq!(s.placements().unwrap(), std::slice::from_ref(&p));
+    let failed = Placement {
+        state: PlaceState::Failed,
+        error: Some("HTTP 500".into()),
+        ..p.clone()
+    };
+    s.put_placement(&failed).unwrap();
+    assert_eq!(s.placements().unwrap(), [failed], "replaced, not added");
+    s.put_placement(&Placement {
+        tenant: "globex".into(),
+        state: PlaceState::Ready,
+        ..p.clone()
+    })
+    .unwrap();
+    s.remove_tenant("acme").unwrap();
+    let left: Vec<_> = s
+        .placements()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.tenant)
+        .collect();
+    assert_eq!(left, ["globex"], "gone with its tenant");
+    s.remove_server("b").unwrap();
+    assert!(s.placements().unwrap().is_empty(), "gone with its server");
+    s.remove_placement("nobody").unwrap();
 }

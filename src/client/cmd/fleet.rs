@@ -43,7 +43,7 @@ domain}; if home is offline and [fleet] failover is on, to another online server
 Example:\n  ten tenant add acme acme.example.com eu1 app acme"
     )]
     Add(TenantArgs),
-    /// List tenants
+    /// List tenants: home server and where each is served now (SERVED_AT)
     List {
         #[arg(long)]
         json: bool,
@@ -99,19 +99,20 @@ pub fn servers_table(rows: &[Value]) -> String {
     )
 }
 
-/// `ten tenant list`: ID DOMAIN SERVER PROCESS INSTANCE.
+/// `ten tenant list`: ID DOMAIN PROCESS INSTANCE HOME SERVED_AT (`-`: being placed, or
+/// nowhere to go).
 pub fn tenants_table(rows: &[Value]) -> String {
     let rows = rows
         .iter()
         .map(|r| {
-            ["id", "domain", "server", "process", "instance"]
+            ["id", "domain", "process", "instance", "home", "served_at"]
                 .iter()
                 .map(|k| cell(&r[*k]))
                 .collect()
         })
         .collect();
     table(
-        &["ID", "DOMAIN", "SERVER", "PROCESS", "INSTANCE"],
+        &["ID", "DOMAIN", "PROCESS", "INSTANCE", "HOME", "SERVED_AT"],
         rows,
         Some("(no tenants)"),
     )
@@ -220,11 +221,16 @@ us1  http://10.0.0.7:8080     us1.example.com  -       unknown  -
     #[test]
     fn tenant_table_is_aligned() {
         let rows = vec![
-            json!({"id":"acme","domain":"acme.com","server":"eu1","process":"app","instance":"acme"}),
+            json!({"id":"acme","domain":"acme.com","server":"eu1","process":"app","instance":"acme","home":"eu1","served_at":"eu2"}),
+            json!({"id":"globex","domain":"globex.com","server":"eu1","process":"app","instance":"globex","home":"eu1","served_at":null}),
         ];
         assert_eq!(
             tenants_table(&rows),
-            "ID    DOMAIN    SERVER  PROCESS  INSTANCE\nacme  acme.com  eu1     app      acme\n"
+            "\
+ID      DOMAIN      PROCESS  INSTANCE  HOME  SERVED_AT
+acme    acme.com    app      acme      eu1   eu2
+globex  globex.com  app      globex    eu1   -
+"
         );
         assert_eq!(encode("a b/c"), "a%20b%2Fc");
     }

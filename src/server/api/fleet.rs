@@ -89,6 +89,36 @@ pub(super) fn remove_tenant(fleet: &Fleet, id: &str) -> ApiResult {
     Ok((StatusCode::NO_CONTENT, Value::Null))
 }
 
+/// A tenant as the API shows it: its fields, `home` (= `server`) and `served_at`, where its
+/// requests go now (its home, the server it is placed on while home is offline, or null while
+/// it is being placed or has nowhere to go).
+fn tenant_json(t: &Tenant, served_at: Option<&Option<String>>) -> Value {
+    let mut v = json!(t);
+    if let Value::Object(m) = &mut v {
+        m.insert("home".into(), json!(t.server));
+        m.insert("served_at".into(), json!(served_at.cloned().flatten()));
+    }
+    v
+}
+
+/// `GET /api/tenants`.
+pub(super) fn list_tenants(fleet: &Fleet) -> ApiResult {
+    let at = fleet.served_at();
+    let list = fleet
+        .view()
+        .tenants
+        .iter()
+        .map(|t| tenant_json(t, at.get(&t.id)))
+        .collect();
+    Ok((StatusCode::OK, Value::Array(list)))
+}
+
+/// `GET /api/tenants/{id}`.
+pub(super) fn get_tenant(fleet: &Fleet, id: &str) -> ApiResult {
+    let t = fleet.store().tenant(id)?;
+    Ok((StatusCode::OK, tenant_json(&t, fleet.served_at().get(id))))
+}
+
 pub(super) fn migrate_tenant(fleet: &Fleet, id: &str, body: &[u8]) -> ApiResult {
     let req: MigrateArgs = parse_body(body)?;
     let before = fleet.store().tenant(id)?;

@@ -282,13 +282,9 @@ impl Api {
             (R::AddServer, Some(f)) => self.routed(f, fleet::add_server(f, body)).await,
             (R::GetServer(id), Some(f)) => fleet::server_json(f, id),
             (R::RemoveServer(id), Some(f)) => self.routed(f, fleet::remove_server(f, id)).await,
-            (R::ListTenants, Some(f)) => Ok((StatusCode::OK, json!(f.view().tenants))),
+            (R::ListTenants, Some(f)) => fleet::list_tenants(f),
             (R::AddTenant, Some(f)) => self.routed(f, fleet::add_tenant(f, body)).await,
-            (R::GetTenant(id), Some(f)) => f
-                .store()
-                .tenant(id)
-                .map(|t| (StatusCode::OK, json!(t)))
-                .map_err(ApiError::from),
+            (R::GetTenant(id), Some(f)) => fleet::get_tenant(f, id),
             (R::RemoveTenant(id), Some(f)) => self.routed(f, fleet::remove_tenant(f, id)).await,
             (R::MigrateTenant(id), Some(f)) => {
                 self.routed(f, fleet::migrate_tenant(f, id, body)).await

@@ -242,4 +242,34 @@ fn tenants_go_local_remote_or_nowhere_without_any_dns() {
             other => panic!("{host}: {other:?}"),
         }
     }
+    // Home offline with failover: wait while it is placed, then go where it was placed.
+    let input = FleetInput {
+        view: &fleet,
+        failover: true,
+    };
+    let t = build_table(&c, &v, Some(input), &stats, None);
+    match t.lookup("stranded.customers.test", "/").unwrap().target {
+        Target::Remote(r) => assert!(r.placing && r.server.is_none(), "{r:?}"),
+        other => panic!("{other:?}"),
+    }
+    let placed = fleet.clone().with_placements([tenement_fleet::Placement {
+        tenant: "stranded".into(),
+        server: "far".into(),
+        spawned: true,
+        state: tenement_fleet::PlaceState::Ready,
+        error: None,
+        placed_ms: 1,
+    }]);
+    let input = FleetInput {
+        view: &placed,
+        failover: true,
+    };
+    let t = build_table(&c, &v, Some(input), &stats, None);
+    match t.lookup("stranded.customers.test", "/").unwrap().target {
+        Target::Remote(r) => {
+            assert_eq!(r.server.as_deref(), Some("far"));
+            assert_eq!(&*r.host, "stranded.api.far.example.com");
+        }
+        other => panic!("{other:?}"),
+    }
 }
