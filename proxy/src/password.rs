@@ -97,6 +97,50 @@ impl HashRunner {
     }
 }
 
+/// Checks of one credential in progress, by its SHA-256: concurrent requests that carry the
+/// same new credential (a browser's parallel requests right after a login, a fleet router's
+/// health loop and placement) share ONE check instead of each taking a slot (and getting
+/// 429/503 while it runs).
+#[derive(Debug)]
+pub struct SingleFlight<T> {
+    running: Mutex<HashMap<[u8; 32], Arc<tokio::sync::OnceCell<T>>>>,
+}
+
+impl<T> Default for SingleFlight<T> {
+    fn default() -> Self {
+        SingleFlight {
+            running: Mutex::default(),
+        }
+    }
+}
+
+/// Bound on remembered checks in progress (entries nobody waits on are forgotten first).
+const MAX_IN_FLIGHT: usize = 4_096;
+
+impl<T: Clone> SingleFlight<T> {
+    /// The outcome of `check` for `key`: run here, or shared with a check of the same key
+    /// already running. If the caller running it goes away, a waiting one runs it instead.
+    pub async fn run<F, Fut>(&self, key: [u8; 32], check: F) -> T
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        let cell = {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            if running.len() >= MAX_IN_FLIGHT {
+                running.retain(|_, c| Arc::strong_count(c) > 1);
+            }
+            running.entry(key).or_default().clone()
+        };
+        let outcome = cell.get_or_init(check).await.clone();
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if running.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            running.remove(&key);
+        }
+        outcome
+    }
+}
+
 /// The key a client's failures are counted under: the IPv4 address, or the /64 of an IPv6
 /// one; `::ffff:a.b.c.d` counts as `a.b.c.d`.
 pub fn client_key(ip: IpAddr) -> IpAddr {
@@ -352,5 +396,53 @@ mod tests {
         }
         assert_eq!(runner.run(|| 7).await, Ok(7), "slots are given back");
         assert!(HashRunner::shared().slots() >= 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_credential_checked_by_many_requests_at_once_is_hashed_once() {
+        let runner = Arc::new(HashRunner::new(1));
+        let flights: Arc<SingleFlight<Result<u32, Busy>>> = Arc::default();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let rx = Arc::new(Mutex::new(rx));
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (runner, flights, rx) = (runner.clone(), flights.clone(), rx.clone());
+                tokio::spawn(async move {
+                    flights
+                        .run([7; 32], || async move {
+                            runner
+                                .run(move || {
+                                    let _ = rx.lock().map(|r| r.recv());
+                                    42
+                                })
+                                .await
+                        })
+                        .await
+                })
+            })
+            .collect();
+        // All eight wait on one check (the map's handle + theirs), which has started.
+        let waiting = || {
+            flights
+                .running
+                .lock()
+                .unwrap()
+                .get(&[7; 32])
+                .map(Arc::strong_count)
+                == Some(9)
+        };
+        while !(waiting() && runner.started() == 1) {
+            tokio::task::yield_now().await;
+        }
+        tx.send(()).unwrap();
+        for t in tasks {
+            assert_eq!(
+                t.await.unwrap(),
+                Ok(42),
+                "every request shares the one check"
+            );
+        }
+        assert_eq!((runner.started(), runner.refused()), (1, 0));
+        assert!(flights.running.lock().unwrap().is_empty());
     }
 }

@@ -25,7 +25,7 @@ use http::HeaderValue;
 use sha2::{Digest, Sha256};
 
 use super::{Check, Plugin, Reply, RequestInfo};
-use crate::password::{HashRunner, Lockout};
+use crate::password::{HashRunner, Lockout, SingleFlight};
 
 pub(crate) const KIND: &str = "basic_auth";
 const CACHE_CAP: usize = 1024;
@@ -42,6 +42,8 @@ pub struct BasicAuth {
     denied: Mutex<HashSet<Fingerprint>>,
     runner: Arc<HashRunner>,
     lockout: Lockout,
+    /// New credentials being checked: parallel requests with one share one hash.
+    flights: SingleFlight<Option<Reply>>,
 }
 
 /// Parse and check one PHC string; the message never quotes it (it may be a secret).
@@ -118,6 +120,7 @@ impl BasicAuth {
             denied: Mutex::default(),
             runner,
             lockout: Lockout::standard(),
+            flights: SingleFlight::default(),
         })
     }
 
@@ -140,7 +143,10 @@ impl BasicAuth {
         let Some((user, password)) = credentials(value.as_bytes()) else {
             return Check::Reply(challenge()); // cheap to find out again: not cached
         };
-        Check::Later(Box::pin(self.verify_new(fp, user, password, client)))
+        Check::Later(Box::pin(
+            self.flights
+                .run(fp, move || self.verify_new(fp, user, password, client)),
+        ))
     }
 
     /// Argon2 for a credential not seen yet: counted first, then hashed off the worker.

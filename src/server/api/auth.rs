@@ -17,7 +17,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use rusqlite::{params, Connection};
 use sha2::{Digest, Sha256};
-use tenement_proxy::password::{HashRunner, Lockout};
+use tenement_proxy::password::{HashRunner, Lockout, SingleFlight};
 use tenement_supervisor::db::{self, Schema};
 
 /// The `api_tokens` table (component `auth` in `schema_version`, see `tenement_supervisor::db`).
@@ -53,6 +53,8 @@ pub struct Auth {
     verified: Mutex<HashMap<[u8; 32], i64>>,
     lockout: Lockout,
     runner: Arc<HashRunner>,
+    /// Tokens being checked: parallel requests with one new token share one hash.
+    flights: SingleFlight<Outcome>,
     /// Argon2 parameters of new tokens.
     params: argon2::Params,
 }
@@ -77,6 +79,7 @@ impl Auth {
             verified: Mutex::default(),
             lockout: Lockout::standard(),
             runner,
+            flights: SingleFlight::default(),
             params,
         })
     }
@@ -144,27 +147,36 @@ impl Auth {
         if digest.is_some_and(|d| self.cached(&d).is_some()) {
             return Verdict::Ok;
         }
+        let (Some(token), Some(digest)) = (token, digest) else {
+            // Counted like a wrong token (unless no token exists at all).
+            let attempt = match self.lockout.reserve(client) {
+                Ok(attempt) => attempt,
+                Err(secs) => return Outcome::Locked(secs).verdict(),
+            };
+            if self.hashes().is_empty() {
+                attempt.refund();
+                return no_tokens();
+            }
+            return Verdict::Denied("missing token: send Authorization: Bearer <token>".into());
+        };
+        self.flights
+            .run(digest, || self.verify_new(token, digest, client))
+            .await
+            .verdict()
+    }
+
+    /// Argon2 for a token not verified yet (shared by the requests that carry it meanwhile):
+    /// the attempt is counted for `client` before it runs.
+    async fn verify_new(&self, token: &str, digest: [u8; 32], client: Option<IpAddr>) -> Outcome {
         let attempt = match self.lockout.reserve(client) {
             Ok(attempt) => attempt,
-            Err(secs) => {
-                return Verdict::TooMany {
-                    retry_after: secs,
-                    message: format!(
-                        "too many failed attempts from your address: retry in {secs}s"
-                    ),
-                }
-            }
+            Err(secs) => return Outcome::Locked(secs),
         };
         let rows = self.hashes();
         if rows.is_empty() {
             attempt.refund();
-            return Verdict::Denied(
-                "no API token is configured: run `ten token-gen` on the server (the control socket needs none)".into(),
-            );
+            return Outcome::NoTokens;
         }
-        let (Some(token), Some(digest)) = (token, digest) else {
-            return Verdict::Denied("missing token: send Authorization: Bearer <token>".into());
-        };
         let candidate = token.to_string();
         let found = self
             .runner
@@ -183,10 +195,7 @@ impl Auth {
         match found {
             Err(_busy) => {
                 attempt.refund();
-                Verdict::TooMany {
-                    retry_after: 1,
-                    message: "busy: too many token checks at once, retry in 1s".into(),
-                }
+                Outcome::Busy
             }
             Ok(Some(id)) => {
                 attempt.refund();
@@ -195,12 +204,47 @@ impl Auth {
                     verified.clear();
                 }
                 verified.insert(digest, id);
-                Verdict::Ok
+                Outcome::Found
             }
             // The attempt stays counted.
-            Ok(None) => Verdict::Denied("invalid token".into()),
+            Ok(None) => Outcome::NotFound,
         }
     }
+}
+
+/// What checking one new token found (shared by the requests that waited for it).
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Found,
+    NotFound,
+    NoTokens,
+    Busy,
+    Locked(u64),
+}
+
+impl Outcome {
+    fn verdict(self) -> Verdict {
+        match self {
+            Outcome::Found => Verdict::Ok,
+            Outcome::NotFound => Verdict::Denied("invalid token".into()),
+            Outcome::NoTokens => no_tokens(),
+            Outcome::Busy => Verdict::TooMany {
+                retry_after: 1,
+                message: "busy: too many token checks at once, retry in 1s".into(),
+            },
+            Outcome::Locked(secs) => Verdict::TooMany {
+                retry_after: secs,
+                message: format!("too many failed attempts from your address: retry in {secs}s"),
+            },
+        }
+    }
+}
+
+fn no_tokens() -> Verdict {
+    Verdict::Denied(
+        "no API token is configured: run `ten token-gen` on the server (the control socket needs none)"
+            .into(),
+    )
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -334,6 +378,24 @@ mod tests {
             200,
             "busy answers were not counted as failures"
         );
+    }
+
+    /// Parallel requests with one new token (a fleet router's health loop and its placement
+    /// call, a client's first burst) share one Argon2 run: none is told "busy".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parallel_requests_with_one_new_token_share_one_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = auth(dir.path(), 1);
+        let good = a.generate().unwrap();
+        let verdicts = join_all(
+            (0..8)
+                .map(|_| a.check(Some(&good), ip("192.0.2.7")))
+                .collect(),
+        )
+        .await;
+        let statuses: Vec<u16> = verdicts.iter().map(status).collect();
+        assert_eq!(statuses, [200; 8]);
+        assert_eq!((a.runner.started(), a.runner.refused()), (1, 0));
     }
 
     /// Poll every future together on this task.
