@@ -198,6 +198,13 @@ fn tenants_route_fail_over_come_home_and_migrate() {
     // Kill server a: offline after unhealthy_after checks, then its tenants fail over to b.
     assert!(a.sigterm().success());
     wait_status(&router, "a", "offline");
+    // The API shows the status as soon as the health loop records it; the table with the
+    // failover is published right after (asynchronously): wait for it, then no 5xx.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while served_by(&router, "acme.com") != (200, "b".into()) {
+        assert!(Instant::now() < deadline, "never failed over to b");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     for _ in 0..20 {
         assert_eq!(
             served_by(&router, "acme.com"),
