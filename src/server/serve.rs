@@ -63,7 +63,23 @@ fn bind_control(fds: &ListenFds, path: &Path) -> Result<String> {
     Ok(key)
 }
 
+/// Raise the open-file soft limit to the hard limit: every client connection, upstream
+/// connection, health probe and instance pipe is a file descriptor, and the usual soft limit
+/// (1024) is reached by a few hundred idle clients (SPEC §14).
+fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "open-file limit raised"),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit"),
+        },
+        Ok((soft, _)) => tracing::debug!(limit = soft, "open-file limit already at its hard limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
+}
+
 pub async fn run(config: Config) -> Result<()> {
+    raise_nofile();
     let config = Arc::new(config);
     let s = &config.settings;
     if !s.data_dir.exists() {
@@ -231,8 +247,10 @@ pub async fn run(config: Config) -> Result<()> {
     }
     boot.abort();
 
-    // Stop accepting, let in-flight requests finish, then stop the instances.
+    // Stop accepting, end open log streams, let in-flight requests finish, then stop the
+    // instances.
     let _ = shutdown_tx.send(true);
+    traffic.close();
     let _ = fleet_stop_tx.send(true);
     let deadline = Instant::now() + s.drain_timeout;
     while traffic.in_flight() > 0 && Instant::now() < deadline {
