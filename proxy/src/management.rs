@@ -210,9 +210,12 @@ async fn write_stream(
             .await
             .map_err(|_| stalled())??;
     }
-    tokio::time::timeout(write_timeout, session.write_response_body(Bytes::new(), true))
-        .await
-        .map_err(|_| stalled())?
+    tokio::time::timeout(
+        write_timeout,
+        session.write_response_body(Bytes::new(), true),
+    )
+    .await
+    .map_err(|_| stalled())?
 }
 
 /// The management API alone, as a Pingora HTTP app: `admin_listen` (a token unless
@@ -297,7 +300,15 @@ impl HttpServerApp for ManagementApp {
             session.set_keepalive(None);
         }
         let id = request_id(session.req_header());
-        match serve(&*self.management, &mut session, &id, self.trust, &self.closing).await {
+        match serve(
+            &*self.management,
+            &mut session,
+            &id,
+            self.trust,
+            &self.closing,
+        )
+        .await
+        {
             Ok(()) => {
                 let settings = HttpPersistentSettings::for_session(&session);
                 session

@@ -151,6 +151,8 @@ impl ProxyHttp for TenProxy {
     type CTX = Box<Ctx>;
 
     fn new_ctx(&self) -> Box<Ctx> {
+        // Called once the request head is read: its header_timeout no longer applies.
+        crate::edge::head_read();
         Box::new(Ctx::new(&self.traffic))
     }
 

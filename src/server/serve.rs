@@ -14,13 +14,14 @@ use pingora_core::listeners::ListenerConfig;
 use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{Fds, ListenFds};
+use pingora_core::services::listening::Service;
 use pingora_core::services::Service as _;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use tenement_conf::Config;
 use tenement_fleet::{Fleet, FleetStore};
-use tenement_proxy::{ManagementApp, TenProxy};
+use tenement_proxy::{Edge, EdgeLimits, ManagementApp, TenProxy};
 use tenement_supervisor::logs::{LogOptions, LogStore};
 use tenement_supervisor::{StateStore, Supervisor};
 
@@ -171,7 +172,16 @@ pub async fn run(config: Config) -> Result<()> {
             .unwrap_or(2),
         ..ServerConf::default()
     });
-    let mut service = pingora_proxy::http_proxy_service_with_name(&conf, proxy, "ten-proxy");
+    // Pingora's proxy inside ten's connection loop (header_timeout, keepalive_timeout: see
+    // tenement_proxy::Edge for why there and not a Pingora option).
+    let edge = Edge::new(
+        Arc::new(pingora_proxy::http_proxy(&conf, proxy)),
+        EdgeLimits {
+            header_timeout: s.header_timeout,
+            keepalive_timeout: s.keepalive_timeout,
+        },
+    );
+    let mut service = Service::new("ten-proxy".to_string(), edge);
     let mut announced = Vec::new();
     for addr in &s.listen {
         let local = prebind(&fds, addr)?;

@@ -156,3 +156,68 @@ fn serve_raises_its_open_file_soft_limit_to_the_hard_limit() {
     assert_eq!(soft, hard, "{line}");
     assert_ne!(soft, "256", "{line}");
 }
+
+#[test]
+fn a_head_sent_a_byte_at_a_time_is_cut_at_header_timeout() {
+    let ten = server("header_timeout = \"1s\"", "");
+    let mut s = TcpStream::connect(ten.addr).expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\n").expect("request line");
+    // One header byte every 200 ms: each read is quick (Pingora's per-read timeout is 60 s),
+    // the whole head never completes. Bounded: 40 bytes, 8 s.
+    let header = format!("Host: {}\r\nX-Slow: {}", host("prod.api"), "x".repeat(40));
+    let mut closed = false;
+    for b in header.bytes().take(40) {
+        if s.write_all(&[b]).is_err() || closed_within(&mut s, Duration::from_millis(200)) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "a 40-byte trickle over 8 s was not cut by header_timeout = 1s"
+    );
+    // Others are served.
+    assert_eq!(ten.get(&host("prod.api"), "/").status, 200);
+    // A whole head sent at once (then a body slower than header_timeout) is fine.
+    let mut s = TcpStream::connect(ten.addr).expect("connect");
+    write!(
+        s,
+        "POST /echo HTTP/1.1\r\nHost: {}\r\nContent-Length: 4\r\nConnection: close\r\n\r\nab",
+        host("prod.api")
+    )
+    .expect("head");
+    std::thread::sleep(Duration::from_millis(1500));
+    s.write_all(b"cd").expect("rest of the body");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let r = read_response(&mut BufReader::new(s));
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn an_idle_keepalive_connection_is_closed_after_keepalive_timeout() {
+    let ten = server("keepalive_timeout = \"1s\"", "");
+    let mut s = TcpStream::connect(ten.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    // Two proxied requests on one connection (kept alive), then silence.
+    let mut r = BufReader::new(s.try_clone().expect("clone"));
+    for _ in 0..2 {
+        write!(s, "GET / HTTP/1.1\r\nHost: {}\r\n\r\n", host("prod.api")).expect("write");
+        assert_eq!(read_response(&mut r).status, 200);
+    }
+    let mut rest = Vec::new();
+    // EOF (read_to_end returns) well before the 10 s read timeout.
+    match r.read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.is_empty(), "{rest:?}"),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            panic!("idle keep-alive connection still open after 10 s")
+        }
+        Err(_) => {} // reset: closed too
+    }
+}
