@@ -337,3 +337,64 @@ impl HttpServerApp for ManagementApp {
         self.closing.close();
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A session whose request head has been read and whose streamed answer has begun, over
+    /// an in-memory pipe with a 1 KiB window; the client end is returned unread.
+    async fn streaming_session() -> (ServerSession, tokio::io::DuplexStream) {
+        let (mut client, server) = tokio::io::duplex(1024);
+        client
+            .write_all(b"GET /api/logs/stream HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut session = ServerSession::new_http1(Box::new(server));
+        assert!(session.read_request().await.unwrap());
+        let mut head = ResponseHeader::build(200, None).unwrap();
+        head.insert_header(http::header::TRANSFER_ENCODING, "chunked")
+            .unwrap();
+        session.write_response_header(Box::new(head)).await.unwrap();
+        (session, client)
+    }
+
+    #[tokio::test]
+    async fn a_stream_client_that_reads_nothing_is_dropped_after_the_write_timeout() {
+        let (mut session, _client) = streaming_session().await;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move { while tx.send(Bytes::from(vec![b'x'; 1024])).await.is_ok() {} });
+        let closing = Closing::default();
+        let timeout = Duration::from_millis(300);
+        let e = tokio::time::timeout(
+            Duration::from_secs(20),
+            write_stream(&mut session, &mut rx, &closing, timeout),
+        )
+        .await
+        .expect("a stalled stream client was not dropped")
+        .unwrap_err();
+        assert_eq!(e.etype(), &ErrorType::WriteTimedout);
+    }
+
+    #[tokio::test]
+    async fn a_stream_ends_on_shutdown() {
+        let (mut session, _client) = streaming_session().await;
+        let (_tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let closing = Arc::new(Closing::default());
+        let c = closing.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            c.close();
+        });
+        // The producer (`_tx`) is still alive: only the shutdown ends the stream.
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            write_stream(&mut session, &mut rx, &closing, Duration::from_secs(30)),
+        )
+        .await
+        .expect("the stream did not end on shutdown")
+        .unwrap();
+    }
+}
