@@ -1,24 +1,65 @@
-//! The per-request context (`Ctx`) the proxy phases share, and the guards that keep the
-//! drain counter (`Traffic`) and a process's in-flight gauge right however a request ends.
+//! The per-request context (`Ctx`) the proxy phases share, the guards that keep the drain
+//! counter (`Traffic`) and a process's in-flight gauge right however a request ends, and the
+//! shutdown signal (`Closing`) that ends long-lived management streams.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::HeaderValue;
+use tokio::sync::Notify;
 
 use crate::plugins::{Chain, Reply};
 use crate::table::{Backend, InFlight, Target};
 
-/// Counts every request the proxy is handling, for the shutdown drain.
+/// Counts every request the proxy is handling, for the shutdown drain, and carries the
+/// shutdown signal that ends open management streams (an SSE log stream would otherwise hold
+/// the drain until `drain_timeout`).
 #[derive(Debug, Default)]
 pub struct Traffic {
     in_flight: AtomicU64,
+    closing: Closing,
 }
 
 impl Traffic {
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Shutting down: open management streams end (their requests then leave the drain).
+    pub fn close(&self) {
+        self.closing.close();
+    }
+
+    pub(crate) fn closing(&self) -> &Closing {
+        &self.closing
+    }
+}
+
+/// A one-way "stopping" signal: set once, awaited by any number of tasks.
+#[derive(Debug, Default)]
+pub struct Closing {
+    closed: AtomicBool,
+    notify: Notify,
+}
+
+impl Closing {
+    /// Set the signal and wake every task waiting in [`Closing::closed`].
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    /// Resolves once [`Closing::close`] has been called (registered before the flag is read,
+    /// so a close in between is not missed).
+    pub async fn closed(&self) {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
     }
 }
 

@@ -1,11 +1,13 @@
 //! The proxy: Pingora `ProxyHttp`, the arc-swapped routing table, hot-path accounting, and the
-//! management API's own Pingora app (`admin_listen`, the control socket).
+//! management API's own Pingora app (`admin_listen`, the control socket), and the client
+//! connection limits (`Edge`).
 //!
 //! The hot path takes no lock: one `ArcSwap::load()` of one immutable [`Table`] (routes,
 //! weights and health together), a hash lookup, a thread-local random choice.
 
 mod admit;
 mod ctx;
+mod edge;
 mod forwarded;
 pub mod host;
 pub mod management;
@@ -21,6 +23,7 @@ mod service;
 pub mod table;
 
 pub use ctx::{Ctx, Traffic};
+pub use edge::{Edge, EdgeLimits};
 pub use management::ManagementApp;
 pub use router::Router;
 pub use service::TenProxy;

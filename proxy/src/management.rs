@@ -4,8 +4,8 @@
 //! that serves it alone on `admin_listen` and the control socket.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -16,8 +16,8 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::listening::Service;
 use pingora_error::{ErrorType, Result};
 use pingora_http::ResponseHeader;
-use tokio::sync::Notify;
 
+use crate::ctx::Closing;
 use crate::forwarded::{client_ip, request_id, X_REQUEST_ID};
 use crate::respond::{keepalive_after, plain, status_for};
 
@@ -66,6 +66,11 @@ pub trait Waker: Send + Sync + 'static {
 
 /// Largest management request body read (JSON commands are small).
 pub const MAX_BODY: usize = 1 << 20;
+
+/// How long one write of a streamed answer (SSE) may wait for the client to read: a client
+/// that stops reading (a zero TCP window) is dropped after it instead of holding its task and
+/// the stream's producer forever.
+pub const STREAM_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A management implementation that only answers `/health`, for tests and benches.
 pub struct HealthOnly;
@@ -125,12 +130,14 @@ async fn write_plain(
 
 /// Serve one management request whose header has been read: read its body (up to
 /// [`MAX_BODY`]), hand it to `management`, write the answer (streamed chunked for
-/// [`Body::Stream`]), with the request id.
+/// [`Body::Stream`]), with the request id. A stream ends when `closing` is set (shutdown) and
+/// fails when one write waits longer than [`STREAM_WRITE_TIMEOUT`].
 pub(crate) async fn serve(
     management: &dyn Management,
     session: &mut ServerSession,
     request_id: &HeaderValue,
     trust: Trust,
+    closing: &Closing,
 ) -> Result<()> {
     let client = client_ip(session);
     let mut body = Vec::new();
@@ -175,13 +182,48 @@ pub(crate) async fn serve(
             // Chunked, so the connection can be reused and clients see the framing.
             head.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
             session.write_response_header(Box::new(head)).await?;
-            while let Some(chunk) = rx.recv().await {
-                session.write_response_body(chunk, false).await?;
-            }
-            session.write_response_body(Bytes::new(), true).await?;
+            write_stream(session, &mut rx, closing, STREAM_WRITE_TIMEOUT).await?;
         }
     }
     Ok(())
+}
+
+/// Write `rx`'s chunks until it ends or `closing` is set, then the last (empty) chunk; each
+/// write bounded by `write_timeout`. On shutdown the connection is not reused.
+async fn write_stream(
+    session: &mut ServerSession,
+    rx: &mut tokio::sync::mpsc::Receiver<Bytes>,
+    closing: &Closing,
+    write_timeout: Duration,
+) -> Result<()> {
+    let stalled = || {
+        pingora_error::Error::explain(
+            ErrorType::WriteTimedout,
+            format!("stream client read nothing for {write_timeout:?}"),
+        )
+    };
+    loop {
+        let chunk = tokio::select! {
+            biased;
+            () = closing.closed() => {
+                session.set_keepalive(None);
+                break;
+            }
+            chunk = rx.recv() => match chunk {
+                Some(chunk) => chunk,
+                None => break,
+            },
+        };
+        tokio::time::timeout(write_timeout, session.write_response_body(chunk, false))
+            .await
+            .map_err(|_| stalled())??;
+    }
+    tokio::time::timeout(
+        write_timeout,
+        session.write_response_body(Bytes::new(), true),
+    )
+    .await
+    .map_err(|_| stalled())?
 }
 
 /// The management API alone, as a Pingora HTTP app: `admin_listen` (a token unless
@@ -190,9 +232,8 @@ pub(crate) async fn serve(
 pub struct ManagementApp {
     management: Arc<dyn Management>,
     trust: Trust,
-    /// Set, and `closing` notified, once the service stops: idle keep-alive reads give up.
-    closed: AtomicBool,
-    closing: Notify,
+    /// Set once the service stops: idle keep-alive reads give up, open streams end.
+    closing: Closing,
 }
 
 impl ManagementApp {
@@ -214,26 +255,13 @@ impl ManagementApp {
         ManagementApp {
             management,
             trust,
-            closed: AtomicBool::new(false),
-            closing: Notify::new(),
+            closing: Closing::default(),
         }
     }
 
     /// A Pingora service named `name` running this app (listeners to be added).
     pub fn into_service(self, name: &str) -> Service<ManagementApp> {
         Service::new(name.to_string(), self)
-    }
-
-    /// Resolves once the service has stopped (registered before the flag is read, so a stop
-    /// in between is not missed).
-    async fn stopped(&self) {
-        let notified = self.closing.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if self.closed.load(Ordering::Acquire) {
-            return;
-        }
-        notified.await;
     }
 }
 
@@ -251,7 +279,7 @@ impl HttpServerApp for ManagementApp {
             biased;
             read = session.read_request() => read,
             // Stopping: drop an idle keep-alive connection.
-            () = self.stopped() => return None,
+            () = self.closing.closed() => return None,
         };
         match read {
             Ok(true) => {}
@@ -283,7 +311,15 @@ impl HttpServerApp for ManagementApp {
             session.set_keepalive(None);
         }
         let id = request_id(session.req_header());
-        match serve(&*self.management, &mut session, &id, self.trust).await {
+        match serve(
+            &*self.management,
+            &mut session,
+            &id,
+            self.trust,
+            &self.closing,
+        )
+        .await
+        {
             Ok(()) => {
                 let settings = HttpPersistentSettings::for_session(&session);
                 session
@@ -309,7 +345,67 @@ impl HttpServerApp for ManagementApp {
     }
 
     async fn http_cleanup(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.closing.notify_waiters();
+        self.closing.close();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A session whose request head has been read and whose streamed answer has begun, over
+    /// an in-memory pipe with a 1 KiB window; the client end is returned unread.
+    async fn streaming_session() -> (ServerSession, tokio::io::DuplexStream) {
+        let (mut client, server) = tokio::io::duplex(1024);
+        client
+            .write_all(b"GET /api/logs/stream HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut session = ServerSession::new_http1(Box::new(server));
+        assert!(session.read_request().await.unwrap());
+        let mut head = ResponseHeader::build(200, None).unwrap();
+        head.insert_header(http::header::TRANSFER_ENCODING, "chunked")
+            .unwrap();
+        session.write_response_header(Box::new(head)).await.unwrap();
+        (session, client)
+    }
+
+    #[tokio::test]
+    async fn a_stream_client_that_reads_nothing_is_dropped_after_the_write_timeout() {
+        let (mut session, _client) = streaming_session().await;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move { while tx.send(Bytes::from(vec![b'x'; 1024])).await.is_ok() {} });
+        let closing = Closing::default();
+        let timeout = Duration::from_millis(300);
+        let e = tokio::time::timeout(
+            Duration::from_secs(20),
+            write_stream(&mut session, &mut rx, &closing, timeout),
+        )
+        .await
+        .expect("a stalled stream client was not dropped")
+        .unwrap_err();
+        assert_eq!(e.etype(), &ErrorType::WriteTimedout);
+    }
+
+    #[tokio::test]
+    async fn a_stream_ends_on_shutdown() {
+        let (mut session, _client) = streaming_session().await;
+        let (_tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let closing = Arc::new(Closing::default());
+        let c = closing.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            c.close();
+        });
+        // The producer (`_tx`) is still alive: only the shutdown ends the stream.
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            write_stream(&mut session, &mut rx, &closing, Duration::from_secs(30)),
+        )
+        .await
+        .expect("the stream did not end on shutdown")
+        .unwrap();
     }
 }

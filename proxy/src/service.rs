@@ -134,7 +134,14 @@ impl TenProxy {
             Decision::Answer(status, msg) => respond(session, ctx, status, &msg).await?,
             Decision::Reply(reply) => respond_reply(session, ctx, reply).await?,
             Decision::Management => {
-                management::serve(&*self.management, session, &ctx.request_id, Trust::Token).await?
+                management::serve(
+                    &*self.management,
+                    session,
+                    &ctx.request_id,
+                    Trust::Token,
+                    self.traffic.closing(),
+                )
+                .await?
             }
             // Not returned after a wake; as `admit` answers an instance still idle.
             Decision::Wake(b) => {
@@ -158,6 +165,8 @@ impl ProxyHttp for TenProxy {
     type CTX = Box<Ctx>;
 
     fn new_ctx(&self) -> Box<Ctx> {
+        // Called once the request head is read: its header_timeout no longer applies.
+        crate::edge::head_read();
         Box::new(Ctx::new(&self.traffic))
     }
 
@@ -168,12 +177,17 @@ impl ProxyHttp for TenProxy {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         if let Some(b) = body {
+            // Pingora passes an upgraded connection's bytes (WebSocket frames) through here
+            // too: they are not a request body, so neither max_body nor a plugin limits them.
+            if session.was_upgraded() {
+                return Ok(());
+            }
             ctx.body_seen += b.len() as u64;
             if ctx.body_seen > ctx.max_body {
                 ctx.error_msg = Some(format!("request body larger than {} bytes", ctx.max_body));

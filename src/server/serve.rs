@@ -14,13 +14,14 @@ use pingora_core::listeners::ListenerConfig;
 use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{Fds, ListenFds};
+use pingora_core::services::listening::Service;
 use pingora_core::services::Service as _;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use tenement_conf::Config;
 use tenement_fleet::{Fleet, FleetStore};
-use tenement_proxy::{ManagementApp, TenProxy};
+use tenement_proxy::{Edge, EdgeLimits, ManagementApp, TenProxy};
 use tenement_supervisor::logs::{LogOptions, LogStore};
 use tenement_supervisor::{StateStore, Supervisor};
 
@@ -63,7 +64,23 @@ fn bind_control(fds: &ListenFds, path: &Path) -> Result<String> {
     Ok(key)
 }
 
+/// Raise the open-file soft limit to the hard limit: every client connection, upstream
+/// connection, health probe and instance pipe is a file descriptor, and the usual soft limit
+/// (1024) is reached by a few hundred idle clients (SPEC §14).
+fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "open-file limit raised"),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit"),
+        },
+        Ok((soft, _)) => tracing::debug!(limit = soft, "open-file limit already at its hard limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
+}
+
 pub async fn run(config: Config) -> Result<()> {
+    raise_nofile();
     let config = Arc::new(config);
     let s = &config.settings;
     let _held = crate::server::data_dir::prepare(&s.data_dir)?; // umask 077, 0711, ten.lock
@@ -151,7 +168,16 @@ pub async fn run(config: Config) -> Result<()> {
             .unwrap_or(2),
         ..ServerConf::default()
     });
-    let mut service = pingora_proxy::http_proxy_service_with_name(&conf, proxy, "ten-proxy");
+    // Pingora's proxy inside ten's connection loop (header_timeout, keepalive_timeout: see
+    // tenement_proxy::Edge for why there and not a Pingora option).
+    let edge = Edge::new(
+        Arc::new(pingora_proxy::http_proxy(&conf, proxy)),
+        EdgeLimits {
+            header_timeout: s.header_timeout,
+            keepalive_timeout: s.keepalive_timeout,
+        },
+    );
+    let mut service = Service::new("ten-proxy".to_string(), edge);
     let mut announced = Vec::new();
     for addr in &s.listen {
         let local = prebind(&fds, addr)?;
@@ -227,8 +253,10 @@ pub async fn run(config: Config) -> Result<()> {
     }
     boot.abort();
 
-    // Stop accepting, let in-flight requests finish, then stop the instances.
+    // Stop accepting, end open log streams, let in-flight requests finish, then stop the
+    // instances.
     let _ = shutdown_tx.send(true);
+    traffic.close();
     let _ = fleet_stop_tx.send(true);
     let deadline = Instant::now() + s.drain_timeout;
     while traffic.in_flight() > 0 && Instant::now() < deadline {
