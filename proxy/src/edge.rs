@@ -14,20 +14,31 @@
 //! `process_new_http` against a deadline that stops mattering once the proxy has the head
 //! (`TenProxy::new_ctx` calls [`head_read`], in the same poll). The request itself (body,
 //! upstream, response) is not limited by it.
+//!
+//! [`ConnLimit`]: `max_connections` per listener. Pingora accepts in one loop per listener and
+//! awaits the listener's connection filter after each `accept()` (feature
+//! `connection_filter`): ten's filter waits while the listener has `max` connections open, so
+//! the loop stops accepting and new connections wait in the kernel's backlog (the management
+//! plane, on its own listeners, is not affected). A connection is counted from its accept (plain
+//! listeners) or from the end of its TLS handshake (a failed handshake never reaches `Edge`, so
+//! counting it at accept could leak) until `Edge` is done with it.
 
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::listeners::ConnectionFilter;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::{HttpProxy, ProxyHttp};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 thread_local! {
@@ -52,11 +63,94 @@ pub struct EdgeLimits {
     pub keepalive_timeout: Duration,
 }
 
+/// Open connections of one listener, at most `max` (see the module doc).
+#[derive(Debug)]
+pub struct ConnLimit {
+    open: AtomicUsize,
+    max: usize,
+    /// Counted by the filter at accept (plain TCP) rather than when `Edge` gets the stream.
+    at_accept: bool,
+    freed: Notify,
+}
+
+impl ConnLimit {
+    /// A limit of `max` (at least 1) open connections; `tls`: the listener does a TLS
+    /// handshake before `Edge` sees the stream.
+    pub fn new(max: usize, tls: bool) -> Arc<ConnLimit> {
+        Arc::new(ConnLimit {
+            open: AtomicUsize::new(0),
+            max: max.max(1),
+            at_accept: !tls,
+            freed: Notify::new(),
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Count one more if under the limit.
+    fn try_take(&self) -> bool {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Wait until a connection may be taken (counting it when `take`).
+    async fn wait_for_room(&self, take: bool) {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let room = if take {
+                self.try_take()
+            } else {
+                self.open() < self.max
+            };
+            if room {
+                return;
+            }
+            freed.await;
+        }
+    }
+
+    /// The connection `Edge` now serves: counted until the guard drops.
+    fn enter(self: &Arc<Self>) -> ConnGuard {
+        if !self.at_accept {
+            self.open.fetch_add(1, Ordering::AcqRel);
+        }
+        ConnGuard(self.clone())
+    }
+}
+
+#[async_trait]
+impl ConnectionFilter for ConnLimit {
+    async fn should_accept(&self, _peer: Option<&std::net::SocketAddr>) -> bool {
+        self.wait_for_room(self.at_accept).await;
+        true
+    }
+}
+
+/// One open connection of a [`ConnLimit`].
+struct ConnGuard(Arc<ConnLimit>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_one();
+    }
+}
+
 /// The proxy app with ten's connection limits; `A` is Pingora's [`HttpProxy`].
 pub struct Edge<A> {
     app: Arc<A>,
     header_timeout: Duration,
     keepalive_secs: u64,
+    /// The listener's `max_connections`.
+    limit: Option<Arc<ConnLimit>>,
 }
 
 impl<SV> Edge<HttpProxy<SV>>
@@ -64,7 +158,8 @@ where
     SV: ProxyHttp + Send + Sync + 'static,
     SV::CTX: Send + Sync,
 {
-    pub fn new(app: Arc<HttpProxy<SV>>, limits: EdgeLimits) -> Self {
+    /// `limit`: the listener's open connections (also its connection filter).
+    pub fn new(app: Arc<HttpProxy<SV>>, limits: EdgeLimits, limit: Option<Arc<ConnLimit>>) -> Self {
         // Pingora counts keep-alive in whole seconds, 0 meaning "forever": round up.
         let keepalive_secs = limits
             .keepalive_timeout
@@ -75,6 +170,7 @@ where
             app,
             header_timeout: limits.header_timeout,
             keepalive_secs,
+            limit,
         }
     }
 }
@@ -118,6 +214,7 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let _open = self.limit.as_ref().map(ConnLimit::enter);
         // ten offers no HTTP/2 (no h2c, no ALPN): should a stream negotiate it, Pingora's own
         // loop serves it (its h2 idle timeout applies).
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
@@ -186,5 +283,35 @@ mod tests {
         assert_eq!(with_head_deadline(late, deadline).await, None);
         // The flag does not leak out of the poll.
         assert!(!HEAD_READ.with(Cell::get));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_filter_waits_while_max_connections_are_open() {
+        for tls in [false, true] {
+            let limit = ConnLimit::new(2, tls);
+            let accept = |l: &Arc<ConnLimit>| {
+                let l = l.clone();
+                tokio::spawn(async move { l.should_accept(None).await })
+            };
+            let mut open = Vec::new();
+            for _ in 0..2 {
+                assert!(accept(&limit).await.unwrap());
+                open.push(limit.enter());
+            }
+            assert_eq!(limit.open(), 2);
+            let third = accept(&limit);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(
+                !third.is_finished(),
+                "a third connection waits (tls: {tls})"
+            );
+            drop(open.pop());
+            assert!(
+                third.await.unwrap(),
+                "accepted once one closed (tls: {tls})"
+            );
+            let _third = limit.enter();
+            assert_eq!(limit.open(), 2);
+        }
     }
 }

@@ -23,7 +23,7 @@ mod service;
 pub mod table;
 
 pub use ctx::{Ctx, Traffic};
-pub use edge::{Edge, EdgeLimits};
+pub use edge::{ConnLimit, Edge, EdgeLimits};
 pub use management::ManagementApp;
 pub use router::Router;
 pub use service::TenProxy;

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use tenement_conf::Config;
 use tenement_fleet::{Fleet, FleetStore};
-use tenement_proxy::{Edge, EdgeLimits, ManagementApp, TenProxy};
+use tenement_proxy::{ConnLimit, Edge, EdgeLimits, ManagementApp, TenProxy};
 use tenement_supervisor::logs::{LogOptions, LogStore};
 use tenement_supervisor::{StateStore, Supervisor};
 
@@ -169,18 +169,26 @@ pub async fn run(config: Config) -> Result<()> {
         ..ServerConf::default()
     });
     // Pingora's proxy inside ten's connection loop (header_timeout, keepalive_timeout: see
-    // tenement_proxy::Edge for why there and not a Pingora option).
-    let edge = Edge::new(
-        Arc::new(pingora_proxy::http_proxy(&conf, proxy)),
-        EdgeLimits {
-            header_timeout: s.header_timeout,
-            keepalive_timeout: s.keepalive_timeout,
-        },
-    );
-    let mut service = Service::new("ten-proxy".to_string(), edge);
+    // tenement_proxy::Edge for why there and not a Pingora option), one service per listener
+    // so that each has its own max_connections (its connection filter).
+    let app = Arc::new(pingora_proxy::http_proxy(&conf, proxy));
+    let limits = EdgeLimits {
+        header_timeout: s.header_timeout,
+        keepalive_timeout: s.keepalive_timeout,
+    };
+    let max_connections = usize::try_from(s.max_connections).unwrap_or(usize::MAX);
+    let listener = |name: String, tls: bool| {
+        let limit = ConnLimit::new(max_connections, tls);
+        let edge = Edge::new(app.clone(), limits, Some(limit.clone()));
+        let mut service = Service::new(name, edge);
+        service.set_connection_filter(limit);
+        service
+    };
+    let mut services = Vec::new();
     let mut announced = Vec::new();
     for addr in &s.listen {
         let local = prebind(&fds, addr)?;
+        let mut service = listener(format!("ten-proxy {local}"), false);
         // No L4 read buffer (Pingora's default is 64 KiB per connection): reads go straight
         // into the HTTP session's own buffers, so an idle keep-alive connection holds no read
         // buffer at all (BENCHMARKS.md: RSS with 1000 connections, req/s unchanged).
@@ -188,14 +196,17 @@ pub async fn run(config: Config) -> Result<()> {
             read: Some(0),
             write: None,
         }));
+        services.push(service);
         announced.push(format!("http://{local}"));
     }
     if let Some(tls) = &s.tls {
         let local = prebind(&fds, &tls.listen)?;
+        let mut service = listener(format!("ten-proxy-tls {local}"), true);
         let (cert, key) = (tls.cert.to_string_lossy(), tls.key.to_string_lossy());
         if let Err(e) = service.add_tls(&local, &cert, &key) {
             bail!("cannot use TLS certificate {cert} / key {key}: {e}");
         }
+        services.push(service);
         announced.push(format!("https://{local}"));
     }
 
@@ -220,8 +231,18 @@ pub async fn run(config: Config) -> Result<()> {
         let (fds, rx) = (fds.clone(), shutdown_rx.clone());
         tokio::spawn(async move { admin.start_service(Some(fds), rx, 1).await });
     }
+    // Ends when any proxy listener's service ends (aborting it stops them all).
     let mut proxy_task = tokio::spawn(async move {
-        service.start_service(Some(fds), shutdown_rx, 1).await;
+        let mut running = tokio::task::JoinSet::new();
+        for mut service in services {
+            let (fds, rx) = (fds.clone(), shutdown_rx.clone());
+            running.spawn(async move { service.start_service(Some(fds), rx, 1).await });
+        }
+        if let Some(Err(e)) = running.join_next().await {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
     });
     for a in &announced {
         match a.strip_prefix("admin ") {

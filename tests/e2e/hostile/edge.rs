@@ -221,3 +221,47 @@ fn an_idle_keepalive_connection_is_closed_after_keepalive_timeout() {
         Err(_) => {} // reset: closed too
     }
 }
+
+/// SPEC §14 max_connections: with the listener full, a new connection waits in the backlog
+/// (no answer) while the control socket keeps working; it is served once one closes.
+#[test]
+fn beyond_max_connections_new_connections_wait_and_the_control_socket_works() {
+    let ten = server("header_timeout = \"60s\"\nmax_connections = 3", "");
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        host("prod.api")
+    );
+    // Three idle connections fill the listener.
+    let mut idle: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(ten.addr).expect("connect"))
+        .collect();
+    // The fourth: the kernel completes the handshake (backlog), but ten does not accept it.
+    let mut waiting = TcpStream::connect(ten.addr).expect("connect (backlog)");
+    waiting.write_all(request.as_bytes()).expect("write");
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut buf = [0u8; 64];
+    match waiting.read(&mut buf) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("the fourth connection was served while three were open: {other:?}"),
+    }
+    // The management plane is on its own listener: unaffected.
+    let (status, out, err) = ten.cli(&["ps"]);
+    assert!(
+        status.success(),
+        "ten ps while the proxy listener is full: {out}{err}"
+    );
+    // One closes: the waiting connection is accepted and answered.
+    drop(idle.pop());
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let resp = read_response(&mut BufReader::new(&mut waiting));
+    assert_eq!(resp.status, 200, "served once a connection closed");
+    drop(idle);
+}
