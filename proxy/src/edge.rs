@@ -148,7 +148,7 @@ impl Drop for ConnGuard {
 pub struct Edge<A> {
     app: Arc<A>,
     header_timeout: Duration,
-    keepalive_secs: u64,
+    keepalive: Duration,
     /// The listener's `max_connections`.
     limit: Option<Arc<ConnLimit>>,
 }
@@ -160,29 +160,52 @@ where
 {
     /// `limit`: the listener's open connections (also its connection filter).
     pub fn new(app: Arc<HttpProxy<SV>>, limits: EdgeLimits, limit: Option<Arc<ConnLimit>>) -> Self {
-        // Pingora counts keep-alive in whole seconds, 0 meaning "forever": round up.
-        let keepalive_secs = limits
-            .keepalive_timeout
-            .as_secs()
-            .saturating_add(u64::from(limits.keepalive_timeout.subsec_nanos() > 0))
-            .max(1);
         Edge {
             app,
             header_timeout: limits.header_timeout,
-            keepalive_secs,
+            keepalive: limits.keepalive_timeout,
             limit,
         }
     }
 }
 
-/// Drive `fut` (one request) to its end, or give up (None) when `deadline` passes before the
+/// When the next request head is due on a connection. One timer per connection, re-armed
+/// lazily: a request only stores a new instant (one clock read); the timer is moved only when it
+/// fires early (then it is set to the stored instant) or when the new instant is earlier than
+/// the armed one. So a keep-alive request registers no timer at all in the common case.
+struct HeadDeadline {
+    at: Instant,
+    /// A kept-alive connection's idle deadline: when it passes while the client is sending (bytes
+    /// wait in the socket), the head gets `header_timeout` more, once.
+    grace: Option<Duration>,
+    /// The connection's socket (for the pending-bytes check when the idle deadline passes).
+    fd: i32,
+}
+
+/// Whether the client has sent bytes ten has not read yet (one `recv(MSG_PEEK)`, only when an
+/// idle deadline passes).
+fn bytes_waiting(fd: i32) -> bool {
+    use nix::sys::socket::{recv, MsgFlags};
+    let mut byte = [0u8; 1];
+    matches!(
+        recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT),
+        Ok(n) if n > 0
+    )
+}
+
+/// Drive `fut` (one request) to its end, or give up (None) when the deadline passes before the
 /// proxy has read the request head. After the head, `fut` runs unlimited by it.
-async fn with_head_deadline<F>(mut fut: F, deadline: Instant) -> Option<F::Output>
+async fn with_head_deadline<F>(
+    mut fut: F,
+    deadline: &mut HeadDeadline,
+    mut timer: Pin<&mut tokio::time::Sleep>,
+) -> Option<F::Output>
 where
     F: Future + Unpin,
 {
-    let sleep = tokio::time::sleep_until(deadline);
-    tokio::pin!(sleep);
+    if deadline.at < timer.deadline() {
+        timer.as_mut().reset(deadline.at);
+    }
     let mut head = false;
     std::future::poll_fn(|cx| {
         if head {
@@ -194,9 +217,20 @@ where
         if let Poll::Ready(out) = polled {
             return Poll::Ready(Some(out));
         }
-        // The timer is only registered while a head is still awaited.
-        if !head && sleep.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(None);
+        // The timer is only polled while a head is still awaited.
+        while !head && timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            if now < deadline.at {
+                timer.as_mut().reset(deadline.at); // armed early: move it, poll again
+                continue;
+            }
+            match deadline.grace.take() {
+                Some(more) if bytes_waiting(deadline.fd) => {
+                    deadline.at = now + more;
+                    timer.as_mut().reset(deadline.at);
+                }
+                _ => return Poll::Ready(None),
+            }
         }
         Poll::Pending
     })
@@ -220,18 +254,29 @@ where
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return ServerApp::process_new(&self.app, stream, shutdown).await;
         }
-        let keepalive = (!*shutdown.borrow()).then_some(self.keepalive_secs);
+        let fd = stream.id();
         let mut session = ServerSession::new_http1(stream);
-        session.set_keepalive(keepalive);
-        // The first head is due header_timeout after the accept; a next one on a kept-alive
-        // connection may first idle for keepalive_timeout (Pingora closes it quietly then).
-        let mut deadline = Instant::now() + self.header_timeout;
+        // Pingora's keep-alive timeout would register a timer for every read of every head:
+        // "infinite" there, and ten's own deadline (one timer per connection) instead.
+        session.set_keepalive((!*shutdown.borrow()).then_some(0));
+        // The first head is due header_timeout after the accept (a TLS handshake included); on
+        // a kept-alive connection the next one within keepalive_timeout of the answer (plus
+        // header_timeout once if the client is sending when it passes).
+        let mut deadline = HeadDeadline {
+            at: Instant::now() + self.header_timeout,
+            grace: None,
+            fd,
+        };
+        let timer = tokio::time::sleep_until(deadline.at);
+        tokio::pin!(timer);
         loop {
             let request = self.app.process_new_http(session, shutdown);
-            let Some(reused) = with_head_deadline(request, deadline).await else {
+            let Some(reused) = with_head_deadline(request, &mut deadline, timer.as_mut()).await
+            else {
                 tracing::debug!(
-                    timeout = ?self.header_timeout,
-                    "request head not complete within header_timeout: connection closed"
+                    header_timeout = ?self.header_timeout,
+                    keepalive_timeout = ?self.keepalive,
+                    "no complete request head in time: connection closed"
                 );
                 return None;
             };
@@ -240,12 +285,8 @@ where
             if let Some(settings) = settings {
                 settings.apply_to_session(&mut session);
             }
-            // Pingora carries "forever" over from an HTTP/1.1 request: ten's timeout instead.
-            if session.get_keepalive().is_some() {
-                session.set_keepalive(Some(self.keepalive_secs));
-            }
-            deadline =
-                Instant::now() + Duration::from_secs(self.keepalive_secs) + self.header_timeout;
+            deadline.at = Instant::now() + self.keepalive;
+            deadline.grace = Some(self.header_timeout);
         }
     }
 
@@ -259,30 +300,93 @@ where
 mod tests {
     use super::*;
 
+    /// A deadline `secs` from now with no grace (fd -1: nothing ever waits on it).
+    fn due_in(secs: u64) -> HeadDeadline {
+        HeadDeadline {
+            at: Instant::now() + Duration::from_secs(secs),
+            grace: None,
+            fd: -1,
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_deadline_applies_until_the_head_is_read_only() {
-        // Never reads a head: cut at the deadline.
+        let timer = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(timer);
+        // Never reads a head: cut at the deadline (the timer armed later is moved earlier).
         let never = Box::pin(std::future::pending::<()>());
-        let deadline = Instant::now() + Duration::from_secs(1);
-        assert_eq!(with_head_deadline(never, deadline).await, None);
+        assert_eq!(with_head_deadline(never, &mut due_in(1), timer.as_mut()).await, None);
         // Reads its head at once, then runs past the deadline: finishes.
         let slow = Box::pin(async {
             head_read();
             tokio::time::sleep(Duration::from_secs(5)).await;
             7
         });
-        let deadline = Instant::now() + Duration::from_secs(1);
-        assert_eq!(with_head_deadline(slow, deadline).await, Some(7));
+        assert_eq!(
+            with_head_deadline(slow, &mut due_in(1), timer.as_mut()).await,
+            Some(7)
+        );
         // Reads its head late (after the deadline passed): cut.
         let late = Box::pin(async {
             tokio::time::sleep(Duration::from_secs(2)).await;
             head_read();
             7
         });
-        let deadline = Instant::now() + Duration::from_secs(1);
-        assert_eq!(with_head_deadline(late, deadline).await, None);
+        assert_eq!(with_head_deadline(late, &mut due_in(1), timer.as_mut()).await, None);
         // The flag does not leak out of the poll.
         assert!(!HEAD_READ.with(Cell::get));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_that_fires_early_is_moved_to_the_deadline_not_obeyed() {
+        // Armed for 1 s (an earlier request's deadline); this request's head is due in 5 s and
+        // is read at 3 s: served.
+        let timer = tokio::time::sleep(Duration::from_secs(1));
+        tokio::pin!(timer);
+        let at_3s = Box::pin(async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            head_read();
+            7
+        });
+        assert_eq!(
+            with_head_deadline(at_3s, &mut due_in(5), timer.as_mut()).await,
+            Some(7)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_deadline_gives_a_client_that_is_sending_one_grace() {
+        // A connected pair: the "client" has sent a byte ten has not read.
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        std::io::Write::write_all(&mut theirs, b"G").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&ours);
+        let timer = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(timer);
+        let mut deadline = HeadDeadline {
+            at: Instant::now() + Duration::from_secs(1),
+            grace: Some(Duration::from_secs(10)),
+            fd,
+        };
+        let head_at_5s = Box::pin(async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            head_read();
+            7
+        });
+        assert_eq!(
+            with_head_deadline(head_at_5s, &mut deadline, timer.as_mut()).await,
+            Some(7),
+            "bytes waiting at the idle deadline: header_timeout more"
+        );
+        // Nothing waiting (the byte read): cut at the idle deadline.
+        let mut b = [0u8; 1];
+        std::io::Read::read_exact(&mut &ours, &mut b).unwrap();
+        let mut deadline = HeadDeadline {
+            at: Instant::now() + Duration::from_secs(1),
+            grace: Some(Duration::from_secs(10)),
+            fd,
+        };
+        let never = Box::pin(std::future::pending::<()>());
+        assert_eq!(with_head_deadline(never, &mut deadline, timer.as_mut()).await, None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
