@@ -4,7 +4,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the build and the tests need (cmake: Pingora's zlib-ng; nginx: the nginx
 # migration test; curl: handy for the demo; chromium: the dashboard's browser test).
-APT_PACKAGES := cmake gcc g++ make pkg-config curl nginx-light chromium
+APT_PACKAGES := cmake gcc g++ make pkg-config curl nginx-light chromium prometheus
 # The dashboard's browser test (tests/e2e/dashboard.rs runs it): playwright-core, pinned by its
 # package-lock.json, installed with `npm ci` when node_modules is missing or the lock changed.
 BROWSER_DIR := tests/browser

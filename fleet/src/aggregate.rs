@@ -67,8 +67,25 @@ fn family_of<'a>(name: &'a str, local: &'a HashMap<String, String>, all: &Famili
     name
 }
 
+/// Keeps the labels Prometheus owns on every target (`instance`, `job`; SPEC §10) out of the
+/// merged exposition: a server running a ten from before the `id` label still says
+/// `instance="prod"`, merged as `id` (as `exported_instance` if it also has an `id`); a `job`
+/// becomes `exported_job`, the name Prometheus itself would give it.
+fn owned_labels(s: &mut Sample) {
+    let has_id = s.labels.iter().any(|(k, _)| k == "id");
+    for (k, _) in &mut s.labels {
+        match k.as_str() {
+            "instance" if has_id => *k = "exported_instance".into(),
+            "instance" => *k = "id".into(),
+            "job" => *k = "exported_job".into(),
+            _ => {}
+        }
+    }
+}
+
 /// Merges scrapes (`(server_id, text or error)`) into one exposition: `server_id="<id>"` is
-/// the first label of every sample (a scraped `server_id` label becomes `exported_server_id`),
+/// the first label of every sample (a scraped `server_id` label becomes `exported_server_id`,
+/// an `instance` label `id`: see [`owned_labels`]),
 /// one `# HELP`/`# TYPE` per family (the first seen wins) followed by that family's samples from
 /// every server, plus the gauge `tenement_fleet_scrape_up{server_id}`. Unparseable lines are
 /// dropped. A failed scrape is 0 in that gauge and a comment at the top naming the server and
@@ -115,6 +132,7 @@ pub fn merge_metrics(scrapes: &[(String, Result<String, String>)]) -> String {
                     for (k, _) in s.labels.iter_mut().filter(|(k, _)| k == "server_id") {
                         *k = "exported_server_id".into();
                     }
+                    owned_labels(&mut s);
                     s.labels.insert(0, ("server_id".into(), id.clone()));
                     write_sample(&mut families.get(&family).samples, &s);
                 }

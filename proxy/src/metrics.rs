@@ -63,7 +63,7 @@ impl Metrics {
                 "tenement_requests_total",
                 "Requests proxied, by instance and response status",
             ),
-            &["process", "instance", "status"],
+            &["process", "id", "status"],
         )?;
         let duration = HistogramVec::new(
             HistogramOpts::new(
@@ -71,14 +71,14 @@ impl Metrics {
                 "Time from request start to response end",
             )
             .buckets(BUCKETS.to_vec()),
-            &["process", "instance"],
+            &["process", "id"],
         )?;
         let upstream_errors = IntCounterVec::new(
             Opts::new(
                 "tenement_upstream_errors_total",
                 "Upstream failures by kind (connect, timeout, broken, other)",
             ),
-            &["process", "instance", "kind"],
+            &["process", "id", "kind"],
         )?;
         let in_flight = IntGaugeVec::new(
             Opts::new(
@@ -223,16 +223,21 @@ mod tests {
             .encode_to_string(&m.registry().gather())
             .unwrap();
         assert!(
-            text.contains(
-                "tenement_requests_total{instance=\"prod\",process=\"api\",status=\"200\"} 2"
-            ),
+            text.contains("tenement_requests_total{id=\"prod\",process=\"api\",status=\"200\"} 2"),
             "{text}"
         );
         assert!(text.contains("status=\"4xx\"} 1"), "{text}");
         assert!(text.contains(
-            "tenement_upstream_errors_total{instance=\"prod\",kind=\"timeout\",process=\"api\"} 1"
+            "tenement_upstream_errors_total{id=\"prod\",kind=\"timeout\",process=\"api\"} 1"
         ));
-        assert!(text.contains("tenement_request_duration_seconds_bucket{instance=\"prod\",process=\"api\",le=\"0.005\"} 3"));
+        assert!(text.contains(
+            "tenement_request_duration_seconds_bucket{id=\"prod\",process=\"api\",le=\"0.005\"} 3"
+        ));
+        // Prometheus owns `instance` and `job` on every target (SPEC §10).
+        assert!(
+            !text.contains("instance=") && !text.contains("job="),
+            "{text}"
+        );
         im.remove();
         let text = prometheus::TextEncoder::new()
             .encode_to_string(&m.registry().gather())

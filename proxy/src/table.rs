@@ -100,7 +100,7 @@ pub struct ProcessOpts {
 #[derive(Debug)]
 pub struct ProcessMetrics {
     pub in_flight: prometheus::IntGauge,
-    /// Requests answered without an instance (no healthy instance, body too large): instance="-".
+    /// Requests answered without an instance (no healthy instance, body too large): id="-".
     pub unrouted: InstanceMetrics,
 }
 

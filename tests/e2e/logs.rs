@@ -164,7 +164,7 @@ fn a_flood_is_written_or_counted_as_dropped_never_lost() {
         accepted = value(
             &s,
             "tenement_log_lines_total",
-            &[("process", "api"), ("instance", "a")],
+            &[("process", "api"), ("id", "a")],
         )
         .unwrap_or(0.0);
         dropped = value(&s, "tenement_log_lines_dropped_total", &[]).unwrap_or(0.0);

@@ -113,7 +113,7 @@ fn crash_loop_ends_in_failed_without_restart_loop() {
     );
     assert_eq!(ten.get(&host("api"), "/").status, 503);
     let m = crate::metrics::scrape(&ten);
-    let failed = [("process", "api"), ("instance", "a"), ("state", "failed")];
+    let failed = [("process", "api"), ("id", "a"), ("state", "failed")];
     assert_eq!(
         crate::metrics::value(&m, "tenement_instance_state", &failed),
         Some(1.0),
@@ -123,7 +123,7 @@ fn crash_loop_ends_in_failed_without_restart_loop() {
         crate::metrics::value(
             &m,
             "tenement_instance_up",
-            &[("process", "api"), ("instance", "a")]
+            &[("process", "api"), ("id", "a")]
         ),
         Some(0.0)
     );

@@ -9,15 +9,15 @@ use crate::testing::{closed_url, Answer, TestServer};
 /// whose label values hold quotes, backslashes and a newline.
 const S1: &str = r#"# HELP tenement_requests_total Requests proxied, by status
 # TYPE tenement_requests_total counter
-tenement_requests_total{instance="prod",process="api",status="200"} 1027
-tenement_requests_total{instance="prod",process="api",status="503"} 3
+tenement_requests_total{id="prod",process="api",status="200"} 1027
+tenement_requests_total{id="prod",process="api",status="503"} 3
 # HELP tenement_request_duration_seconds Time to the upstream's response
 # TYPE tenement_request_duration_seconds histogram
-tenement_request_duration_seconds_bucket{instance="prod",process="api",le="0.005"} 10
-tenement_request_duration_seconds_bucket{instance="prod",process="api",le="0.1"} 1020
-tenement_request_duration_seconds_bucket{instance="prod",process="api",le="+Inf"} 1030
-tenement_request_duration_seconds_sum{instance="prod",process="api"} 12.5
-tenement_request_duration_seconds_count{instance="prod",process="api"} 1030
+tenement_request_duration_seconds_bucket{id="prod",process="api",le="0.005"} 10
+tenement_request_duration_seconds_bucket{id="prod",process="api",le="0.1"} 1020
+tenement_request_duration_seconds_bucket{id="prod",process="api",le="+Inf"} 1030
+tenement_request_duration_seconds_sum{id="prod",process="api"} 12.5
+tenement_request_duration_seconds_count{id="prod",process="api"} 1030
 # HELP tenement_in_flight_requests Requests in flight
 # TYPE tenement_in_flight_requests gauge
 tenement_in_flight_requests{process="api"} 2
@@ -33,7 +33,9 @@ tenement_build_info{version="0.1.0"} 1
 "#;
 
 /// A second server: other values, a family the first lacks, a different HELP for a shared
-/// family (the first seen wins), an unparseable line, an untyped sample.
+/// family (the first seen wins), an unparseable line, an untyped sample; it runs a ten from
+/// before SPEC §10's `id` label (`instance="v2"`), and one family carries labels Prometheus
+/// owns (`instance` next to `id`, `job`).
 const S2: &str = r#"# HELP tenement_request_duration_seconds Other help text
 # TYPE tenement_request_duration_seconds histogram
 tenement_request_duration_seconds_bucket{instance="v2",process="web",le="0.005"} 1
@@ -48,6 +50,7 @@ tenement_requests_total{instance="v2",process="web",status="200"} 4
 process_resident_memory_bytes 2.4576e+07
 this line is { broken
 legacy_metric 7 1700000000000
+tenement_owned{id="x",instance="y",job="z"} 1
 "#;
 
 /// A family as seen when re-parsing the merged output.
@@ -134,6 +137,7 @@ fn merged_metrics_are_valid_and_labelled() {
             "tenement_build_info",
             "process_resident_memory_bytes",
             "legacy_metric",
+            "tenement_owned",
         ]
     );
     // Every sample: server_id first.
@@ -169,7 +173,7 @@ fn merged_metrics_are_valid_and_labelled() {
         h.samples[2].labels,
         [
             ("server_id", "s1"),
-            ("instance", "prod"),
+            ("id", "prod"),
             ("process", "api"),
             ("le", "+Inf")
         ]
@@ -197,6 +201,41 @@ fn merged_metrics_are_valid_and_labelled() {
     assert_eq!(legacy.timestamp.as_deref(), Some("1700000000000"));
     assert!(fams["legacy_metric"].kind.is_empty());
     assert!(!out.contains("broken"));
+
+    // No label Prometheus owns: an older server's `instance` is merged as `id`.
+    let v2 = fams["tenement_requests_total"]
+        .samples
+        .iter()
+        .find(|s| s.labels[0].1 == "s2")
+        .unwrap();
+    assert_eq!(
+        v2.labels,
+        [
+            ("server_id", "s2"),
+            ("id", "v2"),
+            ("process", "web"),
+            ("status", "200")
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+    );
+    assert_eq!(
+        fams["tenement_owned"].samples[0].labels,
+        [
+            ("server_id", "s2"),
+            ("id", "x"),
+            ("exported_instance", "y"),
+            ("exported_job", "z")
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+    );
+    for f in fams.values() {
+        for s in &f.samples {
+            assert!(
+                s.labels.iter().all(|(k, _)| k != "instance" && k != "job"),
+                "{s:?}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -49,26 +49,26 @@ impl Api {
             &state,
             "tenement_instance_up",
             "1 when the instance is healthy",
-            &["process", "instance"],
+            &["process", "id"],
         );
         let weight = gauge_vec(
             &state,
             "tenement_instance_weight",
             "Routing weight 0..100",
-            &["process", "instance"],
+            &["process", "id"],
         );
         let storage = gauge_vec(
             &state,
             "tenement_instance_storage_bytes",
             "Bytes in the instance's DATA_DIR (when storage_quota_mb is set)",
-            &["process", "instance"],
+            &["process", "id"],
         );
         let restarts = IntCounterVec::new(
             Opts::new(
                 "tenement_instance_restarts_total",
                 "Restarts since the instance was spawned",
             ),
-            &["process", "instance"],
+            &["process", "id"],
         )
         .ok()
         .filter(|c| state.register(Box::new(c.clone())).is_ok());
@@ -76,7 +76,7 @@ impl Api {
             &state,
             "tenement_instance_state",
             "1 for the state the instance is in (starting, healthy, unhealthy, draining, stopped, failed)",
-            &["process", "instance", "state"],
+            &["process", "id", "state"],
         );
         for v in &view.instances {
             let l = [v.name.process.as_str(), v.name.id.as_str()];
@@ -106,7 +106,7 @@ impl Api {
                 "tenement_log_lines_total",
                 "Output lines captured, by instance",
             ),
-            &["process", "instance"],
+            &["process", "id"],
         )
         .ok()
         .filter(|c| state.register(Box::new(c.clone())).is_ok())

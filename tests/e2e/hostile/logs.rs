@@ -261,8 +261,8 @@ fn concurrent_scrapes_all_get_the_whole_exposition() {
         assert_eq!(r.status, 200);
         let text = r.text();
         for series in [
-            "tenement_instance_up{instance=\"a\",process=\"api\"}",
-            "tenement_instance_up{instance=\"b\",process=\"api\"}",
+            "tenement_instance_up{id=\"a\",process=\"api\"}",
+            "tenement_instance_up{id=\"b\",process=\"api\"}",
             "tenement_log_lines_dropped_total",
             "tenement_build_info",
         ] {
