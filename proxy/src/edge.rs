@@ -315,7 +315,10 @@ mod tests {
         tokio::pin!(timer);
         // Never reads a head: cut at the deadline (the timer armed later is moved earlier).
         let never = Box::pin(std::future::pending::<()>());
-        assert_eq!(with_head_deadline(never, &mut due_in(1), timer.as_mut()).await, None);
+        assert_eq!(
+            with_head_deadline(never, &mut due_in(1), timer.as_mut()).await,
+            None
+        );
         // Reads its head at once, then runs past the deadline: finishes.
         let slow = Box::pin(async {
             head_read();
@@ -332,7 +335,10 @@ mod tests {
             head_read();
             7
         });
-        assert_eq!(with_head_deadline(late, &mut due_in(1), timer.as_mut()).await, None);
+        assert_eq!(
+            with_head_deadline(late, &mut due_in(1), timer.as_mut()).await,
+            None
+        );
         // The flag does not leak out of the poll.
         assert!(!HEAD_READ.with(Cell::get));
     }
@@ -386,7 +392,10 @@ mod tests {
             fd,
         };
         let never = Box::pin(std::future::pending::<()>());
-        assert_eq!(with_head_deadline(never, &mut deadline, timer.as_mut()).await, None);
+        assert_eq!(
+            with_head_deadline(never, &mut deadline, timer.as_mut()).await,
+            None
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
