@@ -2,31 +2,33 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Debian packages the build and the tests need (cmake: Pingora's zlib-ng; nginx: the nginx
-# migration test; curl: handy for the demo; chromium: the dashboard's browser test).
-APT_PACKAGES := cmake gcc g++ make pkg-config curl nginx-light chromium prometheus
-# The dashboard's browser test (tests/e2e/dashboard.rs runs it): playwright-core, pinned by its
-# package-lock.json, installed with `npm ci` when node_modules is missing or the lock changed.
-BROWSER_DIR := tests/browser
+# Debian packages the build needs (cmake: Pingora's zlib-ng; curl: handy for the demo): all
+# that `make build` and `make demo` install.
+BUILD_APT := cmake gcc g++ make pkg-config curl
+# What `make test` needs on top (nginx: the nginx migration test; chromium and chromium-driver:
+# the dashboard's browser test, driven over WebDriver from Rust; no Node; prometheus: promtool
+# and a real Prometheus for the metrics tests).
+TEST_APT := nginx-light chromium chromium-driver prometheus
 
-.PHONY: all deps build demo test lint fmt ci bench clean
+# $(call apt_install,PACKAGES): install those of PACKAGES that are missing.
+define apt_install
+@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq $$missing; \
+	fi
+endef
+
+.PHONY: all deps test-deps build demo test lint fmt ci bench clean
 
 all: build
 
 deps:
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust (https://rustup.rs) first" >&2; exit 1; }
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing:$$missing"; \
-		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq $$missing; \
-	fi
-	@command -v npm >/dev/null || { echo "error: npm not found: install Node.js 20 or later (the browser test uses playwright-core)" >&2; exit 1; }
-	@want=$$(sha256sum $(BROWSER_DIR)/package-lock.json | cut -d' ' -f1); \
-	if [ "$$want" != "$$(cat $(BROWSER_DIR)/node_modules/.lock-sha256 2>/dev/null)" ]; then \
-		echo "installing the browser test's npm packages (npm ci in $(BROWSER_DIR))"; \
-		(cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --loglevel=error) && \
-		echo "$$want" > $(BROWSER_DIR)/node_modules/.lock-sha256; \
-	fi
+	$(call apt_install,$(BUILD_APT))
+
+test-deps: deps
+	$(call apt_install,$(TEST_APT))
 
 build: deps
 	$(CARGO) build --release --bins
@@ -45,7 +47,7 @@ demo: build
 
 # Every test: unit tests of each crate and the end-to-end tests of the real binary. Benchmarks
 # (harness = false) are not tests: `make bench` runs them.
-test: deps
+test: test-deps
 	$(CARGO) test --workspace --lib --bins --tests
 
 fmt:
@@ -65,7 +67,7 @@ clean:
 # `make bench BENCH_ARGS="--rounds 5"` passes options to benches/run.sh (--help lists them).
 # Tools: the build's packages, wrk, nginx (the upstream and the peer), valgrind (callgrind) and
 # python3 (the driver) from Debian; oha (fixed-rate latency) from crates.io at a fixed version,
-# kept in ~/.cargo/bin. (Not `deps`: the benchmarks need no browser.)
+# kept in ~/.cargo/bin. (Not `test-deps`: the benchmarks need no browser.)
 BENCH_APT := cmake gcc g++ make pkg-config wrk nginx-light valgrind python3
 OHA_VERSION := 1.16.0
 BENCH_ARGS ?=

@@ -1,11 +1,16 @@
-//! Log store benchmark: ingest rate with FTS5 on, then query latency over the result.
+//! Log store benchmark: ingest rate with FTS5 on, then query latency over the result, then the
+//! search tokenizers side by side (issue 19: substring search).
 //!
 //! `cargo bench --bench logstore` (rows: `LOGSTORE_BENCH_ROWS`, default 1,000,000).
 //! The baseline in the same run is the naive store: one transaction per line (`batch = 1`).
+//! The tokenizer table writes the same lines into bare SQLite files the way the writer does
+//! (2,048 lines per transaction, the batch indexed by one `INSERT ... SELECT`): no index,
+//! `unicode61` (the store's, with bare words as prefix queries) and `trigram` (substrings).
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
+use rusqlite::Connection;
 use tenement_supervisor::logs::{LogOptions, LogQuery, LogStore};
 use tenement_supervisor::Stream;
 
@@ -179,14 +184,18 @@ fn main() {
         .and_then(|l| l.first().map(|l| l.id / 2));
     let cases: Vec<(&str, LogQuery)> = vec![
         (
-            "search rare word `timeout` (1 in 10k lines)",
+            "search rare word `timeout` (runs `timeout*`; 1 in 10k lines)",
             q(&|q| q.search = s("timeout")),
         ),
         (
-            "search common word `GET` (~half the lines)",
+            "search common word `GET` (runs `GET*`; ~half the lines)",
             q(&|q| q.search = s("GET")),
         ),
         ("search prefix `pay*` (rare)", q(&|q| q.search = s("pay*"))),
+        (
+            "search one letter `u` (a prefix of ~every line)",
+            q(&|q| q.search = s("u")),
+        ),
         (
             "search phrase `\"slow query\"` (1 in 20)",
             q(&|q| q.search = s("\"slow query\"")),
@@ -239,4 +248,144 @@ fn main() {
         println!("| {name} | {got} | {median:.2} ms | {p99:.2} ms |");
     }
     store.close();
+    println!();
+    tokenizers(dir.path(), rows);
+}
+
+/// The store's tables with the given FTS5 tokenizer (`None`: no full-text index).
+fn schema(tokenizer: Option<&str>) -> String {
+    let mut sql = "CREATE TABLE logs (id INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, \
+                   process TEXT NOT NULL, instance TEXT NOT NULL, stream TEXT NOT NULL, \
+                   message TEXT NOT NULL);
+                   CREATE INDEX logs_ts ON logs (ts);
+                   CREATE INDEX logs_process_instance ON logs (process, instance, id);"
+        .to_string();
+    if let Some(t) = tokenizer {
+        sql.push_str(&format!(
+            "CREATE VIRTUAL TABLE logs_fts USING fts5 (message, content = 'logs', \
+             content_rowid = 'id', tokenize = '{t}');"
+        ));
+    }
+    sql
+}
+
+fn sql<T>(r: rusqlite::Result<T>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("sqlite: {e}"),
+    }
+}
+
+/// Writes `rows` lines as the writer does; returns (lines/s, file size in MB).
+fn ingest_raw(path: &Path, tokenizer: Option<&str>, rows: u64) -> (Connection, f64, f64) {
+    let mut conn = sql(Connection::open(path));
+    sql(conn.pragma_update(None, "journal_mode", "WAL"));
+    sql(conn.pragma_update(None, "synchronous", "NORMAL"));
+    sql(conn.execute_batch(&schema(tokenizer)));
+    let start = Instant::now();
+    let mut i = 0;
+    while i < rows {
+        let end = (i + 2048).min(rows);
+        let tx = sql(conn.transaction());
+        {
+            let mut insert = sql(tx.prepare_cached(
+                "INSERT INTO logs (ts, process, instance, stream, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+            ));
+            let mut first = 0i64;
+            for n in i..end {
+                let (p, inst, stream, msg) = line(n);
+                sql(insert.execute(rusqlite::params![n as i64, p, inst, stream.as_str(), msg]));
+                if n == i {
+                    first = tx.last_insert_rowid();
+                }
+            }
+            if tokenizer.is_some() {
+                sql(tx.execute(
+                    "INSERT INTO logs_fts (rowid, message) SELECT id, message FROM logs \
+                     WHERE id BETWEEN ?1 AND ?2",
+                    [first, tx.last_insert_rowid()],
+                ));
+            }
+        }
+        sql(tx.commit());
+        i = end;
+    }
+    let rate = rows as f64 / start.elapsed().as_secs_f64();
+    sql(conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())));
+    let mb = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
+    (conn, rate, mb)
+}
+
+/// Median of 20 runs of a search (the store's statement shape) after one warm-up; rows found.
+fn search_ms(conn: &Connection, fts: &str) -> (f64, usize) {
+    let mut stmt = sql(conn.prepare(
+        "SELECT l.id, l.message FROM logs_fts CROSS JOIN logs l ON l.id = logs_fts.rowid \
+         WHERE logs_fts MATCH ?1 ORDER BY logs_fts.rowid DESC LIMIT 100",
+    ));
+    let mut run = || {
+        let rows = sql(stmt.query_map([fts], |r| r.get::<_, i64>(0)));
+        rows.count()
+    };
+    run();
+    let mut times = Vec::new();
+    let mut got = 0;
+    for _ in 0..20 {
+        let t = Instant::now();
+        got = run();
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    (times[times.len() / 2], got)
+}
+
+/// Substring search (issue 19): the index size and ingest rate of each way to offer it.
+fn tokenizers(dir: &Path, rows: u64) {
+    println!("## log search: tokenizers, {rows} lines (SQLite side of ingest, no queue)\n");
+    println!("| index | ingest | database size | index size |");
+    println!("|---|---|---|---|");
+    let mut base = 0.0;
+    let mut conns = Vec::new();
+    for (name, tok) in [
+        ("none", None),
+        ("`unicode61` (bare words as prefixes)", Some("unicode61")),
+        ("`trigram` (substrings)", Some("trigram")),
+    ] {
+        let file = dir.join(format!("tok-{}.db", tok.unwrap_or("none")));
+        let (conn, rate, mb) = ingest_raw(&file, tok, rows);
+        if tok.is_none() {
+            base = mb;
+        }
+        println!(
+            "| {name} | {rate:.0} lines/s | {mb:.0} MB | {:.0} MB |",
+            mb - base
+        );
+        conns.push((tok, conn));
+    }
+    println!();
+    println!("| search (limit 100, median of 20) | index | FTS5 query | rows | median |");
+    println!("|---|---|---|---|---|");
+    for (tok, conn) in &conns {
+        let cases: &[(&str, &str)] = match tok {
+            Some("unicode61") => &[
+                ("rare word", "timeout*"),
+                ("common word", "GET*"),
+                ("one letter", "u*"),
+                ("inside a word", "imeou*"),
+            ],
+            Some(_) => &[
+                ("rare word", "timeout"),
+                ("common word", "GET"),
+                ("inside a word", "imeou"),
+                ("rare and common", "timeout AND GET"),
+            ],
+            None => &[],
+        };
+        for (what, fts) in cases {
+            let (ms, got) = search_ms(conn, fts);
+            println!(
+                "| {what} | {} | `{fts}` | {got} | {ms:.2} ms |",
+                tok.unwrap_or("")
+            );
+        }
+    }
 }

@@ -89,6 +89,26 @@ fn app_output_is_captured_searchable_and_filtered() {
     assert!(err.contains("bad search"), "{err}");
 }
 
+/// Issue 19: `ten logs ten --search crash` finds "api:a crashed: ..." (a bare word is a prefix);
+/// quoted, `"crash"` is the exact word and does not.
+#[test]
+fn search_by_the_start_of_a_word() {
+    let ten = app("\"a\"");
+    ten.wait_status(&format!("a.api.{DOMAIN}"), "/", 200);
+    assert_eq!(ten.get(&format!("a.api.{DOMAIN}"), "/crash").status, 200);
+    let out = wait_logs(
+        &ten,
+        &["logs", "ten", "--search", "crash"],
+        "api:a: crashed",
+    );
+    assert!(out.contains("killed by SIGABRT"), "{out}");
+    let (_, exact, _) = cli(&ten, &["logs", "ten", "--search", "\"crash\""]);
+    assert!(!exact.contains("crashed"), "{exact}");
+    // And not any substring: `rash` is the start of no word there.
+    let (_, inner, _) = cli(&ten, &["logs", "ten", "--search", "rash"]);
+    assert!(!inner.contains("crashed"), "{inner}");
+}
+
 #[test]
 fn follow_and_sse_deliver_new_lines() {
     let ten = app("\"a\"");

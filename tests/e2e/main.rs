@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `ten` binary, real `ten-testapp` children, real HTTP on 127.0.0.1.
 
+mod browser;
 mod config;
 mod control;
 mod dashboard;

@@ -11,6 +11,7 @@ use clap::builder::TypedValueParser as _;
 use clap::Args;
 use serde_json::Value;
 
+use tenement_supervisor::logs::LiveSearch;
 use tenement_supervisor::Stream;
 
 use crate::client::cli::Global;
@@ -45,7 +46,7 @@ pub struct Logs {
     /// Follow new lines as they arrive
     #[arg(short, long)]
     pub follow: bool,
-    /// Full-text search (SQLite FTS5: words, "phrases", prefix*, AND/OR/NOT)
+    /// Full-text search (SQLite FTS5: words, "exact phrases", AND/OR/NOT; a bare word is a prefix: crash finds crashed)
     #[arg(long)]
     pub search: Option<String>,
     /// Only stdout or stderr
@@ -155,13 +156,13 @@ fn logs(global: &Global, a: Logs) -> Result<ExitCode> {
     if !a.follow {
         return Ok(ExitCode::SUCCESS);
     }
-    // Follow: the live stream has no full-text index, so --search keeps lines containing every word.
-    let words: Vec<String> = a
+    // Follow: the live stream has no full-text index, so --search is applied here, to each
+    // line, with the store's meaning (the query above already refused a malformed one).
+    let live = a
         .search
-        .iter()
-        .flat_map(|s| s.split_whitespace())
-        .map(str::to_lowercase)
-        .collect();
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+        .map(LiveSearch::new);
     let mut pending = String::new();
     c.stream(
         &format!("/api/logs/stream?{}", query.stream_filters().to_query()),
@@ -180,8 +181,8 @@ fn logs(global: &Global, a: Logs) -> Result<ExitCode> {
                         );
                         continue;
                     }
-                    let msg = v["message"].as_str().unwrap_or("").to_lowercase();
-                    if words.iter().all(|w| msg.contains(w.as_str())) && !print(&v) {
+                    let msg = v["message"].as_str().unwrap_or("");
+                    if live.as_ref().is_none_or(|s| s.matches(msg)) && !print(&v) {
                         return false;
                     }
                 }

@@ -12,6 +12,7 @@
 //! read connection.
 
 mod query;
+mod search;
 mod store;
 mod writer;
 
@@ -31,6 +32,7 @@ use tenement_conf::InstanceName;
 use crate::child::{LogSink, Stream, CUT_MARK, DEFAULT_MAX_LINE};
 
 pub use query::{literal_search, DEFAULT_LIMIT, MAX_LIMIT};
+pub use search::{fts_query, LiveSearch};
 pub use store::rfc3339_ms;
 
 use writer::{Msg, Pending, Writer};
@@ -124,7 +126,9 @@ pub struct LogQuery {
     pub process: Option<String>,
     pub instance: Option<String>,
     pub stream: Option<Stream>,
-    /// An FTS5 query: words, `"phrases"`, `prefix*`, `AND`/`OR`/`NOT`. Blank means no search.
+    /// An FTS5 query: words, `"phrases"`, `prefix*`, `AND`/`OR`/`NOT`. A bare word is a prefix
+    /// (`crash` finds `crashed`, [`fts_query`]); a quoted one is the exact word. Blank means no
+    /// search.
     pub search: Option<String>,
     /// Only lines at or after this time.
     pub since: Option<SystemTime>,

@@ -3,6 +3,7 @@
 use rusqlite::types::Value;
 use rusqlite::{Connection, ErrorCode};
 
+use super::search::fts_query;
 use super::store::{millis, rfc3339_ms};
 use super::{LogError, LogLine, LogQuery};
 
@@ -23,7 +24,7 @@ fn build(q: &LogQuery) -> (String, Vec<Value>) {
     let (from, id_col) = match search {
         Some(s) => {
             conds.push("logs_fts MATCH ?");
-            args.push(Value::Text(s.to_owned()));
+            args.push(Value::Text(fts_query(s)));
             (
                 "logs_fts CROSS JOIN logs l ON l.id = logs_fts.rowid",
                 "logs_fts.rowid",
@@ -86,8 +87,8 @@ fn build(q: &LogQuery) -> (String, Vec<Value>) {
     )
 }
 
-/// An FTS5 query matching `text` literally (as one phrase), for callers that search for what
-/// the user typed rather than FTS5 syntax: `user=alice` becomes `"user=alice"`.
+/// An FTS5 query matching `text` literally (as one phrase of whole words), for callers that
+/// search for what the user typed rather than FTS5 syntax: `user=alice` becomes `"user=alice"`.
 pub fn literal_search(text: &str) -> String {
     format!("\"{}\"", text.replace('"', "\"\""))
 }

@@ -380,3 +380,134 @@ fn any_search_is_lines_or_bad_search() {
         })
         .unwrap();
 }
+
+/// `ten logs --search crash` finds `crashed` (a bare word is a prefix); quoted, a word is exact;
+/// phrases, OR and NOT keep their FTS5 meaning.
+#[test]
+fn a_bare_word_finds_longer_words_and_the_syntax_still_works() {
+    let (_d, path) = temp();
+    let store = open(&path);
+    store.record("ten", "-", Stream::Stderr, "web:a crashed: exit status 1");
+    store.record(
+        "ten",
+        "-",
+        Stream::Stderr,
+        "crash loop: 3 restarts within 60s",
+    );
+    store.record("api", "1", Stream::Stdout, "connection refused by upstream");
+    store.record("api", "1", Stream::Stdout, "warning: slow query 812ms");
+    store.record("api", "1", Stream::Stdout, "query slow again");
+    store.flush();
+    let search = |s: &str| {
+        let lines = store
+            .query(&LogQuery {
+                search: Some(s.into()),
+                ..q()
+            })
+            .unwrap();
+        messages(&lines).join(" | ")
+    };
+    assert_eq!(
+        search("crash"),
+        "crash loop: 3 restarts within 60s | web:a crashed: exit status 1"
+    );
+    assert_eq!(search("CRASHED"), "web:a crashed: exit status 1");
+    assert_eq!(search("\"crash\""), "crash loop: 3 restarts within 60s");
+    assert_eq!(search("\"slow query\""), "warning: slow query 812ms");
+    assert_eq!(
+        search("crash OR refuse"),
+        "connection refused by upstream | crash loop: 3 restarts within 60s | web:a crashed: exit status 1"
+    );
+    assert_eq!(search("crash NOT loop"), "web:a crashed: exit status 1");
+    assert_eq!(search("rash"), "", "a prefix, not any substring");
+    for bad in [
+        "\"unterminated",
+        "AND AND",
+        "nosuchcolumn:foo",
+        "(",
+        "user=alice",
+    ] {
+        assert!(
+            matches!(
+                store.query(&LogQuery {
+                    search: Some(bad.into()),
+                    ..q()
+                }),
+                Err(LogError::BadSearch { ref query, .. }) if query == bad
+            ),
+            "{bad:?}"
+        );
+    }
+}
+
+/// The live stream's filter ([`LiveSearch`], `ten logs -f --search`) keeps the lines the index
+/// finds, for the same text.
+#[test]
+fn live_search_agrees_with_the_index() {
+    let (_d, path) = temp();
+    let store = open(&path);
+    let lines = [
+        "web:a crashed: exit status 1",
+        "crash loop: 3 restarts within 60s",
+        "connection refused by upstream",
+        "warning: slow query 812ms",
+        "query slow again",
+        "GET /users 200 user=alice",
+        "GET /orders 500 errored",
+        "job 7 done",
+        "Ünïcode Straße",
+    ];
+    for l in lines {
+        store.record("api", "1", Stream::Stdout, l);
+    }
+    store.flush();
+    let mut compared = 0;
+    for query in [
+        "crash",
+        "\"crash\"",
+        "crash*",
+        "CRASH",
+        "crash OR refused",
+        "crash NOT loop",
+        "crash AND exit",
+        "\"slow query\"",
+        "slow query",
+        "(crash OR slow) query",
+        "GET NOT orders",
+        "GET -",
+        "user + alice",
+        "\"user=alice\"",
+        "message:err",
+        "^job",
+        "^done",
+        "NEAR(job done, 5)",
+        "stra",
+        "a OR b c",
+        "500 OR 200",
+    ] {
+        let found = store
+            .query(&LogQuery {
+                search: Some(query.into()),
+                ..q()
+            })
+            .map(|l| {
+                let mut m: Vec<String> = l.into_iter().map(|l| l.message).collect();
+                m.sort();
+                m
+            });
+        let Ok(found) = found else {
+            // The store refused it: so does `ten logs -f` (it asks the store first).
+            continue;
+        };
+        let live = LiveSearch::new(query);
+        let mut kept: Vec<String> = lines
+            .iter()
+            .filter(|l| live.matches(l))
+            .map(|l| l.to_string())
+            .collect();
+        kept.sort();
+        assert_eq!(kept, found, "{query:?} ({:?})", fts_query(query));
+        compared += 1;
+    }
+    assert!(compared >= 19, "only {compared} queries were valid FTS5");
+}

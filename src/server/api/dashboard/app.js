@@ -819,7 +819,7 @@ async function searchLogs(gen) {
   } catch (e) {
     if (gen !== state.gen || e.status === 401 || e.status === 429) return;
     box.replaceChildren(h('div', { class: 'log-line note' }, e.message));
-    setLogMode('search failed', e.status === 400 ? 'see the FTS5 syntax: words, "phrases", prefix*, AND/OR/NOT' : '');
+    setLogMode('search failed', e.status === 400 ? 'see the FTS5 syntax: words (crash finds crashed), "exact phrases", AND/OR/NOT' : '');
   }
 }
 
