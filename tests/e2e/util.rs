@@ -18,8 +18,9 @@ pub fn ten_bin() -> &'static str {
 /// `ten-testapp`, a binary of the `tenement-testbins` package (so that `cargo install --path .`
 /// installs `ten` only): cargo gives no `CARGO_BIN_EXE_` for another package's binary, so it is
 /// found in the target dir this test runs from (`target/debug/deps/e2e-HASH` ->
-/// `target/debug/ten-testapp`). `make test` builds it (`cargo test --workspace`); a lone
-/// `cargo test --test e2e` needs `cargo build -p tenement-testbins` first.
+/// `target/debug/ten-testapp`). `make test` builds it (`cargo test --workspace` builds it for
+/// testbins/tests/smoke.rs); a lone `cargo test --test e2e` needs
+/// `cargo build -p tenement-testbins` first.
 pub fn app_bin() -> &'static str {
     static APP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     APP.get_or_init(|| {
