@@ -84,11 +84,43 @@ bench-deps:
 		$(CARGO) install oha --version $(OHA_VERSION) --locked; \
 	fi
 
+# Everything builds with the `profiling` profile (release + debug info, Cargo.toml) so callgrind
+# keeps function names; the shipped release binary has none.
 bench: bench-deps
-	$(CARGO) build --release --bins
-	$(CARGO) bench -p tenement-proxy --bench routing --no-run
+	$(CARGO) build --profile profiling --bins
+	$(CARGO) bench --profile profiling -p tenement-proxy --bench routing --no-run
 	benches/run.sh $(BENCH_ARGS)
 	@# Scenario measurements and the log store, appended to the same report (same session).
-	$(CARGO) bench --bench scenarios 2>/dev/null >> BENCHMARKS.md
-	$(CARGO) bench --bench logstore 2>/dev/null >> BENCHMARKS.md
-	$(CARGO) bench --bench tables 2>/dev/null >> BENCHMARKS.md
+	$(CARGO) bench --profile profiling --bench scenarios 2>/dev/null >> BENCHMARKS.md
+	$(CARGO) bench --profile profiling --bench logstore 2>/dev/null >> BENCHMARKS.md
+	$(CARGO) bench --profile profiling --bench tables 2>/dev/null >> BENCHMARKS.md
+
+# The Debian package (docs: README, "Install as a Debian package"): `ten`, tenement.service, the
+# default /etc/tenement/tenement.toml (a conffile), the tenement user (postinst), and the shell
+# completions and man page, written by the built `ten` itself (hidden `ten completions SHELL` /
+# `ten man`, from its clap definitions) into target/release/gen/ before cargo-deb packs them.
+# cargo-deb comes from crates.io at a fixed version, kept in ~/.cargo/bin. Output:
+# target/debian/tenement_VERSION-1_ARCH.deb. `make deb-test` (CI) installs it, checks it and
+# removes it (packaging/deb-test.sh; it refuses to run where tenement is already installed).
+CARGO_DEB_VERSION := 3.8.0
+DEB_TARGET = $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+DEB_GEN = $(DEB_TARGET)/release/gen
+
+.PHONY: deb deb-test
+deb:
+	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust (https://rustup.rs) first" >&2; exit 1; }
+	@# dpkg-dev: dpkg-shlibdeps, which cargo-deb uses to compute the package's Depends.
+	@dpkg -s dpkg-dev >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dpkg-dev; }
+	@if ! "$$HOME/.cargo/bin/cargo-deb" --version 2>/dev/null | grep -q " $(CARGO_DEB_VERSION)$$"; then \
+		$(CARGO) install cargo-deb --version $(CARGO_DEB_VERSION) --locked; \
+	fi
+	$(CARGO) build --release --bin ten
+	@mkdir -p $(DEB_GEN)
+	$(DEB_TARGET)/release/ten completions bash > $(DEB_GEN)/ten.bash
+	$(DEB_TARGET)/release/ten completions zsh > $(DEB_GEN)/_ten
+	$(DEB_TARGET)/release/ten completions fish > $(DEB_GEN)/ten.fish
+	$(DEB_TARGET)/release/ten man | gzip -9n > $(DEB_GEN)/ten.1.gz
+	"$$HOME/.cargo/bin/cargo-deb" --no-build -p tenement
+
+deb-test: deb
+	packaging/deb-test.sh "$$(ls -t $(DEB_TARGET)/debian/tenement_*.deb | head -1)"

@@ -7,7 +7,8 @@
 //! - route lookup at 10 vs 100,000 tenants, table rebuild at 100,000 tenants (issue 8)
 //! - CPU of the fleet health loop with 1,000 registered servers (issue 8)
 //!
-//! Run: `cargo bench --bench scenarios` (after `cargo build --release --bins`).
+//! Run: `cargo bench --profile profiling --bench scenarios` (after
+//! `cargo build --profile profiling --bins`; `make bench` does both).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -22,12 +23,14 @@ use tenement_proxy::{Remote, TableBuilder, TenantTarget};
 
 fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/release/deps/scenarios-HASH -> target/release/NAME
-    let release = exe.parent().and_then(Path::parent).expect("target dir");
-    let p = release.join(name);
+    // target/PROFILE/deps/scenarios-HASH -> target/PROFILE/NAME (PROFILE: `make bench` uses
+    // `profiling`; a plain `cargo bench` uses `release`).
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = profile_dir.join(name);
     assert!(
         p.exists(),
-        "{} missing: run `cargo build --release --bins` first",
+        "{} missing: run `cargo build --profile profiling --bins` first (or `--release` for a \
+         plain `cargo bench`)",
         p.display()
     );
     p

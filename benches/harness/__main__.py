@@ -55,7 +55,9 @@ def tool(name, *candidates):
 
 
 def find_tools():
-    rel = ROOT / "target" / "release"
+    # `make bench` builds with the `profiling` profile (release + debug info, so callgrind names
+    # functions); $CARGO_TARGET_DIR is honoured as cargo does.
+    rel = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "profiling"
     bins = {
         "wrk": tool("wrk"),
         "oha": tool("oha", str(Path.home() / ".cargo/bin/oha")),
@@ -67,7 +69,7 @@ def find_tools():
     }
     for k in ("ten", "floor"):
         if not bins[k].is_file():
-            sys.exit(f"bench: {bins[k]} missing: run `cargo build --release --bins` first")
+            sys.exit(f"bench: {bins[k]} missing: run `cargo build --profile profiling --bins` first")
     return bins
 
 
@@ -342,7 +344,7 @@ def micro_phase(res):
     # The load phases are over: the readers and the writer get both cores.
     os.sched_setaffinity(0, range(os.cpu_count() or 1))
     r = subprocess.run(
-        ["cargo", "bench", "-q", "-p", "tenement-proxy", "--bench", "routing"],
+        ["cargo", "bench", "-q", "--profile", "profiling", "-p", "tenement-proxy", "--bench", "routing"],
         cwd=ROOT, capture_output=True, text=True,
     )
     if r.returncode != 0:

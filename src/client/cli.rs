@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::cmd::{config, deploy, fleet, instances, logs, serve, token};
+use crate::client::cmd::{config, deploy, fleet, generate, instances, logs, serve, token};
 use crate::client::control::Client;
 
 #[derive(Debug, Parser)]
@@ -89,6 +89,11 @@ Example:\n  TOKEN=$(ten token-gen)\n  curl -H \"Authorization: Bearer $TOKEN\" -
     #[command(subcommand)]
     Tenant(fleet::TenantCommand),
     Route(deploy::Route),
+    #[command(hide = true)]
+    Completions(generate::Completions),
+    /// Print the man page ten(1) (roff)
+    #[command(hide = true)]
+    Man,
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -111,6 +116,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Server(c) => c.run(g),
         Command::Tenant(c) => c.run(g),
         Command::Route(c) => c.run(g),
+        Command::Completions(c) => c.run(),
+        Command::Man => generate::man(),
     }
 }
 

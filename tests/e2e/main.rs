@@ -11,6 +11,7 @@ mod hostile;
 mod lifecycle;
 mod logs;
 mod metrics;
+mod packaging;
 mod plugins;
 mod routing;
 mod supervision;

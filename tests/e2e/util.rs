@@ -15,8 +15,28 @@ pub fn ten_bin() -> &'static str {
     env!("CARGO_BIN_EXE_ten")
 }
 
+/// `ten-testapp`, a binary of the `tenement-testbins` package (so that `cargo install --path .`
+/// installs `ten` only): cargo gives no `CARGO_BIN_EXE_` for another package's binary, so it is
+/// found in the target dir this test runs from (`target/debug/deps/e2e-HASH` ->
+/// `target/debug/ten-testapp`). `make test` builds it (`cargo test --workspace` builds it for
+/// testbins/tests/smoke.rs); a lone `cargo test --test e2e` needs
+/// `cargo build -p tenement-testbins` first.
 pub fn app_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_ten-testapp")
+    static APP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    APP.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current exe");
+        let app = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test runs from target/PROFILE/deps")
+            .join("ten-testapp");
+        assert!(
+            app.is_file(),
+            "{} missing: build it with `cargo build -p tenement-testbins` (`make test` does)",
+            app.display()
+        );
+        app.display().to_string()
+    })
 }
 
 /// Run `ten` with args to completion (bounded), returning (status, stdout, stderr).

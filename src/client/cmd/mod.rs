@@ -4,6 +4,7 @@
 pub mod config;
 pub mod deploy;
 pub mod fleet;
+pub mod generate;
 pub mod instances;
 pub mod logs;
 pub mod serve;
