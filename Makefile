@@ -110,7 +110,7 @@ DEB_GEN = $(DEB_TARGET)/release/gen
 deb:
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust (https://rustup.rs) first" >&2; exit 1; }
 	@# dpkg-dev: dpkg-shlibdeps, which cargo-deb uses to compute the package's Depends.
-	@dpkg -s dpkg-dev >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dpkg-dev; }
+	$(call apt_install,dpkg-dev)
 	@if ! "$$HOME/.cargo/bin/cargo-deb" --version 2>/dev/null | grep -q " $(CARGO_DEB_VERSION)$$"; then \
 		$(CARGO) install cargo-deb --version $(CARGO_DEB_VERSION) --locked; \
 	fi

@@ -251,9 +251,7 @@ impl Inner {
     /// Republishes the current servers, tenants and placements with fresh health.
     pub(crate) fn republish(&self, rt: &mut Runtime) {
         let view = self.tx.borrow().clone();
-        let servers = view.servers.iter().map(|s| s.server.clone()).collect();
-        let placements = view.placements.values().cloned().collect::<Vec<_>>();
-        self.publish(rt, servers, view.tenants.clone(), placements);
+        self.publish_placements(rt, &view, view.placements.clone());
     }
 
     /// Emits event lines (outside the runtime lock: the sink may call back into the fleet).

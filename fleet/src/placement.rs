@@ -125,6 +125,17 @@ fn ms(d: Duration) -> i64 {
 }
 
 impl Inner {
+    /// Publish `view`'s servers and tenants with these placements.
+    pub(crate) fn publish_placements(
+        &self,
+        rt: &mut Runtime,
+        view: &FleetView,
+        placements: HashMap<String, Placement>,
+    ) {
+        let servers = view.servers.iter().map(|s| s.server.clone()).collect();
+        self.publish(rt, servers, view.tenants.clone(), placements.into_values());
+    }
+
     /// "Am I the leader": only the leader places tenants and stops copies. One router, one
     /// store: always true today.
     pub(crate) fn is_leader(&self) -> bool {
@@ -291,8 +302,7 @@ impl Inner {
             }
         }
         if changed {
-            let servers = view.servers.iter().map(|s| s.server.clone()).collect();
-            self.publish(rt, servers, view.tenants.clone(), placements.into_values());
+            self.publish_placements(rt, &view, placements);
         }
         for task in tasks {
             self.start(task);
@@ -396,13 +406,7 @@ impl Inner {
             self.store_placement(&next);
             let mut placements = view.placements.clone();
             placements.insert(next.tenant.clone(), next);
-            let servers = view.servers.iter().map(|s| s.server.clone()).collect();
-            self.publish(
-                &mut rt,
-                servers,
-                view.tenants.clone(),
-                placements.into_values(),
-            );
+            self.publish_placements(&mut rt, &view, placements);
             line
         };
         tracing::info!("{line}");
@@ -426,13 +430,7 @@ impl Inner {
                         self.forget(&p.tenant);
                         let mut placements = view.placements.clone();
                         placements.remove(&p.tenant);
-                        let servers = view.servers.iter().map(|s| s.server.clone()).collect();
-                        self.publish(
-                            &mut rt,
-                            servers,
-                            view.tenants.clone(),
-                            placements.into_values(),
-                        );
+                        self.publish_placements(&mut rt, &view, placements);
                     }
                     format!(
                         "tenant {}: failover copy {}:{} on {} stopped after {}s without traffic",

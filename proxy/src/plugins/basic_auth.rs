@@ -410,7 +410,7 @@ mod tests {
                 async move { verdict(a, Some(&v), &format!("2001:db8::{i:x}")).await }
             });
             let mut statuses = Vec::new();
-            for s in futures_join(checks.collect()).await {
+            for s in futures::future::join_all(checks).await {
                 statuses.push(s.unwrap());
             }
             statuses
@@ -430,30 +430,6 @@ mod tests {
         assert!(check(&a, Some(&basic("bob:hunter2"))));
         let ok = basic("bob:hunter2");
         assert_eq!(block_on(verdict(&a, Some(&ok), "2001:db8::1")), None);
-    }
-
-    /// Poll every future together on this task (no extra dependency).
-    async fn futures_join<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
-        let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
-        let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-        std::future::poll_fn(|cx| {
-            let mut pending = false;
-            for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
-                if o.is_none() {
-                    match f.as_mut().poll(cx) {
-                        std::task::Poll::Ready(v) => *o = Some(v),
-                        std::task::Poll::Pending => pending = true,
-                    }
-                }
-            }
-            if pending {
-                std::task::Poll::Pending
-            } else {
-                std::task::Poll::Ready(())
-            }
-        })
-        .await;
-        out.into_iter().flatten().collect()
     }
 
     #[test]

@@ -312,7 +312,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, t)| a.check(Some(t), ip(&format!("2001:db8::{i:x}"))));
-        let verdicts = join_all(checks.collect()).await;
+        let verdicts = futures::future::join_all(checks).await;
         let statuses: Vec<u16> = verdicts.iter().map(status).collect();
         assert_eq!(
             statuses.iter().filter(|s| **s == 401).count(),
@@ -387,38 +387,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = auth(dir.path(), 1);
         let good = a.generate().unwrap();
-        let verdicts = join_all(
-            (0..8)
-                .map(|_| a.check(Some(&good), ip("192.0.2.7")))
-                .collect(),
-        )
-        .await;
+        let verdicts =
+            futures::future::join_all((0..8).map(|_| a.check(Some(&good), ip("192.0.2.7")))).await;
         let statuses: Vec<u16> = verdicts.iter().map(status).collect();
         assert_eq!(statuses, [200; 8]);
         assert_eq!((a.runner.started(), a.runner.refused()), (1, 0));
-    }
-
-    /// Poll every future together on this task.
-    async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
-        let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
-        let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-        std::future::poll_fn(|cx| {
-            let mut pending = false;
-            for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
-                if o.is_none() {
-                    match f.as_mut().poll(cx) {
-                        std::task::Poll::Ready(v) => *o = Some(v),
-                        std::task::Poll::Pending => pending = true,
-                    }
-                }
-            }
-            if pending {
-                std::task::Poll::Pending
-            } else {
-                std::task::Poll::Ready(())
-            }
-        })
-        .await;
-        out.into_iter().flatten().collect()
     }
 }
