@@ -120,6 +120,14 @@ pub(crate) fn count_rows(conn: &Connection) -> rusqlite::Result<u64> {
         .map(|n| u64::try_from(n).unwrap_or(0))
 }
 
+/// The oldest stored row's time (ms since the epoch), None when the store is empty (one index
+/// lookup).
+pub(crate) fn oldest_ts(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    conn.query_row("SELECT min(ts) FROM logs", [], |r| {
+        r.get::<_, Option<i64>>(0)
+    })
+}
+
 /// Deletes at most `limit` rows older than `cutoff_ms`; returns how many went.
 pub(crate) fn delete_older_than(
     conn: &Connection,

@@ -13,8 +13,13 @@ use tokio::sync::broadcast;
 use super::store::{self, duration_ms, millis, rfc3339_ms, RETENTION_CHUNK};
 use super::{LogLine, LogOptions, Shared, Stream};
 
-/// How often retention runs when fewer than [`RETENTION_ROWS`] rows came in.
+/// How often retention runs while rows come in (fewer than [`RETENTION_ROWS`] of them). With
+/// no new rows, only the age limit can be due: retention then runs when the oldest row expires
+/// (and at most every [`IDLE_WAKE`] otherwise), so an idle server's writer does no SQL.
 const RETENTION_EVERY: Duration = Duration::from_secs(1);
+/// The longest the writer sleeps with nothing to do (a backstop; it does nothing when it wakes
+/// unless something is due).
+const IDLE_WAKE: Duration = Duration::from_secs(60);
 /// Retention also runs after this many inserted rows.
 const RETENTION_ROWS: u64 = 50_000;
 
@@ -80,11 +85,25 @@ impl Writer {
             reported: 0,
             at: Instant::now(),
         };
+        // When the age limit next deletes a row (the oldest row's expiry); None: not known to
+        // be due (no rows, or no age limit) until rows come in.
+        let mut age_due = self.age_due();
         loop {
+            let now = Instant::now();
             let wait = if backlog {
                 Duration::ZERO
             } else {
-                (last_retention + RETENTION_EVERY).saturating_duration_since(Instant::now())
+                let mut due = now + IDLE_WAKE;
+                if since_retention > 0 {
+                    due = due.min(last_retention + RETENTION_EVERY);
+                }
+                if let Some(at) = age_due {
+                    due = due.min(at);
+                }
+                if self.shared.dropped.load(Ordering::Relaxed) > drops.reported {
+                    due = due.min(drops.at + self.opts.drop_report_every);
+                }
+                due.saturating_duration_since(now)
             };
             let after = match self.rx.recv_timeout(wait) {
                 Ok(Msg::Line(p)) => {
@@ -117,11 +136,15 @@ impl Writer {
             }
             if backlog
                 || since_retention >= RETENTION_ROWS
-                || last_retention.elapsed() >= RETENTION_EVERY
+                || (since_retention > 0 && last_retention.elapsed() >= RETENTION_EVERY)
+                || age_due.is_some_and(|at| Instant::now() >= at)
             {
                 backlog = self.retain(&mut rows);
                 last_retention = Instant::now();
                 since_retention = 0;
+                if !backlog {
+                    age_due = self.age_due();
+                }
             }
             if drops.at.elapsed() >= self.opts.drop_report_every {
                 rows += self.report_drops(&mut drops, &mut batch);
@@ -289,6 +312,25 @@ impl Writer {
         }
         batch.clear();
         n
+    }
+
+    /// When the oldest stored row passes the age limit (None: no age limit, no rows, or the
+    /// store cannot say; retention by age then waits for new rows).
+    fn age_due(&self) -> Option<Instant> {
+        if self.opts.retention.is_zero() {
+            return None;
+        }
+        let oldest = match store::oldest_ts(&self.conn) {
+            Ok(ts) => ts?,
+            Err(e) => {
+                tracing::warn!(error = %e, "log store: cannot read the oldest row's time");
+                return None;
+            }
+        };
+        let expires = oldest.saturating_add(duration_ms(self.opts.retention));
+        let left = u64::try_from(expires.saturating_sub(millis(SystemTime::now()))).unwrap_or(0);
+        // One millisecond past the expiry, so the row is older than the cutoff when it runs.
+        Some(Instant::now() + Duration::from_millis(left.saturating_add(1)))
     }
 
     /// One bounded round of retention: at most one chunk by age, one by count and one by
