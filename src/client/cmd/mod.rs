@@ -7,6 +7,7 @@ pub mod fleet;
 pub mod generate;
 pub mod instances;
 pub mod logs;
+pub mod reload;
 pub mod serve;
 pub mod table;
 pub mod token;
