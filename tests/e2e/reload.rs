@@ -283,3 +283,107 @@ fn a_replacement_that_never_gets_healthy_leaves_the_old_one_serving_and_exits_1(
     let (_, out, _) = reload(&ten, &["--dry-run"]);
     assert!(out.contains("process ~ api:"), "{out}");
 }
+
+#[test]
+fn systemd_is_notified_ready_reloading_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notify = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&notify).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let recv = || {
+        let mut buf = [0u8; 256];
+        let n = sock.recv(&mut buf).expect("a notification within 30s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let config = dir.path().join("tenement.toml");
+    let base = format!(
+        "[settings]\ndomain = \"{DOMAIN}\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}/data\"\n\
+         [process.api]\ncommand = \"{}\"\n",
+        dir.path().display(),
+        app_bin()
+    );
+    std::fs::write(&config, &base).expect("write");
+    /// Kills `ten serve` if the test fails before it exits.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Reap(
+        Command::new(crate::util::ten_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &notify)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ten serve"),
+    );
+    assert_eq!(recv(), "READY=1");
+    std::fs::write(&config, format!("{base}[routes]\n\"n.test\" = \"api\"\n")).expect("write");
+    let (status, out, err) = crate::util::ten(
+        &[
+            "--data-dir",
+            dir.path().join("data").to_str().expect("utf8"),
+            "reload",
+        ],
+        dir.path(),
+    );
+    assert!(status.success(), "{out}{err}");
+    let reloading = recv();
+    let usec: u64 = reloading
+        .strip_prefix("RELOADING=1\nMONOTONIC_USEC=")
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_else(|| panic!("not RELOADING=1 + MONOTONIC_USEC: {reloading:?}"));
+    assert!(usec > 0);
+    assert_eq!(recv(), "READY=1");
+    signal(child.0.id(), "TERM");
+    assert_eq!(recv(), "STOPPING=1");
+    let exited = crate::util::wait_bounded(&mut child.0, Duration::from_secs(30));
+    assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
+}
+
+#[test]
+fn init_writes_a_starter_that_checks_and_never_overwrites() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = dir.path().join("site");
+    let t = target.to_str().expect("utf8");
+    let (status, out, err) = crate::util::ten(&["init", t], dir.path());
+    assert!(status.success(), "{out}{err}");
+    let path = target.join("tenement.toml");
+    let written = std::fs::read_to_string(&path).expect("written");
+    assert!(written.contains("# user = \"dynamic\""), "{written}");
+    let p = path.to_str().expect("utf8");
+    let (status, out, err) = crate::util::ten(&["config", "check", p], dir.path());
+    assert!(status.success(), "starter does not check: {out}{err}");
+    // Never over an existing file.
+    std::fs::write(&path, "# mine\n").expect("write");
+    let (status, _, err) = crate::util::ten(&["init", t], dir.path());
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(std::fs::read_to_string(&path).expect("read"), "# mine\n");
+    // The unit.
+    let (status, unit, err) = crate::util::ten(&["init", "--systemd", "--config", p], dir.path());
+    assert!(status.success(), "{err}");
+    assert!(unit.contains("\nType=notify\n"), "{unit}");
+    assert!(
+        unit.contains(&format!(
+            "\nExecReload={} --config {p} reload\n",
+            crate::util::ten_bin()
+        )),
+        "{unit}"
+    );
+    assert!(
+        unit.contains(&format!(
+            "\nExecStart={} serve --config {p}\n",
+            crate::util::ten_bin()
+        )),
+        "{unit}"
+    );
+}

@@ -5,6 +5,7 @@ pub mod config;
 pub mod deploy;
 pub mod fleet;
 pub mod generate;
+pub mod init;
 pub mod instances;
 pub mod logs;
 pub mod reload;
