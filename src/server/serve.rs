@@ -82,6 +82,9 @@ fn raise_nofile() {
 
 pub async fn run(source: Source, config: Config) -> Result<()> {
     raise_nofile();
+    // SIGHUP's default action ends the process: handled from the start (a reload asked during
+    // startup runs once the listeners are open).
+    let mut hup = signal(SignalKind::hangup())?;
     let notifier = Arc::new(Notifier::from_env());
     let config = Arc::new(config);
     let s = &config.settings;
@@ -231,7 +234,6 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
     notifier.ready();
     let boot = {
         let supervisor = supervisor.clone();

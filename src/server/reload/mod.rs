@@ -170,6 +170,7 @@ impl Reloader {
 
         // 3. Changed spawn definitions: one instance at a time, health-gated.
         let mut applied = new;
+        plan::keep_read_once(old, &mut applied);
         for name in &plan.replaced {
             for i in self.instances_of(name, Kind::Spawned) {
                 if let Err(e) = self.replace(&i).await {
@@ -203,8 +204,9 @@ impl Reloader {
         }
 
         // 4. The next table: routes, domain, plugins, timeouts, body limits.
-        // TLS (issue 15): when certificates become reloadable, rebuild the certificate set
-        // here, from `applied.settings.tls`, before the table swap.
+        // HOOK(tls-reload): the TLS work (certificates by SNI) exposes a rebuild of the
+        // certificate set; call it here with the file's TLS settings, before the table swap,
+        // and take `tls` out of `plan::keep_read_once` and the plan's read-once keys.
         let applied = Arc::new(applied);
         if let Err(e) = self.publisher.reconfigure(applied.clone()).await {
             errors.push(format!("routing table: {e}"));

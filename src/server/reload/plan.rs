@@ -170,6 +170,25 @@ fn settings(old: &Settings, new: &Settings, plan: &mut Plan) {
     }
 }
 
+/// What runs after a reload keeps the values of the keys read once at start (they apply at the
+/// next start), so the running config says what is in force and the next reload reports them
+/// again. (A settings key this list does not name is taken from the file.)
+pub fn keep_read_once(old: &Config, new: &mut Config) {
+    let (o, n) = (&old.settings, &mut new.settings);
+    n.admin_listen = o.admin_listen.clone();
+    n.tls = o.tls.clone();
+    n.metrics = o.metrics;
+    n.admin_loopback_trusted = o.admin_loopback_trusted;
+    n.log_retention = o.log_retention;
+    n.log_max_rows = o.log_max_rows;
+    n.log_max_line = o.log_max_line;
+    n.log_max_bytes = o.log_max_bytes;
+    n.header_timeout = o.header_timeout;
+    n.keepalive_timeout = o.keepalive_timeout;
+    n.max_connections = o.max_connections;
+    new.fleet = old.fleet.clone();
+}
+
 /// The plan that turns `old` (running) into `new` (the file, flags applied). `running`: the
 /// spawned instances that exist now (any state).
 pub fn plan(old: &Config, new: &Config, running: &[InstanceName]) -> Plan {
@@ -406,6 +425,14 @@ mod tests {
         assert_eq!(p.refused.len(), 1);
         assert!(p.refused[0].starts_with("data_dir cannot change"), "{p:?}");
         assert_eq!(p.later, ["header_timeout"]);
+        assert!(p
+            .lines
+            .contains(&"setting ~ header_timeout: applies at the next start of ten serve".into()));
+        // What runs keeps the old value: the same file reports it again.
+        let mut applied = new.clone();
+        keep_read_once(&old, &mut applied);
+        assert_eq!(applied.settings.header_timeout, old.settings.header_timeout);
+        assert_eq!(plan(&applied, &new, &[]).later, ["header_timeout"]);
     }
 
     #[test]
