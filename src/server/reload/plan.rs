@@ -450,4 +450,21 @@ mod tests {
             .lines
             .contains(&"process - api: draining and stopping 2 instance(s)".to_string()));
     }
+
+    #[test]
+    fn external_upstream_changes_restart_their_checks_not_a_replacement() {
+        let ext = "[process.legacy]\nupstreams = [\"127.0.0.1:9\"]\n";
+        let old = config(&format!("{BASE}{ext}"));
+        let new = config(&format!("{BASE}{}", ext.replace(":9", ":10")));
+        let p = plan(&old, &new, &[]);
+        assert_eq!(p.externals_changed, ["legacy"], "{p:?}");
+        assert!(p.replaced.is_empty());
+        assert_eq!(
+            p.lines,
+            ["process ~ legacy: upstreams changed, restarting its upstream checks"]
+        );
+        let gone = plan(&old, &config(BASE), &[]);
+        assert_eq!(gone.removed, ["legacy"]);
+        assert_eq!(gone.lines, ["process - legacy: its upstream checks stop"]);
+    }
 }
