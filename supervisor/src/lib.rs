@@ -451,12 +451,21 @@ impl Supervisor {
     async fn prepare_externals(&self) {
         let config = self.reg.config();
         for p in config.processes.iter().filter(|p| p.is_external()) {
-            self.start_external(p).await;
+            // Published with the boot announcement, in one view.
+            self.add_external(p).await;
         }
     }
 
-    /// Start the upstreams of external process `p` (at boot, or added by a reload).
+    /// Start the upstreams of external process `p` added by a reload; returns once they route.
     pub async fn start_external(&self, p: &tenement_conf::Process) {
+        self.add_external(p).await;
+        let generation = self.reg.publish();
+        self.reg.settle(generation).await;
+    }
+
+    /// Resolve `p`'s upstreams and start their health checks; their slots are inserted without
+    /// publishing a view.
+    async fn add_external(&self, p: &tenement_conf::Process) {
         let reg = &self.reg;
         let weights = reg
             .store
@@ -493,11 +502,7 @@ impl Supervisor {
             }
             slot.stop = stop_tx;
             slot.done = done_rx;
-            {
-                let mut slots = reg.slots();
-                slots.insert(name.clone(), slot);
-                reg.publish_slots(&slots);
-            }
+            reg.slots().insert(name.clone(), slot);
             tokio::spawn(externals::run(
                 reg.clone(),
                 externals::Upstream {
@@ -510,7 +515,6 @@ impl Supervisor {
                 done_tx,
             ));
         }
-        self.settle().await;
     }
 
     /// Stop an external upstream's health checks and take it out of routing (a reload that

@@ -387,3 +387,23 @@ fn init_writes_a_starter_that_checks_and_never_overwrites() {
         "{unit}"
     );
 }
+
+#[test]
+fn an_external_upstream_added_by_a_reload_routes_and_a_removed_one_stops() {
+    let ten = server();
+    let api = wait_instance(&ten, "api:1", "an address", |v| v["address"].is_string());
+    let addr = api["address"].as_str().expect("address").to_string();
+    let ext = format!("[process.legacy]\nupstreams = [\"{addr}\"]\nhealth = \"/health\"\n");
+    rewrite(&ten, "", &format!("{TWO}{ext}"));
+    let (ok, out, err) = reload(&ten, &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("process + legacy: 1 upstream(s)"), "{out}");
+    let r = ten.wait_status(&format!("legacy.{DOMAIN}"), "/", 200);
+    assert_eq!(r.text(), "hello from api:1\n");
+    rewrite(&ten, "", TWO);
+    let (ok, out, err) = reload(&ten, &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("process - legacy"), "{out}");
+    assert_eq!(ten.get(&format!("legacy.{DOMAIN}"), "/").status, 404);
+    assert!(ps(&ten).iter().all(|v| v["process"] != "legacy"));
+}
