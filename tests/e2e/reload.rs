@@ -244,7 +244,11 @@ fn a_new_listen_address_answers_and_a_removed_one_closes() {
         std::net::TcpStream::connect(ten.addr).is_err(),
         "the removed listener still accepts"
     );
-    assert_eq!(request(new, raw.as_bytes()).status, 200);
+    // Closing one listener leaves the others' connections alone (Pingora's app cleanup, shared
+    // by every listener, once ended them all).
+    for _ in 0..5 {
+        assert_eq!(request(new, raw.as_bytes()).status, 200);
+    }
 }
 
 #[test]
