@@ -111,6 +111,16 @@ pub struct RouteArgs {
     pub to: String,
 }
 
+// `POST /api/reload` (`ten reload`); an empty body is a reload.
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadArgs {
+    /// Print what would change and change nothing
+    #[arg(long)]
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
 // `POST /api/servers` (`ten server add`); the handler hands it to the fleet as `NewServer`.
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

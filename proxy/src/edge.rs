@@ -290,9 +290,9 @@ where
         }
     }
 
-    async fn cleanup(&self) {
-        self.app.http_cleanup().await;
-    }
+    // No `cleanup`: the app is shared by every listener, and Pingora's (closing every parked
+    // keep-alive connection for good) would end all of them when ONE listener closes (a reload
+    // removing a `listen` address). The server calls `http_cleanup` itself at shutdown.
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::cmd::{config, deploy, fleet, generate, instances, logs, serve, token};
+use crate::client::cmd::{
+    config, deploy, fleet, generate, init, instances, logs, reload, serve, token,
+};
 use crate::client::control::Client;
 
 #[derive(Debug, Parser)]
@@ -63,6 +65,8 @@ impl Global {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Serve(serve::Serve),
+    Reload(reload::Reload),
+    Init(init::Init),
     /// Check or show the config file
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -103,6 +107,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let g = &cli.global;
     match cli.command {
         Command::Serve(c) => c.run(g),
+        Command::Reload(c) => c.run(g),
+        Command::Init(c) => c.run(g),
         Command::Config(c) => c.run(g),
         Command::Spawn(c) => c.run(g),
         Command::Stop(c) => c.run(g),

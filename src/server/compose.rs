@@ -41,8 +41,29 @@ pub struct Compiled {
 impl Compiled {
     /// `metrics`: the hot-path registry, or None when `[settings] metrics = false`.
     pub fn new(config: Arc<Config>, metrics: Option<&Arc<Metrics>>) -> Result<Self, String> {
+        Self::next(config, metrics, None)
+    }
+
+    /// Compile `config`, keeping from `prev` the options (and so the plugin state: rate-limit
+    /// buckets, auth caches) of every process whose table part did not change (a reload).
+    pub fn next(
+        config: Arc<Config>,
+        metrics: Option<&Arc<Metrics>>,
+        prev: Option<&Compiled>,
+    ) -> Result<Self, String> {
         let mut opts = HashMap::new();
         for p in &config.processes {
+            let same = prev.and_then(|c| {
+                let old = c.config.process(&p.name)?;
+                let same = old.plugins == p.plugins
+                    && old.request_timeout == p.request_timeout
+                    && old.max_body == p.max_body;
+                same.then(|| c.opts.get(&p.name).cloned()).flatten()
+            });
+            if let Some(o) = same {
+                opts.insert(p.name.clone(), o);
+                continue;
+            }
             let plugins =
                 Chain::build(&p.plugins).map_err(|e| format!("process.{}.{e}", p.name))?;
             let o = ProcessOpts {
@@ -238,7 +259,11 @@ const BLOCKING_BUILD: usize = 2_000;
 
 /// The one place tables are built and swapped in.
 pub struct Publisher {
-    compiled: Compiled,
+    /// Replaced whole by a reload ([`Publisher::reconfigure`]).
+    compiled: ArcSwap<Compiled>,
+    /// The reload generation asked for, and the one whose table is live.
+    config_tx: watch::Sender<u64>,
+    config_live: watch::Sender<u64>,
     router: Arc<Router>,
     metrics: Option<Arc<Metrics>>,
     /// The counters of the live table, for the supervisor's drains and the API.
@@ -258,7 +283,9 @@ impl Publisher {
             None,
         )));
         Ok(Arc::new(Publisher {
-            compiled,
+            compiled: ArcSwap::from_pointee(compiled),
+            config_tx: watch::Sender::new(0),
+            config_live: watch::Sender::new(0),
             router,
             metrics,
             stats: ArcSwap::default(),
@@ -268,6 +295,22 @@ impl Publisher {
 
     pub fn router(&self) -> Arc<Router> {
         self.router.clone()
+    }
+
+    /// A reload: build the next tables from `config` (routes, domain, plugins, timeouts and
+    /// body limits) and return once the first of them is live. Unchanged processes keep their
+    /// plugin state. Err: a plugin that cannot be built (nothing changes).
+    pub async fn reconfigure(&self, config: Arc<Config>) -> Result<(), String> {
+        let next = Compiled::next(config, self.metrics.as_ref(), Some(&self.compiled.load()))?;
+        self.compiled.store(Arc::new(next));
+        let mut generation = 0;
+        self.config_tx.send_modify(|g| {
+            *g += 1;
+            generation = *g;
+        });
+        let mut live = self.config_live.subscribe();
+        let _ = live.wait_for(|g| *g >= generation).await;
+        Ok(())
     }
 
     /// An instance's live counters, if it has been in a table.
@@ -301,7 +344,10 @@ impl Publisher {
         };
         let mut cache = StatsCache::new(self.metrics.clone());
         let mut fleet_view = None;
+        let mut configs = self.config_tx.subscribe();
         loop {
+            let config_generation = *configs.borrow_and_update();
+            let compiled = self.compiled.load_full();
             let view = views.borrow_and_update().clone();
             if let Some((rx, failover)) = fleet.as_mut() {
                 fleet_view = Some((rx.borrow_and_update().clone(), *failover));
@@ -313,12 +359,12 @@ impl Publisher {
                     failover: *failover,
                 });
                 let live = self.router.load();
-                build_table(&self.compiled, &view, input, &cache, Some(&live))
+                build_table(&compiled, &view, input, &cache, Some(&live))
             };
             // A big build hands this worker's other tasks (requests) to another thread while it
             // runs; a small one (well under a millisecond) is cheaper than that hand-off.
             let size = view.instances.len()
-                + self.compiled.routes.len()
+                + compiled.routes.len()
                 + fleet_view.as_ref().map_or(0, |(fv, _)| fv.tenants.len());
             let table = if size >= BLOCKING_BUILD {
                 tenement_supervisor::blocking(build)
@@ -331,17 +377,17 @@ impl Publisher {
             if let Some((fv, _)) = &fleet_view {
                 self.fleet_live.send_replace(fv.generation);
             }
+            self.config_live.send_replace(config_generation);
             let fleet_closed = match fleet.as_mut() {
                 Some((rx, _)) => tokio::select! {
                     r = views.changed() => if r.is_err() { return } else { false },
                     r = rx.changed() => r.is_err(),
+                    _ = configs.changed() => false,
                 },
-                None => {
-                    if views.changed().await.is_err() {
-                        return;
-                    }
-                    false
-                }
+                None => tokio::select! {
+                    r = views.changed() => if r.is_err() { return } else { false },
+                    _ = configs.changed() => false,
+                },
             };
             if fleet_closed {
                 // The fleet stopped (shutdown): keep routing on its last view; fleet writes no
@@ -366,6 +412,7 @@ impl Drop for Release {
         }
         self.supervisor.acknowledge(u64::MAX);
         self.publisher.fleet_live.send_replace(u64::MAX);
+        self.publisher.config_live.send_replace(u64::MAX);
     }
 }
 

@@ -1,8 +1,11 @@
 //! `ten serve`: the proxy, the supervisor and the fleet wired together, the table publisher,
-//! the audit log and the management API.
+//! the audit log, the management API, the proxy listeners, reload and systemd notification.
 
 pub mod api;
 pub mod audit;
 pub mod compose;
 pub mod data_dir;
+pub mod listeners;
+pub mod notify;
+pub mod reload;
 pub mod serve;

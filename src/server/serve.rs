@@ -1,5 +1,6 @@
 //! `ten serve`: wires the proxy, the supervisor and the table publisher together, then runs until
-//! SIGTERM/SIGINT: stop accepting, drain in-flight requests, stop every instance, exit 0.
+//! SIGTERM/SIGINT: stop accepting, drain in-flight requests, stop every instance, exit 0. SIGHUP
+//! reloads the config file (`reload`), as `ten reload` does; systemd is notified (`notify`).
 
 use std::net::TcpListener;
 use std::os::fd::IntoRawFd;
@@ -10,24 +11,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use pingora_core::listeners::ListenerConfig;
-use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{Fds, ListenFds};
-use pingora_core::services::listening::Service;
 use pingora_core::services::Service as _;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use tenement_conf::Config;
 use tenement_fleet::{Fleet, FleetStore};
-use tenement_proxy::{ConnLimit, Edge, EdgeLimits, ManagementApp, TenProxy};
+use tenement_proxy::{EdgeLimits, ManagementApp, TenProxy};
 use tenement_supervisor::logs::{LogOptions, LogStore};
 use tenement_supervisor::{StateStore, Supervisor};
 
 use crate::server::api::{register_process_collector, Api, Auth};
 use crate::server::audit::Audit;
 use crate::server::compose::{Publisher, Wake};
+use crate::server::listeners::Listeners;
+use crate::server::notify::Notifier;
+use crate::server::reload::{Reloader, Source};
 use tenement_proxy::metrics::Metrics;
 
 /// Bind `addr` now (port 0 gets a real port) and hand the socket to Pingora's listener table
@@ -79,8 +80,12 @@ fn raise_nofile() {
     }
 }
 
-pub async fn run(config: Config) -> Result<()> {
+pub async fn run(source: Source, config: Config) -> Result<()> {
     raise_nofile();
+    // SIGHUP's default action ends the process: handled from the start (a reload asked during
+    // startup runs once the listeners are open).
+    let mut hup = signal(SignalKind::hangup())?;
+    let notifier = Arc::new(Notifier::from_env());
     let config = Arc::new(config);
     let s = &config.settings;
     let _held = crate::server::data_dir::prepare(&s.data_dir)?; // umask 077, 0711, ten.lock
@@ -141,7 +146,6 @@ pub async fn run(config: Config) -> Result<()> {
         fleet: fleet.clone().map(|f| (f, publisher.clone())),
     });
     let api = Arc::new(Api {
-        config: config.clone(),
         supervisor: supervisor.clone(),
         publisher: publisher.clone(),
         auth: Auth::open(&db).with_context(|| format!("cannot open {}", db.display()))?,
@@ -150,6 +154,7 @@ pub async fn run(config: Config) -> Result<()> {
         logs: logs.clone(),
         fleet: fleet.clone(),
         rendered: Default::default(),
+        reloader: Default::default(),
     });
     // Orphans killed, desired instances announced and external upstreams resolved before any
     // listener opens, and the table that shows them live.
@@ -177,38 +182,25 @@ pub async fn run(config: Config) -> Result<()> {
         keepalive_timeout: s.keepalive_timeout,
     };
     let max_connections = usize::try_from(s.max_connections).unwrap_or(usize::MAX);
-    let listener = |name: String, tls: bool| {
-        let limit = ConnLimit::new(max_connections, tls);
-        let edge = Edge::new(app.clone(), limits, Some(limit.clone()));
-        let mut service = Service::new(name, edge);
-        service.set_connection_filter(limit);
-        service
-    };
-    let mut services = Vec::new();
+    let (listeners, mut listener_failed) = Listeners::new(app, limits, max_connections);
     let mut announced = Vec::new();
     for addr in &s.listen {
-        let local = prebind(&fds, addr)?;
-        let mut service = listener(format!("ten-proxy {local}"), false);
-        // No L4 read buffer (Pingora's default is 64 KiB per connection): reads go straight
-        // into the HTTP session's own buffers, so an idle keep-alive connection holds no read
-        // buffer at all (BENCHMARKS.md: RSS with 1000 connections, req/s unchanged).
-        service.add_listener(ListenerConfig::tcp(&local).l4_buffer(L4BufferSettings {
-            read: Some(0),
-            write: None,
-        }));
-        services.push(service);
+        let local = listeners.open_http(addr)?;
         announced.push(format!("http://{local}"));
     }
     if let Some(tls) = &s.tls {
-        let local = prebind(&fds, &tls.listen)?;
-        let mut service = listener(format!("ten-proxy-tls {local}"), true);
         let (cert, key) = (tls.cert.to_string_lossy(), tls.key.to_string_lossy());
-        if let Err(e) = service.add_tls(&local, &cert, &key) {
-            bail!("cannot use TLS certificate {cert} / key {key}: {e}");
-        }
-        services.push(service);
+        let local = listeners.open_tls(&tls.listen, &cert, &key)?;
         announced.push(format!("https://{local}"));
     }
+    let reloader = Arc::new(Reloader::new(
+        source,
+        supervisor.clone(),
+        publisher.clone(),
+        listeners.clone(),
+        notifier.clone(),
+    ));
+    let _ = api.reloader.set(reloader);
 
     let mut control = ManagementApp::control(api.clone()).into_service("ten-control");
     control.add_uds(&sock_key, Some(std::fs::Permissions::from_mode(0o600)));
@@ -231,19 +223,6 @@ pub async fn run(config: Config) -> Result<()> {
         let (fds, rx) = (fds.clone(), shutdown_rx.clone());
         tokio::spawn(async move { admin.start_service(Some(fds), rx, 1).await });
     }
-    // Ends when any proxy listener's service ends (aborting it stops them all).
-    let mut proxy_task = tokio::spawn(async move {
-        let mut running = tokio::task::JoinSet::new();
-        for mut service in services {
-            let (fds, rx) = (fds.clone(), shutdown_rx.clone());
-            running.spawn(async move { service.start_service(Some(fds), rx, 1).await });
-        }
-        if let Some(Err(e)) = running.join_next().await {
-            if e.is_panic() {
-                std::panic::resume_unwind(e.into_panic());
-            }
-        }
-    });
     for a in &announced {
         match a.strip_prefix("admin ") {
             Some(a) => println!("ten: admin listening on {a}"),
@@ -255,28 +234,37 @@ pub async fn run(config: Config) -> Result<()> {
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    notifier.ready();
     let boot = {
         let supervisor = supervisor.clone();
         tokio::spawn(async move { supervisor.start_desired(wanted).await })
     };
     let mut failure = None;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        r = &mut proxy_task => {
-            let why = match r {
-                Err(e) if e.is_panic() => "the proxy service panicked (see the log above)",
-                _ => "the proxy service stopped",
-            };
-            tracing::error!("{why}: stopping instances");
-            failure = Some(why);
+    loop {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            _ = hup.recv() => {
+                // Applied in its own task: signals (a SIGTERM) are still handled meanwhile.
+                let api = api.clone();
+                tokio::spawn(async move { api.reload_logged("SIGHUP").await });
+                continue;
+            }
+            why = listener_failed.recv() => {
+                let why = why.unwrap_or_else(|| "the proxy service stopped".into());
+                tracing::error!("{why}: stopping instances");
+                failure = Some(why);
+            }
         }
+        break;
     }
+    notifier.stopping();
     boot.abort();
 
     // Stop accepting, end open log streams, let in-flight requests finish, then stop the
     // instances.
     let _ = shutdown_tx.send(true);
+    listeners.close_all().await;
     traffic.close();
     let _ = fleet_stop_tx.send(true);
     let deadline = Instant::now() + s.drain_timeout;
@@ -290,7 +278,7 @@ pub async fn run(config: Config) -> Result<()> {
         );
     }
     supervisor.stop_all().await;
-    proxy_task.abort();
+    listeners.abort_all();
     logs.close(); // flush what the instances printed last
     let _ = std::fs::remove_file(&sock);
     if let Some(why) = failure {

@@ -69,8 +69,15 @@ impl Supervisor {
         }
     }
 
-    pub fn config(&self) -> &Arc<Config> {
-        &self.reg.config
+    /// The running config: the one `ten serve` started with, or the last one a reload applied.
+    pub fn config(&self) -> Arc<Config> {
+        self.reg.config()
+    }
+
+    /// Replace the running config (a reload). Running instances keep the process definition
+    /// they were started with; spawns, drains and health intervals read the new one from now on.
+    pub fn set_config(&self, config: Arc<Config>) {
+        self.reg.set_config(config);
     }
 
     /// Routing views as they change. The caller builds a table from each and calls
@@ -138,7 +145,7 @@ impl Supervisor {
             return Err(Error::ShuttingDown);
         }
         let mut process = reg
-            .config
+            .config()
             .process(&name.process)
             .ok_or_else(|| Error::UnknownProcess(name.process.clone()))?
             .clone();
@@ -215,6 +222,12 @@ impl Supervisor {
         self.stop_with(name, true).await
     }
 
+    /// Stop like [`Supervisor::stop`] but keep it desired and keep its DATA_DIR: it is about
+    /// to be started again (a reload replacing it).
+    pub async fn stop_keeping(&self, name: &InstanceName) -> Result<(), Error> {
+        self.stop_with(name, false).await
+    }
+
     async fn stop_with(&self, name: &InstanceName, forget: bool) -> Result<(), Error> {
         let reg = &self.reg;
         let done = {
@@ -249,7 +262,7 @@ impl Supervisor {
             )));
         }
         self.settle().await;
-        let process = reg.config.process(&name.process);
+        let process = reg.config().process(&name.process).cloned();
         if forget && process.is_some_and(|p| !p.storage_persist) {
             let dir = instance_data_dir(&reg.data_dir, name);
             if let Err(e) = std::fs::remove_dir_all(&dir) {
@@ -326,7 +339,7 @@ impl Supervisor {
         let reg = &self.reg;
         let mut views = reg.subscribe();
         let timeout = reg
-            .config
+            .config()
             .process(&name.process)
             .map(|p| p.startup_timeout)
             .unwrap_or(Duration::from_secs(10))
@@ -393,8 +406,8 @@ impl Supervisor {
         };
         orphans::kill(&persisted);
         // Controllers on ten's cgroup before any instance is forked into it (review S2).
-        let limits = reg
-            .config
+        let config = reg.config();
+        let limits = config
             .processes
             .iter()
             .any(|p| p.memory_limit_mb.is_some() || p.cpu_shares.is_some());
@@ -403,8 +416,7 @@ impl Supervisor {
         }
         let mut wanted: Vec<(InstanceName, u32)> = Vec::new();
         for p in persisted {
-            let known = reg
-                .config
+            let known = config
                 .process(&p.name.process)
                 .is_some_and(|pr| !pr.is_external());
             if known {
@@ -414,7 +426,7 @@ impl Supervisor {
                 reg.persist(|s| s.remove(&p.name));
             }
         }
-        for name in &reg.config.instances {
+        for name in &config.instances {
             if !wanted.iter().any(|(n, _)| n == name) {
                 wanted.push((name.clone(), 100));
             }
@@ -437,57 +449,78 @@ impl Supervisor {
     /// External upstreams: resolved once now (so they route from the first request), with
     /// their persisted weights (default 100), then health-checked by their own runners.
     async fn prepare_externals(&self) {
+        let config = self.reg.config();
+        for p in config.processes.iter().filter(|p| p.is_external()) {
+            // Published with the boot announcement, in one view.
+            self.add_external(p).await;
+        }
+    }
+
+    /// Start the upstreams of external process `p` added by a reload; returns once they route.
+    pub async fn start_external(&self, p: &tenement_conf::Process) {
+        self.add_external(p).await;
+        let generation = self.reg.publish();
+        self.reg.settle(generation).await;
+    }
+
+    /// Resolve `p`'s upstreams and start their health checks; their slots are inserted without
+    /// publishing a view.
+    async fn add_external(&self, p: &tenement_conf::Process) {
         let reg = &self.reg;
         let weights = reg
             .store
             .as_ref()
             .and_then(|s| s.external_weights().ok())
             .unwrap_or_default();
-        for p in reg.config.processes.iter().filter(|p| p.is_external()) {
-            for (i, u) in p.upstreams.iter().enumerate() {
-                let name = InstanceName {
-                    process: p.name.clone(),
-                    id: i.to_string(),
-                };
-                let weight = weights
-                    .iter()
-                    .find(|(n, _)| *n == name)
-                    .map_or(100, |(_, w)| *w);
-                let addr = match externals::resolve(u).await {
-                    Ok(a) => Some(a),
-                    Err(why) => {
-                        let upstream = match u {
-                            tenement_conf::Upstream::Tcp(hp) => hp.clone(),
-                            tenement_conf::Upstream::Unix(p) => p.display().to_string(),
-                        };
-                        tracing::error!(%upstream, "cannot resolve upstream address; it is left out of routing ({why})");
-                        None
-                    }
-                };
-                let (stop_tx, stop_rx) = watch::channel(Stop::No);
-                let (done_tx, done_rx) = watch::channel(false);
-                let mut slot = Slot::new(&name, Kind::External, weight, reg.next_seq(), false);
-                {
-                    let r = Arc::make_mut(&mut slot.routed);
-                    r.state = externals::initial_state(&addr);
-                    r.addr = addr.clone();
+        for (i, u) in p.upstreams.iter().enumerate() {
+            let name = InstanceName {
+                process: p.name.clone(),
+                id: i.to_string(),
+            };
+            let weight = weights
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(100, |(_, w)| *w);
+            let addr = match externals::resolve(u).await {
+                Ok(a) => Some(a),
+                Err(why) => {
+                    let upstream = match u {
+                        tenement_conf::Upstream::Tcp(hp) => hp.clone(),
+                        tenement_conf::Upstream::Unix(p) => p.display().to_string(),
+                    };
+                    tracing::error!(%upstream, "cannot resolve upstream address; it is left out of routing ({why})");
+                    None
                 }
-                slot.stop = stop_tx;
-                slot.done = done_rx;
-                reg.slots().insert(name.clone(), slot);
-                tokio::spawn(externals::run(
-                    reg.clone(),
-                    externals::Upstream {
-                        name,
-                        upstream: u.clone(),
-                        health: p.health.clone(),
-                        addr,
-                    },
-                    stop_rx,
-                    done_tx,
-                ));
+            };
+            let (stop_tx, stop_rx) = watch::channel(Stop::No);
+            let (done_tx, done_rx) = watch::channel(false);
+            let mut slot = Slot::new(&name, Kind::External, weight, reg.next_seq(), false);
+            {
+                let r = Arc::make_mut(&mut slot.routed);
+                r.state = externals::initial_state(&addr);
+                r.addr = addr.clone();
             }
+            slot.stop = stop_tx;
+            slot.done = done_rx;
+            reg.slots().insert(name.clone(), slot);
+            tokio::spawn(externals::run(
+                reg.clone(),
+                externals::Upstream {
+                    name,
+                    upstream: u.clone(),
+                    health: p.health.clone(),
+                    addr,
+                },
+                stop_rx,
+                done_tx,
+            ));
         }
+    }
+
+    /// Stop an external upstream's health checks and take it out of routing (a reload that
+    /// removed or changed its process); its persisted weight is kept.
+    pub async fn stop_external(&self, name: &InstanceName) -> Result<(), Error> {
+        self.stop_with(name, false).await
     }
 
     /// Spawn what [`Supervisor::prepare`] announced, in order. A failed start is logged and

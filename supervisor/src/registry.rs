@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
@@ -70,7 +70,9 @@ fn order(s: &Slot) -> (bool, u64) {
 }
 
 pub(crate) struct Registry {
-    pub config: Arc<Config>,
+    /// The running config: replaced as a whole by a reload ([`Registry::set_config`]); a
+    /// runner keeps the `Process` it was started with.
+    config: RwLock<Arc<Config>>,
     pub data_dir: PathBuf,
     slots: Mutex<BTreeMap<InstanceName, Slot>>,
     seq: AtomicU64,
@@ -98,7 +100,7 @@ impl Registry {
         let (live_tx, _) = watch::channel(0);
         Registry {
             data_dir: config.settings.data_dir.clone(),
-            config,
+            config: RwLock::new(config),
             slots: Mutex::new(BTreeMap::new()),
             seq: AtomicU64::new(0),
             generation: AtomicU64::new(0),
@@ -110,6 +112,18 @@ impl Registry {
             store,
             shutting_down: AtomicBool::new(false),
         }
+    }
+
+    /// The running config (a reload swaps it whole; a reader keeps the one it loaded).
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_config(&self, config: Arc<Config>) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
     }
 
     pub fn slots(&self) -> MutexGuard<'_, BTreeMap<InstanceName, Slot>> {
@@ -274,7 +288,7 @@ impl Registry {
 
     /// Between 1 ms and a year: tokio's intervals add it to `now` unchecked.
     pub fn health_interval(&self) -> Duration {
-        self.config
+        self.config()
             .settings
             .health_check_interval
             .clamp(Duration::from_millis(1), tenement_conf::MAX_DURATION)
@@ -348,7 +362,7 @@ impl Registry {
 
     /// Wait until no request is in flight on `name` (at most drain_timeout).
     pub async fn drain(&self, name: &InstanceName) {
-        let deadline = crate::time::later(Instant::now(), self.config.settings.drain_timeout);
+        let deadline = crate::time::later(Instant::now(), self.config().settings.drain_timeout);
         while self.traffic.in_flight(name) > 0 {
             if Instant::now() >= deadline {
                 self.warn(name, "drain_timeout reached with requests in flight");

@@ -12,13 +12,14 @@ use crate::util::{Builder, Ten, DOMAIN};
 
 /// One response as the load generator saw it.
 #[derive(Debug, Clone)]
-struct Seen {
+pub(crate) struct Seen {
     started: Instant,
     result: Result<(u16, String), String>,
 }
 
-/// Continuous keep-alive GET / load from a few threads, bounded in time.
-struct Load {
+/// Continuous keep-alive GET / load from a few threads, bounded in time (also used by
+/// `reload.rs`).
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<Vec<Seen>>>,
 }
@@ -57,7 +58,7 @@ fn read_one(r: &mut BufReader<TcpStream>) -> Result<(u16, String), String> {
 }
 
 impl Load {
-    fn start(addr: SocketAddr, host: String, threads: usize) -> Load {
+    pub(crate) fn start(addr: SocketAddr, host: String, threads: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..threads)
             .map(|_| {
@@ -102,7 +103,7 @@ impl Load {
         Load { stop, threads }
     }
 
-    fn finish(self) -> Vec<Seen> {
+    pub(crate) fn finish(self) -> Vec<Seen> {
         self.stop.store(true, Ordering::Relaxed);
         self.threads
             .into_iter()
@@ -112,7 +113,7 @@ impl Load {
 }
 
 /// Every response a 2xx, no connection error; returns bodies in order of start.
-fn assert_no_loss(seen: &[Seen]) -> Vec<(Instant, String)> {
+pub(crate) fn assert_no_loss(seen: &[Seen]) -> Vec<(Instant, String)> {
     assert!(
         seen.len() > 50,
         "load generator barely ran: {} requests",

@@ -13,6 +13,7 @@ mod logs;
 mod metrics;
 mod packaging;
 mod plugins;
+mod reload;
 mod routing;
 mod supervision;
 mod tls;

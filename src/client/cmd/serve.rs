@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::config::load;
 use crate::client::cli::Global;
+use crate::server::reload::Source;
 use crate::server::serve;
 
 /// Run the proxy, the supervisor and the management API
@@ -29,15 +29,28 @@ pub struct Serve {
 
 impl Serve {
     pub fn run(self, global: &Global) -> Result<ExitCode> {
-        let mut config = load(global)?;
-        config.apply_overrides(self.port, self.domain.as_deref());
+        // The file and these flags, kept: every reload reads the file again and applies them.
+        let source = Source {
+            path: tenement_conf::find_config_path(global.config.as_deref()),
+            data_dir: global.data_dir.clone(),
+            port: self.port,
+            domain: self.domain,
+        };
+        let config = source.load().map_err(|e| {
+            anyhow::anyhow!(
+                "invalid config {}:
+{}",
+                source.path.display(),
+                e.join("\n")
+            )
+        })?;
         serve::init_tracing();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("ten")
             .build()
             .context("cannot start the async runtime")?;
-        rt.block_on(serve::run(config))?;
+        rt.block_on(serve::run(source, config))?;
         // Connections still open after the drain are closed by exiting.
         rt.shutdown_timeout(std::time::Duration::from_millis(100));
         Ok(ExitCode::SUCCESS)

@@ -47,7 +47,7 @@ impl Api {
                     "{}.{}.{}",
                     v.name.id.to_ascii_lowercase(),
                     v.name.process,
-                    self.config.settings.domain
+                    self.supervisor.config().settings.domain
                 )
             }),
             state: v.state.as_str().into(),

@@ -10,6 +10,7 @@ mod logs;
 mod metrics;
 #[cfg(test)]
 mod props;
+mod reload;
 mod route;
 
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
 use serde_json::{json, Value};
 
-use tenement_conf::{Config, InstanceName};
+use tenement_conf::InstanceName;
 use tenement_proxy::management::{Body, Management, Request, Response};
 use tenement_supervisor::Supervisor;
 
@@ -30,7 +31,8 @@ pub use metrics::register_process_collector;
 pub use route::ApiRoute;
 
 pub struct Api {
-    pub config: Arc<Config>,
+    /// The running config is the supervisor's (`supervisor.config()`): one place, replaced
+    /// whole by a reload.
     pub supervisor: Supervisor,
     pub publisher: Arc<Publisher>,
     pub auth: Auth,
@@ -42,6 +44,8 @@ pub struct Api {
     pub metrics: Option<Arc<tenement_proxy::metrics::Metrics>>,
     /// The last `/metrics` render, shared by scrapes that waited for it.
     pub rendered: metrics::LastRender,
+    /// Set once the listeners are open (`POST /api/reload` answers 503 before).
+    pub reloader: std::sync::OnceLock<Arc<crate::server::reload::Reloader>>,
 }
 
 /// An API error: status + message, rendered as `{"error": "..."}`.
@@ -138,7 +142,7 @@ impl Management for Api {
     async fn handle(&self, req: Request) -> Response {
         let path = req.head.uri.path().to_string();
         if matches!(path.as_str(), "/health" | "/metrics") && !req.trusted {
-            if let Some(want) = &self.config.settings.metrics_token {
+            if let Some(want) = &self.supervisor.config().settings.metrics_token {
                 let got = bearer(&req).unwrap_or_default();
                 if !constant_time_eq(got.as_bytes(), want.as_bytes()) {
                     let mut resp = error_response(ApiError(
@@ -264,6 +268,7 @@ impl Api {
             (R::Deploy, _) => self.deploy(body).await,
             (R::Route, _) => self.route_traffic(body).await,
             (R::History, _) => self.history(query),
+            (R::Reload, _) => self.reload(body).await,
             (R::Logs, _) => self.logs(query),
             (R::CreateToken, _) => {
                 if !req.trusted {

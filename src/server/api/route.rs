@@ -17,6 +17,7 @@ pub enum ApiRoute<'a> {
     Deploy,
     Route,
     History,
+    Reload,
     Logs,
     LogsStream,
     CreateToken,
@@ -59,6 +60,7 @@ impl<'a> ApiRoute<'a> {
             (&Method::POST, ["deploy"]) => R::Deploy,
             (&Method::POST, ["route"]) => R::Route,
             (&Method::GET, ["deploys"]) => R::History,
+            (&Method::POST, ["reload"]) => R::Reload,
             (&Method::GET, ["logs"]) => R::Logs,
             (&Method::GET, ["logs", "stream"]) => R::LogsStream,
             (&Method::POST, ["tokens"]) => R::CreateToken,
@@ -112,7 +114,9 @@ fn allowed(segments: &[&str]) -> Option<(&'static str, bool)> {
     Some(match segments {
         ["instances"] => ("GET, POST", false),
         ["instances", _] => ("GET, DELETE", false),
-        ["instances", _, "restart"] | ["tokens"] | ["deploy"] | ["route"] => ("POST", false),
+        ["instances", _, "restart"] | ["tokens"] | ["deploy"] | ["route"] | ["reload"] => {
+            ("POST", false)
+        }
         ["instances", _, "weight"] => ("PUT", false),
         ["deploys"] | ["logs"] | ["logs", "stream"] => ("GET", false),
         ["servers"] | ["tenants"] => ("GET, POST", true),
@@ -149,6 +153,7 @@ mod tests {
             ("POST", "/api/deploy", R::Deploy),
             ("POST", "/api/route", R::Route),
             ("GET", "/api/deploys", R::History),
+            ("POST", "/api/reload", R::Reload),
             ("GET", "/api/logs", R::Logs),
             ("GET", "/api/logs/stream", R::LogsStream),
             ("POST", "/api/tokens", R::CreateToken),
@@ -189,6 +194,7 @@ mod tests {
             ("GET", "/api/deploy", "POST", false),
             ("GET", "/api/route", "POST", false),
             ("POST", "/api/deploys", "GET", false),
+            ("GET", "/api/reload", "POST", false),
             ("POST", "/api/logs", "GET", false),
             ("POST", "/api/logs/stream", "GET", false),
             ("PUT", "/api/servers", "GET, POST", true),

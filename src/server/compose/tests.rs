@@ -273,3 +273,28 @@ fn tenants_go_local_remote_or_nowhere_without_any_dns() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_reload_keeps_the_options_and_plugin_state_of_unchanged_processes() {
+    let old = Compiled::new(
+        config("[process.api]\ncommand = \"x\"\n[process.web]\ncommand = \"y\"\n"),
+        None,
+    )
+    .unwrap();
+    let new = Compiled::next(
+        config(
+            "[process.api]\ncommand = \"x2\"\n[process.web]\ncommand = \"y\"\nrequest_timeout = \"5s\"\n",
+        ),
+        None,
+        Some(&old),
+    )
+    .unwrap();
+    // api: only its spawn definition changed, so its table options (and plugin state) stay.
+    assert!(Arc::ptr_eq(&old.opts["api"], &new.opts["api"]));
+    // web: a table key changed, so it gets new options.
+    assert!(!Arc::ptr_eq(&old.opts["web"], &new.opts["web"]));
+    assert_eq!(
+        new.opts["web"].request_timeout,
+        std::time::Duration::from_secs(5)
+    );
+}

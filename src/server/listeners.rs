@@ -1,0 +1,176 @@
+//! The proxy listeners: one Pingora service per address (its own `max_connections` filter and
+//! its own shutdown), opened at start and by a reload (a new `listen` address), closed by a
+//! reload (a removed one: it stops accepting, its open connections finish with
+//! `Connection: close`) or at shutdown. Each listener's socket is bound by `ten` itself (port 0
+//! gets a real port) and handed to Pingora in its own fd table, so closing one never leaves a
+//! stale descriptor in a shared table.
+
+use std::net::TcpListener;
+use std::os::fd::IntoRawFd;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use pingora_core::listeners::ListenerConfig;
+use pingora_core::protocols::l4::stream::L4BufferSettings;
+use pingora_core::server::{Fds, ListenFds};
+use pingora_core::services::listening::Service;
+use pingora_core::services::Service as _;
+use pingora_proxy::HttpProxy;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use tenement_proxy::{ConnLimit, Edge, EdgeLimits, TenProxy};
+
+type App = Arc<HttpProxy<TenProxy>>;
+
+/// One open listener.
+struct Open {
+    /// As written in the config (`127.0.0.1:0`): what a reload compares.
+    configured: String,
+    /// The bound address.
+    local: String,
+    stop: watch::Sender<bool>,
+    /// Watches the service's task (`abort`) and reports an unexpected end.
+    task: JoinHandle<()>,
+    abort: tokio::task::AbortHandle,
+}
+
+/// Every open proxy listener.
+pub struct Listeners {
+    app: App,
+    limits: EdgeLimits,
+    max_connections: usize,
+    open: parking_lot::Mutex<Vec<Open>>,
+    /// A listener's service ended without being asked to (it panicked, or its accept loop
+    /// failed): `ten serve` stops.
+    failed: mpsc::UnboundedSender<String>,
+}
+
+/// Bind `addr` now and put the socket in a fresh fd table under its bound address, the
+/// address to give Pingora (it adopts the socket instead of binding again).
+fn prebind(addr: &str) -> Result<(ListenFds, String)> {
+    let l = TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    l.set_nonblocking(true)?;
+    let local = l.local_addr()?.to_string();
+    let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
+    fds.lock().add(local.clone(), l.into_raw_fd());
+    Ok((fds, local))
+}
+
+impl Listeners {
+    /// Returns the listeners and the channel on which an unexpected end is reported.
+    pub fn new(
+        app: App,
+        limits: EdgeLimits,
+        max_connections: usize,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<String>) {
+        let (failed, rx) = mpsc::unbounded_channel();
+        let me = Listeners {
+            app,
+            limits,
+            max_connections,
+            open: parking_lot::Mutex::new(Vec::new()),
+            failed,
+        };
+        (Arc::new(me), rx)
+    }
+
+    fn service(&self, name: String, tls: bool) -> Service<Edge<HttpProxy<TenProxy>>> {
+        let limit = ConnLimit::new(self.max_connections, tls);
+        let edge = Edge::new(self.app.clone(), self.limits, Some(limit.clone()));
+        let mut service = Service::new(name, edge);
+        service.set_connection_filter(limit);
+        service
+    }
+
+    /// Open a plain HTTP listener on `addr` (as written in the config); returns its bound
+    /// address.
+    pub fn open_http(&self, addr: &str) -> Result<String> {
+        let (fds, local) = prebind(addr)?;
+        let mut service = self.service(format!("ten-proxy {local}"), false);
+        // No L4 read buffer (Pingora's default is 64 KiB per connection): reads go straight
+        // into the HTTP session's own buffers, so an idle keep-alive connection holds no read
+        // buffer at all (BENCHMARKS.md: RSS with 1000 connections, req/s unchanged).
+        service.add_listener(ListenerConfig::tcp(&local).l4_buffer(L4BufferSettings {
+            read: Some(0),
+            write: None,
+        }));
+        self.run(addr, &local, fds, service);
+        Ok(local)
+    }
+
+    /// Open the TLS listener (`[settings.tls]`, at start only); returns its bound address.
+    pub fn open_tls(&self, addr: &str, cert: &str, key: &str) -> Result<String> {
+        let (fds, local) = prebind(addr)?;
+        let mut service = self.service(format!("ten-proxy-tls {local}"), true);
+        if let Err(e) = service.add_tls(&local, cert, key) {
+            bail!("cannot use TLS certificate {cert} / key {key}: {e}");
+        }
+        self.run(&format!("tls {addr}"), &local, fds, service);
+        Ok(local)
+    }
+
+    fn run(
+        &self,
+        configured: &str,
+        local: &str,
+        fds: ListenFds,
+        mut service: Service<Edge<HttpProxy<TenProxy>>>,
+    ) {
+        let (stop, stop_rx) = watch::channel(false);
+        let asked = stop_rx.clone();
+        let failed = self.failed.clone();
+        let name = local.to_string();
+        let inner = tokio::spawn(async move { service.start_service(Some(fds), stop_rx, 1).await });
+        let abort = inner.abort_handle();
+        let task = tokio::spawn(async move {
+            let why = match inner.await {
+                Err(e) if e.is_panic() => Some("panicked (see the log above)"),
+                _ if !*asked.borrow() => Some("stopped"),
+                _ => None,
+            };
+            if let Some(why) = why {
+                let _ = failed.send(format!("the proxy service on {name} {why}"));
+            }
+        });
+        self.open.lock().push(Open {
+            configured: configured.to_string(),
+            local: local.to_string(),
+            stop,
+            task,
+            abort,
+        });
+    }
+
+    /// Stop accepting on the listener opened for `configured` and wait until its accept loop
+    /// ended (the socket is closed); its open connections finish on their own. Returns its
+    /// bound address, or None if no such listener is open.
+    pub async fn close(&self, configured: &str) -> Option<String> {
+        let open = {
+            let mut all = self.open.lock();
+            let i = all.iter().position(|o| o.configured == configured)?;
+            all.remove(i)
+        };
+        open.stop.send_replace(true);
+        let _ = open.task.await;
+        Some(open.local)
+    }
+
+    /// Shutdown: every listener stops accepting (their tasks are left to end) and parked
+    /// keep-alive connections close (Pingora's cleanup of the shared app, which `Edge` leaves
+    /// to us: one listener closing must not end the others' connections).
+    pub async fn close_all(&self) {
+        for o in self.open.lock().iter() {
+            o.stop.send_replace(true);
+        }
+        pingora_core::apps::HttpServerApp::http_cleanup(&*self.app).await;
+    }
+
+    /// Abort every listener's task (the very end of `ten serve`).
+    pub fn abort_all(&self) {
+        for o in self.open.lock().iter() {
+            o.task.abort();
+            o.abort.abort();
+        }
+    }
+}

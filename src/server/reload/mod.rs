@@ -1,0 +1,289 @@
+//! Reload (SPEC §11): `ten reload`, SIGHUP and `POST /api/reload` all land in
+//! [`Reloader::reload`]. It re-reads the file `ten serve` was started with (its flags applied
+//! again, [`Source`]), validates it as `ten config check` does (invalid: every error, nothing
+//! changes), computes the [`plan`] against the running config and applies it:
+//!
+//! 1. new `listen` addresses bound (a bind failure changes nothing);
+//! 2. new processes' instances, new `[instances]` and new external upstreams started;
+//! 3. processes whose spawn definition changed replaced one instance at a time, health-gated
+//!    like a deploy ([`Reloader::replace`]); one that never gets healthy is stopped, the old
+//!    instance keeps serving and that process keeps its old definition;
+//! 4. the next routing table built from the new config (routes, domain, plugins, timeouts);
+//! 5. removed processes drained and stopped, removed listeners closed;
+//! 6. the new config becomes the running one (the supervisor's: the one place it lives).
+//!
+//! Reloads are serialised: a second one waits for the first to finish, then compares against
+//! what the first applied.
+
+pub mod plan;
+pub mod source;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use tenement_conf::{Config, InstanceName};
+use tenement_supervisor::{Kind, Supervisor};
+
+use crate::server::compose::Publisher;
+use crate::server::listeners::Listeners;
+use crate::server::notify::Notifier;
+pub use plan::Plan;
+pub use source::Source;
+
+/// The suffix of the id of an instance's temporary replacement while a reload replaces it.
+const STAGING: &str = "-reload";
+
+/// What a reload did (or, dry, would do).
+#[derive(Debug, Default, Serialize)]
+pub struct Outcome {
+    /// One line per change.
+    pub changes: Vec<String>,
+    /// Why it was refused (nothing changed) or what failed while applying.
+    pub errors: Vec<String>,
+    pub dry_run: bool,
+    /// True when nothing changed because of the errors (an invalid file, a refused key, a
+    /// listener that cannot be bound).
+    #[serde(skip)]
+    pub refused: bool,
+}
+
+pub struct Reloader {
+    source: Source,
+    supervisor: Supervisor,
+    publisher: Arc<Publisher>,
+    listeners: Arc<Listeners>,
+    notifier: Arc<Notifier>,
+    serial: tokio::sync::Mutex<()>,
+}
+
+impl Reloader {
+    pub fn new(
+        source: Source,
+        supervisor: Supervisor,
+        publisher: Arc<Publisher>,
+        listeners: Arc<Listeners>,
+        notifier: Arc<Notifier>,
+    ) -> Self {
+        Reloader {
+            source,
+            supervisor,
+            publisher,
+            listeners,
+            notifier,
+            serial: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Re-read the file and apply it (or, `dry_run`, only say what would change).
+    pub async fn reload(&self, dry_run: bool) -> Outcome {
+        let _one_at_a_time = self.serial.lock().await;
+        let new = match self.source.load() {
+            Ok(c) => c,
+            Err(errors) => {
+                return Outcome {
+                    errors,
+                    dry_run,
+                    refused: true,
+                    ..Outcome::default()
+                }
+            }
+        };
+        let old = self.supervisor.config();
+        let running: Vec<InstanceName> = self
+            .supervisor
+            .view()
+            .instances
+            .iter()
+            .filter(|v| v.kind == Kind::Spawned)
+            .map(|v| v.name.clone())
+            .collect();
+        let plan = plan::plan(&old, &new, &running);
+        if !plan.refused.is_empty() {
+            return Outcome {
+                changes: plan.lines,
+                errors: plan.refused,
+                dry_run,
+                refused: true,
+            };
+        }
+        if dry_run || plan.is_empty() {
+            return Outcome {
+                changes: plan.lines,
+                dry_run,
+                ..Outcome::default()
+            };
+        }
+        self.notifier.reloading();
+        let outcome = self.apply(&old, new, plan).await;
+        self.notifier.ready();
+        outcome
+    }
+
+    async fn apply(&self, old: &Config, new: Config, plan: Plan) -> Outcome {
+        let mut changes = plan.lines.clone();
+        let mut errors = Vec::new();
+
+        // 1. New listeners first: one that cannot be bound changes nothing.
+        let mut opened = Vec::new();
+        for a in &plan.listen_added {
+            match self.listeners.open_http(a) {
+                Ok(local) => {
+                    let line = format!("listen + {a}");
+                    if let Some(l) = changes.iter_mut().find(|l| **l == line) {
+                        *l = format!("listen + {a} (listening on http://{local})");
+                    }
+                    println!("ten: listening on http://{local}");
+                    opened.push(a.clone());
+                }
+                Err(e) => {
+                    for a in &opened {
+                        self.listeners.close(a).await;
+                    }
+                    return Outcome {
+                        changes: plan.lines,
+                        errors: vec![format!("{e:#}")],
+                        dry_run: false,
+                        refused: true,
+                    };
+                }
+            }
+        }
+
+        // 2. The supervisor learns the new processes; removed ones stay known until stopped.
+        let mut during = new.clone();
+        for name in &plan.removed {
+            if let Some(p) = old.process(name) {
+                during.processes.push(p.clone());
+            }
+        }
+        self.supervisor.set_config(Arc::new(during.clone()));
+        for name in &plan.added {
+            if let Some(p) = new.process(name).filter(|p| p.is_external()) {
+                self.supervisor.start_external(p).await;
+            }
+        }
+        for i in &plan.spawn {
+            if let Err(e) = self.supervisor.spawn(i, 100).await {
+                errors.push(format!("instance + {i}: {e}"));
+            }
+        }
+
+        // 3. Changed spawn definitions: one instance at a time, health-gated.
+        let mut applied = new;
+        plan::keep_read_once(old, &mut applied);
+        for name in &plan.replaced {
+            for i in self.instances_of(name, Kind::Spawned) {
+                if let Err(e) = self.replace(&i).await {
+                    errors.push(format!(
+                        "process ~ {name}: {e}; it keeps its old definition (reload again to retry)"
+                    ));
+                    // The running config says what runs: the old definition.
+                    if let (Some(slot), Some(o)) = (
+                        applied.processes.iter_mut().find(|p| p.name == *name),
+                        old.process(name),
+                    ) {
+                        *slot = o.clone();
+                    }
+                    if let Some(slot) = during.processes.iter_mut().find(|p| p.name == *name) {
+                        if let Some(o) = old.process(name) {
+                            *slot = o.clone();
+                        }
+                    }
+                    self.supervisor.set_config(Arc::new(during.clone()));
+                    break;
+                }
+            }
+        }
+        for name in &plan.externals_changed {
+            for i in self.instances_of(name, Kind::External) {
+                let _ = self.supervisor.stop_external(&i).await;
+            }
+            if let Some(p) = applied.process(name).filter(|p| p.is_external()) {
+                self.supervisor.start_external(p).await;
+            }
+        }
+
+        // 4. The next table: routes, domain, plugins, timeouts, body limits.
+        // HOOK(tls-reload): the TLS work (certificates by SNI) exposes a rebuild of the
+        // certificate set; call it here with the file's TLS settings, before the table swap,
+        // and take `tls` out of `plan::keep_read_once` and the plan's read-once keys.
+        let applied = Arc::new(applied);
+        if let Err(e) = self.publisher.reconfigure(applied.clone()).await {
+            errors.push(format!("routing table: {e}"));
+        }
+
+        // 5. Removed processes and listeners.
+        for name in &plan.removed {
+            for i in self.instances_of(name, Kind::Spawned) {
+                if let Err(e) = self.supervisor.stop(&i).await {
+                    errors.push(format!("process - {name}: stopping {i}: {e}"));
+                }
+            }
+            for i in self.instances_of(name, Kind::External) {
+                let _ = self.supervisor.stop_external(&i).await;
+            }
+        }
+        for a in &plan.listen_removed {
+            if let Some(local) = self.listeners.close(a).await {
+                tracing::info!("reload: stopped listening on {local}");
+            }
+        }
+
+        // 6. What runs now.
+        self.supervisor.set_config(applied);
+        Outcome {
+            changes,
+            errors,
+            dry_run: false,
+            refused: false,
+        }
+    }
+
+    /// The instances of `process` of `kind` now (replacement copies left out).
+    fn instances_of(&self, process: &str, kind: Kind) -> Vec<InstanceName> {
+        self.supervisor
+            .view()
+            .instances
+            .iter()
+            .filter(|v| v.kind == kind && v.name.process == process)
+            .filter(|v| !v.name.id.ends_with(STAGING))
+            .map(|v| v.name.clone())
+            .collect()
+    }
+
+    /// Replace `name` by a copy started from the running config's (new) definition, keeping
+    /// its name, weight and DATA_DIR, without a moment where its traffic has nowhere to go:
+    /// a temporary copy `{id}-reload` is started and must get healthy (else it is stopped and
+    /// `name` keeps serving: Err), takes `name`'s weight in one table swap, `name` is drained
+    /// and stopped, started again with the new definition (health-gated too), takes its weight
+    /// back, and the temporary copy is drained and stopped.
+    async fn replace(&self, name: &InstanceName) -> Result<(), String> {
+        let sup = &self.supervisor;
+        let weight = sup.instance(name).map_or(100, |v| v.weight);
+        let staging = InstanceName {
+            process: name.process.clone(),
+            id: format!("{}{STAGING}", name.id),
+        };
+        if sup.instance(&staging).is_some() {
+            // Left by an interrupted reload.
+            let _ = sup.stop(&staging).await;
+        }
+        sup.spawn(&staging, 0).await.map_err(|e| {
+            format!("its replacement for {name} did not get healthy ({e}); {name} keeps serving")
+        })?;
+        sup.set_weights(&[(staging.clone(), weight), (name.clone(), 0)])
+            .await
+            .map_err(|e| e.to_string())?;
+        sup.stop_keeping(name).await.map_err(|e| e.to_string())?;
+        if let Err(e) = sup.spawn(name, 0).await {
+            return Err(format!(
+                "{name} did not get healthy with the new definition ({e}); {staging} serves in its place"
+            ));
+        }
+        sup.set_weights(&[(name.clone(), weight), (staging.clone(), 0)])
+            .await
+            .map_err(|e| e.to_string())?;
+        sup.stop(&staging).await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}

@@ -1,0 +1,470 @@
+//! What a reload changes: the pure difference between the running config and the file's
+//! ([`plan`]), one human line per change, and what each kind of change needs (a table swap,
+//! spawns, replacements, stops, listeners). No I/O: unit-tested on parsed configs.
+//!
+//! A process's keys are of two kinds. The table's ([`TABLE_KEYS`]: plugins, request_timeout,
+//! max_body) apply in the next table swap. Every other key is its spawn definition: a change
+//! replaces its instances. That second set is "everything but the table's", compared through
+//! `Process: PartialEq`, so a key added to `Process` later is covered without touching this file.
+
+use std::collections::BTreeSet;
+
+use tenement_conf::{Config, InstanceName, Process, Route, Settings};
+
+/// The process keys that only the routing table reads.
+pub const TABLE_KEYS: &[&str] = &["plugins", "request_timeout", "max_body"];
+
+/// What a reload does, computed before anything changes.
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    /// One line per change, in the order they are applied.
+    pub lines: Vec<String>,
+    /// Keys that cannot change at runtime: the reload is refused (nothing changes).
+    pub refused: Vec<String>,
+    /// Keys that apply at the next start of `ten serve` (the reload goes on).
+    pub later: Vec<String>,
+    /// New processes to start: spawned ones get their `[instances]`, external ones their
+    /// upstreams.
+    pub added: Vec<String>,
+    /// Processes gone from the file: their instances are drained and stopped.
+    pub removed: Vec<String>,
+    /// Spawned processes whose spawn definition changed: instances replaced one at a time.
+    pub replaced: Vec<String>,
+    /// External processes whose upstreams or health check changed: restarted checks.
+    pub externals_changed: Vec<String>,
+    /// Instances to spawn: new `[instances]` entries not running yet (new processes' included).
+    pub spawn: Vec<InstanceName>,
+    pub listen_added: Vec<String>,
+    pub listen_removed: Vec<String>,
+    /// Something the routing table reads changed (routes, domain, a process's table keys, a
+    /// process added or removed).
+    pub table: bool,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+}
+
+/// The process keys that differ between `old` and `new`, named; a difference in a key this
+/// list does not name (added to `Process` later) is reported as "definition".
+pub fn changed_keys(old: &Process, new: &Process) -> Vec<&'static str> {
+    let mut probe = old.clone();
+    let mut out = Vec::new();
+    macro_rules! keys {
+        ($($k:ident),*) => {$(
+            if probe.$k != new.$k {
+                out.push(stringify!($k));
+                probe.$k = new.$k.clone();
+            }
+        )*};
+    }
+    keys!(
+        command,
+        directory,
+        env,
+        listen,
+        socket,
+        health,
+        startup_timeout,
+        stop_timeout,
+        restart,
+        max_restarts,
+        restart_window,
+        backoff_base,
+        backoff_max,
+        idle_timeout,
+        memory_limit_mb,
+        cpu_shares,
+        storage_quota_mb,
+        storage_persist,
+        upstreams,
+        plugins,
+        request_timeout,
+        max_body
+    );
+    if probe != *new {
+        out.push("definition");
+    }
+    out
+}
+
+fn route_line(sign: char, r: &Route) -> String {
+    let host = if r.prefix == "/" {
+        r.host.clone()
+    } else {
+        format!("{}{}", r.host, r.prefix)
+    };
+    let target = match &r.instance {
+        Some(id) => format!("{}:{id}", r.process),
+        None => r.process.clone(),
+    };
+    format!("route {sign} {host} -> {target}")
+}
+
+/// Settings: which changed, and what happens to each. Returns (live lines, later, refused).
+fn settings(old: &Settings, new: &Settings, plan: &mut Plan) {
+    let mut probe = old.clone();
+    macro_rules! key {
+        ($k:ident, $what:expr) => {
+            if probe.$k != new.$k {
+                probe.$k = new.$k.clone();
+                match $what {
+                    Some(line) => plan
+                        .lines
+                        .push(format!("setting ~ {}: {line}", stringify!($k))),
+                    None => plan.later.push(stringify!($k).to_string()),
+                }
+            }
+        };
+    }
+    if old.data_dir != new.data_dir {
+        plan.refused.push(format!(
+            "data_dir cannot change while ten serve runs ({} -> {}): restart ten serve to move it",
+            old.data_dir.display(),
+            new.data_dir.display()
+        ));
+        probe.data_dir = new.data_dir.clone();
+    }
+    if probe.domain != new.domain {
+        plan.lines.push(format!(
+            "setting ~ domain: {} -> {}",
+            probe.domain, new.domain
+        ));
+        plan.table = true;
+        probe.domain = new.domain.clone();
+    }
+    // Listeners are diffed by address below.
+    probe.listen = new.listen.clone();
+    key!(drain_timeout, Some("applies to the next drains"));
+    key!(
+        health_check_interval,
+        Some("applies to instances started from now on")
+    );
+    key!(metrics_token, Some("applies to the next requests"));
+    // Defaults of every process: a change shows up as the processes' own change.
+    key!(max_body, Some("the processes' default (see below)"));
+    key!(max_restarts, Some("the processes' default (see below)"));
+    key!(restart_window, Some("the processes' default (see below)"));
+    key!(backoff_base, Some("the processes' default (see below)"));
+    key!(backoff_max, Some("the processes' default (see below)"));
+    key!(cpu_shares, Some("the processes' default (see below)"));
+    key!(storage_quota_mb, Some("the processes' default (see below)"));
+    key!(storage_persist, Some("the processes' default (see below)"));
+    // Read once at start (listeners, the log store, the API's listeners).
+    key!(admin_listen, None::<&str>);
+    key!(tls, None::<&str>);
+    key!(metrics, None::<&str>);
+    key!(admin_loopback_trusted, None::<&str>);
+    key!(log_retention, None::<&str>);
+    key!(log_max_rows, None::<&str>);
+    key!(log_max_line, None::<&str>);
+    key!(log_max_bytes, None::<&str>);
+    key!(header_timeout, None::<&str>);
+    key!(keepalive_timeout, None::<&str>);
+    key!(max_connections, None::<&str>);
+    if probe != *new {
+        // A setting added after this list was written: safe side, applied at the next start.
+        plan.later.push("settings (other keys)".into());
+    }
+}
+
+/// What runs after a reload keeps the values of the keys read once at start (they apply at the
+/// next start), so the running config says what is in force and the next reload reports them
+/// again. (A settings key this list does not name is taken from the file.)
+pub fn keep_read_once(old: &Config, new: &mut Config) {
+    let (o, n) = (&old.settings, &mut new.settings);
+    n.admin_listen = o.admin_listen.clone();
+    n.tls = o.tls.clone();
+    n.metrics = o.metrics;
+    n.admin_loopback_trusted = o.admin_loopback_trusted;
+    n.log_retention = o.log_retention;
+    n.log_max_rows = o.log_max_rows;
+    n.log_max_line = o.log_max_line;
+    n.log_max_bytes = o.log_max_bytes;
+    n.header_timeout = o.header_timeout;
+    n.keepalive_timeout = o.keepalive_timeout;
+    n.max_connections = o.max_connections;
+    new.fleet = old.fleet.clone();
+}
+
+/// The plan that turns `old` (running) into `new` (the file, flags applied). `running`: the
+/// spawned instances that exist now (any state).
+pub fn plan(old: &Config, new: &Config, running: &[InstanceName]) -> Plan {
+    let mut plan = Plan::default();
+    settings(&old.settings, &new.settings, &mut plan);
+    if old.fleet != new.fleet {
+        plan.later.push("fleet".into());
+    }
+
+    // Listen addresses (as written).
+    for a in &new.settings.listen {
+        if !old.settings.listen.contains(a) {
+            plan.lines.push(format!("listen + {a}"));
+            plan.listen_added.push(a.clone());
+        }
+    }
+    for a in &old.settings.listen {
+        if !new.settings.listen.contains(a) {
+            plan.lines.push(format!(
+                "listen - {a}: stops accepting, open connections drain"
+            ));
+            plan.listen_removed.push(a.clone());
+        }
+    }
+
+    // Processes.
+    let count = |p: &str| running.iter().filter(|n| n.process == p).count();
+    for p in &new.processes {
+        match old.process(&p.name) {
+            None => {
+                let what = if p.is_external() {
+                    format!("{} upstream(s)", p.upstreams.len())
+                } else {
+                    let n = new.instances.iter().filter(|i| i.process == p.name).count();
+                    format!("{n} instance(s) at start")
+                };
+                plan.lines.push(format!("process + {}: {what}", p.name));
+                plan.added.push(p.name.clone());
+                plan.table = true;
+            }
+            Some(o) if o == p => {}
+            Some(o) => {
+                let keys = changed_keys(o, p);
+                let table: Vec<_> = keys
+                    .iter()
+                    .filter(|k| TABLE_KEYS.contains(k))
+                    .copied()
+                    .collect();
+                if !table.is_empty() {
+                    plan.table = true;
+                }
+                let spawn: Vec<_> = keys
+                    .iter()
+                    .filter(|k| !TABLE_KEYS.contains(k))
+                    .copied()
+                    .collect();
+                let list = |ks: &[&str]| ks.join(", ");
+                if !spawn.is_empty() && (p.is_external() || o.is_external()) {
+                    plan.lines.push(format!(
+                        "process ~ {}: {} changed, restarting its upstream checks",
+                        p.name,
+                        list(&spawn)
+                    ));
+                    plan.externals_changed.push(p.name.clone());
+                } else if !spawn.is_empty() {
+                    plan.lines.push(format!(
+                        "process ~ {}: {} changed, replacing {} instance(s)",
+                        p.name,
+                        list(&spawn),
+                        count(&p.name)
+                    ));
+                    plan.replaced.push(p.name.clone());
+                }
+                if !table.is_empty() {
+                    plan.lines.push(format!(
+                        "process ~ {}: {} changed (next table)",
+                        p.name,
+                        list(&table)
+                    ));
+                }
+            }
+        }
+    }
+    for p in &old.processes {
+        if new.process(&p.name).is_none() {
+            let what = if p.is_external() {
+                "its upstream checks stop".to_string()
+            } else {
+                format!("draining and stopping {} instance(s)", count(&p.name))
+            };
+            plan.lines.push(format!("process - {}: {what}", p.name));
+            plan.removed.push(p.name.clone());
+            plan.table = true;
+        }
+    }
+
+    // New [instances] (of processes that stay or are new) not running yet.
+    let old_instances: BTreeSet<_> = old.instances.iter().collect();
+    for i in &new.instances {
+        if !old_instances.contains(i) && !running.contains(i) {
+            plan.lines.push(format!("instance + {i}"));
+            plan.spawn.push(i.clone());
+        }
+    }
+
+    // Routes, keyed by (host, prefix).
+    let key = |r: &Route| (r.host.clone(), r.prefix.clone());
+    for r in new.routes.iter() {
+        match old.routes.iter().find(|o| key(o) == key(r)) {
+            None => plan.lines.push(route_line('+', r)),
+            Some(o) if o == r => continue,
+            Some(_) => plan.lines.push(route_line('~', r)),
+        }
+        plan.table = true;
+    }
+    for r in old.routes.iter() {
+        if !new.routes.iter().any(|n| key(n) == key(r)) {
+            plan.lines.push(route_line('-', r));
+            plan.table = true;
+        }
+    }
+    if old.routes.iter().map(key).collect::<Vec<_>>()
+        != new.routes.iter().map(key).collect::<Vec<_>>()
+    {
+        plan.table = true;
+    }
+    for k in &plan.later {
+        plan.lines.push(format!(
+            "setting ~ {k}: applies at the next start of ten serve"
+        ));
+    }
+    plan
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::parse(text, "tenement.toml", std::path::Path::new("/srv")).unwrap()
+    }
+
+    fn name(s: &str) -> InstanceName {
+        s.parse().unwrap()
+    }
+
+    const BASE: &str = "[settings]\nlisten = [\"127.0.0.1:0\"]\n\
+        [process.web]\ncommand = \"web\"\n[process.api]\ncommand = \"api\"\n\
+        [instances]\nweb = [\"1\"]\napi = [\"1\", \"2\"]\n";
+
+    #[test]
+    fn the_same_file_changes_nothing() {
+        let c = config(BASE);
+        let p = plan(&c, &c.clone(), &[name("web:1"), name("api:1")]);
+        assert!(p.is_empty(), "{p:?}");
+        assert!(!p.table);
+    }
+
+    #[test]
+    fn a_route_a_process_and_a_command_each_get_their_line_and_action() {
+        let old = config(BASE);
+        let new = config(
+            "[settings]\nlisten = [\"127.0.0.1:0\"]\n\
+            [process.web]\ncommand = \"web\"\n[process.api]\ncommand = \"api2\"\n\
+            [process.worker]\ncommand = \"w\"\n\
+            [routes]\n\"a.test\" = \"web\"\n\
+            [instances]\nweb = [\"1\"]\napi = [\"1\", \"2\"]\nworker = [\"1\"]\n",
+        );
+        let running = [name("web:1"), name("api:1"), name("api:2")];
+        let p = plan(&old, &new, &running);
+        assert_eq!(
+            p.lines,
+            [
+                "process ~ api: command changed, replacing 2 instance(s)",
+                "process + worker: 1 instance(s) at start",
+                "instance + worker:1",
+                "route + a.test -> web",
+            ]
+        );
+        assert_eq!(p.replaced, ["api"]);
+        assert_eq!(p.added, ["worker"]);
+        assert_eq!(p.spawn, [name("worker:1")]);
+        assert!(p.table);
+        assert!(p.refused.is_empty());
+    }
+
+    #[test]
+    fn table_keys_change_the_table_only() {
+        let old = config(BASE);
+        let new = config(&BASE.replace(
+            "command = \"api\"\n",
+            "command = \"api\"\nrequest_timeout = \"5s\"\n",
+        ));
+        let p = plan(&old, &new, &[name("api:1")]);
+        assert!(p.replaced.is_empty(), "{p:?}");
+        assert!(p.table);
+        assert_eq!(
+            p.lines,
+            ["process ~ api: request_timeout changed (next table)"]
+        );
+    }
+
+    #[test]
+    fn any_key_outside_the_table_keys_is_a_spawn_change() {
+        let old = config(BASE);
+        for key in [
+            "env = { A = \"1\" }",
+            "health = \"/h\"",
+            "idle_timeout = \"1m\"",
+        ] {
+            let new = config(&BASE.replace(
+                "command = \"api\"\n",
+                &format!("command = \"api\"\n{key}\n"),
+            ));
+            let p = plan(&old, &new, &[]);
+            assert_eq!(p.replaced, ["api"], "{key}: {p:?}");
+        }
+        // A key the list in `changed_keys` does not name is still a spawn change.
+        let a = old.process("api").unwrap().clone();
+        let mut b = a.clone();
+        b.name = "other".into();
+        assert_eq!(changed_keys(&a, &b), ["definition"]);
+    }
+
+    #[test]
+    fn data_dir_is_refused_by_name_and_read_once_keys_apply_later() {
+        let old = config(BASE);
+        let new = config(&BASE.replace(
+            "[settings]\n",
+            "[settings]\ndata_dir = \"/elsewhere\"\nheader_timeout = \"3s\"\n",
+        ));
+        let p = plan(&old, &new, &[]);
+        assert_eq!(p.refused.len(), 1);
+        assert!(p.refused[0].starts_with("data_dir cannot change"), "{p:?}");
+        assert_eq!(p.later, ["header_timeout"]);
+        assert!(p
+            .lines
+            .contains(&"setting ~ header_timeout: applies at the next start of ten serve".into()));
+        // What runs keeps the old value: the same file reports it again.
+        let mut applied = new.clone();
+        keep_read_once(&old, &mut applied);
+        assert_eq!(applied.settings.header_timeout, old.settings.header_timeout);
+        assert_eq!(plan(&applied, &new, &[]).later, ["header_timeout"]);
+    }
+
+    #[test]
+    fn listen_and_removed_processes() {
+        let old = config(BASE);
+        let new = config(
+            "[settings]\nlisten = [\"127.0.0.1:9\"]\n[process.web]\ncommand = \"web\"\n\
+            [instances]\nweb = [\"1\"]\n",
+        );
+        let p = plan(&old, &new, &[name("api:1"), name("api:2")]);
+        assert_eq!(p.listen_added, ["127.0.0.1:9"]);
+        assert_eq!(p.listen_removed, ["127.0.0.1:0"]);
+        assert_eq!(p.removed, ["api"]);
+        assert!(p
+            .lines
+            .contains(&"process - api: draining and stopping 2 instance(s)".to_string()));
+    }
+
+    #[test]
+    fn external_upstream_changes_restart_their_checks_not_a_replacement() {
+        let ext = "[process.legacy]\nupstreams = [\"127.0.0.1:9\"]\n";
+        let old = config(&format!("{BASE}{ext}"));
+        let new = config(&format!("{BASE}{}", ext.replace(":9", ":10")));
+        let p = plan(&old, &new, &[]);
+        assert_eq!(p.externals_changed, ["legacy"], "{p:?}");
+        assert!(p.replaced.is_empty());
+        assert_eq!(
+            p.lines,
+            ["process ~ legacy: upstreams changed, restarting its upstream checks"]
+        );
+        let gone = plan(&old, &config(BASE), &[]);
+        assert_eq!(gone.removed, ["legacy"]);
+        assert_eq!(gone.lines, ["process - legacy: its upstream checks stop"]);
+    }
+}
