@@ -18,7 +18,7 @@ use pingora_error::{ErrorType, Result};
 use pingora_http::ResponseHeader;
 
 use crate::ctx::Closing;
-use crate::forwarded::{client_ip, request_id, X_REQUEST_ID};
+use crate::forwarded::{peer_ip, request_id, X_REQUEST_ID};
 use crate::respond::{keepalive_after, plain, status_for};
 
 /// A response body: whole, or streamed (SSE) until the sender is dropped.
@@ -136,10 +136,10 @@ pub(crate) async fn serve(
     management: &dyn Management,
     session: &mut ServerSession,
     request_id: &HeaderValue,
+    client: Option<IpAddr>,
     trust: Trust,
     closing: &Closing,
 ) -> Result<()> {
-    let client = client_ip(session);
     let mut body = Vec::new();
     while let Some(chunk) = session.read_request_body().await? {
         if body.len() + chunk.len() > MAX_BODY {
@@ -311,10 +311,12 @@ impl HttpServerApp for ManagementApp {
             session.set_keepalive(None);
         }
         let id = request_id(session.req_header());
+        let client = peer_ip(&session);
         match serve(
             &*self.management,
             &mut session,
             &id,
+            client,
             self.trust,
             &self.closing,
         )

@@ -16,4 +16,5 @@ mod plugins;
 mod routing;
 mod supervision;
 mod tls;
+mod trust;
 mod util;
