@@ -86,3 +86,66 @@ fn a_trusted_proxy_is_honoured_and_plugins_key_on_the_right_most_untrusted_addre
         200
     );
 }
+
+/// Regression (review M1): on an `admin_loopback_trusted` listener any Host, Origin and
+/// Content-Type passed, so a rebound or cross-site page could spawn instances; and on `[::]`
+/// the v4-mapped loopback peer `::ffff:127.0.0.1` was not loopback.
+#[test]
+fn admin_loopback_trust_refuses_rebinding_cross_site_and_non_json_writes() {
+    let ten = Builder::new()
+        .settings("admin_listen = \"[::]:0\"\nadmin_loopback_trusted = true")
+        .body("[process.api]\ncommand = \"@APP@\"\n")
+        .start();
+    let port = ten.admin.expect("admin listener").port();
+    // Over IPv4 to a dual-stack listener: the peer is ::ffff:127.0.0.1.
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let send = |method: &str, host: &str, extra: &str, body: &str| {
+        crate::util::request(
+            admin,
+            format!(
+                "{method} /api/instances HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+    };
+    let local = format!("localhost:{port}");
+    let spawn = r#"{"process":"api","id":"csrf"}"#;
+    assert_eq!(
+        send("GET", &local, "", "").status,
+        200,
+        "v4-mapped loopback is trusted"
+    );
+    // The review's repro: a rebound page (foreign Host) gets no free pass.
+    let r = send(
+        "POST",
+        "attacker.example",
+        "Origin: https://attacker.example\r\nContent-Type: text/plain\r\n",
+        spawn,
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = send(
+        "POST",
+        &local,
+        "Origin: https://attacker.example\r\nContent-Type: application/json\r\n",
+        spawn,
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("cross-origin"), "{}", r.text());
+    let r = send(
+        "POST",
+        &local,
+        "Sec-Fetch-Site: cross-site\r\nContent-Type: application/json\r\n",
+        spawn,
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = send("POST", &local, "Content-Type: text/plain\r\n", spawn);
+    assert_eq!(r.status, 415, "{}", r.text());
+    // Nothing was spawned by the refused requests.
+    let list = send("GET", &local, "", "").text();
+    assert!(!list.contains("csrf"), "{list}");
+    // Same origin, JSON: allowed.
+    let same = format!("Origin: http://{local}\r\nContent-Type: application/json\r\n");
+    let r = send("POST", &local, &same, spawn);
+    assert_eq!(r.status, 201, "{}", r.text());
+}
