@@ -72,14 +72,11 @@ pub enum Command {
     Ps(instances::Ps),
     Health(instances::Health),
     Weight(instances::Weight),
-    /// Create an API token: printed once, only its Argon2 hash is stored
-    #[command(
-        name = "token-gen",
-        long_about = "Create an API token for the management HTTP API \
-(Authorization: Bearer <token>). It is printed once; the server keeps only its Argon2 hash.\n\n\
-Example:\n  TOKEN=$(ten token-gen)\n  curl -H \"Authorization: Bearer $TOKEN\" -H 'Host: example.com' localhost:8080/api/instances"
-    )]
-    TokenGen,
+    #[command(name = "token-gen")]
+    TokenGen(token::Gen),
+    /// API tokens: list or revoke
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     Deploy(deploy::Deploy),
     Logs(logs::Logs),
     /// Fleet: register other tenement servers (needs a [fleet] section)
@@ -110,7 +107,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Ps(c) => c.run(g),
         Command::Health(c) => c.run(g),
         Command::Weight(c) => c.run(g),
-        Command::TokenGen => token::generate(&g.client()?),
+        Command::TokenGen(c) => c.run(g),
+        Command::Token(c) => c.run(g),
         Command::Deploy(c) => c.run(g),
         Command::Logs(c) => c.run(g),
         Command::Server(c) => c.run(g),

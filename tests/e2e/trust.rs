@@ -149,3 +149,171 @@ fn admin_loopback_trust_refuses_rebinding_cross_site_and_non_json_writes() {
     let r = send("POST", &local, &same, spawn);
     assert_eq!(r.status, 201, "{}", r.text());
 }
+
+/// A management API request on the proxy's bare domain with a bearer token.
+fn api(ten: &Ten, method: &str, path: &str, token: &str, body: &str) -> Resp {
+    ten.request(&format!(
+        "{method} {path} HTTP/1.1\r\nHost: {DOMAIN}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
+/// `ten ARGS` against `ten`'s control socket: (exit code, stdout, stderr).
+fn cli(ten: &Ten, args: &[&str]) -> (i32, String, String) {
+    let (status, out, err) = ten.cli(args);
+    (status.code().unwrap_or(-1), out, err)
+}
+
+/// `ten token-gen ARGS`: (token, id).
+fn token_gen(ten: &Ten, args: &[&str]) -> (String, i64) {
+    let mut all = vec!["token-gen"];
+    all.extend_from_slice(args);
+    let (code, out, err) = cli(ten, &all);
+    assert_eq!(code, 0, "{err}");
+    let id = err
+        .split("Token id ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no token id in {err:?}"));
+    (out.trim().to_string(), id)
+}
+
+fn names(v: &serde_json::Value) -> Vec<String> {
+    let mut n: Vec<String> = v
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|i| i["name"].as_str().unwrap_or("").to_string())
+        .collect();
+    n.sort();
+    n
+}
+
+fn tokens_server() -> Ten {
+    let ten = Builder::new()
+        .body(
+            "[process.app]\ncommand = \"@APP@\"\n[process.web]\ncommand = \"@APP@\"\n\
+             [instances]\napp = [\"u1\", \"u2\"]\nweb = [\"w\"]\n",
+        )
+        .start();
+    ten.wait_status(&format!("u1.app.{DOMAIN}"), "/", 200);
+    ten
+}
+
+#[test]
+fn tokens_are_listed_and_revoked_at_once() {
+    let ten = tokens_server();
+    let (admin, admin_id) = token_gen(&ten, &["--name", "ci"]);
+    let (_other, _) = token_gen(&ten, &[]);
+    assert_eq!(api(&ten, "GET", "/api/instances", &admin, "").status, 200);
+    let (code, out, err) = cli(&ten, &["token", "list", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains(&admin) && !out.contains("argon2"), "{out}");
+    let list: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let rows = list.as_array().expect("list");
+    assert_eq!(rows.len(), 2, "{out}");
+    assert_eq!(rows[0]["id"], admin_id);
+    assert_eq!(rows[0]["name"], "ci");
+    assert!(rows[0]["scope"].is_null());
+    assert!(rows[0]["created_ms"].as_u64().is_some(), "{out}");
+    assert!(
+        rows[0]["last_used_ms"].as_u64().is_some(),
+        "used once: {out}"
+    );
+    assert!(rows[1]["last_used_ms"].is_null(), "never used: {out}");
+    let (code, table, _) = cli(&ten, &["token", "list"]);
+    assert_eq!(code, 0);
+    assert!(table.starts_with("ID  NAME  SCOPE"), "{table}");
+    // The token is cached now; revoking it still stops it at once.
+    let (code, out, err) = cli(&ten, &["token", "revoke", &admin_id.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("revoked"), "{out}");
+    let r = api(&ten, "GET", "/api/instances", &admin, "");
+    assert_eq!(r.status, 401, "{}", r.text());
+    let (code, _, err) = cli(&ten, &["token", "revoke", &admin_id.to_string()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("no token with id {admin_id}")),
+        "{err}"
+    );
+    let (code, out, _) = cli(&ten, &["token", "list", "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out)
+            .expect("json")
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+}
+
+#[test]
+fn a_scoped_token_sees_and_acts_on_its_instance_only() {
+    let ten = tokens_server();
+    // 0.2's --tenant spelling; and a process-wide scope.
+    let (mine, _) = token_gen(&ten, &["--name", "acme", "--tenant", "app:u1"]);
+    let (app, _) = token_gen(&ten, &["--scope", "app"]);
+    let (code, out, _) = cli(&ten, &["token", "list", "--json"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"app:u1\""), "{out}");
+    let list = api(&ten, "GET", "/api/instances", &mine, "");
+    assert_eq!(list.status, 200, "{}", list.text());
+    assert_eq!(names(&list.json()), ["app:u1"]);
+    assert_eq!(
+        names(&api(&ten, "GET", "/api/instances", &app, "").json()),
+        ["app:u1", "app:u2"]
+    );
+    // Its own instance: restart, weight, logs.
+    let r = api(
+        &ten,
+        "PUT",
+        "/api/instances/app:u1/weight",
+        &mine,
+        r#"{"weight":40}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = api(&ten, "POST", "/api/instances/app:u1/restart", &mine, "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = api(&ten, "GET", "/api/logs?limit=50", &mine, "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let lines = r.json();
+    assert!(
+        lines
+            .as_array()
+            .expect("lines")
+            .iter()
+            .all(|l| l["process"] == "app" && l["instance"] == "u1"),
+        "only its own lines: {lines}"
+    );
+    // Everything else: 403, and nothing changed.
+    for (method, path, body) in [
+        ("POST", "/api/instances/app:u2/restart", ""),
+        ("PUT", "/api/instances/web:w/weight", r#"{"weight":1}"#),
+        ("DELETE", "/api/instances/app:u1", ""),
+        ("POST", "/api/instances", r#"{"process":"app","id":"x"}"#),
+        ("POST", "/api/deploy", r#"{"process":"app","version":"v9"}"#),
+        ("GET", "/api/logs?process=web", ""),
+        ("GET", "/api/logs?id=u2", ""),
+        ("GET", "/api/tokens", ""),
+        ("DELETE", "/api/tokens/1", ""),
+        ("GET", "/api/deploys", ""),
+    ] {
+        let r = api(&ten, method, path, &mine, body);
+        assert_eq!(r.status, 403, "{method} {path}: {}", r.text());
+        assert!(
+            r.text().contains("scoped to app:u1"),
+            "{method} {path}: {}",
+            r.text()
+        );
+    }
+    assert_eq!(
+        api(&ten, "POST", "/api/instances/app:u2/restart", &app, "").status,
+        200
+    );
+    let (_, ps, _) = cli(&ten, &["ps", "--json"]);
+    assert!(!ps.contains("app:x"), "{ps}");
+    let (code, _, _) = cli(&ten, &["token", "list"]);
+    assert_eq!(code, 0, "the token list is still there");
+}
