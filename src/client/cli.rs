@@ -41,12 +41,43 @@ pub struct Global {
         hide_env_values = true
     )]
     pub data_dir: Option<PathBuf>,
+    /// A remote ten serve's management API instead of the control socket: its admin_listen
+    /// (http://10.0.0.5:9090) or its proxy listener by its domain (https://example.com).
+    /// Given before the command: `ten --server URL --token T ps`
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "TENEMENT_SERVER",
+        hide_env_values = true
+    )]
+    pub server: Option<String>,
+    /// The API token for --server (see `ten token-gen`; ignored without --server)
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "TENEMENT_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// A PEM CA (or self-signed) certificate to trust for an https:// --server, besides the
+    /// Mozilla roots
+    #[arg(
+        long,
+        value_name = "PEM",
+        env = "TENEMENT_CA_CERT",
+        requires = "server"
+    )]
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl Global {
-    /// The client of the running `ten serve`: its data dir is --data-dir, $TENEMENT_DATA_DIR,
+    /// The client of the running `ten serve`: `--server` (remote, over HTTP with `--token`), else
+    /// its control socket, whose data dir is --data-dir, $TENEMENT_DATA_DIR,
     /// or the config's `[settings] data_dir` (read alone: the rest of the file may be invalid).
     pub fn client(&self) -> Result<Client> {
+        if let Some(url) = &self.server {
+            return Client::remote(url, self.token.clone(), self.ca_cert.as_deref());
+        }
         let data_dir = match &self.data_dir {
             Some(d) => d.clone(),
             None => {

@@ -317,3 +317,170 @@ fn a_scoped_token_sees_and_acts_on_its_instance_only() {
     let (code, _, _) = cli(&ten, &["token", "list"]);
     assert_eq!(code, 0, "the token list is still there");
 }
+
+/// `ten --server URL --token T ARGS` from a directory without a config or data dir.
+fn remote(ten: &Ten, url: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(crate::util::ten_bin());
+    cmd.args(["--server", url, "--token", token])
+        .args(args)
+        .current_dir(std::env::temp_dir())
+        .env_remove("TENEMENT_CONFIG")
+        .env_remove("TENEMENT_DATA_DIR")
+        .env_remove("TENEMENT_SERVER")
+        .env_remove("TENEMENT_TOKEN");
+    let _ = ten;
+    let (status, out, err) = crate::util::run_bounded(&mut cmd, std::time::Duration::from_secs(60));
+    (status.code().unwrap_or(-1), out, err)
+}
+
+/// `ps --json` without the fields that tick (uptime).
+fn ps_stable(out: &str) -> serde_json::Value {
+    let mut v: serde_json::Value =
+        serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    for i in v.as_array_mut().expect("list") {
+        if let Some(o) = i.as_object_mut() {
+            o.remove("uptime_secs");
+        }
+    }
+    v
+}
+
+#[test]
+fn the_cli_works_remotely_with_the_same_output_and_exit_codes() {
+    let ten = Builder::new()
+        .settings("admin_listen = \"127.0.0.1:0\"")
+        .body(
+            "[process.app]\ncommand = \"@APP@\"\n[process.web]\ncommand = \"@APP@\"\n\
+             [instances]\napp = [\"u1\", \"u2\"]\nweb = [\"w\"]\n",
+        )
+        .start();
+    ten.wait_status(&format!("u1.app.{DOMAIN}"), "/", 200);
+    let url = format!("http://{}", ten.admin.expect("admin listener"));
+    let (token, _) = token_gen(&ten, &["--name", "remote"]);
+    let both = |args: &[&str]| {
+        let r = remote(&ten, &url, &token, args);
+        let l = cli(&ten, args);
+        (r, l)
+    };
+    // Listing commands: same bytes (minus uptime, which ticks).
+    let ((rc, rout, rerr), (lc, lout, _)) = both(&["ps", "--json"]);
+    assert_eq!((rc, lc), (0, 0), "{rerr}");
+    assert_eq!(ps_stable(&rout), ps_stable(&lout));
+    let ((rc, rout, rerr), (_, lout, _)) = both(&["token", "list"]);
+    assert_eq!(rc, 0, "{rerr}");
+    assert_eq!(rout, lout);
+    let ((rc, rout, rerr), (_, lout, _)) = both(&["logs", "app:u1", "--limit", "5"]);
+    assert_eq!(rc, 0, "{rerr}");
+    assert_eq!(rout, lout);
+    // Changes.
+    let ((rc, rout, rerr), (lc, lout, _)) = both(&["weight", "app:u1", "40"]);
+    assert_eq!((rc, lc), (0, 0), "{rerr}");
+    assert_eq!(rout, lout);
+    let (rc, rout, rerr) = remote(&ten, &url, &token, &["restart", "app:u2"]);
+    assert_eq!(rc, 0, "{rerr}");
+    assert!(rout.contains("app:u2"), "{rout}");
+    // Errors: same message, same exit code.
+    let ((rc, _, rerr), (lc, _, lerr)) = both(&["restart", "app:nope"]);
+    assert_eq!((rc, lc), (1, 1));
+    assert_eq!(rerr, lerr);
+    // A bad token: the server's 401 message, exit 1.
+    let (code, _, err) = remote(&ten, &url, "ten_wrong", &["ps"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("invalid token"), "{err}");
+    // A scoped token: its part, and the 403 message elsewhere.
+    let (scoped, _) = token_gen(&ten, &["--scope", "app:u1"]);
+    let (code, out, err) = remote(&ten, &url, &scoped, &["ps", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(names(&ps_stable(&out)), ["app:u1"]);
+    let (code, _, err) = remote(&ten, &url, &scoped, &["weight", "web:w", "5"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("forbidden: this token is scoped to app:u1"),
+        "{err}"
+    );
+    // Nothing listens there: exit 1 with the reason.
+    let port = crate::util::free_port();
+    let (code, _, err) = remote(&ten, &format!("http://127.0.0.1:{port}"), &token, &["ps"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach ten serve"), "{err}");
+}
+
+#[test]
+fn logs_follow_streams_remotely() {
+    let ten = Builder::new()
+        .settings("admin_listen = \"127.0.0.1:0\"")
+        .body("[process.api]\ncommand = \"@APP@\"\n[instances]\napi = [\"a\"]\n")
+        .start();
+    ten.wait_status(&format!("a.api.{DOMAIN}"), "/", 200);
+    let url = format!("http://{}", ten.admin.expect("admin listener"));
+    let (token, _) = token_gen(&ten, &[]);
+    let mut follow = std::process::Command::new(crate::util::ten_bin())
+        .args(["--server", &url, "--token", &token, "logs", "-f", "api:a"])
+        .env_remove("TENEMENT_DATA_DIR")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ten logs -f");
+    let out = follow.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut seen = String::new();
+    // Make a line until the follower shows one (it may attach after the first).
+    let mut n = 0;
+    while !seen.contains("noise 1 from api:a") && std::time::Instant::now() < deadline {
+        if n < 20 {
+            ten.get(&format!("a.api.{DOMAIN}"), "/noise?lines=1");
+            n += 1;
+        }
+        if let Ok(l) = rx.recv_timeout(std::time::Duration::from_millis(500)) {
+            seen.push_str(&l);
+            seen.push('\n');
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(
+        seen.contains("noise 1 from api:a"),
+        "ten logs -f saw: {seen}"
+    );
+}
+
+#[test]
+fn the_remote_cli_speaks_https_with_a_private_ca() {
+    let b = Builder::new();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    std::fs::write(b.dir().join("cert.pem"), cert.cert.pem()).expect("write cert");
+    std::fs::write(b.dir().join("key.pem"), cert.key_pair.serialize_pem()).expect("write key");
+    // The management API on the bare domain of the TLS listener: the domain is `localhost`.
+    let ten = b
+        .raw(
+            "[settings]\ndomain = \"localhost\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"@DIR@/data\"\n\
+             [settings.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"@DIR@/cert.pem\"\nkey = \"@DIR@/key.pem\"\n",
+        )
+        .start();
+    let https = ten.https.expect("https listener announced");
+    let (token, _) = token_gen(&ten, &[]);
+    let url = format!("https://localhost:{}", https.port());
+    let ca = ten.dir.path().join("cert.pem");
+    let ca = ca.to_str().expect("utf-8 path");
+    let (code, out, err) = remote(
+        &ten,
+        &url,
+        &token,
+        &["--ca-cert", ca, "token", "list", "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (_, local, _) = cli(&ten, &["token", "list", "--json"]);
+    assert_eq!(out, local);
+    // Without the CA the certificate is not trusted: exit 1, and the reason.
+    let (code, _, err) = remote(&ten, &url, &token, &["token", "list"]);
+    assert_eq!(code, 1);
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+}
