@@ -484,3 +484,84 @@ fn the_remote_cli_speaks_https_with_a_private_ca() {
     assert_eq!(code, 1);
     assert!(err.to_lowercase().contains("certificate"), "{err}");
 }
+
+/// The dashboard in headless Chromium with a scoped token: its instance only, no Deploys or
+/// Fleet pages, no Stop, no ten events, and no request the token may not make (no 403).
+#[test]
+fn the_dashboard_shows_a_scoped_token_only_its_part() {
+    use crate::browser::{Driver, Outcome, Page, WAIT};
+    use serde_json::json;
+    let ten = Builder::new()
+        .settings("admin_listen = \"127.0.0.1:0\"")
+        .body(
+            "[process.app]\ncommand = \"@APP@\"\n[process.web]\ncommand = \"@APP@\"\n\
+             [instances]\napp = [\"u1\", \"u2\"]\nweb = [\"w\"]\n",
+        )
+        .start();
+    ten.wait_status(&format!("u1.app.{DOMAIN}"), "/", 200);
+    let (token, _) = token_gen(&ten, &["--scope", "app:u1"]);
+    let admin = format!("http://{}/", ten.admin.expect("admin listener"));
+    let shots = ten.dir.path().join("shots");
+    let driver = Driver::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let result: Outcome<Vec<String>> = rt.block_on(async {
+        let client = driver.session().await?;
+        let mut page = Page::new(client, shots);
+        let run = async {
+            page.phase("login").await?;
+            page.c.goto(&admin).await.map_err(|e| format!("goto: {e}"))?;
+            page.fill("#token-input", &token).await?;
+            page.click("#token-form button[type=\"submit\"]").await?;
+            page.wait_for("#page-overview:not([hidden])").await?;
+            let conn = page.text("#conn").await?;
+            page.check("the header names the scope", conn.contains("app:u1"), &conn)?;
+            for hidden in ["deploys", "fleet"] {
+                let shown = page.visible(&format!("#nav a[data-page=\"{hidden}\"]")).await?;
+                page.check(&format!("no {hidden} page"), !shown, "")?;
+            }
+            let events = page.visible("#ov-events-card").await?;
+            page.check("no events of ten itself", !events, "")?;
+            page.phase("instances").await?;
+            page.click("#nav a[data-page=\"instances\"]").await?;
+            page.wait(
+                "return !!document.querySelector('#inst-rows tr[data-name=\"app:u1\"]');",
+                vec![],
+                WAIT,
+            )
+            .await?;
+            let rows = page
+                .js(
+                    "return [...document.querySelectorAll('#inst-rows tr[data-name]')].map((r) => r.dataset.name);",
+                    vec![],
+                )
+                .await?;
+            page.check("only its instance is listed", rows == json!(["app:u1"]), &rows.to_string())?;
+            let stop = page
+                .js("return document.querySelectorAll('#inst-rows button[data-action=\"stop\"]').length;", vec![])
+                .await?;
+            page.check("no Stop button", stop == json!(0), &stop.to_string())?;
+            page.drain_logs().await?;
+            let errors: Vec<String> = page
+                .console
+                .iter()
+                .filter(|c| c.level == "SEVERE")
+                // The page's first, token-less probe (is this a trusted loopback client?).
+                .filter(|c| !(c.text.contains("/api/instances") && c.text.contains("status of 401")))
+                .map(|c| c.text.clone())
+                .collect();
+            page.check("no refused request (403) or other error", errors.is_empty(), &errors.join(" | "))?;
+            Ok::<(), String>(())
+        };
+        let r = tokio::time::timeout(std::time::Duration::from_secs(90), run)
+            .await
+            .unwrap_or_else(|_| Err("the browser test still ran after 90 s".into()));
+        let _ = page.c.clone().close().await;
+        r.map(|()| page.checks)
+    });
+    drop(driver);
+    let checks = result.unwrap_or_else(|e| panic!("{e}\nten serve stderr:\n{}", ten.stderr()));
+    assert!(checks.len() >= 7, "{checks:?}");
+}

@@ -343,6 +343,10 @@ impl Api {
                 }
                 self.create_token(body)
             }
+            (R::WhoAmI, _) => Ok((
+                StatusCode::OK,
+                json!({ "scope": scope.map(ToString::to_string) }),
+            )),
             (R::ListTokens, _) => {
                 let list = self.auth.list().map_err(internal)?;
                 Ok((StatusCode::OK, json!(list)))

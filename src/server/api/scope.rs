@@ -72,7 +72,7 @@ impl Scope {
     ) -> Result<Option<String>, ApiError> {
         use ApiRoute as R;
         match route {
-            R::ListInstances => Ok(None),
+            R::ListInstances | R::WhoAmI => Ok(None),
             R::GetInstance(n) | R::RestartInstance(n) | R::SetWeight(n) => {
                 let name = parse_name(n)?;
                 match self.allows_name(&name) {
@@ -152,6 +152,7 @@ mod tests {
     fn an_instance_scope_reaches_its_instance_only() {
         let s = "app:u1";
         assert_eq!(gate(s, Method::GET, "/api/instances", None), Ok(None));
+        assert_eq!(gate(s, Method::GET, "/api/whoami", None), Ok(None));
         assert_eq!(
             gate(s, Method::POST, "/api/instances/app:u1/restart", None),
             Ok(None)
