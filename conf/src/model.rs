@@ -53,6 +53,9 @@ pub struct Settings {
     pub metrics: bool,
     /// Requests from a loopback address on `admin_listen` need no API token (default false).
     pub admin_loopback_trusted: bool,
+    /// Peers that may supply `X-Forwarded-For/Proto/Host` (SPEC §12), as CIDRs normalised to
+    /// `addr/len` (a bare address becomes `/32` or `/128`); default none.
+    pub trusted_proxies: Vec<String>,
     pub log_retention: Duration,
     pub log_max_rows: u64,
     /// Longest captured line, bytes (longer lines are cut and marked); default 16 KB.

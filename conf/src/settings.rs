@@ -21,6 +21,7 @@ const SETTINGS_KEYS: &[&str] = &[
     "metrics_token",
     "metrics",
     "admin_loopback_trusted",
+    "trusted_proxies",
     "log_retention",
     "log_max_rows",
     "log_max_line",
@@ -80,6 +81,7 @@ impl Settings {
             metrics_token: None,
             metrics: true,
             admin_loopback_trusted: false,
+            trusted_proxies: Vec::new(),
             log_retention: Duration::from_secs(7 * 86_400),
             log_max_rows: 1_000_000,
             log_max_line: 16_000,
@@ -171,6 +173,11 @@ pub(crate) fn parse_settings(cx: &mut Cx, field: Option<Field<'_, '_>>) -> Setti
     if let Some(b) = t.get("admin_loopback_trusted").and_then(|f| cx.bool(&f)) {
         s.admin_loopback_trusted = b;
     }
+    if let Some(f) = t.get("trusted_proxies") {
+        if let Some(nets) = cidrs(cx, &f) {
+            s.trusted_proxies = nets;
+        }
+    }
     if let Some(n) = t.get("log_max_rows").and_then(|f| cx.u64(&f, 1)) {
         s.log_max_rows = n;
     }
@@ -251,6 +258,23 @@ pub(crate) fn backoff(
         }
     }
     (new_base, new_max.max(new_base))
+}
+
+/// A list of CIDRs, each checked (every bad one reported), normalised to `addr/len`.
+fn cidrs(cx: &mut Cx, f: &Field<'_, '_>) -> Option<Vec<String>> {
+    let items = cx.strings(f)?;
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (item, s) in items {
+        match names::parse_cidr(s.trim()) {
+            Ok((ip, len)) => out.push(format!("{ip}/{len}")),
+            Err(message) => {
+                cx.err(item.line(), &item.path, message);
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
 }
 
 fn domain(cx: &mut Cx, f: &Field<'_, '_>) -> Option<String> {

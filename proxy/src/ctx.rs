@@ -2,6 +2,7 @@
 //! counter (`Traffic`) and a process's in-flight gauge right however a request ends, and the
 //! shutdown signal (`Closing`) that ends long-lived management streams.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,6 +12,7 @@ use tokio::sync::Notify;
 
 use crate::plugins::{Chain, Reply};
 use crate::table::{Backend, InFlight, Target};
+use crate::trust::Client;
 
 /// Counts every request the proxy is handling, for the shutdown drain, and carries the
 /// shutdown signal that ends open management streams (an SSE log stream would otherwise hold
@@ -76,6 +78,12 @@ pub struct Ctx {
     _traffic: Option<TrafficGuard>,
     /// Sent upstream and back to the client (one shared buffer, cloned by reference count).
     pub(crate) request_id: HeaderValue,
+    /// The client's IP address, computed once per request from the TCP peer and
+    /// `trusted_proxies` (SPEC §12): what `ip_filter`, `rate_limit`, the auth lockouts and the
+    /// access log use. None on a Unix-socket listener.
+    pub client_ip: Option<IpAddr>,
+    /// The TCP peer and whether it is a trusted proxy (for the `X-Forwarded-*` headers).
+    pub(crate) peer: Client,
     pub(crate) target: Option<Target>,
     /// Bytes of the path to strip (a matched `strip_prefix` route).
     pub(crate) strip: usize,
@@ -122,6 +130,8 @@ impl Ctx {
         Ctx {
             _traffic: Some(TrafficGuard(traffic.clone())),
             request_id: HeaderValue::from_static(""),
+            client_ip: None,
+            peer: Client::default(),
             target: None,
             strip: 0,
             backend: None,

@@ -14,6 +14,7 @@ use pingora_error::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use crate::respond::http_status;
+use crate::trust::Client;
 
 /// Sent upstream and back to the client with every request.
 pub(crate) const X_REQUEST_ID: &str = "x-request-id";
@@ -23,13 +24,14 @@ const X_FORWARDED_FOR_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_FOR
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST: &str = "x-forwarded-host";
 
-/// The client's IP address (None on a Unix-socket listener).
+/// The TCP peer's IP address, IPv4-mapped IPv6 unmapped (None on a Unix-socket listener).
+/// Who the client is, is decided from it by `trust.rs`.
 #[inline]
-pub(crate) fn client_ip(session: &ServerSession) -> Option<IpAddr> {
+pub(crate) fn peer_ip(session: &ServerSession) -> Option<IpAddr> {
     session
         .client_addr()
         .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
+        .map(|a| a.ip().to_canonical())
 }
 
 /// 128 random bits as 32 lower-case hex digits (no formatting machinery: this runs per request).
@@ -111,48 +113,56 @@ fn forwarded_present(req: &RequestHeader) -> (bool, bool, bool) {
 }
 
 /// Set `X-Forwarded-For`, `-Proto` and `-Host` on the request going `upstream`, from the
-/// `downstream` request as the client sent it, the client's address and whether it came over
-/// TLS. A 400 when the client's `X-Forwarded-For` cannot be extended.
+/// `downstream` request as the client sent it, who sent it and whether it came over TLS
+/// (SPEC §12). A peer in `trusted_proxies` may supply all three: its `X-Forwarded-For` lines
+/// are kept and its address appended, its `-Proto` and `-Host` kept when present. From any
+/// other peer the three are replaced: `X-Forwarded-For` is the peer alone, `-Proto` and `-Host`
+/// ten's own values. A 400 when a trusted `X-Forwarded-For` cannot be extended.
 #[inline]
 pub(crate) fn set_forwarded(
     upstream: &mut RequestHeader,
     downstream: &RequestHeader,
-    client: Option<IpAddr>,
+    client: Client,
     tls: bool,
 ) -> Result<()> {
     let (has_xff, has_proto, has_host) = forwarded_present(upstream);
-    if let Some(ip) = client {
-        // Every X-Forwarded-For line the client sent, in order, then the client's address.
-        let prev = match has_xff {
-            true => upstream
-                .headers
-                .get_all(X_FORWARDED_FOR_NAME)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .collect::<Vec<_>>()
-                .join(", "),
-            false => String::new(),
-        };
-        let xff = match prev.is_empty() {
-            false => {
-                HeaderValue::from_str(&format!("{prev}, {ip}")).map_err(|_| http_status(400))?
-            }
-            true => ip_value(ip),
-        };
-        upstream.insert_header(X_FORWARDED_FOR, xff)?;
+    let keep = client.trusted;
+    match client.peer {
+        Some(ip) => {
+            // Every X-Forwarded-For line the proxy sent, in order, then the proxy's address.
+            let prev = match has_xff && keep {
+                true => upstream
+                    .headers
+                    .get_all(X_FORWARDED_FOR_NAME)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                false => String::new(),
+            };
+            let xff = match prev.is_empty() {
+                false => {
+                    HeaderValue::from_str(&format!("{prev}, {ip}")).map_err(|_| http_status(400))?
+                }
+                true => ip_value(ip),
+            };
+            upstream.insert_header(X_FORWARDED_FOR, xff)?;
+        }
+        // A Unix-socket peer has no address to state, and no say either.
+        None if has_xff => {
+            upstream.remove_header(X_FORWARDED_FOR);
+        }
+        None => {}
     }
-    // On a TLS listener ten is the edge: it states proto and host itself. On plain HTTP it
-    // may sit behind another proxy (a fleet router): values that came with the request are
-    // kept (kamal-proxy's rule). X-Forwarded-For is always appended.
-    if tls || !has_proto {
+    if !(keep && has_proto) {
         upstream.insert_header(
             X_FORWARDED_PROTO,
             HeaderValue::from_static(if tls { "https" } else { "http" }),
         )?;
     }
-    if tls || !has_host {
+    if !(keep && has_host) {
         // The Host header, or an HTTP/2 request's :authority.
         let host = match downstream.headers.get(http::header::HOST) {
             Some(h) => Some(h.clone()),
@@ -163,8 +173,8 @@ pub(crate) fn set_forwarded(
         };
         match host {
             Some(h) => upstream.insert_header(X_FORWARDED_HOST, h)?,
-            // Never pass on a client's claim where ten is the edge.
-            None if tls => {
+            // Never pass on an untrusted client's claim.
+            None if has_host => {
                 upstream.remove_header(X_FORWARDED_HOST);
             }
             None => {}
@@ -230,14 +240,32 @@ mod tests {
         req
     }
 
+    fn peer(ip: Option<&str>, trusted: bool) -> Client {
+        let ip = ip.map(|c| c.parse().unwrap());
+        Client {
+            ip,
+            peer: ip,
+            trusted,
+        }
+    }
+
+    /// From a peer that is not in `trusted_proxies`.
     fn forwarded(
         headers: &[(&'static str, &str)],
         client: Option<&str>,
         tls: bool,
     ) -> RequestHeader {
+        forwarded_by(headers, peer(client, false), tls)
+    }
+
+    /// From a peer in `trusted_proxies` (a proxy in front).
+    fn via_proxy(headers: &[(&'static str, &str)], client: &str, tls: bool) -> RequestHeader {
+        forwarded_by(headers, peer(Some(client), true), tls)
+    }
+
+    fn forwarded_by(headers: &[(&'static str, &str)], client: Client, tls: bool) -> RequestHeader {
         let downstream = request(headers);
         let mut upstream = downstream.clone();
-        let client = client.map(|c| c.parse().unwrap());
         set_forwarded(&mut upstream, &downstream, client, tls).unwrap();
         upstream
     }
@@ -303,15 +331,15 @@ mod tests {
     }
 
     #[test]
-    fn every_client_forwarded_for_line_is_kept_in_order_then_the_client() {
-        let up = forwarded(
+    fn every_trusted_forwarded_for_line_is_kept_in_order_then_the_peer() {
+        let up = via_proxy(
             &[
                 ("host", "a.example.com"),
                 ("x-forwarded-for", " 1.1.1.1 , 2.2.2.2"),
                 ("X-Forwarded-For", ""),
                 ("x-forwarded-for", "3.3.3.3"),
             ],
-            Some("10.0.0.7"),
+            "10.0.0.7",
             false,
         );
         assert_eq!(
@@ -321,14 +349,14 @@ mod tests {
     }
 
     #[test]
-    fn without_a_client_address_forwarded_for_is_left_alone() {
-        // A Unix-socket listener: nothing to append, the client's line passes through.
+    fn without_a_client_address_forwarded_for_is_dropped() {
+        // A Unix-socket listener: nothing to append, and the client's claim is not trusted.
         let up = forwarded(
             &[("host", "a"), ("x-forwarded-for", "1.1.1.1")],
             None,
             false,
         );
-        assert_eq!(get(&up, "x-forwarded-for").unwrap(), "1.1.1.1");
+        assert_eq!(get(&up, "x-forwarded-for"), None);
         let up = forwarded(&[("host", "a")], None, false);
         assert_eq!(get(&up, "x-forwarded-for"), None);
     }
@@ -337,27 +365,52 @@ mod tests {
     fn ipv6_clients_are_appended_as_displayed() {
         let up = forwarded(&[("host", "a")], Some("fe80::1"), false);
         assert_eq!(get(&up, "x-forwarded-for").unwrap(), "fe80::1");
-        let up = forwarded(
+        let up = via_proxy(
             &[("host", "a"), ("x-forwarded-for", "1.1.1.1")],
-            Some("::1"),
+            "::1",
             false,
         );
         assert_eq!(get(&up, "x-forwarded-for").unwrap(), "1.1.1.1, ::1");
     }
 
     #[test]
-    fn plain_http_keeps_proto_and_host_a_proxy_in_front_sent() {
+    fn a_trusted_proxy_keeps_the_proto_and_host_it_sent() {
+        for tls in [false, true] {
+            let up = via_proxy(
+                &[
+                    ("host", "inner.example.com"),
+                    ("x-forwarded-proto", "https"),
+                    ("x-forwarded-host", "outer.example.com"),
+                ],
+                "10.0.0.7",
+                tls,
+            );
+            assert_eq!(get(&up, "x-forwarded-proto").unwrap(), "https");
+            assert_eq!(get(&up, "x-forwarded-host").unwrap(), "outer.example.com");
+        }
+        // What it did not send, ten states.
+        let up = via_proxy(&[("host", "inner.example.com")], "10.0.0.7", false);
+        assert_eq!(get(&up, "x-forwarded-proto").unwrap(), "http");
+        assert_eq!(get(&up, "x-forwarded-host").unwrap(), "inner.example.com");
+    }
+
+    /// Regression (issue 18): on plain HTTP a client's X-Forwarded-Proto/Host passed through,
+    /// and its X-Forwarded-For was extended, so any client could pick its address.
+    #[test]
+    fn an_untrusted_peers_forwarded_headers_are_replaced() {
         let up = forwarded(
             &[
                 ("host", "inner.example.com"),
+                ("x-forwarded-for", "6.6.6.6"),
                 ("x-forwarded-proto", "https"),
-                ("x-forwarded-host", "outer.example.com"),
+                ("x-forwarded-host", "evil.example.com"),
             ],
             Some("10.0.0.7"),
             false,
         );
-        assert_eq!(get(&up, "x-forwarded-proto").unwrap(), "https");
-        assert_eq!(get(&up, "x-forwarded-host").unwrap(), "outer.example.com");
+        assert_eq!(get(&up, "x-forwarded-for").unwrap(), "10.0.0.7");
+        assert_eq!(get(&up, "x-forwarded-proto").unwrap(), "http");
+        assert_eq!(get(&up, "x-forwarded-host").unwrap(), "inner.example.com");
     }
 
     #[test]
@@ -379,9 +432,9 @@ mod tests {
     fn tls_without_a_host_drops_the_clients_forwarded_host() {
         let up = forwarded(&[("x-forwarded-host", "evil.example.com")], None, true);
         assert_eq!(get(&up, "x-forwarded-host"), None);
-        // On plain HTTP the claim is kept (a proxy in front may have set it).
+        // On plain HTTP too: no peer address, no trust.
         let up = forwarded(&[("x-forwarded-host", "outer.example.com")], None, false);
-        assert_eq!(get(&up, "x-forwarded-host").unwrap(), "outer.example.com");
+        assert_eq!(get(&up, "x-forwarded-host"), None);
     }
 
     #[test]
@@ -389,7 +442,7 @@ mod tests {
         let mut downstream = RequestHeader::build("GET", b"/x", None).unwrap();
         downstream.set_uri("https://h2.example.com/x".parse().unwrap());
         let mut upstream = downstream.clone();
-        set_forwarded(&mut upstream, &downstream, None, true).unwrap();
+        set_forwarded(&mut upstream, &downstream, Client::default(), true).unwrap();
         assert_eq!(
             get(&upstream, "x-forwarded-host").unwrap(),
             "h2.example.com"
@@ -449,7 +502,7 @@ mod tests {
         proptest! {
             #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
-            /// Whatever X-Forwarded-For lines come in, one goes out: the client's (trimmed,
+            /// Whatever X-Forwarded-For lines a trusted proxy sends, one goes out: its (trimmed,
             /// non-empty, visible ASCII) lines in order, then the peer; or a 400.
             #[test]
             fn x_forwarded_for_is_extended_never_panics(
@@ -460,7 +513,8 @@ mod tests {
                     down.append_header(X_FORWARDED_FOR, HeaderValue::from_bytes(l).unwrap()).unwrap();
                 }
                 let mut up = down.clone();
-                if set_forwarded(&mut up, &down, Some(ip), tls).is_ok() {
+                let via = Client { ip: Some(ip), peer: Some(ip), trusted: true };
+                if set_forwarded(&mut up, &down, via, tls).is_ok() {
                     let all: Vec<_> = up.headers.get_all(X_FORWARDED_FOR).iter().collect();
                     prop_assert_eq!(all.len(), 1);
                     let mut want: Vec<String> = lines

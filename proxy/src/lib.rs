@@ -21,6 +21,7 @@ mod router;
 mod select;
 mod service;
 pub mod table;
+mod trust;
 
 pub use ctx::{Ctx, Traffic};
 pub use edge::{ConnLimit, Edge, EdgeLimits};
@@ -31,3 +32,4 @@ pub use table::{
     Availability, Backend, InstanceStats, Pool, ProcessMetrics, ProcessOpts, Remote, Table,
     TableBuilder, Target, TenantTarget,
 };
+pub use trust::TrustedProxies;

@@ -18,7 +18,7 @@ use pingora_error::{ErrorType, Result};
 use pingora_http::ResponseHeader;
 
 use crate::ctx::Closing;
-use crate::forwarded::{client_ip, request_id, X_REQUEST_ID};
+use crate::forwarded::{peer_ip, request_id, X_REQUEST_ID};
 use crate::respond::{keepalive_after, plain, status_for};
 
 /// A response body: whole, or streamed (SSE) until the sender is dropped.
@@ -105,14 +105,82 @@ pub(crate) enum Trust {
     Always,
 }
 
-impl Trust {
-    fn trusted(self, client: Option<IpAddr>) -> bool {
-        match self {
-            Trust::Token => false,
-            Trust::Loopback => client.is_some_and(|ip| ip.is_loopback()),
-            Trust::Always => true,
+/// What `admin_loopback_trusted` makes of a request from a loopback client (review M1).
+#[derive(Debug, PartialEq, Eq)]
+enum Loopback {
+    /// No token needed.
+    Trusted,
+    /// A token is needed, as from anywhere else (a Host that is not loopback: DNS rebinding).
+    Token,
+    /// Refused outright: a cross-site browser request, or a write that is not JSON (a form or
+    /// a no-cors `text/plain` POST needs no CORS preflight).
+    Refuse(u16, &'static str),
+}
+
+/// A `Host` (or `Origin` authority) naming this machine's loopback: `localhost`,
+/// `127.0.0.0/8`, `[::1]`, each with or without a port.
+fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, port)) if port.is_empty() || port.starts_with(':') => v6,
+            _ => return false,
+        },
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
+/// Check a loopback client's request on an `admin_loopback_trusted` listener: a loopback
+/// `Host`, no cross-site `Origin` or `Sec-Fetch-Site`, JSON on writes.
+fn loopback_request(head: &pingora_http::RequestHeader) -> Loopback {
+    let header = |name: http::header::HeaderName| {
+        head.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("\u{fffd}").trim())
+    };
+    let Some(host) = header(http::header::HOST).or(head.uri.authority().map(|a| a.as_str())) else {
+        return Loopback::Token;
+    };
+    if !loopback_host(host) {
+        return Loopback::Token;
+    }
+    let site = head.headers.get("sec-fetch-site").map(|v| v.as_bytes());
+    if matches!(site, Some(b"cross-site" | b"same-site")) {
+        return Loopback::Refuse(403, "forbidden: cross-site request");
+    }
+    if let Some(origin) = header(http::header::ORIGIN) {
+        let authority = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        if !authority.is_some_and(|a| a.eq_ignore_ascii_case(host)) {
+            return Loopback::Refuse(403, "forbidden: cross-origin request");
         }
     }
+    let write = !matches!(
+        head.method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    );
+    let has_body = head.headers.contains_key(http::header::CONTENT_LENGTH)
+        && header(http::header::CONTENT_LENGTH) != Some("0")
+        || head.headers.contains_key(http::header::TRANSFER_ENCODING);
+    // A write with a body (or a declared type) must be JSON; a body-less one (the dashboard's
+    // restart) carries no type. Browsers send a cross-site one's Origin, refused above.
+    let content_type = header(http::header::CONTENT_TYPE);
+    let json = content_type.is_some_and(|ct| {
+        ct.split(';')
+            .next()
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+    });
+    if write && (has_body || content_type.is_some()) && !json {
+        return Loopback::Refuse(
+            415,
+            "unsupported media type: writes need Content-Type: application/json",
+        );
+    }
+    Loopback::Trusted
 }
 
 /// A short plain-text answer written straight to the session.
@@ -128,6 +196,25 @@ async fn write_plain(
     session.write_response_body(body, true).await
 }
 
+/// An API error (`{"error": msg}`) written straight to the session, the connection closed.
+async fn write_json_error(
+    session: &mut ServerSession,
+    request_id: &HeaderValue,
+    status: u16,
+    msg: &'static str,
+) -> Result<()> {
+    // `msg` is one of this file's fixed messages: no character needs escaping.
+    let body = Bytes::from(format!("{{\"error\":\"{msg}\"}}"));
+    let mut head = ResponseHeader::build(status, Some(4))?;
+    head.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    head.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    head.insert_header(X_REQUEST_ID, request_id.clone())?;
+    // The body was not read: the connection cannot be reused.
+    session.set_keepalive(None);
+    session.write_response_header(Box::new(head)).await?;
+    session.write_response_body(body, true).await
+}
+
 /// Serve one management request whose header has been read: read its body (up to
 /// [`MAX_BODY`]), hand it to `management`, write the answer (streamed chunked for
 /// [`Body::Stream`]), with the request id. A stream ends when `closing` is set (shutdown) and
@@ -136,10 +223,22 @@ pub(crate) async fn serve(
     management: &dyn Management,
     session: &mut ServerSession,
     request_id: &HeaderValue,
+    client: Option<IpAddr>,
     trust: Trust,
     closing: &Closing,
 ) -> Result<()> {
-    let client = client_ip(session);
+    let trusted = match trust {
+        Trust::Token => false,
+        Trust::Always => true,
+        Trust::Loopback if !client.is_some_and(|ip| ip.to_canonical().is_loopback()) => false,
+        Trust::Loopback => match loopback_request(session.req_header()) {
+            Loopback::Trusted => true,
+            Loopback::Token => false,
+            Loopback::Refuse(status, msg) => {
+                return write_json_error(session, request_id, status, msg).await;
+            }
+        },
+    };
     let mut body = Vec::new();
     while let Some(chunk) = session.read_request_body().await? {
         if body.len() + chunk.len() > MAX_BODY {
@@ -163,7 +262,7 @@ pub(crate) async fn serve(
             head,
             body: Bytes::from(body),
             client,
-            trusted: trust.trusted(client),
+            trusted,
         })
         .await;
     let (parts, body) = resp.into_parts();
@@ -311,10 +410,12 @@ impl HttpServerApp for ManagementApp {
             session.set_keepalive(None);
         }
         let id = request_id(session.req_header());
+        let client = peer_ip(&session);
         match serve(
             &*self.management,
             &mut session,
             &id,
+            client,
             self.trust,
             &self.closing,
         )
@@ -370,6 +471,99 @@ mod tests {
             .unwrap();
         session.write_response_header(Box::new(head)).await.unwrap();
         (session, client)
+    }
+
+    fn head(method: &str, headers: &[(&'static str, &str)]) -> pingora_http::RequestHeader {
+        let mut req = pingora_http::RequestHeader::build(method, b"/api/instances", None).unwrap();
+        for (k, v) in headers {
+            req.append_header(*k, *v).unwrap();
+        }
+        req
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "localhost",
+            "LOCALHOST:9090",
+            "127.0.0.1",
+            "127.1.2.3:80",
+            "[::1]",
+            "[::1]:9090",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert!(loopback_host(h), "{h}");
+        }
+        for h in [
+            "attacker.example",
+            "localhost.attacker.example",
+            "10.0.0.1:9090",
+            "[::2]:80",
+            "[::1]x",
+            "",
+        ] {
+            assert!(!loopback_host(h), "{h}");
+        }
+    }
+
+    /// Regression (review M1): any Host, Origin and Content-Type were trusted from loopback.
+    #[test]
+    fn loopback_trust_needs_a_loopback_host_same_origin_and_json_writes() {
+        let host = ("host", "127.0.0.1:9090");
+        assert_eq!(loopback_request(&head("GET", &[host])), Loopback::Trusted);
+        assert_eq!(
+            loopback_request(&head("GET", &[("host", "attacker.example")])),
+            Loopback::Token,
+            "DNS rebinding"
+        );
+        assert_eq!(loopback_request(&head("GET", &[])), Loopback::Token);
+        let json = ("content-type", "application/json; charset=utf-8");
+        let len = ("content-length", "2");
+        assert_eq!(
+            loopback_request(&head("POST", &[host, json, len])),
+            Loopback::Trusted
+        );
+        let same = ("origin", "http://127.0.0.1:9090");
+        assert_eq!(
+            loopback_request(&head("POST", &[host, same, json, len])),
+            Loopback::Trusted
+        );
+        for bad in [
+            vec![host, ("origin", "https://attacker.example"), json, len],
+            vec![host, ("origin", "null"), json, len],
+            vec![host, ("origin", "http://127.0.0.1:9091"), json, len],
+            vec![host, ("sec-fetch-site", "cross-site"), json, len],
+        ] {
+            assert!(
+                matches!(
+                    loopback_request(&head("POST", &bad)),
+                    Loopback::Refuse(403, _)
+                ),
+                "{bad:?}"
+            );
+        }
+        for bad in [
+            vec![host, ("content-type", "text/plain"), len],
+            vec![host, len],
+            vec![host, ("content-type", "application/x-www-form-urlencoded")],
+        ] {
+            assert!(
+                matches!(
+                    loopback_request(&head("POST", &bad)),
+                    Loopback::Refuse(415, _)
+                ),
+                "{bad:?}"
+            );
+        }
+        // A body-less DELETE needs no content type; one with a body does.
+        assert_eq!(
+            loopback_request(&head("DELETE", &[host])),
+            Loopback::Trusted
+        );
+        assert!(matches!(
+            loopback_request(&head("PUT", &[host, len])),
+            Loopback::Refuse(415, _)
+        ));
     }
 
     #[tokio::test]

@@ -16,7 +16,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use crate::admit::{self, Decision};
 use crate::ctx::{Ctx, GaugeGuard, Traffic};
 use crate::forwarded::{
-    client_ip, request_id, set_forwarded, strip_hop_by_hop, strip_prefix, X_REQUEST_ID,
+    peer_ip, request_id, set_forwarded, strip_hop_by_hop, strip_prefix, X_REQUEST_ID,
 };
 use crate::management::{self, Management, Trust, Waker};
 use crate::plugins::{LogInfo, RequestInfo};
@@ -25,6 +25,7 @@ use crate::respond::{
 };
 use crate::router::Router;
 use crate::table::Target;
+use crate::trust::TrustedProxies;
 
 /// The proxy: routes by Host through the current [`Router`] table.
 pub struct TenProxy {
@@ -33,6 +34,8 @@ pub struct TenProxy {
     waker: Option<Arc<dyn Waker>>,
     traffic: Arc<Traffic>,
     epoch: Instant,
+    /// `[settings] trusted_proxies`: who may say who the client is.
+    trusted: TrustedProxies,
 }
 
 impl TenProxy {
@@ -47,7 +50,14 @@ impl TenProxy {
             management,
             waker,
             traffic: Arc::default(),
+            trusted: TrustedProxies::default(),
         }
+    }
+
+    /// Trust these proxies' `X-Forwarded-*` headers (default: nobody's).
+    pub fn with_trusted_proxies(mut self, trusted: TrustedProxies) -> Self {
+        self.trusted = trusted;
+        self
     }
 
     pub fn traffic(&self) -> Arc<Traffic> {
@@ -81,7 +91,7 @@ impl TenProxy {
             if let Some(chain) = opts.and_then(|o| o.plugins.as_ref()) {
                 let reply = chain
                     .on_request(&RequestInfo {
-                        client_ip: client_ip(session),
+                        client_ip: ctx.client_ip,
                         header: req,
                     })
                     .await;
@@ -138,6 +148,7 @@ impl TenProxy {
                     &*self.management,
                     session,
                     &ctx.request_id,
+                    ctx.client_ip,
                     Trust::Token,
                     self.traffic.closing(),
                 )
@@ -171,7 +182,10 @@ impl ProxyHttp for TenProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Box<Ctx>) -> Result<bool> {
-        ctx.request_id = request_id(session.req_header());
+        let req = session.req_header();
+        ctx.request_id = request_id(req);
+        ctx.peer = self.trusted.resolve(peer_ip(session), req);
+        ctx.client_ip = ctx.peer.ip;
         self.route(session, ctx).await
     }
 
@@ -287,7 +301,7 @@ impl ProxyHttp for TenProxy {
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        set_forwarded(upstream, session.req_header(), client_ip(session), tls)?;
+        set_forwarded(upstream, session.req_header(), ctx.peer, tls)?;
         upstream.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
         if let Some(Target::Remote(r)) = &ctx.target {
             upstream.insert_header(http::header::HOST, &*r.host)?;
@@ -355,7 +369,7 @@ impl ProxyHttp for TenProxy {
                 status,
                 latency: ctx.start.elapsed(),
                 request_bytes: ctx.body_seen,
-                client_ip: client_ip(session),
+                client_ip: ctx.client_ip,
                 path: session.req_header().uri.path(),
             });
         }

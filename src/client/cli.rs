@@ -43,12 +43,43 @@ pub struct Global {
         hide_env_values = true
     )]
     pub data_dir: Option<PathBuf>,
+    /// A remote ten serve's management API instead of the control socket: its admin_listen
+    /// (http://10.0.0.5:9090) or its proxy listener by its domain (https://example.com).
+    /// Given before the command: `ten --server URL --token T ps`
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "TENEMENT_SERVER",
+        hide_env_values = true
+    )]
+    pub server: Option<String>,
+    /// The API token for --server (see `ten token-gen`; ignored without --server)
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "TENEMENT_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// A PEM CA (or self-signed) certificate to trust for an https:// --server, besides the
+    /// Mozilla roots
+    #[arg(
+        long,
+        value_name = "PEM",
+        env = "TENEMENT_CA_CERT",
+        requires = "server"
+    )]
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl Global {
-    /// The client of the running `ten serve`: its data dir is --data-dir, $TENEMENT_DATA_DIR,
+    /// The client of the running `ten serve`: `--server` (remote, over HTTP with `--token`), else
+    /// its control socket, whose data dir is --data-dir, $TENEMENT_DATA_DIR,
     /// or the config's `[settings] data_dir` (read alone: the rest of the file may be invalid).
     pub fn client(&self) -> Result<Client> {
+        if let Some(url) = &self.server {
+            return Client::remote(url, self.token.clone(), self.ca_cert.as_deref());
+        }
         let data_dir = match &self.data_dir {
             Some(d) => d.clone(),
             None => {
@@ -76,14 +107,11 @@ pub enum Command {
     Ps(instances::Ps),
     Health(instances::Health),
     Weight(instances::Weight),
-    /// Create an API token: printed once, only its Argon2 hash is stored
-    #[command(
-        name = "token-gen",
-        long_about = "Create an API token for the management HTTP API \
-(Authorization: Bearer <token>). It is printed once; the server keeps only its Argon2 hash.\n\n\
-Example:\n  TOKEN=$(ten token-gen)\n  curl -H \"Authorization: Bearer $TOKEN\" -H 'Host: example.com' localhost:8080/api/instances"
-    )]
-    TokenGen,
+    #[command(name = "token-gen")]
+    TokenGen(token::Gen),
+    /// API tokens: list or revoke
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     Deploy(deploy::Deploy),
     Logs(logs::Logs),
     /// Fleet: register other tenement servers (needs a [fleet] section)
@@ -116,7 +144,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Ps(c) => c.run(g),
         Command::Health(c) => c.run(g),
         Command::Weight(c) => c.run(g),
-        Command::TokenGen => token::generate(&g.client()?),
+        Command::TokenGen(c) => c.run(g),
+        Command::Token(c) => c.run(g),
         Command::Deploy(c) => c.run(g),
         Command::Logs(c) => c.run(g),
         Command::Server(c) => c.run(g),

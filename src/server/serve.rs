@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use tenement_conf::Config;
 use tenement_fleet::{Fleet, FleetStore};
-use tenement_proxy::{EdgeLimits, ManagementApp, TenProxy};
+use tenement_proxy::{EdgeLimits, ManagementApp, TenProxy, TrustedProxies};
 use tenement_supervisor::logs::{LogOptions, LogStore};
 use tenement_supervisor::{StateStore, Supervisor};
 
@@ -165,7 +165,11 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
         f.resolve_pending(Duration::from_secs(5)).await;
         publisher.settle_fleet(f.view().generation).await;
     }
-    let proxy = TenProxy::new(publisher.router(), api.clone(), Some(waker));
+    // Checked by the config parser; an error here would be a bug, said plainly.
+    let trusted = TrustedProxies::new(&s.trusted_proxies)
+        .map_err(|e| anyhow::anyhow!("config error at settings.trusted_proxies: {e}"))?;
+    let proxy =
+        TenProxy::new(publisher.router(), api.clone(), Some(waker)).with_trusted_proxies(trusted);
     let traffic = proxy.traffic();
     let conf = Arc::new(ServerConf {
         threads: std::thread::available_parallelism()

@@ -74,10 +74,12 @@ impl Drop for Hook {
 }
 
 /// An app server: `app:acme` and `app:globex`, each answering `/env?name=SERVER` with `name`.
-/// On a fixed port, so that it comes back at the same URL after a restart.
+/// On a fixed port, so that it comes back at the same URL after a restart. It lists its
+/// router (127.0.0.1) in `trusted_proxies`, as docs/fleet.md says a member server does.
 fn app_server(name: &str) -> Ten {
     let port = crate::util::free_port().to_string();
     Builder::new()
+        .settings("trusted_proxies = [\"127.0.0.1\"]")
         .body(&format!(
             "[process.app]\ncommand = \"@APP@\"\nenv = {{ SERVER = \"{name}\" }}\n[instances]\napp = [\"acme\", \"globex\"]\n"
         ))

@@ -17,4 +17,5 @@ mod reload;
 mod routing;
 mod supervision;
 mod tls;
+mod trust;
 mod util;

@@ -75,7 +75,15 @@ fn weighted_route_spreads_over_healthy_instances() {
 
 #[test]
 fn request_headers_are_forwarded_and_request_id_echoed() {
-    let ten = two_instances("");
+    // The test client (127.0.0.1) is a trusted proxy here: its X-Forwarded-For is extended
+    // (tests/e2e/trust.rs covers an untrusted one).
+    let ten = Builder::new()
+        .settings("trusted_proxies = [\"127.0.0.1\"]")
+        .body(
+            "[process.api]\ncommand = \"@APP@\"\nhealth = \"/health\"\n\
+             [instances]\napi = [\"prod\"]\n",
+        )
+        .start();
     ten.wait_status(&host("prod.api"), "/", 200);
     let raw = format!(
         "GET /headers?x=1 HTTP/1.1\r\nHost: {}\r\nX-Forwarded-For: 10.1.2.3\r\nConnection: close, X-Secret\r\nX-Secret: s\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\n\r\n",

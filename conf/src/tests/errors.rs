@@ -294,6 +294,23 @@ fn bad_cidr() {
 }
 
 #[test]
+fn bad_trusted_proxies() {
+    let text = "[settings]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1/129\", \"router\"]\n";
+    assert_eq!(
+        errors(text),
+        [
+            "tenement.toml:2: settings.trusted_proxies[1]: invalid CIDR \"::1/129\": the prefix length must be 0..=128",
+            "tenement.toml:2: settings.trusted_proxies[2]: expected a CIDR like \"10.0.0.0/8\", \"2001:db8::/32\" or an IP address, got \"router\""
+        ]
+    );
+    assert!(
+        error("[settings]\ntrusted_proxies = \"10.0.0.0/8\"\n")
+            .starts_with("tenement.toml:2: settings.trusted_proxies: expected"),
+        "a string is not a list"
+    );
+}
+
+#[test]
 fn basic_auth_hash_is_not_echoed() {
     let text = "[process.api]\ncommand = \"./api\"\nplugins = [{ kind = \"basic_auth\", users = { alice = \"hunter2\" } }]\n";
     let e = error(text);

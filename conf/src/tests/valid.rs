@@ -268,6 +268,7 @@ max_body = 1048576
 drain_timeout = 0
 log_retention = "1h30m"
 metrics_token = "s3cret"
+trusted_proxies = ["10.0.0.0/8", " ::1 ", "192.0.2.7"]
 
 [fleet]
 health_interval = 2
@@ -292,6 +293,11 @@ plugins = [
     assert_eq!(s.drain_timeout, Duration::ZERO);
     assert_eq!(s.log_retention, Duration::from_secs(5_400));
     assert_eq!(s.metrics_token.as_deref(), Some("s3cret"));
+    assert_eq!(s.trusted_proxies, ["10.0.0.0/8", "::1/128", "192.0.2.7/32"]);
+    assert!(
+        ok("").settings.trusted_proxies.is_empty(),
+        "nobody by default"
+    );
     let fleet = c.fleet.as_ref().unwrap();
     assert_eq!(fleet.health_interval, Duration::from_secs(2));
     assert_eq!(fleet.unhealthy_after, 3);

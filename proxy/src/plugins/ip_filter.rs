@@ -8,62 +8,9 @@
 use std::net::IpAddr;
 
 use super::{Plugin, Reply, RequestInfo};
+use crate::trust::Nets;
 
 pub(crate) const KIND: &str = "ip_filter";
-
-/// Networks of one list, split by family: `(network, mask)` with host bits cleared.
-#[derive(Debug, Default)]
-struct Nets {
-    v4: Vec<(u32, u32)>,
-    v6: Vec<(u128, u128)>,
-}
-
-impl Nets {
-    fn parse(cidrs: &[String]) -> Result<Nets, String> {
-        let mut nets = Nets::default();
-        for cidr in cidrs {
-            let (ip, len) = tenement_conf::parse_cidr(cidr)?;
-            match ip {
-                IpAddr::V4(v4) => nets.push_v4(u32::from(v4), len),
-                IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                    Some(v4) if len >= 96 => nets.push_v4(u32::from(v4), len - 96),
-                    _ => {
-                        let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-                        nets.v6.push((u128::from(v6) & mask, mask));
-                    }
-                },
-            }
-        }
-        Ok(nets)
-    }
-
-    fn push_v4(&mut self, addr: u32, len: u8) {
-        let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-        self.v4.push((addr & mask, mask));
-    }
-
-    fn contains(&self, ip: IpAddr) -> bool {
-        let v4 = match ip {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(v6) => v6.to_ipv4_mapped(),
-        };
-        match (v4, ip) {
-            (Some(v4), _) => {
-                let a = u32::from(v4);
-                self.v4.iter().any(|&(net, mask)| a & mask == net)
-            }
-            (None, IpAddr::V6(v6)) => {
-                let a = u128::from(v6);
-                self.v6.iter().any(|&(net, mask)| a & mask == net)
-            }
-            (None, IpAddr::V4(_)) => false,
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.v4.is_empty() && self.v6.is_empty()
-    }
-}
 
 /// Allow and deny lists of networks.
 #[derive(Debug)]

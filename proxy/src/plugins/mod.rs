@@ -81,7 +81,8 @@ pub enum Check<'a> {
 /// The request as plugins see it (built once per request by the proxy).
 #[derive(Debug, Clone, Copy)]
 pub struct RequestInfo<'a> {
-    /// The TCP peer (None on a Unix-socket listener). X-Forwarded-For is not trusted.
+    /// The client address (`Ctx::client_ip`): the TCP peer, or for a peer in `trusted_proxies`
+    /// the right-most untrusted `X-Forwarded-For` entry. None on a Unix-socket listener.
     pub client_ip: Option<IpAddr>,
     pub header: &'a RequestHeader,
 }

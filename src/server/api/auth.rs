@@ -1,6 +1,8 @@
-//! API tokens: generated once, stored only as Argon2 hashes. A verified token is cached by its
+//! API tokens: generated once, stored only as Argon2 hashes, with a name, an optional scope
+//! (`scope.rs`), the creation time and the last use. A verified token is cached by its
 //! SHA-256 digest with the row it matched, and the row is looked up again on every use, so a
-//! deleted token stops working at once while a valid one costs no Argon2 per request.
+//! revoked (deleted) token stops working at once while a valid one costs no Argon2 per
+//! request. The last use is written at most once a minute per token.
 //!
 //! New tokens are hashed on the process's shared [`HashRunner`] (SPEC §14: at most CPU count
 //! at once, off the workers; 429 with `Retry-After: 1` when it is full). Failed attempts are
@@ -20,6 +22,8 @@ use sha2::{Digest, Sha256};
 use tenement_proxy::password::{HashRunner, Lockout, SingleFlight};
 use tenement_supervisor::db::{self, Schema};
 
+use super::scope::Scope;
+
 /// The `api_tokens` table (component `auth` in `schema_version`, see `tenement_supervisor::db`).
 const SCHEMA: Schema = Schema {
     component: "auth",
@@ -30,21 +34,44 @@ const SCHEMA: Schema = Schema {
             hash TEXT NOT NULL,
             created_ms INTEGER NOT NULL
         );",
+        // 2: names, scopes and last use (issue 18); existing tokens: no name, unscoped.
+        "ALTER TABLE api_tokens ADD COLUMN name TEXT NOT NULL DEFAULT '';
+         ALTER TABLE api_tokens ADD COLUMN scope TEXT;
+         ALTER TABLE api_tokens ADD COLUMN last_used_ms INTEGER;",
     ],
 };
+
+/// The last use is written when the stored one is older than this.
+const LAST_USED_EVERY_MS: i64 = 60_000;
+
+/// One token as `GET /api/tokens` lists it (never the token or its hash).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TokenInfo {
+    pub id: i64,
+    pub name: String,
+    /// `PROCESS` or `PROCESS:ID`; None: the whole API.
+    pub scope: Option<String>,
+    pub created_ms: i64,
+    pub last_used_ms: Option<i64>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
 
 /// Bound on cached verified tokens (cleared when full; each costs one Argon2 to re-enter).
 const MAX_VERIFIED: usize = 1024;
 
 pub enum Verdict {
-    Ok,
+    /// A valid token, with its scope (None: the whole API).
+    Ok(Option<Scope>),
     /// 401 with this message.
     Denied(String),
     /// 429 with `Retry-After: retry_after` (seconds) and this message.
-    TooMany {
-        retry_after: u64,
-        message: String,
-    },
+    TooMany { retry_after: u64, message: String },
 }
 
 pub struct Auth {
@@ -84,8 +111,9 @@ impl Auth {
         })
     }
 
-    /// A new token (32 random bytes, hex): its Argon2 hash is stored, the token returned once.
-    pub fn generate(&self) -> anyhow::Result<String> {
+    /// A new token (32 random bytes, hex) named `name`, limited to `scope` when given: its
+    /// Argon2 hash is stored; its row id and the token are returned, the token only here.
+    pub fn generate(&self, name: &str, scope: Option<&Scope>) -> anyhow::Result<(i64, String)> {
         let mut bytes = [0u8; 32];
         OsRng.fill_bytes(&mut bytes);
         let token = format!("ten_{}", hex(&bytes));
@@ -98,15 +126,38 @@ impl Auth {
         .hash_password(token.as_bytes(), &salt)
         .map_err(|e| anyhow::anyhow!("argon2: {e}"))?
         .to_string();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        lock(&self.db).execute(
-            "INSERT INTO api_tokens (hash, created_ms) VALUES (?1, ?2)",
-            params![hash, now],
+        let db = lock(&self.db);
+        db.execute(
+            "INSERT INTO api_tokens (hash, created_ms, name, scope) VALUES (?1, ?2, ?3, ?4)",
+            params![hash, now_ms(), name, scope.map(Scope::to_string)],
         )?;
-        Ok(token)
+        Ok((db.last_insert_rowid(), token))
+    }
+
+    /// Every token, oldest first (never the token or its hash).
+    pub fn list(&self) -> anyhow::Result<Vec<TokenInfo>> {
+        let db = lock(&self.db);
+        let mut stmt = db.prepare_cached(
+            "SELECT id, name, scope, created_ms, last_used_ms FROM api_tokens ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(TokenInfo {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                scope: r.get(2)?,
+                created_ms: r.get(3)?,
+                last_used_ms: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Delete token `id` and drop it from the cache: it stops working at once. False when no
+    /// such token exists.
+    pub fn revoke(&self, id: i64) -> anyhow::Result<bool> {
+        let n = lock(&self.db).execute("DELETE FROM api_tokens WHERE id = ?1", params![id])?;
+        lock(&self.verified).retain(|_, row| *row != id);
+        Ok(n > 0)
     }
 
     /// Every stored token: (row id, Argon2 PHC string).
@@ -120,20 +171,38 @@ impl Auth {
             .unwrap_or_default()
     }
 
-    /// Whether the token row `id` still exists (a deleted token stops working at once).
-    fn row_exists(&self, id: i64) -> bool {
+    /// The scope of token row `id` if the row still exists (a revoked token stops working at
+    /// once), writing its last use when the stored one is a minute old.
+    fn row(&self, id: i64) -> Option<Option<Scope>> {
         let db = lock(&self.db);
-        let Ok(mut stmt) = db.prepare_cached("SELECT 1 FROM api_tokens WHERE id = ?1") else {
-            return false;
-        };
-        stmt.exists(params![id]).unwrap_or(false)
+        let mut stmt = db
+            .prepare_cached("SELECT scope, last_used_ms FROM api_tokens WHERE id = ?1")
+            .ok()?;
+        let (scope, last): (Option<String>, Option<i64>) = stmt
+            .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .ok()?;
+        let now = now_ms();
+        if last.is_none_or(|t| now.saturating_sub(t) >= LAST_USED_EVERY_MS) {
+            if let Err(e) = db.execute(
+                "UPDATE api_tokens SET last_used_ms = ?1 WHERE id = ?2",
+                params![now, id],
+            ) {
+                tracing::debug!(error = %e, "could not record a token's last use");
+            }
+        }
+        // A scope that no longer parses grants nothing rather than everything.
+        match scope.map(|s| Scope::parse(&s)) {
+            None => Some(None),
+            Some(Ok(scope)) => Some(Some(scope)),
+            Some(Err(_)) => None,
+        }
     }
 
-    /// The row of a token verified before, if that row still exists.
-    fn cached(&self, digest: &[u8; 32]) -> Option<i64> {
+    /// The scope of a token verified before, if its row still exists.
+    fn cached(&self, digest: &[u8; 32]) -> Option<Option<Scope>> {
         let id = *lock(&self.verified).get(digest)?;
-        if self.row_exists(id) {
-            return Some(id);
+        if let Some(scope) = self.row(id) {
+            return Some(scope);
         }
         lock(&self.verified).remove(digest);
         None
@@ -144,8 +213,8 @@ impl Auth {
     pub async fn check(&self, token: Option<&str>, client: Option<IpAddr>) -> Verdict {
         let token = token.filter(|t| !t.is_empty());
         let digest: Option<[u8; 32]> = token.map(|t| Sha256::digest(t.as_bytes()).into());
-        if digest.is_some_and(|d| self.cached(&d).is_some()) {
-            return Verdict::Ok;
+        if let Some(scope) = digest.and_then(|d| self.cached(&d)) {
+            return Verdict::Ok(scope);
         }
         let (Some(token), Some(digest)) = (token, digest) else {
             // Counted like a wrong token (unless no token exists at all).
@@ -159,10 +228,17 @@ impl Auth {
             }
             return Verdict::Denied("missing token: send Authorization: Bearer <token>".into());
         };
-        self.flights
+        match self
+            .flights
             .run(digest, || self.verify_new(token, digest, client))
             .await
-            .verdict()
+        {
+            Outcome::Found(id) => match self.row(id) {
+                Some(scope) => Verdict::Ok(scope),
+                None => Outcome::NotFound.verdict(),
+            },
+            other => other.verdict(),
+        }
     }
 
     /// Argon2 for a token not verified yet (shared by the requests that carry it meanwhile):
@@ -204,7 +280,7 @@ impl Auth {
                     verified.clear();
                 }
                 verified.insert(digest, id);
-                Outcome::Found
+                Outcome::Found(id)
             }
             // The attempt stays counted.
             Ok(None) => Outcome::NotFound,
@@ -215,7 +291,7 @@ impl Auth {
 /// What checking one new token found (shared by the requests that waited for it).
 #[derive(Debug, Clone, Copy)]
 enum Outcome {
-    Found,
+    Found(i64),
     NotFound,
     NoTokens,
     Busy,
@@ -225,8 +301,8 @@ enum Outcome {
 impl Outcome {
     fn verdict(self) -> Verdict {
         match self {
-            Outcome::Found => Verdict::Ok,
-            Outcome::NotFound => Verdict::Denied("invalid token".into()),
+            // A found token's scope is read by `check`; never granted from here.
+            Outcome::Found(_) | Outcome::NotFound => Verdict::Denied("invalid token".into()),
             Outcome::NoTokens => no_tokens(),
             Outcome::Busy => Verdict::TooMany {
                 retry_after: 1,
@@ -269,7 +345,7 @@ mod tests {
 
     fn status(v: &Verdict) -> u16 {
         match v {
-            Verdict::Ok => 200,
+            Verdict::Ok(_) => 200,
             Verdict::Denied(_) => 401,
             Verdict::TooMany { .. } => 429,
         }
@@ -281,8 +357,8 @@ mod tests {
     async fn cache_is_keyed_by_row_and_a_deleted_token_stops_working() {
         let dir = tempfile::tempdir().unwrap();
         let a = auth(dir.path(), 2);
-        let t1 = a.generate().unwrap();
-        let t2 = a.generate().unwrap();
+        let t1 = a.generate("", None).unwrap().1;
+        let t2 = a.generate("", None).unwrap().1;
         for _ in 0..3 {
             assert_eq!(status(&a.check(Some(&t1), ip("192.0.2.1")).await), 200);
         }
@@ -306,7 +382,7 @@ mod tests {
     async fn failures_are_counted_before_the_hash() {
         let dir = tempfile::tempdir().unwrap();
         let a = auth(dir.path(), 64);
-        let good = a.generate().unwrap();
+        let good = a.generate("", None).unwrap().1;
         let bad: Vec<String> = (0..16).map(|i| format!("ten_bad{i}")).collect();
         let checks = bad
             .iter()
@@ -352,7 +428,7 @@ mod tests {
     async fn a_full_runner_answers_429_at_once_and_counts_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let a = auth(dir.path(), 1);
-        let good = a.generate().unwrap();
+        let good = a.generate("", None).unwrap().1;
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let runner = a.runner.clone();
         let held = tokio::spawn(async move { runner.run(move || rx.recv()).await });
@@ -386,11 +462,94 @@ mod tests {
     async fn parallel_requests_with_one_new_token_share_one_hash() {
         let dir = tempfile::tempdir().unwrap();
         let a = auth(dir.path(), 1);
-        let good = a.generate().unwrap();
+        let good = a.generate("", None).unwrap().1;
         let verdicts =
             futures::future::join_all((0..8).map(|_| a.check(Some(&good), ip("192.0.2.7")))).await;
         let statuses: Vec<u16> = verdicts.iter().map(status).collect();
         assert_eq!(statuses, [200; 8]);
         assert_eq!((a.runner.started(), a.runner.refused()), (1, 0));
+    }
+
+    /// Issue 18: revoke takes effect at once (cache entry dropped), list shows no secret,
+    /// scopes come back with the verdict, last use is recorded.
+    #[tokio::test]
+    async fn tokens_are_listed_revoked_and_scoped() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = auth(dir.path(), 2);
+        let (id1, t1) = a.generate("ci", None).unwrap();
+        let scope = Scope::parse("app:u1").unwrap();
+        let (id2, t2) = a.generate("customer", Some(&scope)).unwrap();
+        assert!(matches!(
+            a.check(Some(&t1), ip("192.0.2.1")).await,
+            Verdict::Ok(None)
+        ));
+        match a.check(Some(&t2), ip("192.0.2.1")).await {
+            Verdict::Ok(Some(s)) => assert_eq!(s, scope),
+            v => panic!("expected a scoped Ok, got {}", status(&v)),
+        }
+        let list = a.list().unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(
+            (list[0].id, list[0].name.as_str(), list[0].scope.as_deref()),
+            (id1, "ci", None)
+        );
+        assert_eq!(list[1].scope.as_deref(), Some("app:u1"));
+        assert!(list.iter().all(|t| t.last_used_ms.is_some()), "{list:?}");
+        let text = serde_json::to_string(&list).unwrap();
+        assert!(!text.contains(&t1) && !text.contains("argon2"), "{text}");
+        assert!(a.revoke(id1).unwrap());
+        assert!(!a.revoke(id1).unwrap(), "already gone");
+        assert_eq!(status(&a.check(Some(&t1), ip("192.0.2.1")).await), 401);
+        assert!(!lock(&a.verified).values().any(|id| *id == id1));
+        assert_eq!(status(&a.check(Some(&t2), ip("192.0.2.1")).await), 200);
+        assert_eq!(a.list().unwrap().len(), 1);
+        assert_eq!(id2, a.list().unwrap()[0].id);
+    }
+
+    /// A database written before names and scopes keeps its tokens: unscoped, unnamed.
+    #[tokio::test]
+    async fn a_version_1_table_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenement.db");
+        let old = Auth::open_with(
+            &path,
+            Arc::new(HashRunner::new(1)),
+            argon2::Params::new(1024, 1, 1, None).unwrap(),
+        );
+        drop(old);
+        {
+            let c = Connection::open(&path).unwrap();
+            // Back to version 1: the columns of before.
+            c.execute_batch(
+                "DROP TABLE api_tokens;
+                 CREATE TABLE api_tokens (id INTEGER PRIMARY KEY, hash TEXT NOT NULL, created_ms INTEGER NOT NULL);
+                 UPDATE schema_version SET version = 1 WHERE component = 'auth';",
+            )
+            .unwrap();
+            let salt = SaltString::generate(&mut OsRng);
+            let hash = Argon2::default()
+                .hash_password(b"ten_old", &salt)
+                .unwrap()
+                .to_string();
+            c.execute(
+                "INSERT INTO api_tokens (hash, created_ms) VALUES (?1, 5)",
+                params![hash],
+            )
+            .unwrap();
+        }
+        let a = auth(dir.path(), 1);
+        assert!(matches!(
+            a.check(Some("ten_old"), ip("192.0.2.1")).await,
+            Verdict::Ok(None)
+        ));
+        let list = a.list().unwrap();
+        assert_eq!(
+            (
+                list[0].name.as_str(),
+                list[0].scope.as_ref(),
+                list[0].created_ms
+            ),
+            ("", None, 5)
+        );
     }
 }

@@ -12,6 +12,7 @@ mod metrics;
 mod props;
 mod reload;
 mod route;
+mod scope;
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ use crate::server::compose::Publisher;
 pub use auth::Auth;
 pub use metrics::register_process_collector;
 pub use route::ApiRoute;
+pub use scope::Scope;
 
 pub struct Api {
     /// The running config is the supervisor's (`supervisor.config()`): one place, replaced
@@ -98,6 +100,47 @@ fn error_response(e: ApiError) -> Response {
 /// Parse a JSON body into `T`, naming what is wrong.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+/// `POST /api/tokens` `{name?, scope?}` (an empty body: an unnamed full token).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenArgs {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+impl Api {
+    fn create_token(&self, body: &[u8]) -> ApiResult {
+        let args: TokenArgs = match body.iter().all(u8::is_ascii_whitespace) {
+            true => TokenArgs::default(),
+            false => parse_body(body)?,
+        };
+        let name = args.name.unwrap_or_default();
+        if name.len() > 100 || name.chars().any(char::is_control) {
+            return Err(ApiError::bad("name: at most 100 printable characters"));
+        }
+        let scope = args
+            .scope
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| Scope::parse(&s))
+            .transpose()
+            .map_err(ApiError::bad)?;
+        let (id, token) = self
+            .auth
+            .generate(&name, scope.as_ref())
+            .map_err(internal)?;
+        Ok((
+            StatusCode::CREATED,
+            json!({ "id": id, "name": name, "scope": scope.map(|s| s.to_string()), "token": token }),
+        ))
+    }
 }
 
 /// `process:id` from a path segment.
@@ -178,9 +221,10 @@ impl Management for Api {
         if !path.starts_with("/api/") {
             return error_response(ApiError::not_found(format!("no such page: {path}")));
         }
+        let mut scope = None;
         if !req.trusted {
             match self.auth.check(bearer(&req).as_deref(), req.client).await {
-                auth::Verdict::Ok => {}
+                auth::Verdict::Ok(s) => scope = s,
                 auth::Verdict::Denied(msg) => {
                     let mut resp = error_response(ApiError(StatusCode::UNAUTHORIZED, msg));
                     resp.headers_mut().insert(
@@ -202,6 +246,16 @@ impl Management for Api {
             }
         }
         let route = ApiRoute::parse(&req.head.method, &path);
+        // A scoped token: only its part (403 elsewhere), log queries narrowed to it.
+        let mut query = req.head.uri.query().map(str::to_string);
+        if let Some(s) = &scope {
+            match s.gate(&route, query.as_deref()) {
+                Ok(Some(narrowed)) => query = Some(narrowed),
+                Ok(None) => {}
+                Err(e) => return error_response(e),
+            }
+        }
+        let query = query.as_deref();
         match route {
             ApiRoute::FleetMetrics => {
                 return match self.fleet_metrics_text().await {
@@ -217,13 +271,14 @@ impl Management for Api {
                 };
             }
             ApiRoute::LogsStream => {
-                return self
-                    .logs_stream(req.head.uri.query())
-                    .unwrap_or_else(error_response);
+                return self.logs_stream(query).unwrap_or_else(error_response);
             }
             _ => {}
         }
-        match self.dispatch(&req, &path, route).await {
+        match self
+            .dispatch(&req, &path, route, query, scope.as_ref())
+            .await
+        {
             Ok((status, body)) if status == StatusCode::NO_CONTENT => {
                 let _ = body;
                 let mut resp = http::Response::new(Body::Full(Bytes::new()));
@@ -248,18 +303,32 @@ impl Management for Api {
 
 impl Api {
     /// Answer one JSON route (the streamed and plain-text ones are answered in `handle`).
-    async fn dispatch(&self, req: &Request, path: &str, route: ApiRoute<'_>) -> ApiResult {
+    /// `query` is the request's, narrowed to `scope` for a scoped token.
+    async fn dispatch(
+        &self,
+        req: &Request,
+        path: &str,
+        route: ApiRoute<'_>,
+        query: Option<&str>,
+        scope: Option<&Scope>,
+    ) -> ApiResult {
         use ApiRoute as R;
         let m = &req.head.method;
         let body = &req.body;
-        let query = req.head.uri.query();
         let fleet = if route.is_fleet() {
             Some(self.fleet_or_off()?)
         } else {
             None
         };
         match (route, fleet) {
-            (R::ListInstances, _) => Ok((StatusCode::OK, self.list_instances())),
+            (R::ListInstances, _) => {
+                let list = self.list_instances();
+                let list = match scope {
+                    Some(s) => s.filter_instances(list),
+                    None => list,
+                };
+                Ok((StatusCode::OK, list))
+            }
             (R::SpawnInstance, _) => self.spawn_instance(body).await,
             (R::GetInstance(name), _) => self.get_instance(name),
             (R::StopInstance(name), _) => self.stop_instance(name).await,
@@ -277,11 +346,28 @@ impl Api {
                         "tokens are created only over the control socket (ten token-gen)".into(),
                     ));
                 }
-                let token = self
-                    .auth
-                    .generate()
-                    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-                Ok((StatusCode::CREATED, json!({ "token": token })))
+                self.create_token(body)
+            }
+            (R::WhoAmI, _) => Ok((
+                StatusCode::OK,
+                json!({ "scope": scope.map(ToString::to_string) }),
+            )),
+            (R::ListTokens, _) => {
+                let list = self.auth.list().map_err(internal)?;
+                Ok((StatusCode::OK, json!(list)))
+            }
+            (R::RevokeToken(id), _) => {
+                let n: i64 = id.parse().map_err(|_| {
+                    ApiError::bad(format!(
+                        "bad token id {id:?}: expected a number (see ten token list)"
+                    ))
+                })?;
+                match self.auth.revoke(n).map_err(internal)? {
+                    true => Ok((StatusCode::NO_CONTENT, Value::Null)),
+                    false => Err(ApiError::not_found(format!(
+                        "no token with id {n} (see ten token list)"
+                    ))),
+                }
             }
             (R::ListServers, Some(f)) => Ok((StatusCode::OK, json!(f.view().servers))),
             (R::AddServer, Some(f)) => self.routed(f, fleet::add_server(f, body)).await,

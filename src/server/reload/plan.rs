@@ -164,6 +164,7 @@ fn settings(old: &Settings, new: &Settings, plan: &mut Plan) {
     key!(header_timeout, None::<&str>);
     key!(keepalive_timeout, None::<&str>);
     key!(max_connections, None::<&str>);
+    key!(trusted_proxies, None::<&str>);
     if probe != *new {
         // A setting added after this list was written: safe side, applied at the next start.
         plan.later.push("settings (other keys)".into());
@@ -186,6 +187,7 @@ pub fn keep_read_once(old: &Config, new: &mut Config) {
     n.header_timeout = o.header_timeout;
     n.keepalive_timeout = o.keepalive_timeout;
     n.max_connections = o.max_connections;
+    n.trusted_proxies = o.trusted_proxies.clone();
     new.fleet = old.fleet.clone();
 }
 

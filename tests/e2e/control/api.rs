@@ -294,7 +294,10 @@ const BAD_INPUT: &[(&str, &str, &str, u16, &str)] = &[
     ("PATCH", "/api/instances", "{}", 405, "PATCH"),
     ("GET", "/api/instances/api:x/restart", "", 405, "GET"),
     ("POST", "/api/instances/api:x/weight", r#"{"weight":5}"#, 405, "POST"),
-    ("GET", "/api/tokens", "", 405, "GET"),
+    ("PUT", "/api/tokens", "", 405, "PUT"),
+    ("DELETE", "/api/tokens/nope", "", 400, "nope"),
+    ("DELETE", "/api/tokens/999", "", 404, "999"),
+    ("POST", "/api/tokens", r#"{"scope":"Bad Name"}"#, 400, "scope"),
     ("GET", "/api/nothing-here", "", 404, "nothing-here"),
 ];
 

@@ -17,6 +17,9 @@ const state = {
   sampler: null,
   samplerGen: 0,
   instances: [],
+  // The token's scope (`app` or `app:user123`; null: the whole API): the dashboard shows only
+  // what it may use.
+  scope: null,
   events: null,
   // Metrics sampling (kept across page switches so the charts keep their history).
   lastScrape: null,
@@ -252,6 +255,8 @@ async function useToken(token) {
   try {
     const list = await api('GET', '/api/instances');
     state.instances = list || [];
+    const me = await api('GET', '/api/whoami');
+    state.scope = (me && me.scope) || null;
   } catch (e) {
     if (e.status !== 401 && e.status !== 429) {
       banner(`cannot check the token: ${e.message}`);
@@ -266,10 +271,20 @@ async function useToken(token) {
   $('auth').hidden = true;
   $('token-input').value = '';
   banner('');
-  setConn('ok', 'connected');
+  setConn('ok', state.scope ? `connected (scoped to ${state.scope})` : 'connected');
+  applyScope();
   updateProcessLists();
   startSampler();
   route();
+}
+
+/** A scoped token: no Deploys or Fleet pages, no events of ten itself, no Stop. */
+function applyScope() {
+  const scoped = !!state.scope;
+  for (const a of document.querySelectorAll('#nav a')) {
+    if (SCOPED_HIDDEN.includes(a.dataset.page)) a.hidden = scoped;
+  }
+  $('ov-events-card').hidden = scoped;
 }
 
 // ---------------------------------------------------------------- routing
@@ -282,9 +297,12 @@ const PAGES = {
   fleet: startFleet,
 };
 
+// Pages a scoped token cannot use (their routes answer 403).
+const SCOPED_HIDDEN = ['deploys', 'fleet'];
+
 function route() {
   const name = (location.hash.replace(/^#\/?/, '') || 'overview').split('?')[0];
-  const page = PAGES[name] ? name : 'overview';
+  const page = PAGES[name] && !(state.scope && SCOPED_HIDDEN.includes(name)) ? name : 'overview';
   for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.dataset.page === page);
   if (!state.authOk) return;
   stopPage();
@@ -318,7 +336,7 @@ function updateProcessLists() {
   const current = sel.value;
   sel.replaceChildren(
     h('option', { value: '' }, 'all'),
-    ...['ten', ...procs].map((p) => h('option', { value: p }, p)),
+    ...(state.scope ? procs : ['ten', ...procs]).map((p) => h('option', { value: p }, p)),
   );
   sel.value = [...sel.options].some((o) => o.value === current) ? current : '';
 }
@@ -344,6 +362,7 @@ function startOverview(gen) {
     drawCharts();
   });
   every(gen, 5000, async () => {
+    if (state.scope) return; // ten's own events are not a scoped token's
     const lines = (await api('GET', '/api/logs?process=ten&limit=20')) || [];
     if (gen !== state.gen) return;
     const body = $('ov-events');
@@ -538,7 +557,9 @@ function drawChart(process, points) {
 
 function drawCharts() {
   const box = $('ov-charts');
-  const names = [...state.series.keys()].sort();
+  // A scoped token charts its own process only (/metrics may list more).
+  const mine = new Set(state.instances.map((i) => i.process));
+  const names = [...state.series.keys()].filter((n) => !state.scope || mine.has(n)).sort();
   $('ov-charts-note').textContent = state.metricsNote || `sampling /metrics every ${SCRAPE_EVERY_MS / 1000} s`;
   let total = null;
   for (const n of names) {
@@ -612,7 +633,8 @@ function makeRow(inst) {
   const btn = (action, label, cls) =>
     h('button', { type: 'button', class: `small ${cls || ''}`, dataset: { action }, onclick: () => act(action, inst.name) }, label);
   cells.actions.append(
-    ...(external ? [] : [btn('restart', 'Restart'), btn('stop', 'Stop', 'danger')]),
+    ...(external ? [] : [btn('restart', 'Restart')]),
+    ...(external || state.scope ? [] : [btn('stop', 'Stop', 'danger')]),
     btn('weight', 'Weight'),
   );
   return { tr, cells };
