@@ -67,8 +67,11 @@ def find_tools():
         "ten": rel / "ten",
         "floor": rel / "ten-bench-pingora",
     }
-    for k in ("ten", "floor"):
-        if not bins[k].is_file():
+    # A ten built from another commit, measured beside this one in the same run (`ten-base`).
+    if os.environ.get("TEN_BENCH_BASE"):
+        bins["ten-base"] = Path(os.environ["TEN_BENCH_BASE"])
+    for k in ("ten", "floor", "ten-base"):
+        if k in bins and not bins[k].is_file():
             sys.exit(f"bench: {bins[k]} missing: run `cargo build --profile profiling --bins` first")
     return bins
 
@@ -130,6 +133,9 @@ def all_targets(up_port, sock):
                "connection (ten's listener setting) instead of the default 64 KiB", "floor", tcp,
                extra=["--l4-read-buffer", "0"]),
         Target("ten", "ten serve, TCP upstream (metrics on)", "ten", tcp),
+        *([Target("ten-base", "the same as `ten`, with the ten binary at $TEN_BENCH_BASE (a build "
+                  "of another commit, to compare)", "ten", tcp, bin="ten-base")]
+          if os.environ.get("TEN_BENCH_BASE") else []),
         Target("ten-unix", "ten serve, unix-socket upstream (metrics on)", "ten", unix),
         Target("ten-nometrics", "ten serve, TCP upstream, metrics = false", "ten", tcp, metrics=False),
         Target("ten-plugins", "ten serve, TCP upstream, metrics on + 3 plugins", "ten", tcp, plugins=True),

@@ -210,6 +210,7 @@ class Target:
     churn: bool = False
     callgrind: bool = True
     extra: list = field(default_factory=list)  # more proxy arguments (the floor's)
+    bin: str = "ten"  # which ten binary (`ten-base`: $TEN_BENCH_BASE, a build to compare with)
     port: int = 0
     proc: Proc = None
     control: Path = None
@@ -230,7 +231,7 @@ class Target:
         if self.kind == "ten":
             conf = d / f"{name}.toml"
             conf.write_text(ten_conf(d, name, port, self.upstream, self.metrics, self.plugins))
-            return [bins["ten"], "serve", "--config", conf]
+            return [bins[self.bin], "serve", "--config", conf]
         if self.kind == "direct":
             conf = d / f"{name}.conf"
             conf.write_text(upstream_conf(d, name, port, d / f"{name}.sock", single))
