@@ -21,10 +21,11 @@ mod router;
 mod select;
 mod service;
 pub mod table;
+pub mod tls;
 mod trust;
 
 pub use ctx::{Ctx, Traffic};
-pub use edge::{ConnLimit, Edge, EdgeLimits};
+pub use edge::{h2_server_options, ConnLimit, Edge, EdgeLimits};
 pub use management::ManagementApp;
 pub use router::Router;
 pub use service::TenProxy;

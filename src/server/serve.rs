@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::protocols::ALPN;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{Fds, ListenFds};
 use pingora_core::services::Service as _;
@@ -19,7 +21,8 @@ use tokio::sync::watch;
 
 use tenement_conf::Config;
 use tenement_fleet::{Fleet, FleetStore};
-use tenement_proxy::{EdgeLimits, ManagementApp, TenProxy, TrustedProxies};
+use tenement_proxy::tls::Certs;
+use tenement_proxy::{h2_server_options, EdgeLimits, ManagementApp, TenProxy, TrustedProxies};
 use tenement_supervisor::logs::{LogOptions, LogStore};
 use tenement_supervisor::{StateStore, Supervisor};
 
@@ -180,11 +183,13 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
     // Pingora's proxy inside ten's connection loop (header_timeout, keepalive_timeout: see
     // tenement_proxy::Edge for why there and not a Pingora option), one service per listener
     // so that each has its own max_connections (its connection filter).
-    let app = Arc::new(pingora_proxy::http_proxy(&conf, proxy));
     let limits = EdgeLimits {
         header_timeout: s.header_timeout,
         keepalive_timeout: s.keepalive_timeout,
     };
+    let mut app = pingora_proxy::http_proxy(&conf, proxy);
+    app.server_options = Some(h2_server_options(&limits));
+    let app = Arc::new(app);
     let max_connections = usize::try_from(s.max_connections).unwrap_or(usize::MAX);
     let (listeners, mut listener_failed) = Listeners::new(app, limits, max_connections);
     let mut announced = Vec::new();
@@ -193,8 +198,18 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
         announced.push(format!("http://{local}"));
     }
     if let Some(tls) = &s.tls {
-        let (cert, key) = (tls.cert.to_string_lossy(), tls.key.to_string_lossy());
-        let local = listeners.open_tls(&tls.listen, &cert, &key)?;
+        let certs = Certs::load(tls).map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Certificates by SNI (one ArcSwap'd set: exact name, wildcard, default), h2 + http/1.1
+        // by ALPN unless `http2 = false`.
+        let mut settings = TlsSettings::intermediate("", "")
+            .map_err(|e| anyhow::anyhow!("cannot set up TLS on {}: {e}", tls.listen))?;
+        settings.set_cert_resolver(certs.resolver());
+        if tls.http2 {
+            settings.enable_h2();
+        } else {
+            settings.set_alpn(ALPN::H1);
+        }
+        let local = listeners.open_tls(&tls.listen, settings)?;
         announced.push(format!("https://{local}"));
     }
     let reloader = Arc::new(Reloader::new(
