@@ -5,6 +5,7 @@
 //! The hot path takes no lock: one `ArcSwap::load()` of one immutable [`Table`] (routes,
 //! weights and health together), a hash lookup, a thread-local random choice.
 
+pub mod access;
 mod admit;
 mod ctx;
 mod edge;

@@ -19,8 +19,9 @@ use pingora_core::services::Service as _;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use tenement_conf::Config;
+use tenement_conf::{AccessLog as AccessLogConf, Config};
 use tenement_fleet::{Fleet, FleetStore};
+use tenement_proxy::access::{self, AccessLog};
 use tenement_proxy::tls::Certs;
 use tenement_proxy::{h2_server_options, EdgeLimits, ManagementApp, TenProxy, TrustedProxies};
 use tenement_supervisor::logs::{LogOptions, LogStore};
@@ -171,8 +172,23 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
     // Checked by the config parser; an error here would be a bug, said plainly.
     let trusted = TrustedProxies::new(&s.trusted_proxies)
         .map_err(|e| anyhow::anyhow!("config error at settings.trusted_proxies: {e}"))?;
-    let proxy =
-        TenProxy::new(publisher.router(), api.clone(), Some(waker)).with_trusted_proxies(trusted);
+    let access = match &s.access_log {
+        AccessLogConf::Off => None,
+        conf => {
+            let target = match conf {
+                AccessLogConf::File(p) => access::Target::File(p.clone()),
+                _ => access::Target::Stdout,
+            };
+            let dropped = match &api.metrics {
+                Some(m) => m.access_log_dropped(),
+                None => prometheus::IntCounter::new("unregistered", "-")?,
+            };
+            Some(AccessLog::start(&target, dropped)?)
+        }
+    };
+    let proxy = TenProxy::new(publisher.router(), api.clone(), Some(waker))
+        .with_trusted_proxies(trusted)
+        .with_access_log(access);
     let traffic = proxy.traffic();
     let conf = Arc::new(ServerConf {
         threads: std::thread::available_parallelism()

@@ -288,3 +288,69 @@ fn upstream_http2_speaks_h2c_to_the_app() {
     let r = ten.wait_status(&plain, "/x", 200);
     assert_eq!(r.json()["version"], "HTTP/1.1", "{}", r.text());
 }
+
+#[test]
+fn access_log_writes_one_json_line_per_request_with_every_field() {
+    let ten = Builder::new()
+        .settings("access_log = \"@DIR@/access.log\"")
+        .body(API)
+        .start();
+    let host = format!("prod.api.{DOMAIN}");
+    ten.wait_status(&host, "/", 200);
+    let proxied = ten.get(&host, "/headers?x=1&y=%20");
+    assert_eq!(proxied.status, 200);
+    let id = proxied
+        .header("x-request-id")
+        .expect("request id")
+        .to_string();
+    assert_eq!(ten.get(&format!("nope.{DOMAIN}"), "/missing").status, 404);
+    assert_eq!(ten.get(DOMAIN, "/health").status, 200);
+    let metrics = ten.get(DOMAIN, "/metrics").text();
+    assert!(
+        metrics.contains("tenement_access_log_dropped_total 0"),
+        "{metrics}"
+    );
+    // The writer is asynchronous: wait (bounded) for the lines.
+    let path = ten.dir.path().join("access.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let lines: Vec<serde_json::Value> = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect();
+        let health = lines.iter().any(|l| l["path"] == "/health");
+        if health || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let find = |p: &str| {
+        lines
+            .iter()
+            .find(|l| l["path"] == p)
+            .unwrap_or_else(|| panic!("no line for {p}: {lines:#?}"))
+    };
+    let l = find("/headers?x=1&y=%20");
+    assert_eq!(l["method"], "GET");
+    assert_eq!(l["host"], host);
+    assert_eq!(l["status"], 200);
+    assert_eq!(l["upstream"], "api:prod");
+    assert_eq!(l["request_id"], id.as_str());
+    assert_eq!(l["client_ip"], "127.0.0.1");
+    assert_eq!(l["bytes_sent"], proxied.body.len() as u64);
+    assert!(l["duration_ms"].as_f64().expect("duration") >= 0.0);
+    let ts = l["ts"].as_str().expect("ts");
+    assert!(
+        ts.ends_with('Z') && ts.len() == "2026-01-01T00:00:00.000Z".len(),
+        "{ts}"
+    );
+    // ten's own answers are logged too, without an upstream.
+    let l = find("/missing");
+    assert_eq!(l["status"], 404);
+    assert!(l["upstream"].is_null());
+    let l = find("/health");
+    assert_eq!(l["status"], 200);
+    assert!(l["upstream"].is_null());
+    assert_eq!(l["host"], DOMAIN);
+}
