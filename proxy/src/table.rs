@@ -545,6 +545,12 @@ impl Table {
         }))
     }
 
+    /// Whether `host` (normalised) is a host this table routes at all (any path): a routes
+    /// host, a tenant domain, an instance or process host, the bare domain.
+    pub fn routes_host(&self, host: &str) -> bool {
+        self.hosts.contains_key(host.as_bytes())
+    }
+
     pub fn pool(&self, process: &str) -> Option<&Arc<Pool>> {
         self.pools.get(process)
     }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::PreTlsCallback;
 use pingora_core::protocols::ALPN;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{Fds, ListenFds};
@@ -22,11 +23,12 @@ use tokio::sync::watch;
 use tenement_conf::{AccessLog as AccessLogConf, Config};
 use tenement_fleet::{Fleet, FleetStore};
 use tenement_proxy::access::{self, AccessLog};
-use tenement_proxy::tls::Certs;
+use tenement_proxy::tls::{Certs, Challenges, SniHook};
 use tenement_proxy::{h2_server_options, EdgeLimits, ManagementApp, TenProxy, TrustedProxies};
 use tenement_supervisor::logs::{LogOptions, LogStore};
 use tenement_supervisor::{StateStore, Supervisor};
 
+use crate::server::acme::{Acme, HANDSHAKE_WAIT};
 use crate::server::api::{register_process_collector, Api, Auth};
 use crate::server::audit::Audit;
 use crate::server::compose::{Publisher, Wake};
@@ -186,9 +188,26 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
             Some(AccessLog::start(&target, dropped)?)
         }
     };
+    // Certificates (files now, ACME's as they come) and, with [settings.acme], the HTTP-01
+    // answers the plain listeners give before routing.
+    let certs = match &s.tls {
+        Some(tls) => Some(Certs::load(tls).map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => None,
+    };
+    let acme = match (&s.acme, &certs) {
+        (Some(conf), Some(certs)) => Some(Acme::new(
+            conf.clone(),
+            &s.data_dir,
+            certs.clone(),
+            Arc::new(Challenges::default()),
+            publisher.router(),
+        )?),
+        _ => None,
+    };
     let proxy = TenProxy::new(publisher.router(), api.clone(), Some(waker))
         .with_trusted_proxies(trusted)
-        .with_access_log(access);
+        .with_access_log(access)
+        .with_challenges(acme.as_ref().map(|a| a.challenges()));
     let traffic = proxy.traffic();
     let conf = Arc::new(ServerConf {
         threads: std::thread::available_parallelism()
@@ -214,7 +233,9 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
         announced.push(format!("http://{local}"));
     }
     if let Some(tls) = &s.tls {
-        let certs = Certs::load(tls).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let certs = certs
+            .clone()
+            .context("the certificate set is loaded with [settings.tls]")?;
         // Certificates by SNI (one ArcSwap'd set: exact name, wildcard, default), h2 + http/1.1
         // by ALPN unless `http2 = false`.
         let mut settings = TlsSettings::intermediate("", "")
@@ -225,7 +246,13 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
         } else {
             settings.set_alpn(ALPN::H1);
         }
-        let local = listeners.open_tls(&tls.listen, settings)?;
+        // With ACME, before each handshake: the SNI name, and an order when ten routes it and
+        // no certificate covers it (waits at most HANDSHAKE_WAIT).
+        let hook = acme.as_ref().map(|acme| {
+            let hook: PreTlsCallback = SniHook::new(certs.clone(), acme.clone(), HANDSHAKE_WAIT);
+            hook
+        });
+        let local = listeners.open_tls(&tls.listen, settings, hook)?;
         announced.push(format!("https://{local}"));
     }
     let reloader = Arc::new(Reloader::new(
@@ -257,6 +284,9 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
     if let Some(mut admin) = admin {
         let (fds, rx) = (fds.clone(), shutdown_rx.clone());
         tokio::spawn(async move { admin.start_service(Some(fds), rx, 1).await });
+    }
+    if let Some(acme) = &acme {
+        tokio::spawn(acme.clone().renew_loop());
     }
     for a in &announced {
         match a.strip_prefix("admin ") {

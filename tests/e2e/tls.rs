@@ -354,3 +354,214 @@ fn access_log_writes_one_json_line_per_request_with_every_field() {
     assert!(l["upstream"].is_null());
     assert_eq!(l["host"], DOMAIN);
 }
+
+/// A child process killed when dropped (pebble, its DNS).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Wait (bounded) until something listens on `addr`.
+fn wait_listening(addr: SocketAddr, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not listen on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Pebble (Let's Encrypt's test ACME server, Debian package `pebble`) on loopback, validating
+/// HTTP-01 against `http_port` and resolving every name to 127.0.0.1 through
+/// pebble-challtestsrv's DNS. Returns the guards, the directory URL, the PEM of the CA that
+/// signs pebble's own API certificate (for `ca_cert`) and of the root pebble issues under.
+fn pebble(dir: &std::path::Path, http_port: u16) -> (Vec<Killed>, String, String) {
+    for bin in ["pebble", "pebble-challtestsrv"] {
+        assert!(
+            std::path::Path::new(&format!("/usr/bin/{bin}")).exists(),
+            "{bin} is not installed (Debian package pebble: `make test` installs it)"
+        );
+    }
+    let api_pem = self_signed(dir, "pebble-api", &["127.0.0.1", "localhost"]);
+    let (api, mgmt, dns) = (
+        crate::util::free_port(),
+        crate::util::free_port(),
+        crate::util::free_port(),
+    );
+    let config = serde_json::json!({"pebble": {
+        "listenAddress": format!("127.0.0.1:{api}"),
+        "managementListenAddress": format!("127.0.0.1:{mgmt}"),
+        "certificate": dir.join("pebble-api.pem"),
+        "privateKey": dir.join("pebble-api.key"),
+        "httpPort": http_port,
+        "tlsPort": crate::util::free_port(),
+        "ocspResponderURL": "",
+        "externalAccountBindingRequired": false,
+    }});
+    let config_path = dir.join("pebble.json");
+    std::fs::write(&config_path, config.to_string()).expect("pebble config");
+    let quiet = || std::process::Stdio::null();
+    let dns_srv = std::process::Command::new("pebble-challtestsrv")
+        .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+        .args(["-dns01", &format!("127.0.0.1:{dns}")])
+        .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+        .args([
+            "-management",
+            &format!("127.0.0.1:{}", crate::util::free_port()),
+        ])
+        .stdout(quiet())
+        .stderr(quiet())
+        .spawn()
+        .expect("start pebble-challtestsrv");
+    let guards = vec![Killed(dns_srv)];
+    let log = std::fs::File::create(dir.join("pebble.log")).expect("pebble log");
+    let pebble = std::process::Command::new("pebble")
+        .arg("-config")
+        .arg(&config_path)
+        .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+        .env("PEBBLE_VA_NOSLEEP", "1")
+        .env("PEBBLE_WFE_NONCEREJECT", "0")
+        .env_remove("PEBBLE_VA_ALWAYS_VALID")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start pebble");
+    let mut guards = guards;
+    guards.push(Killed(pebble));
+    wait_listening(SocketAddr::from(([127, 0, 0, 1], api)), "pebble");
+    wait_listening(
+        SocketAddr::from(([127, 0, 0, 1], mgmt)),
+        "pebble management",
+    );
+    // The root pebble issues under (random per run), from its management interface.
+    let root = reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(api_pem.as_bytes()).expect("ca"))
+        .build()
+        .expect("client")
+        .get(format!("https://127.0.0.1:{mgmt}/roots/0"))
+        .send()
+        .and_then(|r| r.text())
+        .expect("pebble root");
+    (guards, format!("https://127.0.0.1:{api}/dir"), root)
+}
+
+/// How many orders ten started (its log lines).
+fn orders(ten: &crate::util::Ten) -> usize {
+    ten.stderr().matches("acme: ordering a certificate").count()
+}
+
+#[test]
+fn acme_issues_on_demand_for_routed_names_only_reuses_stored_certs_and_renews() {
+    let b = Builder::new();
+    let http_port = crate::util::free_port();
+    let (_pebble, directory, root) = pebble(b.dir(), http_port);
+    let config = format!(
+        "[settings]\ndomain = \"{DOMAIN}\"\nlisten = \"127.0.0.1:{http_port}\"\ndata_dir = \"@DIR@/data\"\n\
+         drain_timeout = \"2s\"\n\
+         [settings.tls]\nlisten = \"127.0.0.1:0\"\n\
+         [settings.acme]\nemail = \"ops@{DOMAIN}\"\ndirectory = \"{directory}\"\nca_cert = \"@DIR@/pebble-api.pem\"\n\
+         {API}"
+    );
+    let mut ten = b.raw(&config).start();
+    let host = format!("prod.api.{DOMAIN}");
+    ten.wait_status(&host, "/", 200);
+    let https = ten.https.expect("https");
+
+    // First handshake for a routed name: waits for the order, gets a Pebble-issued cert.
+    let s = tls_connect(https, &host, &[&root], &[b"http/1.1"]);
+    let issued = s.conn.peer_certificates().expect("cert")[0].to_vec();
+    drop(s);
+    assert_eq!(orders(&ten), 1, "{}", ten.stderr());
+    // A request over it is routed.
+    let r = client(&root, &host, https)
+        .get(format!("https://{host}:{}/headers", https.port()))
+        .send()
+        .expect("https request");
+    assert_eq!(r.status().as_u16(), 200);
+
+    // An unrouted SNI: no order, and with no default certificate the handshake fails.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    for name in ["evil.example.org", &format!("nope.{DOMAIN}")] {
+        let mut store = rustls::RootCertStore::empty();
+        store.add(pem_der(&root).into()).expect("root");
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(store)
+            .with_no_client_auth();
+        let sni = rustls::pki_types::ServerName::try_from(name.to_string()).expect("name");
+        let mut conn = rustls::ClientConnection::new(Arc::new(config), sni).expect("conn");
+        let mut sock = TcpStream::connect(https).expect("connect");
+        sock.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let failed = loop {
+            match conn.complete_io(&mut sock) {
+                Ok(_) if conn.is_handshaking() => continue,
+                Ok(_) => break false,
+                Err(_) => break true,
+            }
+        };
+        assert!(failed, "{name}: no certificate covers it");
+    }
+    assert_eq!(orders(&ten), 1, "unrouted names are never ordered");
+    assert!(!ten
+        .stderr()
+        .lines()
+        .any(|l| l.contains("ordering") && l.contains("evil.example.org")));
+
+    // Stored 0600 under {data_dir}/acme/.
+    use std::os::unix::fs::PermissionsExt;
+    for f in [
+        "account.json",
+        &format!("{host}.crt"),
+        &format!("{host}.key"),
+    ] {
+        let meta = std::fs::metadata(ten.data_dir().join("acme").join(f)).expect(f);
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{f}");
+    }
+
+    // A restart serves the stored certificate without a new order.
+    ten.sigterm();
+    ten.serve_again();
+    let https = ten.https.expect("https");
+    let s = tls_connect(https, &host, &[&root], &[b"http/1.1"]);
+    assert_eq!(
+        s.conn.peer_certificates().expect("cert")[0].to_vec(),
+        issued
+    );
+    drop(s);
+    assert_eq!(orders(&ten), 1, "{}", ten.stderr());
+
+    // Renewal: with ten's ACME clock moved to 10 days before the certificate's expiry, the
+    // renewal check at start orders a new one, served from then on.
+    let not_after = {
+        let (_, c) = x509_parser::parse_x509_certificate(&issued).expect("x509");
+        c.validity().not_after.timestamp()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let offset = (not_after - now - 10 * 86_400).max(0);
+    ten.sigterm();
+    std::env::set_var("TEN_ACME_TEST_CLOCK_OFFSET", format!("{offset}s"));
+    ten.serve_again();
+    std::env::remove_var("TEN_ACME_TEST_CLOCK_OFFSET");
+    let https = ten.https.expect("https");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let renewed = loop {
+        let s = tls_connect(https, &host, &[&root], &[b"http/1.1"]);
+        let der = s.conn.peer_certificates().expect("cert")[0].to_vec();
+        if der != issued || std::time::Instant::now() > deadline {
+            break der;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_ne!(renewed, issued, "renewed: {}", ten.stderr());
+    assert_eq!(orders(&ten), 2, "{}", ten.stderr());
+    assert!(ten.stderr().contains("certificate due for renewal"));
+}
