@@ -151,6 +151,11 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
         supervisor: supervisor.clone(),
         fleet: fleet.clone().map(|f| (f, publisher.clone())),
     });
+    // Certificates: files now, ACME's as they come.
+    let certs = match &s.tls {
+        Some(tls) => Some(Certs::load(tls).map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => None,
+    };
     let api = Arc::new(Api {
         supervisor: supervisor.clone(),
         publisher: publisher.clone(),
@@ -161,6 +166,7 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
         fleet: fleet.clone(),
         rendered: Default::default(),
         reloader: Default::default(),
+        certs: certs.clone(),
     });
     // Orphans killed, desired instances announced and external upstreams resolved before any
     // listener opens, and the table that shows them live.
@@ -188,12 +194,7 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
             Some(AccessLog::start(&target, dropped)?)
         }
     };
-    // Certificates (files now, ACME's as they come) and, with [settings.acme], the HTTP-01
-    // answers the plain listeners give before routing.
-    let certs = match &s.tls {
-        Some(tls) => Some(Certs::load(tls).map_err(|e| anyhow::anyhow!("{e}"))?),
-        None => None,
-    };
+    // With [settings.acme], the HTTP-01 answers the plain listeners give before routing.
     let acme = match (&s.acme, &certs) {
         (Some(conf), Some(certs)) => Some(Acme::new(
             conf.clone(),

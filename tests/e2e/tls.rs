@@ -232,6 +232,20 @@ fn certificates_are_chosen_by_sni_exact_then_wildcard_then_default() {
     assert_eq!(served(&format!("a.{DOMAIN}")), pem_der(&exact));
     assert_eq!(served(&format!("x.w.{DOMAIN}")), pem_der(&wild));
     assert_eq!(served(&format!("default.{DOMAIN}")), pem_der(&default));
+    // `ten certs`: all three, from files.
+    let (status, out, err) = ten.cli(&["certs"]);
+    assert!(status.success(), "{err}");
+    for name in [
+        format!("a.{DOMAIN}"),
+        format!("*.w.{DOMAIN}"),
+        format!("default.{DOMAIN}"),
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&name) && l.ends_with("file")),
+            "{name}: {out}"
+        );
+    }
     // A name nothing covers gets the default (the client then rejects the name).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut store = rustls::RootCertStore::empty();
@@ -478,6 +492,23 @@ fn acme_issues_on_demand_for_routed_names_only_reuses_stored_certs_and_renews() 
     let issued = s.conn.peer_certificates().expect("cert")[0].to_vec();
     drop(s);
     assert_eq!(orders(&ten), 1, "{}", ten.stderr());
+    // `ten certs` lists it: issued by Pebble, source acme.
+    let (status, out, err) = ten.cli(&["certs", "--json"]);
+    assert!(status.success(), "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let c = listed
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == host.as_str()))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(c["source"], "acme");
+    assert!(
+        c["issuer"].as_str().expect("issuer").contains("Pebble"),
+        "{c}"
+    );
+    assert!(
+        c["not_after"].as_str().expect("not_after").ends_with('Z'),
+        "{c}"
+    );
     // A request over it is routed.
     let r = client(&root, &host, https)
         .get(format!("https://{host}:{}/headers", https.port()))
