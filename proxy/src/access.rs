@@ -5,11 +5,13 @@
 //! fields are reference-counted clones of the request's own) into a bounded channel, only when
 //! the log is on; a full channel drops the line and counts it in
 //! `tenement_access_log_dropped_total`. One background thread formats and writes the lines,
-//! flushing whenever the channel runs empty.
+//! flushing whenever the channel runs empty. [`AccessLog::reopen`] (SIGUSR1) makes it reopen a
+//! file log by its path before its next line, for logrotate.
 
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -51,6 +53,8 @@ pub struct Entry {
 pub struct AccessLog {
     tx: SyncSender<Entry>,
     dropped: IntCounter,
+    /// Set by [`AccessLog::reopen`]; the writer reopens its file before the next line.
+    reopen: Arc<AtomicBool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,31 +68,27 @@ impl AccessLog {
     /// Open `target` (a file is appended to, created 0640) and start the writer thread.
     /// `dropped` counts lines lost to a full queue.
     pub fn start(target: &Target, dropped: IntCounter) -> Result<Arc<AccessLog>, OpenError> {
-        let out: Box<dyn Write + Send> = match target {
-            Target::Stdout => Box::new(std::io::stdout()),
-            Target::File(path) => {
-                use std::os::unix::fs::OpenOptionsExt;
-                let f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o640)
-                    .open(path)
-                    .map_err(|source| OpenError {
-                        path: path.display().to_string(),
-                        source,
-                    })?;
-                Box::new(f)
-            }
-        };
+        let out = Output::open(target)?;
+        let reopen = Arc::new(AtomicBool::new(false));
         let (tx, rx) = sync_channel(QUEUE);
+        let flag = reopen.clone();
         std::thread::Builder::new()
             .name("ten-access-log".into())
-            .spawn(move || write_lines(rx, std::io::BufWriter::with_capacity(64 * 1024, out)))
+            .spawn(move || write_lines(rx, out, &flag))
             .map_err(|source| OpenError {
                 path: "(writer thread)".into(),
                 source,
             })?;
-        Ok(Arc::new(AccessLog { tx, dropped }))
+        Ok(Arc::new(AccessLog {
+            tx,
+            dropped,
+            reopen,
+        }))
+    }
+
+    /// Reopen a file log by its path before the next line (after logrotate moved it).
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Release);
     }
 
     /// Queue one line; never waits (a full queue drops it and counts the drop).
@@ -130,22 +130,71 @@ pub(crate) fn entry(
     }
 }
 
-/// The writer thread: one line per entry; flushed whenever the queue is empty.
-fn write_lines(rx: Receiver<Entry>, mut out: impl Write) {
+/// Where the writer thread writes: buffered, with the path to reopen (files only).
+struct Output {
+    out: std::io::BufWriter<Box<dyn Write + Send>>,
+    path: Option<PathBuf>,
+}
+
+impl Output {
+    fn open(target: &Target) -> Result<Output, OpenError> {
+        let (out, path): (Box<dyn Write + Send>, _) = match target {
+            Target::Stdout => (Box::new(std::io::stdout()), None),
+            Target::File(path) => (Box::new(open_file(path)?), Some(path.clone())),
+        };
+        Ok(Output {
+            out: std::io::BufWriter::with_capacity(64 * 1024, out),
+            path,
+        })
+    }
+
+    #[cfg(test)]
+    fn to(w: impl Write + Send + 'static) -> Output {
+        Output {
+            out: std::io::BufWriter::new(Box::new(w)),
+            path: None,
+        }
+    }
+}
+
+fn open_file(path: &std::path::Path) -> Result<std::fs::File, OpenError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(|source| OpenError {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+/// The writer thread: one line per entry; flushed whenever the queue is empty; the file
+/// reopened first when `reopen` is set.
+fn write_lines(rx: Receiver<Entry>, mut o: Output, reopen: &AtomicBool) {
     let mut line = String::with_capacity(512);
     while let Ok(first) = rx.recv() {
+        if reopen.swap(false, Ordering::AcqRel) {
+            if let Some(path) = &o.path {
+                let _ = o.out.flush();
+                match open_file(path) {
+                    Ok(f) => o.out = std::io::BufWriter::with_capacity(64 * 1024, Box::new(f)),
+                    Err(e) => tracing::warn!(error = %e, "access log not reopened"),
+                }
+            }
+        }
         let mut next = Some(first);
         while let Some(e) = next {
             line.clear();
             format_line(&e, &mut line);
-            if out.write_all(line.as_bytes()).is_err() {
-                // Nowhere to write (disk full, closed stdout): keep draining, try again later.
-            }
+            // Nowhere to write (disk full, closed stdout): the line is lost, later ones retried.
+            let _ = o.out.write_all(line.as_bytes());
             next = rx.try_recv().ok();
         }
-        let _ = out.flush();
+        let _ = o.out.flush();
     }
-    let _ = out.flush();
+    let _ = o.out.flush();
 }
 
 /// `{ts, client_ip, method, host, path, status, bytes_sent, duration_ms, upstream,
@@ -211,6 +260,58 @@ fn string(out: &mut String, bytes: &[u8]) {
 mod tests {
     use super::*;
 
+    /// A `Write` into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn reopen_starts_a_new_file_at_the_path() {
+        let dir = std::env::temp_dir().join(format!("ten-access-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("access.log");
+        let rotated = dir.join("access.log.1");
+        let log = AccessLog::start(
+            &Target::File(path.clone()),
+            IntCounter::new("d", "d").unwrap(),
+        )
+        .unwrap();
+        log.send(sample());
+        let wait_lines = |p: &std::path::Path, n: usize| {
+            for _ in 0..200 {
+                let text = std::fs::read_to_string(p).unwrap_or_default();
+                if text.lines().count() >= n {
+                    return text.lines().count();
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        assert_eq!(wait_lines(&path, 1), 1);
+        std::fs::rename(&path, &rotated).unwrap();
+        log.reopen();
+        log.send(sample());
+        assert_eq!(wait_lines(&path, 1), 1, "the next line goes to a new file");
+        assert_eq!(
+            wait_lines(&rotated, 1),
+            1,
+            "the rotated file keeps its lines"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     fn sample() -> Entry {
         Entry {
             ts: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
@@ -263,6 +364,7 @@ mod tests {
         let log = AccessLog {
             tx,
             dropped: dropped.clone(),
+            reopen: Arc::default(),
         };
         for _ in 0..5 {
             log.send(sample());
@@ -277,9 +379,9 @@ mod tests {
             tx.send(sample()).unwrap();
         }
         drop(tx);
-        let mut out = Vec::new();
-        write_lines(rx, &mut out);
-        let text = String::from_utf8(out).unwrap();
+        let out = Sink::default();
+        write_lines(rx, Output::to(out.clone()), &AtomicBool::new(false));
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         assert_eq!(text.lines().count(), 3);
     }
 }

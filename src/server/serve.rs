@@ -207,7 +207,7 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
     };
     let proxy = TenProxy::new(publisher.router(), api.clone(), Some(waker))
         .with_trusted_proxies(trusted)
-        .with_access_log(access)
+        .with_access_log(access.clone())
         .with_challenges(acme.as_ref().map(|a| a.challenges()));
     let traffic = proxy.traffic();
     let conf = Arc::new(ServerConf {
@@ -289,6 +289,20 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
     if let Some(acme) = &acme {
         tokio::spawn(acme.clone().renew_loop());
     }
+    // SIGUSR1: reopen the access log file (logrotate). Handled even without one, so that the
+    // signal never kills ten.
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    tokio::spawn(async move {
+        while usr1.recv().await.is_some() {
+            match &access {
+                Some(log) => {
+                    log.reopen();
+                    tracing::info!("SIGUSR1: the access log is reopened before its next line");
+                }
+                None => tracing::info!("SIGUSR1: no access log to reopen"),
+            }
+        }
+    });
     for a in &announced {
         match a.strip_prefix("admin ") {
             Some(a) => println!("ten: admin listening on {a}"),

@@ -367,6 +367,28 @@ fn access_log_writes_one_json_line_per_request_with_every_field() {
     assert_eq!(l["status"], 200);
     assert!(l["upstream"].is_null());
     assert_eq!(l["host"], DOMAIN);
+
+    // logrotate: move the file, SIGUSR1, the next line goes to a new file at the path.
+    let rotated = ten.dir.path().join("access.log.1");
+    std::fs::rename(&path, &rotated).expect("rotate");
+    crate::util::signal(ten.pid(), "USR1");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        assert_eq!(ten.get(&host, "/headers?after=rotate").status, 200);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.contains("after=rotate") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new access log after SIGUSR1: {}",
+            ten.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(std::fs::read_to_string(&rotated)
+        .expect("rotated")
+        .contains("/health"));
 }
 
 /// A child process killed when dropped (pebble, its DNS).
