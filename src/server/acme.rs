@@ -68,6 +68,8 @@ pub struct Acme {
     account: OnceCell<Account>,
     names: Mutex<HashMap<String, NameState>>,
     clock_offset: Duration,
+    /// Orders started since start (for tests and logs).
+    started: std::sync::atomic::AtomicU64,
     me: Weak<Acme>,
 }
 
@@ -98,6 +100,7 @@ impl Acme {
             account: OnceCell::new(),
             names: Mutex::new(HashMap::new()),
             clock_offset,
+            started: Default::default(),
             me: me.clone(),
         });
         acme.load_stored();
@@ -183,6 +186,8 @@ impl Acme {
                         _ => None,
                     };
                     let (tx, rx) = watch::channel(false);
+                    self.started
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     names.insert(name.to_string(), NameState::Ordering(rx.clone()));
                     let Some(me) = self.me.upgrade() else {
                         return;
@@ -377,6 +382,65 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// ACME against a directory nothing listens on, with a table routing `ten.test` (the bare
+    /// domain) only.
+    fn unreachable(dir: &Path) -> Arc<Acme> {
+        let conf = tenement_conf::Acme {
+            email: None,
+            directory: "http://127.0.0.1:9/dir".into(),
+            challenge: tenement_conf::AcmeChallenge::Http01,
+            ca_cert: None,
+        };
+        let table = tenement_proxy::TableBuilder::new("ten.test").build();
+        Acme::new(
+            conf,
+            dir,
+            Arc::new(Certs::default()),
+            Arc::new(Challenges::default()),
+            Arc::new(Router::new(table)),
+        )
+        .unwrap()
+    }
+
+    fn started(a: &Acme) -> u64 {
+        a.started.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[tokio::test]
+    async fn unrouted_names_are_never_ordered_and_failures_back_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let acme = unreachable(dir.path());
+        acme.ensure("evil.example.org").await;
+        assert_eq!(started(&acme), 0, "an unrouted SNI orders nothing");
+        // Two handshakes at once for a routed name: one order.
+        tokio::join!(acme.ensure("ten.test"), acme.ensure("ten.test"));
+        assert_eq!(started(&acme), 1);
+        // It failed (nothing listens): backing off, no new order.
+        acme.ensure("ten.test").await;
+        assert_eq!(started(&acme), 1, "a failed name waits for its backoff");
+        match acme.names.lock().get("ten.test") {
+            Some(NameState::Failed { backoff, .. }) => assert_eq!(*backoff, FIRST_BACKOFF),
+            _ => panic!("expected a failed state"),
+        }
+        // Past the backoff: ordered again, and the next backoff doubles.
+        if let Some(NameState::Failed { retry_at, .. }) = acme.names.lock().get_mut("ten.test") {
+            *retry_at = Instant::now();
+        }
+        acme.ensure("ten.test").await;
+        assert_eq!(started(&acme), 2);
+        match acme.names.lock().get("ten.test") {
+            Some(NameState::Failed { backoff, .. }) => assert_eq!(*backoff, FIRST_BACKOFF * 2),
+            _ => panic!("expected a failed state"),
+        }
+        // The acme dir is private.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("acme"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
 
     #[test]
     fn only_host_names_become_file_names() {
