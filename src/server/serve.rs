@@ -262,6 +262,7 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
         publisher.clone(),
         listeners.clone(),
         notifier.clone(),
+        certs.clone(),
     ));
     let _ = api.reloader.set(reloader);
 

@@ -618,3 +618,52 @@ fn acme_issues_on_demand_for_routed_names_only_reuses_stored_certs_and_renews() 
     assert_eq!(orders(&ten), 2, "{}", ten.stderr());
     assert!(ten.stderr().contains("certificate due for renewal"));
 }
+
+#[test]
+fn reload_rebuilds_the_certificate_set_and_refuses_a_bad_file() {
+    let b = Builder::new();
+    let host = format!("prod.api.{DOMAIN}");
+    let first = self_signed(b.dir(), "default", &[&host]);
+    let ten = b.settings(&tls_settings("")).body(API).start();
+    let https = ten.https.expect("https");
+    let dir = ten.dir.path().to_path_buf();
+    let served = |sni: &str, roots: &[&str]| {
+        let s = tls_connect(https, sni, roots, &[b"http/1.1"]);
+        s.conn.peer_certificates().expect("certs")[0].to_vec()
+    };
+    assert_eq!(served(&host, &[&first]), pem_der(&first));
+    // Renewed in place (certbot): `ten reload` serves the new files.
+    let second = self_signed(&dir, "default", &[&host]);
+    let (status, out, err) = ten.cli(&["reload"]);
+    assert!(status.success(), "{out}{err}");
+    assert_eq!(served(&host, &[&second]), pem_der(&second));
+    // A certificate added to `certs`.
+    let extra = format!("x.{DOMAIN}");
+    let third = self_signed(&dir, "extra", &[&extra]);
+    let config = dir.join("tenement.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let key_line = format!("key = \"{}/default.key\"\n", dir.display());
+    assert!(text.contains(&key_line), "{text}");
+    let with_extra = text.replace(
+        &key_line,
+        &format!(
+            "{key_line}certs = [{{cert = \"{0}/extra.pem\", key = \"{0}/extra.key\"}}]\n",
+            dir.display()
+        ),
+    );
+    std::fs::write(&config, &with_extra).expect("write config");
+    let (status, out, err) = ten.cli(&["reload"]);
+    assert!(status.success(), "{out}{err}");
+    assert!(out.contains("tls"), "{out}");
+    assert_eq!(served(&extra, &[&third]), pem_der(&third));
+    // A certificate rustls cannot use (a key that does not match): refused, nothing changes.
+    let other = rcgen::KeyPair::generate().expect("key");
+    std::fs::write(dir.join("extra.key"), other.serialize_pem()).expect("write key");
+    let (status, out, err) = ten.cli(&["reload"]);
+    assert!(!status.success(), "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("settings.tls.certs[0]"),
+        "{out}{err}"
+    );
+    assert_eq!(served(&extra, &[&third]), pem_der(&third));
+}
