@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
+mod h2c;
+
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
 
@@ -23,7 +25,7 @@ const MAX_LINE: u64 = 16 << 10;
 const MAX_HEADERS: usize = 200;
 const TEXT: &str = "text/plain";
 const USAGE: &str = "usage: ten-testapp [--port N | --socket PATH] [--name NAME] \
-[--startup-delay-ms N] [--ignore-sigterm] [--spawn-child] [--fail-health]
+[--startup-delay-ms N] [--ignore-sigterm] [--spawn-child] [--fail-health] [--h2c]
 env: SOCKET_PATH (unix socket), PORT (tcp on 127.0.0.1), TEN_PROCESS + TEN_INSTANCE (name)";
 
 /// Writes one line to stdout and flushes; errors (closed pipe) are ignored.
@@ -52,6 +54,8 @@ struct Config {
     ignore_sigterm: bool,
     spawn_child: bool,
     fail_health: bool,
+    /// Serve HTTP/1.1 and h2c (prior knowledge) through hyper instead (see h2c.rs).
+    h2c: bool,
 }
 
 fn num_arg<T: FromStr>(what: &str, s: &str) -> Result<T, String> {
@@ -63,7 +67,12 @@ fn num_arg<T: FromStr>(what: &str, s: &str) -> Result<T, String> {
 /// Parses flags; `--flag value` and `--flag=value` are both accepted.
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Config, String> {
     const VALUED: [&str; 4] = ["--port", "--socket", "--name", "--startup-delay-ms"];
-    const SWITCHES: [&str; 3] = ["--ignore-sigterm", "--spawn-child", "--fail-health"];
+    const SWITCHES: [&str; 4] = [
+        "--ignore-sigterm",
+        "--spawn-child",
+        "--fail-health",
+        "--h2c",
+    ];
     let mut cfg = Config::default();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -86,6 +95,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Config, String> 
             "--ignore-sigterm" => cfg.ignore_sigterm = true,
             "--spawn-child" => cfg.spawn_child = true,
             "--fail-health" => cfg.fail_health = true,
+            "--h2c" => cfg.h2c = true,
             _ => {}
         }
     }
@@ -182,6 +192,12 @@ fn run(cfg: Config) -> Result<(), String> {
         "ten-testapp {name} listening on {}",
         listener.addr()
     ));
+    if cfg.h2c {
+        return match listener {
+            Listener::Tcp(l) => h2c::serve(l, name),
+            Listener::Unix(..) => Err("--h2c needs a TCP port".to_string()),
+        };
+    }
     let app: &'static App = Box::leak(Box::new(App {
         name,
         healthy: AtomicBool::new(!cfg.fail_health),

@@ -48,6 +48,10 @@ pub struct Settings {
     /// Bytes; default 10 MB.
     pub max_body: u64,
     pub tls: Option<Tls>,
+    /// `[settings.acme]`: certificates on demand for routed names (needs `[settings.tls]`).
+    pub acme: Option<Acme>,
+    /// One JSON line per request (default off).
+    pub access_log: AccessLog,
     pub metrics_token: Option<String>,
     /// Per-request metrics on the hot path (default true; false only for benchmarking the cost).
     pub metrics: bool,
@@ -82,8 +86,51 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tls {
     pub listen: String,
+    /// The default certificate (served when no other covers the SNI name). Optional only with
+    /// `[settings.acme]`: without one, a handshake for a name no certificate covers fails.
+    pub default: Option<CertFiles>,
+    /// More certificates, chosen by SNI (`certs = [{cert, key}, ...]`), in declaration order.
+    pub certs: Vec<CertFiles>,
+    /// Offer HTTP/2 by ALPN (default true).
+    pub http2: bool,
+}
+
+/// A certificate chain and its private key (PEM files).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Where it was configured, for messages: `settings.tls` or `settings.tls.certs[1]`.
+    pub origin: String,
+}
+
+/// `[settings.acme]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Acme {
+    pub email: Option<String>,
+    /// The ACME directory URL; default Let's Encrypt production.
+    pub directory: String,
+    pub challenge: AcmeChallenge,
+    /// A PEM CA bundle to trust for the directory (a private or test CA such as Pebble).
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// Let's Encrypt's production directory.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// Answered on every plain listener at `/.well-known/acme-challenge/`.
+    Http01,
+}
+
+/// `[settings] access_log`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AccessLog {
+    #[default]
+    Off,
+    Stdout,
+    File(PathBuf),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +207,8 @@ pub struct Process {
     /// Bytes (settings.max_body unless overridden).
     pub max_body: u64,
     pub plugins: Vec<PluginConf>,
+    /// Talk HTTP/2 cleartext (h2c, prior knowledge) to the app (gRPC); default false.
+    pub upstream_http2: bool,
     /// Non-empty: an external service ten does not spawn.
     pub upstreams: Vec<Upstream>,
 }

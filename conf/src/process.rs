@@ -38,6 +38,7 @@ const KEYS: &[&str] = &[
     "storage_persist",
     "max_body",
     "plugins",
+    "upstream_http2",
     "upstreams",
     "isolation",
 ];
@@ -117,6 +118,7 @@ fn parse_process(cx: &mut Cx, name: &str, t: &Tbl<'_, '_>, s: &Settings) -> Proc
         storage_persist: s.storage_persist,
         max_body: s.max_body,
         plugins: Vec::new(),
+        upstream_http2: false,
         upstreams: Vec::new(),
     };
 
@@ -209,6 +211,9 @@ fn parse_process(cx: &mut Cx, name: &str, t: &Tbl<'_, '_>, s: &Settings) -> Proc
     }
     if let Some(b) = t.get("storage_persist").and_then(|f| cx.bool(&f)) {
         p.storage_persist = b;
+    }
+    if let Some(b) = t.get("upstream_http2").and_then(|f| cx.bool(&f)) {
+        p.upstream_http2 = b;
     }
     if let Some(n) = t.get("max_body").and_then(|f| cx.size(&f)) {
         p.max_body = n;

@@ -7,7 +7,7 @@ use crate::error::Cx;
 use crate::names;
 use crate::parse::resolve_path;
 use crate::tree::{Field, Tbl, Val};
-use crate::{Fleet, Settings, Tls};
+use crate::{AccessLog, Acme, AcmeChallenge, CertFiles, Fleet, Settings, Tls, LETS_ENCRYPT};
 
 const SETTINGS_KEYS: &[&str] = &[
     "domain",
@@ -18,6 +18,8 @@ const SETTINGS_KEYS: &[&str] = &[
     "drain_timeout",
     "max_body",
     "tls",
+    "acme",
+    "access_log",
     "metrics_token",
     "metrics",
     "admin_loopback_trusted",
@@ -38,7 +40,11 @@ const SETTINGS_KEYS: &[&str] = &[
     "storage_persist",
 ];
 
-const TLS_KEYS: &[&str] = &["listen", "cert", "key"];
+const TLS_KEYS: &[&str] = &["listen", "cert", "key", "certs", "http2"];
+
+const CERT_KEYS: &[&str] = &["cert", "key"];
+
+const ACME_KEYS: &[&str] = &["email", "directory", "challenge", "ca_cert"];
 
 const FLEET_KEYS: &[&str] = &[
     "health_interval",
@@ -78,6 +84,8 @@ impl Settings {
             drain_timeout: Duration::from_secs(30),
             max_body: 10_000_000,
             tls: None,
+            acme: None,
+            access_log: AccessLog::Off,
             metrics_token: None,
             metrics: true,
             admin_loopback_trusted: false,
@@ -163,7 +171,27 @@ pub(crate) fn parse_settings(cx: &mut Cx, field: Option<Field<'_, '_>>) -> Setti
     if let Some(n) = t.get("max_body").and_then(|f| cx.size(&f)) {
         s.max_body = n;
     }
-    s.tls = t.get("tls").and_then(|f| tls(cx, &f));
+    s.acme = t.get("acme").and_then(|f| acme(cx, &f));
+    let acme_set = t.get("acme").is_some();
+    s.tls = t.get("tls").and_then(|f| tls(cx, &f, acme_set));
+    if let (Some(f), None) = (t.get("acme"), &s.tls) {
+        if t.get("tls").is_none() {
+            cx.err(
+                f.line(),
+                &f.path,
+                "acme needs [settings.tls] (the listener its certificates are served on)",
+            );
+        }
+    }
+    if let Some(f) = t.get("access_log") {
+        if let Some(v) = non_empty(cx, &f) {
+            s.access_log = match v.trim() {
+                "off" => AccessLog::Off,
+                "stdout" => AccessLog::Stdout,
+                path => AccessLog::File(resolve_path(&cx.base_dir, path)),
+            };
+        }
+    }
     s.metrics_token = t
         .get("metrics_token")
         .and_then(|f| non_empty(cx, &f).map(str::to_string));
@@ -337,11 +365,17 @@ fn non_empty<'a>(cx: &mut Cx, f: &Field<'_, 'a>) -> Option<&'a str> {
     Some(s)
 }
 
-fn tls(cx: &mut Cx, f: &Field<'_, '_>) -> Option<Tls> {
+fn tls(cx: &mut Cx, f: &Field<'_, '_>, acme: bool) -> Option<Tls> {
     let t = cx.table(f)?;
     t.check_keys(cx, TLS_KEYS);
     let mut complete = true;
-    for key in TLS_KEYS {
+    // cert and key: required together; optional only when ACME provides certificates.
+    let required: &[&str] = if acme {
+        &["listen"]
+    } else {
+        &["listen", "cert", "key"]
+    };
+    for key in required {
         if t.get(key).is_none() {
             t.missing(
                 cx,
@@ -351,12 +385,167 @@ fn tls(cx: &mut Cx, f: &Field<'_, '_>) -> Option<Tls> {
         }
     }
     let listen = t.get("listen").and_then(|f| socket_addr(cx, &f));
-    let cert = t.get("cert").and_then(|f| existing_file(cx, &f));
-    let key = t.get("key").and_then(|f| existing_file(cx, &f));
-    match (listen, cert, key) {
-        (Some(listen), Some(cert), Some(key)) if complete => Some(Tls { listen, cert, key }),
+    let default = match (t.get("cert"), t.get("key")) {
+        (None, None) => None,
+        (Some(c), Some(k)) => {
+            let origin = t.path.clone();
+            match (cert_file(cx, &c, true), cert_file(cx, &k, false)) {
+                (Some(cert), Some(key)) => Some(CertFiles { cert, key, origin }),
+                _ => {
+                    complete = false;
+                    None
+                }
+            }
+        }
+        (Some(_), None) | (None, Some(_)) => {
+            if acme {
+                t.missing(cx, "cert and key go together");
+            }
+            complete = false;
+            None
+        }
+    };
+    let mut certs = Vec::new();
+    if let Some(list) = t.get("certs").and_then(|f| cx.array(&f)) {
+        for item in list {
+            let Some(e) = cx.table(&item) else {
+                complete = false;
+                continue;
+            };
+            e.check_keys(cx, CERT_KEYS);
+            let (Some(c), Some(k)) = (e.get("cert"), e.get("key")) else {
+                e.missing(cx, "missing cert or key (each entry needs both)");
+                complete = false;
+                continue;
+            };
+            match (cert_file(cx, &c, true), cert_file(cx, &k, false)) {
+                (Some(cert), Some(key)) => certs.push(CertFiles {
+                    cert,
+                    key,
+                    origin: item.path.clone(),
+                }),
+                _ => complete = false,
+            }
+        }
+    }
+    let http2 = t.get("http2").and_then(|f| cx.bool(&f)).unwrap_or(true);
+    match listen {
+        Some(listen) if complete => Some(Tls {
+            listen,
+            default,
+            certs,
+            http2,
+        }),
         _ => None,
     }
+}
+
+/// A PEM certificate chain (`cert`) or private key file that exists and looks like one (the
+/// full parse happens when `ten serve` loads it, naming the same entry on failure).
+fn cert_file(cx: &mut Cx, f: &Field<'_, '_>, cert: bool) -> Option<PathBuf> {
+    let path = existing_file(cx, f)?;
+    let text = match std::fs::read(&path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => {
+            cx.err(
+                f.line(),
+                &f.path,
+                format!("cannot read {}: {e}", path.display()),
+            );
+            return None;
+        }
+    };
+    let ok = if cert {
+        text.contains("-----BEGIN CERTIFICATE-----")
+    } else {
+        text.contains("PRIVATE KEY-----")
+    };
+    if !ok {
+        let what = if cert {
+            "a PEM certificate (-----BEGIN CERTIFICATE-----)"
+        } else {
+            "a PEM private key (-----BEGIN ... PRIVATE KEY-----)"
+        };
+        cx.err(
+            f.line(),
+            &f.path,
+            format!("expected {what} in {}", path.display()),
+        );
+        return None;
+    }
+    Some(path)
+}
+
+fn acme(cx: &mut Cx, f: &Field<'_, '_>) -> Option<Acme> {
+    let t = cx.table(f)?;
+    t.check_keys(cx, ACME_KEYS);
+    let mut ok = true;
+    let email = t
+        .get("email")
+        .and_then(|f| non_empty(cx, &f).map(|s| s.trim().to_string()));
+    let directory = match t.get("directory") {
+        None => LETS_ENCRYPT.to_string(),
+        Some(f) => match cx.str(&f).map(str::trim) {
+            Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
+                url.to_string()
+            }
+            Some(url) => {
+                cx.err(
+                    f.line(),
+                    &f.path,
+                    format!("expected the ACME directory's https:// URL, got {url:?}"),
+                );
+                ok = false;
+                String::new()
+            }
+            None => {
+                ok = false;
+                String::new()
+            }
+        },
+    };
+    let challenge = match t.get("challenge") {
+        None => AcmeChallenge::Http01,
+        Some(f) => match cx.str(&f).map(str::trim) {
+            Some("http-01") => AcmeChallenge::Http01,
+            Some("tls-alpn-01") => {
+                cx.err(
+                    f.line(),
+                    &f.path,
+                    "tls-alpn-01 is not supported yet: use \"http-01\" (answered on the plain listeners)",
+                );
+                ok = false;
+                AcmeChallenge::Http01
+            }
+            Some(other) => {
+                cx.err(
+                    f.line(),
+                    &f.path,
+                    format!("expected \"http-01\" or \"tls-alpn-01\", got {other:?}"),
+                );
+                ok = false;
+                AcmeChallenge::Http01
+            }
+            None => {
+                ok = false;
+                AcmeChallenge::Http01
+            }
+        },
+    };
+    let ca_cert = match t.get("ca_cert") {
+        None => None,
+        Some(f) => {
+            let p = cert_file(cx, &f, true);
+            ok &= p.is_some();
+            p
+        }
+    };
+    ok.then_some(Acme {
+        email,
+        directory,
+        challenge,
+        ca_cert,
+    })
 }
 
 /// A path (relative to the config's folder) that must name an existing file.

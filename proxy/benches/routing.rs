@@ -44,6 +44,7 @@ fn opts(name: &str) -> Arc<ProcessOpts> {
         max_body: 10_000_000,
         metrics: None,
         plugins: None,
+        upstream_http2: false,
     })
 }
 

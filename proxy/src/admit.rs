@@ -128,6 +128,7 @@ mod tests {
             max_body,
             metrics: None,
             plugins: None,
+            upstream_http2: false,
         })
     }
 

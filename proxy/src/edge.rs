@@ -1,7 +1,10 @@
 //! The proxy's client connections: [`Edge`], the Pingora app that runs each accepted
 //! connection's HTTP/1 request loop around [`HttpProxy`] with ten's limits (SPEC §14): the
 //! whole request head within `header_timeout`, an idle keep-alive connection closed after
-//! `keepalive_timeout`.
+//! `keepalive_timeout`. An HTTP/2 connection (ALPN h2) runs Pingora's h2 loop inside the same
+//! limits as far as they translate (see `Edge::serve_h2`): its connection preface within
+//! `header_timeout`, an h2 connection with no open stream closed after `keepalive_timeout`,
+//! counted in `max_connections` as one connection however many streams it carries.
 //!
 //! Why a connection-level wrapper: Pingora 0.9.1 reads the head in
 //! `HttpProxy::handle_new_request` (pingora-proxy) through `v1::HttpSession::read_request`,
@@ -32,10 +35,15 @@ use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::apps::{HttpServerApp, HttpServerOptions, ServerApp};
 use pingora_core::listeners::ConnectionFilter;
 use pingora_core::protocols::http::ServerSession;
-use pingora_core::protocols::{Stream, ALPN};
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::tls::{SslDigest, TlsRef};
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::{HttpProxy, ProxyHttp};
 use tokio::sync::Notify;
@@ -249,10 +257,8 @@ where
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let _open = self.limit.as_ref().map(ConnLimit::enter);
-        // ten offers no HTTP/2 (no h2c, no ALPN): should a stream negotiate it, Pingora's own
-        // loop serves it (its h2 idle timeout applies).
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            return ServerApp::process_new(&self.app, stream, shutdown).await;
+            return self.serve_h2(stream, shutdown).await;
         }
         let fd = stream.id();
         let mut session = ServerSession::new_http1(stream);
@@ -294,6 +300,169 @@ where
     // keep-alive connection for good) would end all of them when ONE listener closes (a reload
     // removing a `listen` address). The server calls `http_cleanup` itself at shutdown.
 }
+
+impl<SV> Edge<HttpProxy<SV>>
+where
+    SV: ProxyHttp + Send + Sync + 'static,
+    SV::CTX: Send + Sync,
+{
+    /// An HTTP/2 connection (ALPN h2): Pingora's own h2 loop (its bounded defaults: 100
+    /// concurrent streams, 64 KiB header lists; each stream is one `process_new_http`), under
+    /// ten's limits: the client's connection preface is due `header_timeout` after the
+    /// handshake (the connection is cut otherwise), and a connection with no open stream is
+    /// closed after `keepalive_timeout` (Pingora's `h2_idle_timeout`, set by
+    /// [`h2_server_options`]), which also bounds a stream whose HEADERS never complete.
+    async fn serve_h2(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let mut deadline = HeadDeadline {
+            at: Instant::now() + self.header_timeout,
+            grace: None,
+            fd: -1,
+        };
+        let timer = tokio::time::sleep_until(deadline.at);
+        tokio::pin!(timer);
+        let watched: Stream = Box::new(PrefaceWatch {
+            inner: stream,
+            read: 0,
+        });
+        let conn = ServerApp::process_new(&self.app, watched, shutdown);
+        if with_head_deadline(conn, &mut deadline, timer.as_mut())
+            .await
+            .is_none()
+        {
+            tracing::debug!(
+                header_timeout = ?self.header_timeout,
+                "no HTTP/2 connection preface in time: connection closed"
+            );
+        }
+        None
+    }
+}
+
+/// Pingora's HTTP server options for ten's proxy: an idle HTTP/2 connection closes after
+/// `keepalive_timeout`, as an HTTP/1 one does. (ten sets no `H2Options`: Pingora's bounded
+/// defaults apply.)
+pub fn h2_server_options(limits: &EdgeLimits) -> HttpServerOptions {
+    let mut o = HttpServerOptions::default();
+    o.h2_idle_timeout = Some(limits.keepalive_timeout);
+    o
+}
+
+/// The HTTP/2 client connection preface's length (`PRI * HTTP/2.0...`).
+const H2_PREFACE_LEN: usize = 24;
+
+/// A stream that reports (through [`head_read`], in the poll of the connection's future) once
+/// the HTTP/2 connection preface has been read from it; otherwise passes everything through.
+#[derive(Debug)]
+struct PrefaceWatch {
+    inner: Stream,
+    read: usize,
+}
+
+impl tokio::io::AsyncRead for PrefaceWatch {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if self.read < H2_PREFACE_LEN {
+            self.read += buf.filled().len() - before;
+            if self.read >= H2_PREFACE_LEN {
+                head_read();
+            }
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for PrefaceWatch {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for PrefaceWatch {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for PrefaceWatch {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for PrefaceWatch {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for PrefaceWatch {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for PrefaceWatch {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+}
+
+impl GetSocketDigest for PrefaceWatch {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+}
+
+#[async_trait]
+impl Peek for PrefaceWatch {}
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -5,6 +5,7 @@
 //! The hot path takes no lock: one `ArcSwap::load()` of one immutable [`Table`] (routes,
 //! weights and health together), a hash lookup, a thread-local random choice.
 
+pub mod access;
 mod admit;
 mod ctx;
 mod edge;
@@ -21,10 +22,11 @@ mod router;
 mod select;
 mod service;
 pub mod table;
+pub mod tls;
 mod trust;
 
 pub use ctx::{Ctx, Traffic};
-pub use edge::{ConnLimit, Edge, EdgeLimits};
+pub use edge::{h2_server_options, ConnLimit, Edge, EdgeLimits};
 pub use management::ManagementApp;
 pub use router::Router;
 pub use service::TenProxy;

@@ -53,6 +53,7 @@ pub struct Metrics {
     duration: HistogramVec,
     upstream_errors: IntCounterVec,
     in_flight: IntGaugeVec,
+    access_log_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -91,13 +92,24 @@ impl Metrics {
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
+        let access_log_dropped = IntCounter::new(
+            "tenement_access_log_dropped_total",
+            "Access log lines dropped because the writer fell behind (its queue was full)",
+        )?;
+        registry.register(Box::new(access_log_dropped.clone()))?;
         Ok(Arc::new(Metrics {
             registry,
             requests,
             duration,
             upstream_errors,
             in_flight,
+            access_log_dropped,
         }))
+    }
+
+    /// Counts access log lines dropped (exposed from the start, at 0).
+    pub fn access_log_dropped(&self) -> IntCounter {
+        self.access_log_dropped.clone()
     }
 
     pub fn registry(&self) -> &Registry {

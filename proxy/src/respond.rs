@@ -164,6 +164,7 @@ mod tests {
             max_body: 1 << 20,
             metrics: None,
             plugins: None,
+            upstream_http2: false,
         });
         Backend::new(opts, "prod", None, 100, Availability::Down, Arc::default())
     }

@@ -13,6 +13,7 @@ use pingora_error::{Error, ErrorSource, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::access::AccessLog;
 use crate::admit::{self, Decision};
 use crate::ctx::{Ctx, GaugeGuard, Traffic};
 use crate::forwarded::{
@@ -25,6 +26,7 @@ use crate::respond::{
 };
 use crate::router::Router;
 use crate::table::Target;
+use crate::tls::{Challenges, CHALLENGE_PREFIX};
 use crate::trust::TrustedProxies;
 
 /// The proxy: routes by Host through the current [`Router`] table.
@@ -36,6 +38,10 @@ pub struct TenProxy {
     epoch: Instant,
     /// `[settings] trusted_proxies`: who may say who the client is.
     trusted: TrustedProxies,
+    /// `[settings] access_log` (None: off, nothing paid per request).
+    access: Option<Arc<AccessLog>>,
+    /// HTTP-01 answers while ACME validates (None: no ACME).
+    challenges: Option<Arc<Challenges>>,
 }
 
 impl TenProxy {
@@ -51,12 +57,26 @@ impl TenProxy {
             waker,
             traffic: Arc::default(),
             trusted: TrustedProxies::default(),
+            access: None,
+            challenges: None,
         }
     }
 
     /// Trust these proxies' `X-Forwarded-*` headers (default: nobody's).
     pub fn with_trusted_proxies(mut self, trusted: TrustedProxies) -> Self {
         self.trusted = trusted;
+        self
+    }
+
+    /// Write one access log line per request to `log`.
+    pub fn with_access_log(mut self, log: Option<Arc<AccessLog>>) -> Self {
+        self.access = log;
+        self
+    }
+
+    /// Answer ACME HTTP-01 challenges from `challenges` on plain connections, before routing.
+    pub fn with_challenges(mut self, challenges: Option<Arc<Challenges>>) -> Self {
+        self.challenges = challenges;
         self
     }
 
@@ -186,6 +206,34 @@ impl ProxyHttp for TenProxy {
         ctx.request_id = request_id(req);
         ctx.peer = self.trusted.resolve(peer_ip(session), req);
         ctx.client_ip = ctx.peer.ip;
+        if let Some(c) = &self.challenges {
+            if let Some(token) = session
+                .req_header()
+                .uri
+                .path()
+                .strip_prefix(CHALLENGE_PREFIX)
+            {
+                let plain = session.digest().is_none_or(|d| d.ssl_digest.is_none());
+                if plain {
+                    match c.answer(token) {
+                        Some(key_auth) => {
+                            // The key authorization exactly (no trailing newline).
+                            let reply = crate::plugins::Reply {
+                                status: 200,
+                                headers: vec![(
+                                    http::header::CONTENT_TYPE,
+                                    http::HeaderValue::from_static("application/octet-stream"),
+                                )],
+                                body: Bytes::from(key_auth),
+                            };
+                            respond_reply(session, ctx, reply).await?
+                        }
+                        None => respond(session, ctx, 404, "no such ACME challenge").await?,
+                    }
+                    return Ok(true);
+                }
+            }
+        }
         self.route(session, ctx).await
     }
 
@@ -372,6 +420,16 @@ impl ProxyHttp for TenProxy {
                 client_ip: ctx.client_ip,
                 path: session.req_header().uri.path(),
             });
+        }
+        if let Some(log) = &self.access {
+            log.send(crate::access::entry(
+                session,
+                ctx.client_ip,
+                status,
+                ctx.start.elapsed(),
+                ctx.backend.as_ref().map(|b| b.key.clone()),
+                &ctx.request_id,
+            ));
         }
     }
 

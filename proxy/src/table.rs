@@ -95,6 +95,8 @@ pub struct ProcessOpts {
     pub metrics: Option<ProcessMetrics>,
     /// The process's plugins (None: no plugins, nothing to pay on the hot path).
     pub plugins: Option<Arc<crate::plugins::Chain>>,
+    /// Speak h2c (HTTP/2 by prior knowledge) to its instances (`upstream_http2`).
+    pub upstream_http2: bool,
 }
 
 #[derive(Debug)]
@@ -158,6 +160,10 @@ fn build_peer(addr: &Addr, opts: &ProcessOpts) -> Option<HttpPeer> {
     peer.options.read_timeout = Some(opts.request_timeout);
     peer.options.write_timeout = Some(opts.request_timeout);
     peer.options.idle_timeout = Some(Duration::from_secs(60));
+    if opts.upstream_http2 {
+        // Plaintext with min version 2: Pingora speaks h2c by prior knowledge.
+        peer.options.set_http_version(2, 2);
+    }
     Some(peer)
 }
 
@@ -537,6 +543,12 @@ impl Table {
             strip: r.strip.then_some(&*r.prefix),
             rewrite,
         }))
+    }
+
+    /// Whether `host` (normalised) is a host this table routes at all (any path): a routes
+    /// host, a tenant domain, an instance or process host, the bare domain.
+    pub fn routes_host(&self, host: &str) -> bool {
+        self.hosts.contains_key(host.as_bytes())
     }
 
     pub fn pool(&self, process: &str) -> Option<&Arc<Pool>> {
@@ -979,6 +991,7 @@ mod tests {
             max_body: 1 << 20,
             metrics: None,
             plugins: None,
+            upstream_http2: false,
         })
     }
 

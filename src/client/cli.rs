@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::client::cmd::{
-    config, deploy, fleet, generate, init, instances, logs, reload, serve, token,
+    certs, config, deploy, fleet, generate, init, instances, logs, reload, serve, token,
 };
 use crate::client::control::Client;
 
@@ -121,6 +121,7 @@ pub enum Command {
     #[command(subcommand)]
     Tenant(fleet::TenantCommand),
     Route(deploy::Route),
+    Certs(certs::Certs),
     #[command(hide = true)]
     Completions(generate::Completions),
     /// Print the man page ten(1) (roff)
@@ -151,6 +152,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Server(c) => c.run(g),
         Command::Tenant(c) => c.run(g),
         Command::Route(c) => c.run(g),
+        Command::Certs(c) => c.run(g),
         Command::Completions(c) => c.run(),
         Command::Man => generate::man(),
     }

@@ -75,6 +75,7 @@ impl Compiled {
                     unrouted: m.instance(&p.name, "-"),
                 }),
                 plugins,
+                upstream_http2: p.upstream_http2,
             };
             opts.insert(p.name.clone(), Arc::new(o));
         }

@@ -9,8 +9,9 @@ use std::net::TcpListener;
 use std::os::fd::IntoRawFd;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
-use pingora_core::listeners::ListenerConfig;
+use anyhow::{Context, Result};
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::{ListenerConfig, PreTlsCallback};
 use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::{Fds, ListenFds};
 use pingora_core::services::listening::Service;
@@ -99,13 +100,21 @@ impl Listeners {
         Ok(local)
     }
 
-    /// Open the TLS listener (`[settings.tls]`, at start only); returns its bound address.
-    pub fn open_tls(&self, addr: &str, cert: &str, key: &str) -> Result<String> {
+    /// Open the TLS listener (`[settings.tls]`, at start only) with its rustls `settings`
+    /// (certificate resolver, ALPN) and a hook run before each handshake (on-demand ACME);
+    /// returns its bound address.
+    pub fn open_tls(
+        &self,
+        addr: &str,
+        settings: TlsSettings,
+        pre_tls: Option<PreTlsCallback>,
+    ) -> Result<String> {
         let (fds, local) = prebind(addr)?;
         let mut service = self.service(format!("ten-proxy-tls {local}"), true);
-        if let Err(e) = service.add_tls(&local, cert, key) {
-            bail!("cannot use TLS certificate {cert} / key {key}: {e}");
+        if let Some(hook) = pre_tls {
+            service.endpoints().set_pre_tls_callback(hook);
         }
+        service.add_listener(ListenerConfig::tcp(&local).tls(settings));
         self.run(&format!("tls {addr}"), &local, fds, service);
         Ok(local)
     }

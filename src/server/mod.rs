@@ -1,6 +1,7 @@
 //! `ten serve`: the proxy, the supervisor and the fleet wired together, the table publisher,
 //! the audit log, the management API, the proxy listeners, reload and systemd notification.
 
+pub mod acme;
 pub mod api;
 pub mod audit;
 pub mod compose;

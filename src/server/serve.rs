@@ -11,18 +11,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::PreTlsCallback;
+use pingora_core::protocols::ALPN;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{Fds, ListenFds};
 use pingora_core::services::Service as _;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use tenement_conf::Config;
+use tenement_conf::{AccessLog as AccessLogConf, Config};
 use tenement_fleet::{Fleet, FleetStore};
-use tenement_proxy::{EdgeLimits, ManagementApp, TenProxy, TrustedProxies};
+use tenement_proxy::access::{self, AccessLog};
+use tenement_proxy::tls::{Certs, Challenges, SniHook};
+use tenement_proxy::{h2_server_options, EdgeLimits, ManagementApp, TenProxy, TrustedProxies};
 use tenement_supervisor::logs::{LogOptions, LogStore};
 use tenement_supervisor::{StateStore, Supervisor};
 
+use crate::server::acme::{Acme, HANDSHAKE_WAIT};
 use crate::server::api::{register_process_collector, Api, Auth};
 use crate::server::audit::Audit;
 use crate::server::compose::{Publisher, Wake};
@@ -145,6 +151,11 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
         supervisor: supervisor.clone(),
         fleet: fleet.clone().map(|f| (f, publisher.clone())),
     });
+    // Certificates: files now, ACME's as they come.
+    let certs = match &s.tls {
+        Some(tls) => Some(Certs::load(tls).map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => None,
+    };
     let api = Arc::new(Api {
         supervisor: supervisor.clone(),
         publisher: publisher.clone(),
@@ -155,6 +166,7 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
         fleet: fleet.clone(),
         rendered: Default::default(),
         reloader: Default::default(),
+        certs: certs.clone(),
     });
     // Orphans killed, desired instances announced and external upstreams resolved before any
     // listener opens, and the table that shows them live.
@@ -168,8 +180,35 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
     // Checked by the config parser; an error here would be a bug, said plainly.
     let trusted = TrustedProxies::new(&s.trusted_proxies)
         .map_err(|e| anyhow::anyhow!("config error at settings.trusted_proxies: {e}"))?;
-    let proxy =
-        TenProxy::new(publisher.router(), api.clone(), Some(waker)).with_trusted_proxies(trusted);
+    let access = match &s.access_log {
+        AccessLogConf::Off => None,
+        conf => {
+            let target = match conf {
+                AccessLogConf::File(p) => access::Target::File(p.clone()),
+                _ => access::Target::Stdout,
+            };
+            let dropped = match &api.metrics {
+                Some(m) => m.access_log_dropped(),
+                None => prometheus::IntCounter::new("unregistered", "-")?,
+            };
+            Some(AccessLog::start(&target, dropped)?)
+        }
+    };
+    // With [settings.acme], the HTTP-01 answers the plain listeners give before routing.
+    let acme = match (&s.acme, &certs) {
+        (Some(conf), Some(certs)) => Some(Acme::new(
+            conf.clone(),
+            &s.data_dir,
+            certs.clone(),
+            Arc::new(Challenges::default()),
+            publisher.router(),
+        )?),
+        _ => None,
+    };
+    let proxy = TenProxy::new(publisher.router(), api.clone(), Some(waker))
+        .with_trusted_proxies(trusted)
+        .with_access_log(access.clone())
+        .with_challenges(acme.as_ref().map(|a| a.challenges()));
     let traffic = proxy.traffic();
     let conf = Arc::new(ServerConf {
         threads: std::thread::available_parallelism()
@@ -180,11 +219,13 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
     // Pingora's proxy inside ten's connection loop (header_timeout, keepalive_timeout: see
     // tenement_proxy::Edge for why there and not a Pingora option), one service per listener
     // so that each has its own max_connections (its connection filter).
-    let app = Arc::new(pingora_proxy::http_proxy(&conf, proxy));
     let limits = EdgeLimits {
         header_timeout: s.header_timeout,
         keepalive_timeout: s.keepalive_timeout,
     };
+    let mut app = pingora_proxy::http_proxy(&conf, proxy);
+    app.server_options = Some(h2_server_options(&limits));
+    let app = Arc::new(app);
     let max_connections = usize::try_from(s.max_connections).unwrap_or(usize::MAX);
     let (listeners, mut listener_failed) = Listeners::new(app, limits, max_connections);
     let mut announced = Vec::new();
@@ -193,8 +234,26 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
         announced.push(format!("http://{local}"));
     }
     if let Some(tls) = &s.tls {
-        let (cert, key) = (tls.cert.to_string_lossy(), tls.key.to_string_lossy());
-        let local = listeners.open_tls(&tls.listen, &cert, &key)?;
+        let certs = certs
+            .clone()
+            .context("the certificate set is loaded with [settings.tls]")?;
+        // Certificates by SNI (one ArcSwap'd set: exact name, wildcard, default), h2 + http/1.1
+        // by ALPN unless `http2 = false`.
+        let mut settings = TlsSettings::intermediate("", "")
+            .map_err(|e| anyhow::anyhow!("cannot set up TLS on {}: {e}", tls.listen))?;
+        settings.set_cert_resolver(certs.resolver());
+        if tls.http2 {
+            settings.enable_h2();
+        } else {
+            settings.set_alpn(ALPN::H1);
+        }
+        // With ACME, before each handshake: the SNI name, and an order when ten routes it and
+        // no certificate covers it (waits at most HANDSHAKE_WAIT).
+        let hook = acme.as_ref().map(|acme| {
+            let hook: PreTlsCallback = SniHook::new(certs.clone(), acme.clone(), HANDSHAKE_WAIT);
+            hook
+        });
+        let local = listeners.open_tls(&tls.listen, settings, hook)?;
         announced.push(format!("https://{local}"));
     }
     let reloader = Arc::new(Reloader::new(
@@ -203,6 +262,7 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
         publisher.clone(),
         listeners.clone(),
         notifier.clone(),
+        certs.clone(),
     ));
     let _ = api.reloader.set(reloader);
 
@@ -227,6 +287,23 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
         let (fds, rx) = (fds.clone(), shutdown_rx.clone());
         tokio::spawn(async move { admin.start_service(Some(fds), rx, 1).await });
     }
+    if let Some(acme) = &acme {
+        tokio::spawn(acme.clone().renew_loop());
+    }
+    // SIGUSR1: reopen the access log file (logrotate). Handled even without one, so that the
+    // signal never kills ten.
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    tokio::spawn(async move {
+        while usr1.recv().await.is_some() {
+            match &access {
+                Some(log) => {
+                    log.reopen();
+                    tracing::info!("SIGUSR1: the access log is reopened before its next line");
+                }
+                None => tracing::info!("SIGUSR1: no access log to reopen"),
+            }
+        }
+    });
     for a in &announced {
         match a.strip_prefix("admin ") {
             Some(a) => println!("ten: admin listening on {a}"),

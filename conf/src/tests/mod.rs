@@ -1,6 +1,7 @@
 //! Whole-file tests: every error kind, the valid configs, the example files.
 
 mod data_dir;
+mod edge;
 mod errors;
 mod examples;
 mod props;

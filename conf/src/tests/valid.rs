@@ -82,8 +82,8 @@ impl Drop for TempDir {
 fn spec_example_parses_with_its_values() {
     let dir = TempDir::new("spec");
     std::fs::create_dir_all(dir.0.join("tls")).unwrap();
-    std::fs::write(dir.0.join("tls/cert.pem"), "cert").unwrap();
-    std::fs::write(dir.0.join("tls/key.pem"), "key").unwrap();
+    std::fs::write(dir.0.join("tls/cert.pem"), "-----BEGIN CERTIFICATE-----\n").unwrap();
+    std::fs::write(dir.0.join("tls/key.pem"), "-----BEGIN PRIVATE KEY-----\n").unwrap();
     // The example routes to `web`, which it never declares: declare it.
     let text = SPEC_EXAMPLE
         .replace("\"CERT\"", "\"tls/cert.pem\"")
@@ -105,8 +105,11 @@ fn spec_example_parses_with_its_values() {
     assert_eq!(s.max_body, 10_000_000);
     let tls = s.tls.as_ref().unwrap();
     assert_eq!(tls.listen, "0.0.0.0:8443");
-    assert_eq!(tls.cert, dir.0.join("tls/cert.pem"));
-    assert_eq!(tls.key, dir.0.join("tls/key.pem"));
+    let default = tls.default.as_ref().unwrap();
+    assert_eq!(default.cert, dir.0.join("tls/cert.pem"));
+    assert_eq!(default.key, dir.0.join("tls/key.pem"));
+    assert!(tls.certs.is_empty());
+    assert!(tls.http2, "HTTP/2 is offered by default");
 
     let names: Vec<&str> = c.processes.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["api", "legacy", "web"]);

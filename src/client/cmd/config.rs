@@ -214,8 +214,27 @@ pub fn show(c: &Config) -> String {
     if let Some(t) = &s.tls {
         let _ = writeln!(o, "\n[settings.tls]");
         let _ = writeln!(o, "listen = {}", q(&t.listen));
-        let _ = writeln!(o, "cert = {}", q(&t.cert.to_string_lossy()));
-        let _ = writeln!(o, "key = {}", q(&t.key.to_string_lossy()));
+        if let Some(d) = &t.default {
+            let _ = writeln!(o, "cert = {}", q(&d.cert.to_string_lossy()));
+            let _ = writeln!(o, "key = {}", q(&d.key.to_string_lossy()));
+        }
+        if !t.certs.is_empty() {
+            let certs: Vec<_> = t
+                .certs
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{{cert = {}, key = {}}}",
+                        q(&c.cert.to_string_lossy()),
+                        q(&c.key.to_string_lossy())
+                    )
+                })
+                .collect();
+            let _ = writeln!(o, "certs = [{}]", certs.join(", "));
+        }
+        if !t.http2 {
+            let _ = writeln!(o, "http2 = false");
+        }
     }
     for p in &c.processes {
         let _ = writeln!(o, "\n[process.{}]", p.name);

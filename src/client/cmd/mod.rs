@@ -1,6 +1,7 @@
 //! The commands: one module per group, each owning its clap arguments (with their help text)
 //! and its `run`; the client commands are thin calls to `ten serve`'s API.
 
+pub mod certs;
 pub mod config;
 pub mod deploy;
 pub mod fleet;

@@ -48,6 +48,37 @@ pub struct Api {
     pub rendered: metrics::LastRender,
     /// Set once the listeners are open (`POST /api/reload` answers 503 before).
     pub reloader: std::sync::OnceLock<Arc<crate::server::reload::Reloader>>,
+    /// The TLS certificates (None without `[settings.tls]`), for `GET /api/certs`.
+    pub certs: Option<Arc<tenement_proxy::tls::Certs>>,
+}
+
+impl Api {
+    /// `GET /api/certs`: every certificate ten serves, `{name, names, issuer, not_after
+    /// (RFC 3339), source (file|acme)}`, sorted by name.
+    fn list_certs(&self) -> Value {
+        let Some(certs) = &self.certs else {
+            return json!([]);
+        };
+        let set = certs.load_set();
+        let mut rows: Vec<Value> = set
+            .all()
+            .map(|c| {
+                let not_after = u64::try_from(c.not_after)
+                    .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
+                    .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+                    .unwrap_or_default();
+                json!({
+                    "name": c.names.first().cloned().unwrap_or_default(),
+                    "names": c.names,
+                    "issuer": c.issuer,
+                    "not_after": not_after,
+                    "source": c.source.as_str(),
+                })
+            })
+            .collect();
+        rows.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        json!(rows)
+    }
 }
 
 /// An API error: status + message, rendered as `{"error": "..."}`.
@@ -369,6 +400,7 @@ impl Api {
                     ))),
                 }
             }
+            (R::ListCerts, _) => Ok((StatusCode::OK, self.list_certs())),
             (R::ListServers, Some(f)) => Ok((StatusCode::OK, json!(f.view().servers))),
             (R::AddServer, Some(f)) => self.routed(f, fleet::add_server(f, body)).await,
             (R::GetServer(id), Some(f)) => fleet::server_json(f, id),

@@ -53,6 +53,8 @@ pub struct Reloader {
     publisher: Arc<Publisher>,
     listeners: Arc<Listeners>,
     notifier: Arc<Notifier>,
+    /// The TLS certificate set (None without `[settings.tls]`), rebuilt by every reload.
+    certs: Option<Arc<tenement_proxy::tls::Certs>>,
     serial: tokio::sync::Mutex<()>,
 }
 
@@ -63,6 +65,7 @@ impl Reloader {
         publisher: Arc<Publisher>,
         listeners: Arc<Listeners>,
         notifier: Arc<Notifier>,
+        certs: Option<Arc<tenement_proxy::tls::Certs>>,
     ) -> Self {
         Reloader {
             source,
@@ -70,6 +73,7 @@ impl Reloader {
             publisher,
             listeners,
             notifier,
+            certs,
             serial: tokio::sync::Mutex::new(()),
         }
     }
@@ -105,6 +109,20 @@ impl Reloader {
                 dry_run,
                 refused: true,
             };
+        }
+        // The certificate files, first: a file rustls cannot use refuses the reload (nothing
+        // changed yet). Every reload rebuilds the set, so files renewed in place apply too.
+        if let (false, Some(certs), Some(tls)) = (dry_run, &self.certs, &new.settings.tls) {
+            if plan::tls_files_apply(&old.settings, &new.settings) {
+                if let Err(e) = certs.reload_files(tls) {
+                    return Outcome {
+                        errors: vec![e.to_string()],
+                        dry_run,
+                        refused: true,
+                        ..Outcome::default()
+                    };
+                }
+            }
         }
         if dry_run || plan.is_empty() {
             return Outcome {
@@ -204,9 +222,7 @@ impl Reloader {
         }
 
         // 4. The next table: routes, domain, plugins, timeouts, body limits.
-        // HOOK(tls-reload): the TLS work (certificates by SNI) exposes a rebuild of the
-        // certificate set; call it here with the file's TLS settings, before the table swap,
-        // and take `tls` out of `plan::keep_read_once` and the plan's read-once keys.
+        // (The TLS certificate set was rebuilt before the plan was applied: see `reload`.)
         let applied = Arc::new(applied);
         if let Err(e) = self.publisher.reconfigure(applied.clone()).await {
             errors.push(format!("routing table: {e}"));

@@ -154,7 +154,20 @@ fn settings(old: &Settings, new: &Settings, plan: &mut Plan) {
     key!(storage_persist, Some("the processes' default (see below)"));
     // Read once at start (listeners, the log store, the API's listeners).
     key!(admin_listen, None::<&str>);
-    key!(tls, None::<&str>);
+    // [settings.tls]: the certificate files apply at once (the set is rebuilt on every
+    // reload, so certificates renewed in place are picked up too); the listener and http2 are
+    // read once.
+    if probe.tls != new.tls {
+        if tls_files_apply(&probe, new) {
+            plan.lines
+                .push("setting ~ tls: certificates (cert, key, certs) reloaded".into());
+        } else {
+            plan.later.push("tls".into());
+        }
+        probe.tls = new.tls.clone();
+    }
+    key!(acme, None::<&str>);
+    key!(access_log, None::<&str>);
     key!(metrics, None::<&str>);
     key!(admin_loopback_trusted, None::<&str>);
     key!(log_retention, None::<&str>);
@@ -171,13 +184,31 @@ fn settings(old: &Settings, new: &Settings, plan: &mut Plan) {
     }
 }
 
+/// Whether a reload from `old` to `new` may rebuild the certificate set from `new`'s files:
+/// both have `[settings.tls]` with the same listener and `http2` (read once at start).
+pub fn tls_files_apply(old: &Settings, new: &Settings) -> bool {
+    match (&old.tls, &new.tls) {
+        (Some(o), Some(n)) => o.listen == n.listen && o.http2 == n.http2,
+        _ => false,
+    }
+}
+
 /// What runs after a reload keeps the values of the keys read once at start (they apply at the
 /// next start), so the running config says what is in force and the next reload reports them
 /// again. (A settings key this list does not name is taken from the file.)
 pub fn keep_read_once(old: &Config, new: &mut Config) {
     let (o, n) = (&old.settings, &mut new.settings);
     n.admin_listen = o.admin_listen.clone();
-    n.tls = o.tls.clone();
+    match (&o.tls, &mut n.tls) {
+        // The certificate files come from the file (see `settings`).
+        (Some(ot), Some(nt)) => {
+            nt.listen = ot.listen.clone();
+            nt.http2 = ot.http2;
+        }
+        (ot, nt) => *nt = ot.clone(),
+    }
+    n.acme = o.acme.clone();
+    n.access_log = o.access_log.clone();
     n.metrics = o.metrics;
     n.admin_loopback_trusted = o.admin_loopback_trusted;
     n.log_retention = o.log_retention;

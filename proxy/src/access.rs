@@ -1,0 +1,387 @@
+//! The access log (`[settings] access_log`, SPEC §13): one JSON line per request the proxy
+//! listeners answer (proxied, ten's own 404/503, the management API on the bare domain).
+//!
+//! The request path pays one `try_send` of an [`Entry`] (no formatting, no allocation: the
+//! fields are reference-counted clones of the request's own) into a bounded channel, only when
+//! the log is on; a full channel drops the line and counts it in
+//! `tenement_access_log_dropped_total`. One background thread formats and writes the lines,
+//! flushing whenever the channel runs empty. [`AccessLog::reopen`] (SIGUSR1) makes it reopen a
+//! file log by its path before its next line, for logrotate.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderValue, Method, Uri};
+use pingora_proxy::Session;
+use prometheus::IntCounter;
+
+/// Lines queued between the proxy and the writer thread before lines are dropped.
+pub const QUEUE: usize = 16 * 1024;
+
+/// Where the lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Stdout,
+    File(PathBuf),
+}
+
+/// One request, as the proxy hands it over.
+#[derive(Debug)]
+pub struct Entry {
+    pub ts: SystemTime,
+    pub client_ip: Option<IpAddr>,
+    pub method: Method,
+    pub host: Option<HeaderValue>,
+    /// Path and query as received.
+    pub uri: Uri,
+    pub status: u16,
+    /// Response body bytes sent.
+    pub bytes_sent: usize,
+    pub duration: Duration,
+    /// `process:id`, when an instance took the request.
+    pub upstream: Option<Arc<str>>,
+    pub request_id: HeaderValue,
+}
+
+/// The access log's sending side (shared by every proxy listener).
+#[derive(Debug)]
+pub struct AccessLog {
+    tx: SyncSender<Entry>,
+    dropped: IntCounter,
+    /// Set by [`AccessLog::reopen`]; the writer reopens its file before the next line.
+    reopen: Arc<AtomicBool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open the access log {path}: {source}")]
+pub struct OpenError {
+    path: String,
+    source: std::io::Error,
+}
+
+impl AccessLog {
+    /// Open `target` (a file is appended to, created 0640) and start the writer thread.
+    /// `dropped` counts lines lost to a full queue.
+    pub fn start(target: &Target, dropped: IntCounter) -> Result<Arc<AccessLog>, OpenError> {
+        let out = Output::open(target)?;
+        let reopen = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = sync_channel(QUEUE);
+        let flag = reopen.clone();
+        std::thread::Builder::new()
+            .name("ten-access-log".into())
+            .spawn(move || write_lines(rx, out, &flag))
+            .map_err(|source| OpenError {
+                path: "(writer thread)".into(),
+                source,
+            })?;
+        Ok(Arc::new(AccessLog {
+            tx,
+            dropped,
+            reopen,
+        }))
+    }
+
+    /// Reopen a file log by its path before the next line (after logrotate moved it).
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Release);
+    }
+
+    /// Queue one line; never waits (a full queue drops it and counts the drop).
+    #[inline]
+    pub fn send(&self, entry: Entry) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(entry)
+        {
+            self.dropped.inc();
+        }
+    }
+}
+
+/// The request's fields for a line, cloned by reference count. `client_ip` is the client
+/// address the proxy computed once per request (`[settings] trusted_proxies` applied).
+pub(crate) fn entry(
+    session: &Session,
+    client_ip: Option<IpAddr>,
+    status: u16,
+    duration: Duration,
+    upstream: Option<Arc<str>>,
+    request_id: &HeaderValue,
+) -> Entry {
+    let req = session.req_header();
+    Entry {
+        ts: SystemTime::now(),
+        client_ip,
+        method: req.method.clone(),
+        host: req.headers.get(http::header::HOST).cloned().or_else(|| {
+            req.uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        }),
+        uri: req.uri.clone(),
+        status,
+        bytes_sent: session.body_bytes_sent(),
+        duration,
+        upstream,
+        request_id: request_id.clone(),
+    }
+}
+
+/// Where the writer thread writes: buffered, with the path to reopen (files only).
+struct Output {
+    out: std::io::BufWriter<Box<dyn Write + Send>>,
+    path: Option<PathBuf>,
+}
+
+impl Output {
+    fn open(target: &Target) -> Result<Output, OpenError> {
+        let (out, path): (Box<dyn Write + Send>, _) = match target {
+            Target::Stdout => (Box::new(std::io::stdout()), None),
+            Target::File(path) => (Box::new(open_file(path)?), Some(path.clone())),
+        };
+        Ok(Output {
+            out: std::io::BufWriter::with_capacity(64 * 1024, out),
+            path,
+        })
+    }
+
+    #[cfg(test)]
+    fn to(w: impl Write + Send + 'static) -> Output {
+        Output {
+            out: std::io::BufWriter::new(Box::new(w)),
+            path: None,
+        }
+    }
+}
+
+fn open_file(path: &std::path::Path) -> Result<std::fs::File, OpenError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(|source| OpenError {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+/// The writer thread: one line per entry; flushed whenever the queue is empty; the file
+/// reopened first when `reopen` is set.
+fn write_lines(rx: Receiver<Entry>, mut o: Output, reopen: &AtomicBool) {
+    let mut line = String::with_capacity(512);
+    while let Ok(first) = rx.recv() {
+        if reopen.swap(false, Ordering::AcqRel) {
+            if let Some(path) = &o.path {
+                let _ = o.out.flush();
+                match open_file(path) {
+                    Ok(f) => o.out = std::io::BufWriter::with_capacity(64 * 1024, Box::new(f)),
+                    Err(e) => tracing::warn!(error = %e, "access log not reopened"),
+                }
+            }
+        }
+        let mut next = Some(first);
+        while let Some(e) = next {
+            line.clear();
+            format_line(&e, &mut line);
+            // Nowhere to write (disk full, closed stdout): the line is lost, later ones retried.
+            let _ = o.out.write_all(line.as_bytes());
+            next = rx.try_recv().ok();
+        }
+        let _ = o.out.flush();
+    }
+    let _ = o.out.flush();
+}
+
+/// `{ts, client_ip, method, host, path, status, bytes_sent, duration_ms, upstream,
+/// request_id}` and a newline.
+pub fn format_line(e: &Entry, out: &mut String) {
+    use std::fmt::Write as _;
+    let ts = humantime::format_rfc3339_millis(e.ts);
+    let _ = write!(out, "{{\"ts\":\"{ts}\",\"client_ip\":");
+    match e.client_ip {
+        Some(ip) => {
+            let _ = write!(out, "\"{ip}\"");
+        }
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"method\":");
+    string(out, e.method.as_str().as_bytes());
+    out.push_str(",\"host\":");
+    match &e.host {
+        Some(h) => string(out, h.as_bytes()),
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"path\":");
+    let path = e.uri.path_and_query().map_or("/", |p| p.as_str());
+    string(out, path.as_bytes());
+    let _ = write!(
+        out,
+        ",\"status\":{},\"bytes_sent\":{},\"duration_ms\":{:.3},\"upstream\":",
+        e.status,
+        e.bytes_sent,
+        e.duration.as_secs_f64() * 1000.0
+    );
+    match &e.upstream {
+        Some(u) => string(out, u.as_bytes()),
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"request_id\":");
+    string(out, e.request_id.as_bytes());
+    out.push_str("}\n");
+}
+
+/// A JSON string of (possibly non-UTF-8) bytes: escapes, invalid bytes as U+FFFD.
+fn string(out: &mut String, bytes: &[u8]) {
+    use std::fmt::Write as _;
+    out.push('"');
+    for c in String::from_utf8_lossy(bytes).chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A `Write` into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn reopen_starts_a_new_file_at_the_path() {
+        let dir = std::env::temp_dir().join(format!("ten-access-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("access.log");
+        let rotated = dir.join("access.log.1");
+        let log = AccessLog::start(
+            &Target::File(path.clone()),
+            IntCounter::new("d", "d").unwrap(),
+        )
+        .unwrap();
+        log.send(sample());
+        let wait_lines = |p: &std::path::Path, n: usize| {
+            for _ in 0..200 {
+                let text = std::fs::read_to_string(p).unwrap_or_default();
+                if text.lines().count() >= n {
+                    return text.lines().count();
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        assert_eq!(wait_lines(&path, 1), 1);
+        std::fs::rename(&path, &rotated).unwrap();
+        log.reopen();
+        log.send(sample());
+        assert_eq!(wait_lines(&path, 1), 1, "the next line goes to a new file");
+        assert_eq!(
+            wait_lines(&rotated, 1),
+            1,
+            "the rotated file keeps its lines"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn sample() -> Entry {
+        Entry {
+            ts: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            client_ip: Some("10.0.0.7".parse().unwrap()),
+            method: Method::POST,
+            host: Some(HeaderValue::from_static("a.example.com")),
+            uri: "/p/\"q\"?x=1&y=%20".parse().unwrap(),
+            status: 201,
+            bytes_sent: 42,
+            duration: Duration::from_micros(1500),
+            upstream: Some("api:prod".into()),
+            request_id: HeaderValue::from_static("abc"),
+        }
+    }
+
+    #[test]
+    fn a_line_is_one_json_object_with_every_field() {
+        let mut line = String::new();
+        format_line(&sample(), &mut line);
+        assert!(line.ends_with('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["ts"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(v["client_ip"], "10.0.0.7");
+        assert_eq!(v["method"], "POST");
+        assert_eq!(v["host"], "a.example.com");
+        assert_eq!(
+            v["path"], "/p/\"q\"?x=1&y=%20",
+            "as received, escaped in JSON"
+        );
+        assert_eq!(v["status"], 201);
+        assert_eq!(v["bytes_sent"], 42);
+        assert_eq!(v["duration_ms"], 1.5);
+        assert_eq!(v["upstream"], "api:prod");
+        assert_eq!(v["request_id"], "abc");
+        let mut e = sample();
+        e.upstream = None;
+        e.client_ip = None;
+        e.host = None;
+        line.clear();
+        format_line(&e, &mut line);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert!(v["upstream"].is_null() && v["client_ip"].is_null() && v["host"].is_null());
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_never_waits() {
+        // No writer thread: the queue fills and stays full.
+        let (tx, _rx) = sync_channel(2);
+        let dropped = IntCounter::new("d", "d").unwrap();
+        let log = AccessLog {
+            tx,
+            dropped: dropped.clone(),
+            reopen: Arc::default(),
+        };
+        for _ in 0..5 {
+            log.send(sample());
+        }
+        assert_eq!(dropped.get(), 3);
+    }
+
+    #[test]
+    fn the_writer_writes_every_queued_line() {
+        let (tx, rx) = sync_channel(8);
+        for _ in 0..3 {
+            tx.send(sample()).unwrap();
+        }
+        drop(tx);
+        let out = Sink::default();
+        write_lines(rx, Output::to(out.clone()), &AtomicBool::new(false));
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 3);
+    }
+}
