@@ -4,6 +4,7 @@
 //! problem at once ([`ConfigErrors`]), each with its file, line and key path.
 
 mod error;
+mod isolation;
 mod model;
 mod names;
 mod parse;
@@ -16,6 +17,7 @@ mod tree;
 mod units;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use isolation::{is_env_name, DYNAMIC_UIDS};
 pub use model::*;
 pub use names::{
     check_hostname, check_instance_id, check_process_name, is_header_name, is_label, parse_cidr,

@@ -12,7 +12,8 @@ use crate::plugins::parse_plugins;
 use crate::settings::{backoff, MAX_CPU_SHARES, MAX_QUOTA_MB};
 use crate::template;
 use crate::tree::{describe, Field, Tbl, Val};
-use crate::{ListenMode, Process, RestartPolicy, Settings, Upstream};
+use crate::isolation;
+use crate::{Isolation, ListenMode, Process, RestartPolicy, Settings, Upstream};
 
 const KEYS: &[&str] = &[
     "command",
@@ -41,6 +42,8 @@ const KEYS: &[&str] = &[
     "upstream_http2",
     "upstreams",
     "isolation",
+    "user",
+    "env_inherit",
 ];
 
 /// The socket of an instance when `socket` is not set.
@@ -120,6 +123,9 @@ fn parse_process(cx: &mut Cx, name: &str, t: &Tbl<'_, '_>, s: &Settings) -> Proc
         plugins: Vec::new(),
         upstream_http2: false,
         upstreams: Vec::new(),
+        user: s.user.clone(),
+        env_inherit: Vec::new(),
+        isolation: Isolation::Process,
     };
 
     let command = t.get("command");
@@ -222,14 +228,13 @@ fn parse_process(cx: &mut Cx, name: &str, t: &Tbl<'_, '_>, s: &Settings) -> Proc
         p.plugins = parse_plugins(cx, &f);
     }
     if let Some(f) = t.get("isolation") {
-        match cx.str(&f) {
-            Some("process") | None => {}
-            Some(other) => cx.err(
-                f.line(),
-                &f.path,
-                format!("isolation {other:?} is not supported yet (only \"process\")"),
-            ),
-        }
+        p.isolation = isolation::parse_isolation(cx, &f).unwrap_or_default();
+    }
+    if let Some(f) = t.get("user") {
+        p.user = isolation::parse_user(cx, &f);
+    }
+    if let Some(f) = t.get("env_inherit") {
+        p.env_inherit = isolation::parse_env_inherit(cx, &f);
     }
     let upstreams = t.get("upstreams");
     if let Some(f) = &upstreams {
