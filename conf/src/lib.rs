@@ -24,7 +24,7 @@ pub use names::{
     InstanceNameError,
 };
 pub use parse::{find_config_path, CONFIG_ENV};
-pub use process::DEFAULT_SOCKET;
+pub use process::{DEFAULT_SOCKET, ISOLATED_SOCKET};
 pub use routes::parse_route_key;
 pub use units::{
     check_duration, check_size, parse_duration, parse_size, rfc3339_ms, DurationError, SizeError,

@@ -49,6 +49,17 @@ const KEYS: &[&str] = &[
 /// The socket of an instance when `socket` is not set.
 pub const DEFAULT_SOCKET: &str = "{data_dir}/{process}-{id}.sock";
 
+/// The socket of an instance with `user` or `isolation = "namespace"` when `socket` is not set:
+/// in a directory of its own, which belongs to the instance's uid (SPEC §12).
+pub const ISOLATED_SOCKET: &str = "{data_dir}/run/{process}/{id}/app.sock";
+
+/// `{data_dir}/NAME`: a socket template whose directory is data_dir itself.
+fn directly_in_data_dir(socket: &str) -> bool {
+    socket
+        .strip_prefix("{data_dir}/")
+        .is_some_and(|rest| !rest.contains('/'))
+}
+
 /// Every `[process.*]` and `[service.*]` table, in file order. A name declared in both (or
 /// twice) is reported and kept once.
 pub(crate) fn parse_processes(cx: &mut Cx, top: &Tbl<'_, '_>, settings: &Settings) -> Vec<Process> {
@@ -235,6 +246,21 @@ fn parse_process(cx: &mut Cx, name: &str, t: &Tbl<'_, '_>, s: &Settings) -> Proc
     }
     if let Some(f) = t.get("env_inherit") {
         p.env_inherit = isolation::parse_env_inherit(cx, &f);
+    }
+    if p.user.is_some() || p.isolation == Isolation::Namespace {
+        // data_dir (0711, ten's) is no place an app under its own uid, or in its own mount
+        // namespace, can make a socket in: it gets a directory of its own.
+        match &socket {
+            None => p.socket = ISOLATED_SOCKET.to_string(),
+            Some(f) if directly_in_data_dir(&p.socket) => {
+                let message = format!(
+                    "with user or isolation = \"namespace\", the socket needs a directory of its own, not data_dir itself (e.g. {ISOLATED_SOCKET:?}), got {:?}",
+                    p.socket
+                );
+                cx.err(f.line(), &f.path, message);
+            }
+            Some(_) => {}
+        }
     }
     let upstreams = t.get("upstreams");
     if let Some(f) = &upstreams {

@@ -66,3 +66,17 @@ fn isolation_namespace_is_accepted_as_root() {
     let c = ok("[service.a]\ncommand = \"./a\"\nisolation = \"namespace\"\n");
     assert_eq!(c.processes[0].isolation, Isolation::Namespace);
 }
+
+#[test]
+fn an_isolated_process_gets_a_socket_directory_of_its_own() {
+    assert_root();
+    let c = ok("[settings]\nuser = \"dynamic\"\n[process.a]\ncommand = \"./a\"\nlisten = \"socket\"\n[process.b]\ncommand = \"./b\"\nlisten = \"socket\"\nuser = \"root\"\nsocket = \"/run/b/{id}/b.sock\"\n");
+    assert_eq!(c.processes[0].socket, crate::ISOLATED_SOCKET);
+    assert_eq!(c.processes[1].socket, "/run/b/{id}/b.sock");
+    let c = ok("[process.a]\ncommand = \"./a\"\nlisten = \"socket\"\n");
+    assert_eq!(c.processes[0].socket, crate::DEFAULT_SOCKET);
+    assert_eq!(
+        error("[process.a]\ncommand = \"./a\"\nisolation = \"namespace\"\nsocket = \"{data_dir}/a-{id}.sock\"\n"),
+        "tenement.toml:4: process.a.socket: with user or isolation = \"namespace\", the socket needs a directory of its own, not data_dir itself (e.g. \"{data_dir}/run/{process}/{id}/app.sock\"), got \"{data_dir}/a-{id}.sock\""
+    );
+}
