@@ -20,7 +20,11 @@ pub(crate) fn parse_user(cx: &mut Cx, f: &Field<'_, '_>) -> Option<RunAs> {
         return need_root(cx, f, "user").then_some(RunAs::Dynamic);
     }
     if name.is_empty() {
-        cx.err(f.line(), &f.path, "expected a user name or \"dynamic\", got \"\"");
+        cx.err(
+            f.line(),
+            &f.path,
+            "expected a user name or \"dynamic\", got \"\"",
+        );
         return None;
     }
     let user = match User::from_name(name) {
@@ -49,9 +53,8 @@ pub(crate) fn parse_isolation(cx: &mut Cx, f: &Field<'_, '_>) -> Option<Isolatio
         "process" => Some(Isolation::Process),
         "namespace" => need_root(cx, f, "isolation").then_some(Isolation::Namespace),
         other => {
-            let message = format!(
-                "isolation {other:?} is not supported (only \"process\" or \"namespace\")"
-            );
+            let message =
+                format!("isolation {other:?} is not supported (only \"process\" or \"namespace\")");
             cx.err(f.line(), &f.path, message);
             None
         }

@@ -6,13 +6,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::error::Cx;
+use crate::isolation;
 use crate::names;
 use crate::parse::resolve_path;
 use crate::plugins::parse_plugins;
 use crate::settings::{backoff, MAX_CPU_SHARES, MAX_QUOTA_MB};
 use crate::template;
 use crate::tree::{describe, Field, Tbl, Val};
-use crate::isolation;
 use crate::{Isolation, ListenMode, Process, RestartPolicy, Settings, Upstream};
 
 const KEYS: &[&str] = &[

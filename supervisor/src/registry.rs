@@ -16,13 +16,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
-use tenement_conf::{Config, InstanceName};
+use tenement_conf::{Config, InstanceName, DYNAMIC_UIDS};
 
 use crate::blocking::blocking;
 use crate::child::{LogSink, Stream};
 use crate::runner::Stop;
 use crate::state::{StateError, StateStore};
 use crate::view::{InstanceView, Kind, Routed, RoutingView, State, Status, TrafficProbe, View};
+use crate::Error;
 
 pub(crate) struct Slot {
     pub routed: Arc<Routed>,
@@ -87,6 +88,8 @@ pub(crate) struct Registry {
     pub sink: Arc<dyn LogSink>,
     pub store: Option<StateStore>,
     pub shutting_down: AtomicBool,
+    /// Dynamic uids handed out when there is no store (tests).
+    dynamic: Mutex<BTreeMap<InstanceName, u32>>,
 }
 
 impl Registry {
@@ -111,6 +114,7 @@ impl Registry {
             sink,
             store,
             shutting_down: AtomicBool::new(false),
+            dynamic: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -358,6 +362,57 @@ impl Registry {
             self.persist(|s| s.set_pgid(name, None));
         }
         self.forget_slot(name);
+    }
+
+    /// The uid `name` runs as under `user = "dynamic"` (SPEC §12): stable per instance
+    /// (recorded in the store), the lowest free one of [`DYNAMIC_UIDS`], never one another
+    /// instance holds nor one the system gives a user or group.
+    pub fn dynamic_uid(&self, name: &InstanceName) -> Result<u32, Error> {
+        let taken = |u: u32| {
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(u))
+                .ok()
+                .flatten()
+                .is_some()
+                || nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(u))
+                    .ok()
+                    .flatten()
+                    .is_some()
+        };
+        let uid = match &self.store {
+            Some(store) => blocking(|| store.dynamic_uid(name, DYNAMIC_UIDS, &taken))?,
+            None => {
+                let mut held = self.dynamic.lock().unwrap_or_else(|p| p.into_inner());
+                match held.get(name) {
+                    Some(u) => Some(*u),
+                    None => {
+                        let used: Vec<u32> = held.values().copied().collect();
+                        let uid = DYNAMIC_UIDS
+                            .clone()
+                            .find(|u| !used.contains(u) && !taken(*u));
+                        if let Some(u) = uid {
+                            held.insert(name.clone(), u);
+                        }
+                        uid
+                    }
+                }
+            }
+        };
+        uid.ok_or_else(|| {
+            Error::Spawn(format!(
+                "{name}: no dynamic uid left ({}-{} are all held)",
+                DYNAMIC_UIDS.start(),
+                DYNAMIC_UIDS.end()
+            ))
+        })
+    }
+
+    /// `name` gives its dynamic uid back (its DATA_DIR was removed).
+    pub fn release_uid(&self, name: &InstanceName) {
+        self.dynamic
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        self.persist(|s| s.release_uid(name));
     }
 
     /// Wait until no request is in flight on `name` (at most drain_timeout).

@@ -51,7 +51,9 @@ fn env_inherit_names_are_checked() {
     let e = errors("[process.a]\ncommand = \"./a\"\nenv_inherit = [\"OK\", \"A=B\", \"1X\"]\n");
     assert_eq!(e.len(), 2, "{e:#?}");
     assert!(
-        e[0].starts_with("tenement.toml:3: process.a.env_inherit[1]: invalid environment variable name \"A=B\""),
+        e[0].starts_with(
+            "tenement.toml:3: process.a.env_inherit[1]: invalid environment variable name \"A=B\""
+        ),
         "{e:#?}"
     );
     assert_eq!(
