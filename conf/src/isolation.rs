@@ -84,6 +84,25 @@ pub fn is_env_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// When ten runs as root: one warning per spawned process without `user` (its apps run as
+/// root), naming the setting.
+pub fn root_warnings(config: &crate::Config) -> Vec<String> {
+    if !Uid::effective().is_root() {
+        return Vec::new();
+    }
+    config
+        .processes
+        .iter()
+        .filter(|p| !p.is_external() && p.user.is_none())
+        .map(|p| {
+            format!(
+                "process.{}: its instances run as root (ten runs as root and no user is set): set user = \"dynamic\" (or a user name) in [settings] or [process.{}]",
+                p.name, p.name
+            )
+        })
+        .collect()
+}
+
 /// `setting` needs root: an error naming it when ten does not run as root.
 fn need_root(cx: &mut Cx, f: &Field<'_, '_>, setting: &str) -> bool {
     if Uid::effective().is_root() {

@@ -17,7 +17,7 @@ mod tree;
 mod units;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use isolation::{is_env_name, DYNAMIC_UIDS};
+pub use isolation::{is_env_name, root_warnings, DYNAMIC_UIDS};
 pub use model::*;
 pub use names::{
     check_hostname, check_instance_id, check_process_name, is_header_name, is_label, parse_cidr,

@@ -230,6 +230,14 @@ pub fn start(l: &Launch<'_>) -> Result<Started, Error> {
                 ))
             },
         )?;
+        identity::reachable(&inst_dir, id).map_err(|why| {
+            Error::Spawn(format!(
+                "{}: its DATA_DIR {} is out of reach of uid {}: {why}",
+                l.name,
+                inst_dir.display(),
+                id.uid
+            ))
+        })?;
     }
     let plan = match p.isolation {
         Isolation::Namespace => {

@@ -174,8 +174,23 @@ pub fn runnable(
 
 /// Whether `id` may search every directory above `file` and execute it.
 fn check_path(file: &Path, id: &Identity) -> Result<(), String> {
+    reachable(file, id)?;
+    let meta = std::fs::metadata(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    if meta.is_dir() || !allowed(&meta, id, 0o1) {
+        return Err(format!(
+            "{}: mode {:04o} owned by uid {} is not executable",
+            file.display(),
+            meta.mode() & 0o7777,
+            meta.uid()
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `id` may search every directory above `path` (so it can reach `path` itself).
+pub fn reachable(path: &Path, id: &Identity) -> Result<(), String> {
     let mut dir = PathBuf::new();
-    let parent = file.parent().unwrap_or(Path::new("/"));
+    let parent = path.parent().unwrap_or(Path::new("/"));
     for part in parent.components() {
         dir.push(part);
         let meta = std::fs::metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -187,15 +202,6 @@ fn check_path(file: &Path, id: &Identity) -> Result<(), String> {
                 meta.uid()
             ));
         }
-    }
-    let meta = std::fs::metadata(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    if meta.is_dir() || !allowed(&meta, id, 0o1) {
-        return Err(format!(
-            "{}: mode {:04o} owned by uid {} is not executable",
-            file.display(),
-            meta.mode() & 0o7777,
-            meta.uid()
-        ));
     }
     Ok(())
 }

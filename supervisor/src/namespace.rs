@@ -21,9 +21,7 @@
 //! Everything the child runs is async-signal-safe: syscalls on memory prepared before fork.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::identity::Identity;
@@ -40,8 +38,9 @@ const STOP_SIGNALS: [libc::c_int; 6] = [
 
 /// One directory bound back over the hidden data_dir.
 struct Bind {
-    /// `/proc/self/fd/N` of an O_PATH descriptor opened before the fork.
-    source: CString,
+    /// The directory: opened (O_PATH) in the new mount namespace before anything is mounted
+    /// over it, then bound from `/proc/self/fd/N` (a descriptor opened before `unshare`
+    /// would name a mount of the old namespace, which mount(2) refuses).
     target: CString,
     /// The target's ancestors and itself, made (if missing) before the bind.
     mkdirs: Vec<CString>,
@@ -54,8 +53,6 @@ pub struct Plan {
     data_dir_mkdirs: Vec<CString>,
     binds: Vec<Bind>,
     identity: Option<Identity>,
-    /// Kept open until the spawn returned.
-    _fds: Vec<OwnedFd>,
 }
 
 fn cstring(p: &Path) -> Result<CString, String> {
@@ -73,34 +70,27 @@ fn ancestors(p: &Path) -> Result<Vec<CString>, String> {
 }
 
 impl Plan {
-    /// `keep`: the instance's own directories (DATA_DIR, the socket's), bound back.
+    /// `keep`: the instance's own directories (DATA_DIR, the socket's; at most 4), bound back.
     pub fn new(
         data_dir: &Path,
         keep: &[&Path],
         identity: Option<Identity>,
     ) -> Result<Plan, String> {
+        if keep.len() > 4 {
+            return Err(format!("{} directories to keep (at most 4)", keep.len()));
+        }
         let mut binds = Vec::new();
-        let mut fds = Vec::new();
         for dir in keep {
-            let fd: OwnedFd = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
-                .open(dir)
-                .map_err(|e| format!("open {}: {e}", dir.display()))?
-                .into();
             binds.push(Bind {
-                source: cstring(Path::new(&format!("/proc/self/fd/{}", fd.as_raw_fd())))?,
                 target: cstring(dir)?,
                 mkdirs: ancestors(dir)?,
             });
-            fds.push(fd);
         }
         Ok(Plan {
             data_dir: cstring(data_dir)?,
             data_dir_mkdirs: ancestors(data_dir)?,
             binds,
             identity,
-            _fds: fds,
         })
     }
 
@@ -121,6 +111,17 @@ impl Plan {
                 libc::MS_REC | libc::MS_PRIVATE,
                 none.cast(),
             ))?;
+            // The directories to keep, opened before anything hides them (at most 4 of them).
+            let mut fds = [-1; 4];
+            for (fd, b) in fds.iter_mut().zip(&self.binds) {
+                *fd = libc::open(
+                    b.target.as_ptr(),
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                );
+                if *fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             check(libc::mount(
                 c"tmpfs".as_ptr(),
                 c"/tmp".as_ptr(),
@@ -140,17 +141,19 @@ impl Plan {
                 libc::MS_NOSUID | libc::MS_NODEV,
                 c"mode=0711".as_ptr().cast(),
             ))?;
-            for b in &self.binds {
+            for (b, fd) in self.binds.iter().zip(fds) {
                 for d in &b.mkdirs {
                     mkdir(d)?;
                 }
+                let source = fd_path(fd);
                 check(libc::mount(
-                    b.source.as_ptr(),
+                    source.as_ptr().cast(),
                     b.target.as_ptr(),
                     none,
                     libc::MS_BIND | libc::MS_REC,
                     none.cast(),
                 ))?;
+                libc::close(fd);
             }
             libc::umask(umask);
             // The stop signals wait (blocked) until each process has its disposition.
@@ -264,6 +267,28 @@ unsafe fn close_all_but(keep: libc::c_int) {
     libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0u32);
 }
 
+/// `/proc/self/fd/N` NUL-terminated, written on the stack (no allocation after fork).
+fn fd_path(fd: libc::c_int) -> [u8; 32] {
+    let mut buf = [0u8; 32];
+    let prefix = b"/proc/self/fd/";
+    buf[..prefix.len()].copy_from_slice(prefix);
+    let mut digits = [0u8; 10];
+    let mut n = fd.unsigned_abs();
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        buf[prefix.len() + i] = digits[len - 1 - i];
+    }
+    buf
+}
+
 fn check(rc: libc::c_int) -> std::io::Result<()> {
     if rc == 0 {
         Ok(())
@@ -282,5 +307,21 @@ unsafe fn mkdir(path: &CString) -> std::io::Result<()> {
         Ok(())
     } else {
         Err(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fd_paths() {
+        for (fd, want) in [(0, "/proc/self/fd/0"), (7, "/proc/self/fd/7"), (1234, "/proc/self/fd/1234")] {
+            let buf = fd_path(fd);
+            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+            assert_eq!(std::str::from_utf8(&buf[..end]), Ok(want));
+        }
+        let buf = fd_path(i32::MAX);
+        assert!(buf.contains(&0), "NUL-terminated");
     }
 }

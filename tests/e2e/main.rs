@@ -7,6 +7,7 @@ mod dashboard;
 mod deploy;
 mod edge;
 mod fleet;
+mod isolation;
 mod hostile;
 mod lifecycle;
 mod logs;

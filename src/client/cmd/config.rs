@@ -88,6 +88,9 @@ pub fn check(explicit: Option<&Path>) -> ExitCode {
                 eprintln!("{}: {} error(s)", path.display(), bad.len());
                 return ExitCode::from(1);
             }
+            for w in tenement_conf::root_warnings(&c) {
+                eprintln!("warning: {w}");
+            }
             let instances = c.instances.len();
             println!(
                 "{}: ok: {} process(es), {} route(s), {} instance(s) at boot, domain {}",
