@@ -316,7 +316,11 @@ mod tests {
 
     #[test]
     fn fd_paths() {
-        for (fd, want) in [(0, "/proc/self/fd/0"), (7, "/proc/self/fd/7"), (1234, "/proc/self/fd/1234")] {
+        for (fd, want) in [
+            (0, "/proc/self/fd/0"),
+            (7, "/proc/self/fd/7"),
+            (1234, "/proc/self/fd/1234"),
+        ] {
             let buf = fd_path(fd);
             let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
             assert_eq!(std::str::from_utf8(&buf[..end]), Ok(want));

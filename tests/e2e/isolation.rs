@@ -49,7 +49,11 @@ fn whoami(ten: &Ten, instance: &str) -> (u32, u32) {
 
 /// What the app got trying `op` on `path`: "ok" or "errno N".
 fn try_as_app(ten: &Ten, instance: &str, op: &str, path: &Path) -> String {
-    get_text(ten, instance, &format!("/try?op={op}&path={}", path.display()))
+    get_text(
+        ten,
+        instance,
+        &format!("/try?op={op}&path={}", path.display()),
+    )
 }
 
 /// The host pid of an instance, from `ten ps --json`.
@@ -81,7 +85,10 @@ fn wait_logs(ten: &Ten, args: &[&str], want: &str) -> String {
     loop {
         let (_, out, _) = ten.cli(args);
         if out.contains(want) || Instant::now() > deadline {
-            assert!(out.contains(want), "ten {args:?} never showed {want:?}:\n{out}");
+            assert!(
+                out.contains(want),
+                "ten {args:?} never showed {want:?}:\n{out}"
+            );
             return out;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -90,6 +97,7 @@ fn wait_logs(ten: &Ten, args: &[&str], want: &str) -> String {
 
 #[test]
 fn an_app_sees_a_clean_environment_and_only_the_inherited_names() {
+    assert_root();
     let ten = Builder::new()
         .env("TEN_ISO_SECRET", "hunter2")
         .env("TEN_ISO_PASSED", "region-1")
@@ -105,15 +113,58 @@ fn an_app_sees_a_clean_environment_and_only_the_inherited_names() {
         let (id, process) = instance.split_once('.').expect("name");
         let host = format!("{id}.{process}.{DOMAIN}");
         let secret = ten.get(&host, "/env?name=TEN_ISO_SECRET");
-        assert_eq!(secret.status, 404, "{instance} saw ten's secret: {}", secret.text());
+        assert_eq!(
+            secret.status,
+            404,
+            "{instance} saw ten's secret: {}",
+            secret.text()
+        );
         // The allow-list and the §2 variables are there.
         assert_eq!(get_text(&ten, instance, "/env?name=TEN_PROCESS"), process);
         assert!(!get_text(&ten, instance, "/env?name=PATH").is_empty());
-        assert_eq!(ten.get(&host, "/env?name=TEN_LOG").status, 404, "ten's TEN_LOG leaked");
+        assert_eq!(
+            ten.get(&host, "/env?name=TEN_LOG").status,
+            404,
+            "ten's TEN_LOG leaked"
+        );
     }
     assert_eq!(get_text(&ten, "a.app", "/env?name=APP_ENV"), "prod");
-    assert_eq!(ten.get(&format!("a.app.{DOMAIN}"), "/env?name=TEN_ISO_PASSED").status, 404);
-    assert_eq!(get_text(&ten, "a.inh", "/env?name=TEN_ISO_PASSED"), "region-1");
+    assert_eq!(
+        ten.get(&format!("a.app.{DOMAIN}"), "/env?name=TEN_ISO_PASSED")
+            .status,
+        404
+    );
+    assert_eq!(
+        get_text(&ten, "a.inh", "/env?name=TEN_ISO_PASSED"),
+        "region-1"
+    );
+    // ten runs as root and no user is set: it says so, naming the setting.
+    assert!(
+        ten.stderr()
+            .contains("process.app: its instances run as root")
+            && ten.stderr().contains("set user = \"dynamic\""),
+        "{}",
+        ten.stderr()
+    );
+}
+
+#[test]
+fn a_named_user_runs_the_app_with_its_uid_gid_and_home() {
+    assert_root();
+    let ten = builder()
+        .body("[process.app]\ncommand = \"@APP@\"\nuser = \"nobody\"\n[instances]\napp = [\"a\"]\n")
+        .start();
+    ten.wait_status(&format!("a.app.{DOMAIN}"), "/", 200);
+    let text = get_text(&ten, "a.app", "/whoami");
+    assert!(text.contains("uid=65534 gid=65534"), "{text}");
+    assert_eq!(proc_uid(host_pid(&ten, "app:a")), 65534);
+    assert_eq!(get_text(&ten, "a.app", "/env?name=USER"), "nobody");
+    assert_eq!(get_text(&ten, "a.app", "/env?name=HOME"), "/nonexistent");
+    assert!(
+        !ten.stderr().contains("its instances run as root"),
+        "{}",
+        ten.stderr()
+    );
 }
 
 #[test]
@@ -129,18 +180,27 @@ fn two_dynamic_instances_run_under_two_uids_stable_across_a_restart() {
     let (_, uid_b) = whoami(&ten, "b.app");
     assert_ne!(uid_a, uid_b, "two instances share a uid");
     for uid in [uid_a, uid_b] {
-        assert!((61184..=65519).contains(&uid), "uid {uid} out of the dynamic range");
+        assert!(
+            (61184..=65519).contains(&uid),
+            "uid {uid} out of the dynamic range"
+        );
     }
     assert_eq!(proc_uid(host_pid(&ten, "app:a")), uid_a);
     assert_eq!(proc_uid(host_pid(&ten, "app:b")), uid_b);
     // DATA_DIR belongs to the instance's uid, 0700; data_dir stays 0711.
     let data = ten.data_dir();
-    assert_eq!(std::fs::metadata(&data).expect("data_dir").mode() & 0o7777, 0o711);
+    assert_eq!(
+        std::fs::metadata(&data).expect("data_dir").mode() & 0o7777,
+        0o711
+    );
     for (id, uid) in [("a", uid_a), ("b", uid_b)] {
         let meta = std::fs::metadata(data.join("app").join(id)).expect("DATA_DIR");
         assert_eq!(meta.mode() & 0o7777, 0o700, "DATA_DIR of app:{id}");
         assert_eq!(meta.uid(), uid, "DATA_DIR of app:{id}");
-        assert_eq!(get_text(&ten, &format!("{id}.app"), "/env?name=HOME"), data.join("app").join(id).display().to_string());
+        assert_eq!(
+            get_text(&ten, &format!("{id}.app"), "/env?name=HOME"),
+            data.join("app").join(id).display().to_string()
+        );
     }
     // ten serve restarted: each instance gets its uid again.
     assert!(ten.sigterm().success(), "{}", ten.stderr());
@@ -163,8 +223,14 @@ fn an_app_under_another_uid_cannot_reach_ten_sock_the_database_or_another_data_d
     let data = ten.data_dir();
     let b_dir = data.join("app/b");
     // b writes in its own DATA_DIR; a may write in its own.
-    assert_eq!(try_as_app(&ten, "b.app", "write", &b_dir.join("secret")), "ok");
-    assert_eq!(try_as_app(&ten, "a.app", "write", &data.join("app/a/mine")), "ok");
+    assert_eq!(
+        try_as_app(&ten, "b.app", "write", &b_dir.join("secret")),
+        "ok"
+    );
+    assert_eq!(
+        try_as_app(&ten, "a.app", "write", &data.join("app/a/mine")),
+        "ok"
+    );
     let eacces = format!("errno {}", libc::EACCES);
     for (op, path) in [
         ("connect", ten.control.clone()),
@@ -173,7 +239,12 @@ fn an_app_under_another_uid_cannot_reach_ten_sock_the_database_or_another_data_d
         ("open", b_dir.join("secret")),
         ("list", data.clone()),
     ] {
-        assert_eq!(try_as_app(&ten, "a.app", op, &path), eacces, "{op} {}", path.display());
+        assert_eq!(
+            try_as_app(&ten, "a.app", op, &path),
+            eacces,
+            "{op} {}",
+            path.display()
+        );
     }
 }
 
@@ -192,7 +263,8 @@ fn a_command_the_uid_cannot_run_is_a_spawn_error_naming_path_and_uid() {
     let (status, _, err) = ten.cli(&["spawn", "app:x"]);
     assert!(!status.success(), "spawn under a 0700 home succeeded");
     assert!(
-        err.contains("as uid 6") && err.contains(&format!("{}: directory mode 0700", home.display())),
+        err.contains("as uid 6")
+            && err.contains(&format!("{}: directory mode 0700", home.display())),
         "{err}"
     );
 }
@@ -209,12 +281,15 @@ fn config_check_warns_about_root_apps_and_refuses_user_without_root() {
     let (status, _, err) = run_bounded(&mut cmd, Duration::from_secs(30));
     assert!(status.success(), "{err}");
     assert!(
-        err.contains("warning: process.app: its instances run as root") && err.contains("user = \"dynamic\""),
+        err.contains("warning: process.app: its instances run as root")
+            && err.contains("user = \"dynamic\""),
         "{err}"
     );
     std::fs::write(&config, "[settings]\nuser = \"dynamic\"\n[process.app]\ncommand = \"/bin/true\"\nisolation = \"namespace\"\n")
         .expect("write");
-    let (status, _, err) = run_bounded(&mut Command::new(ten_bin()).args(["config", "check"]).arg(&config), Duration::from_secs(30));
+    let mut cmd = Command::new(ten_bin());
+    cmd.args(["config", "check"]).arg(&config);
+    let (status, _, err) = run_bounded(&mut cmd, Duration::from_secs(30));
     assert!(status.success(), "{err}");
     assert!(!err.contains("warning"), "{err}");
     // As another uid: user and isolation are errors naming the setting.
@@ -223,8 +298,14 @@ fn config_check_warns_about_root_apps_and_refuses_user_without_root() {
     cmd.args(["config", "check"]).arg(&config);
     let (status, _, err) = run_bounded(&mut cmd, Duration::from_secs(30));
     assert!(!status.success(), "{err}");
-    assert!(err.contains("settings.user: user needs ten to run as root"), "{err}");
-    assert!(err.contains("process.app.isolation: isolation needs ten to run as root"), "{err}");
+    assert!(
+        err.contains("settings.user: user needs ten to run as root"),
+        "{err}"
+    );
+    assert!(
+        err.contains("process.app.isolation: isolation needs ten to run as root"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -257,11 +338,26 @@ fn namespace_isolation_hides_pids_tmp_and_data_dir_and_still_stops_and_logs() {
     // data_dir: only its own DATA_DIR is there (written through to the host).
     let data = ten.data_dir();
     let enoent = format!("errno {}", libc::ENOENT);
-    for path in [data.join("tenement.db"), data.join("ten.sock"), data.join("plain/p")] {
-        assert_eq!(try_as_app(&ten, "a.app", "open", &path), enoent, "{}", path.display());
+    for path in [
+        data.join("tenement.db"),
+        data.join("ten.sock"),
+        data.join("plain/p"),
+    ] {
+        assert_eq!(
+            try_as_app(&ten, "a.app", "open", &path),
+            enoent,
+            "{}",
+            path.display()
+        );
     }
-    assert_eq!(try_as_app(&ten, "a.app", "write", &data.join("app/a/kept")), "ok");
-    assert!(data.join("app/a/kept").exists(), "DATA_DIR is bound to the host's");
+    assert_eq!(
+        try_as_app(&ten, "a.app", "write", &data.join("app/a/kept")),
+        "ok"
+    );
+    assert!(
+        data.join("app/a/kept").exists(),
+        "DATA_DIR is bound to the host's"
+    );
     let meta = std::fs::metadata(data.join("app/a")).expect("DATA_DIR");
     assert_eq!((meta.mode() & 0o7777, meta.uid()), (0o700, uid));
     let run = std::fs::metadata(data.join("run/app/a")).expect("socket dir");
@@ -285,7 +381,11 @@ fn namespace_isolation_hides_pids_tmp_and_data_dir_and_still_stops_and_logs() {
     ten.serve_again();
     ten.wait_status(&format!("b.app.{DOMAIN}"), "/", 200);
     for p in orphans {
-        assert!(!alive(p), "orphan {p} survived the restart\n{}", ten.stderr());
+        assert!(
+            !alive(p),
+            "orphan {p} survived the restart\n{}",
+            ten.stderr()
+        );
     }
     assert!(
         ten.stderr().contains("killing the orphaned process group"),
@@ -294,8 +394,52 @@ fn namespace_isolation_hides_pids_tmp_and_data_dir_and_still_stops_and_logs() {
     );
     // The app's own exit status reaches ten through the namespace's waiters.
     let _ = ten.get(&format!("b.app.{DOMAIN}"), "/exit?code=3");
-    wait_logs(&ten, &["logs", "ten", "--search", "exited"], "exited with code 3");
+    wait_logs(
+        &ten,
+        &["logs", "ten", "--search", "exited"],
+        "exited with code 3",
+    );
     ten.wait_status(&format!("b.app.{DOMAIN}"), "/", 200);
     let _ = ten.get(&format!("b.app.{DOMAIN}"), "/crash");
-    wait_logs(&ten, &["logs", "ten", "--search", "killed"], "killed by SIGABRT");
+    wait_logs(
+        &ten,
+        &["logs", "ten", "--search", "killed"],
+        "killed by SIGABRT",
+    );
+}
+
+#[test]
+fn namespace_instances_scale_to_zero_wake_and_join_their_cgroup() {
+    assert_root();
+    let b = builder();
+    let marker = b.dir().display().to_string();
+    let ten = b
+        .body(
+            "[process.app]\ncommand = \"@APP@\"\nisolation = \"namespace\"\nhealth = \"/health\"\n\
+             idle_timeout = \"1s\"\nmemory_limit_mb = 64\nenv = { TEN_TEST_MARKER = \"@DIR@\" }\n\
+             [instances]\napp = [\"a\"]\n",
+        )
+        .start();
+    ten.wait_status(&format!("a.app.{DOMAIN}"), "/", 200);
+    // The app (below the namespace's waiters) is in the instance's cgroup, or ten said why not.
+    let apps = marked_pids(&marker);
+    assert_eq!(apps.len(), 1, "{apps:?}");
+    let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", apps[0])).expect("cgroup");
+    assert!(
+        cgroup.contains("ten-app.a")
+            || ten
+                .stderr()
+                .contains("memory_limit_mb/cpu_shares not applied"),
+        "app cgroup {cgroup:?}\n{}",
+        ten.stderr()
+    );
+    // Idle-stopped after 1 s (the app is gone), woken by the next request.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive(apps[0]) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!alive(apps[0]), "not stopped when idle\n{}", ten.stderr());
+    let r = ten.get(&format!("a.app.{DOMAIN}"), "/whoami");
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), ten.stderr());
+    assert!(r.text().starts_with("pid=2 "), "{}", r.text());
 }
