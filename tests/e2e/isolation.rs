@@ -292,6 +292,14 @@ fn config_check_warns_about_root_apps_and_refuses_user_without_root() {
     let (status, _, err) = run_bounded(&mut cmd, Duration::from_secs(30));
     assert!(status.success(), "{err}");
     assert!(!err.contains("warning"), "{err}");
+    let mut cmd = Command::new(ten_bin());
+    cmd.arg("--config").arg(&config).args(["config", "show"]);
+    let (status, out, err) = run_bounded(&mut cmd, Duration::from_secs(30));
+    assert!(status.success(), "{err}");
+    assert!(
+        out.contains("user = \"dynamic\"\nisolation = \"namespace\"\n"),
+        "{out}"
+    );
     // As another uid: user and isolation are errors naming the setting.
     let mut cmd = Command::new(ten_bin());
     std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
