@@ -230,14 +230,20 @@ pub fn start(l: &Launch<'_>) -> Result<Started, Error> {
                 ))
             },
         )?;
-        identity::reachable(&inst_dir, id).map_err(|why| {
-            Error::Spawn(format!(
-                "{}: its DATA_DIR {} is out of reach of uid {}: {why}",
-                l.name,
-                inst_dir.display(),
-                id.uid
-            ))
-        })?;
+        let mut own = vec![("DATA_DIR", inst_dir.as_path())];
+        if let Addr::Unix(sock) = &addr {
+            own.push(("socket", sock.as_path()));
+        }
+        for (what, path) in own {
+            identity::reachable(path, id).map_err(|why| {
+                Error::Spawn(format!(
+                    "{}: its {what} {} is out of reach of uid {}: {why}",
+                    l.name,
+                    path.display(),
+                    id.uid
+                ))
+            })?;
+        }
     }
     let plan = match p.isolation {
         Isolation::Namespace => {

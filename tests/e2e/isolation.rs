@@ -258,13 +258,26 @@ fn a_command_the_uid_cannot_run_is_a_spawn_error_naming_path_and_uid() {
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).expect("chmod");
     let ten = b
         .settings("user = \"dynamic\"")
-        .body("[process.app]\ncommand = \"@DIR@/home/app\"\nrestart = \"never\"\n")
+        .body(
+            "[process.app]\ncommand = \"@DIR@/home/app\"\nrestart = \"never\"\n\
+             [process.sock]\ncommand = \"@APP@\"\nsocket = \"@DIR@/home/{id}/s.sock\"\n",
+        )
         .start();
     let (status, _, err) = ten.cli(&["spawn", "app:x"]);
     assert!(!status.success(), "spawn under a 0700 home succeeded");
     assert!(
         err.contains("as uid 6")
             && err.contains(&format!("{}: directory mode 0700", home.display())),
+        "{err}"
+    );
+    // A socket whose directory the uid cannot reach: said before the spawn, too.
+    let (status, _, err) = ten.cli(&["spawn", "sock:y"]);
+    assert!(
+        !status.success(),
+        "spawn with an unreachable socket succeeded"
+    );
+    assert!(
+        err.contains("sock:y: its socket") && err.contains("is out of reach of uid 6"),
         "{err}"
     );
 }
@@ -450,4 +463,39 @@ fn namespace_instances_scale_to_zero_wake_and_join_their_cgroup() {
     let r = ten.get(&format!("a.app.{DOMAIN}"), "/whoami");
     assert_eq!(r.status, 200, "{}\n{}", r.text(), ten.stderr());
     assert!(r.text().starts_with("pid=2 "), "{}", r.text());
+}
+
+#[test]
+fn a_dynamic_uid_is_given_back_only_with_its_data_dir() {
+    assert_root();
+    let ten = builder()
+        .settings("user = \"dynamic\"")
+        .body(
+            "[process.tmp]\ncommand = \"@APP@\"\nstorage_persist = false\n\
+             [process.keep]\ncommand = \"@APP@\"\n[instances]\ntmp = [\"a\"]\nkeep = [\"a\"]\n",
+        )
+        .start();
+    ten.wait_status(&format!("a.tmp.{DOMAIN}"), "/", 200);
+    ten.wait_status(&format!("a.keep.{DOMAIN}"), "/", 200);
+    let tmp_uid = whoami(&ten, "a.tmp").1;
+    let keep_uid = whoami(&ten, "a.keep").1;
+    for name in ["tmp:a", "keep:a"] {
+        let (status, _, err) = ten.cli(&["stop", name]);
+        assert!(status.success(), "stop {name}: {err}");
+    }
+    // keep:a's DATA_DIR (and uid) stays; tmp:a's uid is free again: the next instance gets it.
+    assert!(ten.data_dir().join("keep/a").is_dir());
+    for name in ["tmp:b", "keep:b"] {
+        let (status, _, err) = ten.cli(&["spawn", name]);
+        assert!(status.success(), "spawn {name}: {err}");
+    }
+    assert_eq!(whoami(&ten, "b.tmp").1, tmp_uid);
+    let keep_b = whoami(&ten, "b.keep").1;
+    assert_ne!(
+        keep_b, keep_uid,
+        "keep:a's uid was handed out while its DATA_DIR remains"
+    );
+    let (status, _, err) = ten.cli(&["spawn", "keep:a"]);
+    assert!(status.success(), "spawn keep:a: {err}");
+    assert_eq!(whoami(&ten, "a.keep").1, keep_uid);
 }
