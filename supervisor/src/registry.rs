@@ -368,11 +368,14 @@ impl Registry {
     /// (recorded in the store), the lowest free one of [`DYNAMIC_UIDS`], never one another
     /// instance holds nor one the system gives a user or group.
     pub fn dynamic_uid(&self, name: &InstanceName) -> Result<u32, Error> {
+        // Asked only when a uid is handed out (not for an instance that has one).
+        let running = std::cell::OnceCell::new();
         let taken = |u: u32| {
-            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(u))
-                .ok()
-                .flatten()
-                .is_some()
+            running.get_or_init(running_uids).contains(&u)
+                || nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(u))
+                    .ok()
+                    .flatten()
+                    .is_some()
                 || nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(u))
                     .ok()
                     .flatten()
@@ -435,6 +438,25 @@ impl Registry {
     }
 }
 
+/// The real uids of every running process (/proc/PID/status): a dynamic uid is never one a
+/// process already runs as (another `ten serve`'s instance, say).
+fn running_uids() -> std::collections::HashSet<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Default::default();
+    };
+    rd.flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 pub(crate) mod tests {
@@ -472,6 +494,31 @@ pub(crate) mod tests {
             process: "api".into(),
             id: id.into(),
         }
+    }
+
+    /// A dynamic uid is never one a running process already has (another ten's instance),
+    /// is stable per instance and distinct between instances.
+    #[test]
+    fn a_dynamic_uid_skips_uids_that_processes_run_as() {
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "needs root (CI runs as root)"
+        );
+        let reg = registry();
+        let first = *DYNAMIC_UIDS.start();
+        let mut squatter = std::process::Command::new("sleep");
+        std::os::unix::process::CommandExt::uid(&mut squatter, first);
+        let mut squatter = squatter.arg("30").spawn().unwrap();
+        let a = reg.dynamic_uid(&name("a")).unwrap();
+        let b = reg.dynamic_uid(&name("b")).unwrap();
+        squatter.kill().unwrap();
+        squatter.wait().unwrap();
+        assert_ne!(a, first, "handed out a uid a process runs as");
+        assert_ne!(a, b);
+        assert_eq!(reg.dynamic_uid(&name("a")).unwrap(), a);
+        reg.release_uid(&name("a"));
+        assert!(!reg.dynamic.lock().unwrap().contains_key(&name("a")), "given back");
+        assert_ne!(reg.dynamic_uid(&name("c")).unwrap(), b);
     }
 
     #[tokio::test]

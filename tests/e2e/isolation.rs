@@ -483,18 +483,23 @@ fn a_dynamic_uid_is_given_back_only_with_its_data_dir() {
         let (status, _, err) = ten.cli(&["stop", name]);
         assert!(status.success(), "stop {name}: {err}");
     }
-    // keep:a's DATA_DIR (and uid) stays; tmp:a's uid is free again: the next instance gets it.
+    // keep:a's DATA_DIR and uid stay recorded; tmp:a's uid is free again.
     assert!(ten.data_dir().join("keep/a").is_dir());
-    for name in ["tmp:b", "keep:b"] {
-        let (status, _, err) = ten.cli(&["spawn", name]);
-        assert!(status.success(), "spawn {name}: {err}");
-    }
-    assert_eq!(whoami(&ten, "b.tmp").1, tmp_uid);
-    let keep_b = whoami(&ten, "b.keep").1;
-    assert_ne!(
-        keep_b, keep_uid,
-        "keep:a's uid was handed out while its DATA_DIR remains"
-    );
+    assert!(!ten.data_dir().join("tmp/a").exists());
+    let db = rusqlite::Connection::open_with_flags(
+        ten.data_dir().join("tenement.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open tenement.db");
+    let held: Vec<(String, String, u32)> = db
+        .prepare("SELECT process, id, uid FROM dynamic_users ORDER BY process")
+        .and_then(|mut st| {
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
+        .expect("dynamic_users");
+    assert_eq!(held, vec![("keep".to_string(), "a".to_string(), keep_uid)]);
+    assert_ne!(tmp_uid, keep_uid);
     let (status, _, err) = ten.cli(&["spawn", "keep:a"]);
     assert!(status.success(), "spawn keep:a: {err}");
     assert_eq!(whoami(&ten, "a.keep").1, keep_uid);
