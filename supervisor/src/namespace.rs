@@ -258,13 +258,24 @@ unsafe fn reaper(app: libc::pid_t, write_end: libc::c_int) -> ! {
     }
 }
 
-/// Close every descriptor but `keep` (stdout/stderr and std's exec-status pipe included).
+/// Close every descriptor but `keep` (stdout/stderr and std's exec-status pipe included):
+/// close_range(2), or one close(2) each up to the open-file limit on kernels before 5.9.
 unsafe fn close_all_but(keep: libc::c_int) {
-    let keep = keep as libc::c_uint;
-    if keep > 0 {
-        libc::syscall(libc::SYS_close_range, 0u32, keep - 1, 0u32);
+    let k = keep as libc::c_uint;
+    let below = k == 0 || libc::syscall(libc::SYS_close_range, 0u32, k - 1, 0u32) == 0;
+    let above = libc::syscall(libc::SYS_close_range, k + 1, libc::c_uint::MAX, 0u32) == 0;
+    if below && above {
+        return;
     }
-    libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0u32);
+    let mut limit: libc::rlimit = std::mem::zeroed();
+    let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+        limit.rlim_cur.min(1 << 20) as libc::c_int
+    } else {
+        1024
+    };
+    for fd in (0..max).filter(|fd| *fd != keep) {
+        libc::close(fd);
+    }
 }
 
 /// `/proc/self/fd/N` NUL-terminated, written on the stack (no allocation after fork).
