@@ -517,7 +517,10 @@ pub(crate) mod tests {
         assert_ne!(a, b);
         assert_eq!(reg.dynamic_uid(&name("a")).unwrap(), a);
         reg.release_uid(&name("a"));
-        assert!(!reg.dynamic.lock().unwrap().contains_key(&name("a")), "given back");
+        assert!(
+            !reg.dynamic.lock().unwrap().contains_key(&name("a")),
+            "given back"
+        );
         assert_ne!(reg.dynamic_uid(&name("c")).unwrap(), b);
     }
 
