@@ -755,6 +755,22 @@ fn route(mut cx: Cx) -> io::Result<Done> {
             },
             None => cx.text(400, "missing name\n"),
         },
+        "/whoami" => {
+            let (pid, uid, gid) = (
+                std::process::id(),
+                nix::unistd::getuid(),
+                nix::unistd::getgid(),
+            );
+            cx.text(200, format!("pid={pid} uid={uid} gid={gid}\n"))
+        }
+        "/try" => match (req.param("op"), req.param("path")) {
+            (Some(op), Some(path)) => match try_path(op, path) {
+                Some(Ok(())) => cx.text(200, "ok"),
+                Some(Err(e)) => cx.text(200, format!("errno {}", e.raw_os_error().unwrap_or(0))),
+                None => cx.text(400, "op: open, list, connect or write\n"),
+            },
+            _ => cx.text(400, "missing op or path\n"),
+        },
         "/exit" => match req.num("code", 0i32) {
             Some(code) => {
                 cx.close = true;
@@ -781,6 +797,18 @@ fn route(mut cx: Cx) -> io::Result<Done> {
         "/ws" => ws_handshake(cx),
         _ => cx.text(404, "not found\n"),
     }
+}
+
+/// `/try`: what an app under its own uid can reach (the isolation tests): open (read) a
+/// file, list a directory, connect to a unix socket, write (create) a file.
+fn try_path(op: &str, path: &str) -> Option<io::Result<()>> {
+    Some(match op {
+        "open" => std::fs::File::open(path).and_then(|mut f| f.read(&mut [0u8; 1]).map(|_| ())),
+        "list" => std::fs::read_dir(path).map(|_| ()),
+        "connect" => UnixStream::connect(path).map(|_| ()),
+        "write" => std::fs::write(path, b"written by ten-testapp\n"),
+        _ => return None,
+    })
 }
 
 fn headers_json(name: &str, req: &Request) -> serde_json::Result<Vec<u8>> {

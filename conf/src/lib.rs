@@ -4,6 +4,7 @@
 //! problem at once ([`ConfigErrors`]), each with its file, line and key path.
 
 mod error;
+mod isolation;
 mod model;
 mod names;
 mod parse;
@@ -16,13 +17,14 @@ mod tree;
 mod units;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use isolation::{is_env_name, root_warnings, DYNAMIC_UIDS};
 pub use model::*;
 pub use names::{
     check_hostname, check_instance_id, check_process_name, is_header_name, is_label, parse_cidr,
     InstanceNameError,
 };
 pub use parse::{find_config_path, CONFIG_ENV};
-pub use process::DEFAULT_SOCKET;
+pub use process::{DEFAULT_SOCKET, ISOLATED_SOCKET};
 pub use routes::parse_route_key;
 pub use units::{
     check_duration, check_size, parse_duration, parse_size, rfc3339_ms, DurationError, SizeError,

@@ -81,6 +81,28 @@ pub struct Settings {
     pub cpu_shares: Option<u32>,
     pub storage_quota_mb: Option<u64>,
     pub storage_persist: bool,
+    /// `user`: the default of every process (SPEC §12); None: ten's own user.
+    pub user: Option<RunAs>,
+}
+
+/// Who an instance runs as (`user`, SPEC §12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunAs {
+    /// A user of this system (looked up when the config was loaded) and its primary group.
+    User { name: String, uid: u32, gid: u32 },
+    /// `user = "dynamic"`: a uid/gid of its own per instance, stable per `process:id`.
+    Dynamic,
+}
+
+/// `isolation` (SPEC §12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// No namespaces (the default).
+    #[default]
+    Process,
+    /// New PID, mount, IPC and UTS namespaces; private /tmp; data_dir hidden but for the
+    /// instance's own DATA_DIR and socket directory.
+    Namespace,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -211,6 +233,11 @@ pub struct Process {
     pub upstream_http2: bool,
     /// Non-empty: an external service ten does not spawn.
     pub upstreams: Vec<Upstream>,
+    /// Who its instances run as (`user`, else `[settings] user`); None: ten's own user.
+    pub user: Option<RunAs>,
+    /// Names of ten's own environment passed on (beside the allow-list, SPEC §12).
+    pub env_inherit: Vec<String>,
+    pub isolation: Isolation,
 }
 
 impl Process {

@@ -6,13 +6,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::error::Cx;
+use crate::isolation;
 use crate::names;
 use crate::parse::resolve_path;
 use crate::plugins::parse_plugins;
 use crate::settings::{backoff, MAX_CPU_SHARES, MAX_QUOTA_MB};
 use crate::template;
 use crate::tree::{describe, Field, Tbl, Val};
-use crate::{ListenMode, Process, RestartPolicy, Settings, Upstream};
+use crate::{Isolation, ListenMode, Process, RestartPolicy, Settings, Upstream};
 
 const KEYS: &[&str] = &[
     "command",
@@ -41,10 +42,23 @@ const KEYS: &[&str] = &[
     "upstream_http2",
     "upstreams",
     "isolation",
+    "user",
+    "env_inherit",
 ];
 
 /// The socket of an instance when `socket` is not set.
 pub const DEFAULT_SOCKET: &str = "{data_dir}/{process}-{id}.sock";
+
+/// The socket of an instance with `user` or `isolation = "namespace"` when `socket` is not set:
+/// in a directory of its own, which belongs to the instance's uid (SPEC §12).
+pub const ISOLATED_SOCKET: &str = "{data_dir}/run/{process}/{id}/app.sock";
+
+/// `{data_dir}/NAME`: a socket template whose directory is data_dir itself.
+fn directly_in_data_dir(socket: &str) -> bool {
+    socket
+        .strip_prefix("{data_dir}/")
+        .is_some_and(|rest| !rest.contains('/'))
+}
 
 /// Every `[process.*]` and `[service.*]` table, in file order. A name declared in both (or
 /// twice) is reported and kept once.
@@ -120,6 +134,9 @@ fn parse_process(cx: &mut Cx, name: &str, t: &Tbl<'_, '_>, s: &Settings) -> Proc
         plugins: Vec::new(),
         upstream_http2: false,
         upstreams: Vec::new(),
+        user: s.user.clone(),
+        env_inherit: Vec::new(),
+        isolation: Isolation::Process,
     };
 
     let command = t.get("command");
@@ -222,13 +239,27 @@ fn parse_process(cx: &mut Cx, name: &str, t: &Tbl<'_, '_>, s: &Settings) -> Proc
         p.plugins = parse_plugins(cx, &f);
     }
     if let Some(f) = t.get("isolation") {
-        match cx.str(&f) {
-            Some("process") | None => {}
-            Some(other) => cx.err(
-                f.line(),
-                &f.path,
-                format!("isolation {other:?} is not supported yet (only \"process\")"),
-            ),
+        p.isolation = isolation::parse_isolation(cx, &f).unwrap_or_default();
+    }
+    if let Some(f) = t.get("user") {
+        p.user = isolation::parse_user(cx, &f);
+    }
+    if let Some(f) = t.get("env_inherit") {
+        p.env_inherit = isolation::parse_env_inherit(cx, &f);
+    }
+    if p.user.is_some() || p.isolation == Isolation::Namespace {
+        // data_dir (0711, ten's) is no place an app under its own uid, or in its own mount
+        // namespace, can make a socket in: it gets a directory of its own.
+        match &socket {
+            None => p.socket = ISOLATED_SOCKET.to_string(),
+            Some(f) if directly_in_data_dir(&p.socket) => {
+                let message = format!(
+                    "with user or isolation = \"namespace\", the socket needs a directory of its own, not data_dir itself (e.g. {ISOLATED_SOCKET:?}), got {:?}",
+                    p.socket
+                );
+                cx.err(f.line(), &f.path, message);
+            }
+            Some(_) => {}
         }
     }
     let upstreams = t.get("upstreams");

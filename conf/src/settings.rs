@@ -38,6 +38,7 @@ const SETTINGS_KEYS: &[&str] = &[
     "cpu_shares",
     "storage_quota_mb",
     "storage_persist",
+    "user",
 ];
 
 const TLS_KEYS: &[&str] = &["listen", "cert", "key", "certs", "http2"];
@@ -104,6 +105,7 @@ impl Settings {
             cpu_shares: None,
             storage_quota_mb: None,
             storage_persist: true,
+            user: None,
         }
     }
 }
@@ -239,6 +241,9 @@ pub(crate) fn parse_settings(cx: &mut Cx, field: Option<Field<'_, '_>>) -> Setti
         .and_then(|f| cx.u64_within(&f, 1, MAX_QUOTA_MB));
     if let Some(b) = t.get("storage_persist").and_then(|f| cx.bool(&f)) {
         s.storage_persist = b;
+    }
+    if let Some(f) = t.get("user") {
+        s.user = crate::isolation::parse_user(cx, &f);
     }
     s
 }

@@ -93,6 +93,9 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let notifier = Arc::new(Notifier::from_env());
     let config = Arc::new(config);
+    for w in tenement_conf::root_warnings(&config) {
+        tracing::warn!("{w}");
+    }
     let s = &config.settings;
     let _held = crate::server::data_dir::prepare(&s.data_dir)?; // umask 077, 0711, ten.lock
     let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));

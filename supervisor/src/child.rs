@@ -14,9 +14,11 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
 use tenement_conf::template::{self, Vars};
-use tenement_conf::{InstanceName, ListenMode, Process};
+use tenement_conf::{InstanceName, Isolation, ListenMode, Process};
 
 use crate::cgroup;
+use crate::identity::{self, Identity};
+use crate::namespace;
 use crate::resource::{self, Op};
 use crate::Error;
 use tenement_conf::Addr;
@@ -99,6 +101,8 @@ pub struct Launch<'a> {
     pub data_dir: &'a Path,
     pub sink: Arc<dyn LogSink>,
     pub tail: Arc<Tail>,
+    /// The user it runs as (`user`); None: ten's own.
+    pub identity: Option<Identity>,
 }
 
 /// A started child.
@@ -160,8 +164,14 @@ pub fn start(l: &Launch<'_>) -> Result<Started, Error> {
         ListenMode::Socket => {
             let path = template::expand(&p.socket, &base);
             if let Some(dir) = Path::new(&path).parent() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| Error::Spawn(format!("create {}: {e}", dir.display())))?;
+                match &l.identity {
+                    // Its own directory (the config keeps it out of data_dir itself).
+                    Some(id) if dir != l.data_dir => {
+                        identity::own_dir(dir, l.data_dir, id).map_err(Error::Spawn)?
+                    }
+                    _ => std::fs::create_dir_all(dir)
+                        .map_err(|e| Error::Spawn(format!("create {}: {e}", dir.display())))?,
+                }
             }
             // A stale socket from an earlier run would make the app's bind fail.
             let _ = std::fs::remove_file(&path);
@@ -182,8 +192,11 @@ pub fn start(l: &Launch<'_>) -> Result<Started, Error> {
         return Err(Error::Spawn(format!("process {} has no command", p.name)));
     };
     let inst_dir = instance_data_dir(l.data_dir, l.name);
-    std::fs::create_dir_all(&inst_dir)
-        .map_err(|e| Error::Spawn(format!("create {}: {e}", inst_dir.display())))?;
+    match &l.identity {
+        Some(id) => identity::own_dir(&inst_dir, l.data_dir, id).map_err(Error::Spawn)?,
+        None => std::fs::create_dir_all(&inst_dir)
+            .map_err(|e| Error::Spawn(format!("create {}: {e}", inst_dir.display())))?,
+    }
     let mut env: BTreeMap<String, String> = p
         .env
         .iter()
@@ -196,16 +209,68 @@ pub fn start(l: &Launch<'_>) -> Result<Started, Error> {
         ListenMode::Port => env.insert("PORT".into(), port.clone()),
         ListenMode::Socket => env.insert("SOCKET_PATH".into(), socket.clone()),
     };
+    // A clean environment (SPEC §12): nothing of ten's but the allow-list and env_inherit.
+    let env = identity::environment(
+        std::env::vars_os(),
+        &p.env_inherit,
+        l.identity.as_ref(),
+        env,
+    );
+    let cwd = match &p.directory {
+        Some(dir) => PathBuf::from(template::expand(dir, &vars)),
+        None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+    };
+    if let Some(id) = &l.identity {
+        // Say why the app's uid cannot run it, rather than a bare EACCES (or exit 126).
+        identity::runnable(program, env.get(std::ffi::OsStr::new("PATH")), &cwd, id).map_err(
+            |why| {
+                Error::Spawn(format!(
+                    "cannot start {program:?} for {} as uid {}: {why}",
+                    l.name, id.uid
+                ))
+            },
+        )?;
+        let mut own = vec![("DATA_DIR", inst_dir.as_path())];
+        if let Addr::Unix(sock) = &addr {
+            own.push(("socket", sock.as_path()));
+        }
+        for (what, path) in own {
+            identity::reachable(path, id).map_err(|why| {
+                Error::Spawn(format!(
+                    "{}: its {what} {} is out of reach of uid {}: {why}",
+                    l.name,
+                    path.display(),
+                    id.uid
+                ))
+            })?;
+        }
+    }
+    let plan = match p.isolation {
+        Isolation::Namespace => {
+            let mut keep = vec![inst_dir.as_path()];
+            if let Addr::Unix(sock) = &addr {
+                if let Some(dir) = sock.parent().filter(|d| *d != inst_dir.as_path()) {
+                    keep.push(dir);
+                }
+            }
+            Some(
+                namespace::Plan::new(l.data_dir, &keep, l.identity.clone())
+                    .map_err(|e| Error::Spawn(format!("isolation of {}: {e}", l.name)))?,
+            )
+        }
+        Isolation::Process => None,
+    };
     let mut cmd = Command::new(program);
     cmd.args(args)
+        .env_clear()
         .envs(&env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
-    if let Some(dir) = &p.directory {
-        cmd.current_dir(template::expand(dir, &vars));
+    if p.directory.is_some() {
+        cmd.current_dir(&cwd);
     }
     let (prepared, mut cgroup_warning) = if p.memory_limit_mb.is_some() || p.cpu_shares.is_some() {
         match cgroup::prepare(l.name, p.memory_limit_mb, p.cpu_shares) {
@@ -224,6 +289,19 @@ pub fn start(l: &Launch<'_>) -> Result<Started, Error> {
                 Ok(())
             });
         }
+    }
+    // After the cgroup join (which needs ten's privileges).
+    match (plan, &l.identity) {
+        (Some(plan), _) => {
+            // SAFETY: `enter` makes only async-signal-safe calls (see `namespace`).
+            unsafe { cmd.pre_exec(move || plan.enter()) };
+        }
+        (None, Some(id)) => {
+            let id = id.clone();
+            // SAFETY: setgroups/setgid/setuid on memory allocated before the fork.
+            unsafe { cmd.pre_exec(move || id.drop_privileges()) };
+        }
+        (None, None) => {}
     }
     let spawned = cmd
         .spawn()

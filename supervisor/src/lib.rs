@@ -16,7 +16,9 @@ mod child;
 mod error;
 mod externals;
 mod guard;
+mod identity;
 pub mod logs;
+mod namespace;
 mod orphans;
 mod owner;
 mod policy;
@@ -265,13 +267,14 @@ impl Supervisor {
         let process = reg.config().process(&name.process).cloned();
         if forget && process.is_some_and(|p| !p.storage_persist) {
             let dir = instance_data_dir(&reg.data_dir, name);
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    reg.warn(
-                        name,
-                        &format!("cannot remove its DATA_DIR {}: {e}", dir.display()),
-                    );
-                }
+            match std::fs::remove_dir_all(&dir) {
+                // Nothing of it is left for a later holder of its dynamic uid to read.
+                Ok(()) => reg.release_uid(name),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => reg.release_uid(name),
+                Err(e) => reg.warn(
+                    name,
+                    &format!("cannot remove its DATA_DIR {}: {e}", dir.display()),
+                ),
             }
         }
         Ok(())

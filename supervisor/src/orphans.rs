@@ -1,7 +1,8 @@
 //! After `kill -9` of `ten serve`, its instances keep running. On the next start, the process
 //! groups recorded in the desired state are killed before anything is respawned — but only
-//! groups that still look like ours (the leader's environment names the same instance), so a
-//! recycled pid is never hit.
+//! groups that still look like ours (a process of the group carries the instance's
+//! TEN_PROCESS/TEN_INSTANCE: the leader itself, or under `isolation = "namespace"` the app
+//! below the leader, which is a waiter forked from ten), so a recycled pid is never hit.
 
 use std::time::{Duration, Instant};
 
@@ -10,20 +11,18 @@ use nix::sys::signal::Signal;
 use crate::child::signal_group;
 use crate::state::Persisted;
 
-/// Does `pid` lead a process group and carry TEN_PROCESS / TEN_INSTANCE of this instance?
-fn looks_like(pid: u32, p: &Persisted) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
+/// The process group of `pid` (from /proc/PID/stat).
+fn pgrp_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the ")" of the command name: state ppid pgrp ...
-    let pgrp = stat
-        .rsplit(')')
+    stat.rsplit(')')
         .next()
         .and_then(|rest| rest.split_whitespace().nth(2))
-        .and_then(|s| s.parse::<u32>().ok());
-    if pgrp != Some(pid) {
-        return false;
-    }
+        .and_then(|s| s.parse::<u32>().ok())
+}
+
+/// Does `pid` carry TEN_PROCESS / TEN_INSTANCE of this instance?
+fn carries(pid: u32, p: &Persisted) -> bool {
     let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
         return false;
     };
@@ -31,6 +30,26 @@ fn looks_like(pid: u32, p: &Persisted) -> bool {
     let want_i = format!("TEN_INSTANCE={}", p.name.id);
     let vars: Vec<&[u8]> = env.split(|&b| b == 0).collect();
     vars.contains(&want_p.as_bytes()) && vars.contains(&want_i.as_bytes())
+}
+
+/// Does `pid` lead a process group one of whose processes carries this instance's
+/// TEN_PROCESS / TEN_INSTANCE?
+fn looks_like(pid: u32, p: &Persisted) -> bool {
+    if pgrp_of(pid) != Some(pid) {
+        return false;
+    }
+    if carries(pid, p) {
+        return true;
+    }
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    rd.flatten().any(|e| {
+        e.file_name()
+            .to_string_lossy()
+            .parse::<u32>()
+            .is_ok_and(|member| pgrp_of(member) == Some(pid) && carries(member, p))
+    })
 }
 
 /// Any process still in group `pgid`?

@@ -16,13 +16,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
-use tenement_conf::{Config, InstanceName};
+use tenement_conf::{Config, InstanceName, DYNAMIC_UIDS};
 
 use crate::blocking::blocking;
 use crate::child::{LogSink, Stream};
 use crate::runner::Stop;
 use crate::state::{StateError, StateStore};
 use crate::view::{InstanceView, Kind, Routed, RoutingView, State, Status, TrafficProbe, View};
+use crate::Error;
 
 pub(crate) struct Slot {
     pub routed: Arc<Routed>,
@@ -87,6 +88,8 @@ pub(crate) struct Registry {
     pub sink: Arc<dyn LogSink>,
     pub store: Option<StateStore>,
     pub shutting_down: AtomicBool,
+    /// Dynamic uids handed out when there is no store (tests).
+    dynamic: Mutex<BTreeMap<InstanceName, u32>>,
 }
 
 impl Registry {
@@ -111,6 +114,7 @@ impl Registry {
             sink,
             store,
             shutting_down: AtomicBool::new(false),
+            dynamic: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -360,6 +364,60 @@ impl Registry {
         self.forget_slot(name);
     }
 
+    /// The uid `name` runs as under `user = "dynamic"` (SPEC §12): stable per instance
+    /// (recorded in the store), the lowest free one of [`DYNAMIC_UIDS`], never one another
+    /// instance holds nor one the system gives a user or group.
+    pub fn dynamic_uid(&self, name: &InstanceName) -> Result<u32, Error> {
+        // Asked only when a uid is handed out (not for an instance that has one).
+        let running = std::cell::OnceCell::new();
+        let taken = |u: u32| {
+            running.get_or_init(running_uids).contains(&u)
+                || nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(u))
+                    .ok()
+                    .flatten()
+                    .is_some()
+                || nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(u))
+                    .ok()
+                    .flatten()
+                    .is_some()
+        };
+        let uid = match &self.store {
+            Some(store) => blocking(|| store.dynamic_uid(name, DYNAMIC_UIDS, &taken))?,
+            None => {
+                let mut held = self.dynamic.lock().unwrap_or_else(|p| p.into_inner());
+                match held.get(name) {
+                    Some(u) => Some(*u),
+                    None => {
+                        let used: Vec<u32> = held.values().copied().collect();
+                        let uid = DYNAMIC_UIDS
+                            .clone()
+                            .find(|u| !used.contains(u) && !taken(*u));
+                        if let Some(u) = uid {
+                            held.insert(name.clone(), u);
+                        }
+                        uid
+                    }
+                }
+            }
+        };
+        uid.ok_or_else(|| {
+            Error::Spawn(format!(
+                "{name}: no dynamic uid left ({}-{} are all held)",
+                DYNAMIC_UIDS.start(),
+                DYNAMIC_UIDS.end()
+            ))
+        })
+    }
+
+    /// `name` gives its dynamic uid back (its DATA_DIR was removed).
+    pub fn release_uid(&self, name: &InstanceName) {
+        self.dynamic
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        self.persist(|s| s.release_uid(name));
+    }
+
     /// Wait until no request is in flight on `name` (at most drain_timeout).
     pub async fn drain(&self, name: &InstanceName) {
         let deadline = crate::time::later(Instant::now(), self.config().settings.drain_timeout);
@@ -378,6 +436,25 @@ impl Registry {
         let last = t.last_request(name).map_or(since, |l| l.max(since));
         t.in_flight(name) == 0 && last.elapsed() >= idle_timeout
     }
+}
+
+/// The real uids of every running process (/proc/PID/status): a dynamic uid is never one a
+/// process already runs as (another `ten serve`'s instance, say).
+fn running_uids() -> std::collections::HashSet<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Default::default();
+    };
+    rd.flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -417,6 +494,34 @@ pub(crate) mod tests {
             process: "api".into(),
             id: id.into(),
         }
+    }
+
+    /// A dynamic uid is never one a running process already has (another ten's instance),
+    /// is stable per instance and distinct between instances.
+    #[test]
+    fn a_dynamic_uid_skips_uids_that_processes_run_as() {
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "needs root (CI runs as root)"
+        );
+        let reg = registry();
+        let first = *DYNAMIC_UIDS.start();
+        let mut squatter = std::process::Command::new("sleep");
+        std::os::unix::process::CommandExt::uid(&mut squatter, first);
+        let mut squatter = squatter.arg("30").spawn().unwrap();
+        let a = reg.dynamic_uid(&name("a")).unwrap();
+        let b = reg.dynamic_uid(&name("b")).unwrap();
+        squatter.kill().unwrap();
+        squatter.wait().unwrap();
+        assert_ne!(a, first, "handed out a uid a process runs as");
+        assert_ne!(a, b);
+        assert_eq!(reg.dynamic_uid(&name("a")).unwrap(), a);
+        reg.release_uid(&name("a"));
+        assert!(
+            !reg.dynamic.lock().unwrap().contains_key(&name("a")),
+            "given back"
+        );
+        assert_ne!(reg.dynamic_uid(&name("c")).unwrap(), b);
     }
 
     #[tokio::test]

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tokio::sync::{oneshot, watch, Notify};
 
-use tenement_conf::{Addr, InstanceName, Process};
+use tenement_conf::{Addr, InstanceName, Process, RunAs};
 
 use crate::child::{self, Tail};
+use crate::identity::Identity;
 use crate::owner::{self, Owner};
 use crate::policy::{self, Check, Health, Next, Restarts};
 use crate::probe::{self, ProbeError};
@@ -424,12 +425,22 @@ impl Runner {
 
     async fn start(&self) -> Result<Live, Error> {
         self.reg.set_state(&self.name, State::Starting, None);
+        let identity = match &self.process.user {
+            None => None,
+            Some(RunAs::User { name, uid, gid }) => Some(Identity::named(name, *uid, *gid)),
+            Some(RunAs::Dynamic) => {
+                let uid = self.reg.dynamic_uid(&self.name)?;
+                let home = child::instance_data_dir(&self.reg.data_dir, &self.name);
+                Some(Identity::dynamic(uid, &home))
+            }
+        };
         let started = child::start(&child::Launch {
             name: &self.name,
             process: &self.process,
             data_dir: &self.reg.data_dir,
             sink: self.reg.sink.clone(),
             tail: self.tail.clone(),
+            identity,
         })?;
         let pid = started.pid;
         let addr = started.addr.clone();

@@ -46,6 +46,13 @@ pub(crate) const SCHEMA: Schema = Schema {
             weight  INTEGER NOT NULL,
             PRIMARY KEY (process, id)
         );",
+        // 2: `user = "dynamic"`: the uid each instance runs as (SPEC §12).
+        "CREATE TABLE IF NOT EXISTS dynamic_users (
+            process TEXT NOT NULL,
+            id      TEXT NOT NULL,
+            uid     INTEGER NOT NULL UNIQUE,
+            PRIMARY KEY (process, id)
+        );",
     ],
 };
 
@@ -211,6 +218,54 @@ impl StateStore {
         Ok(())
     }
 
+    /// The uid of `name` under `user = "dynamic"`: the one it had, else the lowest of
+    /// `range` held by no other instance and for which `taken` says no (a uid the system
+    /// already gives a user). Recorded, so it is stable across restarts of `ten serve`.
+    pub fn dynamic_uid(
+        &self,
+        name: &InstanceName,
+        range: std::ops::RangeInclusive<u32>,
+        taken: &dyn Fn(u32) -> bool,
+    ) -> Result<Option<u32>, StateError> {
+        self.write(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let had: Option<u32> = tx
+                .query_row(
+                    "SELECT uid FROM dynamic_users WHERE process = ?1 AND id = ?2",
+                    params![name.process, name.id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if had.is_some() {
+                return Ok(had);
+            }
+            let held: std::collections::HashSet<u32> = tx
+                .prepare("SELECT uid FROM dynamic_users")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let Some(uid) = range.clone().find(|u| !held.contains(u) && !taken(*u)) else {
+                return Ok(None);
+            };
+            tx.execute(
+                "INSERT INTO dynamic_users (process, id, uid) VALUES (?1, ?2, ?3)",
+                params![name.process, name.id, uid],
+            )?;
+            tx.commit()?;
+            Ok(Some(uid))
+        })
+    }
+
+    /// `name` no longer holds its dynamic uid (its DATA_DIR is gone with it).
+    pub fn release_uid(&self, name: &InstanceName) -> Result<(), StateError> {
+        self.write(|conn| {
+            conn.execute(
+                "DELETE FROM dynamic_users WHERE process = ?1 AND id = ?2",
+                params![name.process, name.id],
+            )
+        })?;
+        Ok(())
+    }
+
     pub fn remove(&self, name: &InstanceName) -> Result<(), StateError> {
         self.write(|conn| {
             conn.execute(
@@ -308,6 +363,58 @@ mod tests {
     }
 
     #[test]
+    fn dynamic_uids_are_stable_lowest_free_and_never_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("tenement.db");
+        let none = |_: u32| false;
+        {
+            let s = StateStore::open(&db).unwrap();
+            // 100 is taken by a user of the system: skipped.
+            let taken = |u: u32| u == 100;
+            assert_eq!(
+                s.dynamic_uid(&name("a", "1"), 99..=103, &taken).unwrap(),
+                Some(99)
+            );
+            assert_eq!(
+                s.dynamic_uid(&name("a", "2"), 99..=103, &taken).unwrap(),
+                Some(101)
+            );
+            assert_eq!(
+                s.dynamic_uid(&name("a", "1"), 99..=103, &taken).unwrap(),
+                Some(99)
+            );
+            assert_eq!(
+                s.dynamic_uid(&name("b", "1"), 99..=103, &taken).unwrap(),
+                Some(102)
+            );
+            s.release_uid(&name("a", "1")).unwrap();
+        }
+        // After a restart: the same uids; the released one is the lowest free again.
+        let s = StateStore::open(&db).unwrap();
+        assert_eq!(
+            s.dynamic_uid(&name("a", "2"), 99..=103, &none).unwrap(),
+            Some(101)
+        );
+        assert_eq!(
+            s.dynamic_uid(&name("c", "1"), 99..=103, &none).unwrap(),
+            Some(99)
+        );
+        assert_eq!(
+            s.dynamic_uid(&name("c", "2"), 99..=103, &none).unwrap(),
+            Some(100)
+        );
+        assert_eq!(
+            s.dynamic_uid(&name("c", "3"), 99..=103, &none).unwrap(),
+            Some(103)
+        );
+        // The range is used up: none, never a uid held by another instance.
+        assert_eq!(
+            s.dynamic_uid(&name("c", "4"), 99..=103, &none).unwrap(),
+            None
+        );
+    }
+
+    #[test]
     fn a_database_from_before_versions_opens_with_its_rows() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("tenement.db");
@@ -331,7 +438,7 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(version, 1);
+        assert_eq!(version, 2);
         drop(s);
         // Re-open: a no-op.
         assert_eq!(StateStore::open(&db).unwrap().load().unwrap().len(), 1);

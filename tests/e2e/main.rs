@@ -8,6 +8,7 @@ mod deploy;
 mod edge;
 mod fleet;
 mod hostile;
+mod isolation;
 mod lifecycle;
 mod logs;
 mod metrics;

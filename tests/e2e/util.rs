@@ -106,6 +106,8 @@ pub struct Ten {
     pub stderr_path: PathBuf,
     /// Extra `ten serve` arguments (kept for `serve_again`).
     pub extra: Vec<String>,
+    /// Extra environment of `ten serve` (kept for `serve_again`).
+    pub extra_env: Vec<(String, String)>,
 }
 
 pub struct Builder {
@@ -114,6 +116,7 @@ pub struct Builder {
     /// A whole config of its own (no generated [settings]).
     raw: Option<String>,
     dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
 }
 
 impl Builder {
@@ -123,6 +126,7 @@ impl Builder {
             body: String::new(),
             raw: None,
             dir: tempfile::tempdir().expect("tempdir"),
+            env: Vec::new(),
         }
     }
 
@@ -142,6 +146,12 @@ impl Builder {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// A variable in `ten serve`'s own environment.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
     }
 
     /// Use this whole config text instead (`@APP@`/`@DIR@` still replaced).
@@ -181,6 +191,7 @@ impl Builder {
             stdout: Arc::new(Mutex::new(Vec::new())),
             stderr_path: PathBuf::new(),
             extra,
+            extra_env: self.env,
         };
         ten.launch();
         ten
@@ -202,6 +213,7 @@ impl Ten {
             .arg("--config")
             .arg(&config)
             .args(&self.extra)
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .env("TEN_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(stderr)

@@ -202,8 +202,8 @@ fn workdir_and_directory() {
 #[test]
 fn unsupported_isolation() {
     assert_eq!(
-        error("[service.api]\ncommand = \"./api\"\nisolation = \"namespace\"\n"),
-        "tenement.toml:3: service.api.isolation: isolation \"namespace\" is not supported yet (only \"process\")"
+        error("[service.api]\ncommand = \"./api\"\nisolation = \"vm\"\n"),
+        "tenement.toml:3: service.api.isolation: isolation \"vm\" is not supported (only \"process\" or \"namespace\")"
     );
 }
 

@@ -4,6 +4,7 @@ mod data_dir;
 mod edge;
 mod errors;
 mod examples;
+mod isolation;
 mod props;
 mod valid;
 

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use clap::Subcommand;
-use tenement_conf::{find_config_path, Config, ListenMode, PluginConf, RestartPolicy, Upstream};
+use tenement_conf::{
+    find_config_path, Config, Isolation, ListenMode, PluginConf, RestartPolicy, RunAs, Upstream,
+};
 
 use crate::client::cli::Global;
 
@@ -87,6 +89,9 @@ pub fn check(explicit: Option<&Path>) -> ExitCode {
                 eprintln!("{}", bad.join("\n"));
                 eprintln!("{}: {} error(s)", path.display(), bad.len());
                 return ExitCode::from(1);
+            }
+            for w in tenement_conf::root_warnings(&c) {
+                eprintln!("warning: {w}");
             }
             let instances = c.instances.len();
             println!(
@@ -261,6 +266,22 @@ pub fn show(c: &Config) -> String {
                     .map(|(k, v)| format!("{k} = {}", q(v)))
                     .collect();
                 let _ = writeln!(o, "env = {{ {} }}", env.join(", "));
+            }
+            if !p.env_inherit.is_empty() {
+                let names: Vec<_> = p.env_inherit.iter().map(|n| q(n)).collect();
+                let _ = writeln!(o, "env_inherit = [{}]", names.join(", "));
+            }
+            match &p.user {
+                Some(RunAs::User { name, uid, .. }) => {
+                    let _ = writeln!(o, "user = {} # uid {uid}", q(name));
+                }
+                Some(RunAs::Dynamic) => {
+                    let _ = writeln!(o, "user = \"dynamic\"");
+                }
+                None => {}
+            }
+            if p.isolation == Isolation::Namespace {
+                let _ = writeln!(o, "isolation = \"namespace\"");
             }
             match p.listen {
                 ListenMode::Port => {

@@ -82,7 +82,10 @@ pub fn changed_keys(old: &Process, new: &Process) -> Vec<&'static str> {
         upstreams,
         plugins,
         request_timeout,
-        max_body
+        max_body,
+        user,
+        env_inherit,
+        isolation
     );
     if probe != *new {
         out.push("definition");
@@ -152,6 +155,7 @@ fn settings(old: &Settings, new: &Settings, plan: &mut Plan) {
     key!(cpu_shares, Some("the processes' default (see below)"));
     key!(storage_quota_mb, Some("the processes' default (see below)"));
     key!(storage_persist, Some("the processes' default (see below)"));
+    key!(user, Some("the processes' default (see below)"));
     // Read once at start (listeners, the log store, the API's listeners).
     key!(admin_listen, None::<&str>);
     // [settings.tls]: the certificate files apply at once (the set is rebuilt on every
@@ -445,6 +449,42 @@ mod tests {
         let mut b = a.clone();
         b.name = "other".into();
         assert_eq!(changed_keys(&a, &b), ["definition"]);
+    }
+
+    /// SPEC §12 keys: a spawn change named by its key; `[settings] user` as the processes'.
+    #[test]
+    fn user_env_inherit_and_isolation_are_named_spawn_changes() {
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "needs root (CI runs as root)"
+        );
+        let old = config(BASE);
+        for (key, named) in [
+            ("user = \"dynamic\"", "user"),
+            ("env_inherit = [\"AWS_REGION\"]", "env_inherit"),
+            ("isolation = \"namespace\"", "isolation"),
+        ] {
+            let new = config(&BASE.replace(
+                "command = \"api\"\n",
+                &format!("command = \"api\"\n{key}\n"),
+            ));
+            let p = plan(&old, &new, &[name("api:1")]);
+            assert_eq!(p.replaced, ["api"], "{key}: {p:?}");
+            assert!(
+                p.lines
+                    .iter()
+                    .any(|l| l.contains(named) && !l.contains("definition")),
+                "{key}: {p:?}"
+            );
+        }
+        let new = config(&BASE.replace("[process.web]", "user = \"dynamic\"\n[process.web]"));
+        let p = plan(&old, &new, &[name("web:1"), name("api:1")]);
+        assert!(p.later.is_empty(), "{p:?}");
+        assert!(
+            p.lines.iter().any(|l| l.starts_with("setting ~ user:")),
+            "{p:?}"
+        );
+        assert_eq!(p.replaced, ["web", "api"]);
     }
 
     #[test]
