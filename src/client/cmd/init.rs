@@ -65,7 +65,8 @@ impl Init {
             .create_new(true)
             .open(&path)
             .with_context(|| format!("cannot create {}", path.display()))?;
-        std::io::Write::write_all(&mut f, STARTER.as_bytes())
+        let root = nix::unistd::geteuid().is_root();
+        std::io::Write::write_all(&mut f, starter(root).as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
         println!("wrote {}", path.display());
         println!(
@@ -73,6 +74,21 @@ impl Init {
             path.display()
         );
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// The line of [`STARTER`] that turns on dynamic users, commented out.
+const USER_COMMENTED: &str = "# user = \"dynamic\"                # run each";
+const USER_ON: &str = "user = \"dynamic\"                  # run each";
+
+/// The starter config for a `ten init` run by root (SPEC §12: `user = "dynamic"`, every instance
+/// its own uid) or by another user, for whom `user` would be a config error: then the line stays
+/// commented with its note.
+pub fn starter(root: bool) -> String {
+    if root {
+        STARTER.replacen(USER_COMMENTED, USER_ON, 1)
+    } else {
+        STARTER.to_string()
     }
 }
 
@@ -98,6 +114,18 @@ mod tests {
         assert_eq!(c.instances.len(), 1);
         assert!(STARTER.contains("# user = \"dynamic\""));
         assert!(STARTER.contains("needs ten to"));
+    }
+
+    #[test]
+    fn as_root_the_starter_turns_dynamic_users_on() {
+        let on = starter(true);
+        assert!(on.contains("\nuser = \"dynamic\""), "{on}");
+        assert!(!on.contains("# user = \"dynamic\""));
+        assert_eq!(starter(false), STARTER);
+        if nix::unistd::geteuid().is_root() {
+            let c = tenement_conf::Config::parse(&on, "tenement.toml", Path::new("/srv")).unwrap();
+            assert_eq!(c.processes.len(), 1);
+        }
     }
 
     #[test]
