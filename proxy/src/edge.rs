@@ -31,7 +31,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -188,6 +188,10 @@ struct HeadDeadline {
     grace: Option<Duration>,
     /// The connection's socket (for the pending-bytes check when the idle deadline passes).
     fd: i32,
+    /// The waker the timer was last polled with since it was (re)armed: while the task's waker
+    /// is the same and the timer has not fired, polling it again would only re-register the
+    /// same waker, so it is skipped (one comparison instead of a timer poll per request).
+    registered: Option<Waker>,
 }
 
 /// Whether the client has sent bytes ten has not read yet (one `recv(MSG_PEEK)`, only when an
@@ -213,6 +217,7 @@ where
 {
     if deadline.at < timer.deadline() {
         timer.as_mut().reset(deadline.at);
+        deadline.registered = None;
     }
     let mut head = false;
     std::future::poll_fn(|cx| {
@@ -225,8 +230,18 @@ where
         if let Poll::Ready(out) = polled {
             return Poll::Ready(Some(out));
         }
-        // The timer is only polled while a head is still awaited.
-        while !head && timer.as_mut().poll(cx).is_ready() {
+        // The timer is only polled while a head is still awaited, and only when it fired or
+        // does not yet know this waker.
+        if head
+            || (!timer.is_elapsed()
+                && deadline
+                    .registered
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker())))
+        {
+            return Poll::Pending;
+        }
+        while timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
             if now < deadline.at {
                 timer.as_mut().reset(deadline.at); // armed early: move it, poll again
@@ -240,6 +255,7 @@ where
                 _ => return Poll::Ready(None),
             }
         }
+        deadline.registered = Some(cx.waker().clone());
         Poll::Pending
     })
     .await
@@ -272,6 +288,7 @@ where
             at: Instant::now() + self.header_timeout,
             grace: None,
             fd,
+            registered: None,
         };
         let timer = tokio::time::sleep_until(deadline.at);
         tokio::pin!(timer);
@@ -321,6 +338,7 @@ where
             at: Instant::now() + self.header_timeout,
             grace: None,
             fd: -1,
+            registered: None,
         };
         let timer = tokio::time::sleep_until(deadline.at);
         tokio::pin!(timer);
@@ -475,6 +493,7 @@ mod tests {
             at: Instant::now() + Duration::from_secs(secs),
             grace: None,
             fd: -1,
+            registered: None,
         }
     }
 
@@ -541,6 +560,7 @@ mod tests {
             at: Instant::now() + Duration::from_secs(1),
             grace: Some(Duration::from_secs(10)),
             fd,
+            registered: None,
         };
         let head_at_5s = Box::pin(async {
             tokio::time::sleep(Duration::from_secs(5)).await;
@@ -559,6 +579,7 @@ mod tests {
             at: Instant::now() + Duration::from_secs(1),
             grace: Some(Duration::from_secs(10)),
             fd,
+            registered: None,
         };
         let never = Box::pin(std::future::pending::<()>());
         assert_eq!(
