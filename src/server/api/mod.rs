@@ -101,7 +101,7 @@ impl From<tenement_supervisor::Error> for ApiError {
             E::UnknownProcess(_) | E::UnknownInstance(_) => StatusCode::NOT_FOUND,
             E::AlreadyRunning(_) | E::External(_) => StatusCode::CONFLICT,
             // ten itself is out of descriptors or memory: try again later (SPEC §14).
-            E::ShuttingDown | E::Resources(_) => StatusCode::SERVICE_UNAVAILABLE,
+            E::ShuttingDown | E::Upgrading | E::Resources(_) => StatusCode::SERVICE_UNAVAILABLE,
             E::StartupFailed { .. } | E::Spawn(_) | E::Wake(..) | E::State(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
