@@ -2,6 +2,7 @@
 //! itself 0711 (created so, or changed so with a log line), the databases ten left there
 //! before 0600, and `ten.lock` (an flock held for the server's life) so that a second
 //! `ten serve` on the same dir exits at once instead of taking over the first one's socket.
+//! An upgrade hands the locked file over (same open file: the lock goes with it).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -33,6 +34,31 @@ pub struct DataDirLock {
 pub fn prepare(dir: &Path) -> Result<DataDirLock> {
     umask(Mode::from_bits_truncate(0o077));
     setup(dir)
+}
+
+/// [`prepare`] for a new ten taking over (an upgrade): `held` is the previous one's locked
+/// `ten.lock` (the same open file, so the lock is already ours); None if it held none.
+pub fn take_over(dir: &Path, held: Option<std::os::fd::OwnedFd>) -> Result<DataDirLock> {
+    umask(Mode::from_bits_truncate(0o077));
+    let Some(fd) = held else {
+        return setup(dir);
+    };
+    let mut lock = match Flock::lock(File::from(fd), FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((_, e)) => bail!("cannot hold the lock handed over ({e})"),
+    };
+    lock.set_len(0)?;
+    lock.rewind()?;
+    writeln!(lock, "{}", std::process::id())?;
+    Ok(DataDirLock { _lock: Some(lock) })
+}
+
+impl DataDirLock {
+    /// The locked file, to hand over at an upgrade (None: no lock held).
+    pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self._lock.as_ref().map(|l| l.as_fd())
+    }
 }
 
 /// [`prepare`] without the umask (which is process-wide).

@@ -428,7 +428,9 @@ pub fn resume(
     for p in handed {
         match tokio::net::unix::pipe::Receiver::from_owned_fd(p.fd) {
             Ok(rx) => captures.push(tokio::spawn(capture.clone().run(rx, p.stream, p.pending))),
-            Err(e) => tracing::warn!(instance = %name, stream = p.stream.as_str(), "cannot read its output any more: {e}"),
+            Err(e) => {
+                tracing::warn!(instance = %name, stream = p.stream.as_str(), "cannot read its output any more: {e}")
+            }
         }
     }
     (pipes, captures)
@@ -546,7 +548,10 @@ fn give_back<P: Pipe>(
                 pending,
             });
         }
-        Err(e) => tracing::warn!(stream = stream.as_str(), "cannot hand an output pipe over: {e}"),
+        Err(e) => tracing::warn!(
+            stream = stream.as_str(),
+            "cannot hand an output pipe over: {e}"
+        ),
     }
 }
 

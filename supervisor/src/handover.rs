@@ -155,8 +155,11 @@ impl Supervisor {
     /// are adopted (not killed as orphans, not spawned again); the idle ones wait for a wake;
     /// the other desired instances are announced for [`Supervisor::start_desired`].
     pub async fn prepare_adopting(&self, handover: Handover) -> Vec<(InstanceName, u32)> {
-        let adopted: Vec<(InstanceName, u32)> =
-            handover.running.iter().map(|h| (h.name.clone(), h.pid)).collect();
+        let adopted: Vec<(InstanceName, u32)> = handover
+            .running
+            .iter()
+            .map(|h| (h.name.clone(), h.pid))
+            .collect();
         let mut wanted = self.prepare_with(&adopted).await;
         let config = self.reg.config();
         let mut taken = Vec::new();
@@ -305,7 +308,8 @@ fn watch_pid(pid: u32) -> watch::Receiver<Option<(String, bool)>> {
 }
 
 fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
-    let pid = libc::pid_t::try_from(pid).map_err(|_| std::io::Error::from_raw_os_error(libc::ESRCH))?;
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| std::io::Error::from_raw_os_error(libc::ESRCH))?;
     // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {

@@ -42,10 +42,10 @@ use tenement_conf::{Config, InstanceName};
 
 pub use backoff::{Backoff, BackoffError};
 pub use blocking::blocking;
+pub use child::HandedPipe;
 pub use child::{describe_exit, instance_data_dir, LogSink, Stream, Tail, TracingSink};
 pub use error::Error;
 pub use handover::{Handed, Handover, ADOPTED_EXIT};
-pub use child::HandedPipe;
 pub use runner::UNHEALTHY_AFTER;
 pub use state::{Persisted, StateError, StateStore};
 /// The SQLite opener (the `tenement-db` crate), for the binary's own tables.
@@ -421,7 +421,11 @@ impl Supervisor {
         };
         let orphans: Vec<_> = persisted
             .iter()
-            .filter(|p| !adopted.iter().any(|(n, pid)| *n == p.name && p.pgid == Some(*pid)))
+            .filter(|p| {
+                !adopted
+                    .iter()
+                    .any(|(n, pid)| *n == p.name && p.pgid == Some(*pid))
+            })
             .cloned()
             .collect();
         orphans::kill(&orphans);

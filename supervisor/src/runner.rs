@@ -483,7 +483,8 @@ impl Runner {
             );
         }
         let cgroup = started.cgroup;
-        self.reg.set_pipes(&self.name, started.pipes, cgroup.clone());
+        self.reg
+            .set_pipes(&self.name, started.pipes, cgroup.clone());
         let (exit_tx, exit) = watch::channel(None);
         let mut child = started.child;
         let captures = started.captures;

@@ -25,6 +25,9 @@ pub struct Serve {
     /// Base domain for {process}.{domain} routing (overrides [settings] domain)
     #[arg(long, value_name = "D")]
     pub domain: Option<String>,
+    /// Started by `ten upgrade`: take over from the server on this inherited socket
+    #[arg(long, value_name = "FD", hide = true)]
+    pub takeover_fd: Option<i32>,
 }
 
 impl Serve {
@@ -50,7 +53,7 @@ impl Serve {
             .thread_name("ten")
             .build()
             .context("cannot start the async runtime")?;
-        rt.block_on(serve::run(source, config))?;
+        rt.block_on(serve::run(source, config, self.takeover_fd))?;
         // Connections still open after the drain are closed by exiting.
         rt.shutdown_timeout(std::time::Duration::from_millis(100));
         Ok(ExitCode::SUCCESS)

@@ -1,0 +1,210 @@
+//! SPEC §11 upgrade: `ten upgrade` hands the listening sockets and the running instances of a
+//! real `ten serve` to a new one, under steady load; a new binary that fails leaves the old one
+//! serving; the new one supervises what it adopted (a crash restarts it, `ten stop` stops it).
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::deploy::{assert_no_loss, Load};
+use crate::supervision::{cli, instance, wait_instance};
+use crate::util::{alive, signal, wait_bounded, Builder, Ten, DOMAIN};
+
+/// Two instances of one process, each printing a numbered `tick N` line every 20 ms.
+const BODY: &str = "[process.api]\ncommand = \"@APP@ --tick-ms 20\"\nhealth = \"/health\"\n\
+    stop_timeout = \"5s\"\nrestart = \"always\"\nbackoff_base = \"50ms\"\n\
+    [instances]\napi = [\"1\", \"2\"]\n";
+
+fn server() -> Ten {
+    let ten = Builder::new().body(BODY).start();
+    ten.wait_status(&format!("1.api.{DOMAIN}"), "/", 200);
+    ten.wait_status(&format!("2.api.{DOMAIN}"), "/", 200);
+    ten
+}
+
+fn pid(ten: &Ten, name: &str) -> u64 {
+    let v = wait_instance(ten, name, "healthy with a pid", |v| {
+        v["state"] == "healthy" && v["pid"].as_u64().is_some()
+    });
+    v["pid"].as_u64().expect("pid")
+}
+
+/// The new `ten serve` an upgrade started: SIGTERM on drop (it stops its instances), bounded.
+struct NewServer(u32);
+
+impl Drop for NewServer {
+    fn drop(&mut self) {
+        signal(self.0, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while alive(self.0) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if alive(self.0) {
+            signal(self.0, "KILL");
+        }
+    }
+}
+
+/// `ten upgrade ARGS`: (success, stdout, stderr).
+fn upgrade(ten: &Ten, args: &[&str]) -> (bool, String, String) {
+    let mut all = vec!["upgrade"];
+    all.extend_from_slice(args);
+    cli(ten, &all)
+}
+
+/// (old pid, new pid) from `upgraded: ten serve pid OLD -> pid NEW ...`.
+fn pids(out: &str) -> (u32, u32) {
+    let rest = out
+        .strip_prefix("upgraded: ten serve pid ")
+        .unwrap_or_else(|| panic!("unexpected output {out:?}"));
+    let mut words = rest.split_whitespace();
+    let old = words.next().and_then(|w| w.parse().ok()).expect("old pid");
+    let new = words.nth(2).and_then(|w| w.parse().ok()).expect("new pid");
+    (old, new)
+}
+
+/// The `tick N` numbers `ten logs` has of `name`, in order.
+fn ticks(ten: &Ten, name: &str) -> Vec<u64> {
+    let (ok, out, err) = cli(
+        ten,
+        &[
+            "logs", name, "--search", "tick", "--limit", "100000", "--json",
+        ],
+    );
+    assert!(ok, "ten logs: {err}");
+    let mut n: Vec<(i64, u64)> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| {
+            let line = v["message"].as_str()?.strip_prefix("tick ")?.parse().ok()?;
+            Some((v["id"].as_i64().unwrap_or(0), line))
+        })
+        .collect();
+    n.sort();
+    n.into_iter().map(|(_, t)| t).collect()
+}
+
+/// Wait until `ten logs NAME` shows `want` (bounded: 20 s).
+fn wait_log(ten: &Ten, name: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, out, err) = cli(ten, &["logs", name, "--search", "noise"]);
+        assert!(ok, "ten logs: {err}");
+        if out.contains(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ten logs {name} never showed {want:?}:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_upgrade_under_load_keeps_every_request_the_instances_their_weights_and_their_logs() {
+    let mut ten = server();
+    let (p1, p2) = (pid(&ten, "api:1"), pid(&ten, "api:2"));
+    let (ok, _, err) = cli(&ten, &["weight", "api:2", "30"]);
+    assert!(ok, "ten weight: {err}");
+    let old_pid = ten.pid();
+    let load = Load::start(ten.addr, format!("api.{DOMAIN}"), 3);
+    std::thread::sleep(Duration::from_millis(700));
+    let (ok, out, err) = upgrade(&ten, &[]);
+    assert!(ok, "ten upgrade failed: {out}\n{err}\n{}", ten.stderr());
+    let (old, new) = pids(&out);
+    let _new = NewServer(new);
+    assert_eq!(old, old_pid);
+    assert_ne!(new, old_pid);
+    std::thread::sleep(Duration::from_millis(700));
+    let seen = load.finish();
+    assert_no_loss(&seen);
+    // The old one drained and exited 0; the new one serves with the same instances.
+    let mut child = ten.child.take().expect("old ten serve");
+    let status = wait_bounded(&mut child, Duration::from_secs(30)).expect("old ten serve exits");
+    assert!(
+        status.success(),
+        "old ten serve: {status}\n{}",
+        ten.stderr()
+    );
+    assert!(!alive(old_pid), "old ten serve still running");
+    assert!(alive(new), "new ten serve is gone\n{}", ten.stderr());
+    let v1 = instance(&ten, "api:1").expect("api:1 listed");
+    let v2 = instance(&ten, "api:2").expect("api:2 listed");
+    assert_eq!(v1["pid"].as_u64(), Some(p1), "{v1}");
+    assert_eq!(v2["pid"].as_u64(), Some(p2), "{v2}");
+    assert_eq!(v1["state"], "healthy", "{v1}");
+    assert_eq!(v2["weight"].as_u64(), Some(30), "{v2}");
+    assert_eq!(ten.get(&format!("1.api.{DOMAIN}"), "/").status, 200);
+    // Output printed after the upgrade is captured by the new one...
+    ten.get(&format!("1.api.{DOMAIN}"), "/noise?lines=3");
+    wait_log(&ten, "api:1", "noise 3 from api:1");
+    // ... and across the handover no line was lost or read twice.
+    let t = ticks(&ten, "api:1");
+    assert!(t.len() > 20, "too few ticks: {t:?}");
+    let first = t[0];
+    let want: Vec<u64> = (first..first + t.len() as u64).collect();
+    assert_eq!(t, want, "ticks lost or doubled across the upgrade");
+    // `ten stop` of an adopted instance stops that process.
+    let (ok, _, err) = cli(&ten, &["stop", "api:2"]);
+    assert!(ok, "ten stop api:2: {err}");
+    assert!(instance(&ten, "api:2").is_none(), "api:2 still listed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(p2 as u32) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !alive(p2 as u32),
+        "api:2 (pid {p2}) still runs after ten stop"
+    );
+}
+
+#[test]
+fn an_upgrade_to_a_binary_that_fails_leaves_the_old_one_serving_with_its_instances() {
+    let ten = server();
+    let (p1, p2) = (pid(&ten, "api:1"), pid(&ten, "api:2"));
+    let (ok, out, err) = upgrade(&ten, &["--binary", "/bin/false"]);
+    assert!(!ok, "ten upgrade --binary /bin/false succeeded: {out}");
+    assert!(
+        err.contains("upgrade failed: the new ten serve (/bin/false) did not take over"),
+        "{err}"
+    );
+    assert!(err.contains("keeps serving"), "{err}");
+    assert!(alive(ten.pid()), "the old ten serve exited");
+    assert_eq!(
+        instance(&ten, "api:1").and_then(|v| v["pid"].as_u64()),
+        Some(p1)
+    );
+    assert_eq!(
+        instance(&ten, "api:2").and_then(|v| v["pid"].as_u64()),
+        Some(p2)
+    );
+    assert_eq!(ten.get(&format!("api.{DOMAIN}"), "/").status, 200);
+    // Its output is read again after the failed handover.
+    ten.get(&format!("2.api.{DOMAIN}"), "/noise?lines=2");
+    wait_log(&ten, "api:2", "noise 2 from api:2");
+    // Spawning works again too (the freeze ended).
+    let (ok, _, err) = cli(&ten, &["spawn", "api", "--id", "3"]);
+    assert!(ok, "ten spawn after a failed upgrade: {err}");
+}
+
+#[test]
+fn an_adopted_instance_that_crashes_is_restarted_by_the_new_server() {
+    let ten = server();
+    let p1 = pid(&ten, "api:1");
+    let (ok, out, err) = upgrade(&ten, &[]);
+    assert!(ok, "ten upgrade failed: {out}\n{err}\n{}", ten.stderr());
+    let (_, new) = pids(&out);
+    let _new = NewServer(new);
+    ten.get(&format!("1.api.{DOMAIN}"), "/crash");
+    let v = wait_instance(&ten, "api:1", "restarted", |v| {
+        v["state"] == "healthy" && v["pid"].as_u64().is_some_and(|p| p != p1)
+    });
+    assert!(v["restarts"].as_u64() >= Some(1), "{v}");
+    assert_eq!(ten.get(&format!("1.api.{DOMAIN}"), "/").status, 200);
+    let (ok, out, _) = cli(&ten, &["logs", "ten", "--search", "adopted"]);
+    assert!(
+        ok && out.contains("api:1: crashed: exited (status unknown"),
+        "{out}"
+    );
+}
