@@ -403,6 +403,7 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
         // The old server tells systemd (MAINPID=, READY=1): it is the main process still.
         Some(t) => {
             t.ready()?;
+            supervisor.resume_output();
             tracing::info!(old = t.old_pid, "upgrade: took over from the old ten serve");
         }
         None => notifier.ready(),

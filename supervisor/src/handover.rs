@@ -5,7 +5,8 @@
 //! without touching anything) or [`Supervisor::thaw`]s (the new one failed: reading goes on).
 //! The new one adopts them in [`Supervisor::prepare_adopting`]: not its children, so each is
 //! watched through a pidfd (its exit status is unknown: an exit counts as a crash), in its own
-//! process group and cgroup as before.
+//! process group and cgroup as before; their output is read from the handed pipes once the new
+//! ten serves ([`Supervisor::resume_output`]).
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -221,12 +222,26 @@ impl Supervisor {
         (runner, stop_rx, done_tx)
     }
 
+    /// Start reading the adopted instances' output (once this ten serves: a takeover that
+    /// fails before has read nothing, so the old ten goes on where it stopped).
+    pub fn resume_output(&self) {
+        let reg = &self.reg;
+        let deferred = std::mem::take(&mut *reg.deferred_pipes());
+        for (name, tail, handed) in deferred {
+            let (pipes, _captures) = child::resume(&name, &reg.sink, &tail, handed);
+            if let Some(slot) = reg.slots().get_mut(&name) {
+                slot.pipes = Some(pipes);
+            }
+        }
+    }
+
     fn adopt(&self, h: Handed, process: tenement_conf::Process) {
         let reg = &self.reg;
         let now = Instant::now();
         let exit = watch_pid(h.pid);
         let tail = Arc::new(Tail::default());
-        let (pipes, captures) = child::resume(&h.name, &reg.sink, &tail, h.pipes);
+        reg.deferred_pipes()
+            .push((h.name.clone(), tail.clone(), h.pipes));
         let (mut runner, stop_rx, done_tx) =
             self.insert_adopted(&h.name, h.weight, process, |slot| {
                 let r = Arc::make_mut(&mut slot.routed);
@@ -236,7 +251,6 @@ impl Supervisor {
                 slot.status.started = now.checked_sub(h.uptime).or(Some(now));
                 slot.status.restarts = h.restarts;
                 slot.status.last_error = h.last_error.clone();
-                slot.pipes = Some(pipes);
                 slot.cgroup = h.cgroup.clone();
             });
         runner.tail = tail;
@@ -245,7 +259,7 @@ impl Supervisor {
             addr: h.addr,
             exit,
             cgroup: h.cgroup,
-            captures,
+            captures: Vec::new(),
             idle_since: now.checked_sub(h.idle_for),
         };
         reg.event(&h.name, &format!("adopted pid {} (upgrade of ten)", h.pid));

@@ -101,6 +101,14 @@ pub(crate) struct Registry {
     /// The instances belong to a new ten now (an upgrade succeeded): runners end at their next
     /// step and touch nothing (no kill, no cleanup, no write to the desired state, no event).
     pub released: AtomicBool,
+    /// Adopted instances' pipes, read once the new ten serves.
+    deferred: Mutex<
+        Vec<(
+            InstanceName,
+            Arc<crate::child::Tail>,
+            Vec<crate::child::HandedPipe>,
+        )>,
+    >,
 }
 
 impl Registry {
@@ -128,6 +136,7 @@ impl Registry {
             dynamic: Mutex::new(BTreeMap::new()),
             frozen: AtomicBool::new(false),
             released: AtomicBool::new(false),
+            deferred: Mutex::new(Vec::new()),
         }
     }
 
@@ -273,6 +282,19 @@ impl Registry {
     }
 
     // --- persistence and events ---
+
+    pub fn deferred_pipes(
+        &self,
+    ) -> MutexGuard<
+        '_,
+        Vec<(
+            InstanceName,
+            Arc<crate::child::Tail>,
+            Vec<crate::child::HandedPipe>,
+        )>,
+    > {
+        self.deferred.lock().unwrap_or_else(|p| p.into_inner())
+    }
 
     /// The instances were handed to a new ten (see `released`).
     pub fn released(&self) -> bool {

@@ -12,7 +12,7 @@ use crate::util::{alive, signal, wait_bounded, Builder, Ten, DOMAIN};
 
 /// Two instances of one process, each printing a numbered `tick N` line every 20 ms.
 const BODY: &str = "[process.api]\ncommand = \"@APP@ --tick-ms 20\"\nhealth = \"/health\"\n\
-    stop_timeout = \"5s\"\nrestart = \"always\"\nbackoff_base = \"50ms\"\n\
+    stop_timeout = \"5s\"\nrestart = \"always\"\nbackoff_base_ms = 50\n\
     [instances]\napi = [\"1\", \"2\"]\n";
 
 fn server() -> Ten {
@@ -34,6 +34,9 @@ struct NewServer(u32);
 
 impl Drop for NewServer {
     fn drop(&mut self) {
+        if !alive(self.0) {
+            return;
+        }
         signal(self.0, "TERM");
         let deadline = Instant::now() + Duration::from_secs(20);
         while alive(self.0) && Instant::now() < deadline {
@@ -207,4 +210,119 @@ fn an_adopted_instance_that_crashes_is_restarted_by_the_new_server() {
         ok && out.contains("api:1: crashed: exited (status unknown"),
         "{out}"
     );
+}
+
+/// The config file `Builder` wrote, with `listen` replaced by `listen`.
+fn rewrite_listen(ten: &Ten, listen: &str) {
+    let path = ten.dir.path().join("tenement.toml");
+    let text = std::fs::read_to_string(&path).expect("read config");
+    let text = text.replace("listen = \"127.0.0.1:0\"", &format!("listen = {listen}"));
+    std::fs::write(&path, text).expect("write config");
+}
+
+#[test]
+fn a_new_server_that_cannot_take_over_says_why_and_the_old_one_goes_on_reading_output() {
+    let ten = server();
+    let path = ten.dir.path().join("tenement.toml");
+    let good = std::fs::read_to_string(&path).expect("read config");
+    let (p1, p2) = (pid(&ten, "api:1"), pid(&ten, "api:2"));
+    // An invalid file: the new process refuses before taking anything.
+    std::fs::write(&path, format!("{good}\n[process.api]\n")).expect("write config");
+    let (ok, out, err) = upgrade(&ten, &[]);
+    assert!(!ok, "upgrade with an invalid config succeeded: {out}");
+    assert!(err.contains("did not take over: invalid config"), "{err}");
+    // A listen address it cannot bind: it fails after adopting the instances.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = held.local_addr().expect("addr");
+    std::fs::write(&path, &good).expect("write config");
+    rewrite_listen(&ten, &format!("[\"127.0.0.1:0\", \"{taken}\"]"));
+    let (ok, out, err) = upgrade(&ten, &[]);
+    assert!(!ok, "upgrade onto a taken port succeeded: {out}");
+    assert!(err.contains(&format!("cannot listen on {taken}")), "{err}");
+    // The old one serves with the same instances and reads their output again.
+    assert!(alive(ten.pid()), "the old ten serve exited");
+    assert_eq!(
+        instance(&ten, "api:1").and_then(|v| v["pid"].as_u64()),
+        Some(p1)
+    );
+    assert_eq!(
+        instance(&ten, "api:2").and_then(|v| v["pid"].as_u64()),
+        Some(p2)
+    );
+    assert_eq!(ten.get(&format!("api.{DOMAIN}"), "/").status, 200);
+    ten.get(&format!("1.api.{DOMAIN}"), "/noise?lines=4");
+    wait_log(&ten, "api:1", "noise 4 from api:1");
+    // Then a good one takes over; no output line lost or doubled across all three.
+    std::fs::write(&path, &good).expect("write config");
+    let (ok, out, err) = upgrade(&ten, &[]);
+    assert!(ok, "ten upgrade failed: {out}\n{err}\n{}", ten.stderr());
+    let (_, new) = pids(&out);
+    let _new = NewServer(new);
+    assert_eq!(
+        instance(&ten, "api:1").and_then(|v| v["pid"].as_u64()),
+        Some(p1)
+    );
+    ten.get(&format!("1.api.{DOMAIN}"), "/noise?lines=5");
+    wait_log(&ten, "api:1", "noise 5 from api:1");
+    let t = ticks(&ten, "api:1");
+    assert!(t.len() > 20, "too few ticks: {t:?}");
+    let want: Vec<u64> = (t[0]..t[0] + t.len() as u64).collect();
+    assert_eq!(
+        t, want,
+        "ticks lost or doubled across the failed and the good upgrade"
+    );
+}
+
+#[test]
+fn systemd_hears_the_new_main_pid_from_the_old_process() {
+    use std::os::unix::net::UnixDatagram;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notify = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&notify).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let recv = || {
+        let mut buf = [0u8; 256];
+        let n = sock.recv(&mut buf).expect("a notification within 30s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let config = dir.path().join("tenement.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[settings]\ndomain = \"{DOMAIN}\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}/data\"\n\
+             [process.api]\ncommand = \"{}\"\n[instances]\napi = [\"1\"]\n",
+            dir.path().display(),
+            crate::util::app_bin()
+        ),
+    )
+    .expect("write");
+    let mut old = Command::new(crate::util::ten_bin())
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ten serve");
+    let _old = NewServer(old.id());
+    assert_eq!(recv(), "READY=1");
+    let data = dir.path().join("data");
+    let (status, out, err) = crate::util::ten(
+        &["--data-dir", data.to_str().expect("utf8"), "upgrade"],
+        dir.path(),
+    );
+    assert!(status.success(), "{out}{err}");
+    let (old_pid, new) = pids(&out);
+    let _new = NewServer(new);
+    assert_eq!(old_pid, old.id());
+    // From the old (main) process: the new one is the main one now, and ready.
+    assert_eq!(recv(), format!("MAINPID={new}\nREADY=1"));
+    let exited = wait_bounded(&mut old, Duration::from_secs(30));
+    assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
+    // The new one notifies from then on; nothing was said as STOPPING by the old one.
+    signal(new, "TERM");
+    assert_eq!(recv(), "STOPPING=1");
 }

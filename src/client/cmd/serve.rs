@@ -40,12 +40,17 @@ impl Serve {
             domain: self.domain,
         };
         let config = source.load().map_err(|e| {
-            anyhow::anyhow!(
+            let e = anyhow::anyhow!(
                 "invalid config {}:
 {}",
                 source.path.display(),
                 e.join("\n")
-            )
+            );
+            if let Some(fd) = self.takeover_fd {
+                // Started by `ten upgrade`: the old server says why in its answer.
+                crate::server::upgrade::takeover::refuse(fd, &format!("{e:#}"));
+            }
+            e
         })?;
         serve::init_tracing();
         let rt = tokio::runtime::Builder::new_multi_thread()

@@ -78,12 +78,18 @@ impl Upgrader {
             Ok((d, fds)) => tokio::task::spawn_blocking(move || {
                 let mut sock = ours;
                 let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
-                message::send(&mut sock, &d, &borrowed)
-                    .map_err(|e| format!("cannot hand over: {e:#}"))?;
+                let sent = message::send(&mut sock, &d, &borrowed);
                 drop(fds); // the new process has its own copies now
                 sock.set_read_timeout(Some(TAKEOVER_TIMEOUT))
                     .map_err(|e| e.to_string())?;
-                message::read_answer(&mut sock)
+                let answer = message::read_answer(&mut sock);
+                match sent {
+                    // Its answer says why it stopped reading, if it said anything.
+                    Err(e) => Err(answer
+                        .err()
+                        .unwrap_or_else(|| format!("cannot hand over: {e:#}"))),
+                    Ok(()) => answer,
+                }
             })
             .await
             .unwrap_or_else(|e| Err(format!("handover task failed: {e}"))),

@@ -50,6 +50,14 @@ fn addr_of(s: &str) -> Result<Addr> {
     }
 }
 
+/// Tell the old ten on `fd` why this one cannot take over, before receiving anything (an
+/// invalid config file).
+pub fn refuse(fd: RawFd, why: &str) {
+    // SAFETY: as in `Takeover::receive`: our end of the handover socket, used by nothing else.
+    let mut sock = unsafe { UnixStream::from_raw_fd(fd) };
+    let _ = message::answer(&mut sock, Err(why));
+}
+
 impl Takeover {
     /// Read the old ten's description and descriptors from inherited descriptor `fd`.
     pub fn receive(fd: RawFd) -> Result<Takeover> {
