@@ -416,7 +416,7 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
     let mut upgraded = None;
     loop {
         tokio::select! {
-            pid = upgraded_rx.recv() => upgraded = pid,
+            Some(pid) = upgraded_rx.recv() => upgraded = Some(pid),
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
             _ = hup.recv() => {

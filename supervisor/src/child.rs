@@ -697,6 +697,63 @@ mod tests {
         })
     }
 
+    /// Collects lines.
+    #[derive(Default)]
+    struct Lines(std::sync::Mutex<Vec<String>>);
+
+    impl LogSink for Lines {
+        fn line(&self, _: &InstanceName, _: Stream, line: &str) {
+            self.0.lock().unwrap().push(line.to_string());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_handed_over_pipe_loses_no_line_and_reads_none_twice() {
+        use std::io::Write;
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let mut w = std::fs::File::from(w);
+        let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(r).unwrap();
+        let sink = Arc::new(Lines::default());
+        let name = InstanceName {
+            process: "api".into(),
+            id: "1".into(),
+        };
+        let tail = Arc::new(Tail::default());
+        let (pipes, ends) = Pipes::new(tail.clone());
+        let cap = Capture {
+            name: name.clone(),
+            sink: sink.clone(),
+            tail: tail.clone(),
+            ends,
+        };
+        let reader = tokio::spawn(cap.run(rx, Stream::Stdout, b"pend".to_vec()));
+        w.write_all(b"ing\none\ntwo\nhalf of thr").unwrap();
+        // Wait until the complete lines are in (bounded).
+        for _ in 0..500 {
+            if sink.0.lock().unwrap().len() == 3 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let mut handed = pipes.hand_over(std::time::Duration::from_secs(5)).await;
+        reader.await.unwrap();
+        assert_eq!(handed.len(), 1);
+        let p = handed.remove(0);
+        assert_eq!(*sink.0.lock().unwrap(), ["pending", "one", "two"]);
+        assert_eq!(p.pending, b"half of thr");
+        // Written while nobody reads, then read by the next reader after the pending bytes.
+        w.write_all(b"ee\nfour\n").unwrap();
+        drop(w);
+        let (_pipes, readers) = resume(&name, &(sink.clone() as Arc<dyn LogSink>), &tail, vec![p]);
+        for r in readers {
+            r.await.unwrap();
+        }
+        assert_eq!(
+            *sink.0.lock().unwrap(),
+            ["pending", "one", "two", "half of three", "four"]
+        );
+    }
+
     #[test]
     fn a_long_line_is_cut_at_max_line_and_marked_and_its_rest_discarded() {
         let long = "x".repeat(1000);

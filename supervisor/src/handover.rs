@@ -333,3 +333,84 @@ fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
     // SAFETY: a descriptor just returned by the kernel, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::registry::tests::NoTraffic;
+    use crate::{Error, TracingSink};
+
+    fn supervisor() -> Supervisor {
+        let config = tenement_conf::Config::parse(
+            "[process.api]\ncommand = \"x\"\n",
+            "tenement.toml",
+            std::path::Path::new("/tmp"),
+        )
+        .unwrap();
+        Supervisor::new(
+            Arc::new(config),
+            Arc::new(NoTraffic),
+            Arc::new(TracingSink),
+            None,
+        )
+    }
+
+    #[tokio::test]
+    async fn spawns_are_refused_while_frozen_and_allowed_again_after_a_thaw() {
+        let s = supervisor();
+        let name = InstanceName {
+            process: "nope".into(),
+            id: "1".into(),
+        };
+        let handover = s.freeze().await;
+        assert!(matches!(s.spawn(&name, 100).await, Err(Error::Upgrading)));
+        s.thaw(handover);
+        // Past the freeze: refused for what it is (an unknown process), not for the upgrade.
+        assert!(matches!(
+            s.spawn(&name, 100).await,
+            Err(Error::UnknownProcess(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_process_that_is_gone_reports_its_exit_as_unknown() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap(); // reaped: the pid no longer exists
+        let mut exit = watch_pid(pid);
+        let got = tokio::time::timeout(Duration::from_secs(10), exit.wait_for(Option::is_some))
+            .await
+            .unwrap()
+            .unwrap()
+            .clone();
+        assert_eq!(got, Some((ADOPTED_EXIT.to_string(), false)));
+    }
+
+    #[tokio::test]
+    async fn the_exit_of_a_watched_process_that_is_not_our_child_is_seen() {
+        use std::os::unix::process::CommandExt;
+        // A grandchild: `sh` starts `sleep` in its own group and exits; sleep is not ours.
+        let out = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 >/dev/null 2>&1 & echo $!"])
+            .process_group(0)
+            .output()
+            .unwrap();
+        let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let mut exit = watch_pid(pid);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            exit.borrow().is_none(),
+            "reported an exit of a live process"
+        );
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+            Signal::SIGKILL,
+        )
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), exit.wait_for(Option::is_some))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

@@ -71,6 +71,13 @@ impl Slot {
 
 const TEN: &str = "ten";
 
+/// An adopted instance's pipes (and its tail), read once the new ten serves.
+pub(crate) type Deferred = (
+    InstanceName,
+    Arc<crate::child::Tail>,
+    Vec<crate::child::HandedPipe>,
+);
+
 /// Listing order: spawned instances in spawn order, then external upstreams.
 fn order(s: &Slot) -> (bool, u64) {
     (s.routed.kind == Kind::External, s.seq)
@@ -102,13 +109,7 @@ pub(crate) struct Registry {
     /// step and touch nothing (no kill, no cleanup, no write to the desired state, no event).
     pub released: AtomicBool,
     /// Adopted instances' pipes, read once the new ten serves.
-    deferred: Mutex<
-        Vec<(
-            InstanceName,
-            Arc<crate::child::Tail>,
-            Vec<crate::child::HandedPipe>,
-        )>,
-    >,
+    deferred: Mutex<Vec<Deferred>>,
 }
 
 impl Registry {
@@ -283,16 +284,7 @@ impl Registry {
 
     // --- persistence and events ---
 
-    pub fn deferred_pipes(
-        &self,
-    ) -> MutexGuard<
-        '_,
-        Vec<(
-            InstanceName,
-            Arc<crate::child::Tail>,
-            Vec<crate::child::HandedPipe>,
-        )>,
-    > {
+    pub fn deferred_pipes(&self) -> MutexGuard<'_, Vec<Deferred>> {
         self.deferred.lock().unwrap_or_else(|p| p.into_inner())
     }
 
