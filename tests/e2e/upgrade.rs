@@ -326,3 +326,28 @@ fn systemd_hears_the_new_main_pid_from_the_old_process() {
     signal(new, "TERM");
     assert_eq!(recv(), "STOPPING=1");
 }
+
+#[test]
+fn an_instance_stopped_for_idleness_stays_stopped_across_an_upgrade_and_wakes_on_a_request() {
+    let ten = Builder::new()
+        .body(
+            "[process.api]\ncommand = \"@APP@\"\nhealth = \"/health\"\nidle_timeout = \"300ms\"\n\
+             [instances]\napi = [\"1\"]\n",
+        )
+        .start();
+    ten.wait_status(&format!("1.api.{DOMAIN}"), "/", 200);
+    wait_instance(&ten, "api:1", "stopped for idleness", |v| {
+        v["state"] == "stopped" && v["pid"].is_null()
+    });
+    let (ok, out, err) = upgrade(&ten, &[]);
+    assert!(ok, "ten upgrade failed: {out}\n{err}\n{}", ten.stderr());
+    let (_, new) = pids(&out);
+    let _new = NewServer(new);
+    // Not started again by the new server: still idle, still wakeable.
+    let v = instance(&ten, "api:1").expect("api:1 listed");
+    assert_eq!(v["state"], "stopped", "{v}");
+    assert!(v["pid"].is_null(), "{v}");
+    assert_eq!(ten.get(&format!("1.api.{DOMAIN}"), "/").status, 200);
+    let v = instance(&ten, "api:1").expect("api:1 listed");
+    assert!(v["pid"].as_u64().is_some(), "woken instance has no pid: {v}");
+}
