@@ -349,5 +349,8 @@ fn an_instance_stopped_for_idleness_stays_stopped_across_an_upgrade_and_wakes_on
     assert!(v["pid"].is_null(), "{v}");
     assert_eq!(ten.get(&format!("1.api.{DOMAIN}"), "/").status, 200);
     let v = instance(&ten, "api:1").expect("api:1 listed");
-    assert!(v["pid"].as_u64().is_some(), "woken instance has no pid: {v}");
+    assert!(
+        v["pid"].as_u64().is_some(),
+        "woken instance has no pid: {v}"
+    );
 }
