@@ -354,3 +354,32 @@ fn an_instance_stopped_for_idleness_stays_stopped_across_an_upgrade_and_wakes_on
         "woken instance has no pid: {v}"
     );
 }
+
+#[test]
+fn an_upgrade_is_refused_over_the_admin_listener_even_with_a_token() {
+    let ten = Builder::new()
+        .settings("admin_listen = \"127.0.0.1:0\"")
+        .body("[process.api]\ncommand = \"@APP@\"\n")
+        .start();
+    let (status, out, err) = ten.cli(&["token-gen"]);
+    assert!(status.success(), "token-gen: {out}{err}");
+    let token = out.trim();
+    let admin = ten.admin.expect("admin_listen");
+    let body = "{\"binary\": \"/bin/true\"}";
+    let r = crate::util::request(
+        admin,
+        format!(
+            "POST /api/upgrade HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(
+        r.text().contains("only over the control socket"),
+        "{}",
+        r.text()
+    );
+    assert!(alive(ten.pid()));
+}

@@ -1,5 +1,6 @@
 //! `POST /api/upgrade` (`ten upgrade`): hand the sockets and the instances to a new `ten
-//! serve` (`server::upgrade`). Over the control socket only: it runs a binary named in the
+//! serve` (`server::upgrade`). For trusted clients only, as `token-gen`: the control socket
+//! (or loopback with `admin_loopback_trusted`), never a token: it runs a binary named in the
 //! request. Answers `{"old_pid", "new_pid"}` (200) once the new process serves, or
 //! `{"error"}` (500) when it did not take over (this one still serves). Audit-logged.
 
@@ -14,7 +15,7 @@ impl Api {
         if !trusted {
             return Err(ApiError(
                 StatusCode::FORBIDDEN,
-                "ten upgrade works only over the control socket (it runs a binary)".into(),
+                "ten upgrade works only over the control socket (it runs a binary): no token allows it".into(),
             ));
         }
         let args: UpgradeArgs = if body.iter().all(u8::is_ascii_whitespace) {
