@@ -28,6 +28,18 @@ const PRIVATE: &[&str] = &[
 /// Held for the server's life: `{data_dir}/ten.lock`, locked, with the server's pid.
 pub struct DataDirLock {
     _lock: Option<Flock<File>>,
+    /// Another ten holds the same locked file (an upgrade): dropping this must not unlock it.
+    shared: bool,
+}
+
+impl Drop for DataDirLock {
+    fn drop(&mut self) {
+        if self.shared {
+            // Closing the descriptor (at exit) keeps the lock of the open file; unlocking
+            // would take it from the other process too.
+            std::mem::forget(self._lock.take());
+        }
+    }
 }
 
 /// Set the umask, create or fix `dir`, and lock it for this server.
@@ -47,13 +59,28 @@ pub fn take_over(dir: &Path, held: Option<std::os::fd::OwnedFd>) -> Result<DataD
         Ok(lock) => lock,
         Err((_, e)) => bail!("cannot hold the lock handed over ({e})"),
     };
-    lock.set_len(0)?;
-    lock.rewind()?;
-    writeln!(lock, "{}", std::process::id())?;
-    Ok(DataDirLock { _lock: Some(lock) })
+    write_pid(&mut lock)?;
+    // Shared with the old ten until this one serves (`DataDirLock::own`).
+    Ok(DataDirLock {
+        _lock: Some(lock),
+        shared: true,
+    })
+}
+
+/// `{data_dir}/ten.lock` says our pid.
+pub fn write_pid(file: &mut File) -> std::io::Result<()> {
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(file, "{}", std::process::id())
 }
 
 impl DataDirLock {
+    /// The lock is this process's alone now (`shared`: an upgrade handed it to a new ten, or
+    /// this new ten took over and the old one exits).
+    pub fn set_shared(&mut self, shared: bool) {
+        self.shared = shared;
+    }
+
     /// The locked file, to hand over at an upgrade (None: no lock held).
     pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         use std::os::fd::AsFd;
@@ -79,7 +106,10 @@ fn setup(dir: &Path) -> Result<DataDirLock> {
             set_mode(&path, 0o600, "file");
         }
     }
-    Ok(DataDirLock { _lock: lock })
+    Ok(DataDirLock {
+        _lock: lock,
+        shared: false,
+    })
 }
 
 /// chmod `path` to `mode` when it differs; logged, and a failure only warned about.

@@ -119,7 +119,7 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
     }
     let s = &config.settings;
     // umask 077, 0711, ten.lock (handed over by an upgrade: the same locked file)
-    let _held = match takeover.as_mut() {
+    let mut held = match takeover.as_mut() {
         Some(t) => crate::server::data_dir::take_over(&s.data_dir, t.lock.take())?,
         None => crate::server::data_dir::prepare(&s.data_dir)?,
     };
@@ -390,7 +390,7 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
         fds: fds.clone(),
         control_key: sock_key.clone(),
         admin_local,
-        lock: _held.fd().map(|f| f.try_clone_to_owned()).transpose()?,
+        lock: held.fd().map(|f| f.try_clone_to_owned()).transpose()?,
         notifier: notifier.clone(),
         done: upgraded_tx,
         serial: tokio::sync::Mutex::new(()),
@@ -403,6 +403,7 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
         // The old server tells systemd (MAINPID=, READY=1): it is the main process still.
         Some(t) => {
             t.ready()?;
+            held.set_shared(false); // the old one exits: the lock is ours
             supervisor.resume_output();
             tracing::info!(old = t.old_pid, "upgrade: took over from the old ten serve");
         }
@@ -435,6 +436,8 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
     }
     boot.abort();
     if let Some(pid) = upgraded {
+        // ten.lock stays locked for the new process (the same open file).
+        held.set_shared(true);
         return drain_after_upgrade(
             pid,
             s,

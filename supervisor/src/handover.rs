@@ -137,14 +137,18 @@ impl Supervisor {
 
     /// The new ten serves with the instances: from now on this supervisor touches none of them
     /// (its runners end at their next step; no kill, no cleanup, no write to the desired
-    /// state). One restarted during the handover (its pid not the one handed) is unknown to
-    /// the new ten: it is killed.
+    /// state). A process this one runs that was not handed over (started or restarted during
+    /// the handover, or being stopped) is unknown to the new ten: it is killed.
     pub fn release(&self, handover: &Handover) {
         let reg = &self.reg;
         let slots = reg.slots();
-        for h in &handover.running {
-            let now = slots.get(&h.name).and_then(|s| s.status.pid);
-            if let Some(pid) = now.filter(|p| *p != h.pid) {
+        for (name, slot) in slots.iter() {
+            let Some(pid) = slot.status.pid else { continue };
+            let handed = handover
+                .running
+                .iter()
+                .any(|h| h.name == *name && h.pid == pid);
+            if slot.routed.kind == Kind::Spawned && !handed {
                 child::signal_group(pid, Signal::SIGKILL);
             }
         }

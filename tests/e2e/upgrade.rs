@@ -48,6 +48,20 @@ impl Drop for NewServer {
     }
 }
 
+/// A second `ten serve` on the same config is refused by `ten.lock`, which names `pid`.
+fn second_serve_refused(ten: &Ten, pid: u32) {
+    let config = ten.dir.path().join("tenement.toml");
+    let mut cmd = std::process::Command::new(crate::util::ten_bin());
+    cmd.arg("serve").arg("--config").arg(&config);
+    let (status, _, err) = crate::util::run_bounded(&mut cmd, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{err}");
+    let want = format!(
+        "another ten serve is already running on {} (pid {pid},",
+        ten.data_dir().display()
+    );
+    assert!(err.contains(&want), "want {want:?} in: {err}");
+}
+
 /// `ten upgrade ARGS`: (success, stdout, stderr).
 fn upgrade(ten: &Ten, args: &[&str]) -> (bool, String, String) {
     let mut all = vec!["upgrade"];
@@ -132,6 +146,8 @@ fn an_upgrade_under_load_keeps_every_request_the_instances_their_weights_and_the
     );
     assert!(!alive(old_pid), "old ten serve still running");
     assert!(alive(new), "new ten serve is gone\n{}", ten.stderr());
+    // ten.lock: held by the new one (the old one's exit did not unlock it), with its pid.
+    second_serve_refused(&ten, new);
     let v1 = instance(&ten, "api:1").expect("api:1 listed");
     let v2 = instance(&ten, "api:2").expect("api:2 listed");
     assert_eq!(v1["pid"].as_u64(), Some(p1), "{v1}");
@@ -239,6 +255,8 @@ fn a_new_server_that_cannot_take_over_says_why_and_the_old_one_goes_on_reading_o
     let (ok, out, err) = upgrade(&ten, &[]);
     assert!(!ok, "upgrade onto a taken port succeeded: {out}");
     assert!(err.contains(&format!("cannot listen on {taken}")), "{err}");
+    // ten.lock: still held (the new one's exit did not unlock it), with the old one's pid.
+    second_serve_refused(&ten, ten.pid());
     // The old one serves with the same instances and reads their output again.
     assert!(alive(ten.pid()), "the old ten serve exited");
     assert_eq!(

@@ -112,6 +112,15 @@ impl Upgrader {
                 let _ = child.start_kill();
                 let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
                 self.supervisor.thaw(handover);
+                // The new one may have written its pid in ten.lock: ours again.
+                if let Some(lock) = &self.lock {
+                    let file = lock.try_clone().map(std::fs::File::from);
+                    if let Err(e) =
+                        file.and_then(|mut f| crate::server::data_dir::write_pid(&mut f))
+                    {
+                        tracing::warn!("cannot write ten.lock: {e}");
+                    }
+                }
                 let how = match status {
                     Ok(Ok(s)) => format!(" (it {})", tenement_supervisor::describe_exit(&s)),
                     _ => String::new(),
