@@ -393,7 +393,7 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
         lock: held.fd().map(|f| f.try_clone_to_owned()).transpose()?,
         notifier: notifier.clone(),
         done: upgraded_tx,
-        serial: tokio::sync::Mutex::new(()),
+        serial: tokio::sync::Mutex::new(None),
     });
     let _ = api.upgrader.set(upgrader);
 

@@ -49,7 +49,8 @@ pub struct Upgrader {
     pub notifier: Arc<Notifier>,
     /// Tells `ten serve` that the new process serves (its pid): stop accepting and exit.
     pub done: mpsc::UnboundedSender<u32>,
-    pub serial: tokio::sync::Mutex<()>,
+    /// One upgrade at a time; Some(new pid) once one succeeded (this process is on its way out).
+    pub serial: tokio::sync::Mutex<Option<u32>>,
 }
 
 /// A listener's descriptor, duplicated (the copy sent; ours stays in use until the switch).
@@ -63,7 +64,13 @@ impl Upgrader {
     /// Ok((old pid, new pid)) once it serves; Err(why) if it did not take over (this one
     /// still serves, the instances untouched).
     pub async fn upgrade(&self, binary: Option<PathBuf>) -> Result<(u32, u32), String> {
-        let _one_at_a_time = self.serial.lock().await;
+        let mut upgraded = self.serial.lock().await;
+        if let Some(pid) = *upgraded {
+            return Err(format!(
+                "this ten serve (pid {}) was already upgraded: pid {pid} serves now; this one is exiting",
+                std::process::id()
+            ));
+        }
         let binary = binary.unwrap_or_else(|| self.exe.clone());
         let (ours, theirs) =
             UnixStream::pair().map_err(|e| format!("cannot make the handover socket: {e}"))?;
@@ -103,6 +110,7 @@ impl Upgrader {
                     pid,
                     "upgrade: the new ten serve serves; this one drains and exits"
                 );
+                *upgraded = Some(pid);
                 let _ = self.done.send(pid);
                 // The child runs on; it is reaped by whoever inherits it.
                 drop(child);
