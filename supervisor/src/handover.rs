@@ -148,7 +148,11 @@ impl Supervisor {
                 .running
                 .iter()
                 .any(|h| h.name == *name && h.pid == pid);
-            if slot.routed.kind == Kind::Spawned && !handed {
+            let dir = child::instance_data_dir(&reg.data_dir, name);
+            if slot.routed.kind == Kind::Spawned
+                && !handed
+                && crate::orphans::group_is_instance(pid, &dir)
+            {
                 child::signal_group(pid, Signal::SIGKILL);
             }
         }
@@ -242,7 +246,7 @@ impl Supervisor {
     fn adopt(&self, h: Handed, process: tenement_conf::Process) {
         let reg = &self.reg;
         let now = Instant::now();
-        let exit = watch_pid(h.pid);
+        let exit = watch_pid(h.pid, child::instance_data_dir(&reg.data_dir, &h.name));
         let tail = Arc::new(Tail::default());
         reg.deferred_pipes()
             .push((h.name.clone(), tail.clone(), h.pipes));
@@ -297,9 +301,11 @@ impl Supervisor {
     }
 }
 
-/// Watch a process that is not our child: its pidfd turns readable when it exits. Its group
-/// goes with it (as for a child). A process already gone reports at once.
-fn watch_pid(pid: u32) -> watch::Receiver<Option<(String, bool)>> {
+/// Watch a process that is not our child: its pidfd turns readable when it exits. What it left
+/// in its group goes with it (as for a child), but only while that group still has a member of
+/// this instance (`data_dir`, its DATA_DIR): the leader is reaped by someone else, so its pid
+/// may already belong to another process. A process already gone reports at once.
+fn watch_pid(pid: u32, data_dir: PathBuf) -> watch::Receiver<Option<(String, bool)>> {
     let (tx, rx) = watch::channel(None);
     let fd = pidfd_open(pid);
     tokio::spawn(async move {
@@ -319,7 +325,9 @@ fn watch_pid(pid: u32) -> watch::Receiver<Option<(String, bool)>> {
                 }
             }
         }
-        child::signal_group(pid, Signal::SIGKILL);
+        if crate::orphans::group_is_instance(pid, &data_dir) {
+            child::signal_group(pid, Signal::SIGKILL);
+        }
         let _ = tx.send(Some((ADOPTED_EXIT.to_string(), false)));
     });
     rx
@@ -382,7 +390,7 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         child.wait().unwrap(); // reaped: the pid no longer exists
-        let mut exit = watch_pid(pid);
+        let mut exit = watch_pid(pid, PathBuf::from("/nonexistent"));
         let got = tokio::time::timeout(Duration::from_secs(10), exit.wait_for(Option::is_some))
             .await
             .unwrap()
@@ -401,7 +409,7 @@ mod tests {
             .output()
             .unwrap();
         let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-        let mut exit = watch_pid(pid);
+        let mut exit = watch_pid(pid, PathBuf::from("/nonexistent"));
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(
             exit.borrow().is_none(),
