@@ -121,6 +121,17 @@ pub struct ReloadArgs {
     pub dry_run: bool,
 }
 
+// `POST /api/upgrade` (`ten upgrade`); an empty body upgrades to the binary at the running
+// server's path.
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeArgs {
+    /// The new binary [default: the running server's path, e.g. after a package upgrade]
+    #[arg(long, value_name = "PATH")]
+    #[serde(default)]
+    pub binary: Option<std::path::PathBuf>,
+}
+
 // `POST /api/servers` (`ten server add`); the handler hands it to the fleet as `NewServer`.
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -25,7 +25,7 @@ const MAX_LINE: u64 = 16 << 10;
 const MAX_HEADERS: usize = 200;
 const TEXT: &str = "text/plain";
 const USAGE: &str = "usage: ten-testapp [--port N | --socket PATH] [--name NAME] \
-[--startup-delay-ms N] [--ignore-sigterm] [--spawn-child] [--fail-health] [--h2c]
+[--startup-delay-ms N] [--ignore-sigterm] [--spawn-child] [--fail-health] [--h2c] [--tick-ms N]
 env: SOCKET_PATH (unix socket), PORT (tcp on 127.0.0.1), TEN_PROCESS + TEN_INSTANCE (name)";
 
 /// Writes one line to stdout and flushes; errors (closed pipe) are ignored.
@@ -56,6 +56,9 @@ struct Config {
     fail_health: bool,
     /// Serve HTTP/1.1 and h2c (prior knowledge) through hyper instead (see h2c.rs).
     h2c: bool,
+    /// `--tick-ms N`: print `tick 1`, `tick 2`, ... on stdout every N ms (a steady stream of
+    /// numbered lines: a test sees a lost or doubled line as a gap or a repeat).
+    tick_ms: Option<u64>,
 }
 
 fn num_arg<T: FromStr>(what: &str, s: &str) -> Result<T, String> {
@@ -66,7 +69,13 @@ fn num_arg<T: FromStr>(what: &str, s: &str) -> Result<T, String> {
 
 /// Parses flags; `--flag value` and `--flag=value` are both accepted.
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Config, String> {
-    const VALUED: [&str; 4] = ["--port", "--socket", "--name", "--startup-delay-ms"];
+    const VALUED: [&str; 5] = [
+        "--port",
+        "--socket",
+        "--name",
+        "--startup-delay-ms",
+        "--tick-ms",
+    ];
     const SWITCHES: [&str; 4] = [
         "--ignore-sigterm",
         "--spawn-child",
@@ -96,6 +105,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Config, String> 
             "--spawn-child" => cfg.spawn_child = true,
             "--fail-health" => cfg.fail_health = true,
             "--h2c" => cfg.h2c = true,
+            "--tick-ms" => cfg.tick_ms = Some(num_arg("tick", &value)?),
             _ => {}
         }
     }
@@ -192,6 +202,14 @@ fn run(cfg: Config) -> Result<(), String> {
         "ten-testapp {name} listening on {}",
         listener.addr()
     ));
+    if let Some(ms) = cfg.tick_ms {
+        let _ = thread::Builder::new().spawn(move || {
+            for i in 1u64.. {
+                say(&format!("tick {i}"));
+                thread::sleep(Duration::from_millis(ms));
+            }
+        });
+    }
     if cfg.h2c {
         return match listener {
             Listener::Tcp(l) => h2c::serve(l, name),

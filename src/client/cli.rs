@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::client::cmd::{
-    certs, config, deploy, fleet, generate, init, instances, logs, reload, serve, token,
+    certs, config, deploy, fleet, generate, init, instances, logs, reload, serve, token, upgrade,
 };
 use crate::client::control::Client;
 
@@ -97,6 +97,7 @@ impl Global {
 pub enum Command {
     Serve(serve::Serve),
     Reload(reload::Reload),
+    Upgrade(upgrade::Upgrade),
     Init(init::Init),
     /// Check or show the config file
     #[command(subcommand)]
@@ -137,6 +138,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve(c) => c.run(g),
         Command::Reload(c) => c.run(g),
+        Command::Upgrade(c) => c.run(g),
         Command::Init(c) => c.run(g),
         Command::Config(c) => c.run(g),
         Command::Spawn(c) => c.run(g),

@@ -2,6 +2,7 @@
 //! itself 0711 (created so, or changed so with a log line), the databases ten left there
 //! before 0600, and `ten.lock` (an flock held for the server's life) so that a second
 //! `ten serve` on the same dir exits at once instead of taking over the first one's socket.
+//! An upgrade hands the locked file over (same open file: the lock goes with it).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -27,12 +28,64 @@ const PRIVATE: &[&str] = &[
 /// Held for the server's life: `{data_dir}/ten.lock`, locked, with the server's pid.
 pub struct DataDirLock {
     _lock: Option<Flock<File>>,
+    /// Another ten holds the same locked file (an upgrade): dropping this must not unlock it.
+    shared: bool,
+}
+
+impl Drop for DataDirLock {
+    fn drop(&mut self) {
+        if self.shared {
+            // Closing the descriptor (at exit) keeps the lock of the open file; unlocking
+            // would take it from the other process too.
+            std::mem::forget(self._lock.take());
+        }
+    }
 }
 
 /// Set the umask, create or fix `dir`, and lock it for this server.
 pub fn prepare(dir: &Path) -> Result<DataDirLock> {
     umask(Mode::from_bits_truncate(0o077));
     setup(dir)
+}
+
+/// [`prepare`] for a new ten taking over (an upgrade): `held` is the previous one's locked
+/// `ten.lock` (the same open file, so the lock is already ours); None if it held none.
+pub fn take_over(dir: &Path, held: Option<std::os::fd::OwnedFd>) -> Result<DataDirLock> {
+    umask(Mode::from_bits_truncate(0o077));
+    let Some(fd) = held else {
+        return setup(dir);
+    };
+    let mut lock = match Flock::lock(File::from(fd), FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((_, e)) => bail!("cannot hold the lock handed over ({e})"),
+    };
+    write_pid(&mut lock)?;
+    // Shared with the old ten until this one serves (`DataDirLock::own`).
+    Ok(DataDirLock {
+        _lock: Some(lock),
+        shared: true,
+    })
+}
+
+/// `{data_dir}/ten.lock` says our pid.
+pub fn write_pid(file: &mut File) -> std::io::Result<()> {
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(file, "{}", std::process::id())
+}
+
+impl DataDirLock {
+    /// The lock is this process's alone now (`shared`: an upgrade handed it to a new ten, or
+    /// this new ten took over and the old one exits).
+    pub fn set_shared(&mut self, shared: bool) {
+        self.shared = shared;
+    }
+
+    /// The locked file, to hand over at an upgrade (None: no lock held).
+    pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self._lock.as_ref().map(|l| l.as_fd())
+    }
 }
 
 /// [`prepare`] without the umask (which is process-wide).
@@ -53,7 +106,10 @@ fn setup(dir: &Path) -> Result<DataDirLock> {
             set_mode(&path, 0o600, "file");
         }
     }
-    Ok(DataDirLock { _lock: lock })
+    Ok(DataDirLock {
+        _lock: lock,
+        shared: false,
+    })
 }
 
 /// chmod `path` to `mode` when it differs; logged, and a failure only warned about.

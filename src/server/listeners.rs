@@ -3,10 +3,12 @@
 //! reload (a removed one: it stops accepting, its open connections finish with
 //! `Connection: close`) or at shutdown. Each listener's socket is bound by `ten` itself (port 0
 //! gets a real port) and handed to Pingora in its own fd table, so closing one never leaves a
-//! stale descriptor in a shared table.
+//! stale descriptor in a shared table. An upgrade (`ten upgrade`) hands each listening socket to
+//! the new `ten serve` ([`Listeners::handover`]), which serves on it ([`Listeners::adopt`]);
+//! the old one then only stops accepting ([`Listeners::stop_accepting`]) and drains.
 
 use std::net::TcpListener;
-use std::os::fd::IntoRawFd;
+use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -30,6 +32,10 @@ struct Open {
     configured: String,
     /// The bound address.
     local: String,
+    /// Its socket (the descriptor Pingora serves on).
+    fd: RawFd,
+    tls: bool,
+    limit: Arc<ConnLimit>,
     stop: watch::Sender<bool>,
     /// Watches the service's task (`abort`) and reports an unexpected end.
     task: JoinHandle<()>,
@@ -76,28 +82,63 @@ impl Listeners {
         (Arc::new(me), rx)
     }
 
-    fn service(&self, name: String, tls: bool) -> Service<Edge<HttpProxy<TenProxy>>> {
+    fn service(
+        &self,
+        name: String,
+        tls: bool,
+    ) -> (Service<Edge<HttpProxy<TenProxy>>>, Arc<ConnLimit>) {
         let limit = ConnLimit::new(self.max_connections, tls);
         let edge = Edge::new(self.app.clone(), self.limits, Some(limit.clone()));
         let mut service = Service::new(name, edge);
-        service.set_connection_filter(limit);
-        service
+        service.set_connection_filter(limit.clone());
+        (service, limit)
     }
 
     /// Open a plain HTTP listener on `addr` (as written in the config); returns its bound
     /// address.
     pub fn open_http(&self, addr: &str) -> Result<String> {
         let (fds, local) = prebind(addr)?;
-        let mut service = self.service(format!("ten-proxy {local}"), false);
+        self.serve_http(addr, &local, fds);
+        Ok(local)
+    }
+
+    /// Serve on a listening socket handed over by the previous ten (an upgrade): `configured`
+    /// as that one had it (`tls ADDR` for the TLS listener), `local` its bound address.
+    pub fn adopt(
+        &self,
+        configured: &str,
+        local: &str,
+        fd: OwnedFd,
+        tls: Option<(TlsSettings, Option<PreTlsCallback>)>,
+    ) {
+        let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
+        fds.lock().add(local.to_string(), fd.into_raw_fd());
+        match tls {
+            None => self.serve_http(configured, local, fds),
+            Some((settings, pre_tls)) => self.serve_tls(configured, local, fds, settings, pre_tls),
+        }
+    }
+
+    /// Every open listener as (configured, bound address, tls, socket): what an upgrade hands
+    /// over (the caller duplicates the descriptors).
+    pub fn handover(&self) -> Vec<(String, String, bool, RawFd)> {
+        self.open
+            .lock()
+            .iter()
+            .map(|o| (o.configured.clone(), o.local.clone(), o.tls, o.fd))
+            .collect()
+    }
+
+    fn serve_http(&self, configured: &str, local: &str, fds: ListenFds) {
+        let (mut service, limit) = self.service(format!("ten-proxy {local}"), false);
         // No L4 read buffer (Pingora's default is 64 KiB per connection): reads go straight
         // into the HTTP session's own buffers, so an idle keep-alive connection holds no read
         // buffer at all (BENCHMARKS.md: RSS with 1000 connections, req/s unchanged).
-        service.add_listener(ListenerConfig::tcp(&local).l4_buffer(L4BufferSettings {
+        service.add_listener(ListenerConfig::tcp(local).l4_buffer(L4BufferSettings {
             read: Some(0),
             write: None,
         }));
-        self.run(addr, &local, fds, service);
-        Ok(local)
+        self.run(configured, local, fds, service, limit, false);
     }
 
     /// Open the TLS listener (`[settings.tls]`, at start only) with its rustls `settings`
@@ -110,13 +151,24 @@ impl Listeners {
         pre_tls: Option<PreTlsCallback>,
     ) -> Result<String> {
         let (fds, local) = prebind(addr)?;
-        let mut service = self.service(format!("ten-proxy-tls {local}"), true);
+        self.serve_tls(&format!("tls {addr}"), &local, fds, settings, pre_tls);
+        Ok(local)
+    }
+
+    fn serve_tls(
+        &self,
+        configured: &str,
+        local: &str,
+        fds: ListenFds,
+        settings: TlsSettings,
+        pre_tls: Option<PreTlsCallback>,
+    ) {
+        let (mut service, limit) = self.service(format!("ten-proxy-tls {local}"), true);
         if let Some(hook) = pre_tls {
             service.endpoints().set_pre_tls_callback(hook);
         }
-        service.add_listener(ListenerConfig::tcp(&local).tls(settings));
-        self.run(&format!("tls {addr}"), &local, fds, service);
-        Ok(local)
+        service.add_listener(ListenerConfig::tcp(local).tls(settings));
+        self.run(configured, local, fds, service, limit, true);
     }
 
     fn run(
@@ -125,7 +177,10 @@ impl Listeners {
         local: &str,
         fds: ListenFds,
         mut service: Service<Edge<HttpProxy<TenProxy>>>,
+        limit: Arc<ConnLimit>,
+        tls: bool,
     ) {
+        let fd = fds.lock().get(local).copied().unwrap_or(-1);
         let (stop, stop_rx) = watch::channel(false);
         let asked = stop_rx.clone();
         let failed = self.failed.clone();
@@ -145,6 +200,9 @@ impl Listeners {
         self.open.lock().push(Open {
             configured: configured.to_string(),
             local: local.to_string(),
+            fd,
+            tls,
+            limit,
             stop,
             task,
             abort,
@@ -172,6 +230,24 @@ impl Listeners {
         for o in self.open.lock().iter() {
             o.stop.send_replace(true);
         }
+        pingora_core::apps::HttpServerApp::http_cleanup(&*self.app).await;
+    }
+
+    /// An upgrade: every listener stops accepting (the new ten accepts on the same sockets);
+    /// requests on open connections are answered with `Connection: close`.
+    pub fn stop_accepting(&self) {
+        for o in self.open.lock().iter() {
+            o.stop.send_replace(true);
+        }
+    }
+
+    /// Client connections open on every listener.
+    pub fn connections(&self) -> usize {
+        self.open.lock().iter().map(|o| o.limit.open()).sum()
+    }
+
+    /// Close parked keep-alive connections (the end of an upgrade's drain).
+    pub async fn close_idle(&self) {
         pingora_core::apps::HttpServerApp::http_cleanup(&*self.app).await;
     }
 

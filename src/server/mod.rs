@@ -1,5 +1,5 @@
 //! `ten serve`: the proxy, the supervisor and the fleet wired together, the table publisher,
-//! the audit log, the management API, the proxy listeners, reload and systemd notification.
+//! the audit log, the management API, the proxy listeners, reload, upgrade and systemd notification.
 
 pub mod acme;
 pub mod api;
@@ -10,3 +10,4 @@ pub mod listeners;
 pub mod notify;
 pub mod reload;
 pub mod serve;
+pub mod upgrade;

@@ -1,5 +1,7 @@
 //! systemd `Type=notify` (sd_notify(3)): `READY=1` once listening, `RELOADING=1` with
-//! `MONOTONIC_USEC=` before a reload and `READY=1` after it, `STOPPING=1` at shutdown. One
+//! `MONOTONIC_USEC=` before a reload and `READY=1` after it, `STOPPING=1` at shutdown,
+//! `MAINPID=` (sent by the old process, the one systemd listens to) when an upgrade hands over
+//! to a new process. One
 //! datagram per message to `$NOTIFY_SOCKET` (a path, or `@name` in the abstract namespace).
 //! Without `$NOTIFY_SOCKET` (not under systemd) every call does nothing. A failure to notify is
 //! logged, never fatal.
@@ -35,6 +37,11 @@ impl Notifier {
             })
             .unwrap_or(0);
         self.send(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
+    }
+
+    /// An upgrade: the new process (`pid`) serves and is the main one from now on.
+    pub fn main_pid(&self, pid: u32) {
+        self.send(&format!("MAINPID={pid}\nREADY=1"));
     }
 
     pub fn stopping(&self) {
@@ -94,6 +101,8 @@ mod tests {
         assert!(usec > 0, "{m}");
         n.stopping();
         assert_eq!(recv(&sock), "STOPPING=1");
+        n.main_pid(4242);
+        assert_eq!(recv(&sock), "MAINPID=4242\nREADY=1");
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! `ten serve`: wires the proxy, the supervisor and the table publisher together, then runs until
 //! SIGTERM/SIGINT: stop accepting, drain in-flight requests, stop every instance, exit 0. SIGHUP
 //! reloads the config file (`reload`), as `ten reload` does; systemd is notified (`notify`).
+//! `ten upgrade` hands everything to a new process (`upgrade`): this one then stops accepting,
+//! drains and exits 0 without stopping any instance. Started as that new process
+//! (`--takeover-fd`), it serves on the handed sockets and adopts the handed instances.
 
 use std::net::TcpListener;
-use std::os::fd::IntoRawFd;
+use std::os::fd::{IntoRawFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -35,6 +38,8 @@ use crate::server::compose::{Publisher, Wake};
 use crate::server::listeners::Listeners;
 use crate::server::notify::Notifier;
 use crate::server::reload::{Reloader, Source};
+use crate::server::upgrade::takeover::Takeover;
+use crate::server::upgrade::Upgrader;
 use tenement_proxy::metrics::Metrics;
 
 /// Bind `addr` now (port 0 gets a real port) and hand the socket to Pingora's listener table
@@ -86,7 +91,23 @@ fn raise_nofile() {
     }
 }
 
-pub async fn run(source: Source, config: Config) -> Result<()> {
+/// Serve until stopped; `takeover_fd`: started by `ten upgrade`, the old server's handover
+/// socket (its answer says whether this one took over).
+pub async fn run(source: Source, config: Config, takeover_fd: Option<RawFd>) -> Result<()> {
+    let mut takeover = match takeover_fd {
+        Some(fd) => Some(tokio::task::block_in_place(|| Takeover::receive(fd))?),
+        None => None,
+    };
+    let r = serve(source, config, &mut takeover).await;
+    if let (Err(e), Some(t)) = (&r, takeover.as_mut()) {
+        t.failed(&format!("{e:#}"));
+    }
+    r
+}
+
+async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) -> Result<()> {
+    // This binary's path now (a package upgrade later puts the new one there).
+    let exe = std::fs::read_link("/proc/self/exe").unwrap_or_else(|_| "ten".into());
     raise_nofile();
     // SIGHUP's default action ends the process: handled from the start (a reload asked during
     // startup runs once the listeners are open).
@@ -97,10 +118,22 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
         tracing::warn!("{w}");
     }
     let s = &config.settings;
-    let _held = crate::server::data_dir::prepare(&s.data_dir)?; // umask 077, 0711, ten.lock
+    // umask 077, 0711, ten.lock (handed over by an upgrade: the same locked file)
+    let mut held = match takeover.as_mut() {
+        Some(t) => crate::server::data_dir::take_over(&s.data_dir, t.lock.take())?,
+        None => crate::server::data_dir::prepare(&s.data_dir)?,
+    };
     let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
     let sock = crate::wire::control_socket(&s.data_dir);
-    let sock_key = bind_control(&fds, &sock)?;
+    let sock_key = match takeover.as_mut().and_then(|t| t.control.take()) {
+        Some(fd) => {
+            // The same socket (and path) the old server answered on: nothing is unlinked.
+            let key = sock.to_string_lossy().into_owned();
+            fds.lock().add(key.clone(), fd.into_raw_fd());
+            key
+        }
+        None => bind_control(&fds, &sock)?,
+    };
 
     let metrics = if s.metrics {
         register_process_collector();
@@ -170,10 +203,18 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
         rendered: Default::default(),
         reloader: Default::default(),
         certs: certs.clone(),
+        upgrader: Default::default(),
     });
     // Orphans killed, desired instances announced and external upstreams resolved before any
     // listener opens, and the table that shows them live.
-    let wanted = supervisor.prepare().await;
+    // After an upgrade the handed instances are adopted (same processes), not respawned.
+    let wanted = match takeover.as_mut() {
+        Some(t) => {
+            let handover = std::mem::take(&mut t.handover);
+            supervisor.prepare_adopting(handover).await
+        }
+        None => supervisor.prepare().await,
+    };
     supervisor.settle().await;
     if let Some(f) = &fleet {
         // Server urls resolved (by the fleet) and routed before the first request.
@@ -233,7 +274,13 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
     let (listeners, mut listener_failed) = Listeners::new(app, limits, max_connections);
     let mut announced = Vec::new();
     for addr in &s.listen {
-        let local = listeners.open_http(addr)?;
+        let local = match takeover.as_mut().and_then(|t| t.listener(addr, false)) {
+            Some((local, fd)) => {
+                listeners.adopt(addr, &local, fd, None);
+                local
+            }
+            None => listeners.open_http(addr)?,
+        };
         announced.push(format!("http://{local}"));
     }
     if let Some(tls) = &s.tls {
@@ -256,11 +303,21 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
             let hook: PreTlsCallback = SniHook::new(certs.clone(), acme.clone(), HANDSHAKE_WAIT);
             hook
         });
-        let local = listeners.open_tls(&tls.listen, settings, hook)?;
+        let configured = format!("tls {}", tls.listen);
+        let local = match takeover
+            .as_mut()
+            .and_then(|t| t.listener(&configured, true))
+        {
+            Some((local, fd)) => {
+                listeners.adopt(&configured, &local, fd, Some((settings, hook)));
+                local
+            }
+            None => listeners.open_tls(&tls.listen, settings, hook)?,
+        };
         announced.push(format!("https://{local}"));
     }
     let reloader = Arc::new(Reloader::new(
-        source,
+        source.clone(),
         supervisor.clone(),
         publisher.clone(),
         listeners.clone(),
@@ -272,8 +329,16 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
     let mut control = ManagementApp::control(api.clone()).into_service("ten-control");
     control.add_uds(&sock_key, Some(std::fs::Permissions::from_mode(0o600)));
     let mut admin = None;
+    let mut admin_local = None;
     if let Some(addr) = &s.admin_listen {
-        let local = prebind(&fds, addr)?;
+        let local = match takeover.as_mut().and_then(|t| t.admin.take()) {
+            Some((local, fd)) => {
+                fds.lock().add(local.clone(), fd.into_raw_fd());
+                local
+            }
+            None => prebind(&fds, addr)?,
+        };
+        admin_local = Some(local.clone());
         let mut svc =
             ManagementApp::admin(api.clone(), s.admin_loopback_trusted).into_service("ten-admin");
         svc.add_tcp(&local);
@@ -316,16 +381,43 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
     println!("ten: control socket {}", sock.display());
     println!("ten: domain {} data_dir {}", s.domain, s.data_dir.display());
 
+    let (upgraded_tx, mut upgraded_rx) = tokio::sync::mpsc::unbounded_channel();
+    let upgrader = Arc::new(Upgrader {
+        exe,
+        source,
+        supervisor: supervisor.clone(),
+        listeners: listeners.clone(),
+        fds: fds.clone(),
+        control_key: sock_key.clone(),
+        admin_local,
+        lock: held.fd().map(|f| f.try_clone_to_owned()).transpose()?,
+        notifier: notifier.clone(),
+        done: upgraded_tx,
+        serial: tokio::sync::Mutex::new(None),
+    });
+    let _ = api.upgrader.set(upgrader);
+
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    notifier.ready();
+    match takeover.as_mut() {
+        // The old server tells systemd (MAINPID=, READY=1): it is the main process still.
+        Some(t) => {
+            t.ready()?;
+            held.set_shared(false); // the old one exits: the lock is ours
+            supervisor.resume_output();
+            tracing::info!(old = t.old_pid, "upgrade: took over from the old ten serve");
+        }
+        None => notifier.ready(),
+    }
     let boot = {
         let supervisor = supervisor.clone();
         tokio::spawn(async move { supervisor.start_desired(wanted).await })
     };
     let mut failure = None;
+    let mut upgraded = None;
     loop {
         tokio::select! {
+            Some(pid) = upgraded_rx.recv() => upgraded = Some(pid),
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
             _ = hup.recv() => {
@@ -342,8 +434,22 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
         }
         break;
     }
-    notifier.stopping();
     boot.abort();
+    if let Some(pid) = upgraded {
+        // ten.lock stays locked for the new process (the same open file).
+        held.set_shared(true);
+        return drain_after_upgrade(
+            pid,
+            s,
+            &listeners,
+            &traffic,
+            &logs,
+            shutdown_tx,
+            fleet_stop_tx,
+        )
+        .await;
+    }
+    notifier.stopping();
 
     // Stop accepting, end open log streams, let in-flight requests finish, then stop the
     // instances.
@@ -369,6 +475,48 @@ pub async fn run(source: Source, config: Config) -> Result<()> {
         bail!("{why}");
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// The new process (`pid`) serves on the same sockets with the instances: stop accepting,
+/// answer the requests still coming on open connections with `Connection: close`, wait until
+/// none is in flight and every client connection closed (at most `drain_timeout`), close the
+/// idle ones left, and return without stopping any instance or removing the control socket.
+async fn drain_after_upgrade(
+    pid: u32,
+    s: &tenement_conf::Settings,
+    listeners: &Listeners,
+    traffic: &tenement_proxy::Traffic,
+    logs: &LogStore,
+    shutdown_tx: watch::Sender<bool>,
+    fleet_stop_tx: watch::Sender<bool>,
+) -> Result<()> {
+    tracing::info!(
+        new = pid,
+        "upgrade: draining, then exiting (instances keep running)"
+    );
+    let _ = shutdown_tx.send(true);
+    listeners.stop_accepting();
+    traffic.close();
+    let _ = fleet_stop_tx.send(true);
+    // The answer to `ten upgrade` (on the control socket) is on its way: give it a moment.
+    let floor = Instant::now() + Duration::from_millis(200);
+    let deadline = Instant::now() + s.drain_timeout;
+    while (Instant::now() < floor || traffic.in_flight() > 0 || listeners.connections() > 0)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if traffic.in_flight() > 0 {
+        tracing::warn!(
+            in_flight = traffic.in_flight(),
+            "drain_timeout reached with requests in flight"
+        );
+    }
+    listeners.close_idle().await;
+    listeners.abort_all();
+    logs.close();
+    tracing::info!("upgraded: exiting");
     Ok(())
 }
 

@@ -27,11 +27,22 @@ fn own_cgroup() -> Result<PathBuf, String> {
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
         .ok_or("cgroup v2 is not in use (no unified hierarchy)")?;
-    let dir = Path::new(ROOT).join(rel.trim_start_matches('/'));
+    let dir = base_of(Path::new(ROOT), rel.trim());
     if !dir.join("cgroup.controllers").exists() {
         return Err(format!("{} is not a cgroup v2 directory", dir.display()));
     }
     Ok(dir)
+}
+
+/// The cgroup ten's instances go below, from ten's own (`rel`, as /proc/self/cgroup has it):
+/// ten's own, or its parent when ten already runs in the [`LEAF`] a ten made there (a `ten
+/// serve` started by `ten upgrade` from one that had delegated the controllers).
+fn base_of(root: &Path, rel: &str) -> PathBuf {
+    let dir = root.join(rel.trim_start_matches('/'));
+    match (dir.file_name(), dir.parent()) {
+        (Some(name), Some(parent)) if name == LEAF => parent.to_path_buf(),
+        _ => dir,
+    }
 }
 
 fn write(path: &Path, value: &str) -> Result<(), String> {
@@ -142,6 +153,21 @@ pub fn remove(dir: &Path) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ten_started_in_the_leaf_of_a_previous_one_uses_the_same_base() {
+        let root = Path::new("/sys/fs/cgroup");
+        let unit = "/system.slice/tenement.service";
+        assert_eq!(
+            base_of(root, unit),
+            root.join("system.slice/tenement.service")
+        );
+        assert_eq!(
+            base_of(root, &format!("{unit}/{LEAF}")),
+            root.join("system.slice/tenement.service")
+        );
+        assert_eq!(base_of(root, "/"), root);
+    }
 
     fn n(process: &str, id: &str) -> InstanceName {
         InstanceName {

@@ -1,17 +1,20 @@
 //! Starting one instance's process and capturing its output; signalling its process group.
 //! A start that fails because ten itself is out of resources (a port, the pipes, fork) is
 //! [`Error::Resources`], never the app's failure; the instance joins its cgroup (if it has
-//! limits) between fork and exec.
+//! limits) between fork and exec. The output readers can hand their pipe over (an upgrade of
+//! ten): see [`Pipes`].
 
 use std::collections::{BTreeMap, VecDeque};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use tokio::sync::{mpsc, watch};
 
 use tenement_conf::template::{self, Vars};
 use tenement_conf::{InstanceName, Isolation, ListenMode, Process};
@@ -110,8 +113,10 @@ pub struct Started {
     pub child: Child,
     pub pid: u32,
     pub addr: Addr,
-    /// The output readers: they end at EOF of the app's stdout/stderr.
+    /// The output readers: they end at EOF of the app's stdout/stderr, or hand their pipe over.
     pub captures: Vec<tokio::task::JoinHandle<()>>,
+    /// How to ask the readers for their pipes (an upgrade).
+    pub pipes: Pipes,
     /// Its cgroup (limits set), when it has limits and they could be applied.
     pub cgroup: Option<PathBuf>,
     /// Why its limits could not be applied (a warning for the operator).
@@ -329,65 +334,224 @@ pub fn start(l: &Launch<'_>) -> Result<Started, Error> {
         },
         None => None,
     };
+    let (pipes, ends) = Pipes::new(l.tail.clone());
     let mut captures = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        captures.push(tokio::spawn(capture(
-            out,
-            l.name.clone(),
-            Stream::Stdout,
-            l.sink.clone(),
-            l.tail.clone(),
-        )));
+    let out = Capture {
+        name: l.name.clone(),
+        sink: l.sink.clone(),
+        tail: l.tail.clone(),
+        ends,
+    };
+    if let Some(o) = child.stdout.take() {
+        captures.push(tokio::spawn(out.clone().run(o, Stream::Stdout, Vec::new())));
     }
-    if let Some(err) = child.stderr.take() {
-        captures.push(tokio::spawn(capture(
-            err,
-            l.name.clone(),
-            Stream::Stderr,
-            l.sink.clone(),
-            l.tail.clone(),
-        )));
+    if let Some(e) = child.stderr.take() {
+        captures.push(tokio::spawn(out.run(e, Stream::Stderr, Vec::new())));
     }
     Ok(Started {
         child,
         pid,
         addr,
         captures,
+        pipes,
         cgroup,
         cgroup_warning,
     })
 }
 
-/// Read lines (lossy UTF-8) until EOF. A line longer than the sink's `max_line` bytes is cut
-/// there (on a UTF-8 boundary), marked with [`CUT_MARK`], and the rest of it is read and
-/// discarded: memory per stream stays at most `max_line` whatever the app prints.
-async fn capture(
-    r: impl AsyncRead + Unpin,
-    name: InstanceName,
-    stream: Stream,
-    sink: Arc<dyn LogSink>,
-    tail: Arc<Tail>,
-) {
-    let max = sink.max_line().max(MIN_MAX_LINE);
-    let mut r = BufReader::with_capacity(READ_BUF, r);
-    let mut buf = Vec::with_capacity(256);
-    loop {
-        buf.clear();
-        let (n, cut) = match read_line(&mut r, &mut buf, max).await {
-            Ok(got) => got,
-            Err(_) => break,
-        };
-        if n == 0 {
-            break;
-        }
-        if !cut {
-            while matches!(buf.last(), Some(b'\n' | b'\r')) {
-                buf.pop();
+/// An output pipe a reader can give back (to hand it to another ten).
+pub trait Pipe: AsyncRead + Unpin + Send + 'static {
+    fn into_fd(self) -> std::io::Result<OwnedFd>;
+}
+
+impl Pipe for ChildStdout {
+    fn into_fd(self) -> std::io::Result<OwnedFd> {
+        self.into_owned_fd()
+    }
+}
+
+impl Pipe for ChildStderr {
+    fn into_fd(self) -> std::io::Result<OwnedFd> {
+        self.into_owned_fd()
+    }
+}
+
+impl Pipe for tokio::net::unix::pipe::Receiver {
+    fn into_fd(self) -> std::io::Result<OwnedFd> {
+        self.into_nonblocking_fd()
+    }
+}
+
+/// One output pipe given back by its reader: the read end and the bytes read from it but not
+/// yet made into lines (the start of a line, lines still in the read buffer), which the next
+/// reader takes first, so no line is lost or read twice.
+#[derive(Debug)]
+pub struct HandedPipe {
+    pub stream: Stream,
+    pub fd: OwnedFd,
+    pub pending: Vec<u8>,
+}
+
+/// The output readers of one instance, seen from outside: [`Pipes::hand_over`] stops them
+/// and returns their pipes.
+#[derive(Debug)]
+pub struct Pipes {
+    handover: watch::Sender<bool>,
+    handed: mpsc::UnboundedReceiver<HandedPipe>,
+    /// The instance's last lines (for a reader started again on the pipes).
+    pub tail: Arc<Tail>,
+}
+
+/// The readers' side of [`Pipes`].
+#[derive(Debug, Clone)]
+pub struct PipeEnds {
+    handover: watch::Receiver<bool>,
+    handed: mpsc::UnboundedSender<HandedPipe>,
+}
+
+/// Readers started again on handed pipes (the pending bytes first): in the old ten when an
+/// upgrade failed, in the new one for an adopted instance.
+pub fn resume(
+    name: &InstanceName,
+    sink: &Arc<dyn LogSink>,
+    tail: &Arc<Tail>,
+    handed: Vec<HandedPipe>,
+) -> (Pipes, Vec<tokio::task::JoinHandle<()>>) {
+    let (pipes, ends) = Pipes::new(tail.clone());
+    let capture = Capture {
+        name: name.clone(),
+        sink: sink.clone(),
+        tail: tail.clone(),
+        ends,
+    };
+    let mut captures = Vec::new();
+    for p in handed {
+        match tokio::net::unix::pipe::Receiver::from_owned_fd(p.fd) {
+            Ok(rx) => captures.push(tokio::spawn(capture.clone().run(rx, p.stream, p.pending))),
+            Err(e) => {
+                tracing::warn!(instance = %name, stream = p.stream.as_str(), "cannot read its output any more: {e}")
             }
         }
-        let line = bounded_text(&buf, max, cut);
-        tail.push(&line);
-        sink.line(&name, stream, &line);
+    }
+    (pipes, captures)
+}
+
+impl Pipes {
+    pub fn new(tail: Arc<Tail>) -> (Pipes, PipeEnds) {
+        let (tx, rx) = watch::channel(false);
+        let (htx, hrx) = mpsc::unbounded_channel();
+        (
+            Pipes {
+                handover: tx,
+                handed: hrx,
+                tail,
+            },
+            PipeEnds {
+                handover: rx,
+                handed: htx,
+            },
+        )
+    }
+
+    /// Stop every reader and collect the pipes they held (a reader that already reached EOF
+    /// has none). Bounded by `limit`: a reader that does not answer keeps its pipe.
+    pub async fn hand_over(mut self, limit: std::time::Duration) -> Vec<HandedPipe> {
+        self.handover.send_replace(true);
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(limit, async {
+            // Ends when every reader has answered or ended (all senders dropped).
+            while let Some(p) = self.handed.recv().await {
+                got.push(p);
+            }
+        })
+        .await;
+        got
+    }
+}
+
+/// One reader's setup (cloned for stdout and stderr).
+#[derive(Clone)]
+pub struct Capture {
+    pub name: InstanceName,
+    pub sink: Arc<dyn LogSink>,
+    pub tail: Arc<Tail>,
+    pub ends: PipeEnds,
+}
+
+impl Capture {
+    /// Read lines (lossy UTF-8) from `pending` then `r` until EOF, or until asked to hand the
+    /// pipe over (then the pipe and the bytes not yet made into lines go to [`Pipes`]). A line
+    /// longer than the sink's `max_line` bytes is cut there (on a UTF-8 boundary), marked with
+    /// [`CUT_MARK`], and the rest of it is read and discarded: memory per stream stays at most
+    /// `max_line` whatever the app prints.
+    pub async fn run<P: Pipe>(self, r: P, stream: Stream, pending: Vec<u8>) {
+        let Capture {
+            name,
+            sink,
+            tail,
+            ends,
+        } = self;
+        let PipeEnds {
+            mut handover,
+            handed,
+        } = ends;
+        let max = sink.max_line().max(MIN_MAX_LINE);
+        let mut r = BufReader::with_capacity(READ_BUF, std::io::Cursor::new(pending).chain(r));
+        let mut buf = Vec::with_capacity(256);
+        loop {
+            buf.clear();
+            // `read_line` only awaits in `fill_buf`, which keeps what it read: dropping it
+            // there loses nothing (what it took so far is in `buf`).
+            let got = tokio::select! {
+                biased;
+                _ = handover.wait_for(|h| *h) => {
+                    give_back(r, buf, stream, &handed);
+                    return;
+                }
+                got = read_line(&mut r, &mut buf, max) => got,
+            };
+            let (n, cut) = match got {
+                Ok(got) => got,
+                Err(_) => break,
+            };
+            if n == 0 {
+                break;
+            }
+            if !cut {
+                while matches!(buf.last(), Some(b'\n' | b'\r')) {
+                    buf.pop();
+                }
+            }
+            let line = bounded_text(&buf, max, cut);
+            tail.push(&line);
+            sink.line(&name, stream, &line);
+        }
+    }
+}
+
+/// The reader stops: its pipe and every byte read but not made into lines, in order.
+fn give_back<P: Pipe>(
+    r: BufReader<tokio::io::Chain<std::io::Cursor<Vec<u8>>, P>>,
+    mut pending: Vec<u8>,
+    stream: Stream,
+    handed: &mpsc::UnboundedSender<HandedPipe>,
+) {
+    pending.extend_from_slice(r.buffer());
+    let (cursor, pipe) = r.into_inner().into_inner();
+    let at = usize::try_from(cursor.position()).unwrap_or(usize::MAX);
+    pending.extend_from_slice(cursor.get_ref().get(at..).unwrap_or_default());
+    match pipe.into_fd() {
+        Ok(fd) => {
+            let _ = handed.send(HandedPipe {
+                stream,
+                fd,
+                pending,
+            });
+        }
+        Err(e) => tracing::warn!(
+            stream = stream.as_str(),
+            "cannot hand an output pipe over: {e}"
+        ),
     }
 }
 
@@ -531,6 +695,63 @@ mod tests {
                 out.push(bounded_text(&buf, max, cut));
             }
         })
+    }
+
+    /// Collects lines.
+    #[derive(Default)]
+    struct Lines(std::sync::Mutex<Vec<String>>);
+
+    impl LogSink for Lines {
+        fn line(&self, _: &InstanceName, _: Stream, line: &str) {
+            self.0.lock().unwrap().push(line.to_string());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_handed_over_pipe_loses_no_line_and_reads_none_twice() {
+        use std::io::Write;
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let mut w = std::fs::File::from(w);
+        let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(r).unwrap();
+        let sink = Arc::new(Lines::default());
+        let name = InstanceName {
+            process: "api".into(),
+            id: "1".into(),
+        };
+        let tail = Arc::new(Tail::default());
+        let (pipes, ends) = Pipes::new(tail.clone());
+        let cap = Capture {
+            name: name.clone(),
+            sink: sink.clone(),
+            tail: tail.clone(),
+            ends,
+        };
+        let reader = tokio::spawn(cap.run(rx, Stream::Stdout, b"pend".to_vec()));
+        w.write_all(b"ing\none\ntwo\nhalf of thr").unwrap();
+        // Wait until the complete lines are in (bounded).
+        for _ in 0..500 {
+            if sink.0.lock().unwrap().len() == 3 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let mut handed = pipes.hand_over(std::time::Duration::from_secs(5)).await;
+        reader.await.unwrap();
+        assert_eq!(handed.len(), 1);
+        let p = handed.remove(0);
+        assert_eq!(*sink.0.lock().unwrap(), ["pending", "one", "two"]);
+        assert_eq!(p.pending, b"half of thr");
+        // Written while nobody reads, then read by the next reader after the pending bytes.
+        w.write_all(b"ee\nfour\n").unwrap();
+        drop(w);
+        let (_pipes, readers) = resume(&name, &(sink.clone() as Arc<dyn LogSink>), &tail, vec![p]);
+        for r in readers {
+            r.await.unwrap();
+        }
+        assert_eq!(
+            *sink.0.lock().unwrap(),
+            ["pending", "one", "two", "half of three", "four"]
+        );
     }
 
     #[test]

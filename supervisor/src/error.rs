@@ -28,6 +28,8 @@ pub enum Error {
     Wake(String, String),
     #[error("ten is shutting down")]
     ShuttingDown,
+    #[error("ten is being upgraded (ten upgrade): try again once it is done")]
+    Upgrading,
     #[error(transparent)]
     State(#[from] StateError),
 }

@@ -16,6 +16,7 @@ mod child;
 mod error;
 mod externals;
 mod guard;
+mod handover;
 mod identity;
 pub mod logs;
 mod namespace;
@@ -41,8 +42,10 @@ use tenement_conf::{Config, InstanceName};
 
 pub use backoff::{Backoff, BackoffError};
 pub use blocking::blocking;
+pub use child::HandedPipe;
 pub use child::{describe_exit, instance_data_dir, LogSink, Stream, Tail, TracingSink};
 pub use error::Error;
+pub use handover::{Handed, Handover, ADOPTED_EXIT};
 pub use runner::UNHEALTHY_AFTER;
 pub use state::{Persisted, StateError, StateStore};
 /// The SQLite opener (the `tenement-db` crate), for the binary's own tables.
@@ -145,6 +148,9 @@ impl Supervisor {
         let reg = &self.reg;
         if reg.shutting_down.load(Ordering::Relaxed) {
             return Err(Error::ShuttingDown);
+        }
+        if reg.frozen.load(Ordering::Acquire) {
+            return Err(Error::Upgrading);
         }
         let mut process = reg
             .config()
@@ -399,6 +405,12 @@ impl Supervisor {
     /// not 404, until each is up; resolve the external upstreams and start their health
     /// checks. Returns the instances for [`Supervisor::start_desired`].
     pub async fn prepare(&self) -> Vec<(InstanceName, u32)> {
+        self.prepare_with(&[]).await
+    }
+
+    /// [`Supervisor::prepare`], except that the groups of `adopted` (name, pid) are not
+    /// orphans: a new ten takes them over (an upgrade).
+    async fn prepare_with(&self, adopted: &[(InstanceName, u32)]) -> Vec<(InstanceName, u32)> {
         let reg = &self.reg;
         let persisted = match &reg.store {
             Some(store) => store.load().unwrap_or_else(|e| {
@@ -407,7 +419,16 @@ impl Supervisor {
             }),
             None => Vec::new(),
         };
-        orphans::kill(&persisted);
+        let orphans: Vec<_> = persisted
+            .iter()
+            .filter(|p| {
+                !adopted
+                    .iter()
+                    .any(|(n, pid)| *n == p.name && p.pgid == Some(*pid))
+            })
+            .cloned()
+            .collect();
+        orphans::kill(&orphans);
         // Controllers on ten's cgroup before any instance is forked into it (review S2).
         let config = reg.config();
         let limits = config

@@ -72,6 +72,35 @@ fn group_alive(pgid: u32) -> bool {
     })
 }
 
+/// Does process group `pgid` still have a live member running as the instance whose DATA_DIR
+/// is `data_dir` (its environment says so)? Then `pgid` is still that group (a pid in use as a
+/// group id is never given to a new process) and signalling it reaches no one else. A leader
+/// that is gone and reaped by someone else leaves its pid free for reuse: without such a
+/// member, the group must not be signalled.
+pub fn group_is_instance(pgid: u32, data_dir: &std::path::Path) -> bool {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    let want = format!("DATA_DIR={}", data_dir.display());
+    rd.flatten().any(|e| {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            return false;
+        };
+        let member = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .is_some_and(|stat| {
+                let mut f = stat.rsplit(')').next().unwrap_or("").split_whitespace();
+                let state = f.next();
+                let pgrp = f.nth(1).and_then(|s| s.parse::<u32>().ok());
+                pgrp == Some(pgid) && state != Some("Z")
+            });
+        member
+            && std::fs::read(format!("/proc/{pid}/environ"))
+                .ok()
+                .is_some_and(|env| env.split(|&b| b == 0).any(|v| v == want.as_bytes()))
+    })
+}
+
 /// Kill the recorded groups that are still ours; wait (bounded) until they are gone.
 pub fn kill(persisted: &[Persisted]) {
     let mut killed = Vec::new();
@@ -87,5 +116,33 @@ pub fn kill(persisted: &[Persisted]) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while killed.iter().any(|g| group_alive(*g)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    #[test]
+    fn a_group_is_the_instance_only_while_a_member_carries_its_data_dir() {
+        let mut app = std::process::Command::new("sleep")
+            .arg("30")
+            .env("DATA_DIR", "/srv/data/api/1")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = app.id();
+        let mine = std::path::Path::new("/srv/data/api/1");
+        assert!(group_is_instance(pid, mine));
+        assert!(!group_is_instance(
+            pid,
+            std::path::Path::new("/srv/data/api/2")
+        ));
+        app.kill().unwrap();
+        app.wait().unwrap();
+        // Gone (and reaped): its pid may be anyone's now; the group is not signalled.
+        assert!(!group_is_instance(pid, mine));
     }
 }

@@ -19,7 +19,7 @@ use tokio::sync::{watch, Notify};
 use tenement_conf::{Config, InstanceName, DYNAMIC_UIDS};
 
 use crate::blocking::blocking;
-use crate::child::{LogSink, Stream};
+use crate::child::{LogSink, Pipes, Stream};
 use crate::runner::Stop;
 use crate::state::{StateError, StateStore};
 use crate::view::{InstanceView, Kind, Routed, RoutingView, State, Status, TrafficProbe, View};
@@ -36,6 +36,10 @@ pub(crate) struct Slot {
     pub storage_warned: u8,
     /// Announced at boot, not spawned yet (no runner behind it).
     pub reserved: bool,
+    /// The output readers of its running process (an upgrade takes their pipes).
+    pub pipes: Option<Pipes>,
+    /// The cgroup its running process is in, when it has limits.
+    pub cgroup: Option<PathBuf>,
 }
 
 impl Slot {
@@ -59,11 +63,20 @@ impl Slot {
             done,
             storage_warned: 0,
             reserved,
+            pipes: None,
+            cgroup: None,
         }
     }
 }
 
 const TEN: &str = "ten";
+
+/// An adopted instance's pipes (and its tail), read once the new ten serves.
+pub(crate) type Deferred = (
+    InstanceName,
+    Arc<crate::child::Tail>,
+    Vec<crate::child::HandedPipe>,
+);
 
 /// Listing order: spawned instances in spawn order, then external upstreams.
 fn order(s: &Slot) -> (bool, u64) {
@@ -90,6 +103,13 @@ pub(crate) struct Registry {
     pub shutting_down: AtomicBool,
     /// Dynamic uids handed out when there is no store (tests).
     dynamic: Mutex<BTreeMap<InstanceName, u32>>,
+    /// An upgrade is handing the instances over: no new spawn until it ends.
+    pub frozen: AtomicBool,
+    /// The instances belong to a new ten now (an upgrade succeeded): runners end at their next
+    /// step and touch nothing (no kill, no cleanup, no write to the desired state, no event).
+    pub released: AtomicBool,
+    /// Adopted instances' pipes, read once the new ten serves.
+    deferred: Mutex<Vec<Deferred>>,
 }
 
 impl Registry {
@@ -115,6 +135,9 @@ impl Registry {
             store,
             shutting_down: AtomicBool::new(false),
             dynamic: Mutex::new(BTreeMap::new()),
+            frozen: AtomicBool::new(false),
+            released: AtomicBool::new(false),
+            deferred: Mutex::new(Vec::new()),
         }
     }
 
@@ -261,7 +284,19 @@ impl Registry {
 
     // --- persistence and events ---
 
+    pub fn deferred_pipes(&self) -> MutexGuard<'_, Vec<Deferred>> {
+        self.deferred.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The instances were handed to a new ten (see `released`).
+    pub fn released(&self) -> bool {
+        self.released.load(Ordering::Acquire)
+    }
+
     pub fn persist(&self, f: impl FnOnce(&StateStore) -> Result<(), StateError>) {
+        if self.released() {
+            return; // the new ten owns the desired state now
+        }
         if let Some(store) = &self.store {
             if let Err(e) = blocking(|| f(store)) {
                 tracing::error!("{e}");
@@ -281,6 +316,9 @@ impl Registry {
     }
 
     fn ten_line(&self, stream: Stream, line: &str) {
+        if self.released() {
+            return;
+        }
         let me = InstanceName {
             process: TEN.into(),
             id: "serve".into(),
@@ -324,6 +362,14 @@ impl Registry {
             s.started = Some(Instant::now());
         });
         self.persist(|s| s.set_pgid(name, Some(pid)));
+    }
+
+    /// The output readers and cgroup of the process just started (what an upgrade hands over).
+    pub fn set_pipes(&self, name: &InstanceName, pipes: Pipes, cgroup: Option<PathBuf>) {
+        if let Some(slot) = self.slots().get_mut(name) {
+            slot.pipes = Some(pipes);
+            slot.cgroup = cgroup;
+        }
     }
 
     pub fn clear_pid(&self, name: &InstanceName) {

@@ -100,13 +100,25 @@ pub struct Runner {
     pub boot: bool,
 }
 
-/// A started child and the channel its reaper reports the exit on.
-struct Live {
-    pid: u32,
-    addr: Addr,
-    exit: watch::Receiver<Option<(String, bool)>>,
-    cgroup: Option<std::path::PathBuf>,
-    captures: Vec<tokio::task::JoinHandle<()>>,
+/// A started (or adopted) child and the channel its reaper reports the exit on.
+pub(crate) struct Live {
+    pub pid: u32,
+    pub addr: Addr,
+    pub exit: watch::Receiver<Option<(String, bool)>>,
+    pub cgroup: Option<std::path::PathBuf>,
+    pub captures: Vec<tokio::task::JoinHandle<()>>,
+    /// Idle since (adopted from a previous ten: its idle timer goes on); else since healthy.
+    pub idle_since: Option<Instant>,
+}
+
+/// Where an adopted instance's runner starts.
+pub(crate) enum Adopt {
+    /// Still starting: wait until it is ready.
+    Ready(Live),
+    /// Healthy or unhealthy: watch it.
+    Monitor(Live),
+    /// Stopped for idleness: wait for a wake.
+    Idle,
 }
 
 impl Live {
@@ -134,18 +146,35 @@ impl Runner {
 
     /// Drive the instance through its phases until it is done. `first` hears how the first
     /// start went (the caller of a spawn waits on it).
-    pub async fn run(mut self, first: oneshot::Sender<Result<(), Error>>) {
+    pub async fn run(self, first: oneshot::Sender<Result<(), Error>>) {
+        self.drive(Some(first), Phase::Start).await;
+    }
+
+    /// Take over an instance a previous ten started (an upgrade): same process, watched from
+    /// where it was.
+    pub async fn adopt(self, from: Adopt) {
+        let phase = match from {
+            Adopt::Ready(live) => Phase::Ready(live),
+            Adopt::Monitor(live) => Phase::Monitor(live),
+            Adopt::Idle => Phase::Idle,
+        };
+        self.drive(None, phase).await;
+    }
+
+    async fn drive(mut self, first: Option<oneshot::Sender<Result<(), Error>>>, mut phase: Phase) {
         let Ok(restarts) = Restarts::of(&self.process) else {
             return;
         };
         let mut life = Life {
-            first: Some(first),
+            first,
             first_deadline: later(Instant::now(), self.process.startup_timeout),
             restarts,
             ours_warned: false,
         };
-        let mut phase = Phase::Start;
         loop {
+            if self.reg.released() {
+                return; // handed to a new ten: nothing more to do here
+            }
             phase = match phase {
                 Phase::Start => self.start_phase(&mut life).await,
                 Phase::Ready(live) => self.ready_phase(&mut life, live).await,
@@ -454,6 +483,8 @@ impl Runner {
             );
         }
         let cgroup = started.cgroup;
+        self.reg
+            .set_pipes(&self.name, started.pipes, cgroup.clone());
         let (exit_tx, exit) = watch::channel(None);
         let mut child = started.child;
         let captures = started.captures;
@@ -473,6 +504,7 @@ impl Runner {
             exit,
             cgroup,
             captures,
+            idle_since: None,
         })
     }
 
@@ -553,7 +585,7 @@ impl Runner {
         let idle_every =
             (idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
         let mut idle_tick = tokio::time::interval(idle_every);
-        let since = Instant::now();
+        let since = live.idle_since.unwrap_or_else(Instant::now);
         let mut checks = Health::new(UNHEALTHY_AFTER);
         let mut exit = live.exit.clone();
         loop {
@@ -605,7 +637,7 @@ impl Runner {
     /// SIGTERM to the group, SIGKILL after stop_timeout; wait for the reaper.
     async fn kill(&self, live: &Live) {
         let mut exit = live.exit.clone();
-        if exit.borrow().is_some() {
+        if exit.borrow().is_some() || self.reg.released() {
             return;
         }
         child::signal_group(live.pid, Signal::SIGTERM);
@@ -636,6 +668,9 @@ impl Runner {
     }
 
     fn cleanup(&self, live: &Live) {
+        if self.reg.released() {
+            return; // the process runs on under a new ten
+        }
         if let Addr::Unix(path) = &live.addr {
             let _ = std::fs::remove_file(path);
         }

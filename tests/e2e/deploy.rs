@@ -18,13 +18,15 @@ pub(crate) struct Seen {
 }
 
 /// Continuous keep-alive GET / load from a few threads, bounded in time (also used by
-/// `reload.rs`).
+/// `reload.rs` and `upgrade.rs`). Like any HTTP/1.1 client it opens a new connection after a
+/// response that says `Connection: close` (a server that drains, as during an upgrade).
 pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<Vec<Seen>>>,
 }
 
-fn read_one(r: &mut BufReader<TcpStream>) -> Result<(u16, String), String> {
+/// One response: (status, body) and whether it said `Connection: close`.
+fn read_one(r: &mut BufReader<TcpStream>) -> Result<((u16, String), bool), String> {
     let mut line = String::new();
     r.read_line(&mut line)
         .map_err(|e| format!("read status: {e}"))?;
@@ -34,6 +36,7 @@ fn read_one(r: &mut BufReader<TcpStream>) -> Result<(u16, String), String> {
         .and_then(|s| s.parse::<u16>().ok())
         .ok_or_else(|| format!("bad status line {line:?}"))?;
     let mut len = 0usize;
+    let mut close = false;
     loop {
         let mut h = String::new();
         r.read_line(&mut h)
@@ -43,6 +46,9 @@ fn read_one(r: &mut BufReader<TcpStream>) -> Result<(u16, String), String> {
             break;
         }
         if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("connection") && v.trim().eq_ignore_ascii_case("close") {
+                close = true;
+            }
             if k.eq_ignore_ascii_case("content-length") {
                 len = v
                     .trim()
@@ -54,7 +60,7 @@ fn read_one(r: &mut BufReader<TcpStream>) -> Result<(u16, String), String> {
     let mut body = vec![0; len];
     r.read_exact(&mut body)
         .map_err(|e| format!("read body: {e}"))?;
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    Ok(((status, String::from_utf8_lossy(&body).into_owned()), close))
 }
 
 impl Load {
@@ -91,9 +97,10 @@ impl Load {
                         let result = write!(s, "GET / HTTP/1.1\r\nHost: {host}\r\n\r\n")
                             .map_err(|e| format!("write: {e}"))
                             .and_then(|_| read_one(r));
-                        if result.is_err() {
+                        if !matches!(result, Ok((_, false))) {
                             conn = None;
                         }
+                        let result = result.map(|(answer, _)| answer);
                         seen.push(Seen { started, result });
                     }
                     seen

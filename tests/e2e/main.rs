@@ -19,4 +19,5 @@ mod routing;
 mod supervision;
 mod tls;
 mod trust;
+mod upgrade;
 mod util;

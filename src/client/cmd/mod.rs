@@ -13,3 +13,4 @@ pub mod reload;
 pub mod serve;
 pub mod table;
 pub mod token;
+pub mod upgrade;

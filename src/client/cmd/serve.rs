@@ -25,6 +25,9 @@ pub struct Serve {
     /// Base domain for {process}.{domain} routing (overrides [settings] domain)
     #[arg(long, value_name = "D")]
     pub domain: Option<String>,
+    /// Started by `ten upgrade`: take over from the server on this inherited socket
+    #[arg(long, value_name = "FD", hide = true)]
+    pub takeover_fd: Option<i32>,
 }
 
 impl Serve {
@@ -37,12 +40,17 @@ impl Serve {
             domain: self.domain,
         };
         let config = source.load().map_err(|e| {
-            anyhow::anyhow!(
+            let e = anyhow::anyhow!(
                 "invalid config {}:
 {}",
                 source.path.display(),
                 e.join("\n")
-            )
+            );
+            if let Some(fd) = self.takeover_fd {
+                // Started by `ten upgrade`: the old server says why in its answer.
+                crate::server::upgrade::takeover::refuse(fd, &format!("{e:#}"));
+            }
+            e
         })?;
         serve::init_tracing();
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -50,7 +58,7 @@ impl Serve {
             .thread_name("ten")
             .build()
             .context("cannot start the async runtime")?;
-        rt.block_on(serve::run(source, config))?;
+        rt.block_on(serve::run(source, config, self.takeover_fd))?;
         // Connections still open after the drain are closed by exiting.
         rt.shutdown_timeout(std::time::Duration::from_millis(100));
         Ok(ExitCode::SUCCESS)

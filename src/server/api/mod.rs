@@ -13,6 +13,7 @@ mod props;
 mod reload;
 mod route;
 mod scope;
+mod upgrade;
 
 use std::sync::Arc;
 
@@ -48,6 +49,8 @@ pub struct Api {
     pub rendered: metrics::LastRender,
     /// Set once the listeners are open (`POST /api/reload` answers 503 before).
     pub reloader: std::sync::OnceLock<Arc<crate::server::reload::Reloader>>,
+    /// Set once the listeners are open (`POST /api/upgrade` answers 503 before).
+    pub upgrader: std::sync::OnceLock<Arc<crate::server::upgrade::Upgrader>>,
     /// The TLS certificates (None without `[settings.tls]`), for `GET /api/certs`.
     pub certs: Option<Arc<tenement_proxy::tls::Certs>>,
 }
@@ -101,7 +104,7 @@ impl From<tenement_supervisor::Error> for ApiError {
             E::UnknownProcess(_) | E::UnknownInstance(_) => StatusCode::NOT_FOUND,
             E::AlreadyRunning(_) | E::External(_) => StatusCode::CONFLICT,
             // ten itself is out of descriptors or memory: try again later (SPEC §14).
-            E::ShuttingDown | E::Resources(_) => StatusCode::SERVICE_UNAVAILABLE,
+            E::ShuttingDown | E::Upgrading | E::Resources(_) => StatusCode::SERVICE_UNAVAILABLE,
             E::StartupFailed { .. } | E::Spawn(_) | E::Wake(..) | E::State(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -369,6 +372,7 @@ impl Api {
             (R::Route, _) => self.route_traffic(body).await,
             (R::History, _) => self.history(query),
             (R::Reload, _) => self.reload(body).await,
+            (R::Upgrade, _) => self.upgrade(body, req.trusted).await,
             (R::Logs, _) => self.logs(query),
             (R::CreateToken, _) => {
                 if !req.trusted {

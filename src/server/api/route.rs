@@ -18,6 +18,8 @@ pub enum ApiRoute<'a> {
     Route,
     History,
     Reload,
+    /// `ten upgrade` (control socket only).
+    Upgrade,
     Logs,
     LogsStream,
     CreateToken,
@@ -66,6 +68,7 @@ impl<'a> ApiRoute<'a> {
             (&Method::POST, ["route"]) => R::Route,
             (&Method::GET, ["deploys"]) => R::History,
             (&Method::POST, ["reload"]) => R::Reload,
+            (&Method::POST, ["upgrade"]) => R::Upgrade,
             (&Method::GET, ["logs"]) => R::Logs,
             (&Method::GET, ["logs", "stream"]) => R::LogsStream,
             (&Method::POST, ["tokens"]) => R::CreateToken,
@@ -123,7 +126,9 @@ fn allowed(segments: &[&str]) -> Option<(&'static str, bool)> {
     Some(match segments {
         ["instances"] => ("GET, POST", false),
         ["instances", _] => ("GET, DELETE", false),
-        ["instances", _, "restart"] | ["deploy"] | ["route"] | ["reload"] => ("POST", false),
+        ["instances", _, "restart"] | ["deploy"] | ["route"] | ["reload"] | ["upgrade"] => {
+            ("POST", false)
+        }
         ["tokens"] => ("GET, POST", false),
         ["tokens", _] => ("DELETE", false),
         ["instances", _, "weight"] => ("PUT", false),
@@ -163,6 +168,7 @@ mod tests {
             ("POST", "/api/route", R::Route),
             ("GET", "/api/deploys", R::History),
             ("POST", "/api/reload", R::Reload),
+            ("POST", "/api/upgrade", R::Upgrade),
             ("GET", "/api/logs", R::Logs),
             ("GET", "/api/logs/stream", R::LogsStream),
             ("POST", "/api/tokens", R::CreateToken),
@@ -209,6 +215,7 @@ mod tests {
             ("GET", "/api/route", "POST", false),
             ("POST", "/api/deploys", "GET", false),
             ("GET", "/api/reload", "POST", false),
+            ("GET", "/api/upgrade", "POST", false),
             ("POST", "/api/logs", "GET", false),
             ("POST", "/api/logs/stream", "GET", false),
             ("PUT", "/api/servers", "GET, POST", true),
