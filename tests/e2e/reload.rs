@@ -290,18 +290,11 @@ fn a_replacement_that_never_gets_healthy_leaves_the_old_one_serving_and_exits_1(
 
 #[test]
 fn systemd_is_notified_ready_reloading_and_stopping() {
-    use std::os::unix::net::UnixDatagram;
     use std::process::{Command, Stdio};
     let dir = tempfile::tempdir().expect("tempdir");
     let notify = dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&notify).expect("bind notify socket");
-    sock.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let recv = || {
-        let mut buf = [0u8; 256];
-        let n = sock.recv(&mut buf).expect("a notification within 30s");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
+    let listener = crate::util::NotifyListener::bind(&notify);
+    let recv = || listener.recv();
     let config = dir.path().join("tenement.toml");
     let base = format!(
         "[settings]\ndomain = \"{DOMAIN}\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}/data\"\n\

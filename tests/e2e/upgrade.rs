@@ -293,18 +293,11 @@ fn a_new_server_that_cannot_take_over_says_why_and_the_old_one_goes_on_reading_o
 
 #[test]
 fn systemd_hears_the_new_main_pid_from_the_old_process() {
-    use std::os::unix::net::UnixDatagram;
     use std::process::{Command, Stdio};
     let dir = tempfile::tempdir().expect("tempdir");
     let notify = dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&notify).expect("bind notify socket");
-    sock.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let recv = || {
-        let mut buf = [0u8; 256];
-        let n = sock.recv(&mut buf).expect("a notification within 30s");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
+    let listener = crate::util::NotifyListener::bind(&notify);
+    let recv = || listener.recv();
     let config = dir.path().join("tenement.toml");
     std::fs::write(
         &config,

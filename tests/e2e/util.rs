@@ -504,3 +504,22 @@ pub fn free_port() -> u16 {
         .expect("free port")
         .port()
 }
+
+/// A systemd notification socket (`$NOTIFY_SOCKET`) bound by a test: what ten tells systemd.
+pub struct NotifyListener(std::os::unix::net::UnixDatagram);
+
+impl NotifyListener {
+    pub fn bind(path: &Path) -> Self {
+        let sock = std::os::unix::net::UnixDatagram::bind(path).expect("bind notify socket");
+        sock.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        NotifyListener(sock)
+    }
+
+    /// The next notification (within 30 s).
+    pub fn recv(&self) -> String {
+        let mut buf = [0u8; 256];
+        let n = self.0.recv(&mut buf).expect("a notification within 30s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
