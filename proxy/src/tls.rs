@@ -8,6 +8,14 @@
 //! [`OnDemand::ensure`] (bounded) before the handshake proceeds; what to order and whether
 //! the name is routed is the implementor's call. [`Challenges`] holds the HTTP-01 answers the
 //! plain listeners serve at `/.well-known/acme-challenge/` before routing.
+//!
+//! TLS-ALPN-01 (RFC 8737) is answered by the same hook: a ClientHello offering ALPN
+//! `acme-tls/1` for a name with a pending challenge ([`OnDemand::tls_alpn_answer`]) gets the
+//! challenge certificate and `acme-tls/1` in a handshake the hook runs itself (its own rustls
+//! `ServerConfig`), then the connection is closed. Not through the listener's resolver: Pingora's
+//! `TlsSettings` sets one ALPN list (`h2`, `http/1.1`) and no callback can extend it per
+//! handshake, and rustls refuses a client whose ALPN offer has nothing in common with the
+//! server's list (`no_application_protocol`) before the certificate matters.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -272,7 +280,16 @@ impl ResolvesServerCert for Resolver {
 #[async_trait]
 pub trait OnDemand: Send + Sync {
     async fn ensure(&self, name: &str);
+
+    /// The TLS-ALPN-01 challenge certificate for `name` while an order for it is being
+    /// validated (RFC 8737), else None (the default: no TLS-ALPN-01).
+    fn tls_alpn_answer(&self, _name: &str) -> Option<Arc<CertifiedKey>> {
+        None
+    }
 }
+
+/// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// Pingora's pre-TLS callback: the SNI name from the ClientHello, on-demand issuance for it.
 pub struct SniHook {
@@ -321,10 +338,17 @@ impl PreTlsProcess for SniHook {
             return Ok(());
         }
         stream.rewind(&record);
-        let Some(name) = sni_of(&record) else {
+        let Some(hello) = hello_of(&record) else {
+            return Ok(());
+        };
+        let Some(name) = hello.sni else {
             return Ok(());
         };
         let name = name.to_ascii_lowercase();
+        if hello.acme_tls {
+            // A TLS-ALPN-01 validation (never an order: the order is what is being validated).
+            return self.answer_tls_alpn(stream, &name).await;
+        }
         if self.certs.set.load().find(&name).is_some() {
             return Ok(());
         }
@@ -338,8 +362,85 @@ impl PreTlsProcess for SniHook {
     }
 }
 
+impl SniHook {
+    /// Answer a ClientHello offering `acme-tls/1` for `name`: the challenge certificate and
+    /// `acme-tls/1` when an order for `name` is being validated, then close. Always `Err`, so
+    /// that Pingora drops the connection instead of running its own handshake.
+    async fn answer_tls_alpn(
+        &self,
+        stream: &mut L4Stream,
+        name: &str,
+    ) -> pingora_error::Result<()> {
+        use pingora_error::{Error, ErrorType};
+        let Some(key) = self.on_demand.tls_alpn_answer(name) else {
+            tracing::debug!(
+                name,
+                "acme-tls/1 offered for a name with no pending challenge"
+            );
+            return Error::e_explain(
+                ErrorType::HandshakeError,
+                "acme-tls/1 offered but no TLS-ALPN-01 challenge is pending for this name",
+            );
+        };
+        let config = challenge_config(key);
+        let acceptor = pingora_rustls::TlsAcceptor::from(Arc::new(config));
+        match tokio::time::timeout(self.wait, acceptor.accept(&mut *stream)).await {
+            Ok(Ok(mut tls)) => {
+                use tokio::io::AsyncWriteExt;
+                let _ = tokio::time::timeout(self.wait, tls.shutdown()).await;
+                tracing::info!(name, "acme: tls-alpn-01 challenge answered");
+            }
+            Ok(Err(e)) => tracing::info!(name, error = %e, "acme: tls-alpn-01 handshake failed"),
+            Err(_) => tracing::info!(name, "acme: tls-alpn-01 handshake timed out"),
+        }
+        Error::e_explain(
+            ErrorType::HandshakeError,
+            "TLS-ALPN-01 validation answered; connection closed",
+        )
+    }
+}
+
+/// The rustls config of a TLS-ALPN-01 answer: the challenge certificate, ALPN `acme-tls/1`
+/// only (RFC 8737 §3: TLS 1.2 or later).
+pub fn challenge_config(key: Arc<CertifiedKey>) -> pingora_rustls::ServerConfig {
+    pingora_rustls::install_default_crypto_provider();
+    let mut config = pingora_rustls::ServerConfig::builder_with_protocol_versions(&[
+        &pingora_rustls::version::TLS13,
+        &pingora_rustls::version::TLS12,
+    ])
+    .with_no_client_auth()
+    .with_cert_resolver(Arc::new(One(key)));
+    config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+    config
+}
+
+/// A resolver serving one certificate, whatever the ClientHello.
+#[derive(Debug)]
+struct One(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for One {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// What the pre-TLS hook reads from a ClientHello.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Hello<'a> {
+    /// The SNI host name.
+    pub sni: Option<&'a str>,
+    /// Whether the ALPN offer includes `acme-tls/1`.
+    pub acme_tls: bool,
+}
+
 /// The SNI host name of a TLS record holding a ClientHello (`None` if absent or malformed).
 pub fn sni_of(record: &[u8]) -> Option<&str> {
+    hello_of(record)?.sni
+}
+
+/// The SNI name and the `acme-tls/1` offer of a TLS record holding a ClientHello (`None` if
+/// it is not one or is malformed).
+pub fn hello_of(record: &[u8]) -> Option<Hello<'_>> {
     let mut r = Reader(record);
     if r.u8()? != 0x16 {
         return None;
@@ -359,27 +460,43 @@ pub fn sni_of(record: &[u8]) -> Option<&str> {
     hello.take(comp)?;
     let ext_len = usize::from(hello.u16()?);
     let mut exts = Reader(hello.take(ext_len)?);
+    let mut out = Hello::default();
     while !exts.0.is_empty() {
         let kind = exts.u16()?;
         let len = usize::from(exts.u16()?);
         let data = exts.take(len)?;
-        if kind != 0 {
-            continue;
-        }
-        let mut sn = Reader(data);
-        let list = usize::from(sn.u16()?);
-        let mut list = Reader(sn.take(list)?);
-        while !list.0.is_empty() {
-            let t = list.u8()?;
-            let n = usize::from(list.u16()?);
-            let name = list.take(n)?;
-            if t == 0 {
-                return std::str::from_utf8(name).ok();
+        match kind {
+            // server_name
+            0 => {
+                let mut sn = Reader(data);
+                let list = usize::from(sn.u16()?);
+                let mut list = Reader(sn.take(list)?);
+                while !list.0.is_empty() {
+                    let t = list.u8()?;
+                    let n = usize::from(list.u16()?);
+                    let name = list.take(n)?;
+                    if t == 0 {
+                        out.sni = std::str::from_utf8(name).ok();
+                        break;
+                    }
+                }
             }
+            // application_layer_protocol_negotiation
+            16 => {
+                let mut a = Reader(data);
+                let list = usize::from(a.u16()?);
+                let mut list = Reader(a.take(list)?);
+                while !list.0.is_empty() {
+                    let n = usize::from(list.u8()?);
+                    if list.take(n)? == ACME_TLS_ALPN {
+                        out.acme_tls = true;
+                    }
+                }
+            }
+            _ => {}
         }
-        return None;
     }
-    None
+    Some(out)
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -535,10 +652,16 @@ mod tests {
 
     /// A real ClientHello (rustls's) for `name`.
     fn client_hello(name: &str) -> Vec<u8> {
+        client_hello_alpn(name, &[])
+    }
+
+    /// A real ClientHello (rustls's) for `name` offering `alpn`.
+    fn client_hello_alpn(name: &str, alpn: &[&[u8]]) -> Vec<u8> {
         pingora_rustls::install_default_crypto_provider();
-        let config = pingora_rustls::ClientConfig::builder()
+        let mut config = pingora_rustls::ClientConfig::builder()
             .with_root_certificates(pingora_rustls::RootCertStore::empty())
             .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let mut conn = rustls::ClientConnection::new(
             Arc::new(config),
             pingora_rustls::ServerName::try_from(name.to_string()).unwrap(),
@@ -559,6 +682,27 @@ mod tests {
         assert_eq!(sni_of(&hello[..hello.len() - 3]), None, "truncated");
         assert_eq!(sni_of(b"GET / HTTP/1.1\r\n"), None);
         assert_eq!(sni_of(&[]), None);
+    }
+
+    #[test]
+    fn the_acme_tls_alpn_offer_is_read_from_a_client_hello() {
+        let offered = client_hello_alpn("a.test", &[b"acme-tls/1"]);
+        assert_eq!(
+            hello_of(&offered),
+            Some(Hello {
+                sni: Some("a.test"),
+                acme_tls: true
+            })
+        );
+        let browser = client_hello_alpn("a.test", &[b"h2", b"http/1.1"]);
+        assert_eq!(
+            hello_of(&browser),
+            Some(Hello {
+                sni: Some("a.test"),
+                acme_tls: false
+            })
+        );
+        assert!(!hello_of(&client_hello("a.test")).unwrap().acme_tls);
     }
 
     #[test]
