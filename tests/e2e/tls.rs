@@ -391,6 +391,77 @@ fn access_log_writes_one_json_line_per_request_with_every_field() {
         .contains("/health"));
 }
 
+/// Wait (bounded) until the file at `path` holds `needle`, sending a request whose path
+/// carries `needle` each time.
+fn logged(ten: &crate::util::Ten, path: &std::path::Path, needle: &str) -> bool {
+    let host = format!("prod.api.{DOMAIN}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        assert_eq!(ten.get(&host, &format!("/headers?{needle}")).status, 200);
+        if std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .contains(needle)
+        {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn ten_reload_reopens_the_access_log_and_applies_a_new_path() {
+    let ten = Builder::new()
+        .settings("access_log = \"@DIR@/access.log\"")
+        .body(API)
+        .start();
+    let host = format!("prod.api.{DOMAIN}");
+    ten.wait_status(&host, "/", 200);
+    let dir = ten.dir.path().to_path_buf();
+    let path = dir.join("access.log");
+    assert!(logged(&ten, &path, "first=1"), "{}", ten.stderr());
+    // logrotate with `postrotate ten reload`: the next lines go to a new file at the path.
+    let rotated = dir.join("access.log.1");
+    std::fs::rename(&path, &rotated).expect("rotate");
+    let (status, out, err) = ten.cli(&["reload"]);
+    assert!(status.success(), "{out}{err}");
+    assert!(
+        logged(&ten, &path, "after=reload"),
+        "no new access log after ten reload: {}",
+        ten.stderr()
+    );
+    assert!(std::fs::read_to_string(&rotated)
+        .expect("rotated")
+        .contains("first=1"));
+    // A path that cannot be opened refuses the reload; the log stays where it was.
+    let config = dir.join("tenement.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let old_line = format!("access_log = \"{}\"", path.display());
+    assert!(text.contains(&old_line), "{text}");
+    let bad = text.replace(
+        &old_line,
+        &format!("access_log = \"{}/no/such/dir.log\"", dir.display()),
+    );
+    std::fs::write(&config, bad).expect("write config");
+    let (status, out, err) = ten.cli(&["reload"]);
+    assert!(!status.success(), "{out}{err}");
+    assert!(format!("{out}{err}").contains("access_log"), "{out}{err}");
+    assert!(logged(&ten, &path, "still=here"), "{}", ten.stderr());
+    // A new path: applied by the reload, the old file gets no more lines.
+    let other = dir.join("other.log");
+    let moved = text.replace(&old_line, &format!("access_log = \"{}\"", other.display()));
+    std::fs::write(&config, moved).expect("write config");
+    let (status, out, err) = ten.cli(&["reload"]);
+    assert!(status.success(), "{out}{err}");
+    assert!(out.contains("setting ~ access_log"), "{out}");
+    assert!(logged(&ten, &other, "moved=1"), "{}", ten.stderr());
+    assert!(!std::fs::read_to_string(&path)
+        .expect("old log")
+        .contains("moved=1"));
+}
+
 /// A child process killed when dropped (pebble, its DNS).
 struct Killed(std::process::Child);
 
