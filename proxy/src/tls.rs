@@ -705,6 +705,130 @@ mod tests {
         assert!(!hello_of(&client_hello("a.test")).unwrap().acme_tls);
     }
 
+    /// An `OnDemand` with one pending TLS-ALPN-01 answer, counting `ensure` calls.
+    struct Pending {
+        name: &'static str,
+        key: Arc<CertifiedKey>,
+        ensured: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl OnDemand for Pending {
+        async fn ensure(&self, _name: &str) {
+            self.ensured
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn tls_alpn_answer(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+            (name == self.name).then(|| self.key.clone())
+        }
+    }
+
+    /// Run the hook on one accepted connection while a client offering `alpn` for `sni`
+    /// handshakes; the hook's result, and the client's (negotiated ALPN, leaf certificate).
+    async fn hook_vs_client(
+        hook: Arc<SniHook>,
+        sni: &'static str,
+        alpn: &[&[u8]],
+    ) -> (
+        pingora_error::Result<()>,
+        Option<(Option<Vec<u8>>, Vec<u8>)>,
+    ) {
+        pingora_rustls::install_default_crypto_provider();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut config = pingora_rustls::ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCert))
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let client = tokio::spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = pingora_rustls::ServerName::try_from(sni).unwrap();
+            let tls = pingora_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .ok()?;
+            let (_, conn) = tls.get_ref();
+            Some((
+                conn.alpn_protocol().map(<[u8]>::to_vec),
+                conn.peer_certificates()?[0].to_vec(),
+            ))
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut stream: L4Stream = tcp.into();
+        let r = hook.process(&mut stream).await;
+        drop(stream);
+        (r, client.await.unwrap())
+    }
+
+    #[derive(Debug)]
+    struct AnyCert;
+
+    impl rustls::client::danger::ServerCertVerifier for AnyCert {
+        fn verify_server_cert(
+            &self,
+            _: &pingora_rustls::CertificateDer<'_>,
+            _: &[pingora_rustls::CertificateDer<'_>],
+            _: &pingora_rustls::ServerName<'_>,
+            _: &[u8],
+            _: pingora_rustls::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &pingora_rustls::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &pingora_rustls::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_hook_answers_acme_tls_1_with_the_challenge_cert_only_when_pending() {
+        let d = tmp("alpn");
+        let challenge = cert(&d, "challenge", &["a.test"]);
+        let pending = Arc::new(Pending {
+            name: "a.test",
+            key: challenge.key.clone(),
+            ensured: Default::default(),
+        });
+        let hook = SniHook::new(
+            Arc::new(Certs::default()),
+            pending.clone(),
+            Duration::from_secs(5),
+        );
+        // The validator: the challenge certificate and acme-tls/1, then the hook ends the
+        // connection (Err: Pingora must not run its own handshake on it).
+        let (r, got) = hook_vs_client(hook.clone(), "a.test", &[ACME_TLS_ALPN]).await;
+        assert!(r.is_err());
+        let (alpn, leaf) = got.expect("the validator's handshake completes");
+        assert_eq!(alpn.as_deref(), Some(ACME_TLS_ALPN));
+        assert_eq!(leaf, challenge.key.cert[0].to_vec());
+        // No pending challenge for the name: refused, and no order started by it.
+        let (r, got) = hook_vs_client(hook.clone(), "b.test", &[ACME_TLS_ALPN]).await;
+        assert!(r.is_err() && got.is_none());
+        assert_eq!(
+            pending.ensured.load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+        let _ = std::fs::remove_dir_all(d);
+    }
+
     #[test]
     fn challenges_answer_their_tokens_only() {
         let c = Challenges::default();

@@ -504,6 +504,30 @@ mod tests {
     }
 
     #[test]
+    fn the_challenge_cert_names_the_host_and_carries_the_digest_critically() {
+        let digest = [7u8; 32];
+        let key = challenge_cert("a.example.com", &digest).unwrap();
+        let (_, c) = x509_parser::parse_x509_certificate(&key.cert[0]).unwrap();
+        let san = c.subject_alternative_name().unwrap().unwrap();
+        assert_eq!(
+            san.value.general_names,
+            [x509_parser::extensions::GeneralName::DNSName(
+                "a.example.com"
+            )]
+        );
+        let id = c
+            .extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
+            .expect("acmeIdentifier");
+        assert!(id.critical);
+        let mut der = vec![0x04, 32];
+        der.extend_from_slice(&digest);
+        assert_eq!(id.value, &der[..], "an OCTET STRING holding the digest");
+        assert!(challenge_cert("a.example.com", &[1, 2]).is_err());
+    }
+
+    #[test]
     fn only_host_names_become_file_names() {
         assert_eq!(file_name("a.example.com").unwrap(), "a.example.com");
         assert!(file_name("../etc/passwd").is_err());
