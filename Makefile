@@ -69,7 +69,7 @@ clean:
 # Tools: the build's packages, wrk, nginx (the upstream and the peer), valgrind (callgrind) and
 # python3 (the driver) from Debian; oha (fixed-rate latency) from crates.io at a fixed version,
 # kept in ~/.cargo/bin. (Not `test-deps`: the benchmarks need no browser.)
-BENCH_APT := cmake gcc g++ make pkg-config wrk nginx-light valgrind python3
+BENCH_APT := cmake gcc g++ make pkg-config wrk nginx-light valgrind python3 openssl
 OHA_VERSION := 1.16.0
 BENCH_ARGS ?=
 

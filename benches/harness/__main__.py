@@ -139,6 +139,12 @@ def all_targets(up_port, sock):
         Target("ten-unix", "ten serve, unix-socket upstream (metrics on)", "ten", unix),
         Target("ten-nometrics", "ten serve, TCP upstream, metrics = false", "ten", tcp, metrics=False),
         Target("ten-plugins", "ten serve, TCP upstream, metrics on + 3 plugins", "ten", tcp, plugins=True),
+        Target("ten-accesslog", "ten serve, TCP upstream (metrics on), access_log = a file in the "
+               "work dir: one JSON line per request", "ten", tcp, access_log=True),
+        Target("nginx-tls", "nginx terminating TLS 1.3 (the run's self-signed ECDSA P-256 "
+               "certificate), TCP upstream", "nginx", tcp, tls=True),
+        Target("ten-tls", "ten serve terminating TLS 1.3 on `[settings.tls]` (the same "
+               "certificate), TCP upstream (metrics on)", "ten", tcp, tls=True),
         Target("ten-2up", "ten serve, two upstreams (TCP + unix socket, weights 100/100), weights unchanged",
                "ten", [tcp, unix], callgrind=False),
         Target("ten-2up-churn", "the same process while `up:0`'s weight changes 10 times per second",
@@ -170,7 +176,7 @@ def start_proxies(targets, bins, d, res):
         t.control = t.control_socket(d, t.key)
         res["commands"][t.key] = shlex.join(t.proc.argv)
         try:
-            headers = procs.wait_ready(t.proc, t.port, measure.check_ok)
+            headers = procs.wait_ready(t.proc, t.port, ready(t))
         except RuntimeError as e:
             if not t.plugins:
                 raise
@@ -193,6 +199,11 @@ def start_proxies(targets, bins, d, res):
     return running
 
 
+def ready(t):
+    """The readiness check of a target (over TLS for the TLS rows)."""
+    return lambda port: measure.check_ok(port, t.tls)
+
+
 def rss_phase(targets, res, n_conns):
     for t in targets:
         if t.shares:
@@ -200,7 +211,7 @@ def rss_phase(targets, res, n_conns):
         pids = t.proc.pids()
         time.sleep(1.0)
         idle = measure.memory(pids)
-        conns = measure.open_idle(t.port, n_conns)
+        conns = measure.open_idle(t.port, n_conns, t.tls)
         time.sleep(0.5)
         busy = measure.memory(t.proc.pids())
         for c in conns:
@@ -240,10 +251,10 @@ def rss_variants(targets, bins, d, res, n_conns):
         port = procs.free_port()
         proc = procs.start(t, bins, d, name, port, env={**os.environ, **extra})
         try:
-            procs.wait_ready(proc, port, measure.check_ok)
+            procs.wait_ready(proc, port, ready(t))
             time.sleep(1.0)
             idle = measure.memory(proc.pids())
-            conns = measure.open_idle(port, n_conns)
+            conns = measure.open_idle(port, n_conns, t.tls)
             time.sleep(0.5)
             busy = measure.memory(proc.pids())
             for c in conns:
@@ -259,7 +270,7 @@ def rss_variants(targets, bins, d, res, n_conns):
 def load_phase(targets, bins, args, res):
     log("warm-up: 2 s of wrk per configuration")
     for t in targets:
-        measure.wrk(bins, t.port, args.connections, 2, t.proc.pids())
+        measure.wrk(bins, t.port, args.connections, 2, t.proc.pids(), t.tls)
     for r in range(args.rounds):
         # Rotate the order each round so no configuration always runs first or last.
         order = targets[r % len(targets):] + targets[:r % len(targets)]
@@ -276,7 +287,8 @@ def load_phase(targets, bins, args, res):
                         f"stderr ends with:\n{t.proc.stderr_tail(5)}"
                     )
                 with churning(t, res) as churn:
-                    run = measure.wrk(bins, t.port, args.connections, args.duration, t.proc.pids())
+                    run = measure.wrk(bins, t.port, args.connections, args.duration, t.proc.pids(),
+                                      t.tls)
                 if churn:
                     run["weight_changes"] = churn.ok
                 run["retries"] = attempt
@@ -304,7 +316,7 @@ def latency_phase(targets, bins, args, res):
     for t in targets:
         with churning(t, res):
             res["latency"][t.key] = measure.oha(
-                bins, t.port, rate, args.connections, args.latency_duration
+                bins, t.port, rate, args.connections, args.latency_duration, t.tls
             )
         lat = res["latency"][t.key]
         log(f"{t.key}: at {rate} req/s p50 {lat['p50_ms']:.3f} ms p99 {lat['p99_ms']:.3f} ms")
@@ -325,8 +337,10 @@ def callgrind_phase(targets, bins, d, args, res):
             proc = procs.start(t, bins, d, name, port, cpu=PROXY_CPU, wrap=wrap)
             res["commands"].setdefault(f"callgrind ({t.key})", shlex.join(proc.argv))
             try:
-                procs.wait_ready(proc, port, measure.check_ok, timeout=300)
-                measure.requests(port, n - 1)  # the readiness check was the first
+                procs.wait_ready(proc, port, ready(t), timeout=300)
+                # The readiness check was the first request (and, over TLS, handshake: the
+                # handshakes cancel out like startup, the requests are on one connection).
+                measure.requests(port, n - 1, t.tls)
             finally:
                 proc.stop(timeout=300)
             totals.append(measure.callgrind_total(out))

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -17,11 +18,24 @@ REQUEST = f"GET / HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: ten-bench\r\n\r\n".enc
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-class Conn:
-    """One keep-alive HTTP/1.1 connection; responses must carry Content-Length."""
+def tls_context():
+    """A TLS 1.3 client context trusting anything (the run's self-signed certificate)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
 
-    def __init__(self, port, timeout=30.0, sock=None):
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection (over TLS 1.3 with `tls`); responses must carry
+    Content-Length."""
+
+    def __init__(self, port, timeout=30.0, sock=None, tls=False):
         self.sock = sock or socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if tls:
+            self.sock = tls_context().wrap_socket(self.sock, server_hostname=HOST)
         self.buf = b""
 
     def _recv(self):
@@ -102,9 +116,9 @@ class Churn:
         self._thread.join(timeout=30)
 
 
-def check_ok(port):
+def check_ok(port, tls=False):
     """Raise unless GET / answers 200 "ok"; the response headers when it does."""
-    c = Conn(port, timeout=5.0)
+    c = Conn(port, timeout=5.0, tls=tls)
     try:
         status, headers, body = c.get()
     finally:
@@ -114,9 +128,9 @@ def check_ok(port):
     return headers
 
 
-def requests(port, n):
+def requests(port, n, tls=False):
     """Send `n` requests one after another on one keep-alive connection."""
-    c = Conn(port)
+    c = Conn(port, tls=tls)
     try:
         for _ in range(n):
             status, _, _ = c.get()
@@ -126,11 +140,11 @@ def requests(port, n):
         c.close()
 
 
-def open_idle(port, n):
+def open_idle(port, n, tls=False):
     """`n` keep-alive connections, each after one request/response, left open."""
     conns = []
     for _ in range(n):
-        c = Conn(port)
+        c = Conn(port, tls=tls)
         status, _, _ = c.get()
         if status != 200:
             raise RuntimeError(f"status {status} while opening idle connections")
@@ -166,10 +180,10 @@ def memory(pids):
     return out
 
 
-def wrk_cmd(bins, port, conns, duration):
+def wrk_cmd(bins, port, conns, duration, tls=False):
     return [
         "taskset", "-c", LOAD_CPU, str(bins["wrk"]), "-t1", f"-c{conns}", f"-d{duration}s",
-        "--latency", "-H", f"Host: {HOST}", f"http://127.0.0.1:{port}/",
+        "--latency", "-H", f"Host: {HOST}", f"{'https' if tls else 'http'}://127.0.0.1:{port}/",
     ]
 
 
@@ -187,10 +201,10 @@ def core_busy_ticks(cpu):
     return 0
 
 
-def wrk(bins, port, conns, duration, pids):
+def wrk(bins, port, conns, duration, pids, tls=False):
     """Saturation run: req/s, requests, errors, the CPU the `pids` spent meanwhile, and the
     share of the proxy core that other processes of the machine took."""
-    cmd = wrk_cmd(bins, port, conns, duration)
+    cmd = wrk_cmd(bins, port, conns, duration, tls)
     before = cpu_ticks(pids)
     core_before = core_busy_ticks(PROXY_CPU)
     t0 = time.monotonic()
@@ -212,17 +226,18 @@ def wrk(bins, port, conns, duration, pids):
     }
 
 
-def oha_cmd(bins, port, rate, conns, duration):
+def oha_cmd(bins, port, rate, conns, duration, tls=False):
     return [
         "taskset", "-c", LOAD_CPU, str(bins["oha"]), "-q", str(rate), "--latency-correction",
         "-z", f"{duration}s", "-c", str(conns), "--no-tui", "--output-format", "json",
-        "-H", f"Host: {HOST}", f"http://127.0.0.1:{port}/",
+        *(["--insecure"] if tls else []),
+        "-H", f"Host: {HOST}", f"{'https' if tls else 'http'}://127.0.0.1:{port}/",
     ]
 
 
-def oha(bins, port, rate, conns, duration):
+def oha(bins, port, rate, conns, duration, tls=False):
     """Fixed-rate run: latency percentiles in ms, and the achieved rate."""
-    cmd = oha_cmd(bins, port, rate, conns, duration)
+    cmd = oha_cmd(bins, port, rate, conns, duration, tls)
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     data = json.loads(out)
     pct = data.get("latencyPercentiles", {})

@@ -136,15 +136,36 @@ http {{
 """
 
 
-def nginx_proxy_conf(d, name, port, upstream, single=False):
+def tls_cert(d):
+    """A self-signed ECDSA P-256 certificate for HOST in the work dir, made once per run and
+    served by every TLS row (ten and nginx alike): (cert path, key path)."""
+    cert, key = d / "tls.pem", d / "tls.key"
+    if not cert.exists():
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+             "-subj", f"/CN={HOST}", "-addext", f"subjectAltName=DNS:{HOST}"],
+            check=True, capture_output=True,
+        )
+    return cert, key
+
+
+def nginx_proxy_conf(d, name, port, upstream, single=False, tls=False):
     """nginx as a reverse proxy doing ten's work: route by Host, X-Forwarded-*, X-Request-Id
-    both ways, upstream keepalive done right."""
+    both ways, upstream keepalive done right; `tls`: terminating TLS 1.3 with the run's
+    certificate."""
     mode = "master_process off;\n" if single else "master_process on;\n"
+    ssl, tls_conf = "", ""
+    if tls:
+        cert, key = tls_cert(d)
+        ssl = " ssl"
+        tls_conf = (f"    ssl_certificate {cert};\n    ssl_certificate_key {key};\n"
+                    "    ssl_protocols TLSv1.3;\n")
     return f"""daemon off;
 {mode}worker_processes 1;
 {nginx_common(d, name)}
 http {{
-{nginx_http_common(d, name)}
+{nginx_http_common(d, name)}{tls_conf}
     upstream up {{
         server {upstream};
         keepalive 64;
@@ -152,11 +173,11 @@ http {{
         keepalive_timeout 300s;
     }}
     server {{
-        listen 127.0.0.1:{port} default_server backlog=4096;
+        listen 127.0.0.1:{port}{ssl} default_server backlog=4096;
         return 404;
     }}
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{ssl};
         server_name {HOST};
         location / {{
             proxy_pass http://up;
@@ -182,14 +203,28 @@ PLUGINS = """plugins = [
 """
 
 
-def ten_conf(d, name, port, upstream, metrics=True, plugins=False):
+def ten_conf(d, name, port, upstream, metrics=True, plugins=False, tls=False, access_log=False):
+    """`tls`: the measured `port` is the TLS listener (the run's certificate as the default;
+    plain HTTP on another port, unused); `access_log`: one JSON line per request into a file
+    in the work dir."""
     ups = ", ".join(f'"{u}"' for u in (upstream if isinstance(upstream, list) else [upstream]))
+    listen, tls_conf = port, ""
+    if tls:
+        cert, key = tls_cert(d)
+        listen = free_port()
+        tls_conf = f"""
+[settings.tls]
+listen = "127.0.0.1:{port}"
+cert = "{cert}"
+key = "{key}"
+"""
+    log = f'access_log = "{d}/{name}-access.log"\n' if access_log else ""
     return f"""[settings]
 domain = "{DOMAIN}"
-listen = "127.0.0.1:{port}"
+listen = "127.0.0.1:{listen}"
 data_dir = "{d}/{name}-data"
 metrics = {"true" if metrics else "false"}
-
+{log}{tls_conf}
 [process.up]
 upstreams = [{ups}]
 {PLUGINS if plugins else ""}"""
@@ -205,6 +240,8 @@ class Target:
     upstream: object = ""  # 127.0.0.1:PORT or unix:/PATH (a list for ten: several)
     metrics: bool = True
     plugins: bool = False
+    tls: bool = False  # clients speak TLS 1.3 to the proxy (the run's self-signed certificate)
+    access_log: bool = False  # ten only: `access_log = PATH` in the work dir
     # Runs on the process of another target (`shares`), changing weights during its runs.
     shares: str = ""
     churn: bool = False
@@ -223,14 +260,15 @@ class Target:
         """The command line (and config file written) for a proxy of this target."""
         if self.kind == "nginx":
             conf = d / f"{name}.conf"
-            conf.write_text(nginx_proxy_conf(d, name, port, self.upstream, single))
+            conf.write_text(nginx_proxy_conf(d, name, port, self.upstream, single, self.tls))
             return [bins["nginx"], "-e", d / f"{name}.error.log", "-p", d, "-c", conf]
         if self.kind == "floor":
             return [bins["floor"], "--listen", f"127.0.0.1:{port}", "--upstream", self.upstream,
                     *self.extra]
         if self.kind == "ten":
             conf = d / f"{name}.toml"
-            conf.write_text(ten_conf(d, name, port, self.upstream, self.metrics, self.plugins))
+            conf.write_text(ten_conf(d, name, port, self.upstream, self.metrics, self.plugins,
+                                     self.tls, self.access_log))
             return [bins[self.bin], "serve", "--config", conf]
         if self.kind == "direct":
             conf = d / f"{name}.conf"

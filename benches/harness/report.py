@@ -112,9 +112,11 @@ class View:
         return med(r[k].get("others_on_core") for r in self.rounds) if self.has(k) else None
 
     def ref(self, k, base):
-        """The same-transport reference: nginx-unix for a unix-socket row, else nginx."""
-        if k.endswith("-unix") and self.has(f"{base}-unix"):
-            return f"{base}-unix"
+        """The same-transport reference: nginx-unix for a unix-socket row, nginx-tls for a TLS
+        row, else nginx."""
+        for suffix in ("-unix", "-tls"):
+            if k.endswith(suffix) and self.has(f"{base}{suffix}"):
+                return f"{base}{suffix}"
         return base if self.has(base) else None
 
     def ratios(self, k, ref):
@@ -214,14 +216,15 @@ def section_setup(res, v, out):
         "```sh",
     ]
     cmds = res["commands"]
-    for k in ("upstream", "nginx", "floor", "floor-buf0", "ten", "wrk", "oha",
-              "callgrind (nginx)", "callgrind (floor)", "callgrind (ten)"):
+    for k in ("upstream", "nginx", "floor", "floor-buf0", "ten", "nginx-tls", "ten-tls", "wrk",
+              "oha", "callgrind (nginx)", "callgrind (floor)", "callgrind (ten)"):
         if k in cmds:
             out.append(f"# {k}\n{short(res, cmds[k])}")
     out += ["```\n"]
     confs = res.get("configs", {})
     for k, lang in (("upstream", "nginx"), ("nginx", "nginx"), ("ten", "toml"),
-                    ("ten-plugins", "toml"), ("ten-2up", "toml")):
+                    ("ten-plugins", "toml"), ("ten-2up", "toml"), ("ten-accesslog", "toml"),
+                    ("nginx-tls", "nginx"), ("ten-tls", "toml")):
         if k in confs:
             out += [f"<details><summary>{k} config</summary>\n", f"```{lang}",
                     short(res, confs[k]).rstrip(), "```", "</details>\n"]
@@ -323,6 +326,22 @@ def section_costs(res, v, out):
     line = cost_line(v, "ten-unix", "ten", "unix-socket upstream vs TCP upstream")
     if line:
         out.append(line)
+    line = cost_line(v, "ten-accesslog", "ten",
+                     "access log on vs off (`access_log = PATH`; issue 21's target: < 3 % "
+                     "instructions/request)")
+    if line:
+        out.append(line)
+    if "ten" in v.cg:
+        # Off: the access log's code must not run at all.
+        off = sum(c for f, c in v.cg["ten"]["funcs"].items() if "access::" in f)
+        out.append(f"- **access log off** (`ten`): {f0(off)} instructions/request in "
+                   "`tenement_proxy::access` functions (issue 21's target: 0).")
+    for k, base, what in (("ten-tls", "ten", "TLS 1.3 termination vs plain HTTP (ten)"),
+                          ("nginx-tls", "nginx", "TLS 1.3 termination vs plain HTTP (nginx)"),
+                          ("ten-tls", "nginx-tls", "ten vs nginx, both terminating TLS 1.3")):
+        line = cost_line(v, k, base, what)
+        if line:
+            out.append(line)
     out.append("")
 
 
@@ -359,7 +378,9 @@ def section_profile(v, out):
             out.append(f"| {code(f)} | {f0(a)} | {f0(b)} | {f0(d)} |")
         out.append("")
     for k, base, title in (("ten", "ten-nometrics", "What metrics cost"),
-                           ("ten-plugins", "ten", "What 3 plugins cost")):
+                           ("ten-plugins", "ten", "What 3 plugins cost"),
+                           ("ten-accesslog", "ten", "What the access log costs"),
+                           ("ten-tls", "ten", "What TLS 1.3 costs ten")):
         if k in v.cg and base in v.cg:
             out += [f"### {title}\n", f"| function | `{k}` | `{base}` | added |", "|---|---:|---:|---:|"]
             for f, a, b, d in v.delta(k, base, 10):

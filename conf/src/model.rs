@@ -144,6 +144,8 @@ pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 pub enum AcmeChallenge {
     /// Answered on every plain listener at `/.well-known/acme-challenge/`.
     Http01,
+    /// RFC 8737: answered on the TLS listener, to a ClientHello offering ALPN `acme-tls/1`.
+    TlsAlpn01,
 }
 
 /// `[settings] access_log`.

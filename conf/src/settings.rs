@@ -513,15 +513,7 @@ fn acme(cx: &mut Cx, f: &Field<'_, '_>) -> Option<Acme> {
         None => AcmeChallenge::Http01,
         Some(f) => match cx.str(&f).map(str::trim) {
             Some("http-01") => AcmeChallenge::Http01,
-            Some("tls-alpn-01") => {
-                cx.err(
-                    f.line(),
-                    &f.path,
-                    "tls-alpn-01 is not supported yet: use \"http-01\" (answered on the plain listeners)",
-                );
-                ok = false;
-                AcmeChallenge::Http01
-            }
+            Some("tls-alpn-01") => AcmeChallenge::TlsAlpn01,
             Some(other) => {
                 cx.err(
                     f.line(),

@@ -5,15 +5,17 @@
 //! fields are reference-counted clones of the request's own) into a bounded channel, only when
 //! the log is on; a full channel drops the line and counts it in
 //! `tenement_access_log_dropped_total`. One background thread formats and writes the lines,
-//! flushing whenever the channel runs empty. [`AccessLog::reopen`] (SIGUSR1) makes it reopen a
-//! file log by its path before its next line, for logrotate.
+//! flushing whenever the channel runs empty. [`AccessLog::reopen`] (SIGUSR1, `ten reload`)
+//! makes it reopen a file log by its path before its next line, for logrotate;
+//! [`AccessLog::switch`] hands it another target (a reload that changed `access_log`), opened
+//! by the caller first so that a path that cannot be opened refuses the reload.
 
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Method, Uri};
@@ -28,6 +30,17 @@ pub const QUEUE: usize = 16 * 1024;
 pub enum Target {
     Stdout,
     File(PathBuf),
+}
+
+impl Target {
+    /// The target of `[settings] access_log` (None: off).
+    pub fn of(conf: &tenement_conf::AccessLog) -> Option<Target> {
+        match conf {
+            tenement_conf::AccessLog::Off => None,
+            tenement_conf::AccessLog::Stdout => Some(Target::Stdout),
+            tenement_conf::AccessLog::File(p) => Some(Target::File(p.clone())),
+        }
+    }
 }
 
 /// One request, as the proxy hands it over.
@@ -53,9 +66,22 @@ pub struct Entry {
 pub struct AccessLog {
     tx: SyncSender<Entry>,
     dropped: IntCounter,
-    /// Set by [`AccessLog::reopen`]; the writer reopens its file before the next line.
-    reopen: Arc<AtomicBool>,
+    /// Set by [`AccessLog::reopen`] and [`AccessLog::switch`]; read by the writer thread.
+    control: Arc<Control>,
 }
+
+/// What the writer does before its next line (not on the request path).
+#[derive(Debug, Default)]
+struct Control {
+    /// Reopen the file (or take `next`) before the next line.
+    reopen: AtomicBool,
+    /// Another target, already open ([`AccessLog::switch`]).
+    next: Mutex<Option<Output>>,
+}
+
+/// A target opened by [`AccessLog::open`], for [`AccessLog::switch`].
+#[derive(Debug)]
+pub struct Opened(Output);
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot open the access log {path}: {source}")]
@@ -69,12 +95,12 @@ impl AccessLog {
     /// `dropped` counts lines lost to a full queue.
     pub fn start(target: &Target, dropped: IntCounter) -> Result<Arc<AccessLog>, OpenError> {
         let out = Output::open(target)?;
-        let reopen = Arc::new(AtomicBool::new(false));
+        let control = Arc::new(Control::default());
         let (tx, rx) = sync_channel(QUEUE);
-        let flag = reopen.clone();
+        let writer = control.clone();
         std::thread::Builder::new()
             .name("ten-access-log".into())
-            .spawn(move || write_lines(rx, out, &flag))
+            .spawn(move || write_lines(rx, out, &writer))
             .map_err(|source| OpenError {
                 path: "(writer thread)".into(),
                 source,
@@ -82,13 +108,26 @@ impl AccessLog {
         Ok(Arc::new(AccessLog {
             tx,
             dropped,
-            reopen,
+            control,
         }))
     }
 
     /// Reopen a file log by its path before the next line (after logrotate moved it).
     pub fn reopen(&self) {
-        self.reopen.store(true, Ordering::Release);
+        self.control.reopen.store(true, Ordering::Release);
+    }
+
+    /// Open `target` (a file is created now), to [`AccessLog::switch`] to it.
+    pub fn open(target: &Target) -> Result<Opened, OpenError> {
+        Output::open(target).map(Opened)
+    }
+
+    /// Write the lines to `to` from the next one on (the previous file is closed).
+    pub fn switch(&self, to: Opened) {
+        if let Ok(mut next) = self.control.next.lock() {
+            *next = Some(to.0);
+        }
+        self.control.reopen.store(true, Ordering::Release);
     }
 
     /// Queue one line; never waits (a full queue drops it and counts the drop).
@@ -136,6 +175,12 @@ struct Output {
     path: Option<PathBuf>,
 }
 
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Output").field("path", &self.path).finish()
+    }
+}
+
 impl Output {
     fn open(target: &Target) -> Result<Output, OpenError> {
         let (out, path): (Box<dyn Write + Send>, _) = match target {
@@ -170,18 +215,22 @@ fn open_file(path: &std::path::Path) -> Result<std::fs::File, OpenError> {
         })
 }
 
-/// The writer thread: one line per entry; flushed whenever the queue is empty; the file
-/// reopened first when `reopen` is set.
-fn write_lines(rx: Receiver<Entry>, mut o: Output, reopen: &AtomicBool) {
+/// The writer thread: one line per entry; flushed whenever the queue is empty. When
+/// `control.reopen` is set, first: the target handed over by a switch, else the file
+/// reopened by its path.
+fn write_lines(rx: Receiver<Entry>, mut o: Output, control: &Control) {
     let mut line = String::with_capacity(512);
     while let Ok(first) = rx.recv() {
-        if reopen.swap(false, Ordering::AcqRel) {
-            if let Some(path) = &o.path {
-                let _ = o.out.flush();
-                match open_file(path) {
+        if control.reopen.swap(false, Ordering::AcqRel) {
+            let _ = o.out.flush();
+            let next = control.next.lock().ok().and_then(|mut n| n.take());
+            match (next, &o.path) {
+                (Some(next), _) => o = next,
+                (None, Some(path)) => match open_file(path) {
                     Ok(f) => o.out = std::io::BufWriter::with_capacity(64 * 1024, Box::new(f)),
                     Err(e) => tracing::warn!(error = %e, "access log not reopened"),
-                }
+                },
+                (None, None) => {}
             }
         }
         let mut next = Some(first);
@@ -312,6 +361,46 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    #[test]
+    fn switch_sends_the_next_lines_to_the_new_target() {
+        let dir = std::env::temp_dir().join(format!("ten-access-sw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (first, second) = (dir.join("first.log"), dir.join("second.log"));
+        let log = AccessLog::start(
+            &Target::File(first.clone()),
+            IntCounter::new("d", "d").unwrap(),
+        )
+        .unwrap();
+        let count = |p: &std::path::Path, n: usize| {
+            for _ in 0..200 {
+                let c = std::fs::read_to_string(p)
+                    .unwrap_or_default()
+                    .lines()
+                    .count();
+                if c >= n {
+                    return c;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        log.send(sample());
+        assert_eq!(count(&first, 1), 1);
+        let opened = AccessLog::open(&Target::File(second.clone())).unwrap();
+        assert!(second.exists(), "opened (created) before the switch");
+        log.switch(opened);
+        log.send(sample());
+        log.send(sample());
+        assert_eq!(count(&second, 2), 2);
+        assert_eq!(count(&first, 1), 1, "nothing more in the old file");
+        // A path that cannot be opened is an error for the caller (nothing switched).
+        assert!(AccessLog::open(&Target::File(dir.join("no/such/dir.log"))).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     fn sample() -> Entry {
         Entry {
             ts: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
@@ -364,7 +453,7 @@ mod tests {
         let log = AccessLog {
             tx,
             dropped: dropped.clone(),
-            reopen: Arc::default(),
+            control: Arc::default(),
         };
         for _ in 0..5 {
             log.send(sample());
@@ -380,7 +469,7 @@ mod tests {
         }
         drop(tx);
         let out = Sink::default();
-        write_lines(rx, Output::to(out.clone()), &AtomicBool::new(false));
+        write_lines(rx, Output::to(out.clone()), &Control::default());
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         assert_eq!(text.lines().count(), 3);
     }

@@ -8,6 +8,14 @@
 //! [`OnDemand::ensure`] (bounded) before the handshake proceeds; what to order and whether
 //! the name is routed is the implementor's call. [`Challenges`] holds the HTTP-01 answers the
 //! plain listeners serve at `/.well-known/acme-challenge/` before routing.
+//!
+//! TLS-ALPN-01 (RFC 8737) is answered by the same hook: a ClientHello offering ALPN
+//! `acme-tls/1` for a name with a pending challenge ([`OnDemand::tls_alpn_answer`]) gets the
+//! challenge certificate and `acme-tls/1` in a handshake the hook runs itself (its own rustls
+//! `ServerConfig`), then the connection is closed. Not through the listener's resolver: Pingora's
+//! `TlsSettings` sets one ALPN list (`h2`, `http/1.1`) and no callback can extend it per
+//! handshake, and rustls refuses a client whose ALPN offer has nothing in common with the
+//! server's list (`no_application_protocol`) before the certificate matters.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -272,7 +280,16 @@ impl ResolvesServerCert for Resolver {
 #[async_trait]
 pub trait OnDemand: Send + Sync {
     async fn ensure(&self, name: &str);
+
+    /// The TLS-ALPN-01 challenge certificate for `name` while an order for it is being
+    /// validated (RFC 8737), else None (the default: no TLS-ALPN-01).
+    fn tls_alpn_answer(&self, _name: &str) -> Option<Arc<CertifiedKey>> {
+        None
+    }
 }
+
+/// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// Pingora's pre-TLS callback: the SNI name from the ClientHello, on-demand issuance for it.
 pub struct SniHook {
@@ -321,10 +338,17 @@ impl PreTlsProcess for SniHook {
             return Ok(());
         }
         stream.rewind(&record);
-        let Some(name) = sni_of(&record) else {
+        let Some(hello) = hello_of(&record) else {
+            return Ok(());
+        };
+        let Some(name) = hello.sni else {
             return Ok(());
         };
         let name = name.to_ascii_lowercase();
+        if hello.acme_tls {
+            // A TLS-ALPN-01 validation (never an order: the order is what is being validated).
+            return self.answer_tls_alpn(stream, &name).await;
+        }
         if self.certs.set.load().find(&name).is_some() {
             return Ok(());
         }
@@ -338,8 +362,85 @@ impl PreTlsProcess for SniHook {
     }
 }
 
+impl SniHook {
+    /// Answer a ClientHello offering `acme-tls/1` for `name`: the challenge certificate and
+    /// `acme-tls/1` when an order for `name` is being validated, then close. Always `Err`, so
+    /// that Pingora drops the connection instead of running its own handshake.
+    async fn answer_tls_alpn(
+        &self,
+        stream: &mut L4Stream,
+        name: &str,
+    ) -> pingora_error::Result<()> {
+        use pingora_error::{Error, ErrorType};
+        let Some(key) = self.on_demand.tls_alpn_answer(name) else {
+            tracing::debug!(
+                name,
+                "acme-tls/1 offered for a name with no pending challenge"
+            );
+            return Error::e_explain(
+                ErrorType::HandshakeError,
+                "acme-tls/1 offered but no TLS-ALPN-01 challenge is pending for this name",
+            );
+        };
+        let config = challenge_config(key);
+        let acceptor = pingora_rustls::TlsAcceptor::from(Arc::new(config));
+        match tokio::time::timeout(self.wait, acceptor.accept(&mut *stream)).await {
+            Ok(Ok(mut tls)) => {
+                use tokio::io::AsyncWriteExt;
+                let _ = tokio::time::timeout(self.wait, tls.shutdown()).await;
+                tracing::info!(name, "acme: tls-alpn-01 challenge answered");
+            }
+            Ok(Err(e)) => tracing::info!(name, error = %e, "acme: tls-alpn-01 handshake failed"),
+            Err(_) => tracing::info!(name, "acme: tls-alpn-01 handshake timed out"),
+        }
+        Error::e_explain(
+            ErrorType::HandshakeError,
+            "TLS-ALPN-01 validation answered; connection closed",
+        )
+    }
+}
+
+/// The rustls config of a TLS-ALPN-01 answer: the challenge certificate, ALPN `acme-tls/1`
+/// only (RFC 8737 §3: TLS 1.2 or later).
+pub fn challenge_config(key: Arc<CertifiedKey>) -> pingora_rustls::ServerConfig {
+    pingora_rustls::install_default_crypto_provider();
+    let mut config = pingora_rustls::ServerConfig::builder_with_protocol_versions(&[
+        &pingora_rustls::version::TLS13,
+        &pingora_rustls::version::TLS12,
+    ])
+    .with_no_client_auth()
+    .with_cert_resolver(Arc::new(One(key)));
+    config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+    config
+}
+
+/// A resolver serving one certificate, whatever the ClientHello.
+#[derive(Debug)]
+struct One(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for One {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// What the pre-TLS hook reads from a ClientHello.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Hello<'a> {
+    /// The SNI host name.
+    pub sni: Option<&'a str>,
+    /// Whether the ALPN offer includes `acme-tls/1`.
+    pub acme_tls: bool,
+}
+
 /// The SNI host name of a TLS record holding a ClientHello (`None` if absent or malformed).
 pub fn sni_of(record: &[u8]) -> Option<&str> {
+    hello_of(record)?.sni
+}
+
+/// The SNI name and the `acme-tls/1` offer of a TLS record holding a ClientHello (`None` if
+/// it is not one or is malformed).
+pub fn hello_of(record: &[u8]) -> Option<Hello<'_>> {
     let mut r = Reader(record);
     if r.u8()? != 0x16 {
         return None;
@@ -359,27 +460,43 @@ pub fn sni_of(record: &[u8]) -> Option<&str> {
     hello.take(comp)?;
     let ext_len = usize::from(hello.u16()?);
     let mut exts = Reader(hello.take(ext_len)?);
+    let mut out = Hello::default();
     while !exts.0.is_empty() {
         let kind = exts.u16()?;
         let len = usize::from(exts.u16()?);
         let data = exts.take(len)?;
-        if kind != 0 {
-            continue;
-        }
-        let mut sn = Reader(data);
-        let list = usize::from(sn.u16()?);
-        let mut list = Reader(sn.take(list)?);
-        while !list.0.is_empty() {
-            let t = list.u8()?;
-            let n = usize::from(list.u16()?);
-            let name = list.take(n)?;
-            if t == 0 {
-                return std::str::from_utf8(name).ok();
+        match kind {
+            // server_name
+            0 => {
+                let mut sn = Reader(data);
+                let list = usize::from(sn.u16()?);
+                let mut list = Reader(sn.take(list)?);
+                while !list.0.is_empty() {
+                    let t = list.u8()?;
+                    let n = usize::from(list.u16()?);
+                    let name = list.take(n)?;
+                    if t == 0 {
+                        out.sni = std::str::from_utf8(name).ok();
+                        break;
+                    }
+                }
             }
+            // application_layer_protocol_negotiation
+            16 => {
+                let mut a = Reader(data);
+                let list = usize::from(a.u16()?);
+                let mut list = Reader(a.take(list)?);
+                while !list.0.is_empty() {
+                    let n = usize::from(list.u8()?);
+                    if list.take(n)? == ACME_TLS_ALPN {
+                        out.acme_tls = true;
+                    }
+                }
+            }
+            _ => {}
         }
-        return None;
     }
-    None
+    Some(out)
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -535,10 +652,16 @@ mod tests {
 
     /// A real ClientHello (rustls's) for `name`.
     fn client_hello(name: &str) -> Vec<u8> {
+        client_hello_alpn(name, &[])
+    }
+
+    /// A real ClientHello (rustls's) for `name` offering `alpn`.
+    fn client_hello_alpn(name: &str, alpn: &[&[u8]]) -> Vec<u8> {
         pingora_rustls::install_default_crypto_provider();
-        let config = pingora_rustls::ClientConfig::builder()
+        let mut config = pingora_rustls::ClientConfig::builder()
             .with_root_certificates(pingora_rustls::RootCertStore::empty())
             .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let mut conn = rustls::ClientConnection::new(
             Arc::new(config),
             pingora_rustls::ServerName::try_from(name.to_string()).unwrap(),
@@ -559,6 +682,151 @@ mod tests {
         assert_eq!(sni_of(&hello[..hello.len() - 3]), None, "truncated");
         assert_eq!(sni_of(b"GET / HTTP/1.1\r\n"), None);
         assert_eq!(sni_of(&[]), None);
+    }
+
+    #[test]
+    fn the_acme_tls_alpn_offer_is_read_from_a_client_hello() {
+        let offered = client_hello_alpn("a.test", &[b"acme-tls/1"]);
+        assert_eq!(
+            hello_of(&offered),
+            Some(Hello {
+                sni: Some("a.test"),
+                acme_tls: true
+            })
+        );
+        let browser = client_hello_alpn("a.test", &[b"h2", b"http/1.1"]);
+        assert_eq!(
+            hello_of(&browser),
+            Some(Hello {
+                sni: Some("a.test"),
+                acme_tls: false
+            })
+        );
+        assert!(!hello_of(&client_hello("a.test")).unwrap().acme_tls);
+    }
+
+    /// An `OnDemand` with one pending TLS-ALPN-01 answer, counting `ensure` calls.
+    struct Pending {
+        name: &'static str,
+        key: Arc<CertifiedKey>,
+        ensured: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl OnDemand for Pending {
+        async fn ensure(&self, _name: &str) {
+            self.ensured
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn tls_alpn_answer(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+            (name == self.name).then(|| self.key.clone())
+        }
+    }
+
+    /// Run the hook on one accepted connection while a client offering `alpn` for `sni`
+    /// handshakes; the hook's result, and the client's (negotiated ALPN, leaf certificate).
+    async fn hook_vs_client(
+        hook: Arc<SniHook>,
+        sni: &'static str,
+        alpn: &[&[u8]],
+    ) -> (
+        pingora_error::Result<()>,
+        Option<(Option<Vec<u8>>, Vec<u8>)>,
+    ) {
+        pingora_rustls::install_default_crypto_provider();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut config = pingora_rustls::ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCert))
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let client = tokio::spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = pingora_rustls::ServerName::try_from(sni).unwrap();
+            let tls = pingora_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .ok()?;
+            let (_, conn) = tls.get_ref();
+            Some((
+                conn.alpn_protocol().map(<[u8]>::to_vec),
+                conn.peer_certificates()?[0].to_vec(),
+            ))
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut stream: L4Stream = tcp.into();
+        let r = hook.process(&mut stream).await;
+        drop(stream);
+        (r, client.await.unwrap())
+    }
+
+    #[derive(Debug)]
+    struct AnyCert;
+
+    impl rustls::client::danger::ServerCertVerifier for AnyCert {
+        fn verify_server_cert(
+            &self,
+            _: &pingora_rustls::CertificateDer<'_>,
+            _: &[pingora_rustls::CertificateDer<'_>],
+            _: &pingora_rustls::ServerName<'_>,
+            _: &[u8],
+            _: pingora_rustls::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &pingora_rustls::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &pingora_rustls::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_hook_answers_acme_tls_1_with_the_challenge_cert_only_when_pending() {
+        let d = tmp("alpn");
+        let challenge = cert(&d, "challenge", &["a.test"]);
+        let pending = Arc::new(Pending {
+            name: "a.test",
+            key: challenge.key.clone(),
+            ensured: Default::default(),
+        });
+        let hook = SniHook::new(
+            Arc::new(Certs::default()),
+            pending.clone(),
+            Duration::from_secs(5),
+        );
+        // The validator: the challenge certificate and acme-tls/1, then the hook ends the
+        // connection (Err: Pingora must not run its own handshake on it).
+        let (r, got) = hook_vs_client(hook.clone(), "a.test", &[ACME_TLS_ALPN]).await;
+        assert!(r.is_err());
+        let (alpn, leaf) = got.expect("the validator's handshake completes");
+        assert_eq!(alpn.as_deref(), Some(ACME_TLS_ALPN));
+        assert_eq!(leaf, challenge.key.cert[0].to_vec());
+        // No pending challenge for the name: refused, and no order started by it.
+        let (r, got) = hook_vs_client(hook.clone(), "b.test", &[ACME_TLS_ALPN]).await;
+        assert!(r.is_err() && got.is_none());
+        assert_eq!(
+            pending.ensured.load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+        let _ = std::fs::remove_dir_all(d);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! ACME (`[settings.acme]`, SPEC §13): certificates on demand for the names ten routes, with
-//! instant-acme and the HTTP-01 challenge answered on the plain listeners.
+//! instant-acme; the HTTP-01 challenge answered on the plain listeners, or TLS-ALPN-01 (RFC
+//! 8737) on the TLS listener (a self-signed challenge certificate made with rcgen, served by
+//! the proxy's pre-TLS hook to a ClientHello offering `acme-tls/1`).
 //!
 //! - A TLS handshake for a name no loaded certificate covers calls [`Acme::ensure`] (through
 //!   the proxy's pre-TLS hook, which waits at most `HANDSHAKE_WAIT`). Only names the current
@@ -28,8 +30,10 @@ use instant_acme::{
     NewOrder, OrderStatus, RetryPolicy,
 };
 use parking_lot::Mutex;
+use pingora_rustls::sign::CertifiedKey;
 use tokio::sync::{watch, OnceCell};
 
+use tenement_conf::AcmeChallenge;
 use tenement_proxy::tls::{Cert, CertSource, Certs, Challenges, OnDemand};
 use tenement_proxy::Router;
 
@@ -64,6 +68,8 @@ pub struct Acme {
     dir: PathBuf,
     certs: Arc<Certs>,
     challenges: Arc<Challenges>,
+    /// TLS-ALPN-01 challenge certificates by name, while their order is validated.
+    alpn_answers: Mutex<HashMap<String, Arc<CertifiedKey>>>,
     router: Arc<Router>,
     account: OnceCell<Account>,
     names: Mutex<HashMap<String, NameState>>,
@@ -96,6 +102,7 @@ impl Acme {
             dir,
             certs,
             challenges,
+            alpn_answers: Mutex::new(HashMap::new()),
             router,
             account: OnceCell::new(),
             names: Mutex::new(HashMap::new()),
@@ -274,7 +281,7 @@ impl Acme {
             .await
     }
 
-    /// One order for `name`, HTTP-01, stored under the acme dir.
+    /// One order for `name` (the configured challenge), stored under the acme dir.
     async fn order(&self, name: &str) -> Result<Cert> {
         let account = self.account().await?;
         let ids = [Identifier::Dns(name.to_string())];
@@ -282,6 +289,10 @@ impl Acme {
         let mut tokens = Vec::new();
         let mut authzs = order.authorizations();
         let mut ready = Ok(());
+        let (kind, label) = match self.conf.challenge {
+            AcmeChallenge::Http01 => (ChallengeType::Http01, "http-01"),
+            AcmeChallenge::TlsAlpn01 => (ChallengeType::TlsAlpn01, "tls-alpn-01"),
+        };
         while let Some(a) = authzs.next().await {
             let mut a = a?;
             match a.status {
@@ -289,12 +300,20 @@ impl Acme {
                 AuthorizationStatus::Valid => continue,
                 other => bail!("authorization is {other:?}"),
             }
-            let Some(mut ch) = a.challenge(ChallengeType::Http01) else {
-                bail!("the ACME server offers no http-01 challenge");
+            let Some(mut ch) = a.challenge(kind.clone()) else {
+                bail!("the ACME server offers no {label} challenge");
             };
-            self.challenges
-                .put(&ch.token, ch.key_authorization().as_str());
-            tokens.push(ch.token.clone());
+            let key_auth = ch.key_authorization();
+            match self.conf.challenge {
+                AcmeChallenge::Http01 => {
+                    self.challenges.put(&ch.token, key_auth.as_str());
+                    tokens.push(ch.token.clone());
+                }
+                AcmeChallenge::TlsAlpn01 => {
+                    let cert = challenge_cert(name, key_auth.digest().as_ref())?;
+                    self.alpn_answers.lock().insert(name.to_string(), cert);
+                }
+            }
             if let Err(e) = ch.set_ready().await {
                 ready = Err(e);
                 break;
@@ -311,9 +330,16 @@ impl Acme {
         for t in &tokens {
             self.challenges.remove(t);
         }
+        self.alpn_answers.lock().remove(name);
         let status = status?;
         if status != OrderStatus::Ready {
-            bail!("order is {status:?}, not ready (was the challenge reachable on port 80?)");
+            let port = match self.conf.challenge {
+                AcmeChallenge::Http01 => "port 80",
+                AcmeChallenge::TlsAlpn01 => "port 443 (the TLS listener)",
+            };
+            bail!(
+                "order is {status:?}, not ready (was the {label} challenge reachable on {port}?)"
+            );
         }
         let key_pem = order.finalize().await?;
         let chain = order
@@ -339,6 +365,41 @@ impl OnDemand for Acme {
         }
         self.order_once(name).await;
     }
+
+    fn tls_alpn_answer(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        self.alpn_answers.lock().get(name).cloned()
+    }
+}
+
+/// The TLS-ALPN-01 challenge certificate for `name` (RFC 8737 §3): self-signed, the name as
+/// its only SAN, the critical acmeIdentifier extension holding the SHA-256 `digest` of the
+/// key authorization. Its key is a fresh P-256 key, used for this challenge only.
+fn challenge_cert(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>> {
+    if digest.len() != 32 {
+        bail!(
+            "a key authorization digest of {} bytes (expected 32)",
+            digest.len()
+        );
+    }
+    let key = rcgen::KeyPair::generate().context("cannot make a challenge key")?;
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()])
+        .context("cannot make a challenge certificate")?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let cert = params
+        .self_signed(&key)
+        .context("cannot sign the challenge certificate")?;
+    pingora_rustls::install_default_crypto_provider();
+    let provider = pingora_rustls::CryptoProvider::get_default()
+        .ok_or_else(|| anyhow!("no rustls crypto provider"))?;
+    let der = pingora_rustls::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let signer = provider
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| anyhow!("unusable challenge key: {e}"))?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signer,
+    )))
 }
 
 /// A host name as a file name (host names hold no '/'; refuse anything odd).
@@ -440,6 +501,30 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn the_challenge_cert_names_the_host_and_carries_the_digest_critically() {
+        let digest = [7u8; 32];
+        let key = challenge_cert("a.example.com", &digest).unwrap();
+        let (_, c) = x509_parser::parse_x509_certificate(&key.cert[0]).unwrap();
+        let san = c.subject_alternative_name().unwrap().unwrap();
+        assert_eq!(
+            san.value.general_names,
+            [x509_parser::extensions::GeneralName::DNSName(
+                "a.example.com"
+            )]
+        );
+        let id = c
+            .extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
+            .expect("acmeIdentifier");
+        assert!(id.critical);
+        let mut der = vec![0x04, 32];
+        der.extend_from_slice(&digest);
+        assert_eq!(id.value, &der[..], "an OCTET STRING holding the digest");
+        assert!(challenge_cert("a.example.com", &[1, 2]).is_err());
     }
 
     #[test]

@@ -316,14 +316,17 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
         };
         announced.push(format!("https://{local}"));
     }
-    let reloader = Arc::new(Reloader::new(
-        source.clone(),
-        supervisor.clone(),
-        publisher.clone(),
-        listeners.clone(),
-        notifier.clone(),
-        certs.clone(),
-    ));
+    let reloader = Arc::new(
+        Reloader::new(
+            source.clone(),
+            supervisor.clone(),
+            publisher.clone(),
+            listeners.clone(),
+            notifier.clone(),
+            certs.clone(),
+        )
+        .with_access_log(access.clone()),
+    );
     let _ = api.reloader.set(reloader);
 
     let mut control = ManagementApp::control(api.clone()).into_service("ten-control");

@@ -391,6 +391,77 @@ fn access_log_writes_one_json_line_per_request_with_every_field() {
         .contains("/health"));
 }
 
+/// Wait (bounded) until the file at `path` holds `needle`, sending a request whose path
+/// carries `needle` each time.
+fn logged(ten: &crate::util::Ten, path: &std::path::Path, needle: &str) -> bool {
+    let host = format!("prod.api.{DOMAIN}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        assert_eq!(ten.get(&host, &format!("/headers?{needle}")).status, 200);
+        if std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .contains(needle)
+        {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn ten_reload_reopens_the_access_log_and_applies_a_new_path() {
+    let ten = Builder::new()
+        .settings("access_log = \"@DIR@/access.log\"")
+        .body(API)
+        .start();
+    let host = format!("prod.api.{DOMAIN}");
+    ten.wait_status(&host, "/", 200);
+    let dir = ten.dir.path().to_path_buf();
+    let path = dir.join("access.log");
+    assert!(logged(&ten, &path, "first=1"), "{}", ten.stderr());
+    // logrotate with `postrotate ten reload`: the next lines go to a new file at the path.
+    let rotated = dir.join("access.log.1");
+    std::fs::rename(&path, &rotated).expect("rotate");
+    let (status, out, err) = ten.cli(&["reload"]);
+    assert!(status.success(), "{out}{err}");
+    assert!(
+        logged(&ten, &path, "after=reload"),
+        "no new access log after ten reload: {}",
+        ten.stderr()
+    );
+    assert!(std::fs::read_to_string(&rotated)
+        .expect("rotated")
+        .contains("first=1"));
+    // A path that cannot be opened refuses the reload; the log stays where it was.
+    let config = dir.join("tenement.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let old_line = format!("access_log = \"{}\"", path.display());
+    assert!(text.contains(&old_line), "{text}");
+    let bad = text.replace(
+        &old_line,
+        &format!("access_log = \"{}/no/such/dir.log\"", dir.display()),
+    );
+    std::fs::write(&config, bad).expect("write config");
+    let (status, out, err) = ten.cli(&["reload"]);
+    assert!(!status.success(), "{out}{err}");
+    assert!(format!("{out}{err}").contains("access_log"), "{out}{err}");
+    assert!(logged(&ten, &path, "still=here"), "{}", ten.stderr());
+    // A new path: applied by the reload, the old file gets no more lines.
+    let other = dir.join("other.log");
+    let moved = text.replace(&old_line, &format!("access_log = \"{}\"", other.display()));
+    std::fs::write(&config, moved).expect("write config");
+    let (status, out, err) = ten.cli(&["reload"]);
+    assert!(status.success(), "{out}{err}");
+    assert!(out.contains("setting ~ access_log"), "{out}");
+    assert!(logged(&ten, &other, "moved=1"), "{}", ten.stderr());
+    assert!(!std::fs::read_to_string(&path)
+        .expect("old log")
+        .contains("moved=1"));
+}
+
 /// A child process killed when dropped (pebble, its DNS).
 struct Killed(std::process::Child);
 
@@ -414,10 +485,11 @@ fn wait_listening(addr: SocketAddr, what: &str) {
 }
 
 /// Pebble (Let's Encrypt's test ACME server, Debian package `pebble`) on loopback, validating
-/// HTTP-01 against `http_port` and resolving every name to 127.0.0.1 through
-/// pebble-challtestsrv's DNS. Returns the guards, the directory URL, the PEM of the CA that
-/// signs pebble's own API certificate (for `ca_cert`) and of the root pebble issues under.
-fn pebble(dir: &std::path::Path, http_port: u16) -> (Vec<Killed>, String, String) {
+/// HTTP-01 against `http_port`, TLS-ALPN-01 against `tls_port`, and resolving every name to
+/// 127.0.0.1 through pebble-challtestsrv's DNS. Returns the guards, the directory URL, the PEM
+/// of the CA that signs pebble's own API certificate (for `ca_cert`) and of the root pebble
+/// issues under.
+fn pebble(dir: &std::path::Path, http_port: u16, tls_port: u16) -> (Vec<Killed>, String, String) {
     for bin in ["pebble", "pebble-challtestsrv"] {
         assert!(
             std::path::Path::new(&format!("/usr/bin/{bin}")).exists(),
@@ -436,7 +508,7 @@ fn pebble(dir: &std::path::Path, http_port: u16) -> (Vec<Killed>, String, String
         "certificate": dir.join("pebble-api.pem"),
         "privateKey": dir.join("pebble-api.key"),
         "httpPort": http_port,
-        "tlsPort": crate::util::free_port(),
+        "tlsPort": tls_port,
         "ocspResponderURL": "",
         "externalAccountBindingRequired": false,
     }});
@@ -496,7 +568,7 @@ fn orders(ten: &crate::util::Ten) -> usize {
 fn acme_issues_on_demand_for_routed_names_only_reuses_stored_certs_and_renews() {
     let b = Builder::new();
     let http_port = crate::util::free_port();
-    let (_pebble, directory, root) = pebble(b.dir(), http_port);
+    let (_pebble, directory, root) = pebble(b.dir(), http_port, crate::util::free_port());
     let config = format!(
         "[settings]\ndomain = \"{DOMAIN}\"\nlisten = \"127.0.0.1:{http_port}\"\ndata_dir = \"@DIR@/data\"\n\
          drain_timeout = \"2s\"\n\
@@ -666,4 +738,68 @@ fn reload_rebuilds_the_certificate_set_and_refuses_a_bad_file() {
         "{out}{err}"
     );
     assert_eq!(served(&extra, &[&third]), pem_der(&third));
+}
+
+#[test]
+fn acme_tls_alpn_01_is_answered_on_the_tls_listener() {
+    let b = Builder::new();
+    // Pebble validates on ten's TLS listener only: nothing answers HTTP-01 on its port.
+    let (http_port, tls_port) = (crate::util::free_port(), crate::util::free_port());
+    let (_pebble, directory, root) = pebble(b.dir(), crate::util::free_port(), tls_port);
+    let config = format!(
+        "[settings]\ndomain = \"{DOMAIN}\"\nlisten = \"127.0.0.1:{http_port}\"\ndata_dir = \"@DIR@/data\"\n\
+         drain_timeout = \"2s\"\n\
+         [settings.tls]\nlisten = \"127.0.0.1:{tls_port}\"\n\
+         [settings.acme]\ndirectory = \"{directory}\"\nca_cert = \"@DIR@/pebble-api.pem\"\n\
+         challenge = \"tls-alpn-01\"\n\
+         {API}"
+    );
+    let ten = b.raw(&config).start();
+    let host = format!("prod.api.{DOMAIN}");
+    ten.wait_status(&host, "/", 200);
+    let https = ten.https.expect("https");
+    assert_eq!(https.port(), tls_port);
+
+    // A client offering acme-tls/1 for a name with no pending challenge: no handshake, no order.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    let sni = rustls::pki_types::ServerName::try_from(host.clone()).expect("name");
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), sni).expect("conn");
+    let mut sock = TcpStream::connect(https).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let failed = loop {
+        match conn.complete_io(&mut sock) {
+            Ok(_) if conn.is_handshaking() => continue,
+            Ok(_) => break false,
+            Err(_) => break true,
+        }
+    };
+    assert!(failed, "acme-tls/1 without a pending challenge is refused");
+    assert_eq!(orders(&ten), 0, "{}", ten.stderr());
+
+    // A browser's first handshake for a routed name: the order is validated by Pebble over
+    // TLS-ALPN-01 on this listener (the handshake waits), then the Pebble-issued cert is served.
+    let s = tls_connect(https, &host, &[&root], &[b"h2", b"http/1.1"]);
+    assert_eq!(s.conn.alpn_protocol(), Some(&b"h2"[..]));
+    let issued = s.conn.peer_certificates().expect("cert")[0].to_vec();
+    drop(s);
+    let (_, c) = x509_parser::parse_x509_certificate(&issued).expect("x509");
+    assert!(c.issuer().to_string().contains("Pebble"), "{}", c.issuer());
+    assert_eq!(orders(&ten), 1, "{}", ten.stderr());
+    let log = ten.stderr();
+    assert!(
+        log.contains("acme: tls-alpn-01 challenge answered"),
+        "{log}"
+    );
+    assert!(log.contains("acme: certificate issued"), "{log}");
+    // The issued certificate serves requests.
+    let r = client(&root, &host, https)
+        .get(format!("https://{host}:{}/headers", https.port()))
+        .send()
+        .expect("https request");
+    assert_eq!(r.status().as_u16(), 200);
 }

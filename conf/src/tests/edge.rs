@@ -78,6 +78,10 @@ fn acme_parses_with_defaults_and_makes_cert_optional() {
     let acme = c.settings.acme.unwrap();
     assert_eq!(acme.directory, "https://127.0.0.1:14000/dir");
     assert_eq!(acme.ca_cert, Some(f.0.join("a.pem")));
+    let c = ok(&f.text(
+        "[settings.tls]\nlisten = \"127.0.0.1:8443\"\n[settings.acme]\nchallenge = \"tls-alpn-01\"\n",
+    ));
+    assert_eq!(c.settings.acme.unwrap().challenge, AcmeChallenge::TlsAlpn01);
 }
 
 #[test]
@@ -88,10 +92,13 @@ fn acme_errors() {
         vec!["tenement.toml:1: settings.acme: acme needs [settings.tls] (the listener its certificates are served on)"]
     );
     let e = errors(
-        "[settings.tls]\nlisten = \"127.0.0.1:8443\"\n[settings.acme]\nchallenge = \"tls-alpn-01\"\n",
+        "[settings.tls]\nlisten = \"127.0.0.1:8443\"\n[settings.acme]\nchallenge = \"dns-01\"\n",
     );
     assert_eq!(e.len(), 1, "{e:#?}");
-    assert!(e[0].contains("tls-alpn-01 is not supported yet"), "{e:#?}");
+    assert!(
+        e[0].contains("expected \"http-01\" or \"tls-alpn-01\", got \"dns-01\""),
+        "{e:#?}"
+    );
     // Without ACME, cert and key stay required.
     let e = errors("[settings.tls]\nlisten = \"127.0.0.1:8443\"\n");
     assert_eq!(e.len(), 2, "{e:#?}");

@@ -14,6 +14,11 @@
 //!
 //! Reloads are serialised: a second one waits for the first to finish, then compares against
 //! what the first applied.
+//!
+//! Every reload (not a dry run, valid file or not) also reopens the access log file by its path,
+//! as SIGUSR1 does (logrotate's `postrotate ten reload`); a changed `access_log` path is opened
+//! before anything changes (a path that cannot be opened refuses the reload) and the log
+//! switches to it.
 
 pub mod plan;
 pub mod source;
@@ -29,6 +34,7 @@ use crate::server::listeners::Listeners;
 use crate::server::notify::Notifier;
 pub use plan::Plan;
 pub use source::Source;
+use tenement_proxy::access::{AccessLog, Target};
 
 /// The suffix of the id of an instance's temporary replacement while a reload replaces it.
 const STAGING: &str = "-reload";
@@ -55,6 +61,8 @@ pub struct Reloader {
     notifier: Arc<Notifier>,
     /// The TLS certificate set (None without `[settings.tls]`), rebuilt by every reload.
     certs: Option<Arc<tenement_proxy::tls::Certs>>,
+    /// The access log (None when off at start), reopened by every reload.
+    access: Option<Arc<AccessLog>>,
     serial: tokio::sync::Mutex<()>,
 }
 
@@ -74,13 +82,23 @@ impl Reloader {
             listeners,
             notifier,
             certs,
+            access: None,
             serial: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The access log each reload reopens (or switches to a changed `access_log`).
+    pub fn with_access_log(mut self, access: Option<Arc<AccessLog>>) -> Self {
+        self.access = access;
+        self
     }
 
     /// Re-read the file and apply it (or, `dry_run`, only say what would change).
     pub async fn reload(&self, dry_run: bool) -> Outcome {
         let _one_at_a_time = self.serial.lock().await;
+        if let (false, Some(log)) = (dry_run, &self.access) {
+            log.reopen();
+        }
         let new = match self.source.load() {
             Ok(c) => c,
             Err(errors) => {
@@ -110,6 +128,27 @@ impl Reloader {
                 refused: true,
             };
         }
+        // A changed access_log path, opened first: one that cannot be opened refuses the
+        // reload (nothing changed yet); the log switches once nothing else can refuse.
+        let mut access_to = None;
+        if let (false, Some(_)) = (dry_run, &self.access) {
+            if plan::access_log_applies(&old.settings, &new.settings) {
+                let opened = Target::of(&new.settings.access_log)
+                    .map(|t| AccessLog::open(&t))
+                    .transpose();
+                match opened {
+                    Ok(o) => access_to = o,
+                    Err(e) => {
+                        return Outcome {
+                            errors: vec![format!("settings.access_log: {e}")],
+                            dry_run,
+                            refused: true,
+                            ..Outcome::default()
+                        }
+                    }
+                }
+            }
+        }
         // The certificate files, first: a file rustls cannot use refuses the reload (nothing
         // changed yet). Every reload rebuilds the set, so files renewed in place apply too.
         if let (false, Some(certs), Some(tls)) = (dry_run, &self.certs, &new.settings.tls) {
@@ -123,6 +162,9 @@ impl Reloader {
                     };
                 }
             }
+        }
+        if let (Some(log), Some(to)) = (&self.access, access_to) {
+            log.switch(to);
         }
         if dry_run || plan.is_empty() {
             return Outcome {

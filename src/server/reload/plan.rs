@@ -171,7 +171,18 @@ fn settings(old: &Settings, new: &Settings, plan: &mut Plan) {
         probe.tls = new.tls.clone();
     }
     key!(acme, None::<&str>);
-    key!(access_log, None::<&str>);
+    // access_log: another path (or stdout) applies at once; turning it on or off is read once.
+    if probe.access_log != new.access_log {
+        if access_log_applies(&probe, new) {
+            plan.lines.push(format!(
+                "setting ~ access_log: the next lines go to {}",
+                access_log_name(&new.access_log)
+            ));
+        } else {
+            plan.later.push("access_log".into());
+        }
+        probe.access_log = new.access_log.clone();
+    }
     key!(metrics, None::<&str>);
     key!(admin_loopback_trusted, None::<&str>);
     key!(log_retention, None::<&str>);
@@ -197,6 +208,21 @@ pub fn tls_files_apply(old: &Settings, new: &Settings) -> bool {
     }
 }
 
+/// Whether a reload from `old` to `new` switches the access log to `new`'s target: it was on
+/// at start and stays on, elsewhere (the proxy's log exists only if it was on at start).
+pub fn access_log_applies(old: &Settings, new: &Settings) -> bool {
+    use tenement_conf::AccessLog::Off;
+    old.access_log != new.access_log && old.access_log != Off && new.access_log != Off
+}
+
+fn access_log_name(a: &tenement_conf::AccessLog) -> String {
+    match a {
+        tenement_conf::AccessLog::Off => "off".into(),
+        tenement_conf::AccessLog::Stdout => "stdout".into(),
+        tenement_conf::AccessLog::File(p) => p.display().to_string(),
+    }
+}
+
 /// What runs after a reload keeps the values of the keys read once at start (they apply at the
 /// next start), so the running config says what is in force and the next reload reports them
 /// again. (A settings key this list does not name is taken from the file.)
@@ -212,7 +238,9 @@ pub fn keep_read_once(old: &Config, new: &mut Config) {
         (ot, nt) => *nt = ot.clone(),
     }
     n.acme = o.acme.clone();
-    n.access_log = o.access_log.clone();
+    if !access_log_applies(o, n) {
+        n.access_log = o.access_log.clone();
+    }
     n.metrics = o.metrics;
     n.admin_loopback_trusted = o.admin_loopback_trusted;
     n.log_retention = o.log_retention;
@@ -506,6 +534,32 @@ mod tests {
         keep_read_once(&old, &mut applied);
         assert_eq!(applied.settings.header_timeout, old.settings.header_timeout);
         assert_eq!(plan(&applied, &new, &[]).later, ["header_timeout"]);
+    }
+
+    #[test]
+    fn an_access_log_path_change_applies_and_turning_it_on_waits() {
+        let with = |v: &str| config(&BASE.replace("[settings]\n", &format!("[settings]\n{v}\n")));
+        let a = with("access_log = \"/var/log/a.log\"");
+        let b = with("access_log = \"/var/log/b.log\"");
+        let p = plan(&a, &b, &[]);
+        assert!(p.later.is_empty(), "{p:?}");
+        assert!(
+            p.lines
+                .contains(&"setting ~ access_log: the next lines go to /var/log/b.log".into()),
+            "{p:?}"
+        );
+        let mut applied = b.clone();
+        keep_read_once(&a, &mut applied);
+        assert_eq!(applied.settings.access_log, b.settings.access_log);
+        let stdout = with("access_log = \"stdout\"");
+        assert!(access_log_applies(&a.settings, &stdout.settings));
+        // Off at start: no log to switch, applies at the next start (and the reverse).
+        let off = config(BASE);
+        assert_eq!(plan(&off, &a, &[]).later, ["access_log"]);
+        assert_eq!(plan(&a, &off, &[]).later, ["access_log"]);
+        let mut applied = a.clone();
+        keep_read_once(&off, &mut applied);
+        assert_eq!(applied.settings.access_log, off.settings.access_log);
     }
 
     #[test]
