@@ -161,7 +161,7 @@ impl Fleet {
                     let ids: HashSet<&str> = snap.servers.iter().map(|s| s.id.as_str()).collect();
                     rt.health.retain(|id, _| ids.contains(id.as_str()));
                     self.inner
-                        .publish(&mut rt, snap.servers, snap.tenants, snap.placements);
+                        .publish(&mut rt, snap.servers, Some(snap.tenants), snap.placements);
                     self.inner.reconcile(&mut rt)
                 }
                 Err(e) => {
@@ -322,11 +322,13 @@ impl Inner {
         self.rt.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Publishes `servers` with their health, `tenants` (None: the current view's, shared)
+    /// and `placements`. The view's routing generation moves only if what routes changed.
     pub(crate) fn publish(
         &self,
         rt: &mut Runtime,
         servers: Vec<Server>,
-        tenants: Vec<Tenant>,
+        tenants: Option<Vec<Tenant>>,
         placements: impl IntoIterator<Item = Placement>,
     ) {
         let states = servers
@@ -347,7 +349,15 @@ impl Inner {
             .collect();
         rt.generation += 1;
         rt.dirty = false;
-        let view = FleetView::new(states, tenants, rt.generation).with_placements(placements);
+        let prev = self.tx.borrow().clone();
+        let mut view = match tenants {
+            Some(tenants) => FleetView::new(states, tenants, rt.generation),
+            None => prev.with_servers(states, rt.generation),
+        }
+        .with_placements(placements);
+        if view.routes_like(&prev) {
+            view.routing = prev.routing;
+        }
         self.tx.send_replace(Arc::new(view));
     }
 
@@ -385,6 +395,50 @@ mod tests {
             ..tenement_conf::Fleet::default()
         };
         (dir, Fleet::new(store, conf, Arc::new(|_: &str| {})))
+    }
+
+    #[test]
+    fn a_health_only_publish_shares_the_tenants_and_keeps_the_routing_generation() {
+        let (_dir, f) = fleet();
+        f.add_server(&NewServer {
+            id: "s1".into(),
+            url: "http://127.0.0.1:9".into(),
+            domain: Some("s1.example.com".into()),
+            ..NewServer::default()
+        })
+        .unwrap();
+        f.add_tenant(&Tenant {
+            id: "acme".into(),
+            domain: "acme.com".into(),
+            server: "s1".into(),
+            process: "app".into(),
+            instance: "acme".into(),
+        })
+        .unwrap();
+        let before = f.view();
+        assert_eq!(before.tenant("acme").unwrap().domain, "acme.com");
+        assert_eq!(before.server("s1").unwrap().server.id, "s1");
+        // Latency only: a new generation, the same routing, the same tenant list.
+        {
+            let mut rt = f.inner.lock();
+            rt.health.get_mut("s1").unwrap().latency_ms = Some(3);
+            f.inner.republish(&mut rt);
+        }
+        let after = f.view();
+        assert!(after.generation > before.generation);
+        assert_eq!(after.routing, before.routing);
+        assert!(Arc::ptr_eq(&after.tenants, &before.tenants));
+        assert_eq!(after.server("s1").unwrap().latency_ms, Some(3));
+        // A status change routes differently.
+        {
+            let mut rt = f.inner.lock();
+            rt.health.get_mut("s1").unwrap().status = Status::Offline;
+            f.inner.republish(&mut rt);
+        }
+        let down = f.view();
+        assert_eq!(down.routing, down.generation);
+        assert!(down.routing > after.routing);
+        assert!(Arc::ptr_eq(&down.tenants, &before.tenants));
     }
 
     #[test]

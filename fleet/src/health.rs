@@ -314,6 +314,27 @@ impl Inner {
         self.emit(placed);
     }
 
+    /// [`Inner::apply`] with a resolution and a check result (`bench.rs`).
+    pub(crate) fn apply_for_bench(
+        &self,
+        id: &str,
+        url: &str,
+        resolved: Result<ServerAddr, String>,
+        result: Result<Duration, String>,
+    ) {
+        self.apply(id, url, Some(resolved), Some(result), None);
+    }
+
+    /// [`Inner::apply`] with a check result only (`bench.rs`).
+    pub(crate) fn apply_result_for_bench(&self, id: &str, url: &str, r: Result<Duration, String>) {
+        self.apply(id, url, None, Some(r), None);
+    }
+
+    /// [`Inner::tick`] (`bench.rs`).
+    pub(crate) fn tick_for_bench(&self) {
+        self.tick();
+    }
+
     /// Each tick: publish pending changes, reconcile the placements, send the webhooks that
     /// are due.
     fn tick(&self) {

@@ -18,6 +18,8 @@
 //! This crate knows nothing of the proxy or the supervisor: the root package wires it in.
 
 pub mod aggregate;
+#[doc(hidden)]
+pub mod bench;
 use tenement_db as db;
 mod fleet;
 mod health;

@@ -133,7 +133,7 @@ impl Inner {
         placements: HashMap<String, Placement>,
     ) {
         let servers = view.servers.iter().map(|s| s.server.clone()).collect();
-        self.publish(rt, servers, view.tenants.clone(), placements.into_values());
+        self.publish(rt, servers, None, placements.into_values());
     }
 
     /// "Am I the leader": only the leader places tenants and stops copies. One router, one
@@ -167,7 +167,7 @@ impl Inner {
         let mut tasks = Vec::new();
         let now = now_ms();
         let retry_after = ms(self.conf.health_interval.max(Duration::from_secs(1)));
-        for t in &view.tenants {
+        for t in view.tenants.iter() {
             let home_down = servers
                 .get(t.server.as_str())
                 .is_none_or(|h| h.status == Status::Offline);

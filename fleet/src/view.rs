@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -73,16 +74,36 @@ pub struct ServerState {
 }
 
 /// One consistent snapshot of the fleet: servers with their health, and tenants.
+///
+/// Lookups by server id, tenant id and domain are hash lookups (indexes built once per
+/// snapshot). A publish that changes only health (a routine tick) shares the previous
+/// snapshot's tenants and their indexes (one `Arc`), so it costs O(servers), not O(tenants);
+/// its [`FleetView::routing`] stays the same when nothing that routes changed, so the table is
+/// not rebuilt.
 #[derive(Clone, Debug, Default)]
 pub struct FleetView {
     pub servers: Vec<ServerState>,
-    pub tenants: Vec<Tenant>,
+    pub tenants: Arc<Vec<Tenant>>,
     /// Bumped on every publish.
     pub generation: u64,
+    /// The generation of the last publish that changed what routes (servers' identity, status
+    /// or address, tenants, placements): equal routing generations route the same.
+    pub routing: u64,
     /// Failover placements by tenant id.
     pub placements: HashMap<String, Placement>,
-    /// Tenant index by (lower-case) domain, built once per snapshot.
+    /// Tenant indexes, shared by the snapshots with the same tenants.
+    index: Arc<TenantIndex>,
+    /// Server index by id.
+    server_ids: HashMap<String, usize>,
+    /// How many servers are up.
+    up: usize,
+}
+
+/// Tenant positions by (lower-case) domain and by id.
+#[derive(Debug, Default)]
+struct TenantIndex {
     domains: HashMap<String, usize>,
+    ids: HashMap<String, usize>,
 }
 
 /// Where a tenant's requests go now ([`FleetView::serve`]).
@@ -110,17 +131,52 @@ impl PartialEq for Served<'_> {
 
 impl FleetView {
     pub fn new(servers: Vec<ServerState>, tenants: Vec<Tenant>, generation: u64) -> Self {
-        let domains = tenants
+        let index = TenantIndex {
+            domains: tenants
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.domain.clone(), i))
+                .collect(),
+            ids: tenants
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.id.clone(), i))
+                .collect(),
+        };
+        FleetView::with_tenants(servers, Arc::new(tenants), Arc::new(index), generation)
+    }
+
+    /// A snapshot with `servers` and the same tenants (and tenant indexes) as `self`.
+    pub fn with_servers(&self, servers: Vec<ServerState>, generation: u64) -> Self {
+        FleetView::with_tenants(
+            servers,
+            self.tenants.clone(),
+            self.index.clone(),
+            generation,
+        )
+    }
+
+    fn with_tenants(
+        servers: Vec<ServerState>,
+        tenants: Arc<Vec<Tenant>>,
+        index: Arc<TenantIndex>,
+        generation: u64,
+    ) -> Self {
+        let server_ids = servers
             .iter()
             .enumerate()
-            .map(|(i, t)| (t.domain.clone(), i))
+            .map(|(i, s)| (s.server.id.clone(), i))
             .collect();
+        let up = servers.iter().filter(|s| s.status.is_up()).count();
         FleetView {
             servers,
             tenants,
             generation,
+            routing: generation,
             placements: HashMap::new(),
-            domains,
+            index,
+            server_ids,
+            up,
         }
     }
 
@@ -133,17 +189,31 @@ impl FleetView {
         self
     }
 
+    /// Whether `self` routes as `prev` does: same tenants (the same shared list), same
+    /// placements, and servers with the same identity, status and address.
+    pub fn routes_like(&self, prev: &FleetView) -> bool {
+        Arc::ptr_eq(&self.tenants, &prev.tenants)
+            && self.placements == prev.placements
+            && self.servers.len() == prev.servers.len()
+            && self.servers.iter().zip(&prev.servers).all(|(a, b)| {
+                a.status == b.status && a.resolved == b.resolved && a.server == b.server
+            })
+    }
+
     pub fn tenant(&self, id: &str) -> Option<&Tenant> {
-        self.tenants.iter().find(|t| t.id == id)
+        self.index.ids.get(id).and_then(|&i| self.tenants.get(i))
     }
 
     pub fn server(&self, id: &str) -> Option<&ServerState> {
-        self.servers.iter().find(|s| s.server.id == id)
+        self.server_ids.get(id).and_then(|&i| self.servers.get(i))
     }
 
     /// The tenant whose domain is `host` (lower-case, without port): one hash lookup.
     pub fn tenant_by_domain(&self, host: &str) -> Option<&Tenant> {
-        self.domains.get(host).and_then(|&i| self.tenants.get(i))
+        self.index
+            .domains
+            .get(host)
+            .and_then(|&i| self.tenants.get(i))
     }
 
     /// Where a tenant's requests go: its home unless home is offline (a home still `unknown`,
@@ -181,12 +251,9 @@ impl FleetView {
     }
 
     /// Placing when some other server is up (one will be chosen), else unavailable.
+    /// Its home is offline (or gone) here, so it is not among the servers up: O(1).
     fn placing_or_none(&self, tenant: &Tenant) -> Served<'_> {
-        let any = self
-            .servers
-            .iter()
-            .any(|s| s.server.id != tenant.server && s.status.is_up());
-        if any {
+        if self.up > 0 {
             Served::Placing
         } else {
             Served::Unavailable(format!(
