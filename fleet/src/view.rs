@@ -99,11 +99,12 @@ pub struct FleetView {
     up: usize,
 }
 
-/// Tenant positions by (lower-case) domain and by id.
+/// Tenant positions by (lower-case) domain, by id and by home server.
 #[derive(Debug, Default)]
 struct TenantIndex {
     domains: HashMap<String, usize>,
     ids: HashMap<String, usize>,
+    by_home: HashMap<String, Vec<usize>>,
 }
 
 /// Where a tenant's requests go now ([`FleetView::serve`]).
@@ -142,7 +143,12 @@ impl FleetView {
                 .enumerate()
                 .map(|(i, t)| (t.id.clone(), i))
                 .collect(),
+            by_home: HashMap::new(),
         };
+        let mut index = index;
+        for (i, t) in tenants.iter().enumerate() {
+            index.by_home.entry(t.server.clone()).or_default().push(i);
+        }
         FleetView::with_tenants(servers, Arc::new(tenants), Arc::new(index), generation)
     }
 
@@ -198,6 +204,30 @@ impl FleetView {
             && self.servers.iter().zip(&prev.servers).all(|(a, b)| {
                 a.status == b.status && a.resolved == b.resolved && a.server == b.server
             })
+    }
+
+    /// The positions in `tenants` of the tenants that need the placement component: those
+    /// whose home is offline (or not in the view) and those with a placement, in `tenants`
+    /// order. Proportional to them, not to all tenants.
+    pub(crate) fn placement_candidates(&self) -> Vec<usize> {
+        let mut todo: Vec<usize> = self
+            .index
+            .by_home
+            .iter()
+            .filter(|(home, _)| {
+                self.server(home)
+                    .is_none_or(|s| s.status == Status::Offline)
+            })
+            .flat_map(|(_, list)| list.iter().copied())
+            .chain(
+                self.placements
+                    .keys()
+                    .filter_map(|id| self.index.ids.get(id).copied()),
+            )
+            .collect();
+        todo.sort_unstable();
+        todo.dedup();
+        todo
     }
 
     pub fn tenant(&self, id: &str) -> Option<&Tenant> {
@@ -362,6 +392,42 @@ mod tests {
             tenant_host(&t, &v.servers[0].server),
             "acme.app.s1.example.com"
         );
+    }
+
+    #[test]
+    fn placement_candidates_are_the_tenants_of_offline_homes_and_the_placed_ones() {
+        let t = |id: &str, server: &str| Tenant {
+            id: id.into(),
+            domain: format!("{id}.com"),
+            server: server.into(),
+            process: "app".into(),
+            instance: id.into(),
+        };
+        let tenants = vec![
+            t("a1", "s1"),
+            t("a2", "s2"),
+            t("a3", "s1"),
+            t("a4", "s2"),
+            t("a5", "s3"),
+        ];
+        let servers = vec![
+            state("s1", Status::Online),
+            state("s2", Status::Offline),
+            state("s3", Status::Online),
+        ];
+        let v = FleetView::new(servers, tenants, 1);
+        assert_eq!(v.placement_candidates(), [1, 3], "the tenants of s2 only");
+        let v = v.with_placements([Placement {
+            tenant: "a5".into(),
+            server: "s1".into(),
+            spawned: false,
+            state: PlaceState::Ready,
+            error: None,
+            placed_ms: 1,
+        }]);
+        assert_eq!(v.placement_candidates(), [1, 3, 4], "and the placed one");
+        assert_eq!(v.tenant("a4").unwrap().server, "s2");
+        assert_eq!(v.server("s3").unwrap().status, Status::Online);
     }
 
     #[test]

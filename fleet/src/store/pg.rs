@@ -46,6 +46,8 @@ const LEADER_KEY: i64 = 0x7465_6e65_6d65_6e74;
 const MIGRATE_KEY: i64 = LEADER_KEY + 1;
 /// The longest a store call waits for PostgreSQL.
 pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest `ten fleet migrate-store`'s copy may take.
+const COPY_TIMEOUT: Duration = Duration::from_secs(300);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -240,8 +242,17 @@ impl PgStore {
         T: Send + 'static,
         F: for<'a> FnOnce(&'a mut Client) -> Call<'a, T> + Send + 'static,
     {
+        self.call_within(OP_TIMEOUT, f)
+    }
+
+    /// [`PgStore::call`], waiting at most `limit`.
+    fn call_within<T, F>(&self, limit: Duration, f: F) -> Result<T, FleetError>
+    where
+        T: Send + 'static,
+        F: for<'a> FnOnce(&'a mut Client) -> Call<'a, T> + Send + 'static,
+    {
         let shared = self.shared.clone();
-        self.block_on(OP_TIMEOUT, async move {
+        self.block_on(limit, async move {
             let mut guard = shared.main.lock().await;
             match guard.as_mut() {
                 Some(client) if !client.is_closed() => f(client).await,
@@ -549,7 +560,7 @@ impl PgStore {
     ) -> Result<Copied, FleetError> {
         let (snap, created) = (snap.clone(), created.clone());
         let name = self.shared.name.clone();
-        self.call(move |c| {
+        self.call_within(COPY_TIMEOUT, move |c| {
             Box::pin(async move {
                 let tx = c.transaction().await?;
                 let count = |table: &'static str| {
@@ -574,24 +585,46 @@ impl PgStore {
                      DELETE FROM fleet_tenants; DELETE FROM fleet_servers;",
                 )
                 .await?;
+                // One statement per table (arrays unnested), not one per row.
                 let now = crate::now_ms();
-                for s in &snap.servers {
-                    let at = created.get(&s.id).copied().unwrap_or(now);
-                    tx.execute(
-                        "INSERT INTO fleet_servers (id, url, domain, region, token, created_ms)
-                         VALUES ($1, $2, $3, $4, $5, $6)",
-                        &[&s.id, &s.url, &s.domain, &s.region, &s.token, &at],
-                    )
-                    .await?;
-                }
-                for t in &snap.tenants {
-                    tx.execute(
-                        "INSERT INTO fleet_tenants (id, domain, server, process, instance)
-                         VALUES ($1, $2, $3, $4, $5)",
-                        &[&t.id, &t.domain, &t.server, &t.process, &t.instance],
-                    )
-                    .await?;
-                }
+                let col = |f: fn(&Server) -> Option<String>| -> Vec<Option<String>> {
+                    snap.servers.iter().map(f).collect()
+                };
+                let at: Vec<i64> = snap
+                    .servers
+                    .iter()
+                    .map(|s| created.get(&s.id).copied().unwrap_or(now))
+                    .collect();
+                tx.execute(
+                    "INSERT INTO fleet_servers (id, url, domain, region, token, created_ms)
+                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
+                                          $5::text[], $6::bigint[])",
+                    &[
+                        &col(|s| Some(s.id.clone())),
+                        &col(|s| Some(s.url.clone())),
+                        &col(|s| Some(s.domain.clone())),
+                        &col(|s| s.region.clone()),
+                        &col(|s| s.token.clone()),
+                        &at,
+                    ],
+                )
+                .await?;
+                let tcol = |f: fn(&Tenant) -> &String| -> Vec<&String> {
+                    snap.tenants.iter().map(f).collect()
+                };
+                tx.execute(
+                    "INSERT INTO fleet_tenants (id, domain, server, process, instance)
+                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
+                                          $5::text[])",
+                    &[
+                        &tcol(|t| &t.id),
+                        &tcol(|t| &t.domain),
+                        &tcol(|t| &t.server),
+                        &tcol(|t| &t.process),
+                        &tcol(|t| &t.instance),
+                    ],
+                )
+                .await?;
                 for p in &snap.placements {
                     tx.execute(
                         "INSERT INTO fleet_placements (tenant, server, spawned, state, error, placed_ms)
