@@ -6,7 +6,7 @@
 //!
 //! With a shared store (PostgreSQL), [`Fleet::run`] also follows the store: another router's
 //! write (a notification) or a reconnect re-reads servers, tenants and placements (all of
-//! them: see BENCHMARKS.md for what that costs at 100k tenants), and so does a timer every
+//! them: ~130 ms at 100k tenants, `benches/fleet.rs`), and so does a timer every
 //! [`RESYNC`], as the backstop for a missed notification. It also follows the leader lock:
 //! only the leader places tenants and sends webhooks; the others follow its placements.
 
