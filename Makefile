@@ -8,8 +8,9 @@ BUILD_APT := cmake gcc g++ make pkg-config curl
 # What `make test` needs on top (nginx: the nginx migration test; chromium and chromium-driver:
 # the dashboard's browser test, driven over WebDriver from Rust; no Node; prometheus: promtool
 # and a real Prometheus for the metrics tests; pebble: Let's Encrypt's test ACME server and its
-# DNS, for the ACME test in tests/e2e/tls.rs).
-TEST_APT := nginx-light chromium chromium-driver prometheus pebble
+# DNS, for the ACME test in tests/e2e/tls.rs; postgresql: the fleet's shared-store tests start a
+# private cluster).
+TEST_APT := nginx-light chromium chromium-driver prometheus pebble postgresql
 
 # $(call apt_install,PACKAGES): install those of PACKAGES that are missing.
 define apt_install

@@ -319,6 +319,9 @@ pub struct Fleet {
     pub placement_timeout: Duration,
     pub webhook: Option<String>,
     pub webhook_after: Duration,
+    /// Where servers, tenants and placements live: a `postgres://` URL shared by several
+    /// routers; None: the SQLite file in `data_dir`.
+    pub store: Option<String>,
 }
 
 impl Default for Fleet {
@@ -333,6 +336,7 @@ impl Default for Fleet {
             placement_timeout: Duration::from_secs(30),
             webhook: None,
             webhook_after: Duration::from_secs(300),
+            store: None,
         }
     }
 }

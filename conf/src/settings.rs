@@ -56,6 +56,7 @@ const FLEET_KEYS: &[&str] = &[
     "placement_timeout",
     "webhook",
     "webhook_after",
+    "store",
 ];
 
 /// The most `max_connections` may be (per listener).
@@ -587,7 +588,27 @@ pub(crate) fn parse_fleet(cx: &mut Cx, f: &Field<'_, '_>) -> Fleet {
         fleet.failover = b;
     }
     fleet.webhook = t.get("webhook").and_then(|f| webhook(cx, &f));
+    fleet.store = t.get("store").and_then(|f| store(cx, &f));
     fleet
+}
+
+/// `store`: a `postgres://` (or `postgresql://`) URL; the fleet crate parses the rest.
+fn store(cx: &mut Cx, f: &Field<'_, '_>) -> Option<String> {
+    let url = cx.str(f)?.trim();
+    let ok = ["postgres://", "postgresql://"]
+        .iter()
+        .any(|p| url.starts_with(p) && url.len() > p.len())
+        && !url.contains(char::is_whitespace);
+    if ok {
+        return Some(url.to_string());
+    }
+    // Never repeat the value: it may hold a password.
+    cx.err(
+        f.line(),
+        &f.path,
+        "expected a postgres:// URL (leave store out for the SQLite file in data_dir)".to_string(),
+    );
+    None
 }
 
 fn webhook(cx: &mut Cx, f: &Field<'_, '_>) -> Option<String> {

@@ -3,9 +3,15 @@
 //! `remove_tenant`, `migrate_tenant` write to the store AND publish the new view, so no caller
 //! has to remember to. The health loop that updates the runtime health is in `health.rs`; the
 //! failover placements it triggers are in `placement.rs`.
+//!
+//! With a shared store (PostgreSQL), [`Fleet::run`] also follows the store: another router's
+//! write (a notification) or a reconnect re-reads servers, tenants and placements (all of
+//! them: ~130 ms at 100k tenants, `benches/fleet.rs`), and so does a timer every
+//! [`RESYNC`], as the backstop for a missed notification. It also follows the leader lock:
+//! only the leader places tenants and sends webhooks; the others follow its placements.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -37,8 +43,11 @@ pub(crate) struct Inner {
     pub(crate) webhook: Option<WebhookSender>,
     /// Runtime health by server id; also serializes publishes.
     pub(crate) rt: Mutex<Runtime>,
-    /// Whether this router places tenants (see `placement.rs`): always true with one router.
+    /// Whether this router places tenants and sends webhooks: always true with SQLite; with a
+    /// shared store, while it holds the leader lock.
     pub(crate) leader: AtomicBool,
+    /// Serializes store re-reads, so an older read is never published after a newer one.
+    pub(crate) reread: Mutex<()>,
     /// Itself, for the tasks it starts.
     pub(crate) me: Weak<Inner>,
 }
@@ -53,12 +62,19 @@ pub(crate) struct Runtime {
     pub(crate) linger: HashMap<String, Linger>,
     /// Tenants whose failover copy is being stopped.
     pub(crate) stopping: HashSet<String>,
+    /// Servers seen coming up: their outage (if one was claimed) ends at the next tick.
+    pub(crate) came_up: Vec<String>,
 }
+
+/// How often a router with a shared store re-reads it all, notification or not.
+pub const RESYNC: Duration = Duration::from_secs(30);
 
 impl Fleet {
     /// A fleet over `store`, publishing its first view now (every server `unknown`).
     pub fn new(store: FleetStore, conf: tenement_conf::Fleet, events: Events) -> Fleet {
         let (tx, _) = watch::channel(Arc::new(FleetView::default()));
+        // A shared store's leader is elected (`run`); alone, this router leads.
+        let alone = matches!(store, FleetStore::Sqlite(_));
         let webhook = conf.webhook.as_deref().map(WebhookSender::new);
         let fleet = Fleet {
             inner: Arc::new_cyclic(|me| Inner {
@@ -69,7 +85,8 @@ impl Fleet {
                 client: crate::http::client(),
                 webhook,
                 rt: Mutex::new(Runtime::default()),
-                leader: AtomicBool::new(true),
+                leader: AtomicBool::new(alone),
+                reread: Mutex::new(()),
                 me: me.clone(),
             }),
         };
@@ -132,27 +149,113 @@ impl Fleet {
 
     /// Re-reads servers, tenants and placements from the store and publishes them (each write
     /// above does), then lets the placement component catch up.
+    /// A store that cannot be read keeps the last view (routing continues on it).
     pub fn changed(&self) {
+        let _one = self.inner.reread.lock().unwrap_or_else(|p| p.into_inner());
+        // Read outside the runtime lock: the health loop is not held up by the store.
+        let read = self.inner.store.snapshot();
         let lines = {
             let mut rt = self.inner.lock();
-            let store = &self.inner.store;
-            let read = store
-                .servers()
-                .and_then(|s| Ok((s, store.tenants()?, store.placements()?)));
             match read {
-                Ok((servers, tenants, placements)) => {
-                    let ids: HashSet<&str> = servers.iter().map(|s| s.id.as_str()).collect();
+                Ok(snap) => {
+                    let ids: HashSet<&str> = snap.servers.iter().map(|s| s.id.as_str()).collect();
                     rt.health.retain(|id, _| ids.contains(id.as_str()));
-                    self.inner.publish(&mut rt, servers, tenants, placements);
+                    self.inner
+                        .publish(&mut rt, snap.servers, Some(snap.tenants), snap.placements);
                     self.inner.reconcile(&mut rt)
                 }
                 Err(e) => {
-                    tracing::error!("fleet: cannot read servers, tenants and placements: {e}");
+                    tracing::error!(
+                        "fleet: cannot read servers, tenants and placements (routing on the last \
+                         table): {e}"
+                    );
                     Vec::new()
                 }
             }
         };
         self.inner.emit(lines);
+    }
+
+    /// Whether this router leads (places tenants, sends webhooks).
+    pub fn is_leader(&self) -> bool {
+        self.inner.is_leader()
+    }
+
+    /// Follows a shared store until `shutdown`: re-reads it on every change another router
+    /// makes (and every [`RESYNC`]), and takes or gives up the lead as the lock says.
+    pub(crate) async fn follow_store(&self, mut shutdown: watch::Receiver<bool>) {
+        let retry = self
+            .inner
+            .conf
+            .health_interval
+            .max(Duration::from_millis(50));
+        let Some(mut feeds) = self.inner.store.feeds(retry) else {
+            return;
+        };
+        let mut resync = tokio::time::interval(RESYNC);
+        resync.tick().await;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            tokio::select! {
+                r = shutdown.changed() => if r.is_err() { break },
+                r = feeds.changes.changed() => {
+                    if r.is_err() {
+                        break;
+                    }
+                    feeds.changes.borrow_and_update();
+                    self.reread().await;
+                }
+                _ = resync.tick() => self.reread().await,
+                r = feeds.leader.changed() => {
+                    if r.is_err() {
+                        break;
+                    }
+                    let leads = *feeds.leader.borrow_and_update();
+                    self.set_leader(leads);
+                }
+            }
+        }
+        self.inner.leader.store(false, Ordering::Relaxed);
+    }
+
+    /// [`Fleet::changed`] on a blocking thread (the store call waits for PostgreSQL).
+    async fn reread(&self) {
+        let me = self.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || me.changed()).await {
+            tracing::error!("fleet: re-reading the store failed: {e}");
+        }
+    }
+
+    /// Takes (or gives up) the lead. A new leader ends the outages of the servers it sees up
+    /// (their next outage gets a webhook) and reconciles the placements at once.
+    fn set_leader(&self, leads: bool) {
+        let was = self.inner.leader.swap(leads, Ordering::Relaxed);
+        if was == leads {
+            return;
+        }
+        let store = self.inner.store.name();
+        let line = if leads {
+            format!("fleet: this router leads now (placements, webhooks; lock in {store})")
+        } else {
+            format!("fleet: this router no longer leads (lock in {store} lost)")
+        };
+        self.inner.emit(vec![line]);
+        if leads {
+            let lines = {
+                let mut rt = self.inner.lock();
+                let view = self.inner.tx.borrow().clone();
+                rt.came_up.extend(
+                    view.servers
+                        .iter()
+                        .filter(|s| s.status.is_up())
+                        .map(|s| s.server.id.clone()),
+                );
+                self.inner.reconcile(&mut rt)
+            };
+            self.inner.emit(lines);
+        }
     }
 
     /// Wait while tenant `id` is being placed (its home is offline and its copy is starting),
@@ -219,11 +322,13 @@ impl Inner {
         self.rt.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Publishes `servers` with their health, `tenants` (None: the current view's, shared)
+    /// and `placements`. The view's routing generation moves only if what routes changed.
     pub(crate) fn publish(
         &self,
         rt: &mut Runtime,
         servers: Vec<Server>,
-        tenants: Vec<Tenant>,
+        tenants: Option<Vec<Tenant>>,
         placements: impl IntoIterator<Item = Placement>,
     ) {
         let states = servers
@@ -244,7 +349,15 @@ impl Inner {
             .collect();
         rt.generation += 1;
         rt.dirty = false;
-        let view = FleetView::new(states, tenants, rt.generation).with_placements(placements);
+        let prev = self.tx.borrow().clone();
+        let mut view = match tenants {
+            Some(tenants) => FleetView::new(states, tenants, rt.generation),
+            None => prev.with_servers(states, rt.generation),
+        }
+        .with_placements(placements);
+        if view.routes_like(&prev) {
+            view.routing = prev.routing;
+        }
         self.tx.send_replace(Arc::new(view));
     }
 
@@ -272,12 +385,60 @@ mod tests {
     fn fleet() -> (tempfile::TempDir, Fleet) {
         let dir = tempfile::tempdir().unwrap();
         let store = FleetStore::open(&dir.path().join("tenement.db")).unwrap();
+        assert_eq!(
+            store.name(),
+            dir.path().join("tenement.db").display().to_string()
+        );
         let conf = tenement_conf::Fleet {
             health_interval: std::time::Duration::from_secs(60),
             degraded_latency: std::time::Duration::from_secs(1),
             ..tenement_conf::Fleet::default()
         };
         (dir, Fleet::new(store, conf, Arc::new(|_: &str| {})))
+    }
+
+    #[test]
+    fn a_health_only_publish_shares_the_tenants_and_keeps_the_routing_generation() {
+        let (_dir, f) = fleet();
+        f.add_server(&NewServer {
+            id: "s1".into(),
+            url: "http://127.0.0.1:9".into(),
+            domain: Some("s1.example.com".into()),
+            ..NewServer::default()
+        })
+        .unwrap();
+        f.add_tenant(&Tenant {
+            id: "acme".into(),
+            domain: "acme.com".into(),
+            server: "s1".into(),
+            process: "app".into(),
+            instance: "acme".into(),
+        })
+        .unwrap();
+        let before = f.view();
+        assert_eq!(before.tenant("acme").unwrap().domain, "acme.com");
+        assert_eq!(before.server("s1").unwrap().server.id, "s1");
+        // Latency only: a new generation, the same routing, the same tenant list.
+        {
+            let mut rt = f.inner.lock();
+            rt.health.get_mut("s1").unwrap().latency_ms = Some(3);
+            f.inner.republish(&mut rt);
+        }
+        let after = f.view();
+        assert!(after.generation > before.generation);
+        assert_eq!(after.routing, before.routing);
+        assert!(Arc::ptr_eq(&after.tenants, &before.tenants));
+        assert_eq!(after.server("s1").unwrap().latency_ms, Some(3));
+        // A status change routes differently.
+        {
+            let mut rt = f.inner.lock();
+            rt.health.get_mut("s1").unwrap().status = Status::Offline;
+            f.inner.republish(&mut rt);
+        }
+        let down = f.view();
+        assert_eq!(down.routing, down.generation);
+        assert!(down.routing > after.routing);
+        assert!(Arc::ptr_eq(&down.tenants, &before.tenants));
     }
 
     #[test]

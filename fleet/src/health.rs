@@ -177,6 +177,12 @@ impl Fleet {
         // (id, url) of the servers resolved (or being resolved) since the loop started.
         let mut seen: HashSet<(String, String)> = HashSet::new();
         let mut views = self.subscribe();
+        // A shared store is followed alongside (changes, the leader lock).
+        let follow = tokio::spawn({
+            let me = self.clone();
+            let stop = shutdown.clone();
+            async move { me.follow_store(stop).await }
+        });
         loop {
             if *shutdown.borrow() {
                 break;
@@ -243,6 +249,7 @@ impl Fleet {
             }
         }
         tasks.abort_all();
+        follow.abort();
     }
 }
 
@@ -276,6 +283,11 @@ impl Inner {
                 rt.dirty = true;
             }
             let change = checked.flatten();
+            if let Some((_, new, _)) = &change {
+                if new.is_up() {
+                    rt.came_up.push(id.to_string());
+                }
+            }
             // A status change or a new address (routing) is published at once.
             if change.is_some() || moved {
                 self.republish(&mut rt);
@@ -302,6 +314,27 @@ impl Inner {
         self.emit(placed);
     }
 
+    /// [`Inner::apply`] with a resolution and a check result (`bench.rs`).
+    pub(crate) fn apply_for_bench(
+        &self,
+        id: &str,
+        url: &str,
+        resolved: Result<ServerAddr, String>,
+        result: Result<Duration, String>,
+    ) {
+        self.apply(id, url, Some(resolved), Some(result), None);
+    }
+
+    /// [`Inner::apply`] with a check result only (`bench.rs`).
+    pub(crate) fn apply_result_for_bench(&self, id: &str, url: &str, r: Result<Duration, String>) {
+        self.apply(id, url, None, Some(r), None);
+    }
+
+    /// [`Inner::tick`] (`bench.rs`).
+    pub(crate) fn tick_for_bench(&self) {
+        self.tick();
+    }
+
     /// Each tick: publish pending changes, reconcile the placements, send the webhooks that
     /// are due.
     fn tick(&self) {
@@ -311,16 +344,39 @@ impl Inner {
                 self.republish(&mut rt);
             }
             let lines = self.reconcile(&mut rt);
+            self.end_outages(&mut rt);
             self.send_due_webhooks(&mut rt);
             lines
         };
         self.emit(lines);
     }
 
+    /// The leader ends the claimed outages of the servers seen up since the last tick (one
+    /// store call, on a blocking thread).
+    fn end_outages(&self, rt: &mut Runtime) {
+        if rt.came_up.is_empty() || !self.is_leader() || self.webhook.is_none() {
+            rt.came_up.clear();
+            return;
+        }
+        let ids = std::mem::take(&mut rt.came_up);
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = me.store.end_outages(&ids) {
+                tracing::warn!("fleet: cannot end the outages of {}: {e}", ids.join(", "));
+            }
+        });
+    }
+
     fn send_due_webhooks(&self, rt: &mut Runtime) {
         let Some(sender) = &self.webhook else {
             return;
         };
+        // Only the leader sends; the store's outage row dedupes across routers and leaders.
+        if !self.is_leader() {
+            return;
+        }
         let after = i64::try_from(self.conf.webhook_after.as_millis()).unwrap_or(i64::MAX);
         let now = now_ms();
         for (id, h) in rt.health.iter_mut() {
@@ -333,7 +389,39 @@ impl Inner {
             h.webhook_sent = true;
             let payload = OutagePayload::offline(id, rfc3339_ms(since));
             let (sender, events) = (sender.clone(), self.events.clone());
+            let Some(me) = self.me.upgrade() else {
+                return;
+            };
+            let id = id.clone();
             tokio::spawn(async move {
+                let store = me.clone();
+                let claim = tokio::task::spawn_blocking(move || {
+                    store.store.claim_outage(&id, since).map_err(|e| (id, e))
+                });
+                match claim.await {
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) => {
+                        tracing::info!(
+                            "server {}: offline since {}: webhook already sent for this outage",
+                            payload.server,
+                            payload.since
+                        );
+                        return;
+                    }
+                    Ok(Err((id, e))) => {
+                        tracing::warn!(
+                            "server {id}: cannot record the outage (tried again next tick): {e}"
+                        );
+                        if let Some(h) = me.lock().health.get_mut(&id) {
+                            h.webhook_sent = false;
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!("fleet: outage claim failed: {e}");
+                        return;
+                    }
+                }
                 let line = match sender.send(&payload).await {
                     Ok(_) => {
                         let l = format!(

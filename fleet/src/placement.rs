@@ -20,7 +20,7 @@
 //!   own `requests`/`in_flight` counters in that same cached list: every router's traffic
 //!   counts, and the hot path is untouched); then the placement is forgotten.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -133,7 +133,7 @@ impl Inner {
         placements: HashMap<String, Placement>,
     ) {
         let servers = view.servers.iter().map(|s| s.server.clone()).collect();
-        self.publish(rt, servers, view.tenants.clone(), placements.into_values());
+        self.publish(rt, servers, None, placements.into_values());
     }
 
     /// "Am I the leader": only the leader places tenants and stops copies. One router, one
@@ -157,17 +157,20 @@ impl Inner {
             .map(|s| (s.server.id.as_str(), s))
             .collect();
         let mut placements = view.placements.clone();
-        if !placements.is_empty() {
-            let tenants: HashSet<&str> = view.tenants.iter().map(|t| t.id.as_str()).collect();
-            placements.retain(|tenant, _| tenants.contains(tenant.as_str()));
-        }
+        placements.retain(|tenant, _| view.tenant(tenant).is_some());
         rt.linger
             .retain(|tenant, _| placements.contains_key(tenant));
         let mut changed = placements.len() != view.placements.len();
         let mut tasks = Vec::new();
         let now = now_ms();
         let retry_after = ms(self.conf.health_interval.max(Duration::from_secs(1)));
-        for t in &view.tenants {
+        // Only the tenants whose home is offline or that have a placement: a status change
+        // costs what it concerns, not a pass over every tenant.
+        for t in view
+            .placement_candidates()
+            .into_iter()
+            .filter_map(|i| view.tenants.get(i))
+        {
             let home_down = servers
                 .get(t.server.as_str())
                 .is_none_or(|h| h.status == Status::Offline);

@@ -1,23 +1,32 @@
-//! Servers, tenants and failover placements in SQLite (`fleet_servers`, `fleet_tenants`,
-//! `fleet_placements` in the shared `tenement.db`).
+//! The fleet's store: servers, tenants, failover placements and outages (`fleet_servers`,
+//! `fleet_tenants`, `fleet_placements`, `fleet_outages`), in one of two backends behind one
+//! [`FleetStore`]:
+//! - SQLite (`store/sqlite.rs`, the default): the shared `tenement.db` of one router.
+//! - PostgreSQL (`store/pg.rs`, `[fleet] store = "postgres://..."`): shared by several routers;
+//!   every write NOTIFYs the others, and a session lock elects the one leader.
 //!
 //! A tenant's `server` is a foreign key (`ON DELETE RESTRICT`): a server with tenants cannot be
 //! removed until they are migrated or removed. A placement (where a tenant is served while its
-//! home is offline, see `placement.rs`) is data too, so that another store and another router
-//! can take it over; it goes away with its tenant or its server. Every input is validated here,
-//! so the API and the CLI report the same messages.
+//! home is offline, see `placement.rs`) is data too, so that another router can take it over;
+//! it goes away with its tenant or its server. An outage row records that the webhook for a
+//! server's current outage was claimed, so N routers send one. Every input is validated here,
+//! once for both backends, so the API and the CLI report the same messages.
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use tenement_conf::{check_hostname, check_instance_id, check_process_name};
 
-use crate::db::{self, DbError, Schema};
 use crate::validate::{check_id, normalize_url};
-use crate::{now_ms, FleetError};
+use crate::FleetError;
+
+mod pg;
+mod sqlite;
+
+pub(crate) use pg::PgStore;
+pub(crate) use sqlite::SqliteStore;
 
 /// A tenement server of the fleet.
 #[derive(Serialize, Clone, Debug, PartialEq)]
@@ -96,7 +105,7 @@ impl PlaceState {
         }
     }
 
-    fn parse(s: &str) -> PlaceState {
+    pub(crate) fn parse(s: &str) -> PlaceState {
         match s {
             "ready" => PlaceState::Ready,
             "placing" => PlaceState::Placing,
@@ -105,336 +114,307 @@ impl PlaceState {
     }
 }
 
-/// The fleet's tables (component `fleet` in `schema_version`).
-const SCHEMA: Schema = Schema {
-    component: "fleet",
-    migrations: &[SCHEMA_V1, SCHEMA_V2],
-};
+/// The fleet's store: SQLite (one router) or PostgreSQL (several routers).
+pub enum FleetStore {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
 
-/// Migration 1: the schema from before versions existed.
-const SCHEMA_V1: &str = "
-CREATE TABLE IF NOT EXISTS fleet_servers (
-    id         TEXT PRIMARY KEY,
-    url        TEXT NOT NULL,
-    domain     TEXT NOT NULL,
-    region     TEXT,
-    token      TEXT,
-    created_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS fleet_tenants (
-    id       TEXT PRIMARY KEY,
-    domain   TEXT NOT NULL UNIQUE,
-    server   TEXT NOT NULL REFERENCES fleet_servers(id) ON DELETE RESTRICT,
-    process  TEXT NOT NULL,
-    instance TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS fleet_tenants_server ON fleet_tenants(server);
-";
-
-/// Migration 2: failover placements (one per tenant at most).
-const SCHEMA_V2: &str = "
-CREATE TABLE fleet_placements (
-    tenant    TEXT PRIMARY KEY REFERENCES fleet_tenants(id) ON DELETE CASCADE,
-    server    TEXT NOT NULL REFERENCES fleet_servers(id) ON DELETE CASCADE,
-    spawned   INTEGER NOT NULL,
-    state     TEXT NOT NULL,
-    error     TEXT,
-    placed_ms INTEGER NOT NULL
-);
-";
-
-const SERVER_COLS: &str = "id, url, domain, region, token";
-const TENANT_COLS: &str = "id, domain, server, process, instance";
-
-pub struct FleetStore {
-    conn: Mutex<Connection>,
+/// What the store tells the fleet (PostgreSQL only): another router wrote, or the store
+/// reconnected (re-read everything); this router leads or not.
+pub(crate) struct Feeds {
+    /// Bumped on every change made by another router and after every (re)connect.
+    pub changes: tokio::sync::watch::Receiver<u64>,
+    /// Whether this router holds the leader lock.
+    pub leader: tokio::sync::watch::Receiver<bool>,
 }
 
 impl FleetStore {
-    /// Opens (or creates) the database file and our two tables.
+    /// Opens (or creates) the SQLite database file and the fleet's tables.
     pub fn open(db: &Path) -> Result<Self, FleetError> {
-        if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                FleetError::Invalid(format!("cannot create {}: {e}", dir.display()))
-            })?;
-        }
-        // foreign_keys is per connection and a no-op inside a transaction: a pragma, set first.
-        let pragmas = [("journal_mode", "WAL"), ("foreign_keys", "ON")];
-        let conn = db::open(db, &pragmas, Some(&SCHEMA)).map_err(|e| match e {
-            DbError::Open { source, .. } | DbError::Sqlite(source) => FleetError::Db(source),
-            refused => FleetError::Schema(refused),
-        })?;
-        Ok(FleetStore {
-            conn: Mutex::new(conn),
-        })
+        SqliteStore::open(db).map(FleetStore::Sqlite)
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// The store `[fleet] store` names: a `postgres://` URL, else the SQLite file `db`.
+    /// PostgreSQL: connects (at most `connect_timeout`) and applies the migrations; the
+    /// sessions reconnect by themselves afterwards.
+    pub fn open_conf(
+        store: Option<&str>,
+        db: &Path,
+        connect_timeout: Duration,
+    ) -> Result<Self, FleetError> {
+        match store {
+            Some(url) => PgStore::connect(url, connect_timeout).map(FleetStore::Postgres),
+            None => FleetStore::open(db),
+        }
+    }
+
+    /// How messages name the store: the file, or the URL without its password.
+    pub fn name(&self) -> String {
+        match self {
+            FleetStore::Sqlite(s) => s.name(),
+            FleetStore::Postgres(s) => s.name().to_string(),
+        }
+    }
+
+    /// The change and leader feeds of a shared store (None: SQLite, this router alone leads).
+    /// `leader_retry`: how often a follower tries to take the leader lock.
+    pub(crate) fn feeds(&self, leader_retry: Duration) -> Option<Feeds> {
+        match self {
+            FleetStore::Sqlite(_) => None,
+            FleetStore::Postgres(s) => Some(s.feeds(leader_retry)),
+        }
     }
 
     pub fn add_server(&self, s: &NewServer) -> Result<Server, FleetError> {
-        check_id("server", &s.id)?;
-        let (url, host) = normalize_url(&s.url)?;
-        let domain = match s.domain.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
-            Some(d) => {
-                let d = d.to_ascii_lowercase();
-                check_hostname(&d).map_err(|e| FleetError::Invalid(format!("domain: {e}")))?;
-                d
-            }
-            None => check_hostname(&host).map(|()| host.clone()).map_err(|_| {
-                FleetError::Invalid(format!(
-                    "the url's host {host:?} is not a domain: pass a domain for server {}",
-                    s.id
-                ))
-            })?,
-        };
-        let server = Server {
-            id: s.id.clone(),
-            url,
-            domain,
-            region: nonempty(&s.region),
-            token: nonempty(&s.token),
-        };
-        let conn = self.conn();
-        if let Some(old) = get_server(&conn, &s.id)? {
-            return Err(FleetError::Conflict(format!(
-                "server {} already exists ({}): remove it first to change it",
-                old.id, old.url
-            )));
+        let server = valid_server(s)?;
+        match self {
+            FleetStore::Sqlite(b) => b.add_server(&server, now_ms())?,
+            FleetStore::Postgres(b) => b.add_server(&server, now_ms())?,
         }
-        conn.execute(
-            "INSERT INTO fleet_servers (id, url, domain, region, token, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                server.id,
-                server.url,
-                server.domain,
-                server.region,
-                server.token,
-                now_ms()
-            ],
-        )?;
         Ok(server)
     }
 
     /// Every server, by id.
     pub fn servers(&self) -> Result<Vec<Server>, FleetError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {SERVER_COLS} FROM fleet_servers ORDER BY id"
-        ))?;
-        let rows = stmt.query_map([], server_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        match self {
+            FleetStore::Sqlite(b) => b.servers(),
+            FleetStore::Postgres(b) => b.servers(),
+        }
     }
 
     pub fn server(&self, id: &str) -> Result<Server, FleetError> {
-        get_server(&self.conn(), id)?.ok_or_else(|| unknown_server(id))
+        let found = match self {
+            FleetStore::Sqlite(b) => b.server(id)?,
+            FleetStore::Postgres(b) => b.server(id)?,
+        };
+        found.ok_or_else(|| unknown_server(id))
     }
 
     /// Removes a server that no tenant calls home.
     pub fn remove_server(&self, id: &str) -> Result<(), FleetError> {
-        let conn = self.conn();
-        if get_server(&conn, id)?.is_none() {
-            return Err(unknown_server(id));
+        match self {
+            FleetStore::Sqlite(b) => b.remove_server(id),
+            FleetStore::Postgres(b) => b.remove_server(id),
         }
-        let mut stmt =
-            conn.prepare("SELECT id FROM fleet_tenants WHERE server = ?1 ORDER BY id")?;
-        let homed: Vec<String> = stmt
-            .query_map([id], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        if !homed.is_empty() {
-            return Err(FleetError::Conflict(format!(
-                "server {id} still has tenants: {} — migrate or remove them first",
-                homed.join(", ")
-            )));
-        }
-        conn.execute("DELETE FROM fleet_servers WHERE id = ?1", [id])?;
-        Ok(())
     }
 
     pub fn add_tenant(&self, t: &Tenant) -> Result<Tenant, FleetError> {
-        check_id("tenant", &t.id)?;
-        let domain = t.domain.trim().to_ascii_lowercase();
-        check_hostname(&domain).map_err(|e| FleetError::Invalid(format!("domain: {e}")))?;
-        check_process_name(&t.process).map_err(FleetError::Invalid)?;
-        check_instance_id(&t.instance).map_err(FleetError::Invalid)?;
-        let tenant = Tenant {
-            domain,
-            ..t.clone()
-        };
-        let conn = self.conn();
-        if let Some(old) = get_tenant(&conn, &t.id)? {
-            return Err(FleetError::Conflict(format!(
-                "tenant {} already exists ({} on {}): remove it first to change it",
-                old.id, old.domain, old.server
-            )));
+        let tenant = valid_tenant(t)?;
+        match self {
+            FleetStore::Sqlite(b) => b.add_tenant(&tenant)?,
+            FleetStore::Postgres(b) => b.add_tenant(&tenant)?,
         }
-        let owner: Option<String> = conn
-            .query_row(
-                "SELECT id FROM fleet_tenants WHERE domain = ?1",
-                [&tenant.domain],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(owner) = owner {
-            return Err(FleetError::Conflict(format!(
-                "domain {} is already used by tenant {owner}",
-                tenant.domain
-            )));
-        }
-        if get_server(&conn, &tenant.server)?.is_none() {
-            return Err(unknown_server(&tenant.server));
-        }
-        conn.execute(
-            "INSERT INTO fleet_tenants (id, domain, server, process, instance)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                tenant.id,
-                tenant.domain,
-                tenant.server,
-                tenant.process,
-                tenant.instance
-            ],
-        )?;
         Ok(tenant)
     }
 
     /// Every tenant, by id.
     pub fn tenants(&self) -> Result<Vec<Tenant>, FleetError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {TENANT_COLS} FROM fleet_tenants ORDER BY id"
-        ))?;
-        let rows = stmt.query_map([], tenant_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        match self {
+            FleetStore::Sqlite(b) => b.tenants(),
+            FleetStore::Postgres(b) => b.tenants(),
+        }
     }
 
     pub fn tenant(&self, id: &str) -> Result<Tenant, FleetError> {
-        get_tenant(&self.conn(), id)?.ok_or_else(|| unknown_tenant(id))
+        let found = match self {
+            FleetStore::Sqlite(b) => b.tenant(id)?,
+            FleetStore::Postgres(b) => b.tenant(id)?,
+        };
+        found.ok_or_else(|| unknown_tenant(id))
     }
 
     pub fn remove_tenant(&self, id: &str) -> Result<(), FleetError> {
-        let n = self
-            .conn()
-            .execute("DELETE FROM fleet_tenants WHERE id = ?1", [id])?;
-        if n == 0 {
-            return Err(unknown_tenant(id));
+        match self {
+            FleetStore::Sqlite(b) => b.remove_tenant(id),
+            FleetStore::Postgres(b) => b.remove_tenant(id),
         }
-        Ok(())
     }
 
-    /// Moves a tenant's home to `server` (one UPDATE: atomic).
+    /// Moves a tenant's home to `server` (atomic).
     pub fn migrate_tenant(&self, id: &str, server: &str) -> Result<Tenant, FleetError> {
-        let conn = self.conn();
-        let Some(mut tenant) = get_tenant(&conn, id)? else {
-            return Err(unknown_tenant(id));
-        };
-        if get_server(&conn, server)?.is_none() {
-            return Err(unknown_server(server));
+        match self {
+            FleetStore::Sqlite(b) => b.migrate_tenant(id, server),
+            FleetStore::Postgres(b) => b.migrate_tenant(id, server),
         }
-        conn.execute(
-            "UPDATE fleet_tenants SET server = ?2 WHERE id = ?1",
-            [id, server],
-        )?;
-        tenant.server = server.to_string();
-        Ok(tenant)
     }
-}
 
-impl FleetStore {
+    /// Servers, tenants and placements read together (one transaction on PostgreSQL: one
+    /// consistent snapshot).
+    pub fn snapshot(&self) -> Result<Snapshot, FleetError> {
+        match self {
+            FleetStore::Sqlite(b) => Ok(Snapshot {
+                servers: b.servers()?,
+                tenants: b.tenants()?,
+                placements: b.placements()?,
+            }),
+            FleetStore::Postgres(b) => b.snapshot(),
+        }
+    }
+
     /// Every placement, by tenant.
     pub fn placements(&self) -> Result<Vec<Placement>, FleetError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT tenant, server, spawned, state, error, placed_ms FROM fleet_placements
-             ORDER BY tenant",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(Placement {
-                tenant: r.get(0)?,
-                server: r.get(1)?,
-                spawned: r.get(2)?,
-                state: PlaceState::parse(&r.get::<_, String>(3)?),
-                error: r.get(4)?,
-                placed_ms: r.get(5)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        match self {
+            FleetStore::Sqlite(b) => b.placements(),
+            FleetStore::Postgres(b) => b.placements(),
+        }
     }
 
     /// Records a placement (replacing the tenant's previous one).
     pub fn put_placement(&self, p: &Placement) -> Result<(), FleetError> {
-        self.conn().execute(
-            "INSERT OR REPLACE INTO fleet_placements
-             (tenant, server, spawned, state, error, placed_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                p.tenant,
-                p.server,
-                p.spawned,
-                p.state.as_str(),
-                p.error,
-                p.placed_ms
-            ],
-        )?;
-        Ok(())
+        match self {
+            FleetStore::Sqlite(b) => b.put_placement(p),
+            FleetStore::Postgres(b) => b.put_placement(p),
+        }
     }
 
     /// Forgets a tenant's placement (none: a no-op).
     pub fn remove_placement(&self, tenant: &str) -> Result<(), FleetError> {
-        self.conn()
-            .execute("DELETE FROM fleet_placements WHERE tenant = ?1", [tenant])?;
-        Ok(())
+        match self {
+            FleetStore::Sqlite(b) => b.remove_placement(tenant),
+            FleetStore::Postgres(b) => b.remove_placement(tenant),
+        }
+    }
+
+    /// Claims the webhook of server `id`'s current outage (offline since `since_ms`): true
+    /// when no router claimed it yet (the caller sends it), false when one did. An outage
+    /// lasts until [`FleetStore::end_outages`] names its server.
+    pub fn claim_outage(&self, id: &str, since_ms: i64) -> Result<bool, FleetError> {
+        match self {
+            FleetStore::Sqlite(b) => b.claim_outage(id, since_ms, now_ms()),
+            FleetStore::Postgres(b) => b.claim_outage(id, since_ms, now_ms()),
+        }
+    }
+
+    /// Ends the outages of these servers (they are up): their next outage gets a webhook.
+    pub fn end_outages(&self, ids: &[String]) -> Result<(), FleetError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        match self {
+            FleetStore::Sqlite(b) => b.end_outages(ids),
+            FleetStore::Postgres(b) => b.end_outages(ids),
+        }
+    }
+
+    /// Servers with an outage claimed, by id.
+    pub fn outages(&self) -> Result<Vec<String>, FleetError> {
+        match self {
+            FleetStore::Sqlite(b) => b.outages(),
+            FleetStore::Postgres(b) => b.outages(),
+        }
+    }
+
+    /// Copies `from`'s servers (tokens included), tenants and placements into this store in
+    /// one transaction: refused unless this store is empty, or `force` (then its servers,
+    /// tenants, placements and outages are replaced). Returns the counts copied.
+    pub fn copy_from(&self, from: &FleetStore, force: bool) -> Result<Copied, FleetError> {
+        let snap = from.snapshot()?;
+        let created = from.created_ms()?;
+        match self {
+            FleetStore::Sqlite(_) => Err(FleetError::Invalid(
+                "the target of a copy must be a PostgreSQL store".into(),
+            )),
+            FleetStore::Postgres(b) => b.replace_all(&snap, &created, force),
+        }
+    }
+
+    /// Each server's creation time (ms), by id (kept by a copy).
+    fn created_ms(&self) -> Result<std::collections::HashMap<String, i64>, FleetError> {
+        match self {
+            FleetStore::Sqlite(b) => b.created_ms(),
+            FleetStore::Postgres(b) => b.created_ms(),
+        }
     }
 }
 
-fn get_server(conn: &Connection, id: &str) -> Result<Option<Server>, FleetError> {
-    Ok(conn
-        .query_row(
-            &format!("SELECT {SERVER_COLS} FROM fleet_servers WHERE id = ?1"),
-            [id],
-            server_row,
-        )
-        .optional()?)
+/// Servers, tenants and placements read together.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub servers: Vec<Server>,
+    pub tenants: Vec<Tenant>,
+    pub placements: Vec<Placement>,
 }
 
-fn get_tenant(conn: &Connection, id: &str) -> Result<Option<Tenant>, FleetError> {
-    Ok(conn
-        .query_row(
-            &format!("SELECT {TENANT_COLS} FROM fleet_tenants WHERE id = ?1"),
-            [id],
-            tenant_row,
-        )
-        .optional()?)
+/// What [`FleetStore::copy_from`] copied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Copied {
+    pub servers: usize,
+    pub tenants: usize,
+    pub placements: usize,
 }
 
-fn server_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Server> {
+/// A new server, validated and normalized.
+fn valid_server(s: &NewServer) -> Result<Server, FleetError> {
+    check_id("server", &s.id)?;
+    let (url, host) = normalize_url(&s.url)?;
+    let domain = match s.domain.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
+        Some(d) => {
+            let d = d.to_ascii_lowercase();
+            check_hostname(&d).map_err(|e| FleetError::Invalid(format!("domain: {e}")))?;
+            d
+        }
+        None => check_hostname(&host).map(|()| host.clone()).map_err(|_| {
+            FleetError::Invalid(format!(
+                "the url's host {host:?} is not a domain: pass a domain for server {}",
+                s.id
+            ))
+        })?,
+    };
     Ok(Server {
-        id: r.get(0)?,
-        url: r.get(1)?,
-        domain: r.get(2)?,
-        region: r.get(3)?,
-        token: r.get(4)?,
+        id: s.id.clone(),
+        url,
+        domain,
+        region: nonempty(&s.region),
+        token: nonempty(&s.token),
     })
 }
 
-fn tenant_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Tenant> {
+/// A new tenant, validated, its domain lower-cased.
+fn valid_tenant(t: &Tenant) -> Result<Tenant, FleetError> {
+    check_id("tenant", &t.id)?;
+    let domain = t.domain.trim().to_ascii_lowercase();
+    check_hostname(&domain).map_err(|e| FleetError::Invalid(format!("domain: {e}")))?;
+    check_process_name(&t.process).map_err(FleetError::Invalid)?;
+    check_instance_id(&t.instance).map_err(FleetError::Invalid)?;
     Ok(Tenant {
-        id: r.get(0)?,
-        domain: r.get(1)?,
-        server: r.get(2)?,
-        process: r.get(3)?,
-        instance: r.get(4)?,
+        domain,
+        ..t.clone()
     })
 }
 
-fn unknown_server(id: &str) -> FleetError {
+pub(crate) fn server_exists(old: &Server) -> FleetError {
+    FleetError::Conflict(format!(
+        "server {} already exists ({}): remove it first to change it",
+        old.id, old.url
+    ))
+}
+
+pub(crate) fn tenant_exists(old: &Tenant) -> FleetError {
+    FleetError::Conflict(format!(
+        "tenant {} already exists ({} on {}): remove it first to change it",
+        old.id, old.domain, old.server
+    ))
+}
+
+pub(crate) fn domain_taken(domain: &str, owner: &str) -> FleetError {
+    FleetError::Conflict(format!("domain {domain} is already used by tenant {owner}"))
+}
+
+pub(crate) fn still_homed(id: &str, homed: &[String]) -> FleetError {
+    FleetError::Conflict(format!(
+        "server {id} still has tenants: {} — migrate or remove them first",
+        homed.join(", ")
+    ))
+}
+
+pub(crate) fn unknown_server(id: &str) -> FleetError {
     FleetError::NotFound(format!(
         "unknown server {id:?} (see `ten server list`, add it with `ten server add`)"
     ))
 }
 
-fn unknown_tenant(id: &str) -> FleetError {
+pub(crate) fn unknown_tenant(id: &str) -> FleetError {
     FleetError::NotFound(format!("unknown tenant {id:?} (see `ten tenant list`)"))
 }
 
@@ -443,6 +423,14 @@ fn nonempty(v: &Option<String>) -> Option<String> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(str::to_string)
+}
+
+pub(crate) fn pg_display(url: &str) -> Result<String, FleetError> {
+    pg::parse_url(url).map(|c| pg::display_name(&c))
+}
+
+fn now_ms() -> i64 {
+    crate::now_ms()
 }
 
 #[cfg(test)]

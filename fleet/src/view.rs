@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -73,16 +74,37 @@ pub struct ServerState {
 }
 
 /// One consistent snapshot of the fleet: servers with their health, and tenants.
+///
+/// Lookups by server id, tenant id and domain are hash lookups (indexes built once per
+/// snapshot). A publish that changes only health (a routine tick) shares the previous
+/// snapshot's tenants and their indexes (one `Arc`), so it costs O(servers), not O(tenants);
+/// its [`FleetView::routing`] stays the same when nothing that routes changed, so the table is
+/// not rebuilt.
 #[derive(Clone, Debug, Default)]
 pub struct FleetView {
     pub servers: Vec<ServerState>,
-    pub tenants: Vec<Tenant>,
+    pub tenants: Arc<Vec<Tenant>>,
     /// Bumped on every publish.
     pub generation: u64,
+    /// The generation of the last publish that changed what routes (servers' identity, status
+    /// or address, tenants, placements): equal routing generations route the same.
+    pub routing: u64,
     /// Failover placements by tenant id.
     pub placements: HashMap<String, Placement>,
-    /// Tenant index by (lower-case) domain, built once per snapshot.
+    /// Tenant indexes, shared by the snapshots with the same tenants.
+    index: Arc<TenantIndex>,
+    /// Server index by id.
+    server_ids: HashMap<String, usize>,
+    /// How many servers are up.
+    up: usize,
+}
+
+/// Tenant positions by (lower-case) domain, by id and by home server.
+#[derive(Debug, Default)]
+struct TenantIndex {
     domains: HashMap<String, usize>,
+    ids: HashMap<String, usize>,
+    by_home: HashMap<String, Vec<usize>>,
 }
 
 /// Where a tenant's requests go now ([`FleetView::serve`]).
@@ -110,17 +132,57 @@ impl PartialEq for Served<'_> {
 
 impl FleetView {
     pub fn new(servers: Vec<ServerState>, tenants: Vec<Tenant>, generation: u64) -> Self {
-        let domains = tenants
+        let index = TenantIndex {
+            domains: tenants
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.domain.clone(), i))
+                .collect(),
+            ids: tenants
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.id.clone(), i))
+                .collect(),
+            by_home: HashMap::new(),
+        };
+        let mut index = index;
+        for (i, t) in tenants.iter().enumerate() {
+            index.by_home.entry(t.server.clone()).or_default().push(i);
+        }
+        FleetView::with_tenants(servers, Arc::new(tenants), Arc::new(index), generation)
+    }
+
+    /// A snapshot with `servers` and the same tenants (and tenant indexes) as `self`.
+    pub fn with_servers(&self, servers: Vec<ServerState>, generation: u64) -> Self {
+        FleetView::with_tenants(
+            servers,
+            self.tenants.clone(),
+            self.index.clone(),
+            generation,
+        )
+    }
+
+    fn with_tenants(
+        servers: Vec<ServerState>,
+        tenants: Arc<Vec<Tenant>>,
+        index: Arc<TenantIndex>,
+        generation: u64,
+    ) -> Self {
+        let server_ids = servers
             .iter()
             .enumerate()
-            .map(|(i, t)| (t.domain.clone(), i))
+            .map(|(i, s)| (s.server.id.clone(), i))
             .collect();
+        let up = servers.iter().filter(|s| s.status.is_up()).count();
         FleetView {
             servers,
             tenants,
             generation,
+            routing: generation,
             placements: HashMap::new(),
-            domains,
+            index,
+            server_ids,
+            up,
         }
     }
 
@@ -133,17 +195,55 @@ impl FleetView {
         self
     }
 
+    /// Whether `self` routes as `prev` does: same tenants (the same shared list), same
+    /// placements, and servers with the same identity, status and address.
+    pub fn routes_like(&self, prev: &FleetView) -> bool {
+        Arc::ptr_eq(&self.tenants, &prev.tenants)
+            && self.placements == prev.placements
+            && self.servers.len() == prev.servers.len()
+            && self.servers.iter().zip(&prev.servers).all(|(a, b)| {
+                a.status == b.status && a.resolved == b.resolved && a.server == b.server
+            })
+    }
+
+    /// The positions in `tenants` of the tenants that need the placement component: those
+    /// whose home is offline (or not in the view) and those with a placement, in `tenants`
+    /// order. Proportional to them, not to all tenants.
+    pub(crate) fn placement_candidates(&self) -> Vec<usize> {
+        let mut todo: Vec<usize> = self
+            .index
+            .by_home
+            .iter()
+            .filter(|(home, _)| {
+                self.server(home)
+                    .is_none_or(|s| s.status == Status::Offline)
+            })
+            .flat_map(|(_, list)| list.iter().copied())
+            .chain(
+                self.placements
+                    .keys()
+                    .filter_map(|id| self.index.ids.get(id).copied()),
+            )
+            .collect();
+        todo.sort_unstable();
+        todo.dedup();
+        todo
+    }
+
     pub fn tenant(&self, id: &str) -> Option<&Tenant> {
-        self.tenants.iter().find(|t| t.id == id)
+        self.index.ids.get(id).and_then(|&i| self.tenants.get(i))
     }
 
     pub fn server(&self, id: &str) -> Option<&ServerState> {
-        self.servers.iter().find(|s| s.server.id == id)
+        self.server_ids.get(id).and_then(|&i| self.servers.get(i))
     }
 
     /// The tenant whose domain is `host` (lower-case, without port): one hash lookup.
     pub fn tenant_by_domain(&self, host: &str) -> Option<&Tenant> {
-        self.domains.get(host).and_then(|&i| self.tenants.get(i))
+        self.index
+            .domains
+            .get(host)
+            .and_then(|&i| self.tenants.get(i))
     }
 
     /// Where a tenant's requests go: its home unless home is offline (a home still `unknown`,
@@ -181,12 +281,9 @@ impl FleetView {
     }
 
     /// Placing when some other server is up (one will be chosen), else unavailable.
+    /// Its home is offline (or gone) here, so it is not among the servers up: O(1).
     fn placing_or_none(&self, tenant: &Tenant) -> Served<'_> {
-        let any = self
-            .servers
-            .iter()
-            .any(|s| s.server.id != tenant.server && s.status.is_up());
-        if any {
+        if self.up > 0 {
             Served::Placing
         } else {
             Served::Unavailable(format!(
@@ -295,6 +392,42 @@ mod tests {
             tenant_host(&t, &v.servers[0].server),
             "acme.app.s1.example.com"
         );
+    }
+
+    #[test]
+    fn placement_candidates_are_the_tenants_of_offline_homes_and_the_placed_ones() {
+        let t = |id: &str, server: &str| Tenant {
+            id: id.into(),
+            domain: format!("{id}.com"),
+            server: server.into(),
+            process: "app".into(),
+            instance: id.into(),
+        };
+        let tenants = vec![
+            t("a1", "s1"),
+            t("a2", "s2"),
+            t("a3", "s1"),
+            t("a4", "s2"),
+            t("a5", "s3"),
+        ];
+        let servers = vec![
+            state("s1", Status::Online),
+            state("s2", Status::Offline),
+            state("s3", Status::Online),
+        ];
+        let v = FleetView::new(servers, tenants, 1);
+        assert_eq!(v.placement_candidates(), [1, 3], "the tenants of s2 only");
+        let v = v.with_placements([Placement {
+            tenant: "a5".into(),
+            server: "s1".into(),
+            spawned: false,
+            state: PlaceState::Ready,
+            error: None,
+            placed_ms: 1,
+        }]);
+        assert_eq!(v.placement_candidates(), [1, 3, 4], "and the placed one");
+        assert_eq!(v.tenant("a4").unwrap().server, "s2");
+        assert_eq!(v.server("s3").unwrap().status, Status::Online);
     }
 
     #[test]

@@ -80,16 +80,23 @@ impl Global {
         if let Some(url) = &self.server {
             return Client::remote(url, self.token.clone(), self.ca_cert.as_deref());
         }
-        let data_dir = match &self.data_dir {
-            Some(d) => d.clone(),
+        let data_dir = self
+            .data_dir()
+            .context("cannot find the control socket: pass --data-dir, set TENEMENT_DATA_DIR, or point --config at the server's config")?;
+        Ok(Client::locate(&data_dir))
+    }
+
+    /// The local data dir: --data-dir, $TENEMENT_DATA_DIR, or the config's `[settings]
+    /// data_dir` (read alone: the rest of the file may be invalid).
+    pub fn data_dir(&self) -> Result<PathBuf> {
+        match &self.data_dir {
+            Some(d) => Ok(d.clone()),
             None => {
                 let path = tenement_conf::find_config_path(self.config.as_deref());
                 tenement_conf::Config::load_data_dir(&path)
                     .map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()))
-                    .context("cannot find the control socket: pass --data-dir, set TENEMENT_DATA_DIR, or point --config at the server's config")?
             }
-        };
-        Ok(Client::locate(&data_dir))
+        }
     }
 }
 
@@ -121,6 +128,9 @@ pub enum Command {
     /// Fleet: route a tenant's domain to a server (needs a [fleet] section)
     #[command(subcommand)]
     Tenant(fleet::TenantCommand),
+    /// Fleet: the store several routers share (copy the SQLite fleet into PostgreSQL)
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
     Route(deploy::Route),
     Certs(certs::Certs),
     #[command(hide = true)]
@@ -153,6 +163,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Logs(c) => c.run(g),
         Command::Server(c) => c.run(g),
         Command::Tenant(c) => c.run(g),
+        Command::Fleet(c) => c.run(g),
         Command::Route(c) => c.run(g),
         Command::Certs(c) => c.run(g),
         Command::Completions(c) => c.run(),

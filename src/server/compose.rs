@@ -346,6 +346,10 @@ impl Publisher {
         let mut cache = StatsCache::new(self.metrics.clone());
         let mut fleet_view = None;
         let mut configs = self.config_tx.subscribe();
+        // What the live table was built from: (supervisor view, config, fleet routing)
+        // generations. A fleet publish that changes no route (a health tick's latencies) is
+        // acknowledged without a rebuild.
+        let mut built: Option<(u64, u64, Option<u64>)> = None;
         loop {
             let config_generation = *configs.borrow_and_update();
             let compiled = self.compiled.load_full();
@@ -353,32 +357,24 @@ impl Publisher {
             if let Some((rx, failover)) = fleet.as_mut() {
                 fleet_view = Some((rx.borrow_and_update().clone(), *failover));
             }
-            let mut build = || {
-                cache.sync(&view);
-                let input = fleet_view.as_ref().map(|(fv, failover)| FleetInput {
-                    view: fv,
-                    failover: *failover,
-                });
-                let live = self.router.load();
-                build_table(&compiled, &view, input, &cache, Some(&live))
-            };
-            // A big build hands this worker's other tasks (requests) to another thread while it
-            // runs; a small one (well under a millisecond) is cheaper than that hand-off.
-            let size = view.instances.len()
-                + compiled.routes.len()
-                + fleet_view.as_ref().map_or(0, |(fv, _)| fv.tenants.len());
-            let table = if size >= BLOCKING_BUILD {
-                tenement_supervisor::blocking(build)
+            let key = (
+                view.generation,
+                config_generation,
+                fleet_view.as_ref().map(|(fv, _)| fv.routing),
+            );
+            if built == Some(key) {
+                if let Some((fv, _)) = &fleet_view {
+                    self.fleet_live.send_replace(fv.generation);
+                }
             } else {
-                build()
-            };
-            self.router.publish(table);
-            self.stats.store(cache.snapshot());
-            supervisor.acknowledge(view.generation);
-            if let Some((fv, _)) = &fleet_view {
-                self.fleet_live.send_replace(fv.generation);
+                built = Some(key);
+                self.build_and_publish(&compiled, &view, fleet_view.as_ref(), &mut cache);
+                supervisor.acknowledge(view.generation);
+                if let Some((fv, _)) = &fleet_view {
+                    self.fleet_live.send_replace(fv.generation);
+                }
+                self.config_live.send_replace(config_generation);
             }
-            self.config_live.send_replace(config_generation);
             let fleet_closed = match fleet.as_mut() {
                 Some((rx, _)) => tokio::select! {
                     r = views.changed() => if r.is_err() { return } else { false },
@@ -397,6 +393,40 @@ impl Publisher {
                 self.fleet_live.send_replace(u64::MAX);
             }
         }
+    }
+}
+
+impl Publisher {
+    /// Builds the table from the supervisor's view, the config and the fleet's view, and
+    /// publishes it with fresh counters.
+    fn build_and_publish(
+        &self,
+        compiled: &Compiled,
+        view: &RoutingView,
+        fleet_view: Option<&(Arc<FleetView>, bool)>,
+        cache: &mut StatsCache,
+    ) {
+        let mut build = || {
+            cache.sync(view);
+            let input = fleet_view.map(|(fv, failover)| FleetInput {
+                view: fv,
+                failover: *failover,
+            });
+            let live = self.router.load();
+            build_table(compiled, view, input, cache, Some(&live))
+        };
+        // A big build hands this worker's other tasks (requests) to another thread while it
+        // runs; a small one (well under a millisecond) is cheaper than that hand-off.
+        let size = view.instances.len()
+            + compiled.routes.len()
+            + fleet_view.map_or(0, |(fv, _)| fv.tenants.len());
+        let table = if size >= BLOCKING_BUILD {
+            tenement_supervisor::blocking(build)
+        } else {
+            build()
+        };
+        self.router.publish(table);
+        self.stats.store(cache.snapshot());
     }
 }
 

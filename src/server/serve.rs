@@ -164,8 +164,13 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
     let fleet = match &config.fleet {
         None => None,
         Some(conf) => {
+            // The SQLite file in data_dir, or the PostgreSQL store several routers share.
             let fleet_store =
-                FleetStore::open(&db).with_context(|| format!("cannot open {}", db.display()))?;
+                FleetStore::open_conf(conf.store.as_deref(), &db, Duration::from_secs(10))
+                    .map_err(|e| match conf.store.as_deref() {
+                        None => anyhow::anyhow!("cannot open {}: {e}", db.display()),
+                        Some(_) => anyhow::anyhow!("cannot open the fleet store: {e}"),
+                    })?;
             // Status changes are traced by the fleet itself; the log store gets them as `ten`.
             let sink = logs.clone();
             let events: tenement_fleet::Events = Arc::new(move |line: &str| {

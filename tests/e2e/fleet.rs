@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::supervision::cli;
 use crate::util::{Builder, Ten};
 
+mod pg;
 mod placement;
 
 /// A webhook receiver on 127.0.0.1 that keeps every POST body.

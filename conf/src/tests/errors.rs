@@ -348,6 +348,16 @@ fn bad_fleet_webhook() {
 }
 
 #[test]
+fn bad_fleet_store_is_refused_without_echoing_it() {
+    let e = error("[fleet]\nstore = \"mysql://u:pw123@db/x\"\n");
+    assert_eq!(
+        e,
+        "tenement.toml:2: fleet.store: expected a postgres:// URL (leave store out for the SQLite file in data_dir)"
+    );
+    assert!(!e.contains("pw123"));
+}
+
+#[test]
 fn tls_files_must_exist() {
     let text = "[settings.tls]\nlisten = \"0.0.0.0:8443\"\ncert = \"/nonexistent/ten/cert.pem\"\nkey = \"keys/key.pem\"\n";
     assert_eq!(

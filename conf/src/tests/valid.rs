@@ -309,6 +309,12 @@ plugins = [
     assert_eq!(fleet.webhook_after, Duration::from_secs(300));
     assert_eq!(fleet.failover_linger, Duration::from_secs(600));
     assert_eq!(fleet.placement_timeout, Duration::from_secs(30));
+    assert_eq!(fleet.store, None, "SQLite by default");
+    let shared = ok("[fleet]\nstore = \"postgres://ten:pw@db.example.com/fleet\"\n");
+    assert_eq!(
+        shared.fleet.unwrap().store.as_deref(),
+        Some("postgres://ten:pw@db.example.com/fleet")
+    );
     let big = c.process("big").unwrap();
     assert_eq!(big.max_body, 10 * 1_048_576);
     assert_eq!(

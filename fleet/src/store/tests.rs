@@ -1,9 +1,79 @@
+//! The store's tests. The suite (`SUITE`) runs on both backends: SQLite always, PostgreSQL on
+//! a private cluster (`crate::pgtest`, one database per test). Then tests of each backend.
+
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
 use super::*;
+use crate::pgtest::{PgCluster, PASSWORD};
 
 fn open() -> (tempfile::TempDir, FleetStore) {
     let dir = tempfile::tempdir().unwrap();
     let store = FleetStore::open(&dir.path().join("data/tenement.db")).unwrap();
     (dir, store)
+}
+
+fn sqlite(s: &FleetStore) -> &SqliteStore {
+    match s {
+        FleetStore::Sqlite(b) => b,
+        FleetStore::Postgres(_) => panic!("not SQLite"),
+    }
+}
+
+type Case = (&'static str, fn(&FleetStore));
+
+/// The tests every backend passes.
+const SUITE: &[Case] = &[
+    ("servers_add_list_get_remove", servers_add_list_get_remove),
+    ("server_input_is_validated", server_input_is_validated),
+    (
+        "tenants_add_list_get_remove_and_unique_domains",
+        tenants_add_list_get_remove_and_unique_domains,
+    ),
+    ("tenant_input_is_validated", tenant_input_is_validated),
+    (
+        "a_server_with_tenants_cannot_be_removed",
+        a_server_with_tenants_cannot_be_removed,
+    ),
+    (
+        "migrate_switches_the_home_server",
+        migrate_switches_the_home_server,
+    ),
+    (
+        "placements_are_data_and_go_with_their_tenant_or_server",
+        placements_are_data_and_go_with_their_tenant_or_server,
+    ),
+    (
+        "an_outage_is_claimed_once_until_it_ends",
+        an_outage_is_claimed_once_until_it_ends,
+    ),
+];
+
+#[test]
+fn the_suite_on_sqlite() {
+    for (name, case) in SUITE {
+        let (_dir, s) = open();
+        eprintln!("sqlite: {name}");
+        case(&s);
+    }
+}
+
+#[test]
+fn the_suite_on_postgres() {
+    let pg = PgCluster::start().unwrap();
+    for (i, (name, case)) in SUITE.iter().enumerate() {
+        let url = pg.create_db(&format!("suite{i}")).unwrap();
+        let s = FleetStore::open_conf(
+            Some(&url),
+            Path::new("/nonexistent"),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert!(matches!(s, FleetStore::Postgres(_)));
+        eprintln!("postgres: {name}");
+        case(&s);
+    }
 }
 
 fn server(id: &str, url: &str) -> NewServer {
@@ -32,13 +102,12 @@ fn msg<T: std::fmt::Debug>(r: Result<T, FleetError>) -> (String, String) {
         FleetError::Conflict(_) => "conflict",
         FleetError::Db(_) => "db",
         FleetError::Schema(_) => "schema",
+        FleetError::Store(_) => "store",
     };
     (kind.to_string(), e.to_string())
 }
 
-#[test]
-fn servers_add_list_get_remove() {
-    let (_dir, s) = open();
+fn servers_add_list_get_remove(s: &FleetStore) {
     let a = s
         .add_server(&NewServer {
             region: Some("eu".into()),
@@ -78,9 +147,7 @@ fn servers_add_list_get_remove() {
     assert_eq!(msg(s.remove_server("eu1")).0, "not found");
 }
 
-#[test]
-fn server_input_is_validated() {
-    let (_dir, s) = open();
+fn server_input_is_validated(s: &FleetStore) {
     for (id, url) in [
         ("Bad", "http://x.com"),
         ("-x", "http://x.com"),
@@ -122,9 +189,7 @@ fn server_input_is_validated() {
     assert!(s.servers().unwrap().iter().all(|x| x.id == "v6"));
 }
 
-#[test]
-fn tenants_add_list_get_remove_and_unique_domains() {
-    let (_dir, s) = open();
+fn tenants_add_list_get_remove_and_unique_domains(s: &FleetStore) {
     s.add_server(&server("s1", "http://s1.example.com"))
         .unwrap();
     let t = s
@@ -156,9 +221,7 @@ fn tenants_add_list_get_remove_and_unique_domains() {
         .unwrap();
 }
 
-#[test]
-fn tenant_input_is_validated() {
-    let (_dir, s) = open();
+fn tenant_input_is_validated(s: &FleetStore) {
     s.add_server(&server("s1", "http://s1.example.com"))
         .unwrap();
     let bad = [
@@ -183,9 +246,7 @@ fn tenant_input_is_validated() {
     assert!(s.tenants().unwrap().is_empty());
 }
 
-#[test]
-fn a_server_with_tenants_cannot_be_removed() {
-    let (_dir, s) = open();
+fn a_server_with_tenants_cannot_be_removed(s: &FleetStore) {
     s.add_server(&server("s1", "http://s1.example.com"))
         .unwrap();
     s.add_server(&server("s2", "http://s2.example.com"))
@@ -204,9 +265,7 @@ fn a_server_with_tenants_cannot_be_removed() {
     assert_eq!(s.tenant("acme").unwrap().server, "s2");
 }
 
-#[test]
-fn migrate_switches_the_home_server() {
-    let (_dir, s) = open();
+fn migrate_switches_the_home_server(s: &FleetStore) {
     s.add_server(&server("s1", "http://s1.example.com"))
         .unwrap();
     s.add_server(&server("s2", "http://s2.example.com"))
@@ -228,7 +287,7 @@ fn foreign_keys_are_enforced_by_the_database() {
     s.add_server(&server("s1", "http://s1.example.com"))
         .unwrap();
     s.add_tenant(&tenant("acme", "acme.com", "s1")).unwrap();
-    let conn = s.conn();
+    let conn = sqlite(&s).conn();
     let fk: i64 = conn
         .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
         .unwrap();
@@ -264,7 +323,7 @@ fn a_database_from_before_versions_opens_and_a_newer_one_is_refused() {
     {
         // What the code before schema versions created (migration 1 is that text).
         let old = Connection::open(&path).unwrap();
-        old.execute_batch(super::SCHEMA_V1).unwrap();
+        old.execute_batch(super::sqlite::SCHEMA_V1).unwrap();
         old.execute(
             "INSERT INTO fleet_servers VALUES ('s1', 'http://s1.example.com', 's1.example.com', NULL, NULL, 0)",
             [],
@@ -281,11 +340,16 @@ fn a_database_from_before_versions_opens_and_a_newer_one_is_refused() {
         )
         .unwrap()
     };
-    assert_eq!(version(&s.conn()), 2, "migration 2 (placements) applied");
+    assert_eq!(
+        version(&sqlite(&s).conn()),
+        3,
+        "migrations 2 (placements) and 3 (outages) applied"
+    );
     drop(s);
     let s = FleetStore::open(&path).unwrap();
-    assert_eq!(version(&s.conn()), 2, "re-open is a no-op");
-    s.conn()
+    assert_eq!(version(&sqlite(&s).conn()), 3, "re-open is a no-op");
+    sqlite(&s)
+        .conn()
         .execute(
             "UPDATE schema_version SET version = 9 WHERE component = 'fleet'",
             [],
@@ -296,14 +360,12 @@ fn a_database_from_before_versions_opens_and_a_newer_one_is_refused() {
     assert!(matches!(e, FleetError::Schema(_)), "{e:?}");
     assert!(
         e.to_string()
-            .contains("the fleet tables are at schema version 9, newer than this ten knows (2)"),
+            .contains("the fleet tables are at schema version 9, newer than this ten knows (3)"),
         "{e}"
     );
 }
 
-#[test]
-fn placements_are_data_and_go_with_their_tenant_or_server() {
-    let (_dir, s) = open();
+fn placements_are_data_and_go_with_their_tenant_or_server(s: &FleetStore) {
     s.add_server(&server("a", "http://a.example.com")).unwrap();
     s.add_server(&server("b", "http://b.example.com")).unwrap();
     s.add_tenant(&tenant("acme", "acme.com", "a")).unwrap();
@@ -342,4 +404,192 @@ fn placements_are_data_and_go_with_their_tenant_or_server() {
     s.remove_server("b").unwrap();
     assert!(s.placements().unwrap().is_empty(), "gone with its server");
     s.remove_placement("nobody").unwrap();
+}
+
+fn an_outage_is_claimed_once_until_it_ends(s: &FleetStore) {
+    s.add_server(&server("a", "http://a.example.com")).unwrap();
+    s.add_server(&server("b", "http://b.example.com")).unwrap();
+    assert!(s.claim_outage("a", 10).unwrap(), "first claim");
+    assert!(
+        !s.claim_outage("a", 20).unwrap(),
+        "claimed already (another router)"
+    );
+    assert!(s.claim_outage("b", 10).unwrap());
+    assert!(!s.claim_outage("ghost", 10).unwrap(), "no such server");
+    assert_eq!(s.outages().unwrap(), ["a", "b"]);
+    s.end_outages(&["a".to_string()]).unwrap();
+    assert_eq!(s.outages().unwrap(), ["b"]);
+    assert!(
+        s.claim_outage("a", 30).unwrap(),
+        "the next outage is claimed anew"
+    );
+    s.remove_server("b").unwrap();
+    assert_eq!(s.outages().unwrap(), ["a"], "gone with its server");
+}
+
+/// Polls `f` every 20 ms for at most `limit`.
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+fn connect(url: &str) -> FleetStore {
+    FleetStore::open_conf(Some(url), Path::new("/nonexistent"), Duration::from_secs(5)).unwrap()
+}
+
+#[test]
+fn postgres_migrations_race_safely_and_a_newer_schema_is_refused() {
+    let pg = PgCluster::start().unwrap();
+    let url = pg.create_db("race").unwrap();
+    // Four routers starting at once: each applies or finds the schema, none fails.
+    let opened: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || connect(&url))
+        })
+        .collect();
+    for t in opened {
+        t.join().unwrap();
+    }
+    assert_eq!(
+        pg.psql(
+            "race",
+            "SELECT version FROM schema_version WHERE component = 'fleet'"
+        )
+        .unwrap(),
+        "1"
+    );
+    pg.psql("race", "UPDATE schema_version SET version = 9")
+        .unwrap();
+    let e = FleetStore::open_conf(Some(&url), Path::new("/x"), Duration::from_secs(5))
+        .err()
+        .unwrap();
+    assert!(matches!(e, FleetError::Schema(_)), "{e:?}");
+    assert!(
+        e.to_string()
+            .contains("the fleet tables are at schema version 9, newer than this ten knows (1)"),
+        "{e}"
+    );
+    assert!(!e.to_string().contains(PASSWORD), "{e}");
+}
+
+#[test]
+fn postgres_writes_notify_the_other_routers_and_one_leads() {
+    let pg = PgCluster::start().unwrap();
+    let url = pg.create_db("feeds").unwrap();
+    let (a, b) = (connect(&url), connect(&url));
+    let retry = Duration::from_millis(100);
+    let (fa, mut fb) = (a.feeds(retry).unwrap(), b.feeds(retry).unwrap());
+    // The first bump of each: its listen session connected.
+    assert!(eventually(Duration::from_secs(10), || *fb.changes.borrow() >= 1));
+    let seen = *fb.changes.borrow_and_update();
+    // A's write reaches B's feed; B's own reads and writes do not bump it.
+    a.add_server(&server("s1", "http://s1.example.com"))
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(1), || *fb.changes.borrow() > seen),
+        "B heard A's write within 1 s"
+    );
+    assert_eq!(b.servers().unwrap().len(), 1);
+    // Exactly one of them leads.
+    assert!(eventually(Duration::from_secs(10), || {
+        *fa.leader.borrow() != *fb.leader.borrow()
+    }));
+    let (leader, follower) = if *fa.leader.borrow() {
+        (a, fb)
+    } else {
+        (b, fa)
+    };
+    drop(leader);
+    assert!(
+        eventually(Duration::from_secs(10), || *follower.leader.borrow()),
+        "the other router takes the lead once the leader's session is gone"
+    );
+}
+
+#[test]
+fn postgres_down_writes_fail_naming_the_store_then_recover() {
+    let mut pg = PgCluster::start().unwrap();
+    let url = pg.create_db("down").unwrap();
+    let s = connect(&url);
+    let name = s.name();
+    assert_eq!(
+        name,
+        format!("postgres://ten@127.0.0.1:{}/down", pg.port()),
+        "the URL without its password"
+    );
+    s.add_server(&server("s1", "http://s1.example.com"))
+        .unwrap();
+    pg.stop().unwrap();
+    let e = s
+        .add_server(&server("s2", "http://s2.example.com"))
+        .unwrap_err();
+    assert!(matches!(e, FleetError::Store(_)), "{e:?}");
+    let text = e.to_string();
+    assert!(text.contains(&name), "{text}");
+    assert!(!text.contains(PASSWORD), "{text}");
+    assert!(s.snapshot().is_err());
+    pg.resume().unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), || s
+            .add_server(&server("s2", "http://s2.example.com"))
+            .is_ok()),
+        "the store reconnects by itself"
+    );
+    assert_eq!(s.servers().unwrap().len(), 2);
+}
+
+#[test]
+fn a_sqlite_fleet_is_copied_into_an_empty_postgres_store_only() {
+    let (_dir, from) = open();
+    from.add_server(&NewServer {
+        token: Some("t0k".into()),
+        region: Some("eu".into()),
+        ..server("a", "http://a.example.com")
+    })
+    .unwrap();
+    from.add_server(&server("b", "http://b.example.com"))
+        .unwrap();
+    from.add_tenant(&tenant("acme", "acme.com", "a")).unwrap();
+    let p = Placement {
+        tenant: "acme".into(),
+        server: "b".into(),
+        spawned: true,
+        state: PlaceState::Ready,
+        error: None,
+        placed_ms: 7,
+    };
+    from.put_placement(&p).unwrap();
+    let pg = PgCluster::start().unwrap();
+    let to = connect(&pg.create_db("copy").unwrap());
+    let n = to.copy_from(&from, false).unwrap();
+    assert_eq!(
+        n,
+        Copied {
+            servers: 2,
+            tenants: 1,
+            placements: 1
+        }
+    );
+    assert_eq!(
+        to.snapshot().unwrap(),
+        from.snapshot().unwrap(),
+        "tokens included"
+    );
+    assert_eq!(to.server("a").unwrap().token.as_deref(), Some("t0k"));
+    let (kind, text) = msg(to.copy_from(&from, false));
+    assert_eq!(kind, "conflict");
+    assert!(
+        text.contains("is not empty (2 servers, 1 tenants)"),
+        "{text}"
+    );
+    from.remove_placement("acme").unwrap();
+    to.copy_from(&from, true).unwrap();
+    assert!(to.placements().unwrap().is_empty(), "--force replaces");
 }

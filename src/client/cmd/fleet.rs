@@ -1,5 +1,5 @@
-//! `ten server add | list | rm` and `ten tenant add | list | migrate | rm`: their arguments
-//! and what they do.
+//! `ten server add | list | rm`, `ten tenant add | list | migrate | rm` and
+//! `ten fleet migrate-store`: their arguments and what they do.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -56,6 +56,62 @@ Example:\n  ten tenant add acme acme.example.com eu1 app acme"
     },
     /// Remove a tenant
     Rm { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Copy this data dir's SQLite fleet (servers with their tokens, tenants, placements) into
+    /// an empty PostgreSQL store, then print the [fleet] store line to set
+    #[command(
+        name = "migrate-store",
+        long_about = "Copy the fleet of this data dir's tenement.db (servers with their tokens, \
+tenants, failover placements) into a PostgreSQL store, in one transaction, for several routers to \
+share. The store's tables are created if needed. A store that already holds servers or tenants is \
+refused unless --force, which replaces its contents. Then set `store = \"postgres://...\"` in \
+[fleet] and restart ten serve (every router of the fleet points at the same URL).\n\nExample:\n  \
+ten fleet migrate-store postgres://ten:PASSWORD@db.example.com/fleet"
+    )]
+    MigrateStore {
+        /// postgres://user:password@host[:port]/database
+        url: String,
+        /// Replace the contents of a store that is not empty
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+impl FleetCommand {
+    pub fn run(self, global: &Global) -> Result<ExitCode> {
+        match self {
+            FleetCommand::MigrateStore { url, force } => migrate_store(global, &url, force),
+        }
+    }
+}
+
+fn migrate_store(global: &Global, url: &str, force: bool) -> Result<ExitCode> {
+    use tenement_fleet::FleetStore;
+    let name = tenement_fleet::store_display_name(url).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let db = global.data_dir()?.join("tenement.db");
+    if !db.exists() {
+        anyhow::bail!("no fleet to copy: {} does not exist", db.display());
+    }
+    let from = FleetStore::open(&db).map_err(|e| anyhow::anyhow!("{}: {e}", db.display()))?;
+    let to = FleetStore::open_conf(Some(url), &db, std::time::Duration::from_secs(10))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let n = to
+        .copy_from(&from, force)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!(
+        "copied {} servers, {} tenants and {} placements from {} into {name}",
+        n.servers,
+        n.tenants,
+        n.placements,
+        db.display()
+    );
+    println!(
+        "now set in [fleet] of every router (with the password), then restart ten serve:\n  store = \"{name}\""
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 impl ServerCommand {

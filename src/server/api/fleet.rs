@@ -42,6 +42,7 @@ impl From<FleetError> for ApiError {
             FleetError::NotFound(_) => StatusCode::NOT_FOUND,
             FleetError::Conflict(_) => StatusCode::CONFLICT,
             FleetError::Db(_) | FleetError::Schema(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            FleetError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError(status, e.to_string())
     }

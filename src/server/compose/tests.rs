@@ -298,3 +298,46 @@ fn a_reload_keeps_the_options_and_plugin_state_of_unchanged_processes() {
         std::time::Duration::from_secs(5)
     );
 }
+
+#[tokio::test]
+async fn a_fleet_publish_that_changes_no_route_rebuilds_no_table() {
+    use tenement_fleet::Status::Online;
+    let cfg = config("");
+    let publisher = Publisher::new(cfg.clone(), None).unwrap();
+    let supervisor = Supervisor::new(
+        cfg,
+        publisher.clone(),
+        Arc::new(tenement_supervisor::TracingSink),
+        None,
+    );
+    let base = FleetView::new(
+        vec![server("s1", Online, true)],
+        vec![tenant("acme", "s1")],
+        1,
+    );
+    let (tx, rx) = watch::channel(Arc::new(base.clone()));
+    tokio::spawn(
+        publisher
+            .clone()
+            .run(supervisor.clone(), supervisor.follow(), Some((rx, true))),
+    );
+    publisher.settle_fleet(1).await;
+    let first = publisher.router().load().clone();
+    // Health only (latency): a new generation, the same routing generation.
+    let mut s = server("s1", Online, true);
+    s.latency_ms = Some(7);
+    let mut health = base.with_servers(vec![s], 2);
+    health.routing = base.routing;
+    tx.send_replace(Arc::new(health));
+    publisher.settle_fleet(2).await;
+    assert!(
+        Arc::ptr_eq(&first, &publisher.router().load()),
+        "acknowledged without a rebuild"
+    );
+    // A status change: rebuilt.
+    let down = base.with_servers(vec![server("s1", tenement_fleet::Status::Offline, true)], 3);
+    assert_eq!(down.routing, 3);
+    tx.send_replace(Arc::new(down));
+    publisher.settle_fleet(3).await;
+    assert!(!Arc::ptr_eq(&first, &publisher.router().load()), "rebuilt");
+}

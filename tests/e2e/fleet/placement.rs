@@ -1,7 +1,8 @@
 //! SPEC §9 "failover places the tenant": a router R and two servers with API tokens, A (the
 //! tenant's home) and B (which does not run the tenant's instance). A stops: R asks B to spawn
 //! it, requests wait meanwhile (never a 404), then A comes back, new requests go home and the
-//! copy on B is stopped after `failover_linger` without traffic.
+//! copy on B is stopped after `failover_linger` without traffic. The same with the router's
+//! fleet in PostgreSQL (`[fleet] store`): the placement is data in the shared store.
 
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,27 @@ fn api(router: &Ten, path: &str) -> Value {
 
 #[test]
 fn failover_places_the_tenant_then_returns_home_and_stops_the_copy() {
+    failover_round_trip(None);
+}
+
+#[test]
+fn failover_places_the_tenant_with_the_postgres_store() {
+    let pg = tenement_fleet::pgtest::PgCluster::start().expect("postgres");
+    let url = pg.create_db("fleet").expect("database");
+    failover_round_trip(Some(&url));
+    assert_eq!(
+        pg.psql("fleet", "SELECT count(*) FROM fleet_tenants")
+            .expect("psql"),
+        "1",
+        "the router's fleet is in PostgreSQL"
+    );
+}
+
+/// A fails, acme is placed on B (requests wait, never a 404), A returns, the copy stops.
+fn failover_round_trip(store: Option<&str>) {
+    let store = store
+        .map(|u| format!("store = \"{u}\"\n"))
+        .unwrap_or_default();
     let mut a = app_server("a", "\"acme\"", "");
     // B starts instances slowly, so requests after A's outage is detected wait for the copy.
     let b = app_server("b", "\"other\"", " --startup-delay-ms 1500");
@@ -71,10 +93,10 @@ fn failover_places_the_tenant_then_returns_home_and_stops_the_copy() {
     let token_a = ok(&a, &["token-gen"]).trim().to_string();
     let token_b = ok(&b, &["token-gen"]).trim().to_string();
     let router = Builder::new()
-        .body(
+        .body(&format!(
             "[fleet]\nhealth_interval = \"200ms\"\nunhealthy_after = 2\nfailover_linger = \"2s\"\n\
-             placement_timeout = \"20s\"\n",
-        )
+             placement_timeout = \"20s\"\n{store}",
+        ))
         .start_with_args(&["--domain", "r.test"]);
     for (id, server, token) in [("a", &a, &token_a), ("b", &b, &token_b)] {
         let url = format!("http://{}", server.addr);
@@ -189,13 +211,14 @@ fn failover_places_the_tenant_then_returns_home_and_stops_the_copy() {
         instances(&b).contains(&"app:other".to_string()),
         "only the copy is stopped"
     );
-    assert!(
-        router
-            .stderr()
-            .contains("tenant acme: failover copy app:acme on b stopped after 2s without traffic"),
-        "{}",
-        router.stderr()
-    );
+    // The router logs the stop once b answered the DELETE (b lists the copy as gone a moment
+    // before, and with PostgreSQL the placement is forgotten in the store first).
+    let stopped = "tenant acme: failover copy app:acme on b stopped after 2s without traffic";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !router.stderr().contains(stopped) {
+        assert!(Instant::now() < deadline, "{}", router.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(placement(&router), ("a".into(), "a".into()));
     assert_eq!(served_by(&router, "acme.com"), (200, "a".into()));
 }
