@@ -615,22 +615,10 @@ fn acme_issues_on_demand_for_routed_names_only_reuses_stored_certs_and_renews() 
     for name in ["evil.example.org", &format!("nope.{DOMAIN}")] {
         let mut store = rustls::RootCertStore::empty();
         store.add(pem_der(&root).into()).expect("root");
-        let config = rustls::ClientConfig::builder()
-            .with_root_certificates(store)
-            .with_no_client_auth();
-        let sni = rustls::pki_types::ServerName::try_from(name.to_string()).expect("name");
-        let mut conn = rustls::ClientConnection::new(Arc::new(config), sni).expect("conn");
-        let mut sock = TcpStream::connect(https).expect("connect");
-        sock.set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-        let failed = loop {
-            match conn.complete_io(&mut sock) {
-                Ok(_) if conn.is_handshaking() => continue,
-                Ok(_) => break false,
-                Err(_) => break true,
-            }
-        };
-        assert!(failed, "{name}: no certificate covers it");
+        assert!(
+            handshake_fails(https, name, store, vec![]),
+            "{name}: no certificate covers it"
+        );
     }
     assert_eq!(orders(&ten), 1, "unrouted names are never ordered");
     assert!(!ten
@@ -762,23 +750,11 @@ fn acme_tls_alpn_01_is_answered_on_the_tls_listener() {
 
     // A client offering acme-tls/1 for a name with no pending challenge: no handshake, no order.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"acme-tls/1".to_vec()];
-    let sni = rustls::pki_types::ServerName::try_from(host.clone()).expect("name");
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), sni).expect("conn");
-    let mut sock = TcpStream::connect(https).expect("connect");
-    sock.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    let failed = loop {
-        match conn.complete_io(&mut sock) {
-            Ok(_) if conn.is_handshaking() => continue,
-            Ok(_) => break false,
-            Err(_) => break true,
-        }
-    };
-    assert!(failed, "acme-tls/1 without a pending challenge is refused");
+    let acme_alpn = vec![b"acme-tls/1".to_vec()];
+    assert!(
+        handshake_fails(https, &host, rustls::RootCertStore::empty(), acme_alpn),
+        "acme-tls/1 without a pending challenge is refused"
+    );
     assert_eq!(orders(&ten), 0, "{}", ten.stderr());
 
     // A browser's first handshake for a routed name: the order is validated by Pebble over
@@ -802,4 +778,30 @@ fn acme_tls_alpn_01_is_answered_on_the_tls_listener() {
         .send()
         .expect("https request");
     assert_eq!(r.status().as_u16(), 200);
+}
+
+/// Whether a TLS handshake with `addr` for `name` (trusting `roots`, offering `alpn`) fails.
+fn handshake_fails(
+    addr: std::net::SocketAddr,
+    name: &str,
+    roots: rustls::RootCertStore,
+    alpn: Vec<Vec<u8>>,
+) -> bool {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn;
+    let sni = rustls::pki_types::ServerName::try_from(name.to_string()).expect("name");
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), sni).expect("conn");
+    let mut sock = TcpStream::connect(addr).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    loop {
+        match conn.complete_io(&mut sock) {
+            Ok(_) if conn.is_handshaking() => continue,
+            Ok(_) => return false,
+            Err(_) => return true,
+        }
+    }
 }
