@@ -288,6 +288,18 @@ pub fn format_line(e: &Entry, out: &mut String) {
 fn string(out: &mut String, bytes: &[u8]) {
     use std::fmt::Write as _;
     out.push('"');
+    // The common case (a method, host, path, request id): printable ASCII with nothing to
+    // escape, copied at once.
+    if bytes
+        .iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        if let Ok(plain) = std::str::from_utf8(bytes) {
+            out.push_str(plain);
+            out.push('"');
+            return;
+        }
+    }
     for c in String::from_utf8_lossy(bytes).chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -399,6 +411,20 @@ mod tests {
         // A path that cannot be opened is an error for the caller (nothing switched).
         assert!(AccessLog::open(&Target::File(dir.join("no/such/dir.log"))).is_err());
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn strings_are_copied_plain_or_escaped() {
+        let json = |b: &[u8]| {
+            let mut out = String::new();
+            string(&mut out, b);
+            out
+        };
+        assert_eq!(json(b"/a/b?c=d"), "\"/a/b?c=d\"");
+        assert_eq!(json(b"a\"b\\c"), "\"a\\\"b\\\\c\"");
+        assert_eq!(json(b"x\ny\x01"), "\"x\\ny\\u0001\"");
+        assert_eq!(json(b"\xffz"), "\"\u{fffd}z\"");
+        assert_eq!(json("é".as_bytes()), "\"é\"");
     }
 
     fn sample() -> Entry {
