@@ -40,10 +40,7 @@ fn server() -> Ten {
 }
 
 fn pid(ten: &Ten, name: &str) -> u64 {
-    let v = wait_instance(ten, name, "healthy with a pid", |v| {
-        v["state"] == "healthy" && v["pid"].as_u64().is_some()
-    });
-    v["pid"].as_u64().expect("pid")
+    crate::util::healthy_pid(ten, name)
 }
 
 /// `ten reload ARGS`: (success, stdout, stderr).

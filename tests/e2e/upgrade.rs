@@ -23,10 +23,7 @@ fn server() -> Ten {
 }
 
 fn pid(ten: &Ten, name: &str) -> u64 {
-    let v = wait_instance(ten, name, "healthy with a pid", |v| {
-        v["state"] == "healthy" && v["pid"].as_u64().is_some()
-    });
-    v["pid"].as_u64().expect("pid")
+    crate::util::healthy_pid(ten, name)
 }
 
 /// The new `ten serve` an upgrade started: SIGTERM on drop (it stops its instances), bounded.

@@ -523,3 +523,11 @@ impl NotifyListener {
         String::from_utf8_lossy(&buf[..n]).into_owned()
     }
 }
+
+/// The pid of instance `name` once it is healthy (bounded wait).
+pub fn healthy_pid(ten: &Ten, name: &str) -> u64 {
+    let v = crate::supervision::wait_instance(ten, name, "healthy with a pid", |v| {
+        v["state"] == "healthy" && v["pid"].as_u64().is_some()
+    });
+    v["pid"].as_u64().expect("pid")
+}
