@@ -148,8 +148,18 @@ fn lock(dir: &Path) -> Result<Option<Flock<File>>> {
     let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => lock,
         Err((mut file, Errno::EWOULDBLOCK)) => {
+            // The holder writes its pid just after taking the lock: a second server started
+            // at the same moment may read the file in between, so give it a moment.
             let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
+            for _ in 0..100 {
+                pid.clear();
+                let _ = file.rewind();
+                let _ = file.read_to_string(&mut pid);
+                if !pid.trim().is_empty() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
             let pid = match pid.trim() {
                 "" => "unknown".to_string(),
                 p => p.to_string(),

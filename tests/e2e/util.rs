@@ -214,7 +214,10 @@ impl Ten {
             .arg(&config)
             .args(&self.extra)
             .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
-            .env("TEN_LOG", "info")
+            .env(
+                "TEN_LOG",
+                std::env::var("E2E_TEN_LOG").unwrap_or("info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
