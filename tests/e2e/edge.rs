@@ -1,5 +1,6 @@
 //! Edge routes (SPEC §3 rule 0, `[routes]`, `upstreams`): ten as a drop-in for nginx.
 
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -286,5 +287,79 @@ fn stop_nginx(mut nginx: Child) {
     if crate::util::wait_bounded(&mut nginx, Duration::from_secs(10)).is_none() {
         let _ = nginx.kill();
         let _ = nginx.wait();
+    }
+}
+
+/// An upstream that answers `101 Switching Protocols` the moment it accepts, before it has read
+/// the request, then echoes every byte: ten then often holds the 101 before it has handled the
+/// upgrade request's own (empty) body end. Regression test for vendor patch
+/// pingora-proxy/0001 (cloudflare/pingora#946): that end was taken for the end of the tunnel,
+/// and the client got EOF after its 101.
+fn eager_upgrade_upstream() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let _ = conn.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                );
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match conn.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let mut buf = [0u8; 1024];
+                while let Ok(n @ 1..) = conn.read(&mut buf) {
+                    if conn.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn an_upgrade_answered_before_the_request_is_read_stays_open() {
+    let port = eager_upgrade_upstream();
+    let ten = Builder::new()
+        .body(&format!(
+            "[process.tunnel]\nupstreams = [\"127.0.0.1:{port}\"]\n\
+             [routes]\n\"tunnel.example\" = \"tunnel\"\n"
+        ))
+        .start();
+    // Each connection is a fresh upstream connection (an upgraded one is never pooled), so each
+    // is a new chance for the 101 to be read first: without the fix one of the first few broke.
+    for i in 0..60 {
+        let mut s = std::net::TcpStream::connect(ten.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: tunnel.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .expect("write upgrade");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = s.read(&mut byte).expect("read 101");
+            assert_eq!(n, 1, "connection {i}: closed before its 101");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101"), "connection {i}: {head}");
+        let ping = format!("ping {i}");
+        s.write_all(ping.as_bytes())
+            .expect("write through the tunnel");
+        let mut got = vec![0u8; ping.len()];
+        s.read_exact(&mut got)
+            .unwrap_or_else(|e| panic!("connection {i}: tunnel closed after its 101: {e}"));
+        assert_eq!(String::from_utf8_lossy(&got), ping, "connection {i}");
     }
 }
