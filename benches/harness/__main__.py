@@ -38,6 +38,8 @@ def parse_args():
     p.add_argument("--idle-conns", type=int, default=1000)
     p.add_argument("--cg-base", type=int, default=500, help="requests of the short callgrind run")
     p.add_argument("--cg-requests", type=int, default=2000, help="extra requests of the long one")
+    p.add_argument("--cg-runs", type=int, default=1,
+                   help="measure each proxy N times under callgrind and keep the median (A/B gates: 5)")
     p.add_argument("--only", default="", help="comma-separated configuration keys")
     p.add_argument("--no-callgrind", action="store_true")
     p.add_argument("--no-micro", action="store_true")
@@ -323,40 +325,65 @@ def latency_phase(targets, bins, args, res):
 
 
 def callgrind_phase(targets, bins, d, args, res):
-    """Instructions per request: (I(base + n) - I(base)) / n, startup and shutdown cancelling."""
+    """Instructions per request: (I(base + n) - I(base)) / n, startup and shutdown cancelling.
+    With `--cg-runs N` every target is measured N times (the targets interleaved) and the run
+    with the median figure is kept: one run varies by about ±0.5 % (hash seeds, allocation
+    addresses, background threads' timing), a same-run A/B of two builds wants the median."""
+    runs = {}
+    for r in range(max(1, args.cg_runs)):
+        for t in targets:
+            if t.callgrind:
+                runs.setdefault(t.key, []).append(callgrind_once(t, bins, d, args, res, r))
+    for key, measured in runs.items():
+        ordered = sorted(measured, key=lambda m: m["per_req"])
+        median = ordered[(len(ordered) - 1) // 2]
+        median["runs"] = [m["per_req"] for m in measured]
+        res["callgrind"][key] = median
+        spread = (f" (median of {len(measured)}: "
+                  + ", ".join(f"{m['per_req']:,.0f}" for m in measured) + ")") if len(measured) > 1 else ""
+        log(f"{key}: {median['per_req']:,.0f} instructions/request{spread}")
+
+
+def callgrind_once(t, bins, d, args, res, run):
+    """One measurement of target `t`: two callgrind runs (N1 and N2 requests)."""
     counts = (args.cg_base, args.cg_base + args.cg_requests)
-    for t in targets:
-        if not t.callgrind:
-            continue
-        totals, funcs = [], []
-        for n in counts:
-            name = f"cg-{t.key}-{n}"
-            out = d / f"{name}.callgrind"
-            wrap = [bins["valgrind"], "--tool=callgrind", f"--callgrind-out-file={out}"]
-            port = procs.free_port()
-            proc = procs.start(t, bins, d, name, port, cpu=PROXY_CPU, wrap=wrap)
-            res["commands"].setdefault(f"callgrind ({t.key})", shlex.join(proc.argv))
-            try:
-                procs.wait_ready(proc, port, ready(t), timeout=300)
-                # The readiness check was the first request (and, over TLS, handshake: the
-                # handshakes cancel out like startup, the requests are on one connection).
-                measure.requests(port, n - 1, t.tls)
-            finally:
-                proc.stop(timeout=300)
-            totals.append(measure.callgrind_total(out))
-            funcs.append(measure.callgrind_functions(bins, out))
-        per_req = (totals[1] - totals[0]) / args.cg_requests
-        names = set(funcs[0]) | set(funcs[1])
-        per_fn = {
-            f: (funcs[1].get(f, 0) - funcs[0].get(f, 0)) / args.cg_requests for f in names
-        }
-        res["callgrind"][t.key] = {
-            "per_req": per_req,
-            "totals": totals,
-            "counts": counts,
-            "funcs": {f: v for f, v in per_fn.items() if abs(v) >= 1.0},
-        }
-        log(f"{t.key}: {per_req:,.0f} instructions/request")
+    totals, funcs, threads = [], [], []
+    for n in counts:
+        name = f"cg-{t.key}-{n}-{run}"
+        out = d / f"{name}.callgrind"
+        # One profile per thread (`{out}-01`, ...), added up below; per thread in the JSON.
+        wrap = [bins["valgrind"], "--tool=callgrind", "--separate-threads=yes",
+                f"--callgrind-out-file={out}"]
+        port = procs.free_port()
+        proc = procs.start(t, bins, d, name, port, cpu=PROXY_CPU, wrap=wrap)
+        res["commands"].setdefault(f"callgrind ({t.key})", shlex.join(proc.argv))
+        try:
+            procs.wait_ready(proc, port, ready(t), timeout=300)
+            # The readiness check was the first request (and, over TLS, handshake: the
+            # handshakes cancel out like startup, the requests are on one connection).
+            measure.requests(port, n - 1, t.tls)
+        finally:
+            proc.stop(timeout=300)
+        files = sorted(d.glob(f"{name}.callgrind-*")) or [out]
+        threads.append({f.name.rsplit("-", 1)[-1]: measure.callgrind_total(f) for f in files})
+        totals.append(sum(threads[-1].values()))
+        merged = {}
+        for f in files:
+            for fn, v in measure.callgrind_functions(bins, f).items():
+                merged[fn] = merged.get(fn, 0) + v
+        funcs.append(merged)
+    per_req = (totals[1] - totals[0]) / args.cg_requests
+    names = set(funcs[0]) | set(funcs[1])
+    per_fn = {
+        f: (funcs[1].get(f, 0) - funcs[0].get(f, 0)) / args.cg_requests for f in names
+    }
+    return {
+        "per_req": per_req,
+        "totals": totals,
+        "threads": threads,
+        "counts": counts,
+        "funcs": {f: v for f, v in per_fn.items() if abs(v) >= 1.0},
+    }
 
 
 def micro_phase(res):
