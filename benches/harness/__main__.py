@@ -41,6 +41,11 @@ def parse_args():
     p.add_argument("--cg-runs", type=int, default=1,
                    help="measure each proxy N times under callgrind and keep the median (A/B gates: 5)")
     p.add_argument("--only", default="", help="comma-separated configuration keys")
+    p.add_argument("--peers", default="", choices=["", "all"],
+                   help="all: also pingap and tenement 0.2.1 (built by `make bench PEERS=all` "
+                   "into $TEN_BENCH_PEERS, default ~/.cache/tenement-bench/peers)")
+    p.add_argument("--no-syscalls", action="store_true",
+                   help="skip the syscalls/wakeups per request phase")
     p.add_argument("--no-callgrind", action="store_true")
     p.add_argument("--no-micro", action="store_true")
     p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
@@ -69,6 +74,17 @@ def find_tools():
         "ten": rel / "ten",
         "floor": rel / "ten-bench-pingora",
     }
+    # The peers `make bench` installs from Debian (a run whose --only leaves them out does not
+    # need them); perf for the syscall counts, else strace.
+    for name, path in (("haproxy", "/usr/sbin/haproxy"), ("caddy", "/usr/bin/caddy"),
+                       ("perf", "/usr/bin/perf"), ("strace", "/usr/bin/strace")):
+        found = shutil.which(name) or (path if Path(path).is_file() else None)
+        if found:
+            bins[name] = found
+    if "perf" in bins and subprocess.run(
+        [bins["perf"], "stat", "-e", "raw_syscalls:sys_enter", "true"], capture_output=True
+    ).returncode != 0:
+        del bins["perf"]  # no tracepoints here (a kernel or container without them)
     # A ten built from another commit, measured beside this one in the same run (`ten-base`).
     if os.environ.get("TEN_BENCH_BASE"):
         bins["ten-base"] = Path(os.environ["TEN_BENCH_BASE"])
@@ -112,6 +128,10 @@ def machine(bins):
         "ten": f"{version([bins['ten'], '--version'])} (git {git or '?'}{', with local changes' if dirty else ''})",
         "pingora": pingora,
         "nginx": version([bins["nginx"], "-v"]),
+        "haproxy": version([bins["haproxy"], "-v"]) if "haproxy" in bins else "not installed",
+        "caddy": f"Caddy {version([bins['caddy'], 'version'])}" if "caddy" in bins else "not installed",
+        "syscalls": ("perf (raw_syscalls:sys_enter tracepoint)" if "perf" in bins
+                     else "strace -c -f" if "strace" in bins else "not measured"),
         "wrk": version([bins["wrk"], "-v"]),
         "oha": version([bins["oha"], "--version"]),
         "rustc": version(["rustc", "--version"]),
@@ -129,6 +149,12 @@ def all_targets(up_port, sock):
         Target("direct", "direct to the upstream (no proxy)", "direct"),
         Target("nginx", "nginx reverse proxy, TCP upstream", "nginx", tcp),
         Target("nginx-unix", "nginx reverse proxy, unix-socket upstream", "nginx", unix),
+        Target("haproxy", "HAProxy reverse proxy (one thread), TCP upstream", "haproxy", tcp),
+        Target("haproxy-unix", "HAProxy reverse proxy (one thread), unix-socket upstream",
+               "haproxy", unix),
+        Target("caddy", "Caddy reverse proxy (GOMAXPROCS=1), TCP upstream", "caddy", tcp),
+        Target("caddy-unix", "Caddy reverse proxy (GOMAXPROCS=1), unix-socket upstream", "caddy",
+               unix),
         Target("floor", "vanilla Pingora floor, TCP upstream", "floor", tcp),
         Target("floor-unix", "vanilla Pingora floor, unix-socket upstream", "floor", unix),
         Target("floor-buf0", "vanilla Pingora floor, TCP upstream, no L4 read buffer per "
@@ -204,6 +230,24 @@ def start_proxies(targets, bins, d, res):
 def ready(t):
     """The readiness check of a target (over TLS for the TLS rows)."""
     return lambda port: measure.check_ok(port, t.tls)
+
+
+def syscall_phase(targets, bins, d, args, res):
+    """System calls and wakeups per request of every proxy at saturation (one wrk run each,
+    with an idle window subtracted)."""
+    if "perf" not in bins and "strace" not in bins:
+        log("syscalls per request: neither perf nor strace found: not measured")
+        return
+    for t in targets:
+        if t.kind == "direct" or t.shares:
+            continue
+        r = measure.syscalls(bins, t.port, args.connections, args.duration, t.proc.pids(), d,
+                             f"sys-{t.key}", tls=t.tls)
+        if r is None:
+            continue
+        res["syscalls"][t.key] = r
+        log(f"{t.key}: {r['syscalls_per_req']:.2f} syscalls/request, "
+            f"{r['wakeups_per_req']:.2f} wakeups/request ({r['method']})")
 
 
 def rss_phase(targets, res, n_conns):
@@ -422,6 +466,7 @@ def main():
         "order": [],
         "latency": {},
         "callgrind": {},
+        "syscalls": {},
         "plugins": "not run",
         "micro": "",
     }
@@ -436,7 +481,15 @@ def main():
     targets = all_targets(up_port, d / "upstream.sock")
     if args.only:
         keep = set(args.only.split(","))
+        unknown = keep - {t.key for t in targets}
+        if unknown:
+            sys.exit(f"bench: --only: unknown configuration(s) {', '.join(sorted(unknown))}; "
+                     f"known: {', '.join(t.key for t in targets)}")
         targets = [t for t in targets if t.key in keep]
+    for t in targets:
+        if t.kind in ("haproxy", "caddy") and t.kind not in bins:
+            sys.exit(f"bench: {t.kind} not found: `make bench` installs it (or leave `{t.key}` "
+                     "out with --only)")
     for t in targets:
         if t.kind == "direct":
             t.port, t.proc = up_port, up
@@ -448,8 +501,8 @@ def main():
         res["labels"] = {t.key: t.label for t in running}
         res["kinds"] = {t.key: t.kind for t in running}
         res["configs"] = {
-            t.key: (d / f"{t.key}.{'toml' if t.kind == 'ten' else 'conf'}").read_text()
-            for t in running if t.kind in ("nginx", "ten") and not t.shares
+            t.key: (d / t.config_file(t.key)).read_text()
+            for t in running if t.config_file(t.key) and not t.shares
         }
         res["configs"]["upstream"] = (d / "upstream.conf").read_text()
         res["commands"]["wrk"] = shlex.join(measure.wrk_cmd(bins, "PORT", args.connections, args.duration))
@@ -457,6 +510,8 @@ def main():
         rss_variants(running, bins, d, res, args.idle_conns)
         load_phase(running, bins, args, res)
         latency_phase(running, bins, args, res)
+        if not args.no_syscalls:
+            syscall_phase(running, bins, d, args, res)
         res["commands"]["oha"] = shlex.join(
             measure.oha_cmd(bins, "PORT", res["rate"], args.connections, args.latency_duration)
         )

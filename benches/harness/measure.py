@@ -152,15 +152,41 @@ def open_idle(port, n, tls=False):
     return conns
 
 
-def cpu_ticks(pids):
-    """utime + stime of the processes (all their threads), in clock ticks."""
-    total = 0
+def cpu_split(pids):
+    """(utime, stime) of the processes (all their threads), in clock ticks."""
+    user = system = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5)
+        user += int(fields[11])  # field 14 of stat(5)
+        system += int(fields[12])  # field 15
+    return user, system
+
+
+def cpu_ticks(pids):
+    """utime + stime of the processes (all their threads), in clock ticks."""
+    return sum(cpu_split(pids))
+
+
+def voluntary_switches(pids):
+    """Voluntary context switches of every thread of the processes: each is the thread going
+    to sleep (epoll_wait, a futex) and so, later, one wakeup."""
+    total = 0
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                text = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
     return total
 
 
@@ -205,12 +231,14 @@ def wrk(bins, port, conns, duration, pids, tls=False):
     """Saturation run: req/s, requests, errors, the CPU the `pids` spent meanwhile, and the
     share of the proxy core that other processes of the machine took."""
     cmd = wrk_cmd(bins, port, conns, duration, tls)
-    before = cpu_ticks(pids)
+    before = cpu_split(pids)
     core_before = core_busy_ticks(PROXY_CPU)
     t0 = time.monotonic()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     wall = time.monotonic() - t0
-    ticks = cpu_ticks(pids) - before
+    after = cpu_split(pids)
+    user, system = after[0] - before[0], after[1] - before[1]
+    ticks = user + system
     core = core_busy_ticks(PROXY_CPU) - core_before
     reqs = _num(r"(\d+) requests in", out, int, 0)
     errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
@@ -220,6 +248,8 @@ def wrk(bins, port, conns, duration, pids, tls=False):
         "non2xx": _num(r"Non-2xx or 3xx responses: (\d+)", out, int, 0),
         "socket_errors": sum(int(x) for x in errs.groups()) if errs else 0,
         "cpu_us_per_req": ticks * 1e6 / CLK_TCK / reqs if reqs else None,
+        "cpu_user_us_per_req": user * 1e6 / CLK_TCK / reqs if reqs else None,
+        "cpu_sys_us_per_req": system * 1e6 / CLK_TCK / reqs if reqs else None,
         "cpu_busy": ticks / CLK_TCK / wall,
         # Meaningful for a proxy pinned on PROXY_CPU (for `direct`, everything there is other).
         "others_on_core": max(0.0, (core - ticks) / CLK_TCK / wall),
@@ -286,3 +316,91 @@ def callgrind_functions(bins, path):
         fn = _HASH.sub("", re.sub(r"\s*\[[^\]]*\]$", "", fn))
         costs[fn] = costs.get(fn, 0) + int(m.group(1).replace(",", ""))
     return costs
+
+
+class SyscallCounter:
+    """Counts the system calls of running processes (every thread) between start() and stop():
+    perf's `raw_syscalls:sys_enter` tracepoint (`perf stat -p`, counting only, no sampling),
+    else `strace -c -f` (which slows every call down: only its count is used)."""
+
+    def __init__(self, bins, pids, workdir, name):
+        self.pids = [str(p) for p in pids]
+        self.out = Path(workdir) / f"{name}.syscalls"
+        if bins.get("perf"):
+            self.method = "perf"
+            self.argv = [bins["perf"], "stat", "-x", ",", "-e", "raw_syscalls:sys_enter",
+                         "-o", str(self.out), "-p", ",".join(self.pids)]
+        else:
+            self.method = "strace"
+            self.argv = [bins["strace"], "-c", "-f", "-q", "-o", str(self.out),
+                         *[a for p in self.pids for a in ("-p", p)]]
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Both attach asynchronously: give them time to reach every thread.
+        time.sleep(0.5)
+
+    def stop(self):
+        """The number of system calls counted."""
+        self.proc.send_signal(2)  # SIGINT: both print their counts and exit
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        text = self.out.read_text(errors="replace") if self.out.exists() else ""
+        if self.method == "perf":
+            for line in text.splitlines():
+                cells = line.split(",")
+                if len(cells) > 2 and "raw_syscalls:sys_enter" in line:
+                    # "<not counted>": no thread ran while counting (an idle nginx).
+                    return int(cells[0]) if cells[0].isdigit() else 0
+        else:
+            # The last line of `strace -c`: "% time, seconds, usecs/call, calls, errors, total".
+            m = re.search(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?total\s*$", text, re.M)
+            if m:
+                return int(m.group(1))
+        raise RuntimeError(f"{self.method} counted nothing ({self.argv[0]}): {text[-300:]!r}")
+
+
+def syscalls(bins, port, conns, duration, pids, workdir, name, idle_seconds=2.0, tls=False):
+    """System calls and wakeups per request: a wrk run with the counter attached, minus an idle
+    window of the same process (timers, housekeeping threads) scaled to the run's length.
+    Wakeups: voluntary context switches of all the process's threads."""
+    idle = SyscallCounter(bins, pids, workdir, f"{name}-idle")
+    idle.start()
+    sw0 = voluntary_switches(pids)
+    t0 = time.monotonic()
+    time.sleep(idle_seconds)
+    idle_wall = time.monotonic() - t0
+    idle_sw = voluntary_switches(pids) - sw0
+    idle_calls = idle.stop()
+    busy = SyscallCounter(bins, pids, workdir, f"{name}-busy")
+    busy.start()
+    sw0 = voluntary_switches(pids)
+    c0 = cpu_split(pids)
+    t0 = time.monotonic()
+    out = subprocess.run(wrk_cmd(bins, port, conns, duration, tls), capture_output=True,
+                         text=True, check=True).stdout
+    wall = time.monotonic() - t0
+    c1 = cpu_split(pids)
+    sw = voluntary_switches(pids) - sw0
+    calls = busy.stop()
+    reqs = _num(r"(\d+) requests in", out, int, 0)
+    if not reqs:
+        return None
+    scale = wall / idle_wall
+    return {
+        "method": busy.method,
+        "requests": reqs,
+        "syscalls": calls,
+        "idle_syscalls": idle_calls,
+        "idle_seconds": idle_wall,
+        "wall": wall,
+        "syscalls_per_req": max(0.0, calls - idle_calls * scale) / reqs,
+        "wakeups_per_req": max(0.0, sw - idle_sw * scale) / reqs,
+        "cpu_user_us_per_req": (c1[0] - c0[0]) * 1e6 / CLK_TCK / reqs,
+        "cpu_sys_us_per_req": (c1[1] - c0[1]) * 1e6 / CLK_TCK / reqs,
+    }

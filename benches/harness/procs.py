@@ -195,6 +195,74 @@ http {{
 """
 
 
+def haproxy_conf(d, name, port, upstream):
+    """HAProxy configured like the nginx row: one thread (`nbthread 1`; the process is pinned like
+    nginx's worker), route by Host (anything else answers 404), `X-Forwarded-For/Proto/Host` and
+    `X-Request-Id` (a random UUID, also on the response), keep-alive to the upstream (idle server
+    connections reused by any request: `http-reuse always`, as nginx's `keepalive 64`), no log."""
+    server = upstream[len("unix:"):] if upstream.startswith("unix:") else upstream
+    return f"""global
+    nbthread 1
+    # 8000 connections: HAProxy reserves 2 descriptors each, within the bench's 20000 limit.
+    maxconn 8000
+    pidfile {d}/{name}.pid
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+    timeout http-keep-alive 300s
+    option http-keep-alive
+    http-reuse always
+
+frontend fe
+    bind 127.0.0.1:{port} backlog 4096
+    unique-id-format %[uuid()]
+    http-request return status 404 unless {{ hdr(host) -i {HOST} }}
+    option forwardfor
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header X-Request-Id %[unique-id]
+    http-response set-header X-Request-Id %[unique-id]
+    default_backend up
+
+backend up
+    server up {server}
+"""
+
+
+def caddy_conf(d, name, port, upstream):
+    """Caddy (a Caddyfile) configured like the nginx row: one core (GOMAXPROCS=1 and the same
+    pinning), route by Host (anything else answers 404), `X-Forwarded-For/Proto/Host` (Caddy's
+    `reverse_proxy` adds them itself) and `X-Request-Id` (`{http.request.uuid}`, also on the
+    response), keep-alive to the upstream with 64 idle connections kept (nginx's `keepalive
+    64`), no admin endpoint, no access log (Caddy's default), no automatic HTTPS."""
+    dial = f"unix/{upstream[len('unix:'):]}" if upstream.startswith("unix:") else upstream
+    return f"""{{
+	admin off
+	auto_https off
+}}
+
+http://{HOST}:{port} {{
+	bind 127.0.0.1
+	reverse_proxy {dial} {{
+		header_up X-Request-Id {{http.request.uuid}}
+		header_down X-Request-Id {{http.request.uuid}}
+		transport http {{
+			keepalive 300s
+			keepalive_idle_conns_per_host 64
+		}}
+	}}
+}}
+
+http://:{port} {{
+	bind 127.0.0.1
+	respond 404
+}}
+"""
+
+
 PLUGINS = """plugins = [
   { kind = "headers", response_set = { X-Bench-Plugin = "on" }, request_remove = ["X-Bench-Nothing"] },
   { kind = "ip_filter", allow = ["127.0.0.1/32"] },
@@ -236,7 +304,7 @@ class Target:
 
     key: str
     label: str
-    kind: str  # direct | nginx | floor | ten
+    kind: str  # direct | nginx | haproxy | caddy | floor | ten
     upstream: object = ""  # 127.0.0.1:PORT or unix:/PATH (a list for ten: several)
     metrics: bool = True
     plugins: bool = False
@@ -262,6 +330,15 @@ class Target:
             conf = d / f"{name}.conf"
             conf.write_text(nginx_proxy_conf(d, name, port, self.upstream, single, self.tls))
             return [bins["nginx"], "-e", d / f"{name}.error.log", "-p", d, "-c", conf]
+        if self.kind == "haproxy":
+            conf = d / f"{name}.conf"
+            conf.write_text(haproxy_conf(d, name, port, self.upstream))
+            # -db: foreground, no daemon; one process (no master-worker).
+            return [bins["haproxy"], "-db", "-f", conf]
+        if self.kind == "caddy":
+            conf = d / f"{name}.Caddyfile"
+            conf.write_text(caddy_conf(d, name, port, self.upstream))
+            return [bins["caddy"], "run", "--config", conf, "--adapter", "caddyfile"]
         if self.kind == "floor":
             return [bins["floor"], "--listen", f"127.0.0.1:{port}", "--upstream", self.upstream,
                     *self.extra]
@@ -276,15 +353,34 @@ class Target:
             return [bins["nginx"], "-e", d / f"{name}.error.log", "-p", d, "-c", conf]
         raise ValueError(self.kind)
 
+    def config_file(self, name):
+        """The config file this target's proxy reads (in the work dir), if any."""
+        return {"nginx": f"{name}.conf", "haproxy": f"{name}.conf",
+                "caddy": f"{name}.Caddyfile", "ten": f"{name}.toml"}.get(self.kind)
+
+    def env(self, d, name):
+        """Environment variables the proxy runs with, on top of the driver's."""
+        if self.kind == "caddy":
+            # One core, as nginx's one worker (Go would size GOMAXPROCS from the affinity mask
+            # anyway); Caddy's data and config dirs inside the work dir.
+            return {"GOMAXPROCS": "1", "XDG_DATA_HOME": str(d / f"{name}-data"),
+                    "XDG_CONFIG_HOME": str(d / f"{name}-config")}
+        return {}
+
     def stop_signal(self):
         # nginx: SIGTERM is its fast shutdown (a single-process nginx leaves SIGINT at its default
         # action, which would kill valgrind before it writes the profile); Pingora: SIGINT is
-        # (SIGTERM waits for a grace period); ten serve drains on either.
-        return signal.SIGTERM if self.kind in ("nginx", "direct") else signal.SIGINT
+        # (SIGTERM waits for a grace period); ten serve drains on either; HAProxy: SIGTERM is
+        # its hard stop (SIGUSR1 would wait for every connection); Caddy stops on SIGINT.
+        return (signal.SIGTERM if self.kind in ("nginx", "direct", "haproxy")
+                else signal.SIGINT)
 
 
 def start(target, bins, d, name, port, cpu=PROXY_CPU, wrap=(), env=None):
     argv = ["taskset", "-c", cpu, *wrap, *target.argv(bins, d, name, port, single=bool(wrap))]
+    extra = target.env(d, name)
+    if extra:
+        env = {**(env or os.environ), **extra}
     return Proc(name, argv, d, stop_signal=target.stop_signal(), env=env)
 
 

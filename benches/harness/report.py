@@ -133,6 +133,15 @@ class View:
     def cpu(self, k):
         return med(r[k]["cpu_us_per_req"] for r in self.good(k))
 
+    def cpu_split(self, k):
+        """(user, system) CPU µs/request, medians of the rounds (None in results of a driver
+        that did not split them)."""
+        return (med(r[k].get("cpu_user_us_per_req") for r in self.good(k)),
+                med(r[k].get("cpu_sys_us_per_req") for r in self.good(k)))
+
+    def sys(self, k):
+        return self.res.get("syscalls", {}).get(k)
+
     def busy(self, k):
         return med(r[k]["cpu_busy"] for r in self.good(k))
 
@@ -176,7 +185,10 @@ def section_machine(res, out):
         f"{' / '.join(res.get('load_end', ['?'] * 3))}: the machine is shared with other "
         "engineers' builds and tests, so absolute req/s are noisy; compare the per-round ratios.",
         f"- ten: {m['ten']}; Pingora {m['pingora']} (floor and ten alike); {m['rustc']}",
-        f"- {m['nginx']}; {m['wrk']}; {m['oha']}; {m['valgrind']}",
+        f"- {m['nginx']}; {m.get('haproxy', 'HAProxy: not recorded')}; "
+        f"{m.get('caddy', 'Caddy: not recorded')}",
+        f"- {m['wrk']}; {m['oha']}; {m['valgrind']}; system calls counted with "
+        f"{m.get('syscalls', 'not measured')}",
         f"- run: {res['started']}, {res['minutes']:.1f} min; {a['rounds']} rounds x {a['duration']} s "
         f"per configuration, {a['connections']} connections\n",
     ]
@@ -211,18 +223,24 @@ def section_setup(res, v, out):
     out += [
         "nginx is configured to do ten's work: route by Host (a `default_server` answers 404), "
         "add `X-Forwarded-For/Proto/Host` and `X-Request-Id` (also on the response), upstream "
-        "keepalive done right. The floor adds nothing: Pingora's defaults, one fixed upstream.\n",
+        "keepalive done right. HAProxy and Caddy are configured the same way (one thread / "
+        "`GOMAXPROCS=1` on the same pinned core, the same headers added, 64 idle upstream "
+        "connections kept; their configs are below). The floor adds nothing: Pingora's defaults, "
+        "one fixed upstream.\n",
         "Commands (ports are picked at run time; `$WORK` is the run's temporary directory):\n",
         "```sh",
     ]
     cmds = res["commands"]
-    for k in ("upstream", "nginx", "floor", "floor-buf0", "ten", "nginx-tls", "ten-tls", "wrk",
+    for k in ("upstream", "nginx", "haproxy", "caddy", "pingap", "tenement-0.2.1", "floor",
+              "floor-buf0", "ten", "nginx-tls", "ten-tls", "wrk",
               "oha", "callgrind (nginx)", "callgrind (floor)", "callgrind (ten)"):
         if k in cmds:
             out.append(f"# {k}\n{short(res, cmds[k])}")
     out += ["```\n"]
     confs = res.get("configs", {})
-    for k, lang in (("upstream", "nginx"), ("nginx", "nginx"), ("ten", "toml"),
+    for k, lang in (("upstream", "nginx"), ("nginx", "nginx"), ("haproxy", "haproxy"),
+                    ("caddy", "caddyfile"), ("pingap", "toml"), ("tenement-0.2.1", "toml"),
+                    ("ten", "toml"),
                     ("ten-plugins", "toml"), ("ten-2up", "toml"), ("ten-accesslog", "toml"),
                     ("nginx-tls", "nginx"), ("ten-tls", "toml")):
         if k in confs:
@@ -243,9 +261,9 @@ def section_results(res, v, out):
         "the proxy's core that other processes of the machine took during its wrk runs "
         f"(median); a run where they took more than {STARVED * 100:.0f} % was run again (at "
         "most twice) and, if still so, is marked `*` below and left out of medians and ratios.\n",
-        f"| configuration | req/s | vs nginx | vs floor | p50 ms | p99 ms | CPU µs/req | core busy "
-        f"| others | RSS idle MB | RSS {n} conns MB | instructions/req |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| configuration | req/s | vs nginx | vs floor | p50 ms | p99 ms | CPU µs/req | "
+        f"user + sys | core busy | others | RSS idle MB | RSS {n} conns MB | instructions/req |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     notes = []
     for k in v.keys:
@@ -257,7 +275,8 @@ def section_results(res, v, out):
         out.append(
             f"| {name} | {f0(v.rps(k))} | {rx(v.ratio(k, v.ref(k, 'nginx')))} | "
             f"{rx(v.ratio(k, v.ref(k, 'floor')))} | {f3(v.lat(k, 'p50_ms'))} | {f3(v.lat(k, 'p99_ms'))} | "
-            f"{f1(v.cpu(k))} | {'–' if busy is None else f'{busy * 100:.0f} %'} | "
+            f"{f1(v.cpu(k))} | {f1(v.cpu_split(k)[0])} + {f1(v.cpu_split(k)[1])} | "
+            f"{'–' if busy is None else f'{busy * 100:.0f} %'} | "
             f"{'–' if v.others(k) is None or k == 'direct' else f'{v.others(k) * 100:.0f} %'} | "
             f"{mb(v.rss(k, 'idle'))} | {mb(v.rss(k, 'conns'))} | {f0(v.instr(k))} |"
         )
@@ -268,6 +287,9 @@ def section_results(res, v, out):
             "(core 1, shared with wrk, which is then the bottleneck).\n"
         )
     out += notes + ([""] if notes else [])
+
+    section_peers(res, v, out)
+    section_syscalls(res, v, out)
 
     out += ["### Per round\n", "req/s, and the ratios of each round:\n"]
     rounds = len(v.rounds)
@@ -287,6 +309,75 @@ def section_results(res, v, out):
     out.append("Order of each round: " + "; ".join(
         f"{i + 1}: " + " → ".join(o) for i, o in enumerate(res.get("order", []))
     ) + "\n")
+
+
+PEERS = ("nginx", "haproxy", "caddy", "pingap", "tenement-0.2.1", "floor", "floor-buf0", "ten")
+
+
+def section_peers(res, v, out):
+    """The proxies side by side (TCP upstream): what issue 23's table compares."""
+    keys = [k for k in PEERS if k in v.keys]
+    if len(keys) < 2:
+        return
+    n = res["args"]["idle_conns"]
+
+    def per_conn(k):
+        r = res.get("rss", {}).get(k, {})
+        if r.get("conns") and r.get("idle"):
+            return (r["conns"]["rss"] - r["idle"]["rss"]) / n
+        return None
+
+    out += [
+        "### The proxies side by side (TCP upstream)\n",
+        "Each on one pinned core, the same upstream, the same headers added (the floor adds "
+        "none). CPU: user + system µs/request over the wrk runs (medians of the rounds); "
+        "syscalls and wakeups: the table below.\n",
+        f"| proxy | req/s vs nginx | CPU µs/req user + sys | instructions/req | syscalls/req "
+        f"| wakeups/req | RSS {n} idle conns MB | per idle conn kB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for k in keys:
+        u, sy = v.cpu_split(k)
+        sc = v.sys(k) or {}
+        pc = per_conn(k)
+        out.append(
+            f"| `{k}` | {rx(v.ratio(k, 'nginx'))} | {f1(u)} + {f1(sy)} | {f0(v.instr(k))} | "
+            f"{f3(sc.get('syscalls_per_req'))} | {f3(sc.get('wakeups_per_req'))} | "
+            f"{mb(v.rss(k, 'conns'))} | {'–' if pc is None else f'{pc:.1f}'} |"
+        )
+    skipped = res.get("peers_skipped") or []
+    out += [""] + [f"- {line}" for line in skipped] + ([""] if skipped else [])
+
+
+def section_syscalls(res, v, out):
+    sc = res.get("syscalls") or {}
+    if not sc:
+        return
+    method = next(iter(sc.values()))["method"]
+    how = ("perf's `raw_syscalls:sys_enter` tracepoint (`perf stat -p`, counting, every "
+           "thread)" if method == "perf" else
+           "`strace -c -f` attached to every thread (its count only: strace slows each call)")
+    out += [
+        "### System calls and wakeups per request\n",
+        f"One more wrk run per proxy ({res['args']['duration']} s, {res['args']['connections']} "
+        f"connections, at saturation) with {how}, minus the same count over an idle window of "
+        "the same process scaled to the run's length (timers, housekeeping threads). Wakeups: "
+        "voluntary context switches of all the proxy's threads (each is a sleep in "
+        "`epoll_wait` or a futex, ended by a wakeup). CPU here is that run's alone.\n",
+        "| configuration | syscalls/req | wakeups/req | CPU µs/req user | CPU µs/req sys | "
+        "requests | idle syscalls/s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for k in v.keys:
+        r = sc.get(k)
+        if not r:
+            continue
+        out.append(
+            f"| `{k}` | {f3(r['syscalls_per_req'])} | {f3(r['wakeups_per_req'])} | "
+            f"{f1(r['cpu_user_us_per_req'])} | {f1(r['cpu_sys_us_per_req'])} | "
+            f"{f0(r['requests'])} | {f1(r['idle_syscalls'] / r['idle_seconds'])} |"
+        )
+    out.append("")
 
 
 def cost_line(v, k, base, what):
