@@ -303,7 +303,13 @@ where
     /// `shutdown_flag` is checked, so a shutdown firing in between cannot be
     /// missed: either the flag load sees the store, or the registered waiter
     /// receives the notification.
-    async fn await_shutdown(&self) {
+    ///
+    /// Public so that a custom [`ServerApp`](pingora_core::apps::ServerApp) which
+    /// drives [`HttpServerApp::process_new_http`] itself can park an idle
+    /// keep-alive connection (for instance until its next bytes arrive, without a
+    /// request future or read buffer) and still let `http_cleanup()` close it, as
+    /// `read_request()` does here.
+    pub async fn await_shutdown(&self) {
         let notified = self.shutdown.local().notified();
         tokio::pin!(notified);
 
