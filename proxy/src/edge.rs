@@ -16,7 +16,10 @@
 //! HTTP/1): it sets the keep-alive timeout on every session and races each
 //! `process_new_http` against a deadline that stops mattering once the proxy has the head
 //! (`TenProxy::new_ctx` calls [`head_read`], in the same poll). The request itself (body,
-//! upstream, response) is not limited by it.
+//! upstream, response) is not limited by it. Between requests a connection holds only its
+//! stream: `Edge` waits for the client's first bytes itself (`first_bytes`, no buffer while it
+//! waits) and only then makes Pingora's request future and head buffer, handing it those bytes
+//! (issue 23: an idle keep-alive connection held ~36 KB).
 //!
 //! [`ConnLimit`]: `max_connections` per listener. Pingora accepts in one loop per listener and
 //! awaits the listener's connection filter after each `accept()` (feature
@@ -35,7 +38,7 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora_core::apps::{HttpServerApp, HttpServerOptions, ServerApp};
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ServerApp};
 use pingora_core::listeners::ConnectionFilter;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::raw_connect::ProxyDigest;
@@ -46,6 +49,7 @@ use pingora_core::protocols::{
 };
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::{HttpProxy, ProxyHttp};
+use tokio::io::AsyncRead;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -205,6 +209,31 @@ fn bytes_waiting(fd: i32) -> bool {
     )
 }
 
+/// The size of the first read of a request head: Pingora's own (`INIT_HEADER_BUF_SIZE`), so a
+/// head arrives in as many reads as before.
+const FIRST_READ: usize = 4096;
+
+/// Wait for a connection's next bytes holding no buffer while it waits: the read goes into a
+/// stack buffer during the poll that finds bytes, and only those are copied into the head buffer
+/// handed to Pingora (`set_pipelined_prefix`, which its parser reads before the socket). The
+/// same one read as Pingora's `read_request` would make. None: the client closed the connection
+/// (or it failed) before sending anything, which Pingora treats as a quiet end too.
+fn first_bytes(stream: &mut Stream) -> impl Future<Output = Option<bytes::BytesMut>> + '_ {
+    std::future::poll_fn(move |cx| {
+        let mut tmp = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
+        let mut buf = tokio::io::ReadBuf::uninit(&mut tmp);
+        match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                let mut head = bytes::BytesMut::with_capacity(FIRST_READ);
+                head.extend_from_slice(buf.filled());
+                Poll::Ready(Some(head))
+            }
+            Poll::Ready(_) => Poll::Ready(None),
+        }
+    })
+}
+
 /// Drive `fut` (one request) to its end, or give up (None) when the deadline passes before the
 /// proxy has read the request head. After the head, `fut` runs unlimited by it.
 async fn with_head_deadline<F>(
@@ -277,10 +306,6 @@ where
             return self.serve_h2(stream, shutdown).await;
         }
         let fd = stream.id();
-        let mut session = ServerSession::new_http1(stream);
-        // Pingora's keep-alive timeout would register a timer for every read of every head:
-        // "infinite" there, and ten's own deadline (one timer per connection) instead.
-        session.set_keepalive((!*shutdown.borrow()).then_some(0));
         // The first head is due header_timeout after the accept (a TLS handshake included); on
         // a kept-alive connection the next one within keepalive_timeout of the answer (plus
         // header_timeout once if the client is sending when it passes).
@@ -292,8 +317,36 @@ where
         };
         let timer = tokio::time::sleep_until(deadline.at);
         tokio::pin!(timer);
+        let mut next = (stream, None);
         loop {
-            let request = self.app.process_new_http(session, shutdown);
+            let (mut stream, settings) = next;
+            let app = &self.app;
+            // Until the client's first bytes arrive, the connection holds only its stream: the
+            // request future (`process_new_http`, an async_trait Box of ~14 KB) and Pingora's
+            // 4 KiB head buffer are made once there is a request to read.
+            let request = std::pin::pin!(async move {
+                let first = tokio::select! {
+                    biased;
+                    first = first_bytes(&mut stream) => first?,
+                    // Shutdown (or the end of an upgrade's drain) closes parked connections,
+                    // as Pingora's `read_request` does.
+                    () = app.await_shutdown() => return None,
+                };
+                let mut session = ServerSession::new_http1(stream);
+                match settings {
+                    Some(settings) => {
+                        HttpPersistentSettings::apply_to_session(settings, &mut session)
+                    }
+                    // Pingora's keep-alive timeout would register a timer for every read of
+                    // every head: "infinite" there, and ten's own deadline (one timer per
+                    // connection) instead. Later sessions inherit it through `settings`.
+                    None => session.set_keepalive((!*shutdown.borrow()).then_some(0)),
+                }
+                // ten never enables HTTP/1.1 pipelining, so `settings` carries no bytes of
+                // its own (Pingora refuses reuse when a request overread).
+                session.set_pipelined_prefix(first);
+                app.process_new_http(session, shutdown).await
+            });
             let Some(reused) = with_head_deadline(request, &mut deadline, timer.as_mut()).await
             else {
                 tracing::debug!(
@@ -303,11 +356,7 @@ where
                 );
                 return None;
             };
-            let (stream, settings) = reused?.consume();
-            session = ServerSession::new_http1(stream);
-            if let Some(settings) = settings {
-                settings.apply_to_session(&mut session);
-            }
+            next = reused?.consume();
             deadline.at = Instant::now() + self.keepalive;
             deadline.grace = Some(self.header_timeout);
         }
