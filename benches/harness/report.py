@@ -345,7 +345,9 @@ def section_peers(res, v, out):
             f"{f3(sc.get('syscalls_per_req'))} | {f3(sc.get('wakeups_per_req'))} | "
             f"{mb(v.rss(k, 'conns'))} | {'–' if pc is None else f'{pc:.1f}'} |"
         )
-    skipped = res.get("peers_skipped") or []
+    skipped = list(res.get("peers_skipped") or [])
+    skipped += [f"`{k}`: no instructions/request: callgrind failed ({why})"
+                for k, why in (res.get("callgrind_failed") or {}).items()]
     out += [""] + [f"- {line}" for line in skipped] + ([""] if skipped else [])
 
 
