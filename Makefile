@@ -70,7 +70,11 @@ clean:
 # Tools: the build's packages, wrk, nginx (the upstream and the peer), valgrind (callgrind) and
 # python3 (the driver) from Debian; oha (fixed-rate latency) from crates.io at a fixed version,
 # kept in ~/.cargo/bin. (Not `test-deps`: the benchmarks need no browser.)
-BENCH_APT := cmake gcc g++ make pkg-config wrk nginx-light valgrind python3 openssl
+# HAProxy and Caddy (Debian) run beside nginx as peers; perf counts system calls (strace if perf
+# has no tracepoints). `make bench PEERS=all` also builds pingap at a fixed version once
+# (benches/peers.sh, cached in ~/.cache) and runs it too.
+BENCH_APT := cmake gcc g++ make pkg-config wrk nginx-light haproxy caddy linux-perf strace valgrind python3 openssl
+PEERS ?=
 OHA_VERSION := 1.16.0
 BENCH_ARGS ?=
 
@@ -91,7 +95,8 @@ bench-deps:
 bench: bench-deps
 	$(CARGO) build --profile profiling --bins
 	$(CARGO) bench --profile profiling -p tenement-proxy --bench routing --no-run
-	benches/run.sh $(BENCH_ARGS)
+	$(if $(filter all,$(PEERS)),benches/peers.sh)
+	benches/run.sh $(if $(filter all,$(PEERS)),--peers all) $(BENCH_ARGS)
 	@# Scenario measurements and the log store, appended to the same report (same session).
 	$(CARGO) bench --profile profiling --bench scenarios 2>/dev/null >> BENCHMARKS.md
 	$(CARGO) bench --profile profiling --bench logstore 2>/dev/null >> BENCHMARKS.md

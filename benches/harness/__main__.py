@@ -61,7 +61,7 @@ def tool(name, *candidates):
     sys.exit(f"bench: {name} not found: `make bench` installs it")
 
 
-def find_tools():
+def find_tools(args):
     # `make bench` builds with the `profiling` profile (release + debug info, so callgrind names
     # functions); $CARGO_TARGET_DIR is honoured as cargo does.
     rel = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "profiling"
@@ -85,6 +85,27 @@ def find_tools():
         [bins["perf"], "stat", "-e", "raw_syscalls:sys_enter", "true"], capture_output=True
     ).returncode != 0:
         del bins["perf"]  # no tracepoints here (a kernel or container without them)
+    # `--peers all`: the peers benches/peers.sh built (each skipped, with its reason, if not).
+    bins["peers_skipped"] = []
+    if args.peers == "all":
+        cache = Path(os.environ.get("TEN_BENCH_PEERS") or Path.home() / ".cache/tenement-bench/peers")
+        for key, crate, version, exe in (("pingap", "pingap", "0.16.1", "pingap"),):
+            path = cache / f"{crate}-{version}" / "bin" / exe
+            if path.is_file():
+                bins[key] = path
+                continue
+            logf = cache / f"{crate}-{version}" / "build.log"
+            why = "not built (run `make bench PEERS=all`)"
+            if logf.is_file():
+                lines = logf.read_text(errors="replace").splitlines()
+                errs = [x for x in lines if x.startswith("error")]
+                why = f"its build failed: {(errs or lines or ['?'])[0].strip()}"
+            bins["peers_skipped"].append(f"{crate} {version} skipped: {why}")
+        # tenement 0.2.1 (`tenement-cli`, also a `ten`) proxies only to the processes it spawns
+        # itself; it has no row yet.
+        bins["peers_skipped"].append(
+            "tenement 0.2.1 skipped: not wired yet (it proxies only to instances it spawns, so "
+            "the shared upstream needs a spawned shim)")
     # A ten built from another commit, measured beside this one in the same run (`ten-base`).
     if os.environ.get("TEN_BENCH_BASE"):
         bins["ten-base"] = Path(os.environ["TEN_BENCH_BASE"])
@@ -143,7 +164,7 @@ def loadavg():
     return Path("/proc/loadavg").read_text().split()[:3]
 
 
-def all_targets(up_port, sock):
+def all_targets(up_port, sock, with_pingap=False):
     tcp, unix = f"127.0.0.1:{up_port}", f"unix:{sock}"
     return [
         Target("direct", "direct to the upstream (no proxy)", "direct"),
@@ -155,6 +176,8 @@ def all_targets(up_port, sock):
         Target("caddy", "Caddy reverse proxy (GOMAXPROCS=1), TCP upstream", "caddy", tcp),
         Target("caddy-unix", "Caddy reverse proxy (GOMAXPROCS=1), unix-socket upstream", "caddy",
                unix),
+        *([Target("pingap", "pingap 0.16.1 (Pingora-based; `make bench PEERS=all`), one thread, "
+                  "TCP upstream", "pingap", tcp)] if with_pingap else []),
         Target("floor", "vanilla Pingora floor, TCP upstream", "floor", tcp),
         Target("floor-unix", "vanilla Pingora floor, unix-socket upstream", "floor", unix),
         Target("floor-buf0", "vanilla Pingora floor, TCP upstream, no L4 read buffer per "
@@ -463,7 +486,7 @@ def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
-    bins = find_tools()
+    bins = find_tools(args)
     t0 = time.monotonic()
     res = {
         "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -490,7 +513,10 @@ def main():
     upstream = Target("direct", "upstream", "direct")
     up = procs.start(upstream, bins, d, "upstream", up_port, cpu=LOAD_CPU)
     res["commands"]["upstream"] = shlex.join(up.argv)
-    targets = all_targets(up_port, d / "upstream.sock")
+    targets = all_targets(up_port, d / "upstream.sock", with_pingap="pingap" in bins)
+    res["peers_skipped"] = bins.pop("peers_skipped")
+    for line in res["peers_skipped"]:
+        log(line)
     if args.only:
         keep = set(args.only.split(","))
         unknown = keep - {t.key for t in targets}

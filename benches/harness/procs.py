@@ -263,6 +263,36 @@ http://:{port} {{
 """
 
 
+def pingap_conf(d, name, port, upstream):
+    """pingap (`make bench PEERS=all`) configured like the nginx row from its documented keys
+    (its conf/*.toml): one worker thread, route by Host (a request no location matches gets 404),
+    `X-Forwarded-*` (`enable_reverse_proxy_headers`, which adds `X-Real-IP` and
+    `X-Forwarded-Port` too), `X-Request-Id` (its `request_id` plugin, UUID v4), its default
+    upstream keep-alive pool."""
+    return f"""[basic]
+threads = 1
+log_level = "WARN"
+
+[upstreams.up]
+addrs = ["{upstream}"]
+
+[plugins.requestId]
+category = "request_id"
+algorithm = "uuid"
+
+[locations.up]
+upstream = "up"
+host = "{HOST}"
+enable_reverse_proxy_headers = true
+plugins = ["requestId"]
+
+[servers.bench]
+addr = "127.0.0.1:{port}"
+locations = ["up"]
+threads = 1
+"""
+
+
 PLUGINS = """plugins = [
   { kind = "headers", response_set = { X-Bench-Plugin = "on" }, request_remove = ["X-Bench-Nothing"] },
   { kind = "ip_filter", allow = ["127.0.0.1/32"] },
@@ -304,7 +334,7 @@ class Target:
 
     key: str
     label: str
-    kind: str  # direct | nginx | haproxy | caddy | floor | ten
+    kind: str  # direct | nginx | haproxy | caddy | pingap | floor | ten
     upstream: object = ""  # 127.0.0.1:PORT or unix:/PATH (a list for ten: several)
     metrics: bool = True
     plugins: bool = False
@@ -339,6 +369,10 @@ class Target:
             conf = d / f"{name}.Caddyfile"
             conf.write_text(caddy_conf(d, name, port, self.upstream))
             return [bins["caddy"], "run", "--config", conf, "--adapter", "caddyfile"]
+        if self.kind == "pingap":
+            conf = d / f"{name}.toml"
+            conf.write_text(pingap_conf(d, name, port, self.upstream))
+            return [bins["pingap"], "-c", conf]
         if self.kind == "floor":
             return [bins["floor"], "--listen", f"127.0.0.1:{port}", "--upstream", self.upstream,
                     *self.extra]
@@ -355,7 +389,7 @@ class Target:
 
     def config_file(self, name):
         """The config file this target's proxy reads (in the work dir), if any."""
-        return {"nginx": f"{name}.conf", "haproxy": f"{name}.conf",
+        return {"nginx": f"{name}.conf", "haproxy": f"{name}.conf", "pingap": f"{name}.toml",
                 "caddy": f"{name}.Caddyfile", "ten": f"{name}.toml"}.get(self.kind)
 
     def env(self, d, name):
