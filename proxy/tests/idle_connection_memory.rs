@@ -144,3 +144,47 @@ fn an_idle_connection_holds_no_request_state() {
         );
     });
 }
+
+/// A connection parked waiting for its first bytes still ends when the proxy's
+/// `http_cleanup` runs (shutdown, the end of an upgrade's drain), as Pingora's own
+/// `read_request` wait does: through `HttpProxy::await_shutdown`, public by
+/// vendor/patches/pingora-proxy/0002.
+#[test]
+fn a_parked_connection_ends_at_http_cleanup() {
+    use pingora_core::apps::HttpServerApp;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let conf = Arc::new(ServerConf::default());
+        let app = Arc::new(pingora_proxy::http_proxy(&conf, Answer));
+        let limits = EdgeLimits {
+            header_timeout: Duration::from_secs(3600),
+            keepalive_timeout: Duration::from_secs(3600),
+        };
+        let edge = Arc::new(Edge::new(app.clone(), limits, None));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (_tx, shutdown) = tokio::sync::watch::channel(false);
+        let stream: pingora_core::protocols::Stream = Box::new(L4Stream::from(server));
+        let task = tokio::spawn(async move { edge.process_new(stream, &shutdown).await });
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !task.is_finished(),
+            "the connection waits for its first request"
+        );
+        app.http_cleanup().await;
+        // Bounded: the deadlines above are an hour away, so only the cleanup can end it.
+        let ended = tokio::time::timeout(Duration::from_secs(30), task).await;
+        assert!(ended
+            .expect("still parked after http_cleanup")
+            .unwrap()
+            .is_none());
+        drop(client);
+    });
+}
