@@ -528,6 +528,11 @@ def section_targets(res, v, out):
          f"{f3(p50_t)} vs {f3(p50_n)} ms", None if None in (p50_t, p50_n) else p50_t <= p50_n),
         ("ten RSS idle <= 20 MB", f"{mb(rss_i)} MB", None if rss_i is None else rss_i <= 20 * 1024),
         (f"ten RSS with {n} connections <= 40 MB", f"{mb(rss_c)} MB", None if rss_c is None else rss_c <= 40 * 1024),
+        (f"issue 23: ten RSS with {n} idle connections <= 30 MB", f"{mb(rss_c)} MB",
+         None if rss_c is None else rss_c <= 30 * 1024),
+        (f"issue 23: {n} idle connections cost <= 10 MB over idle (scaled to 1000)",
+         "–" if None in (rss_c, rss_i) else f"{(rss_c - rss_i) / 1024 * 1000 / n:.1f} MB",
+         None if None in (rss_c, rss_i) else (rss_c - rss_i) * 1000 / n <= 10 * 1024),
         ("route lookup at 100k hosts <= 1.5x at 10 (uniform access)",
          "–" if not lk else f"{lk[2]:.2f}x", None if not lk else lk[2] <= 1.5),
         ("route lookup at 100k hosts <= 1.5x at 10 (hot set)",
@@ -648,7 +653,8 @@ def section_remains(res, v, rows, out):
         )
         out.append(line)
     rss_c = v.rss("ten", "conns")
-    if rss_c is not None and rss_c > 40 * 1024 and rss_i is not None:
+    if rss_c is not None and rss_i is not None and (
+            rss_c > 40 * 1024 or (rss_c - rss_i) * 1000 / res["args"]["idle_conns"] > 10 * 1024):
         n = res["args"]["idle_conns"]
 
         def per_conn(k):
@@ -669,13 +675,14 @@ def section_remains(res, v, rows, out):
                 f"{rx(v.ratio('floor-buf0', 'floor'))} the default floor's req/s)"
             )
         line += (
-            ". ten holds no read buffer per connection (`src/serve.rs`) and its log queue no "
-            "longer reserves memory up front; what an idle connection still costs is "
-            "Pingora's: its connection task, the boxed `process_new` and `process_new_http` "
-            "futures (the per-request state, ten's 232-byte `Ctx` included), the 4 KiB header "
-            "buffer Pingora allocates before it waits for the next request, and the 1,460-byte "
-            "write buffer; none of these is sized by a setting in Pingora 0.9.1 (heap profile "
-            "and method: docs/benchmarks.md)."
+            ". ten holds no read buffer per connection (its listener setting), and between "
+            "requests neither Pingora's request future (`process_new_http`, ~14 KB) nor its "
+            "4 KiB head buffer: `Edge` waits for the client's first bytes itself "
+            "(`proxy/src/edge.rs`). What an idle connection still costs is mostly Pingora's "
+            "connection task: `run_endpoint` spawns `timeout(handshake())` inline, so every "
+            "task, plain TCP included, is sized for the TLS handshake's future for as long as "
+            "the connection lives; then `Edge`'s boxed `process_new` future and the boxed "
+            "stream (heap profile and method: docs/benchmarks.md)."
         )
         out.append(line)
     lk = lookup_ratios(res.get("micro"))
