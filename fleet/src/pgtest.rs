@@ -2,7 +2,8 @@
 //! fresh temporary folder, then `postgres` on a free 127.0.0.1 port, run as `nobody` when the
 //! tests run as root (PostgreSQL refuses root), with SCRAM password authentication (so the
 //! tests can check that no message shows the password). Every wait is bounded; the cluster is
-//! killed and its folder removed on drop. Needs the Debian `postgresql` package
+//! killed and its folder removed on drop. [`PgCluster::start_tls`] starts one with `ssl = on`
+//! and a certificate the test made (optionally TLS-only, `hostssl`). Needs the Debian `postgresql` package
 //! (`/usr/lib/postgresql/*/bin`), which `make test` installs. Not used by `ten` itself.
 
 use std::os::unix::fs::MetadataExt;
@@ -55,6 +56,49 @@ fn free_port() -> Result<u16, String> {
 impl PgCluster {
     /// A new cluster, started and accepting connections.
     pub fn start() -> Result<PgCluster, String> {
+        let mut cluster = PgCluster::init()?;
+        cluster.resume()?;
+        Ok(cluster)
+    }
+
+    /// A new cluster with `ssl = on` and this certificate and key (PEM), started. `ssl_only`:
+    /// pg_hba takes TCP sessions over TLS only (`hostssl`), so a plain one is refused.
+    pub fn start_tls(cert_pem: &str, key_pem: &str, ssl_only: bool) -> Result<PgCluster, String> {
+        let mut cluster = PgCluster::init()?;
+        let data = cluster.root.join("data");
+        for (name, pem) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let path = data.join(name);
+            std::fs::write(&path, pem).map_err(|e| format!("{name}: {e}"))?;
+            // PostgreSQL refuses a key others can read.
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .map_err(|e| format!("{name}: {e}"))?;
+            if as_root() {
+                std::os::unix::fs::chown(&path, Some(NOBODY), Some(NOBODY))
+                    .map_err(|e| format!("chown {name}: {e}"))?;
+            }
+        }
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).map_err(|e| format!("conf: {e}"))?;
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text).map_err(|e| format!("conf: {e}"))?;
+        if ssl_only {
+            let hba = data.join("pg_hba.conf");
+            let text = std::fs::read_to_string(&hba).map_err(|e| format!("pg_hba: {e}"))?;
+            let text: String = text
+                .lines()
+                .map(|l| match l.strip_prefix("host ") {
+                    Some(rest) => format!("hostssl {rest}\n"),
+                    None => format!("{l}\n"),
+                })
+                .collect();
+            std::fs::write(&hba, text).map_err(|e| format!("pg_hba: {e}"))?;
+        }
+        cluster.resume()?;
+        Ok(cluster)
+    }
+
+    /// A new cluster, initialized (`initdb`), not started.
+    fn init() -> Result<PgCluster, String> {
         static N: AtomicU32 = AtomicU32::new(0);
         let bin = bin_dir()?;
         let root = std::env::temp_dir().join(format!(
@@ -71,7 +115,7 @@ impl PgCluster {
                     .map_err(|e| format!("chown {}: {e}", p.display()))?;
             }
         }
-        let mut cluster = PgCluster {
+        let cluster = PgCluster {
             root,
             bin,
             port: free_port()?,
@@ -101,7 +145,6 @@ impl PgCluster {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
-        cluster.resume()?;
         Ok(cluster)
     }
 

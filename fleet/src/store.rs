@@ -24,6 +24,7 @@ use crate::FleetError;
 
 mod pg;
 mod sqlite;
+mod tls;
 
 pub(crate) use pg::PgStore;
 pub(crate) use sqlite::SqliteStore;
@@ -426,7 +427,7 @@ fn nonempty(v: &Option<String>) -> Option<String> {
 }
 
 pub(crate) fn pg_display(url: &str) -> Result<String, FleetError> {
-    pg::parse_url(url).map(|c| pg::display_name(&c))
+    pg::parse_url(url).map(|(c, _)| pg::display_name(&c))
 }
 
 fn now_ms() -> i64 {

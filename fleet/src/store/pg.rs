@@ -14,6 +14,8 @@
 //!   session dies (a killed router, a lost connection): another router takes it at its next
 //!   try. The `leader` feed says whether this router holds it.
 //!
+//! Every session speaks TLS as the URL's `sslmode` and `sslrootcert` say (`store/tls.rs`).
+//!
 //! The schema is versioned like SQLite's (`schema_version`, component `fleet`): migrations are
 //! applied in one transaction under a transaction-scoped advisory lock, so routers that start
 //! together never race. Tokens of member servers are stored as the SQLite backend stores them
@@ -29,8 +31,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_postgres::config::Host;
-use tokio_postgres::{AsyncMessage, Client, Config, IsolationLevel, NoTls, Row};
+use tokio_postgres::{AsyncMessage, Client, Config, IsolationLevel, Row};
 
+use super::tls::{split_url, MakeRustls, TlsParams};
 use super::{
     domain_taken, server_exists, still_homed, tenant_exists, unknown_server, unknown_tenant,
     Copied, PlaceState, Placement, Server, Snapshot, Tenant,
@@ -98,6 +101,8 @@ struct Shared {
     /// The URL without its password.
     name: String,
     config: Config,
+    /// TLS as the URL's `sslmode` and `sslrootcert` say (`store/tls.rs`).
+    tls: MakeRustls,
     /// The main session (None while it is down).
     main: tokio::sync::Mutex<Option<Client>>,
     /// Its backend pid: its own notifications are not news.
@@ -142,22 +147,29 @@ pub(crate) fn display_name(config: &Config) -> String {
     }
 }
 
-/// The store's URL parsed (an error never repeats the URL: it may hold a password).
-pub fn parse_url(url: &str) -> Result<Config, FleetError> {
+/// The store's URL parsed, its `sslmode` set on the config, and its TLS parameters (an error
+/// never repeats the URL: it may hold a password).
+pub fn parse_url(url: &str) -> Result<(Config, TlsParams), FleetError> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err(FleetError::Invalid(
             "fleet store: expected a postgres:// URL".into(),
         ));
     }
-    Config::from_str(url)
-        .map_err(|e| FleetError::Invalid(format!("fleet store: not a PostgreSQL URL: {e}")))
+    let (rest, tls) =
+        split_url(url).map_err(|e| FleetError::Invalid(format!("fleet store: {e}")))?;
+    let mut config = Config::from_str(&rest)
+        .map_err(|e| FleetError::Invalid(format!("fleet store: not a PostgreSQL URL: {e}")))?;
+    config.ssl_mode(tls.wire_mode());
+    Ok((config, tls))
 }
 
 impl PgStore {
     /// Connects the main session (at most `timeout`) and brings the schema up to date; fails
     /// if PostgreSQL cannot be reached now. Later losses are retried in the background.
     pub(crate) fn connect(url: &str, timeout: Duration) -> Result<PgStore, FleetError> {
-        let mut config = parse_url(url)?;
+        let (mut config, tls) = parse_url(url)?;
+        let tls =
+            MakeRustls::new(&tls).map_err(|e| FleetError::Invalid(format!("fleet store: {e}")))?;
         config
             .connect_timeout(timeout)
             .keepalives(true)
@@ -173,6 +185,7 @@ impl PgStore {
         let shared = Arc::new(Shared {
             name: name.clone(),
             config,
+            tls,
             main: tokio::sync::Mutex::new(None),
             main_pid: AtomicI32::new(0),
             down: Mutex::new("not connected yet".into()),
@@ -185,7 +198,7 @@ impl PgStore {
             shared: shared.clone(),
         };
         let first = store.block_on(timeout + OP_TIMEOUT, async move {
-            let (mut client, conn) = shared.config.connect(NoTls).await?;
+            let (mut client, conn) = shared.config.connect(shared.tls.clone()).await?;
             let driver = tokio::spawn(conn);
             migrate(&mut client, &shared.name).await?;
             install(&shared, client).await;
@@ -663,10 +676,24 @@ fn pg_error(name: &str, e: &tokio_postgres::Error) -> FleetError {
     }
     // A unique or foreign key violation: another router won a race with this write.
     match e.code().map(|c| c.code()) {
-        Some("23505") => FleetError::Conflict(format!("already exists (in {name}): {e}")),
-        Some("23503") => FleetError::Conflict(format!("still in use (in {name}): {e}")),
-        _ => FleetError::Store(format!("fleet store {name}: {e}")),
+        Some("23505") => FleetError::Conflict(format!("already exists (in {name}): {}", why(e))),
+        Some("23503") => FleetError::Conflict(format!("still in use (in {name}): {}", why(e))),
+        _ => FleetError::Store(format!("fleet store {name}: {}", why(e))),
     }
+}
+
+/// A PostgreSQL error with its causes: tokio-postgres shows only its kind ("db error",
+/// "error performing TLS handshake"), the reason is in its sources (the server's message, the
+/// certificate check). None of them holds the password.
+fn why(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 async fn notify(tx: &tokio_postgres::Transaction<'_>, what: &str) -> Result<(), Fail> {
@@ -838,7 +865,7 @@ async fn main_session(shared: Arc<Shared>, mut first: Option<Driver>) {
     loop {
         let session = match first.take() {
             Some(driver) => Ok(driver),
-            None => match shared.config.connect(NoTls).await {
+            None => match shared.config.connect(shared.tls.clone()).await {
                 Ok((client, conn)) => {
                     let driver = tokio::spawn(conn);
                     install(&shared, client).await;
@@ -855,7 +882,7 @@ async fn main_session(shared: Arc<Shared>, mut first: Option<Driver>) {
                 backoff = BACKOFF_FIRST;
                 let why = match driver.await {
                     Ok(Ok(())) => "connection closed".to_string(),
-                    Ok(Err(e)) => e.to_string(),
+                    Ok(Err(e)) => why(&e),
                     Err(e) => e.to_string(),
                 };
                 shared.main.lock().await.take();
@@ -864,7 +891,7 @@ async fn main_session(shared: Arc<Shared>, mut first: Option<Driver>) {
                 was_down = true;
             }
             Err(e) => {
-                set_down(&shared, e.to_string());
+                set_down(&shared, why(&e));
                 was_down = true;
             }
         }
@@ -876,9 +903,9 @@ async fn main_session(shared: Arc<Shared>, mut first: Option<Driver>) {
 /// A session whose notifications are forwarded: its client, and a receiver of the pids that
 /// sent them (closed when the session ends).
 async fn session_with_notifications(
-    config: &Config,
+    shared: &Shared,
 ) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<i32>), tokio_postgres::Error> {
-    let (client, mut conn) = config.connect(NoTls).await?;
+    let (client, mut conn) = shared.config.connect(shared.tls.clone()).await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
@@ -901,7 +928,7 @@ async fn session_with_notifications(
 async fn listen_session(shared: Arc<Shared>) {
     let mut backoff = BACKOFF_FIRST;
     loop {
-        match session_with_notifications(&shared.config).await {
+        match session_with_notifications(&shared).await {
             Ok((client, mut pids)) => {
                 if client
                     .batch_execute(&format!("LISTEN {CHANNEL}"))
@@ -917,7 +944,7 @@ async fn listen_session(shared: Arc<Shared>) {
                     }
                 }
             }
-            Err(e) => tracing::debug!("fleet store {}: listen: {e}", shared.name),
+            Err(e) => tracing::debug!("fleet store {}: listen: {}", shared.name, why(&e)),
         }
         tokio::time::sleep(backoff).await;
         backoff = next(backoff);
@@ -928,7 +955,7 @@ async fn listen_session(shared: Arc<Shared>) {
 async fn leader_session(shared: Arc<Shared>, retry: Duration) {
     let mut backoff = BACKOFF_FIRST;
     loop {
-        if let Ok((client, conn)) = shared.config.connect(NoTls).await {
+        if let Ok((client, conn)) = shared.config.connect(shared.tls.clone()).await {
             backoff = BACKOFF_FIRST;
             let mut driver = tokio::spawn(conn);
             loop {

@@ -593,3 +593,118 @@ fn a_sqlite_fleet_is_copied_into_an_empty_postgres_store_only() {
     to.copy_from(&from, true).unwrap();
     assert!(to.placements().unwrap().is_empty(), "--force replaces");
 }
+
+/// A CA named `ca_name` and a server certificate it signed for `names`: (CA PEM, certificate
+/// PEM, key PEM).
+fn tls_files(ca_name: &str, names: &[&str]) -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, ca_name);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut leaf =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[test]
+fn postgres_over_tls_as_sslmode_says() {
+    // A TLS-only cluster (pg_hba `hostssl`) whose certificate names `localhost` only.
+    let (ca, cert, key) = tls_files("test CA", &["localhost"]);
+    let pg = PgCluster::start_tls(&cert, &key, true).unwrap();
+    pg.create_db("tls").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let (other_ca, _, _) = tls_files("another CA", &["localhost"]);
+    let other_file = dir.path().join("other.pem");
+    std::fs::write(&other_file, &other_ca).unwrap();
+    let port = pg.port();
+    let url =
+        |host: &str, query: &str| format!("postgres://ten:{PASSWORD}@{host}:{port}/tls?{query}");
+    let ca_q = format!("sslrootcert={}", ca_file.display());
+    // The name the certificate holds, reached at 127.0.0.1 (hostaddr: no resolver involved).
+    let by_name = |query: &str| url("localhost", &format!("hostaddr=127.0.0.1&{query}"));
+    let works = |url: &str, what: &str| {
+        let s = FleetStore::open_conf(Some(url), Path::new("/nonexistent"), Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        s.add_server(&server(what, "http://a.example.com")).unwrap();
+        assert!(s.server(what).is_ok(), "{what}");
+    };
+    works(
+        &by_name(&format!("sslmode=verify-full&{ca_q}")),
+        "verify-full",
+    );
+    works(
+        &url("127.0.0.1", &format!("sslmode=verify-ca&{ca_q}")),
+        "verify-ca",
+    );
+    works(&url("127.0.0.1", "sslmode=require"), "require");
+    works(&url("127.0.0.1", ""), "prefer-default");
+    let fails = |url: &str| -> String {
+        let (kind, text) = msg(FleetStore::open_conf(
+            Some(url),
+            Path::new("/nonexistent"),
+            Duration::from_secs(5),
+        )
+        .map(|s| s.name()));
+        assert_eq!(kind, "store", "{text}");
+        assert!(!text.contains(PASSWORD), "the password shows: {text}");
+        assert!(text.contains("postgres://ten@"), "names the store: {text}");
+        text
+    };
+    // Without the CA (the Mozilla roots), or with another CA: the issuer is unknown.
+    let text = fails(&by_name("sslmode=verify-full"));
+    assert!(
+        text.contains("invalid peer certificate: UnknownIssuer"),
+        "{text}"
+    );
+    let text = fails(&by_name(&format!(
+        "sslmode=verify-ca&sslrootcert={}",
+        other_file.display()
+    )));
+    assert!(text.contains("UnknownIssuer"), "{text}");
+    // The right CA, another name: verify-full refuses (verify-ca took it above).
+    let text = fails(&url("127.0.0.1", &format!("sslmode=verify-full&{ca_q}")));
+    assert!(
+        text.contains("not valid for name") && text.contains("127.0.0.1"),
+        "{text}"
+    );
+    // require with a root file checks the chain, as libpq does.
+    let text = fails(&url(
+        "127.0.0.1",
+        &format!("sslmode=require&sslrootcert={}", other_file.display()),
+    ));
+    assert!(text.contains("UnknownIssuer"), "{text}");
+    // A server that takes TLS sessions only refuses a plain one, and says why.
+    let text = fails(&url("127.0.0.1", "sslmode=disable"));
+    assert!(
+        text.contains("no pg_hba.conf entry") && text.contains("no encryption"),
+        "{text}"
+    );
+    // A root file that cannot be read is a configuration error naming it.
+    let (kind, text) = msg(FleetStore::open_conf(
+        Some(&url(
+            "127.0.0.1",
+            "sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+        )),
+        Path::new("/nonexistent"),
+        Duration::from_secs(5),
+    )
+    .map(|s| s.name()));
+    assert_eq!(kind, "invalid", "{text}");
+    assert!(text.contains("sslrootcert /nonexistent/ca.pem"), "{text}");
+    assert!(!text.contains(PASSWORD), "{text}");
+}

@@ -1,0 +1,437 @@
+//! TLS to PostgreSQL for the shared store (managed PostgreSQL, Neon, RDS, ... requires it):
+//! `sslmode` and `sslrootcert` in the store URL, as libpq means them, on rustls (ring, the
+//! provider Pingora builds).
+//!
+//! tokio-postgres knows `sslmode=disable | prefer | require` only, and no `sslrootcert`, so both
+//! are taken out of the URL here ([`split_url`]) and the connector ([`MakeRustls`], a small
+//! `MakeTlsConnect` over tokio-rustls) checks the server as the mode says:
+//! - `disable`: plain TCP. `prefer` (the default, as libpq's): TLS when the server offers it,
+//!   its certificate not checked. `require`: TLS or no connection, the certificate not checked
+//!   (with `sslrootcert`, checked as `verify-ca`, as libpq does).
+//! - `verify-ca`: the chain must lead to a trusted root. `verify-full`: and the certificate must
+//!   name the host of the URL.
+//! - Roots: the PEM file `sslrootcert=PATH`, else (or `sslrootcert=system`) the Mozilla roots
+//!   of `webpki-roots`, which the remote CLI uses too.
+//!
+//! SCRAM channel binding is not offered (the server is told so; libpq's default `prefer`
+//! accepts that).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_postgres::config::SslMode as PgMode;
+use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
+use tokio_postgres::Socket;
+
+/// `sslmode`, as libpq means it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(s: &str) -> Result<SslMode, String> {
+        Ok(match s {
+            "disable" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            // libpq's `allow` (plain first, TLS if refused) is not offered: say so.
+            other => {
+                return Err(format!(
+                    "sslmode={other:?} is not supported \
+                     (disable, prefer, require, verify-ca or verify-full)"
+                ))
+            }
+        })
+    }
+
+    /// What tokio-postgres does on the wire: no TLS, TLS if offered, TLS or nothing.
+    fn wire(self) -> PgMode {
+        match self {
+            SslMode::Disable => PgMode::Disable,
+            SslMode::Prefer => PgMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgMode::Require,
+        }
+    }
+}
+
+/// The TLS parameters of a store URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TlsParams {
+    pub mode: SslMode,
+    /// `sslrootcert`: a PEM file of trusted roots, or `system`.
+    pub root_cert: Option<String>,
+}
+
+/// The URL without `sslmode` and `sslrootcert`, and those two. The mode is also set on the
+/// returned config by the caller ([`TlsParams::wire_mode`]).
+pub(crate) fn split_url(url: &str) -> Result<(String, TlsParams), String> {
+    let mut params = TlsParams {
+        mode: SslMode::Prefer,
+        root_cert: None,
+    };
+    // The query starts after the user info (a password may hold a '?', unencoded).
+    let after_at = url.rfind('@').map_or(0, |i| i + 1);
+    let Some(q) = url[after_at..].find('?').map(|i| after_at + i) else {
+        return Ok((url.to_string(), params));
+    };
+    let (base, query) = (&url[..q], &url[q + 1..]);
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "sslmode" => params.mode = SslMode::parse(&decode(value))?,
+            "sslrootcert" => params.root_cert = Some(decode(value)),
+            _ => kept.push(pair),
+        }
+    }
+    let url = match kept.is_empty() {
+        true => base.to_string(),
+        false => format!("{base}?{}", kept.join("&")),
+    };
+    Ok((url, params))
+}
+
+impl TlsParams {
+    pub(crate) fn wire_mode(&self) -> PgMode {
+        self.mode.wire()
+    }
+}
+
+/// `%XX` decoded (a path in a URL); an invalid escape stays as written.
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The store's TLS connector: one rustls config, made once from the URL's parameters.
+#[derive(Clone)]
+pub(crate) struct MakeRustls {
+    config: Arc<ClientConfig>,
+}
+
+impl MakeRustls {
+    /// The connector for `params`. Err: the root file cannot be read or holds no certificate
+    /// (the message names the file).
+    pub(crate) fn new(params: &TlsParams) -> Result<MakeRustls, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // libpq: `require` with a root file checks the chain (as verify-ca).
+        let mode = match (params.mode, &params.root_cert) {
+            (SslMode::Require, Some(_)) => SslMode::VerifyCa,
+            (m, _) => m,
+        };
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?;
+        let config = match mode {
+            SslMode::Disable | SslMode::Prefer | SslMode::Require => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Unchecked(provider)))
+                .with_no_client_auth(),
+            SslMode::VerifyCa | SslMode::VerifyFull => {
+                let roots = Arc::new(roots(params.root_cert.as_deref())?);
+                let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
+                    .build()
+                    .map_err(|e| format!("TLS: {e}"))?;
+                match mode {
+                    SslMode::VerifyFull => {
+                        builder.with_webpki_verifier(webpki).with_no_client_auth()
+                    }
+                    _ => builder
+                        .dangerous()
+                        .with_custom_certificate_verifier(Arc::new(AnyName(webpki)))
+                        .with_no_client_auth(),
+                }
+            }
+        };
+        Ok(MakeRustls {
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// The trusted roots: the PEM file at `path`, else (or `system`) the Mozilla roots.
+fn roots(path: Option<&str>) -> Result<RootCertStore, String> {
+    let Some(path) = path.filter(|p| *p != "system") else {
+        return Ok(RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        });
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("sslrootcert {path}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("sslrootcert {path}: no PEM certificate in it"));
+    }
+    let mut roots = RootCertStore::empty();
+    for c in certs {
+        roots
+            .add(c)
+            .map_err(|e| format!("sslrootcert {path}: {e}"))?;
+    }
+    Ok(roots)
+}
+
+/// `prefer` and `require`: any certificate (the session is encrypted, the server not
+/// authenticated, as libpq does); the handshake's signatures are still checked.
+#[derive(Debug)]
+struct Unchecked(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for Unchecked {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `verify-ca`: the chain is checked against the roots, the name is not.
+#[derive(Debug)]
+struct AnyName(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AnyName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // webpki checks the chain first: a name error means the chain is good.
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+impl MakeTlsConnect<Socket> for MakeRustls {
+    type Stream = RustlsStream;
+    type TlsConnect = RustlsConnect;
+    type Error = io::Error;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnect, io::Error> {
+        let name = ServerName::try_from(domain.to_string())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        Ok(RustlsConnect {
+            config: self.config.clone(),
+            name,
+        })
+    }
+}
+
+/// One connection's handshake.
+pub(crate) struct RustlsConnect {
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+}
+
+impl TlsConnect<Socket> for RustlsConnect {
+    type Stream = RustlsStream;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<RustlsStream>> + Send>>;
+
+    fn connect(self, stream: Socket) -> Self::Future {
+        let connector = tokio_rustls::TlsConnector::from(self.config);
+        Box::pin(async move {
+            connector
+                .connect(self.name, stream)
+                .await
+                .map(|s| RustlsStream(Box::new(s)))
+        })
+    }
+}
+
+/// A TLS session to PostgreSQL.
+pub(crate) struct RustlsStream(Box<tokio_rustls::client::TlsStream<Socket>>);
+
+impl tokio_postgres::tls::TlsStream for RustlsStream {
+    fn channel_binding(&self) -> ChannelBinding {
+        ChannelBinding::none()
+    }
+}
+
+impl AsyncRead for RustlsStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for RustlsStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sslmode_and_sslrootcert_leave_the_url_and_default_to_prefer() {
+        let (url, p) = split_url("postgres://u:p@h:5432/db").unwrap();
+        assert_eq!(url, "postgres://u:p@h:5432/db");
+        assert_eq!(p.mode, SslMode::Prefer);
+        let (url, p) = split_url(
+            "postgres://u:p?w@h/db?connect_timeout=3&sslmode=verify-full&sslrootcert=%2Ftmp%2Fca%20x.pem",
+        )
+        .unwrap();
+        assert_eq!(url, "postgres://u:p?w@h/db?connect_timeout=3");
+        assert_eq!(p.mode, SslMode::VerifyFull);
+        assert_eq!(p.root_cert.as_deref(), Some("/tmp/ca x.pem"));
+        for (s, m, wire) in [
+            ("disable", SslMode::Disable, PgMode::Disable),
+            ("require", SslMode::Require, PgMode::Require),
+            ("verify-ca", SslMode::VerifyCa, PgMode::Require),
+        ] {
+            let (url, p) = split_url(&format!("postgres://h/db?sslmode={s}")).unwrap();
+            assert_eq!(url, "postgres://h/db");
+            assert_eq!(p.mode, m);
+            assert!(
+                matches!((p.wire_mode(), wire), (a, b) if format!("{a:?}") == format!("{b:?}"))
+            );
+        }
+        let e = split_url("postgres://u:secret@h/db?sslmode=allow").unwrap_err();
+        assert!(e.contains("sslmode=\"allow\" is not supported"), "{e}");
+        assert!(!e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn a_root_file_that_is_missing_or_empty_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let params = |path: &std::path::Path| TlsParams {
+            mode: SslMode::VerifyFull,
+            root_cert: Some(path.display().to_string()),
+        };
+        let e = MakeRustls::new(&params(&empty)).err().unwrap();
+        assert!(e.contains("empty.pem: no PEM certificate"), "{e}");
+        let e = MakeRustls::new(&params(&dir.path().join("nope.pem")))
+            .err()
+            .unwrap();
+        assert!(e.contains("sslrootcert") && e.contains("nope.pem"), "{e}");
+        // No file: the Mozilla roots.
+        assert!(MakeRustls::new(&TlsParams {
+            mode: SslMode::VerifyFull,
+            root_cert: None
+        })
+        .is_ok());
+    }
+}
