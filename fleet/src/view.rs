@@ -230,6 +230,21 @@ impl FleetView {
         todo
     }
 
+    /// The positions in `tenants` of the tenants whose home is server `id`: one hash lookup.
+    pub fn homed_on(&self, id: &str) -> &[usize] {
+        self.index.by_home.get(id).map_or(&[], Vec::as_slice)
+    }
+
+    /// The position in `tenants` of tenant `id`.
+    pub fn tenant_position(&self, id: &str) -> Option<usize> {
+        self.index.ids.get(id).copied()
+    }
+
+    /// How many servers are up (online or degraded).
+    pub fn servers_up(&self) -> usize {
+        self.up
+    }
+
     pub fn tenant(&self, id: &str) -> Option<&Tenant> {
         self.index.ids.get(id).and_then(|&i| self.tenants.get(i))
     }

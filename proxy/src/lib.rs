@@ -32,6 +32,6 @@ pub use router::Router;
 pub use service::TenProxy;
 pub use table::{
     Availability, Backend, InstanceStats, Pool, ProcessMetrics, ProcessOpts, Remote, Table,
-    TableBuilder, Target, TenantTarget,
+    TableBuilder, Target, TenantTarget, TenantTargets,
 };
 pub use trust::TrustedProxies;

@@ -266,6 +266,139 @@ pub enum TenantTarget {
     Remote(Box<Remote>),
 }
 
+/// Host entries whose index has this bit point into the table's [`TenantTargets`] (the rest of
+/// the index is the tenant's position).
+const FLEET: u32 = 1 << 31;
+
+/// Remote tenants' targets per chunk: a change copies the chunks it touches, not the list.
+/// 256 x 16 bytes: a chunk copy is a few microseconds.
+const CHUNK: usize = 256;
+
+/// The fleet's tenants as tables take them: each tenant's domain, whether it is served here
+/// (`Local`, routed through this build's pools) or elsewhere, and the remote ones' targets.
+///
+/// Built once by the composer and shared by every table built from it: a table whose tenants
+/// have the same shape shares its host index, and takes these targets as they are (one `Arc`),
+/// so a fleet status change costs the tenants it touches ([`TenantTargets::with`]), not one
+/// target per tenant. The targets live in chunks of [`CHUNK`], copied on write.
+#[derive(Debug, Clone, Default)]
+pub struct TenantTargets {
+    /// Domain (lower-case) and shape by position; shared while no tenant changes between
+    /// local and remote.
+    shape: Arc<[(Box<str>, TenantShape)]>,
+    /// Target by position (a local tenant's is a placeholder the host index never names).
+    chunks: Arc<[Arc<[Target]>]>,
+}
+
+impl TenantTargets {
+    /// Every tenant's domain and target, in order (a domain listed twice: the last wins).
+    /// O(tenants): the composer makes one when the tenants change, and [`TenantTargets::with`]
+    /// for a status change.
+    pub fn new(list: Vec<(String, TenantTarget)>) -> Self {
+        TenantTargets::default().extended(list)
+    }
+
+    /// These tenants and then `more` (a new shape: O(tenants)).
+    fn extended(&self, more: Vec<(String, TenantTarget)>) -> Self {
+        let placeholder = placeholder();
+        let mut shape = self.shape.to_vec();
+        let mut targets: Vec<Target> = self.chunks.iter().flat_map(|c| c.iter().cloned()).collect();
+        shape.reserve(more.len());
+        targets.reserve(more.len());
+        for (domain, t) in more {
+            let (s, target) = split(t, &placeholder);
+            shape.push((domain.to_ascii_lowercase().into_boxed_str(), s));
+            targets.push(target);
+        }
+        let chunks = targets
+            .chunks(CHUNK)
+            .map(Arc::<[Target]>::from)
+            .collect::<Vec<_>>()
+            .into();
+        TenantTargets {
+            shape: shape.into(),
+            chunks,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shape.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.shape.is_empty()
+    }
+
+    /// Target `i` (a placeholder for a local tenant).
+    #[inline]
+    fn get(&self, i: usize) -> Option<&Target> {
+        self.chunks.get(i / CHUNK)?.get(i % CHUNK)
+    }
+
+    /// The same tenants with the targets at these positions replaced (positions out of range
+    /// are ignored): the chunks they fall in are copied, the others shared; so is the shape,
+    /// unless a tenant changes between local and remote (then a table built with the result
+    /// makes its host index again).
+    pub fn with(&self, changes: Vec<(usize, TenantTarget)>) -> Self {
+        if changes.is_empty() {
+            return self.clone();
+        }
+        let placeholder = placeholder();
+        let mut chunks: Vec<Arc<[Target]>> = self.chunks.to_vec();
+        let mut copied: Vec<Option<Vec<Target>>> = vec![None; chunks.len()];
+        let mut shape: Option<Vec<(Box<str>, TenantShape)>> = None;
+        for (i, t) in changes {
+            let (Some(chunk), Some((domain, old))) = (chunks.get(i / CHUNK), self.shape.get(i))
+            else {
+                continue;
+            };
+            let (s, target) = split(t, &placeholder);
+            if *old != s {
+                let shape = shape.get_or_insert_with(|| self.shape.to_vec());
+                if let Some(slot) = shape.get_mut(i) {
+                    *slot = (domain.clone(), s);
+                }
+            }
+            let Some(slot) = copied.get_mut(i / CHUNK) else {
+                continue;
+            };
+            let chunk = slot.get_or_insert_with(|| chunk.to_vec());
+            if let Some(x) = chunk.get_mut(i % CHUNK) {
+                *x = target;
+            }
+        }
+        for (at, c) in copied.into_iter().enumerate() {
+            if let (Some(c), Some(slot)) = (c, chunks.get_mut(at)) {
+                *slot = c.into();
+            }
+        }
+        TenantTargets {
+            shape: shape.map_or_else(|| self.shape.clone(), Into::into),
+            chunks: chunks.into(),
+        }
+    }
+
+    /// Whether `other` shares this one's shape (no host index to make again).
+    pub fn same_shape(&self, other: &TenantTargets) -> bool {
+        Arc::ptr_eq(&self.shape, &other.shape)
+    }
+}
+
+/// What stands at a local tenant's position (never routed to: its host names an instance).
+fn placeholder() -> Target {
+    Target::Remote(Arc::new(Remote::unavailable("")))
+}
+
+fn split(t: TenantTarget, placeholder: &Target) -> (TenantShape, Target) {
+    match t {
+        TenantTarget::Local { process, instance } => (
+            TenantShape::Local { process, instance },
+            placeholder.clone(),
+        ),
+        TenantTarget::Remote(r) => (TenantShape::Remote, Target::Remote(Arc::from(r))),
+    }
+}
+
 /// What a host (+ prefix) routes to.
 #[derive(Debug, Clone)]
 pub enum Target {
@@ -463,6 +596,9 @@ pub struct Table {
     domain: Box<str>,
     hosts: Arc<Hosts>,
     targets: Box<[Target]>,
+    /// The remote fleet tenants' targets, shared with the composer's [`TenantTargets`] (an
+    /// index with [`FLEET`] set points here).
+    fleet: TenantTargets,
     /// Every pool by process name (for the API and retries).
     pools: HashMap<Box<str>, Arc<Pool>, FastState>,
     shape: Arc<Shape>,
@@ -494,7 +630,7 @@ impl Table {
         }
         let target = entry
             .fallback
-            .and_then(|i| self.targets.get(i as usize))
+            .and_then(|i| self.target(i))
             .ok_or(Miss::NoRoute)?;
         Ok(Routed {
             target,
@@ -528,7 +664,7 @@ impl Table {
         let Some(r) = at.and_then(|i| entry.routes.get(i)) else {
             return Ok(None);
         };
-        let Some(target) = self.targets.get(r.target as usize) else {
+        let Some(target) = self.target(r.target) else {
             return Ok(None);
         };
         let rewrite = match normal {
@@ -543,6 +679,16 @@ impl Table {
             strip: r.strip.then_some(&*r.prefix),
             rewrite,
         }))
+    }
+
+    /// Target `i` of a host entry: one of this build's, or a remote tenant's ([`FLEET`] set).
+    #[inline]
+    fn target(&self, i: u32) -> Option<&Target> {
+        if i & FLEET == 0 {
+            self.targets.get(i as usize)
+        } else {
+            self.fleet.get((i & !FLEET) as usize)
+        }
     }
 
     /// Whether `host` (normalised) is a host this table routes at all (any path): a routes
@@ -583,8 +729,6 @@ enum Extra {
     /// that answers 503 "not running". (Resolved per build, so the host index does not depend
     /// on which instances exist.)
     Instance { pool: usize, id: Box<str> },
-    /// The tenant at this position, served by another server.
-    Tenant(usize),
     /// A local tenant whose process this server does not have.
     Unavailable(Box<str>),
 }
@@ -595,7 +739,8 @@ struct Shape {
     domain: String,
     /// Process names and their instance ids, in order.
     pools: Vec<(Arc<str>, Vec<Arc<str>>)>,
-    tenants: Vec<(String, TenantShape)>,
+    /// Shared with the [`TenantTargets`] the table was built with.
+    tenants: Arc<[(Box<str>, TenantShape)]>,
     routes: Arc<[Route]>,
     /// Derived from the above when the index was built (not compared).
     extras: Vec<Extra>,
@@ -611,7 +756,7 @@ impl Shape {
         self.domain == other.domain
             && self.pools.len() == other.pools.len()
             && self.pools.iter().zip(&other.pools).all(|(a, b)| a.0 == b.0)
-            && self.tenants == other.tenants
+            && (Arc::ptr_eq(&self.tenants, &other.tenants) || self.tenants == other.tenants)
             && (Arc::ptr_eq(&self.routes, &other.routes) || self.routes == other.routes)
     }
 }
@@ -678,7 +823,9 @@ pub struct TableBuilder {
     /// Routes shared with the config (compared by pointer when a build reuses a host index).
     shared: Option<Arc<[Route]>>,
     routes: Vec<Route>,
+    /// Added one by one ([`TableBuilder::tenant`]), after `fleet`'s.
     tenants: Vec<(String, TenantTarget)>,
+    fleet: Option<TenantTargets>,
 }
 
 impl TableBuilder {
@@ -689,10 +836,19 @@ impl TableBuilder {
             shared: None,
             routes: Vec::new(),
             tenants: Vec::new(),
+            fleet: None,
         }
     }
 
-    /// A fleet tenant's exact domain (below `[routes]`, above the implicit host rules).
+    /// The fleet's tenants, shared (see [`TenantTargets`]): replaces those given before.
+    pub fn tenants(&mut self, tenants: TenantTargets) -> &mut Self {
+        self.fleet = Some(tenants);
+        self.tenants.clear();
+        self
+    }
+
+    /// A fleet tenant's exact domain (below `[routes]`, above the implicit host rules), after
+    /// those of [`TableBuilder::tenants`].
     pub fn tenant(&mut self, domain: &str, target: TenantTarget) -> &mut Self {
         self.tenants.push((domain.to_ascii_lowercase(), target));
         self
@@ -731,6 +887,11 @@ impl TableBuilder {
     /// Build, sharing `prev`'s host index when the shape is the same (a weight, health,
     /// address or failover change): then the cost is O(pools + instances), not O(hosts).
     pub fn build_on(self, prev: Option<&Table>) -> Table {
+        let fleet = match (self.fleet, self.tenants.is_empty()) {
+            (Some(f), true) => f,
+            (None, _) => TenantTargets::new(self.tenants),
+            (Some(f), false) => f.extended(self.tenants),
+        };
         let routes: Arc<[Route]> = match (self.shared, self.routes.is_empty()) {
             (Some(shared), true) => shared,
             (None, _) => self.routes.into(),
@@ -746,20 +907,7 @@ impl TableBuilder {
                     (p.opts.name.clone(), ids)
                 })
                 .collect(),
-            tenants: self
-                .tenants
-                .iter()
-                .map(|(d, t)| {
-                    let s = match t {
-                        TenantTarget::Local { process, instance } => TenantShape::Local {
-                            process: process.clone(),
-                            instance: instance.clone(),
-                        },
-                        TenantTarget::Remote(_) => TenantShape::Remote,
-                    };
-                    (d.clone(), s)
-                })
-                .collect(),
+            tenants: fleet.shape.clone(),
             routes,
             extras: Vec::new(),
         };
@@ -789,7 +937,7 @@ impl TableBuilder {
                 (Arc::new(hosts), Arc::new(shape))
             }
         };
-        let targets = make_targets(&self.pools, self.tenants, &shape.extras);
+        let targets = make_targets(&self.pools, &shape.extras);
         let mut pools: HashMap<Box<str>, Arc<Pool>, FastState> =
             HashMap::with_capacity_and_hasher(self.pools.len(), FastState::default());
         for p in self.pools {
@@ -799,6 +947,7 @@ impl TableBuilder {
             domain: shape.domain.as_str().into(),
             hosts,
             targets,
+            fleet,
             pools,
             shape,
         }
@@ -841,12 +990,9 @@ fn index_hosts(shape: &Shape, pools: &[Arc<Pool>]) -> (Hosts, Vec<Extra>) {
                         id: id.as_str().into(),
                     },
                 ),
-                None => extra(
-                    &mut extras,
-                    Extra::Unavailable(tenant_domain.as_str().into()),
-                ),
+                None => extra(&mut extras, Extra::Unavailable(Box::from(&**tenant_domain))),
             },
-            TenantShape::Remote => extra(&mut extras, Extra::Tenant(t)),
+            TenantShape::Remote => FLEET | index(t),
         };
         rules.push((tenant_domain, None, target));
     }
@@ -913,11 +1059,7 @@ fn index_hosts(shape: &Shape, pools: &[Arc<Pool>]) -> (Hosts, Vec<Extra>) {
 }
 
 /// The targets of one build, in the order [`index_hosts`] numbered them.
-fn make_targets(
-    pools: &[Arc<Pool>],
-    tenants: Vec<(String, TenantTarget)>,
-    extras: &[Extra],
-) -> Box<[Target]> {
+fn make_targets(pools: &[Arc<Pool>], extras: &[Extra]) -> Box<[Target]> {
     let backends: usize = pools.iter().map(|p| p.backends.len()).sum();
     let mut targets = Vec::with_capacity(1 + pools.len() + backends + extras.len());
     targets.push(Target::Management);
@@ -931,25 +1073,9 @@ fn make_targets(
             }
         }
     }
-    let mut remotes: Vec<(String, Option<Box<Remote>>)> = tenants
-        .into_iter()
-        .map(|(d, t)| match t {
-            TenantTarget::Remote(r) => (d, Some(r)),
-            TenantTarget::Local { .. } => (d, None),
-        })
-        .collect();
     for e in extras {
         targets.push(match e {
             Extra::Instance { pool, id } => instance_of(pools, &by_id, *pool, id),
-            Extra::Tenant(i) => match remotes.get_mut(*i) {
-                Some((_, r @ Some(_))) => Target::Remote(
-                    r.take()
-                        .map(Arc::from)
-                        .unwrap_or_else(|| Arc::new(Remote::unavailable(""))),
-                ),
-                Some((d, None)) => Target::Remote(Arc::new(Remote::unavailable(d))),
-                None => Target::Remote(Arc::new(Remote::unavailable(""))),
-            },
             Extra::Unavailable(d) => Target::Remote(Arc::new(Remote::unavailable(d))),
         });
     }
@@ -1298,5 +1424,62 @@ mod tests {
         let q = shaped(&["a", "A"], 100, &plain, 5000).build_on(Some(&p1));
         assert!(patch_hosts(&p1, &q.shape).is_none());
         assert!(q.lookup("a.api.t.test", "/").is_some());
+    }
+
+    #[test]
+    fn tenant_targets_copy_only_the_chunks_a_change_touches() {
+        let remote = |t: &str, port: u16| {
+            TenantTarget::Remote(Box::new(Remote::to(
+                t,
+                "far",
+                format!("{t}.api.far.test"),
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                false,
+                "far.test",
+            )))
+        };
+        let n = 3 * CHUNK;
+        let list = (0..n)
+            .map(|i| (format!("T{i}.example"), remote(&format!("t{i}"), 5000)))
+            .collect();
+        let all = TenantTargets::new(list);
+        let build = |tenants: &TenantTargets, prev: Option<&Table>| {
+            let api = opts("api");
+            let mut b = TableBuilder::new("t.test");
+            b.process(api.clone(), vec![backend(&api, "t1", 1)]);
+            b.tenants(tenants.clone());
+            b.build_on(prev)
+        };
+        let t1 = build(&all, None);
+        let peer = |t: &Table, host: &str| match t.lookup(host, "/").map(|r| r.target) {
+            Some(Target::Remote(r)) => r.peer.as_ref().map(|p| p._address.to_string()),
+            Some(Target::Instance(b)) => Some(format!("local {}", b.key)),
+            other => panic!("{host}: {other:?}"),
+        };
+        assert_eq!(peer(&t1, "t7.example").as_deref(), Some("127.0.0.1:5000"));
+        // Tenant 7 moves: its chunk is copied, the two others are shared, so is the shape.
+        let moved = all.with(vec![(7, remote("t7", 5001)), (n + 5, remote("x", 1))]);
+        assert!(moved.same_shape(&all));
+        assert!(!Arc::ptr_eq(&moved.chunks[0], &all.chunks[0]));
+        assert!(Arc::ptr_eq(&moved.chunks[1], &all.chunks[1]));
+        assert!(Arc::ptr_eq(&moved.chunks[2], &all.chunks[2]));
+        let t2 = build(&moved, Some(&t1));
+        assert!(t2.shares_hosts_with(&t1));
+        assert_eq!(peer(&t2, "t7.example").as_deref(), Some("127.0.0.1:5001"));
+        assert_eq!(peer(&t1, "t7.example").as_deref(), Some("127.0.0.1:5000"));
+        assert_eq!(peer(&t2, "t8.example").as_deref(), Some("127.0.0.1:5000"));
+        // Tenant 300 is now served here: a new shape, a new host index, routed locally.
+        let local = moved.with(vec![(
+            300,
+            TenantTarget::Local {
+                process: "api".into(),
+                instance: "t1".into(),
+            },
+        )]);
+        assert!(!local.same_shape(&moved));
+        let t3 = build(&local, Some(&t2));
+        assert!(!t3.shares_hosts_with(&t2));
+        assert_eq!(peer(&t3, "t300.example").as_deref(), Some("local api:t1"));
+        assert_eq!(peer(&t3, "t301.example").as_deref(), Some("127.0.0.1:5000"));
     }
 }

@@ -25,7 +25,7 @@ use tenement_proxy::metrics::Metrics;
 use tenement_proxy::plugins::Chain;
 use tenement_proxy::{
     Availability, Backend, InstanceStats, ProcessMetrics, ProcessOpts, Remote, Router, Table,
-    TableBuilder, TenantTarget,
+    TableBuilder, TenantTarget, TenantTargets,
 };
 use tenement_supervisor::{Routed, RoutingView, State, Supervisor, TrafficProbe};
 
@@ -91,8 +91,110 @@ impl Compiled {
 /// The fleet as tables need it: its view (servers with the addresses the fleet resolved) and
 /// whether failover is on.
 pub struct FleetInput<'a> {
-    pub view: &'a FleetView,
+    pub view: &'a Arc<FleetView>,
     pub failover: bool,
+}
+
+/// The fleet tenants' targets, kept in line with each fleet view: the part of the table the
+/// fleet owns ([`TenantTargets`], shared by every table built from it).
+///
+/// [`FleetTargets::sync`] re-resolves only the tenants a change touches: when the view has the
+/// same tenants (one shared list) and the same failover setting, the tenants homed on or
+/// placed on a server whose identity, status or address changed, and those whose placement
+/// changed; their targets replace the old ones copy-on-write ([`TenantTargets::with`]). A new
+/// tenant list (a write, a store re-read), a failover switch, or the fleet going from no server
+/// up to some (or back) resolves every tenant.
+#[derive(Default)]
+pub struct FleetTargets {
+    /// The view, failover setting and own domain the targets were resolved from.
+    from: Option<(Arc<FleetView>, bool, String)>,
+    part: TenantTargets,
+}
+
+impl FleetTargets {
+    /// The targets for `input`, resolved from scratch (tests, benches/fleet.rs).
+    #[allow(dead_code)]
+    pub fn new(own: &str, input: &FleetInput<'_>) -> Self {
+        let mut t = FleetTargets::default();
+        t.sync(own, input);
+        t
+    }
+
+    /// Bring the targets in line with `input` (see [`FleetTargets`]): how many tenants were
+    /// resolved again.
+    pub fn sync(&mut self, own: &str, input: &FleetInput<'_>) -> usize {
+        let view = input.view;
+        let same = self.from.as_ref().filter(|(prev, failover, from_own)| {
+            Arc::ptr_eq(&prev.tenants, &view.tenants)
+                && *failover == input.failover
+                && from_own == own
+                && (prev.servers_up() > 0) == (view.servers_up() > 0)
+        });
+        let Some((prev, _, _)) = same else {
+            let list = view
+                .tenants
+                .iter()
+                .map(|t| (t.domain.clone(), resolve(own, input, t)))
+                .collect();
+            self.part = TenantTargets::new(list);
+            self.from = Some((view.clone(), input.failover, own.to_string()));
+            return view.tenants.len();
+        };
+        if Arc::ptr_eq(prev, view) || prev.routing == view.routing {
+            self.from = Some((view.clone(), input.failover, own.to_string()));
+            return 0;
+        }
+        let touched = touched(prev, view);
+        let changes: Vec<(usize, TenantTarget)> = touched
+            .iter()
+            .filter_map(|&i| Some((i, resolve(own, input, view.tenants.get(i)?))))
+            .collect();
+        self.part = self.part.with(changes);
+        self.from = Some((view.clone(), input.failover, own.to_string()));
+        touched.len()
+    }
+
+    /// The fleet's part of the next table.
+    pub fn part(&self) -> &TenantTargets {
+        &self.part
+    }
+}
+
+/// The positions of the tenants whose target may differ between `prev` and `view` (same
+/// tenants): homed or placed on a server that changed (identity, status or address), or whose
+/// placement changed. O(servers + placements + the tenants touched).
+fn touched(prev: &FleetView, view: &FleetView) -> Vec<usize> {
+    let routes_same = |a: &tenement_fleet::ServerState, b: &tenement_fleet::ServerState| {
+        a.status == b.status && a.resolved == b.resolved && a.server == b.server
+    };
+    let mut changed: HashSet<&str, Fast> = HashSet::default();
+    for s in &view.servers {
+        if !prev.server(&s.server.id).is_some_and(|p| routes_same(p, s)) {
+            changed.insert(&s.server.id);
+        }
+    }
+    for s in &prev.servers {
+        if view.server(&s.server.id).is_none() {
+            changed.insert(&s.server.id);
+        }
+    }
+    let mut out: Vec<usize> = Vec::new();
+    for id in &changed {
+        out.extend_from_slice(view.homed_on(id));
+    }
+    for (placements, other) in [
+        (&prev.placements, &view.placements),
+        (&view.placements, &prev.placements),
+    ] {
+        for (tenant, p) in placements {
+            if changed.contains(p.server.as_str()) || other.get(tenant) != Some(p) {
+                out.extend(view.tenant_position(tenant));
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// A fast hasher for maps keyed by instance names (built from our own config and views).
@@ -174,7 +276,7 @@ fn availability(r: &Routed) -> Availability {
 pub fn build_table(
     compiled: &Compiled,
     view: &RoutingView,
-    fleet: Option<FleetInput<'_>>,
+    fleet: Option<&TenantTargets>,
     stats: &StatsCache,
     prev: Option<&Table>,
 ) -> Table {
@@ -213,45 +315,36 @@ pub fn build_table(
         b.process(opts.clone(), backends);
     }
     if let Some(f) = fleet {
-        for (domain, target) in tenant_targets(&config.settings.domain, &f) {
-            b.tenant(&domain, target);
-        }
+        b.tenants(f.clone());
     }
     b.routes(compiled.routes.clone());
     b.build_on(prev)
 }
 
-/// Where each tenant's domain goes now: its home, the server it is placed on, "wait: being
+/// Where a tenant's domain goes now: its home, the server it is placed on, "wait: being
 /// placed", or a 503 saying why.
-fn tenant_targets(own: &str, f: &FleetInput<'_>) -> Vec<(String, TenantTarget)> {
-    f.view
-        .tenants
-        .iter()
-        .map(|t| {
-            let target = match f.view.serve(t, f.failover) {
-                Served::Placing => TenantTarget::Remote(Box::new(Remote::placing(&t.id))),
-                Served::Unavailable(why) => {
-                    TenantTarget::Remote(Box::new(Remote::unavailable_because(&t.id, &why)))
-                }
-                Served::At(s) if s.server.domain == own => TenantTarget::Local {
-                    process: t.process.clone(),
-                    instance: t.instance.clone(),
-                },
-                Served::At(s) => match &s.resolved {
-                    Some(a) => TenantTarget::Remote(Box::new(Remote::to(
-                        &t.id,
-                        &s.server.id,
-                        tenement_fleet::tenant_host(t, &s.server),
-                        a.addr,
-                        a.tls,
-                        &a.host,
-                    ))),
-                    None => TenantTarget::Remote(Box::new(Remote::unavailable(&t.id))),
-                },
-            };
-            (t.domain.clone(), target)
-        })
-        .collect()
+fn resolve(own: &str, f: &FleetInput<'_>, t: &tenement_fleet::Tenant) -> TenantTarget {
+    match f.view.serve(t, f.failover) {
+        Served::Placing => TenantTarget::Remote(Box::new(Remote::placing(&t.id))),
+        Served::Unavailable(why) => {
+            TenantTarget::Remote(Box::new(Remote::unavailable_because(&t.id, &why)))
+        }
+        Served::At(s) if s.server.domain == own => TenantTarget::Local {
+            process: t.process.clone(),
+            instance: t.instance.clone(),
+        },
+        Served::At(s) => match &s.resolved {
+            Some(a) => TenantTarget::Remote(Box::new(Remote::to(
+                &t.id,
+                &s.server.id,
+                tenement_fleet::tenant_host(t, &s.server),
+                a.addr,
+                a.tls,
+                &a.host,
+            ))),
+            None => TenantTarget::Remote(Box::new(Remote::unavailable(&t.id))),
+        },
+    }
 }
 
 /// Instances + routes + tenants from which a build runs through `blocking` (BENCHMARKS.md:
@@ -344,6 +437,7 @@ impl Publisher {
             publisher: self.clone(),
         };
         let mut cache = StatsCache::new(self.metrics.clone());
+        let mut fleet_targets = FleetTargets::default();
         let mut fleet_view = None;
         let mut configs = self.config_tx.subscribe();
         // What the live table was built from: (supervisor view, config, fleet routing)
@@ -368,7 +462,13 @@ impl Publisher {
                 }
             } else {
                 built = Some(key);
-                self.build_and_publish(&compiled, &view, fleet_view.as_ref(), &mut cache);
+                self.build_and_publish(
+                    &compiled,
+                    &view,
+                    fleet_view.as_ref(),
+                    &mut cache,
+                    &mut fleet_targets,
+                );
                 supervisor.acknowledge(view.generation);
                 if let Some((fv, _)) = &fleet_view {
                     self.fleet_live.send_replace(fv.generation);
@@ -405,15 +505,20 @@ impl Publisher {
         view: &RoutingView,
         fleet_view: Option<&(Arc<FleetView>, bool)>,
         cache: &mut StatsCache,
+        fleet_targets: &mut FleetTargets,
     ) {
         let mut build = || {
             cache.sync(view);
-            let input = fleet_view.map(|(fv, failover)| FleetInput {
-                view: fv,
-                failover: *failover,
+            let fleet = fleet_view.map(|(fv, failover)| {
+                let input = FleetInput {
+                    view: fv,
+                    failover: *failover,
+                };
+                fleet_targets.sync(&compiled.config.settings.domain, &input);
+                fleet_targets.part()
             });
             let live = self.router.load();
-            build_table(compiled, view, input, cache, Some(&live))
+            build_table(compiled, view, fleet, cache, Some(&live))
         };
         // A big build hands this worker's other tasks (requests) to another thread while it
         // runs; a small one (well under a millisecond) is cheaper than that hand-off.

@@ -194,7 +194,7 @@ fn tenants_go_local_remote_or_nowhere_without_any_dns() {
     let mut conf = config("[process.api]\ncommand = \"x\"\n");
     Arc::make_mut(&mut conf).settings.domain = "me.example.com".into();
     let c = Compiled::new(conf, None).unwrap();
-    let fleet = FleetView::new(
+    let fleet = Arc::new(FleetView::new(
         vec![
             server("me", Online, true),
             server("far", Online, true),
@@ -208,7 +208,8 @@ fn tenants_go_local_remote_or_nowhere_without_any_dns() {
             tenant("stranded", "down"),
         ],
         1,
-    );
+    ));
+    let own = c.config.settings.domain.clone();
     let v = view(vec![routed(
         "api:local",
         Kind::Spawned,
@@ -223,7 +224,8 @@ fn tenants_go_local_remote_or_nowhere_without_any_dns() {
         view: &fleet,
         failover: false,
     };
-    let t = build_table(&c, &v, Some(input), &stats, None);
+    let targets = FleetTargets::new(&own, &input);
+    let t = build_table(&c, &v, Some(targets.part()), &stats, None);
     // Served here: straight to the local instance, no hop.
     let local = backend(&t, "local.customers.test", "/").unwrap();
     assert_eq!(local.id.as_ref(), "local");
@@ -247,24 +249,30 @@ fn tenants_go_local_remote_or_nowhere_without_any_dns() {
         view: &fleet,
         failover: true,
     };
-    let t = build_table(&c, &v, Some(input), &stats, None);
+    let targets = FleetTargets::new(&own, &input);
+    let t = build_table(&c, &v, Some(targets.part()), &stats, None);
     match t.lookup("stranded.customers.test", "/").unwrap().target {
         Target::Remote(r) => assert!(r.placing && r.server.is_none(), "{r:?}"),
         other => panic!("{other:?}"),
     }
-    let placed = fleet.clone().with_placements([tenement_fleet::Placement {
-        tenant: "stranded".into(),
-        server: "far".into(),
-        spawned: true,
-        state: tenement_fleet::PlaceState::Ready,
-        error: None,
-        placed_ms: 1,
-    }]);
+    let placed = Arc::new(
+        (*fleet)
+            .clone()
+            .with_placements([tenement_fleet::Placement {
+                tenant: "stranded".into(),
+                server: "far".into(),
+                spawned: true,
+                state: tenement_fleet::PlaceState::Ready,
+                error: None,
+                placed_ms: 1,
+            }]),
+    );
     let input = FleetInput {
         view: &placed,
         failover: true,
     };
-    let t = build_table(&c, &v, Some(input), &stats, None);
+    let targets = FleetTargets::new(&own, &input);
+    let t = build_table(&c, &v, Some(targets.part()), &stats, None);
     match t.lookup("stranded.customers.test", "/").unwrap().target {
         Target::Remote(r) => {
             assert_eq!(r.server.as_deref(), Some("far"));
@@ -340,4 +348,120 @@ async fn a_fleet_publish_that_changes_no_route_rebuilds_no_table() {
     tx.send_replace(Arc::new(down));
     publisher.settle_fleet(3).await;
     assert!(!Arc::ptr_eq(&first, &publisher.router().load()), "rebuilt");
+}
+
+/// Where `host` goes in `t`: the server of a remote target, "placing", "unavailable", or the
+/// local instance.
+fn goes(t: &Table, host: &str) -> String {
+    match t.lookup(host, "/").map(|r| r.target) {
+        Some(Target::Remote(r)) if r.placing => "placing".into(),
+        Some(Target::Remote(r)) => match &r.server {
+            Some(s) => format!("{s} {}", r.host),
+            None => format!("unavailable {:?}", r.why),
+        },
+        Some(Target::Instance(b)) => format!("local {}", b.key),
+        other => format!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_status_change_resolves_only_the_tenants_it_touches() {
+    use tenement_fleet::Status::{Offline, Online};
+    let mut conf = config("[process.api]\ncommand = \"x\"\n");
+    Arc::make_mut(&mut conf).settings.domain = "me.example.com".into();
+    let c = Compiled::new(conf, None).unwrap();
+    let own = c.config.settings.domain.clone();
+    let ids = ["me", "s1", "s2", "s3"];
+    let servers = |down: &[&str]| -> Vec<tenement_fleet::ServerState> {
+        ids.iter()
+            .map(|id| server(id, if down.contains(id) { Offline } else { Online }, true))
+            .collect()
+    };
+    // 40 tenants, 10 on each server (t0 on me, t1 on s1, ...).
+    let tenants: Vec<_> = (0..40)
+        .map(|i| tenant(&format!("t{i}"), ids[i % 4]))
+        .collect();
+    let online = Arc::new(FleetView::new(servers(&[]), tenants, 1));
+    let v = view(vec![routed(
+        "api:t0",
+        Kind::Spawned,
+        State::Healthy,
+        100,
+        1001,
+        false,
+    )]);
+    let mut stats = StatsCache::new(None);
+    stats.sync(&v);
+    let input = |view| FleetInput {
+        view,
+        failover: true,
+    };
+    let mut targets = FleetTargets::default();
+    assert_eq!(
+        targets.sync(&own, &input(&online)),
+        40,
+        "the first sync resolves all"
+    );
+    let t1 = build_table(&c, &v, Some(targets.part()), &stats, None);
+    // s1 goes offline (the same tenants, shared): only its 10 tenants are resolved again.
+    let mut down = online.with_servers(servers(&["s1"]), 2);
+    down.placements = online.placements.clone();
+    let down = Arc::new(down);
+    assert_eq!(targets.sync(&own, &input(&down)), 10);
+    let t2 = build_table(&c, &v, Some(targets.part()), &stats, Some(&t1));
+    assert!(
+        t2.shares_hosts_with(&t1),
+        "no tenant went local or remote: same host index"
+    );
+    // t5 is placed on s2; s2 then goes offline too: t5 and s2's own 10 tenants.
+    let placement = tenement_fleet::Placement {
+        tenant: "t5".into(),
+        server: "s2".into(),
+        spawned: true,
+        state: tenement_fleet::PlaceState::Ready,
+        error: None,
+        placed_ms: 1,
+    };
+    let placed = Arc::new(
+        down.with_servers(servers(&["s1"]), 3)
+            .with_placements([placement.clone()]),
+    );
+    assert_eq!(
+        targets.sync(&own, &input(&placed)),
+        1,
+        "the placement's tenant only"
+    );
+    let t3 = build_table(&c, &v, Some(targets.part()), &stats, Some(&t2));
+    let both = Arc::new(
+        placed
+            .with_servers(servers(&["s1", "s2"]), 4)
+            .with_placements([placement]),
+    );
+    assert_eq!(targets.sync(&own, &input(&both)), 11);
+    let t4 = build_table(&c, &v, Some(targets.part()), &stats, Some(&t3));
+    // A tick that changes no route resolves nothing.
+    let mut same = both.with_servers(servers(&["s1", "s2"]), 5);
+    same.placements = both.placements.clone();
+    same.routing = both.routing;
+    let same = Arc::new(same);
+    assert_eq!(targets.sync(&own, &input(&same)), 0);
+    // Each table routes every tenant as a full build from its view does.
+    for (t, fv) in [(&t1, &online), (&t2, &down), (&t3, &placed), (&t4, &both)] {
+        let full = build_table(
+            &c,
+            &v,
+            Some(FleetTargets::new(&own, &input(fv)).part()),
+            &stats,
+            None,
+        );
+        for i in 0..40 {
+            let host = format!("t{i}.customers.test");
+            assert_eq!(goes(t, &host), goes(&full, &host), "{host}");
+        }
+    }
+    assert_eq!(goes(&t1, "t1.customers.test"), "s1 t1.api.s1.example.com");
+    assert_eq!(goes(&t2, "t1.customers.test"), "placing");
+    assert_eq!(goes(&t3, "t5.customers.test"), "s2 t5.api.s2.example.com");
+    assert_eq!(goes(&t4, "t5.customers.test"), "placing");
+    assert_eq!(goes(&t4, "t0.customers.test"), "local api:t0");
 }
