@@ -26,6 +26,16 @@ use tenement_proxy::{ConnLimit, Edge, EdgeLimits, TenProxy};
 
 type App = Arc<HttpProxy<TenProxy>>;
 
+/// The L4 buffers of every proxy listener, plain and TLS: no read buffer (Pingora's default
+/// is 64 KiB per connection), Pingora's default write buffer. Plain HTTP reads go straight into
+/// the HTTP session's own buffers; TLS reads into rustls's own record buffer (4 KiB, grown for
+/// a larger record), so an idle keep-alive connection holds no second read buffer
+/// (docs/benchmarks.md: RSS with 1000 connections).
+const L4_BUFFERS: L4BufferSettings = L4BufferSettings {
+    read: Some(0),
+    write: None,
+};
+
 /// One open listener.
 struct Open {
     /// As written in the config (`127.0.0.1:0`): what a reload compares.
@@ -131,13 +141,7 @@ impl Listeners {
 
     fn serve_http(&self, configured: &str, local: &str, fds: ListenFds) {
         let (mut service, limit) = self.service(format!("ten-proxy {local}"), false);
-        // No L4 read buffer (Pingora's default is 64 KiB per connection): reads go straight
-        // into the HTTP session's own buffers, so an idle keep-alive connection holds no read
-        // buffer at all (BENCHMARKS.md: RSS with 1000 connections, req/s unchanged).
-        service.add_listener(ListenerConfig::tcp(local).l4_buffer(L4BufferSettings {
-            read: Some(0),
-            write: None,
-        }));
+        service.add_listener(ListenerConfig::tcp(local).l4_buffer(L4_BUFFERS));
         self.run(configured, local, fds, service, limit, false);
     }
 
@@ -167,7 +171,11 @@ impl Listeners {
         if let Some(hook) = pre_tls {
             service.endpoints().set_pre_tls_callback(hook);
         }
-        service.add_listener(ListenerConfig::tcp(local).tls(settings));
+        service.add_listener(
+            ListenerConfig::tcp(local)
+                .tls(settings)
+                .l4_buffer(L4_BUFFERS),
+        );
         self.run(configured, local, fds, service, limit, true);
     }
 
