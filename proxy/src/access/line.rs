@@ -134,15 +134,43 @@ fn duration_ms(out: &mut Vec<u8>, d: Duration) {
     ]);
 }
 
+/// Whether `bytes` are printable ASCII other than `"` and `\\` (nothing to escape): eight
+/// bytes at a time.
+fn plain(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    /// Some byte of `x` is zero.
+    fn zero(x: u64) -> bool {
+        x.wrapping_sub(ONES) & !x & HIGH != 0
+    }
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(w);
+        let x = u64::from_ne_bytes(word);
+        // A byte >= 0x80, < 0x20 (`x - 0x20` borrows into the high bit of a byte that was
+        // below 0x20), 0x7f, `"` or `\\`.
+        if x & HIGH != 0
+            || x.wrapping_sub(ONES * 0x20) & !x & HIGH != 0
+            || zero(x ^ (ONES * 0x7f))
+            || zero(x ^ (ONES * u64::from(b'"')))
+            || zero(x ^ (ONES * u64::from(b'\\')))
+        {
+            return false;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+}
+
 /// A JSON string of (possibly non-UTF-8) bytes: escapes, invalid bytes as U+FFFD.
 pub(crate) fn string(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(b'"');
     // The common case (a method, host, path, request id): printable ASCII with nothing to
     // escape, copied at once.
-    if bytes
-        .iter()
-        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-    {
+    if plain(bytes) {
         out.extend_from_slice(bytes);
         out.push(b'"');
         return;
@@ -347,6 +375,22 @@ mod tests {
         }
     }
 
+    proptest! {
+        #[test]
+        fn any_bytes_are_escaped_as_the_first_formatter(
+            bytes in proptest::collection::vec(any::<u8>(), 0..40),
+            printable in "[ -~]{0,40}",
+        ) {
+            for b in [&bytes[..], printable.as_bytes()] {
+                let mut ours = Vec::new();
+                string(&mut ours, b);
+                let mut theirs = String::new();
+                reference_string(&mut theirs, b);
+                prop_assert_eq!(String::from_utf8(ours).unwrap(), theirs);
+            }
+        }
+    }
+
     #[test]
     fn strings_are_copied_plain_or_escaped() {
         let json = |b: &[u8]| {
@@ -359,5 +403,14 @@ mod tests {
         assert_eq!(json(b"x\ny\x01"), "\"x\\ny\\u0001\"");
         assert_eq!(json(b"\xffz"), "\"\u{fffd}z\"");
         assert_eq!(json("é".as_bytes()), "\"é\"");
+        // Each byte that needs escaping, at each place of an 8-byte word and in the tail.
+        for bad in [0u8, 0x1f, b'"', b'\\', 0x7f, 0x80, 0xff] {
+            for at in 0..19 {
+                let mut b = b"abcdefghijklmnopqrs".to_vec();
+                b[at] = bad;
+                assert!(!plain(&b), "{bad:#x} at {at}");
+            }
+        }
+        assert!(plain(b" !#$%&'()*+,-./0123456789:;<=>?@AZ[]^_`az{|}~"));
     }
 }
