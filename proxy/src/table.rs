@@ -18,6 +18,7 @@ use tenement_conf::{Addr, Route};
 
 use crate::metrics::InstanceMetrics;
 use crate::select::WeightedSet;
+use crate::trust::TrustedProxies;
 
 /// Live counters of one instance. They outlive table swaps: the composer hands the same `Arc`
 /// to every table it builds, so drains and idle checks see every request.
@@ -466,11 +467,20 @@ pub struct Table {
     /// Every pool by process name (for the API and retries).
     pools: HashMap<Box<str>, Arc<Pool>, FastState>,
     shape: Arc<Shape>,
+    /// `[settings] trusted_proxies`: in the table so that a reload changes it with the routes
+    /// and a request reads it from the table it routes by (no second load).
+    trusted: Arc<TrustedProxies>,
 }
 
 impl Table {
     pub fn domain(&self) -> &str {
         &self.domain
+    }
+
+    /// Who may say who the client is (`[settings] trusted_proxies`).
+    #[inline]
+    pub fn trusted(&self) -> &TrustedProxies {
+        &self.trusted
     }
 
     /// Route a normalised host (lower-case, no port) and a path (with its query): see
@@ -679,6 +689,7 @@ pub struct TableBuilder {
     shared: Option<Arc<[Route]>>,
     routes: Vec<Route>,
     tenants: Vec<(String, TenantTarget)>,
+    trusted: Arc<TrustedProxies>,
 }
 
 impl TableBuilder {
@@ -689,7 +700,14 @@ impl TableBuilder {
             shared: None,
             routes: Vec::new(),
             tenants: Vec::new(),
+            trusted: Arc::default(),
         }
+    }
+
+    /// `[settings] trusted_proxies` (default: nobody).
+    pub fn trusted(&mut self, trusted: Arc<TrustedProxies>) -> &mut Self {
+        self.trusted = trusted;
+        self
     }
 
     /// A fleet tenant's exact domain (below `[routes]`, above the implicit host rules).
@@ -801,6 +819,7 @@ impl TableBuilder {
             targets,
             pools,
             shape,
+            trusted: self.trusted,
         }
     }
 }
