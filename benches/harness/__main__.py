@@ -551,20 +551,21 @@ def main():
         }
         res["configs"]["upstream"] = (d / "upstream.conf").read_text()
         res["commands"]["wrk"] = shlex.join(measure.wrk_cmd(bins, "PORT", args.connections, args.duration))
-        rss_phase(running, res, args.idle_conns)
-        rss_variants(running, bins, d, res, args.idle_conns)
-        load_phase(running, bins, args, res)
-        latency_phase(running, bins, args, res)
-        if not args.no_syscalls:
-            syscall_phase(running, bins, d, args, res)
-        res["commands"]["oha"] = shlex.join(
-            measure.oha_cmd(bins, "PORT", res["rate"], args.connections, args.latency_duration)
-        )
-        for t in running:
-            if t.kind != "direct" and not t.shares:
-                t.proc.stop()
-        if not args.no_callgrind:
-            callgrind_phase(running, bins, d, args, res)
+        if running:  # (none with `--only pause`)
+            rss_phase(running, res, args.idle_conns)
+            rss_variants(running, bins, d, res, args.idle_conns)
+            load_phase(running, bins, args, res)
+            latency_phase(running, bins, args, res)
+            if not args.no_syscalls:
+                syscall_phase(running, bins, d, args, res)
+            res["commands"]["oha"] = shlex.join(
+                measure.oha_cmd(bins, "PORT", res["rate"], args.connections, args.latency_duration)
+            )
+            for t in running:
+                if t.kind != "direct" and not t.shares:
+                    t.proc.stop()
+            if not args.no_callgrind:
+                callgrind_phase(running, bins, d, args, res)
         if run_pause:
             pause.pause_phase(bins, d, up_port, args, res)
     finally:
