@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import measure  # noqa: E402
+import pause  # noqa: E402
 import procs  # noqa: E402
 import report  # noqa: E402
 from procs import LOAD_CPU, PROXY_CPU, Target  # noqa: E402
@@ -48,6 +49,10 @@ def parse_args():
                    help="skip the syscalls/wakeups per request phase")
     p.add_argument("--no-callgrind", action="store_true")
     p.add_argument("--no-micro", action="store_true")
+    p.add_argument("--no-pause", action="store_true", help="skip the reload/upgrade pause phase")
+    p.add_argument("--pause-window", type=int, default=3, help="seconds per pause window")
+    p.add_argument("--pause-rate", type=int, default=1000, help="req/s of the pause windows")
+    p.add_argument("--pause-conns", type=int, default=10, help="connections of the pause windows")
     p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     p.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs)")
     return p.parse_args()
@@ -517,9 +522,11 @@ def main():
     res["peers_skipped"] = bins.pop("peers_skipped")
     for line in res["peers_skipped"]:
         log(line)
+    # `pause` in --only selects the reload/upgrade pause phase (it runs its own ten).
+    run_pause = not args.no_pause and (not args.only or "pause" in args.only.split(","))
     if args.only:
         keep = set(args.only.split(","))
-        unknown = keep - {t.key for t in targets}
+        unknown = keep - {t.key for t in targets} - {"pause"}
         if unknown:
             sys.exit(f"bench: --only: unknown configuration(s) {', '.join(sorted(unknown))}; "
                      f"known: {', '.join(t.key for t in targets)}")
@@ -544,20 +551,23 @@ def main():
         }
         res["configs"]["upstream"] = (d / "upstream.conf").read_text()
         res["commands"]["wrk"] = shlex.join(measure.wrk_cmd(bins, "PORT", args.connections, args.duration))
-        rss_phase(running, res, args.idle_conns)
-        rss_variants(running, bins, d, res, args.idle_conns)
-        load_phase(running, bins, args, res)
-        latency_phase(running, bins, args, res)
-        if not args.no_syscalls:
-            syscall_phase(running, bins, d, args, res)
-        res["commands"]["oha"] = shlex.join(
-            measure.oha_cmd(bins, "PORT", res["rate"], args.connections, args.latency_duration)
-        )
-        for t in running:
-            if t.kind != "direct" and not t.shares:
-                t.proc.stop()
-        if not args.no_callgrind:
-            callgrind_phase(running, bins, d, args, res)
+        if running:  # (none with `--only pause`)
+            rss_phase(running, res, args.idle_conns)
+            rss_variants(running, bins, d, res, args.idle_conns)
+            load_phase(running, bins, args, res)
+            latency_phase(running, bins, args, res)
+            if not args.no_syscalls:
+                syscall_phase(running, bins, d, args, res)
+            res["commands"]["oha"] = shlex.join(
+                measure.oha_cmd(bins, "PORT", res["rate"], args.connections, args.latency_duration)
+            )
+            for t in running:
+                if t.kind != "direct" and not t.shares:
+                    t.proc.stop()
+            if not args.no_callgrind:
+                callgrind_phase(running, bins, d, args, res)
+        if run_pause:
+            pause.pause_phase(bins, d, up_port, args, res)
     finally:
         for t in running:
             if t.proc is not None and t.kind != "direct":

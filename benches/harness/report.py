@@ -3,6 +3,8 @@
 import re
 import statistics
 
+import pause
+
 ALLOC = re.compile(
     r"^(_int_(malloc|free|realloc|memalign)|malloc|free|realloc|calloc|cfree|malloc_consolidate"
     r"|unlink_chunk.*|tcache_.*|__libc_(malloc|free|realloc|calloc)|__GI___libc_(malloc|free)"
@@ -744,6 +746,7 @@ def render(res):
     section_results(res, v, out)
     section_costs(res, v, out)
     section_profile(v, out)
+    pause.section(res, out)
     out += ["## Micro-benchmarks (`cargo bench -p tenement-proxy --bench routing`)\n",
             res.get("micro") or "Not run.\n"]
     rows = section_targets(res, v, out)

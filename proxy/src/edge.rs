@@ -6,6 +6,10 @@
 //! `header_timeout`, an h2 connection with no open stream closed after `keepalive_timeout`,
 //! counted in `max_connections` as one connection however many streams it carries.
 //!
+//! The limits are live ([`LiveLimits`]): `ten reload` stores new ones and every connection
+//! accepted from then on reads them once, at its start (one `ArcSwap` load per connection,
+//! nothing per request); a connection already open keeps the values it started with.
+//!
 //! Why a connection-level wrapper: Pingora 0.9.1 reads the head in
 //! `HttpProxy::handle_new_request` (pingora-proxy) through `v1::HttpSession::read_request`,
 //! whose timeout (`keepalive_timeout`, else `read_timeout`) applies to EACH read, so one byte
@@ -37,9 +41,13 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ServerApp};
+use pingora_core::apps::{
+    HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp,
+};
 use pingora_core::listeners::ConnectionFilter;
+use pingora_core::protocols::http::v2::server::H2Options;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::{SslDigest, TlsRef};
@@ -75,11 +83,32 @@ pub struct EdgeLimits {
     pub keepalive_timeout: Duration,
 }
 
-/// Open connections of one listener, at most `max` (see the module doc).
+/// The [`EdgeLimits`] new connections get: shared by every listener, replaced by a reload.
+#[derive(Debug)]
+pub struct LiveLimits(ArcSwap<EdgeLimits>);
+
+impl LiveLimits {
+    pub fn new(limits: EdgeLimits) -> Arc<LiveLimits> {
+        Arc::new(LiveLimits(ArcSwap::from_pointee(limits)))
+    }
+
+    /// What a connection accepted now gets.
+    pub fn get(&self) -> EdgeLimits {
+        **self.0.load()
+    }
+
+    /// Connections accepted from now on get `limits` (open ones keep theirs).
+    pub fn set(&self, limits: EdgeLimits) {
+        self.0.store(Arc::new(limits));
+    }
+}
+
+/// Open connections of one listener, at most `max` (see the module doc). `max` may change
+/// while it serves ([`ConnLimit::set_max`]).
 #[derive(Debug)]
 pub struct ConnLimit {
     open: AtomicUsize,
-    max: usize,
+    max: AtomicUsize,
     /// Counted by the filter at accept (plain TCP) rather than when `Edge` gets the stream.
     at_accept: bool,
     freed: Notify,
@@ -91,7 +120,7 @@ impl ConnLimit {
     pub fn new(max: usize, tls: bool) -> Arc<ConnLimit> {
         Arc::new(ConnLimit {
             open: AtomicUsize::new(0),
-            max: max.max(1),
+            max: AtomicUsize::new(max.max(1)),
             at_accept: !tls,
             freed: Notify::new(),
         })
@@ -102,11 +131,25 @@ impl ConnLimit {
         self.open.load(Ordering::Relaxed)
     }
 
+    /// The limit now.
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::Acquire)
+    }
+
+    /// A new limit (at least 1; `ten reload`): a lower one holds new connections back until
+    /// enough open ones close (none is cut), a higher one lets a waiting accept go at once.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max.max(1), Ordering::Release);
+        // The waiter (the listener's accept loop) re-checks against the new limit.
+        self.freed.notify_waiters();
+    }
+
     /// Count one more if under the limit.
     fn try_take(&self) -> bool {
+        let max = self.max();
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max).then_some(n + 1)
+                (n < max).then_some(n + 1)
             })
             .is_ok()
     }
@@ -120,7 +163,7 @@ impl ConnLimit {
             let room = if take {
                 self.try_take()
             } else {
-                self.open() < self.max
+                self.open() < self.max()
             };
             if room {
                 return;
@@ -159,8 +202,8 @@ impl Drop for ConnGuard {
 /// The proxy app with ten's connection limits; `A` is Pingora's [`HttpProxy`].
 pub struct Edge<A> {
     app: Arc<A>,
-    header_timeout: Duration,
-    keepalive: Duration,
+    /// Read once per connection, at its start.
+    limits: Arc<LiveLimits>,
     /// The listener's `max_connections`.
     limit: Option<Arc<ConnLimit>>,
 }
@@ -170,14 +213,14 @@ where
     SV: ProxyHttp + Send + Sync + 'static,
     SV::CTX: Send + Sync,
 {
-    /// `limit`: the listener's open connections (also its connection filter).
-    pub fn new(app: Arc<HttpProxy<SV>>, limits: EdgeLimits, limit: Option<Arc<ConnLimit>>) -> Self {
-        Edge {
-            app,
-            header_timeout: limits.header_timeout,
-            keepalive: limits.keepalive_timeout,
-            limit,
-        }
+    /// `limits`: what each new connection gets; `limit`: the listener's open connections
+    /// (also its connection filter).
+    pub fn new(
+        app: Arc<HttpProxy<SV>>,
+        limits: Arc<LiveLimits>,
+        limit: Option<Arc<ConnLimit>>,
+    ) -> Self {
+        Edge { app, limits, limit }
     }
 }
 
@@ -302,15 +345,17 @@ where
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let _open = self.limit.as_ref().map(ConnLimit::enter);
+        // This connection's limits, for its whole life (a reload changes the next ones').
+        let limits = self.limits.get();
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            return self.serve_h2(stream, shutdown).await;
+            return self.serve_h2(stream, shutdown, limits).await;
         }
         let fd = stream.id();
         // The first head is due header_timeout after the accept (a TLS handshake included); on
         // a kept-alive connection the next one within keepalive_timeout of the answer (plus
         // header_timeout once if the client is sending when it passes).
         let mut deadline = HeadDeadline {
-            at: Instant::now() + self.header_timeout,
+            at: Instant::now() + limits.header_timeout,
             grace: None,
             fd,
             registered: None,
@@ -350,15 +395,15 @@ where
             let Some(reused) = with_head_deadline(request, &mut deadline, timer.as_mut()).await
             else {
                 tracing::debug!(
-                    header_timeout = ?self.header_timeout,
-                    keepalive_timeout = ?self.keepalive,
+                    header_timeout = ?limits.header_timeout,
+                    keepalive_timeout = ?limits.keepalive_timeout,
                     "no complete request head in time: connection closed"
                 );
                 return None;
             };
             next = reused?.consume();
-            deadline.at = Instant::now() + self.keepalive;
-            deadline.grace = Some(self.header_timeout);
+            deadline.at = Instant::now() + limits.keepalive_timeout;
+            deadline.grace = Some(limits.header_timeout);
         }
     }
 
@@ -376,15 +421,17 @@ where
     /// concurrent streams, 64 KiB header lists; each stream is one `process_new_http`), under
     /// ten's limits: the client's connection preface is due `header_timeout` after the
     /// handshake (the connection is cut otherwise), and a connection with no open stream is
-    /// closed after `keepalive_timeout` (Pingora's `h2_idle_timeout`, set by
-    /// [`h2_server_options`]), which also bounds a stream whose HEADERS never complete.
+    /// closed after `keepalive_timeout` (Pingora's `h2_idle_timeout`, which Pingora reads
+    /// from the app's options: [`H2Conn`] carries this connection's), which also bounds a
+    /// stream whose HEADERS never complete.
     async fn serve_h2(
         self: &Arc<Self>,
         stream: Stream,
         shutdown: &ShutdownWatch,
+        limits: EdgeLimits,
     ) -> Option<Stream> {
         let mut deadline = HeadDeadline {
-            at: Instant::now() + self.header_timeout,
+            at: Instant::now() + limits.header_timeout,
             grace: None,
             fd: -1,
             registered: None,
@@ -395,13 +442,17 @@ where
             inner: stream,
             read: 0,
         });
-        let conn = ServerApp::process_new(&self.app, watched, shutdown);
+        let app = Arc::new(H2Conn {
+            options: h2_server_options_on(self.app.server_options(), &limits),
+            app: self.app.clone(),
+        });
+        let conn = ServerApp::process_new(&app, watched, shutdown);
         if with_head_deadline(conn, &mut deadline, timer.as_mut())
             .await
             .is_none()
         {
             tracing::debug!(
-                header_timeout = ?self.header_timeout,
+                header_timeout = ?limits.header_timeout,
                 "no HTTP/2 connection preface in time: connection closed"
             );
         }
@@ -413,9 +464,48 @@ where
 /// `keepalive_timeout`, as an HTTP/1 one does. (ten sets no `H2Options`: Pingora's bounded
 /// defaults apply.)
 pub fn h2_server_options(limits: &EdgeLimits) -> HttpServerOptions {
-    let mut o = HttpServerOptions::default();
+    h2_server_options_on(None, limits)
+}
+
+/// `base` (the app's options) with the idle timeout of `limits`.
+fn h2_server_options_on(
+    base: Option<&HttpServerOptions>,
+    limits: &EdgeLimits,
+) -> HttpServerOptions {
+    let mut o = base.cloned().unwrap_or_default();
     o.h2_idle_timeout = Some(limits.keepalive_timeout);
     o
+}
+
+/// One HTTP/2 connection's view of the proxy app: the app itself, with server options carrying
+/// the connection's own `keepalive_timeout` (Pingora reads `h2_idle_timeout` from the app, and
+/// the proxy app is shared and fixed at start). One allocation per h2 connection.
+struct H2Conn<A> {
+    app: Arc<A>,
+    options: HttpServerOptions,
+}
+
+#[async_trait]
+impl<SV> HttpServerApp for H2Conn<HttpProxy<SV>>
+where
+    SV: ProxyHttp + Send + Sync + 'static,
+    SV::CTX: Send + Sync,
+{
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        self.app.process_new_http(session, shutdown).await
+    }
+
+    fn h2_options(&self) -> Option<H2Options> {
+        self.app.h2_options()
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.options)
+    }
 }
 
 /// The HTTP/2 client connection preface's length (`PRI * HTTP/2.0...`).
@@ -665,5 +755,34 @@ mod tests {
             let _third = limit.enter();
             assert_eq!(limit.open(), 2);
         }
+    }
+
+    /// Issue 20: `max_connections` changed by a reload holds for the listener as it serves: a
+    /// lower limit holds new connections back (none is cut), a higher one lets the waiting
+    /// accept go at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_max_applies_to_a_listener_in_place() {
+        let limit = ConnLimit::new(3, false);
+        let accept = |l: &Arc<ConnLimit>| {
+            let l = l.clone();
+            tokio::spawn(async move { l.should_accept(None).await })
+        };
+        let mut open = Vec::new();
+        for _ in 0..2 {
+            assert!(accept(&limit).await.unwrap());
+            open.push(limit.enter());
+        }
+        limit.set_max(1);
+        assert_eq!((limit.open(), limit.max()), (2, 1), "open ones stay");
+        let waiting = accept(&limit);
+        drop(open.pop());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !waiting.is_finished(),
+            "2 -> 1 open: still at the new limit"
+        );
+        limit.set_max(5);
+        assert!(waiting.await.unwrap(), "a higher limit lets it in");
+        assert_eq!(limit.open(), 2);
     }
 }

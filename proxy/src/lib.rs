@@ -26,7 +26,7 @@ pub mod tls;
 mod trust;
 
 pub use ctx::{Ctx, Traffic};
-pub use edge::{h2_server_options, ConnLimit, Edge, EdgeLimits};
+pub use edge::{h2_server_options, ConnLimit, Edge, EdgeLimits, LiveLimits};
 pub use management::ManagementApp;
 pub use router::Router;
 pub use service::TenProxy;

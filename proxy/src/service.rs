@@ -25,9 +25,8 @@ use crate::respond::{
     error_kind, http_status, respond, respond_reply, status_code, status_message,
 };
 use crate::router::Router;
-use crate::table::Target;
+use crate::table::{Table, Target};
 use crate::tls::{Challenges, CHALLENGE_PREFIX};
-use crate::trust::TrustedProxies;
 
 /// The proxy: routes by Host through the current [`Router`] table.
 pub struct TenProxy {
@@ -36,8 +35,6 @@ pub struct TenProxy {
     waker: Option<Arc<dyn Waker>>,
     traffic: Arc<Traffic>,
     epoch: Instant,
-    /// `[settings] trusted_proxies`: who may say who the client is.
-    trusted: TrustedProxies,
     /// `[settings] access_log` (None: off, nothing paid per request).
     access: Option<Arc<AccessLog>>,
     /// HTTP-01 answers while ACME validates (None: no ACME).
@@ -56,16 +53,9 @@ impl TenProxy {
             management,
             waker,
             traffic: Arc::default(),
-            trusted: TrustedProxies::default(),
             access: None,
             challenges: None,
         }
-    }
-
-    /// Trust these proxies' `X-Forwarded-*` headers (default: nobody's).
-    pub fn with_trusted_proxies(mut self, trusted: TrustedProxies) -> Self {
-        self.trusted = trusted;
-        self
     }
 
     /// Write one access log line per request to `log`.
@@ -89,11 +79,20 @@ impl TenProxy {
 const UPGRADED_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl TenProxy {
-    /// One routing pass: look the request up in the current table, count it in its process's
-    /// gauge, run the plugins (first pass only: a refused request never wakes an instance),
-    /// then admit it. Sets `ctx.target` and `ctx.strip` when routed.
-    async fn decide(&self, session: &mut Session, ctx: &mut Ctx, woken: bool) -> Decision {
-        let target = match admit::lookup(&self.router.load(), session.req_header_mut()) {
+    /// One routing pass: look the request up in `table` (the current one), count it in its
+    /// process's gauge, run the plugins (first pass only: a refused request never wakes an
+    /// instance), then admit it. Sets `ctx.target` and `ctx.strip` when routed.
+    async fn decide(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        woken: bool,
+        table: arc_swap::Guard<Arc<Table>>,
+    ) -> Decision {
+        let looked_up = admit::lookup(&table, session.req_header_mut());
+        // Not held across the plugins' awaits.
+        drop(table);
+        let target = match looked_up {
             Ok((target, strip)) => {
                 ctx.strip = strip;
                 &*ctx.target.insert(target)
@@ -129,13 +128,21 @@ impl TenProxy {
         admit::admit(target, content_length, !woken && self.waker.is_some())
     }
 
-    /// Route the request; Ok(true) when a response was already sent. Every answer the proxy
-    /// gives before going upstream is written here.
-    async fn route(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        // At most one wake per request: look up, wake an idle instance, look up again.
+    /// Route the request by `table` (loaded by `request_filter`); Ok(true) when a response was
+    /// already sent. Every answer the proxy gives before going upstream is written here.
+    async fn route(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        table: arc_swap::Guard<Arc<Table>>,
+    ) -> Result<bool> {
+        // At most one wake per request: look up, wake an idle instance, look up again (in the
+        // table current then).
         let mut woken = false;
+        let mut first = Some(table);
         let decision = loop {
-            match self.decide(session, ctx, woken).await {
+            let table = first.take().unwrap_or_else(|| self.router.load());
+            match self.decide(session, ctx, woken, table).await {
                 Decision::Wake(b) => {
                     woken = true;
                     if let Some(waker) = &self.waker {
@@ -204,7 +211,9 @@ impl ProxyHttp for TenProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Box<Ctx>) -> Result<bool> {
         let req = session.req_header();
         ctx.request_id = request_id(req);
-        ctx.peer = self.trusted.resolve(peer_ip(session), req);
+        // The one table load of this request: who may speak for the client, then the route.
+        let table = self.router.load();
+        ctx.peer = table.trusted().resolve(peer_ip(session), req);
         ctx.client_ip = ctx.peer.ip;
         if let Some(c) = &self.challenges {
             if let Some(token) = session
@@ -215,6 +224,7 @@ impl ProxyHttp for TenProxy {
             {
                 let plain = session.digest().is_none_or(|d| d.ssl_digest.is_none());
                 if plain {
+                    drop(table);
                     match c.answer(token) {
                         Some(key_auth) => {
                             // The key authorization exactly (no trailing newline).
@@ -234,7 +244,7 @@ impl ProxyHttp for TenProxy {
                 }
             }
         }
-        self.route(session, ctx).await
+        self.route(session, ctx, table).await
     }
 
     async fn request_body_filter(

@@ -18,6 +18,7 @@ use tenement_conf::{Addr, Route};
 
 use crate::metrics::InstanceMetrics;
 use crate::select::WeightedSet;
+use crate::trust::TrustedProxies;
 
 /// Live counters of one instance. They outlive table swaps: the composer hands the same `Arc`
 /// to every table it builds, so drains and idle checks see every request.
@@ -602,11 +603,20 @@ pub struct Table {
     /// Every pool by process name (for the API and retries).
     pools: HashMap<Box<str>, Arc<Pool>, FastState>,
     shape: Arc<Shape>,
+    /// `[settings] trusted_proxies`: in the table so that a reload changes it with the routes
+    /// and a request reads it from the table it routes by (no second load).
+    trusted: Arc<TrustedProxies>,
 }
 
 impl Table {
     pub fn domain(&self) -> &str {
         &self.domain
+    }
+
+    /// Who may say who the client is (`[settings] trusted_proxies`).
+    #[inline]
+    pub fn trusted(&self) -> &TrustedProxies {
+        &self.trusted
     }
 
     /// Route a normalised host (lower-case, no port) and a path (with its query): see
@@ -826,6 +836,7 @@ pub struct TableBuilder {
     /// Added one by one ([`TableBuilder::tenant`]), after `fleet`'s.
     tenants: Vec<(String, TenantTarget)>,
     fleet: Option<TenantTargets>,
+    trusted: Arc<TrustedProxies>,
 }
 
 impl TableBuilder {
@@ -837,6 +848,7 @@ impl TableBuilder {
             routes: Vec::new(),
             tenants: Vec::new(),
             fleet: None,
+            trusted: Arc::default(),
         }
     }
 
@@ -844,6 +856,12 @@ impl TableBuilder {
     pub fn tenants(&mut self, tenants: TenantTargets) -> &mut Self {
         self.fleet = Some(tenants);
         self.tenants.clear();
+        self
+    }
+
+    /// `[settings] trusted_proxies` (default: nobody).
+    pub fn trusted(&mut self, trusted: Arc<TrustedProxies>) -> &mut Self {
+        self.trusted = trusted;
         self
     }
 
@@ -950,6 +968,7 @@ impl TableBuilder {
             fleet,
             pools,
             shape,
+            trusted: self.trusted,
         }
     }
 }

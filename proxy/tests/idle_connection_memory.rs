@@ -16,7 +16,7 @@ use pingora_core::server::configuration::ServerConf;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::ResponseHeader;
 use pingora_proxy::{ProxyHttp, Session};
-use tenement_proxy::{Edge, EdgeLimits};
+use tenement_proxy::{Edge, EdgeLimits, LiveLimits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 thread_local! {
@@ -92,7 +92,7 @@ fn an_idle_connection_holds_no_request_state() {
             header_timeout: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(30),
         };
-        let edge = Arc::new(Edge::new(app, limits, None));
+        let edge = Arc::new(Edge::new(app, LiveLimits::new(limits), None));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -163,7 +163,7 @@ fn a_parked_connection_ends_at_http_cleanup() {
             header_timeout: Duration::from_secs(3600),
             keepalive_timeout: Duration::from_secs(3600),
         };
-        let edge = Arc::new(Edge::new(app.clone(), limits, None));
+        let edge = Arc::new(Edge::new(app.clone(), LiveLimits::new(limits), None));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let client = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -25,7 +25,7 @@ use tenement_proxy::metrics::Metrics;
 use tenement_proxy::plugins::Chain;
 use tenement_proxy::{
     Availability, Backend, InstanceStats, ProcessMetrics, ProcessOpts, Remote, Router, Table,
-    TableBuilder, TenantTarget, TenantTargets,
+    TableBuilder, TenantTarget, TenantTargets, TrustedProxies,
 };
 use tenement_supervisor::{Routed, RoutingView, State, Supervisor, TrafficProbe};
 
@@ -36,6 +36,8 @@ pub struct Compiled {
     opts: HashMap<String, Arc<ProcessOpts>>,
     /// `[routes]`, shared by every table (a build with the same shape reuses the host index).
     routes: Arc<[Route]>,
+    /// `[settings] trusted_proxies`, shared by every table.
+    trusted: Arc<TrustedProxies>,
 }
 
 impl Compiled {
@@ -80,10 +82,13 @@ impl Compiled {
             opts.insert(p.name.clone(), Arc::new(o));
         }
         let routes = config.routes.clone();
+        let trusted = TrustedProxies::new(&config.settings.trusted_proxies)
+            .map_err(|e| format!("settings.trusted_proxies: {e}"))?;
         Ok(Compiled {
             config,
             opts,
             routes,
+            trusted: Arc::new(trusted),
         })
     }
 }
@@ -318,6 +323,7 @@ pub fn build_table(
         b.tenants(f.clone());
     }
     b.routes(compiled.routes.clone());
+    b.trusted(compiled.trusted.clone());
     b.build_on(prev)
 }
 

@@ -6,9 +6,15 @@
 //! stale descriptor in a shared table. An upgrade (`ten upgrade`) hands each listening socket to
 //! the new `ten serve` ([`Listeners::handover`]), which serves on it ([`Listeners::adopt`]);
 //! the old one then only stops accepting ([`Listeners::stop_accepting`]) and drains.
+//!
+//! A reload changes the limits in place ([`Listeners::set_limits`]): `header_timeout` and
+//! `keepalive_timeout` for the connections accepted from then on, `max_connections` of every
+//! open listener at once (no listener is reopened). A changed `[settings.tls]` `http2` gets the
+//! TLS listener replaced on the same socket ([`Listeners::replace_tls`]).
 
 use std::net::TcpListener;
-use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -22,7 +28,7 @@ use pingora_proxy::HttpProxy;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use tenement_proxy::{ConnLimit, Edge, EdgeLimits, TenProxy};
+use tenement_proxy::{ConnLimit, Edge, EdgeLimits, LiveLimits, TenProxy};
 
 type App = Arc<HttpProxy<TenProxy>>;
 
@@ -55,8 +61,8 @@ struct Open {
 /// Every open proxy listener.
 pub struct Listeners {
     app: App,
-    limits: EdgeLimits,
-    max_connections: usize,
+    limits: Arc<LiveLimits>,
+    max_connections: AtomicUsize,
     open: parking_lot::Mutex<Vec<Open>>,
     /// A listener's service ended without being asked to (it panicked, or its accept loop
     /// failed): `ten serve` stops.
@@ -84,8 +90,8 @@ impl Listeners {
         let (failed, rx) = mpsc::unbounded_channel();
         let me = Listeners {
             app,
-            limits,
-            max_connections,
+            limits: LiveLimits::new(limits),
+            max_connections: AtomicUsize::new(max_connections),
             open: parking_lot::Mutex::new(Vec::new()),
             failed,
         };
@@ -97,8 +103,8 @@ impl Listeners {
         name: String,
         tls: bool,
     ) -> (Service<Edge<HttpProxy<TenProxy>>>, Arc<ConnLimit>) {
-        let limit = ConnLimit::new(self.max_connections, tls);
-        let edge = Edge::new(self.app.clone(), self.limits, Some(limit.clone()));
+        let limit = ConnLimit::new(self.max_connections.load(Ordering::Acquire), tls);
+        let edge = Edge::new(self.app.clone(), self.limits.clone(), Some(limit.clone()));
         let mut service = Service::new(name, edge);
         service.set_connection_filter(limit.clone());
         (service, limit)
@@ -215,6 +221,46 @@ impl Listeners {
             task,
             abort,
         });
+    }
+
+    /// A reload's limits: connections accepted from now on get `limits`; every listener (open
+    /// or opened later) allows `max_connections`.
+    pub fn set_limits(&self, limits: EdgeLimits, max_connections: usize) {
+        self.limits.set(limits);
+        self.max_connections
+            .store(max_connections, Ordering::Release);
+        for o in self.open.lock().iter() {
+            o.limit.set_max(max_connections);
+        }
+    }
+
+    /// Serve the TLS listener opened for `configured` with new `settings` (another `http2`)
+    /// on the same socket: a second service accepts on a duplicate of it, then the first one
+    /// stops accepting and its connections finish on their own. No moment without a listener.
+    pub async fn replace_tls(
+        &self,
+        configured: &str,
+        settings: TlsSettings,
+        pre_tls: Option<PreTlsCallback>,
+    ) -> Result<()> {
+        let (local, fd, old) = {
+            let mut all = self.open.lock();
+            let i = all
+                .iter()
+                .position(|o| o.configured == configured)
+                .with_context(|| format!("no listener {configured} is open"))?;
+            // SAFETY: the descriptor is open while its listener is in the list (the lock is
+            // held) and its service has not been told to stop.
+            let fd = unsafe { BorrowedFd::borrow_raw(all[i].fd) }
+                .try_clone_to_owned()
+                .with_context(|| format!("cannot duplicate the socket of {configured}"))?;
+            let old = all.remove(i);
+            (old.local.clone(), fd, old)
+        };
+        self.adopt(configured, &local, fd, Some((settings, pre_tls)));
+        old.stop.send_replace(true);
+        let _ = old.task.await;
+        Ok(())
     }
 
     /// Stop accepting on the listener opened for `configured` and wait until its accept loop

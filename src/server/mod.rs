@@ -2,6 +2,7 @@
 //! the audit log, the management API, the proxy listeners, reload, upgrade and systemd notification.
 
 pub mod acme;
+pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod compose;

@@ -5,7 +5,6 @@
 //! drains and exits 0 without stopping any instance. Started as that new process
 //! (`--takeover-fd`), it serves on the handed sockets and adopts the handed instances.
 
-use std::net::TcpListener;
 use std::os::fd::{IntoRawFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -27,11 +26,12 @@ use tenement_conf::{AccessLog as AccessLogConf, Config};
 use tenement_fleet::{Fleet, FleetStore};
 use tenement_proxy::access::{self, AccessLog};
 use tenement_proxy::tls::{Certs, Challenges, SniHook};
-use tenement_proxy::{h2_server_options, EdgeLimits, ManagementApp, TenProxy, TrustedProxies};
+use tenement_proxy::{h2_server_options, EdgeLimits, ManagementApp, TenProxy};
 use tenement_supervisor::logs::{LogOptions, LogStore};
 use tenement_supervisor::{StateStore, Supervisor};
 
 use crate::server::acme::{Acme, HANDSHAKE_WAIT};
+use crate::server::admin::AdminListener;
 use crate::server::api::{register_process_collector, Api, Auth};
 use crate::server::audit::Audit;
 use crate::server::compose::{Publisher, Wake};
@@ -42,15 +42,32 @@ use crate::server::upgrade::takeover::Takeover;
 use crate::server::upgrade::Upgrader;
 use tenement_proxy::metrics::Metrics;
 
-/// Bind `addr` now (port 0 gets a real port) and hand the socket to Pingora's listener table
-/// under its actual address, which is the address to give Pingora: it adopts the socket
-/// instead of binding again. (Keyed by the bound address, two `:0` listeners stay distinct.)
-fn prebind(fds: &ListenFds, addr: &str) -> Result<String> {
-    let l = TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
-    l.set_nonblocking(true)?;
-    let local = l.local_addr()?.to_string();
-    fds.lock().add(local.clone(), l.into_raw_fd());
-    Ok(local)
+/// Makes the TLS listener's settings from `[settings.tls]` (see [`tls_settings`]).
+pub type TlsMaker =
+    Arc<dyn Fn(&tenement_conf::Tls) -> Result<(TlsSettings, Option<PreTlsCallback>)> + Send + Sync>;
+
+/// The TLS listener's settings: certificates by SNI (one ArcSwap'd set: exact name, wildcard,
+/// default), h2 + http/1.1 by ALPN unless `http2 = false`, and with ACME a hook run before
+/// each handshake (the SNI name, and an order when ten routes it and no certificate covers
+/// it; waits at most HANDSHAKE_WAIT).
+fn tls_settings(
+    tls: &tenement_conf::Tls,
+    certs: &Arc<Certs>,
+    acme: Option<&Arc<Acme>>,
+) -> Result<(TlsSettings, Option<PreTlsCallback>)> {
+    let mut settings = TlsSettings::intermediate("", "")
+        .map_err(|e| anyhow::anyhow!("cannot set up TLS on {}: {e}", tls.listen))?;
+    settings.set_cert_resolver(certs.resolver());
+    if tls.http2 {
+        settings.enable_h2();
+    } else {
+        settings.set_alpn(ALPN::H1);
+    }
+    let hook = acme.map(|acme| {
+        let hook: PreTlsCallback = SniHook::new(certs.clone(), acme.clone(), HANDSHAKE_WAIT);
+        hook
+    });
+    Ok((settings, hook))
 }
 
 /// Bind the control socket (mode 0600). A live socket means another `ten serve` owns this data
@@ -226,9 +243,6 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
         f.resolve_pending(Duration::from_secs(5)).await;
         publisher.settle_fleet(f.view().generation).await;
     }
-    // Checked by the config parser; an error here would be a bug, said plainly.
-    let trusted = TrustedProxies::new(&s.trusted_proxies)
-        .map_err(|e| anyhow::anyhow!("config error at settings.trusted_proxies: {e}"))?;
     let access = match &s.access_log {
         AccessLogConf::Off => None,
         conf => {
@@ -255,7 +269,6 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
         _ => None,
     };
     let proxy = TenProxy::new(publisher.router(), api.clone(), Some(waker))
-        .with_trusted_proxies(trusted)
         .with_access_log(access.clone())
         .with_challenges(acme.as_ref().map(|a| a.challenges()));
     let traffic = proxy.traffic();
@@ -288,26 +301,16 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
         };
         announced.push(format!("http://{local}"));
     }
-    if let Some(tls) = &s.tls {
-        let certs = certs
-            .clone()
-            .context("the certificate set is loaded with [settings.tls]")?;
-        // Certificates by SNI (one ArcSwap'd set: exact name, wildcard, default), h2 + http/1.1
-        // by ALPN unless `http2 = false`.
-        let mut settings = TlsSettings::intermediate("", "")
-            .map_err(|e| anyhow::anyhow!("cannot set up TLS on {}: {e}", tls.listen))?;
-        settings.set_cert_resolver(certs.resolver());
-        if tls.http2 {
-            settings.enable_h2();
-        } else {
-            settings.set_alpn(ALPN::H1);
-        }
-        // With ACME, before each handshake: the SNI name, and an order when ten routes it and
-        // no certificate covers it (waits at most HANDSHAKE_WAIT).
-        let hook = acme.as_ref().map(|acme| {
-            let hook: PreTlsCallback = SniHook::new(certs.clone(), acme.clone(), HANDSHAKE_WAIT);
-            hook
-        });
+    // The TLS listener's settings, made from `[settings.tls]` at start and by a reload that
+    // moves the listener or changes `http2`.
+    let tls_maker: Option<TlsMaker> = certs.clone().map(|certs| {
+        let acme = acme.clone();
+        let maker: TlsMaker =
+            Arc::new(move |tls: &tenement_conf::Tls| tls_settings(tls, &certs, acme.as_ref()));
+        maker
+    });
+    if let (Some(tls), Some(make)) = (&s.tls, &tls_maker) {
+        let (settings, hook) = make(tls)?;
         let configured = format!("tls {}", tls.listen);
         let local = match takeover
             .as_mut()
@@ -321,6 +324,19 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
         };
         announced.push(format!("https://{local}"));
     }
+    let mut control = ManagementApp::control(api.clone()).into_service("ten-control");
+    control.add_uds(&sock_key, Some(std::fs::Permissions::from_mode(0o600)));
+    let admin = AdminListener::new(api.clone(), s.admin_loopback_trusted);
+    if let Some(addr) = &s.admin_listen {
+        let local = match takeover.as_mut().and_then(|t| t.admin.take()) {
+            Some((local, fd)) => {
+                admin.adopt(&local, fd);
+                local
+            }
+            None => admin.open(addr)?,
+        };
+        announced.push(format!("admin http://{local}"));
+    }
     let reloader = Arc::new(
         Reloader::new(
             source.clone(),
@@ -330,38 +346,15 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
             notifier.clone(),
             certs.clone(),
         )
-        .with_access_log(access.clone()),
+        .with_access_log(access.clone())
+        .with_edge(admin.clone(), tls_maker),
     );
     let _ = api.reloader.set(reloader);
-
-    let mut control = ManagementApp::control(api.clone()).into_service("ten-control");
-    control.add_uds(&sock_key, Some(std::fs::Permissions::from_mode(0o600)));
-    let mut admin = None;
-    let mut admin_local = None;
-    if let Some(addr) = &s.admin_listen {
-        let local = match takeover.as_mut().and_then(|t| t.admin.take()) {
-            Some((local, fd)) => {
-                fds.lock().add(local.clone(), fd.into_raw_fd());
-                local
-            }
-            None => prebind(&fds, addr)?,
-        };
-        admin_local = Some(local.clone());
-        let mut svc =
-            ManagementApp::admin(api.clone(), s.admin_loopback_trusted).into_service("ten-admin");
-        svc.add_tcp(&local);
-        announced.push(format!("admin http://{local}"));
-        admin = Some(svc);
-    }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     {
         let (fds, rx) = (fds.clone(), shutdown_rx.clone());
         tokio::spawn(async move { control.start_service(Some(fds), rx, 1).await });
-    }
-    if let Some(mut admin) = admin {
-        let (fds, rx) = (fds.clone(), shutdown_rx.clone());
-        tokio::spawn(async move { admin.start_service(Some(fds), rx, 1).await });
     }
     if let Some(acme) = &acme {
         tokio::spawn(acme.clone().renew_loop());
@@ -397,7 +390,7 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
         listeners: listeners.clone(),
         fds: fds.clone(),
         control_key: sock_key.clone(),
-        admin_local,
+        admin: admin.clone(),
         lock: held.fd().map(|f| f.try_clone_to_owned()).transpose()?,
         notifier: notifier.clone(),
         done: upgraded_tx,
@@ -446,6 +439,7 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
     if let Some(pid) = upgraded {
         // ten.lock stays locked for the new process (the same open file).
         held.set_shared(true);
+        admin.stop_accepting();
         return drain_after_upgrade(
             pid,
             s,
@@ -462,6 +456,7 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
     // Stop accepting, end open log streams, let in-flight requests finish, then stop the
     // instances.
     let _ = shutdown_tx.send(true);
+    admin.stop_accepting();
     listeners.close_all().await;
     traffic.close();
     let _ = fleet_stop_tx.send(true);

@@ -120,6 +120,7 @@ fn dashboard_in_headless_chromium() {
             admin: format!("http://{admin}"),
             token: &token,
             proxy: ten.addr,
+            config: ten.dir.path().join("tenement.toml"),
         };
         let result = match tokio::time::timeout(Duration::from_secs(150), run.all(&mut page)).await
         {
@@ -147,7 +148,7 @@ fn dashboard_in_headless_chromium() {
     if let Err(e) = result {
         panic!("{e}\n{report}");
     }
-    assert!(checks.len() >= 17, "{report}");
+    assert!(checks.len() >= 20, "{report}");
     for page in [
         "token-rejected",
         "overview",
@@ -155,6 +156,8 @@ fn dashboard_in_headless_chromium() {
         "instances-confirm",
         "logs",
         "deploys",
+        "reload-refused",
+        "reload",
         "fleet",
         "overview-after",
     ] {
@@ -175,6 +178,8 @@ struct Run<'a> {
     token: &'a str,
     /// The proxy listener (requests with `Host: *.{DOMAIN}`).
     proxy: SocketAddr,
+    /// The config file `ten serve` was started with (the reload button re-reads it).
+    config: PathBuf,
 }
 
 /// An instance row of the Instances page: state, uptime (s), restarts.
@@ -196,10 +201,14 @@ async fn instance_row(page: &Page, name: &str) -> Outcome<(String, f64, f64)> {
     ))
 }
 
-/// Failed loads the page makes on purpose: the wrong token's 401, and the fleet routes' 404 or
-/// 409 while fleet routing is off (the Fleet page shows that message). Anything else fails.
+/// Failed loads the page makes on purpose: the wrong token's 401, the refused reload's 400, and
+/// the fleet routes' 404 or 409 while fleet routing is off (the Fleet page shows that message).
+/// Anything else fails.
 fn expected(c: &Console) -> bool {
     (c.phase == "wrong-token" && c.text.contains("status of 401"))
+        || (c.phase == "reload"
+            && c.text.contains("/api/reload")
+            && c.text.contains("status of 400"))
         || (c.phase == "fleet"
             && (c.text.contains("status of 404") || c.text.contains("status of 409"))
             && (c.text.contains("/api/servers") || c.text.contains("/api/tenants")))
@@ -229,6 +238,7 @@ impl Run<'_> {
         self.instances(page).await?;
         self.logs(page).await?;
         self.deploys(page).await?;
+        self.reload(page).await?;
         self.fleet(page).await?;
         self.finally(page).await
     }
@@ -524,6 +534,53 @@ impl Run<'_> {
             .await;
         page.check("the deploy is in the history", listed.is_ok(), "")?;
         page.shot("deploys").await
+    }
+
+    /// Click "Reload config" and wait for its result line.
+    async fn reload_click(&self, page: &mut Page) -> Outcome<String> {
+        page.click("#reload-form button[type=\"submit\"]").await?;
+        page.wait(
+            "return /^(reloaded|failed)/.test(document.querySelector('#reload-form .result').textContent);",
+            vec![],
+            Duration::from_secs(30),
+        )
+        .await?;
+        page.text("#reload-form .result").await
+    }
+
+    /// The reload button (issue 20): an invalid file shows every error and changes nothing; a
+    /// valid one shows its change lines and is live.
+    async fn reload(&self, page: &mut Page) -> Outcome {
+        page.phase("reload").await?;
+        let original = std::fs::read_to_string(&self.config).map_err(|e| e.to_string())?;
+        let invalid = original.replace(
+            "[settings]\n",
+            "[settings]\nbogus_key = 1\nmax_body = \"lots\"\n",
+        );
+        std::fs::write(&self.config, invalid).map_err(|e| e.to_string())?;
+        let refused = self.reload_click(page).await?;
+        let lines = page.text("#reload-form .reload-lines").await?;
+        page.check(
+            "an invalid config is refused with every error",
+            refused.starts_with("failed: refused, nothing changed: 2 error(s)")
+                && lines.contains("bogus_key")
+                && lines.contains("max_body"),
+            &format!("{refused} / {lines}"),
+        )?;
+        page.shot("reload-refused").await?;
+        let routed = format!("{original}\n[routes]\n\"reload.test\" = \"web\"\n");
+        std::fs::write(&self.config, routed).map_err(|e| e.to_string())?;
+        let applied = self.reload_click(page).await?;
+        let lines = page.text("#reload-form .reload-lines").await?;
+        page.check(
+            "a valid config is applied and its changes listed",
+            applied == "reloaded: 1 change(s) applied"
+                && lines.contains("route + reload.test -> web"),
+            &format!("{applied} / {lines}"),
+        )?;
+        let r = self.proxy_get("reload.test", "/");
+        page.check("the reloaded route answers", r.status == 200, &r.text())?;
+        page.shot("reload").await
     }
 
     /// Fleet: servers and tenants, or the message that fleet routing is off.

@@ -7,6 +7,9 @@ use crate::deploy::{assert_no_loss, Load};
 use crate::supervision::{cli, instance, ps, wait_instance};
 use crate::util::{alive, app_bin, free_port, request, signal, Builder, Ten, DOMAIN};
 
+/// The `[settings]` limits and listeners a reload applies live (issue 20).
+mod settings;
+
 /// The config text as `Builder` writes it, with other `[settings]` lines and body.
 fn text(ten: &Ten, settings: &str, body: &str) -> String {
     let dir = ten.dir.path().display().to_string();

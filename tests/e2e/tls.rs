@@ -10,7 +10,7 @@ use crate::util::{Builder, DOMAIN};
 
 /// A self-signed certificate for `names`, written as `{tag}.pem` / `{tag}.key` in `dir`;
 /// returns its PEM.
-fn self_signed(dir: &std::path::Path, tag: &str, names: &[&str]) -> String {
+pub(crate) fn self_signed(dir: &std::path::Path, tag: &str, names: &[&str]) -> String {
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     let cert = rcgen::generate_simple_self_signed(names).expect("cert");
     std::fs::write(dir.join(format!("{tag}.pem")), cert.cert.pem()).expect("write cert");
@@ -43,7 +43,7 @@ fn client(pem: &str, host: &str, addr: SocketAddr) -> reqwest::blocking::Client 
 
 /// A rustls client connection to `addr` for `sni`, trusting every cert in `roots`, offering
 /// `alpn`; the handshake is completed.
-fn tls_connect(
+pub(crate) fn tls_connect(
     addr: SocketAddr,
     sni: &str,
     roots: &[&str],

@@ -524,6 +524,14 @@ fn the_dashboard_shows_a_scoped_token_only_its_part() {
             }
             let events = page.visible("#ov-events-card").await?;
             page.check("no events of ten itself", !events, "")?;
+            // Not even by the page's address (the Deploys page holds it).
+            page.c
+                .goto(&format!("{admin}#/deploys"))
+                .await
+                .map_err(|e| format!("goto: {e}"))?;
+            page.wait_for("#page-overview:not([hidden])").await?;
+            let reload = page.visible("#reload-form").await?;
+            page.check("no Reload config action", !reload, "")?;
             page.phase("instances").await?;
             page.click("#nav a[data-page=\"instances\"]").await?;
             page.wait(

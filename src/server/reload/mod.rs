@@ -3,13 +3,18 @@
 //! again, [`Source`]), validates it as `ten config check` does (invalid: every error, nothing
 //! changes), computes the [`plan`] against the running config and applies it:
 //!
-//! 1. new `listen` addresses bound (a bind failure changes nothing);
+//! 1. new `listen` addresses, a new TLS `listen` and a new `admin_listen` bound (a bind failure
+//!    changes nothing);
 //! 2. new processes' instances, new `[instances]` and new external upstreams started;
 //! 3. processes whose spawn definition changed replaced one instance at a time, health-gated
 //!    like a deploy ([`Reloader::replace`]); one that never gets healthy is stopped, the old
 //!    instance keeps serving and that process keeps its old definition;
-//! 4. the next routing table built from the new config (routes, domain, plugins, timeouts);
-//! 5. removed processes drained and stopped, removed listeners closed;
+//! 4. the next routing table built from the new config (routes, domain, plugins, timeouts,
+//!    `trusted_proxies`); the client connection limits (`header_timeout`, `keepalive_timeout`
+//!    for new connections, `max_connections` of every listener at once); a changed `http2`
+//!    gets the TLS listener replaced on its socket;
+//! 5. removed processes drained and stopped, removed listeners (a moved TLS listener's old
+//!    address included) closed;
 //! 6. the new config becomes the running one (the supervisor's: the one place it lives).
 //!
 //! Reloads are serialised: a second one waits for the first to finish, then compares against
@@ -29,9 +34,11 @@ use serde::Serialize;
 use tenement_conf::{Config, InstanceName};
 use tenement_supervisor::{Kind, Supervisor};
 
+use crate::server::admin::AdminListener;
 use crate::server::compose::Publisher;
 use crate::server::listeners::Listeners;
 use crate::server::notify::Notifier;
+use crate::server::serve::TlsMaker;
 pub use plan::Plan;
 pub use source::Source;
 use tenement_proxy::access::{AccessLog, Target};
@@ -63,6 +70,10 @@ pub struct Reloader {
     certs: Option<Arc<tenement_proxy::tls::Certs>>,
     /// The access log (None when off at start), reopened by every reload.
     access: Option<Arc<AccessLog>>,
+    /// The admin listener (`admin_listen`), bound and closed by reloads.
+    admin: Option<Arc<AdminListener>>,
+    /// Makes the TLS listener's settings (None without `[settings.tls]` at start).
+    tls: Option<TlsMaker>,
     serial: tokio::sync::Mutex<()>,
 }
 
@@ -83,6 +94,8 @@ impl Reloader {
             notifier,
             certs,
             access: None,
+            admin: None,
+            tls: None,
             serial: tokio::sync::Mutex::new(()),
         }
     }
@@ -90,6 +103,13 @@ impl Reloader {
     /// The access log each reload reopens (or switches to a changed `access_log`).
     pub fn with_access_log(mut self, access: Option<Arc<AccessLog>>) -> Self {
         self.access = access;
+        self
+    }
+
+    /// The admin listener and the TLS listener's settings, which reloads change.
+    pub fn with_edge(mut self, admin: Arc<AdminListener>, tls: Option<TlsMaker>) -> Self {
+        self.admin = Some(admin);
+        self.tls = tls;
         self
     }
 
@@ -184,29 +204,13 @@ impl Reloader {
         let mut errors = Vec::new();
 
         // 1. New listeners first: one that cannot be bound changes nothing.
-        let mut opened = Vec::new();
-        for a in &plan.listen_added {
-            match self.listeners.open_http(a) {
-                Ok(local) => {
-                    let line = format!("listen + {a}");
-                    if let Some(l) = changes.iter_mut().find(|l| **l == line) {
-                        *l = format!("listen + {a} (listening on http://{local})");
-                    }
-                    println!("ten: listening on http://{local}");
-                    opened.push(a.clone());
-                }
-                Err(e) => {
-                    for a in &opened {
-                        self.listeners.close(a).await;
-                    }
-                    return Outcome {
-                        changes: plan.lines,
-                        errors: vec![format!("{e:#}")],
-                        dry_run: false,
-                        refused: true,
-                    };
-                }
-            }
+        if let Err(e) = self.bind_new(&plan, &new, &mut changes).await {
+            return Outcome {
+                changes: plan.lines,
+                errors: vec![format!("{e:#}")],
+                dry_run: false,
+                refused: true,
+            };
         }
 
         // 2. The supervisor learns the new processes; removed ones stay known until stopped.
@@ -270,6 +274,30 @@ impl Reloader {
             errors.push(format!("routing table: {e}"));
         }
 
+        // The client connection limits; a new http2 on the TLS listener's socket.
+        if plan.limits {
+            let st = &applied.settings;
+            let limits = tenement_proxy::EdgeLimits {
+                header_timeout: st.header_timeout,
+                keepalive_timeout: st.keepalive_timeout,
+            };
+            let max = usize::try_from(st.max_connections).unwrap_or(usize::MAX);
+            self.listeners.set_limits(limits, max);
+        }
+        if let (true, Some(tls), Some(make)) = (plan.tls_http2, &applied.settings.tls, &self.tls) {
+            let replaced = match make(tls) {
+                Ok((settings, hook)) => {
+                    self.listeners
+                        .replace_tls(&format!("tls {}", tls.listen), settings, hook)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = replaced {
+                errors.push(format!("settings.tls.http2: {e:#}"));
+            }
+        }
+
         // 5. Removed processes and listeners.
         for name in &plan.removed {
             for i in self.instances_of(name, Kind::Spawned) {
@@ -286,6 +314,16 @@ impl Reloader {
                 tracing::info!("reload: stopped listening on {local}");
             }
         }
+        if let Some((old_tls, _)) = &plan.tls_listen {
+            if let Some(local) = self.listeners.close(&format!("tls {old_tls}")).await {
+                tracing::info!("reload: stopped listening on {local} (TLS)");
+            }
+        }
+        if let (Some((Some(_), None)), Some(admin)) = (&plan.admin, &self.admin) {
+            if let Some(local) = admin.close().await {
+                tracing::info!("reload: the admin listener on {local} closed");
+            }
+        }
 
         // 6. What runs now.
         self.supervisor.set_config(applied);
@@ -295,6 +333,84 @@ impl Reloader {
             dry_run: false,
             refused: false,
         }
+    }
+
+    /// Bind what the plan adds: `listen` addresses, the TLS listener's new address, the new
+    /// `admin_listen` (the old admin listener stops accepting then). On an error, what was
+    /// bound here is closed again and nothing else has changed. Each line of `changes` about
+    /// them gets the bound address.
+    async fn bind_new(
+        &self,
+        plan: &Plan,
+        new: &Config,
+        changes: &mut [String],
+    ) -> anyhow::Result<()> {
+        let mut opened = Vec::new();
+        let undo = |opened: Vec<String>| async move {
+            for a in &opened {
+                self.listeners.close(a).await;
+            }
+        };
+        for a in &plan.listen_added {
+            match self.listeners.open_http(a) {
+                Ok(local) => {
+                    let line = format!("listen + {a}");
+                    if let Some(l) = changes.iter_mut().find(|l| **l == line) {
+                        *l = format!("listen + {a} (listening on http://{local})");
+                    }
+                    println!("ten: listening on http://{local}");
+                    opened.push(a.clone());
+                }
+                Err(e) => {
+                    undo(opened).await;
+                    return Err(e);
+                }
+            }
+        }
+        if let (Some((_, Some(to))), Some(tls)) = (&plan.tls_listen, &new.settings.tls) {
+            let make = self
+                .tls
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("no TLS listener was set up at start"));
+            let opened_tls = make.and_then(|make| {
+                let (settings, hook) = make(tls)?;
+                self.listeners.open_tls(to, settings, hook)
+            });
+            match opened_tls {
+                Ok(local) => {
+                    if let Some(l) = changes
+                        .iter_mut()
+                        .find(|l| l.starts_with("setting ~ tls.listen"))
+                    {
+                        l.push_str(&format!(": listening on https://{local}"));
+                    }
+                    println!("ten: listening on https://{local}");
+                    opened.push(format!("tls {to}"));
+                }
+                Err(e) => {
+                    undo(opened).await;
+                    return Err(e.context("settings.tls.listen"));
+                }
+            }
+        }
+        if let (Some((_, Some(to))), Some(admin)) = (&plan.admin, &self.admin) {
+            match admin.open(to) {
+                Ok(local) => {
+                    if let Some(l) = changes
+                        .iter_mut()
+                        .find(|l| l.starts_with("setting ~ admin_listen"))
+                    {
+                        *l = format!("setting ~ admin_listen: listening on http://{local}");
+                    }
+                    println!("ten: admin listening on http://{local}");
+                }
+                Err(e) => {
+                    undo(opened).await;
+                    return Err(e.context("settings.admin_listen"));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The instances of `process` of `kind` now (replacement copies left out).

@@ -21,8 +21,8 @@ pub struct Plan {
     pub lines: Vec<String>,
     /// Keys that cannot change at runtime: the reload is refused (nothing changes).
     pub refused: Vec<String>,
-    /// Keys that apply at the next start of `ten serve` (the reload goes on).
-    pub later: Vec<String>,
+    /// Keys that apply at the next start of `ten serve` (the reload goes on), each with why.
+    pub later: Vec<(String, &'static str)>,
     /// New processes to start: spawned ones get their `[instances]`, external ones their
     /// upstreams.
     pub added: Vec<String>,
@@ -36,6 +36,15 @@ pub struct Plan {
     pub spawn: Vec<InstanceName>,
     pub listen_added: Vec<String>,
     pub listen_removed: Vec<String>,
+    /// `header_timeout`, `keepalive_timeout` or `max_connections` changed: the listeners get
+    /// the new limits.
+    pub limits: bool,
+    /// `admin_listen` changed: (running, new).
+    pub admin: Option<(Option<String>, Option<String>)>,
+    /// The TLS listener's address changed (or `[settings.tls]` was removed): (running, new).
+    pub tls_listen: Option<(String, Option<String>)>,
+    /// Only `[settings.tls] http2` changed: the TLS listener is replaced on its socket.
+    pub tls_http2: bool,
     /// Something the routing table reads changed (routes, domain, a process's table keys, a
     /// process added or removed).
     pub table: bool,
@@ -117,7 +126,7 @@ fn settings(old: &Settings, new: &Settings, plan: &mut Plan) {
                     Some(line) => plan
                         .lines
                         .push(format!("setting ~ {}: {line}", stringify!($k))),
-                    None => plan.later.push(stringify!($k).to_string()),
+                    None => plan.later.push((stringify!($k).to_string(), READ_ONCE)),
                 }
             }
         };
@@ -156,17 +165,55 @@ fn settings(old: &Settings, new: &Settings, plan: &mut Plan) {
     key!(storage_quota_mb, Some("the processes' default (see below)"));
     key!(storage_persist, Some("the processes' default (see below)"));
     key!(user, Some("the processes' default (see below)"));
-    // Read once at start (listeners, the log store, the API's listeners).
-    key!(admin_listen, None::<&str>);
+    // The admin listener: bound (a bind failure refuses the reload) or closed.
+    if probe.admin_listen != new.admin_listen {
+        let line = match (&probe.admin_listen, &new.admin_listen) {
+            (_, Some(a)) => format!("setting ~ admin_listen: listening on {a}"),
+            (Some(a), None) => format!("setting ~ admin_listen: {a} closed"),
+            (None, None) => String::new(),
+        };
+        plan.lines.push(line);
+        plan.admin = Some((probe.admin_listen.clone(), new.admin_listen.clone()));
+        probe.admin_listen = new.admin_listen.clone();
+    }
     // [settings.tls]: the certificate files apply at once (the set is rebuilt on every
-    // reload, so certificates renewed in place are picked up too); the listener and http2 are
-    // read once.
+    // reload, so certificates renewed in place are picked up too); a new `listen` is bound
+    // (the old one closed after the table swap), a new `http2` replaces the listener on its
+    // socket. Turning TLS on needs the certificate set and ACME, made at start only.
     if probe.tls != new.tls {
-        if tls_files_apply(&probe, new) {
-            plan.lines
-                .push("setting ~ tls: certificates (cert, key, certs) reloaded".into());
-        } else {
-            plan.later.push("tls".into());
+        match (&probe.tls, &new.tls) {
+            (Some(o), Some(n)) => {
+                if o.default != n.default || o.certs != n.certs {
+                    plan.lines
+                        .push("setting ~ tls: certificates (cert, key, certs) reloaded".into());
+                }
+                if o.listen != n.listen {
+                    plan.lines.push(format!(
+                        "setting ~ tls.listen: {} -> {} (the old one stops accepting, open connections drain)",
+                        o.listen, n.listen
+                    ));
+                    plan.tls_listen = Some((o.listen.clone(), Some(n.listen.clone())));
+                } else if o.http2 != n.http2 {
+                    plan.tls_http2 = true;
+                }
+                if o.http2 != n.http2 {
+                    plan.lines.push(format!(
+                        "setting ~ tls.http2: {} for new connections",
+                        if n.http2 { "on" } else { "off" }
+                    ));
+                }
+            }
+            (Some(o), None) => {
+                plan.lines.push(format!(
+                    "setting ~ tls: removed, {} stops accepting, open connections drain",
+                    o.listen
+                ));
+                plan.tls_listen = Some((o.listen.clone(), None));
+            }
+            (None, _) => plan.later.push((
+                "tls".into(),
+                "the certificate set and ACME are set up when ten serve starts",
+            )),
         }
         probe.tls = new.tls.clone();
     }
@@ -179,7 +226,10 @@ fn settings(old: &Settings, new: &Settings, plan: &mut Plan) {
                 access_log_name(&new.access_log)
             ));
         } else {
-            plan.later.push("access_log".into());
+            plan.later.push((
+                "access_log".into(),
+                "the access log writer exists only if it was on at start",
+            ));
         }
         probe.access_log = new.access_log.clone();
     }
@@ -189,23 +239,42 @@ fn settings(old: &Settings, new: &Settings, plan: &mut Plan) {
     key!(log_max_rows, None::<&str>);
     key!(log_max_line, None::<&str>);
     key!(log_max_bytes, None::<&str>);
-    key!(header_timeout, None::<&str>);
-    key!(keepalive_timeout, None::<&str>);
-    key!(max_connections, None::<&str>);
-    key!(trusted_proxies, None::<&str>);
+    // The limits of client connections: new connections get them; open ones keep theirs.
+    if probe.header_timeout != new.header_timeout
+        || probe.keepalive_timeout != new.keepalive_timeout
+        || probe.max_connections != new.max_connections
+    {
+        plan.limits = true;
+    }
+    key!(
+        header_timeout,
+        Some("applies to connections accepted from now on")
+    );
+    key!(
+        keepalive_timeout,
+        Some("applies to connections accepted from now on")
+    );
+    key!(
+        max_connections,
+        Some("every listener, at once (no open connection is cut)")
+    );
+    if probe.trusted_proxies != new.trusted_proxies {
+        plan.table = true;
+    }
+    key!(trusted_proxies, Some("applies in the next table"));
     if probe != *new {
         // A setting added after this list was written: safe side, applied at the next start.
-        plan.later.push("settings (other keys)".into());
+        plan.later.push(("settings (other keys)".into(), READ_ONCE));
     }
 }
 
+/// Why most `later` keys wait for the next start.
+const READ_ONCE: &str = "read once when ten serve starts";
+
 /// Whether a reload from `old` to `new` may rebuild the certificate set from `new`'s files:
-/// both have `[settings.tls]` with the same listener and `http2` (read once at start).
+/// both have `[settings.tls]` (the set exists only if TLS was on at start).
 pub fn tls_files_apply(old: &Settings, new: &Settings) -> bool {
-    match (&old.tls, &new.tls) {
-        (Some(o), Some(n)) => o.listen == n.listen && o.http2 == n.http2,
-        _ => false,
-    }
+    matches!((&old.tls, &new.tls), (Some(_), Some(_)))
 }
 
 /// Whether a reload from `old` to `new` switches the access log to `new`'s target: it was on
@@ -228,14 +297,9 @@ fn access_log_name(a: &tenement_conf::AccessLog) -> String {
 /// again. (A settings key this list does not name is taken from the file.)
 pub fn keep_read_once(old: &Config, new: &mut Config) {
     let (o, n) = (&old.settings, &mut new.settings);
-    n.admin_listen = o.admin_listen.clone();
-    match (&o.tls, &mut n.tls) {
-        // The certificate files come from the file (see `settings`).
-        (Some(ot), Some(nt)) => {
-            nt.listen = ot.listen.clone();
-            nt.http2 = ot.http2;
-        }
-        (ot, nt) => *nt = ot.clone(),
+    // `[settings.tls]` changed or removed applies (see `settings`); added, it is read once.
+    if o.tls.is_none() {
+        n.tls = None;
     }
     n.acme = o.acme.clone();
     if !access_log_applies(o, n) {
@@ -247,10 +311,6 @@ pub fn keep_read_once(old: &Config, new: &mut Config) {
     n.log_max_rows = o.log_max_rows;
     n.log_max_line = o.log_max_line;
     n.log_max_bytes = o.log_max_bytes;
-    n.header_timeout = o.header_timeout;
-    n.keepalive_timeout = o.keepalive_timeout;
-    n.max_connections = o.max_connections;
-    n.trusted_proxies = o.trusted_proxies.clone();
     new.fleet = old.fleet.clone();
 }
 
@@ -260,7 +320,10 @@ pub fn plan(old: &Config, new: &Config, running: &[InstanceName]) -> Plan {
     let mut plan = Plan::default();
     settings(&old.settings, &new.settings, &mut plan);
     if old.fleet != new.fleet {
-        plan.later.push("fleet".into());
+        plan.later.push((
+            "fleet".into(),
+            "the fleet's store and loops are set up when ten serve starts",
+        ));
     }
 
     // Listen addresses (as written).
@@ -380,9 +443,9 @@ pub fn plan(old: &Config, new: &Config, running: &[InstanceName]) -> Plan {
     {
         plan.table = true;
     }
-    for k in &plan.later {
+    for (k, why) in &plan.later {
         plan.lines.push(format!(
-            "setting ~ {k}: applies at the next start of ten serve"
+            "setting ~ {k}: applies at the next start of ten serve ({why})"
         ));
     }
     plan
@@ -515,25 +578,119 @@ mod tests {
         assert_eq!(p.replaced, ["web", "api"]);
     }
 
+    fn later(p: &Plan) -> Vec<&str> {
+        p.later.iter().map(|(k, _)| k.as_str()).collect()
+    }
+
     #[test]
     fn data_dir_is_refused_by_name_and_read_once_keys_apply_later() {
         let old = config(BASE);
         let new = config(&BASE.replace(
             "[settings]\n",
-            "[settings]\ndata_dir = \"/elsewhere\"\nheader_timeout = \"3s\"\n",
+            "[settings]\ndata_dir = \"/elsewhere\"\nlog_max_rows = 5000\n",
         ));
         let p = plan(&old, &new, &[]);
         assert_eq!(p.refused.len(), 1);
         assert!(p.refused[0].starts_with("data_dir cannot change"), "{p:?}");
-        assert_eq!(p.later, ["header_timeout"]);
-        assert!(p
-            .lines
-            .contains(&"setting ~ header_timeout: applies at the next start of ten serve".into()));
+        assert_eq!(later(&p), ["log_max_rows"]);
+        assert!(p.lines.contains(
+            &"setting ~ log_max_rows: applies at the next start of ten serve \
+              (read once when ten serve starts)"
+                .into()
+        ));
         // What runs keeps the old value: the same file reports it again.
         let mut applied = new.clone();
         keep_read_once(&old, &mut applied);
-        assert_eq!(applied.settings.header_timeout, old.settings.header_timeout);
-        assert_eq!(plan(&applied, &new, &[]).later, ["header_timeout"]);
+        assert_eq!(applied.settings.log_max_rows, old.settings.log_max_rows);
+        assert_eq!(later(&plan(&applied, &new, &[])), ["log_max_rows"]);
+    }
+
+    /// Issue 20: the client connection limits and trusted_proxies apply live, by name.
+    #[test]
+    fn connection_limits_and_trusted_proxies_apply_live() {
+        let old = config(BASE);
+        let new = config(&BASE.replace(
+            "[settings]\n",
+            "[settings]\nheader_timeout = \"3s\"\nkeepalive_timeout = \"5s\"\n\
+             max_connections = 7\ntrusted_proxies = [\"10.0.0.0/8\"]\n",
+        ));
+        let p = plan(&old, &new, &[]);
+        assert!(p.later.is_empty(), "{p:?}");
+        assert!(p.limits && p.table, "{p:?}");
+        assert_eq!(
+            p.lines,
+            [
+                "setting ~ header_timeout: applies to connections accepted from now on",
+                "setting ~ keepalive_timeout: applies to connections accepted from now on",
+                "setting ~ max_connections: every listener, at once (no open connection is cut)",
+                "setting ~ trusted_proxies: applies in the next table",
+            ]
+        );
+        // What runs is the file's: the same file again changes nothing.
+        let mut applied = new.clone();
+        keep_read_once(&old, &mut applied);
+        assert!(plan(&applied, &new, &[]).is_empty());
+        // trusted_proxies alone: a table, not the listeners.
+        let only = config(&BASE.replace(
+            "[settings]\n",
+            "[settings]\ntrusted_proxies = [\"10.0.0.0/8\"]\n",
+        ));
+        let p = plan(&old, &only, &[]);
+        assert!(p.table && !p.limits, "{p:?}");
+    }
+
+    /// Issue 20: admin_listen bound and closed; the TLS listener moved, its http2 replaced,
+    /// removed; turned on, it waits for the next start (with the reason).
+    #[test]
+    fn admin_listen_and_the_tls_listener_apply_live() {
+        let old = config(BASE);
+        let admin = config(&BASE.replace(
+            "[settings]\n",
+            "[settings]\nadmin_listen = \"127.0.0.1:9\"\n",
+        ));
+        let p = plan(&old, &admin, &[]);
+        assert_eq!(p.admin, Some((None, Some("127.0.0.1:9".into()))));
+        assert!(p.later.is_empty(), "{p:?}");
+        assert_eq!(
+            plan(&admin, &old, &[]).admin,
+            Some((Some("127.0.0.1:9".into()), None))
+        );
+        // A real certificate and key (the config parser reads them).
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["a.test".into()]).unwrap();
+        let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&c, cert.cert.pem()).unwrap();
+        std::fs::write(&k, cert.key_pair.serialize_pem()).unwrap();
+        let tls = |listen: &str, http2: bool| {
+            config(&BASE.replace(
+                "[process.web]",
+                &format!(
+                    "[settings.tls]\nlisten = \"{listen}\"\ncert = \"{}\"\n\
+                     key = \"{}\"\nhttp2 = {http2}\n[process.web]",
+                    c.display(),
+                    k.display()
+                ),
+            ))
+        };
+        let a = tls("127.0.0.1:1", true);
+        let p = plan(&a, &tls("127.0.0.1:2", true), &[]);
+        assert_eq!(
+            p.tls_listen,
+            Some(("127.0.0.1:1".into(), Some("127.0.0.1:2".into())))
+        );
+        assert!(!p.tls_http2 && p.later.is_empty(), "{p:?}");
+        let p = plan(&a, &tls("127.0.0.1:1", false), &[]);
+        assert!(p.tls_http2 && p.tls_listen.is_none(), "{p:?}");
+        assert!(p
+            .lines
+            .contains(&"setting ~ tls.http2: off for new connections".into()));
+        let p = plan(&a, &old, &[]);
+        assert_eq!(p.tls_listen, Some(("127.0.0.1:1".into(), None)));
+        let p = plan(&old, &a, &[]);
+        assert_eq!(later(&p), ["tls"]);
+        let mut applied = a.clone();
+        keep_read_once(&old, &mut applied);
+        assert_eq!(applied.settings.tls, None);
     }
 
     #[test]
@@ -555,8 +712,8 @@ mod tests {
         assert!(access_log_applies(&a.settings, &stdout.settings));
         // Off at start: no log to switch, applies at the next start (and the reverse).
         let off = config(BASE);
-        assert_eq!(plan(&off, &a, &[]).later, ["access_log"]);
-        assert_eq!(plan(&a, &off, &[]).later, ["access_log"]);
+        assert_eq!(later(&plan(&off, &a, &[])), ["access_log"]);
+        assert_eq!(later(&plan(&a, &off, &[])), ["access_log"]);
         let mut applied = a.clone();
         keep_read_once(&off, &mut applied);
         assert_eq!(applied.settings.access_log, off.settings.access_log);

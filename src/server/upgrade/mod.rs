@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 
 use tenement_supervisor::{Handover, Stream, Supervisor};
 
+use crate::server::admin::AdminListener;
 use crate::server::listeners::Listeners;
 use crate::server::notify::Notifier;
 use crate::server::reload::Source;
@@ -40,10 +41,11 @@ pub struct Upgrader {
     pub source: Source,
     pub supervisor: Supervisor,
     pub listeners: Arc<Listeners>,
-    /// The control socket's and the admin listener's descriptors (Pingora's table).
+    /// The control socket's descriptor (Pingora's table).
     pub fds: ListenFds,
     pub control_key: String,
-    pub admin_local: Option<String>,
+    /// The admin listener (as a reload left it).
+    pub admin: Arc<AdminListener>,
     /// `ten.lock`, locked (a duplicate: the same open file).
     pub lock: Option<OwnedFd>,
     pub notifier: Arc<Notifier>,
@@ -203,11 +205,8 @@ impl Upgrader {
         if let Some(fd) = table {
             d.control = Some(add(dup(fd)?));
         }
-        if let Some(local) = &self.admin_local {
-            let table = self.fds.lock().get(local).copied();
-            if let Some(fd) = table {
-                d.admin = Some((local.clone(), add(dup(fd)?)));
-            }
+        if let Some((local, fd)) = self.admin.handover() {
+            d.admin = Some((local, add(dup(fd)?)));
         }
         if let Some(lock) = &self.lock {
             d.lock = Some(add(lock.try_clone()?));

@@ -125,9 +125,11 @@ function banner(text, kind = 'error', sticky = true) {
 // ---------------------------------------------------------------- API
 
 class ApiError extends Error {
-  constructor(status, message) {
+  /** `data`: the answer's JSON body, if any (a refused reload's errors). */
+  constructor(status, message, data = null) {
     super(message);
     this.status = status;
+    this.data = data;
   }
 }
 
@@ -169,7 +171,7 @@ async function api(method, path, body) {
     if (gen === state.gen) authFailed(429, msg, res.headers.get('Retry-After'));
     throw new ApiError(429, msg);
   }
-  if (!res.ok) throw new ApiError(res.status, msg || `HTTP ${res.status}`);
+  if (!res.ok) throw new ApiError(res.status, msg || `HTTP ${res.status}`, data);
   return data;
 }
 
@@ -1001,6 +1003,35 @@ function wire() {
     submitForm(e.target, async (d) => {
       const r = await api('POST', '/api/route', { process: d.process.trim(), from: d.from.trim(), to: d.to.trim() });
       return `routed: ${r.to.instance} weight ${r.to.weight}, ${r.from.instance} weight ${r.from.weight}`;
+    }).then(() => state.page === 'deploys' && route());
+  });
+  $('reload-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const lines = e.target.querySelector('[data-role="lines"]');
+    lines.replaceChildren();
+    // The per-change lines and the errors, as `ten reload` prints them.
+    const show = (o) =>
+      lines.replaceChildren(
+        ...(o.errors || []).map((t) => h('li', { class: 'bad' }, t)),
+        ...(o.changes || []).map((t) => h('li', {}, t)),
+      );
+    submitForm(e.target, async (d, progress) => {
+      const dry = d.dry_run === 'on';
+      progress(dry ? 'reading the config file…' : 'reloading (answers once the changes are live)…');
+      let o;
+      try {
+        o = await api('POST', '/api/reload', { dry_run: dry });
+      } catch (err) {
+        const errors = err.data && Array.isArray(err.data.errors) ? err.data.errors : null;
+        if (!errors) throw err;
+        show(err.data);
+        const what = err.status === 400 ? 'refused, nothing changed' : 'not all applied';
+        throw new ApiError(err.status, `${what}: ${errors.length} error(s)`, err.data);
+      }
+      show(o);
+      const n = (o.changes || []).length;
+      if (dry) return n ? `dry run: ${n} change(s) would apply` : 'dry run: no change';
+      return n ? `reloaded: ${n} change(s) applied` : 'reloaded: no change';
     }).then(() => state.page === 'deploys' && route());
   });
   $('migrate-form').addEventListener('submit', (e) => {
