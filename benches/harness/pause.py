@@ -176,7 +176,9 @@ def pause_phase(bins, d, up_port, args, res):
                 cmd, row[kind] = window(ten, kind, bins, rate, args.pause_conns, seconds)
                 res["commands"].setdefault("oha (pause)", " ".join(map(str, cmd)))
                 w = row[kind]
-                log(f"round {r + 1}: {kind}: p99 {w['p99_ms']:.2f} ms, max {w['max_ms']:.2f} ms, "
+                # No percentiles when every request failed (oha reports none): say "–".
+                ms = {k: "–" if w.get(k) is None else f"{w[k]:.2f}" for k in ("p99_ms", "max_ms")}
+                log(f"round {r + 1}: {kind}: p99 {ms['p99_ms']} ms, max {ms['max_ms']} ms, "
                     f"{w['errors']} errors, {w['non2xx']} non-2xx of {w['requests']}")
             res["pause"]["rounds"].append(row)
     finally:

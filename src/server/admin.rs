@@ -32,6 +32,8 @@ pub struct AdminListener {
     /// `admin_loopback_trusted` (read at start).
     loopback_trusted: bool,
     open: parking_lot::Mutex<Option<Open>>,
+    /// The listener a reload moved away from, until its accept loop has ended.
+    retired: parking_lot::Mutex<Option<Open>>,
 }
 
 impl AdminListener {
@@ -40,11 +42,15 @@ impl AdminListener {
             api,
             loopback_trusted,
             open: parking_lot::Mutex::new(None),
+            retired: parking_lot::Mutex::new(None),
         })
     }
 
     /// Bind `addr` (as written in the config) and serve on it; returns the bound address. The
-    /// listener open before (if any) stops accepting.
+    /// listener open before (if any) stops accepting ([`AdminListener::retire_previous`] waits
+    /// for it). The old one still holds its socket while the new one binds: a move to another
+    /// address on the same port (`0.0.0.0:9000` → `127.0.0.1:9000`) fails with "address in
+    /// use" and takes two reloads (remove, then set).
     pub fn open(&self, addr: &str) -> Result<String> {
         let l = TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
         l.set_nonblocking(true)?;
@@ -74,8 +80,19 @@ impl AdminListener {
             task,
         });
         if let Some(p) = previous {
-            // Not expected (the reload closes the old one first); never leak it.
+            // A reload moving `admin_listen`: the old listener stops accepting now;
+            // `retire_previous` waits for its accept loop to end.
             p.stop.send_replace(true);
+            *self.retired.lock() = Some(p);
+        }
+    }
+
+    /// Wait until the listener replaced by the last [`AdminListener::open`] has stopped
+    /// accepting (its open connections finish on their own).
+    pub async fn retire_previous(&self) {
+        let retired = self.retired.lock().take();
+        if let Some(p) = retired {
+            let _ = p.task.await;
         }
     }
 

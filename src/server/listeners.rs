@@ -98,12 +98,16 @@ impl Listeners {
         (Arc::new(me), rx)
     }
 
+    /// A listener's service; `limit`: the count of the listener it takes over from (its open
+    /// connections still count), else a new one.
     fn service(
         &self,
         name: String,
         tls: bool,
+        limit: Option<Arc<ConnLimit>>,
     ) -> (Service<Edge<HttpProxy<TenProxy>>>, Arc<ConnLimit>) {
-        let limit = ConnLimit::new(self.max_connections.load(Ordering::Acquire), tls);
+        let limit = limit
+            .unwrap_or_else(|| ConnLimit::new(self.max_connections.load(Ordering::Acquire), tls));
         let edge = Edge::new(self.app.clone(), self.limits.clone(), Some(limit.clone()));
         let mut service = Service::new(name, edge);
         service.set_connection_filter(limit.clone());
@@ -131,7 +135,9 @@ impl Listeners {
         fds.lock().add(local.to_string(), fd.into_raw_fd());
         match tls {
             None => self.serve_http(configured, local, fds),
-            Some((settings, pre_tls)) => self.serve_tls(configured, local, fds, settings, pre_tls),
+            Some((settings, pre_tls)) => {
+                self.serve_tls(configured, local, fds, settings, pre_tls, None)
+            }
         }
     }
 
@@ -146,7 +152,7 @@ impl Listeners {
     }
 
     fn serve_http(&self, configured: &str, local: &str, fds: ListenFds) {
-        let (mut service, limit) = self.service(format!("ten-proxy {local}"), false);
+        let (mut service, limit) = self.service(format!("ten-proxy {local}"), false, None);
         service.add_listener(ListenerConfig::tcp(local).l4_buffer(L4_BUFFERS));
         self.run(configured, local, fds, service, limit, false);
     }
@@ -161,7 +167,7 @@ impl Listeners {
         pre_tls: Option<PreTlsCallback>,
     ) -> Result<String> {
         let (fds, local) = prebind(addr)?;
-        self.serve_tls(&format!("tls {addr}"), &local, fds, settings, pre_tls);
+        self.serve_tls(&format!("tls {addr}"), &local, fds, settings, pre_tls, None);
         Ok(local)
     }
 
@@ -172,8 +178,9 @@ impl Listeners {
         fds: ListenFds,
         settings: TlsSettings,
         pre_tls: Option<PreTlsCallback>,
+        limit: Option<Arc<ConnLimit>>,
     ) {
-        let (mut service, limit) = self.service(format!("ten-proxy-tls {local}"), true);
+        let (mut service, limit) = self.service(format!("ten-proxy-tls {local}"), true, limit);
         if let Some(hook) = pre_tls {
             service.endpoints().set_pre_tls_callback(hook);
         }
@@ -257,7 +264,18 @@ impl Listeners {
             let old = all.remove(i);
             (old.local.clone(), fd, old)
         };
-        self.adopt(configured, &local, fd, Some((settings, pre_tls)));
+        // The new service counts with the old one's limit: the old listener's connections,
+        // still open, stay counted against max_connections (and in `connections()`).
+        let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
+        fds.lock().add(local.clone(), fd.into_raw_fd());
+        self.serve_tls(
+            configured,
+            &local,
+            fds,
+            settings,
+            pre_tls,
+            Some(old.limit.clone()),
+        );
         old.stop.send_replace(true);
         let _ = old.task.await;
         Ok(())

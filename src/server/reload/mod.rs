@@ -403,6 +403,7 @@ impl Reloader {
                         *l = format!("setting ~ admin_listen: listening on http://{local}");
                     }
                     println!("ten: admin listening on http://{local}");
+                    admin.retire_previous().await;
                 }
                 Err(e) => {
                     undo(opened).await;

@@ -167,10 +167,13 @@ fn settings(old: &Settings, new: &Settings, plan: &mut Plan) {
     key!(user, Some("the processes' default (see below)"));
     // The admin listener: bound (a bind failure refuses the reload) or closed.
     if probe.admin_listen != new.admin_listen {
+        // They differ, so one of the two is set.
         let line = match (&probe.admin_listen, &new.admin_listen) {
             (_, Some(a)) => format!("setting ~ admin_listen: listening on {a}"),
-            (Some(a), None) => format!("setting ~ admin_listen: {a} closed"),
-            (None, None) => String::new(),
+            (old, None) => format!(
+                "setting ~ admin_listen: {} closed",
+                old.as_deref().unwrap_or_default()
+            ),
         };
         plan.lines.push(line);
         plan.admin = Some((probe.admin_listen.clone(), new.admin_listen.clone()));

@@ -142,7 +142,7 @@ fn failover_round_trip(store: Option<&str>) {
         } else {
             before.push(answer.clone());
         }
-        if detected && after.len() >= 5 {
+        if detected && after.len() >= 7 {
             break;
         }
         assert!(
@@ -158,7 +158,17 @@ fn failover_round_trip(store: Option<&str>) {
             "before detection: {status} {body}"
         );
     }
-    for answer in &after {
+    // The API shows the new status a moment before the routing table built from it is
+    // swapped in (the table is built off the health loop's thread), so the first request after
+    // detection (or two, 20 ms apart) may still have been routed to A like those before it: a
+    // 502/503, never a 404.
+    let in_flight = after
+        .iter()
+        .take(2)
+        .take_while(|(status, _)| [502, 503].contains(status))
+        .count();
+    let settled = &after[in_flight..];
+    for answer in settled {
         assert_eq!(
             (answer.0, answer.1.as_str()),
             (200, "b"),

@@ -251,3 +251,41 @@ fn the_tls_listener_gets_a_new_http2_and_a_new_address_by_reload() {
         "the old TLS address still accepts"
     );
 }
+
+#[test]
+fn connections_open_across_an_http2_change_still_count_against_max_connections() {
+    let b = Builder::new();
+    let host = api();
+    let pem = crate::tls::self_signed(b.dir(), "default", &[&host]);
+    let tls = |http2: bool| {
+        format!(
+            "max_connections = 1\n[settings.tls]\nlisten = \"127.0.0.1:0\"\n\
+             cert = \"@DIR@/default.pem\"\nkey = \"@DIR@/default.key\"\nhttp2 = {http2}\n"
+        )
+    };
+    let ten = b.settings(&tls(true)).body(TWO).start();
+    ten.wait_status(&host, "/", 200);
+    let https = ten.https.expect("https");
+    // One TLS connection, answered and kept alive: the listener is full.
+    let mut open = crate::tls::tls_connect(https, &host, &[&pem], &[b"http/1.1"]);
+    let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    open.write_all(req.as_bytes()).expect("write");
+    assert_eq!(read_response(&mut BufReader::new(&mut open)).status, 200);
+    // http2 off: a new service takes the socket over; the open connection still counts.
+    let out = reload_with(&ten, &tls(false));
+    assert!(
+        out.contains("setting ~ tls.http2: off for new connections"),
+        "{out}"
+    );
+    // So a second connection waits in the backlog (no handshake answer) while the first is
+    // open. (The new service counting from zero accepted it at once.)
+    let mut waiting = TcpStream::connect(https).expect("connect (backlog)");
+    waiting
+        .write_all(b"\x16\x03\x01\x00\x05hello")
+        .expect("write");
+    assert!(
+        unanswered(&mut waiting),
+        "a second connection was accepted with max_connections = 1 after the http2 change"
+    );
+    drop(open);
+}
