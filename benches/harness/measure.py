@@ -339,11 +339,15 @@ class SyscallCounter:
     def start(self):
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # What is counted: from here to the signal in stop() (`counted`, seconds).
+        self.t0 = time.monotonic()
+        self.counted = 0.0
         # Both attach asynchronously: give them time to reach every thread.
         time.sleep(0.5)
 
     def stop(self):
         """The number of system calls counted."""
+        self.counted = time.monotonic() - self.t0
         self.proc.send_signal(2)  # SIGINT: both print their counts and exit
         try:
             self.proc.wait(30)
@@ -391,7 +395,10 @@ def syscalls(bins, port, conns, duration, pids, workdir, name, idle_seconds=2.0,
     reqs = _num(r"(\d+) requests in", out, int, 0)
     if not reqs:
         return None
+    # Wakeups were read over `wall` and `idle_wall`; the counters ran a little longer each
+    # (attaching, stopping): scale the idle count by the windows they actually counted.
     scale = wall / idle_wall
+    calls_scale = busy.counted / idle.counted if idle.counted else scale
     return {
         "method": busy.method,
         "requests": reqs,
@@ -399,7 +406,7 @@ def syscalls(bins, port, conns, duration, pids, workdir, name, idle_seconds=2.0,
         "idle_syscalls": idle_calls,
         "idle_seconds": idle_wall,
         "wall": wall,
-        "syscalls_per_req": max(0.0, calls - idle_calls * scale) / reqs,
+        "syscalls_per_req": max(0.0, calls - idle_calls * calls_scale) / reqs,
         "wakeups_per_req": max(0.0, sw - idle_sw * scale) / reqs,
         "cpu_user_us_per_req": (c1[0] - c0[0]) * 1e6 / CLK_TCK / reqs,
         "cpu_sys_us_per_req": (c1[1] - c0[1]) * 1e6 / CLK_TCK / reqs,
