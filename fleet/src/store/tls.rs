@@ -86,8 +86,12 @@ pub(crate) fn split_url(url: &str) -> Result<(String, TlsParams), String> {
         mode: SslMode::Prefer,
         root_cert: None,
     };
-    // The query starts after the user info (a password may hold a '?', unencoded).
-    let after_at = url.rfind('@').map_or(0, |i| i + 1);
+    // The query starts after the user info (a password may hold a '?', unencoded). The user
+    // info ends at the first '@' of the authority (after `://`, before the path's '/'), as
+    // tokio-postgres reads it: an '@' in the query (`application_name=ten@web1`) is not one.
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..].find('/').map_or(url.len(), |i| start + i);
+    let after_at = url[start..end].find('@').map_or(start, |i| start + i + 1);
     let Some(q) = url[after_at..].find('?').map(|i| after_at + i) else {
         return Ok((url.to_string(), params));
     };
@@ -98,7 +102,9 @@ pub(crate) fn split_url(url: &str) -> Result<(String, TlsParams), String> {
         match key {
             "sslmode" => params.mode = SslMode::parse(&decode(value))?,
             "sslrootcert" => params.root_cert = Some(decode(value)),
-            _ => kept.push(pair),
+            // An '@' left in the query would end tokio-postgres's user info (it takes the
+            // first '@' of the URL): encoded, it means the same (values are decoded).
+            _ => kept.push(pair.replace('@', "%40")),
         }
     }
     let url = match kept.is_empty() {
@@ -410,6 +416,36 @@ mod tests {
         let e = split_url("postgres://u:secret@h/db?sslmode=allow").unwrap_err();
         assert!(e.contains("sslmode=\"allow\" is not supported"), "{e}");
         assert!(!e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn an_at_sign_in_the_query_is_not_the_user_info() {
+        use std::str::FromStr;
+        use tokio_postgres::config::Host;
+        let q = "application_name=ten@web1&sslmode=verify-full&sslrootcert=/ca.pem";
+        for (url, rest) in [
+            (
+                format!("postgres://u:p@h:5432/db?{q}"),
+                "postgres://u:p@h:5432/db?application_name=ten%40web1",
+            ),
+            (
+                format!("postgres://h/db?{q}"),
+                "postgres://h/db?application_name=ten%40web1",
+            ),
+            (
+                format!("postgres://u:p@h?{q}"),
+                "postgres://u:p@h?application_name=ten%40web1",
+            ),
+        ] {
+            let (u, p) = split_url(&url).unwrap();
+            assert_eq!(u, rest, "{url}");
+            assert_eq!(p.mode, SslMode::VerifyFull, "{url}");
+            assert_eq!(p.root_cert.as_deref(), Some("/ca.pem"), "{url}");
+            // tokio-postgres reads what is left as written.
+            let c = tokio_postgres::Config::from_str(&u).unwrap();
+            assert_eq!(c.get_application_name(), Some("ten@web1"), "{url}");
+            assert_eq!(c.get_hosts(), [Host::Tcp("h".into())], "{url}");
+        }
     }
 
     #[test]
