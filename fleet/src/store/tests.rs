@@ -653,6 +653,12 @@ fn postgres_over_tls_as_sslmode_says() {
     );
     works(&url("127.0.0.1", "sslmode=require"), "require");
     works(&url("127.0.0.1", ""), "prefer-default");
+    // prefer (the default) and require with a root file check the chain against it.
+    works(&url("127.0.0.1", &ca_q), "prefer-ca");
+    works(
+        &url("127.0.0.1", &format!("sslmode=require&{ca_q}")),
+        "require-ca",
+    );
     let fails = |url: &str| -> String {
         let (kind, text) = msg(FleetStore::open_conf(
             Some(url),
@@ -688,6 +694,33 @@ fn postgres_over_tls_as_sslmode_says() {
         &format!("sslmode=require&sslrootcert={}", other_file.display()),
     ));
     assert!(text.contains("UnknownIssuer"), "{text}");
+    let text = fails(&url(
+        "127.0.0.1",
+        &format!("sslmode=prefer&sslrootcert={}", other_file.display()),
+    ));
+    assert!(text.contains("UnknownIssuer"), "{text}");
+    // The public roots with no name checked would take any publicly issued certificate:
+    // verify-ca without a root file, and any mode but verify-full with sslrootcert=system,
+    // are configuration errors (as libpq's).
+    for (query, mode) in [
+        ("sslmode=verify-ca", "verify-ca"),
+        ("sslmode=verify-ca&sslrootcert=system", "verify-ca"),
+        ("sslmode=require&sslrootcert=system", "require"),
+        ("sslrootcert=system", "prefer"),
+    ] {
+        let (kind, text) = msg(FleetStore::open_conf(
+            Some(&url("127.0.0.1", query)),
+            Path::new("/nonexistent"),
+            Duration::from_secs(5),
+        )
+        .map(|s| s.name()));
+        assert_eq!(kind, "invalid", "{query}: {text}");
+        assert!(
+            text.contains(&format!("sslmode={mode}")) && text.contains("sslrootcert"),
+            "{query}: {text}"
+        );
+        assert!(!text.contains(PASSWORD), "{text}");
+    }
     // A server that takes TLS sessions only refuses a plain one, and says why.
     let text = fails(&url("127.0.0.1", "sslmode=disable"));
     assert!(

@@ -6,12 +6,14 @@
 //! are taken out of the URL here ([`split_url`]) and the connector ([`MakeRustls`], a small
 //! `MakeTlsConnect` over tokio-rustls) checks the server as the mode says:
 //! - `disable`: plain TCP. `prefer` (the default, as libpq's): TLS when the server offers it,
-//!   its certificate not checked. `require`: TLS or no connection, the certificate not checked
-//!   (with `sslrootcert`, checked as `verify-ca`, as libpq does).
-//! - `verify-ca`: the chain must lead to a trusted root. `verify-full`: and the certificate must
-//!   name the host of the URL.
-//! - Roots: the PEM file `sslrootcert=PATH`, else (or `sslrootcert=system`) the Mozilla roots
-//!   of `webpki-roots`, which the remote CLI uses too.
+//!   its certificate not checked. `require`: TLS or no connection, the certificate not checked.
+//!   With `sslrootcert=PATH`, both check the chain as `verify-ca` does, as libpq does (and
+//!   `prefer` then never falls back to a plain session when the check fails).
+//! - `verify-ca`: the chain must lead to a root of `sslrootcert=PATH` (required). `verify-full`:
+//!   and the certificate must name the host of the URL.
+//! - Roots: the PEM file `sslrootcert=PATH`; with `verify-full` only, no `sslrootcert` (or
+//!   `sslrootcert=system`) means the Mozilla roots of `webpki-roots`, which the remote CLI uses
+//!   too. Any public CA certifies any domain, so as libpq, the other modes refuse them.
 //!
 //! SCRAM channel binding is not offered (the server is told so; libpq's default `prefer`
 //! accepts that).
@@ -59,6 +61,16 @@ impl SslMode {
                 ))
             }
         })
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
     }
 
     /// What tokio-postgres does on the wire: no TLS, TLS if offered, TLS or nothing.
@@ -152,12 +164,33 @@ pub(crate) struct MakeRustls {
 
 impl MakeRustls {
     /// The connector for `params`. Err: the root file cannot be read or holds no certificate
-    /// (the message names the file).
+    /// (the message names the file); the public roots (no `sslrootcert`, or `system`) with a
+    /// mode that does not check the host name (libpq refuses both; the message names the
+    /// `sslmode` and the `sslrootcert`).
     pub(crate) fn new(params: &TlsParams) -> Result<MakeRustls, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        // libpq: `require` with a root file checks the chain (as verify-ca).
-        let mode = match (params.mode, &params.root_cert) {
-            (SslMode::Require, Some(_)) => SslMode::VerifyCa,
+        let system = params.root_cert.as_deref() == Some("system");
+        let file = params.root_cert.as_deref().filter(|_| !system);
+        let mode = match (params.mode, file) {
+            // Any public CA issues certificates for any domain: the chain alone proves
+            // nothing, only the name does.
+            (m, _) if system && m != SslMode::VerifyFull => {
+                return Err(format!(
+                    "sslmode={} may not be used with sslrootcert=system: the public roots \
+                     authenticate the server only with its name checked (sslmode=verify-full)",
+                    m.as_str()
+                ))
+            }
+            (SslMode::VerifyCa, None) => {
+                return Err(
+                    "sslmode=verify-ca needs sslrootcert=PATH, the PEM file of the CA \
+                     that issued the server's certificate (for the public roots, use \
+                     sslmode=verify-full, which checks the name too)"
+                        .into(),
+                )
+            }
+            // libpq: with a root file, `prefer` and `require` check the chain (as verify-ca).
+            (SslMode::Prefer | SslMode::Require, Some(_)) => SslMode::VerifyCa,
             (m, _) => m,
         };
         let builder = ClientConfig::builder_with_provider(provider.clone())
@@ -190,7 +223,8 @@ impl MakeRustls {
     }
 }
 
-/// The trusted roots: the PEM file at `path`, else (or `system`) the Mozilla roots.
+/// The trusted roots: the PEM file at `path`, else (or `system`) the Mozilla roots (for
+/// `verify-full` only: [`MakeRustls::new`] refuses them to the other modes).
 fn roots(path: Option<&str>) -> Result<RootCertStore, String> {
     let Some(path) = path.filter(|p| *p != "system") else {
         return Ok(RootCertStore {
@@ -449,6 +483,47 @@ mod tests {
     }
 
     #[test]
+    fn the_public_roots_need_verify_full() {
+        let params = |mode, root: Option<&str>| TlsParams {
+            mode,
+            root_cert: root.map(str::to_string),
+        };
+        // sslrootcert=system: any mode but verify-full is refused, naming both (as libpq).
+        for (mode, name) in [
+            (SslMode::Disable, "disable"),
+            (SslMode::Prefer, "prefer"),
+            (SslMode::Require, "require"),
+            (SslMode::VerifyCa, "verify-ca"),
+        ] {
+            let e = MakeRustls::new(&params(mode, Some("system")))
+                .err()
+                .unwrap();
+            assert!(
+                e.contains(&format!("sslmode={name} ")) && e.contains("sslrootcert=system"),
+                "{e}"
+            );
+        }
+        // verify-ca checks no name: it needs the CA file, never the public roots.
+        let e = MakeRustls::new(&params(SslMode::VerifyCa, None))
+            .err()
+            .unwrap();
+        assert!(
+            e.contains("sslmode=verify-ca") && e.contains("sslrootcert=PATH"),
+            "{e}"
+        );
+        // verify-full takes them; the weak modes without sslrootcert check nothing.
+        for (mode, root) in [
+            (SslMode::VerifyFull, Some("system")),
+            (SslMode::VerifyFull, None),
+            (SslMode::Disable, None),
+            (SslMode::Prefer, None),
+            (SslMode::Require, None),
+        ] {
+            assert!(MakeRustls::new(&params(mode, root)).is_ok(), "{mode:?}");
+        }
+    }
+
+    #[test]
     fn a_root_file_that_is_missing_or_empty_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("empty.pem");
@@ -463,6 +538,16 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.contains("sslrootcert") && e.contains("nope.pem"), "{e}");
+        // prefer and require read the file too: they check the chain with it.
+        for mode in [SslMode::Prefer, SslMode::Require, SslMode::VerifyCa] {
+            let e = MakeRustls::new(&TlsParams {
+                mode,
+                root_cert: Some(empty.display().to_string()),
+            })
+            .err()
+            .unwrap();
+            assert!(e.contains("empty.pem: no PEM certificate"), "{mode:?}: {e}");
+        }
         // No file: the Mozilla roots.
         assert!(MakeRustls::new(&TlsParams {
             mode: SslMode::VerifyFull,
