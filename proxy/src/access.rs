@@ -11,7 +11,9 @@
 //! [`AccessLog::reopen`] (SIGUSR1, `ten reload`)
 //! makes it reopen a file log by its path before its next line, for logrotate;
 //! [`AccessLog::switch`] hands it another target (a reload that changed `access_log`), opened
-//! by the caller first so that a path that cannot be opened refuses the reload.
+//! by the caller first so that a path that cannot be opened refuses the reload;
+//! [`AccessLog::close`] (the end of `ten serve`, and of the old process after `ten upgrade`)
+//! writes out what is still queued and stops the thread.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -19,6 +21,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Method, Uri};
@@ -26,6 +29,9 @@ use pingora_proxy::Session;
 use prometheus::IntCounter;
 
 mod line;
+
+/// How long [`AccessLog::close`] waits for the writer to write out the queue.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a busy writer sleeps between two drains of the queue (at most this late on the
 /// file; the queue holds [`QUEUE`] lines meanwhile: 1.6 M lines/s before any drop).
@@ -73,13 +79,26 @@ pub struct Entry {
     pub request_id: HeaderValue,
 }
 
+/// What goes through the queue: a line, or [`AccessLog::close`] waking an idle writer.
+/// Not boxed: a queue slot is as large as an [`Entry`] either way, and a box would cost the
+/// request path an allocation.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+enum Msg {
+    Line(Entry),
+    Close,
+}
+
 /// The access log's sending side (shared by every proxy listener).
 #[derive(Debug)]
 pub struct AccessLog {
-    tx: SyncSender<Entry>,
+    tx: SyncSender<Msg>,
     dropped: IntCounter,
-    /// Set by [`AccessLog::reopen`] and [`AccessLog::switch`]; read by the writer thread.
+    /// Set by [`AccessLog::reopen`], [`AccessLog::switch`] and [`AccessLog::close`]; read by
+    /// the writer thread.
     control: Arc<Control>,
+    /// The writer thread, and the channel its end closes (taken by [`AccessLog::close`]).
+    writer: Mutex<Option<(JoinHandle<()>, Receiver<()>)>>,
 }
 
 /// What the writer does before its next line (not on the request path).
@@ -89,6 +108,8 @@ struct Control {
     reopen: AtomicBool,
     /// Another target, already open ([`AccessLog::switch`]).
     next: Mutex<Option<Output>>,
+    /// Write out what is queued and end ([`AccessLog::close`]).
+    stop: AtomicBool,
 }
 
 /// A target opened by [`AccessLog::open`], for [`AccessLog::switch`].
@@ -109,10 +130,14 @@ impl AccessLog {
         let out = Output::open(target)?;
         let control = Arc::new(Control::default());
         let (tx, rx) = sync_channel(QUEUE);
+        let (ended, end) = std::sync::mpsc::channel::<()>();
         let writer = control.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("ten-access-log".into())
-            .spawn(move || write_lines(rx, out, &writer, || std::thread::sleep(TICK)))
+            .spawn(move || {
+                let _ended = ended; // dropped when the thread ends (even by a panic)
+                write_lines(rx, out, &writer, || std::thread::park_timeout(TICK))
+            })
             .map_err(|source| OpenError {
                 path: "(writer thread)".into(),
                 source,
@@ -121,7 +146,28 @@ impl AccessLog {
             tx,
             dropped,
             control,
+            writer: Mutex::new(Some((thread, end))),
         }))
+    }
+
+    /// Write out the lines still queued, flush, and stop the writer thread (waiting for it at
+    /// most [`CLOSE_WAIT`]); lines sent afterwards are dropped and counted. Called once the
+    /// proxy answered its last request; blocks (call it off the async runtime's workers).
+    pub fn close(&self) {
+        let Some((thread, end)) = self.writer.lock().ok().and_then(|mut w| w.take()) else {
+            return;
+        };
+        self.control.stop.store(true, Ordering::Release);
+        // An idle writer waits on the queue: a message wakes it. A full queue means a busy
+        // writer, which sees `stop` after its tick, cut short here.
+        let _ = self.tx.try_send(Msg::Close);
+        thread.thread().unpark();
+        match end.recv_timeout(CLOSE_WAIT) {
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = thread.join();
+            }
+            _ => tracing::warn!("the access log writer did not finish writing in time"),
+        }
     }
 
     /// Reopen a file log by its path before the next line (after logrotate moved it).
@@ -145,7 +191,8 @@ impl AccessLog {
     /// Queue one line; never waits (a full queue drops it and counts the drop).
     #[inline]
     pub fn send(&self, entry: Entry) {
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(entry)
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.tx.try_send(Msg::Line(entry))
         {
             self.dropped.inc();
         }
@@ -236,14 +283,19 @@ fn open_file(path: &std::path::Path) -> Result<std::fs::File, OpenError> {
 }
 
 /// The writer thread: waits for a line while idle, then drains the queue after each `tick`
-/// (a [`TICK`] of sleep) until a drain finds nothing (see the module header). When
-/// `control.reopen` is set, before the next batch: the target handed over by a switch, else
-/// the file reopened by its path.
-fn write_lines(rx: Receiver<Entry>, mut o: Output, control: &Control, mut tick: impl FnMut()) {
+/// (a [`TICK`] of sleep, cut short by [`AccessLog::close`]) until a drain finds nothing (see
+/// the module header). When `control.reopen` is set, before the next batch: the target handed
+/// over by a switch, else the file reopened by its path. When `control.stop` is set: writes
+/// out what is queued and returns.
+fn write_lines(rx: Receiver<Msg>, mut o: Output, control: &Control, mut tick: impl FnMut()) {
     let mut lines = line::Lines::default();
     let mut batch = Vec::with_capacity(BATCH + 1024);
+    let line = |m: Msg| match m {
+        Msg::Line(e) => Some(e),
+        Msg::Close => None, // `control.stop` is set: seen after this drain
+    };
     while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
+        let mut next = line(first);
         loop {
             if next.is_some() && control.reopen.swap(false, Ordering::AcqRel) {
                 o = reopened(o, control);
@@ -257,7 +309,7 @@ fn write_lines(rx: Receiver<Entry>, mut o: Output, control: &Control, mut tick: 
                     o.write(&mut batch);
                 }
                 match rx.try_recv() {
-                    Ok(e) => next = Some(e),
+                    Ok(m) => next = line(m),
                     Err(TryRecvError::Empty) => {}
                     Err(TryRecvError::Disconnected) => {
                         o.write(&mut batch);
@@ -266,12 +318,28 @@ fn write_lines(rx: Receiver<Entry>, mut o: Output, control: &Control, mut tick: 
                 }
             }
             o.write(&mut batch);
+            if control.stop.load(Ordering::Acquire) {
+                // The last lines: what is queued now (the proxy sends no more).
+                if control.reopen.swap(false, Ordering::AcqRel) {
+                    o = reopened(o, control);
+                }
+                while let Ok(m) = rx.try_recv() {
+                    if let Some(e) = line(m) {
+                        lines.push(&e, &mut batch);
+                        if batch.len() >= BATCH {
+                            o.write(&mut batch);
+                        }
+                    }
+                }
+                o.write(&mut batch);
+                return;
+            }
             if n == 0 {
                 break; // idle again: wait on the channel
             }
             tick();
             match rx.try_recv() {
-                Ok(e) => next = Some(e),
+                Ok(m) => next = line(m),
                 Err(TryRecvError::Empty) => {}
                 Err(TryRecvError::Disconnected) => return,
             }
@@ -452,6 +520,7 @@ mod tests {
             tx,
             dropped: dropped.clone(),
             control: Arc::default(),
+            writer: Mutex::default(),
         };
         for _ in 0..5 {
             log.send(sample());
@@ -463,7 +532,7 @@ mod tests {
     fn the_writer_writes_every_queued_line() {
         let (tx, rx) = sync_channel(8);
         for _ in 0..3 {
-            tx.send(sample()).unwrap();
+            tx.send(Msg::Line(sample())).unwrap();
         }
         drop(tx);
         let out = Sink::default();
@@ -484,6 +553,49 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    /// Lines sent just before `close` are all in the file when it returns (the end of `ten
+    /// serve`, and of the old process after `ten upgrade`), the busy writer's tick cut short;
+    /// lines sent after it are dropped and counted.
+    #[test]
+    fn close_writes_out_every_queued_line() {
+        let dir = std::env::temp_dir().join(format!("ten-access-close-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("access.log");
+        let dropped = IntCounter::new("d", "d").unwrap();
+        let log = AccessLog::start(&Target::File(path.clone()), dropped.clone()).unwrap();
+        let count = || {
+            std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        // Idle, then busy: the first line is written at once, the writer then in its tick.
+        log.send(sample());
+        for _ in 0..500 {
+            if count() >= 1 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(count(), 1);
+        for _ in 0..1000 {
+            log.send(sample());
+        }
+        log.close();
+        assert_eq!(count(), 1001, "every line queued before close is written");
+        assert_eq!(dropped.get(), 0);
+        log.send(sample());
+        assert_eq!(dropped.get(), 1, "after close: dropped and counted");
+        log.close(); // a second close does nothing
+        assert_eq!(count(), 1001);
+        // An idle writer (waiting on the queue) is woken by close.
+        let idle = dir.join("idle.log");
+        let log = AccessLog::start(&Target::File(idle.clone()), dropped).unwrap();
+        log.close();
+        assert!(log.writer.lock().unwrap().is_none());
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     /// Issue 21 (access log cost): a busy writer does not wait on the queue, so senders wake
@@ -520,19 +632,61 @@ mod tests {
             )
         };
         // Idle: the first line is written at once.
-        tx.send(sample()).unwrap();
+        tx.send(Msg::Line(sample())).unwrap();
         assert_eq!(wait(1, 1), (1, 1));
         // Busy: the writer is in its tick; 20 lines queue up meanwhile, one write for all.
         for _ in 0..20 {
-            tx.send(sample()).unwrap();
+            tx.send(Msg::Line(sample())).unwrap();
         }
         release.send(()).unwrap();
         assert_eq!(wait(2, 21), (2, 21));
-        // A tick that brings nothing: idle again, waiting on the queue (a new line is
-        // written without another tick).
+        drop(tx);
+        drop(release);
+        writer.join().unwrap();
+    }
+
+    /// A tick that brings nothing makes the writer idle again: it waits on the queue, and a
+    /// new line is written without another tick. The queue holds nothing (a rendezvous
+    /// channel): a `try_send` gets through only while the writer waits in `recv`, never
+    /// while it is in a tick or draining.
+    #[test]
+    fn a_tick_that_brings_nothing_makes_the_writer_wait_on_the_queue() {
+        let (tx, rx) = sync_channel(0);
+        let (release, ticks) = std::sync::mpsc::channel::<()>();
+        let out = Calls::default();
+        let sink = out.clone();
+        let writer = std::thread::spawn(move || {
+            write_lines(rx, Output::to(sink), &Control::default(), move || {
+                let _ = ticks.recv();
+            })
+        });
+        let lines = |calls: usize| {
+            for _ in 0..500 {
+                if out.0.lock().unwrap().len() >= calls {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            out.0.lock().unwrap().len()
+        };
+        let handed = |tx: &SyncSender<Msg>| {
+            for _ in 0..500 {
+                match tx.try_send(Msg::Line(sample())) {
+                    Ok(()) => return true,
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            false
+        };
+        assert!(handed(&tx), "idle at the start");
+        assert_eq!(lines(1), 1);
+        // The writer is in its tick now; one tick (release kept alive: no second one).
         release.send(()).unwrap();
-        tx.send(sample()).unwrap();
-        assert_eq!(wait(3, 22), (3, 22));
+        assert!(
+            handed(&tx),
+            "waiting on the queue after a tick that brought nothing"
+        );
+        assert_eq!(lines(2), 2, "written without another tick");
         drop(tx);
         drop(release);
         writer.join().unwrap();

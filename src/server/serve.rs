@@ -362,9 +362,10 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
     // SIGUSR1: reopen the access log file (logrotate). Handled even without one, so that the
     // signal never kills ten.
     let mut usr1 = signal(SignalKind::user_defined1())?;
+    let reopen = access.clone();
     tokio::spawn(async move {
         while usr1.recv().await.is_some() {
-            match &access {
+            match &reopen {
                 Some(log) => {
                     log.reopen();
                     tracing::info!("SIGUSR1: the access log is reopened before its next line");
@@ -440,7 +441,7 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
         // ten.lock stays locked for the new process (the same open file).
         held.set_shared(true);
         admin.stop_accepting();
-        return drain_after_upgrade(
+        let drained = drain_after_upgrade(
             pid,
             s,
             &listeners,
@@ -450,6 +451,9 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
             fleet_stop_tx,
         )
         .await;
+        // Its connections closed: the lines of the last requests it answered.
+        close_access_log(access).await;
+        return drained;
     }
     notifier.stopping();
 
@@ -470,6 +474,7 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
             "drain_timeout reached with requests in flight"
         );
     }
+    close_access_log(access).await;
     supervisor.stop_all().await;
     listeners.abort_all();
     logs.close(); // flush what the instances printed last
@@ -521,6 +526,14 @@ async fn drain_after_upgrade(
     logs.close();
     tracing::info!("upgraded: exiting");
     Ok(())
+}
+
+/// Write out the access-log lines still queued (the proxy has answered its last request) and
+/// stop the writer thread, off the runtime's workers.
+async fn close_access_log(access: Option<Arc<AccessLog>>) {
+    if let Some(log) = access {
+        let _ = tokio::task::spawn_blocking(move || log.close()).await;
+    }
 }
 
 /// The server's log: `TEN_LOG` (an `EnvFilter`), else info without Pingora's chatter; on
