@@ -101,6 +101,7 @@ bench: bench-deps
 	$(CARGO) bench --profile profiling --bench scenarios 2>/dev/null >> BENCHMARKS.md
 	$(CARGO) bench --profile profiling --bench logstore 2>/dev/null >> BENCHMARKS.md
 	$(CARGO) bench --profile profiling --bench tables 2>/dev/null >> BENCHMARKS.md
+	$(CARGO) bench --profile profiling --bench fleet 2>/dev/null >> BENCHMARKS.md
 
 # The Debian package (docs: README, "Install as a Debian package"): `ten`, tenement.service, the
 # default /etc/tenement/tenement.toml (a conffile), the tenement user (postinst), and the shell
