@@ -534,3 +534,27 @@ pub fn healthy_pid(ten: &Ten, name: &str) -> u64 {
     });
     v["pid"].as_u64().expect("pid")
 }
+
+/// Whether the server closed `s` (EOF or reset) within `limit`; answered bytes are drained.
+pub fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(_) => return true,
+        }
+    }
+    false
+}

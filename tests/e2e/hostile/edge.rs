@@ -5,9 +5,9 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::util::{read_response, signal, wait_bounded, Builder, Ten, DOMAIN};
+use crate::util::{closed_within, read_response, signal, wait_bounded, Builder, Ten, DOMAIN};
 
 const APP: &str = "[process.api]\ncommand = \"@APP@\"\nhealth = \"/health\"\n";
 
@@ -23,30 +23,6 @@ fn server(settings: &str, process: &str) -> Ten {
         .start();
     ten.wait_status(&host("prod.api"), "/", 200);
     ten
-}
-
-/// Whether the server closed `s` (EOF or reset) within `limit`; answered bytes are drained.
-fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        s.set_read_timeout(Some(Duration::from_millis(200)))
-            .expect("timeout");
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
-            Err(_) => return true,
-        }
-    }
-    false
 }
 
 #[test]

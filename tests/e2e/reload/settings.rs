@@ -4,10 +4,10 @@
 
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{reload, rewrite, TWO};
-use crate::util::{free_port, read_response, Builder, Ten, DOMAIN};
+use crate::util::{closed_within, free_port, read_response, Builder, Ten, DOMAIN};
 
 fn api() -> String {
     format!("1.api.{DOMAIN}")
@@ -25,30 +25,6 @@ fn reload_with(ten: &Ten, settings: &str) -> String {
     let (ok, out, err) = reload(ten, &[]);
     assert!(ok, "reload failed: {out}\n{err}\n{}", ten.stderr());
     out
-}
-
-/// Whether the server closed `s` (EOF or reset) within `limit`; answered bytes are drained.
-fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        s.set_read_timeout(Some(Duration::from_millis(200)))
-            .expect("timeout");
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
-            Err(_) => return true,
-        }
-    }
-    false
 }
 
 /// Sends a head one byte every 200 ms (40 bytes, 8 s at most); whether it was cut.
