@@ -347,6 +347,7 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
             certs.clone(),
         )
         .with_access_log(access.clone())
+        .with_logs(logs.clone())
         .with_edge(admin.clone(), tls_maker),
     );
     let _ = api.reloader.set(reloader);

@@ -70,6 +70,8 @@ pub struct Reloader {
     certs: Option<Arc<tenement_proxy::tls::Certs>>,
     /// The access log (None when off at start), reopened by every reload.
     access: Option<Arc<AccessLog>>,
+    /// The log store (its retention limits follow reloads).
+    logs: Option<tenement_supervisor::logs::LogStore>,
     /// The admin listener (`admin_listen`), bound and closed by reloads.
     admin: Option<Arc<AdminListener>>,
     /// Makes the TLS listener's settings (None without `[settings.tls]` at start).
@@ -94,6 +96,7 @@ impl Reloader {
             notifier,
             certs,
             access: None,
+            logs: None,
             admin: None,
             tls: None,
             serial: tokio::sync::Mutex::new(()),
@@ -101,6 +104,12 @@ impl Reloader {
     }
 
     /// The access log each reload reopens (or switches to a changed `access_log`).
+    /// The log store whose retention limits a reload sets.
+    pub fn with_logs(mut self, logs: tenement_supervisor::logs::LogStore) -> Self {
+        self.logs = Some(logs);
+        self
+    }
+
     pub fn with_access_log(mut self, access: Option<Arc<AccessLog>>) -> Self {
         self.access = access;
         self
@@ -272,6 +281,12 @@ impl Reloader {
         let applied = Arc::new(applied);
         if let Err(e) = self.publisher.reconfigure(applied.clone()).await {
             errors.push(format!("routing table: {e}"));
+        }
+
+        // The log store's retention limits.
+        if let (true, Some(logs)) = (plan.log_limits, &self.logs) {
+            let st = &applied.settings;
+            logs.set_limits(st.log_retention, st.log_max_rows, st.log_max_bytes);
         }
 
         // The client connection limits; a new http2 on the TLS listener's socket.

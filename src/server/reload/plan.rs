@@ -39,6 +39,8 @@ pub struct Plan {
     /// `header_timeout`, `keepalive_timeout` or `max_connections` changed: the listeners get
     /// the new limits.
     pub limits: bool,
+    /// `log_retention`, `log_max_rows` or `log_max_bytes` changed: the log store gets them.
+    pub log_limits: bool,
     /// `admin_listen` changed: (running, new).
     pub admin: Option<(Option<String>, Option<String>)>,
     /// The TLS listener's address changed (or `[settings.tls]` was removed): (running, new).
@@ -238,10 +240,17 @@ fn settings(old: &Settings, new: &Settings, plan: &mut Plan) {
     }
     key!(metrics, None::<&str>);
     key!(admin_loopback_trusted, None::<&str>);
-    key!(log_retention, None::<&str>);
-    key!(log_max_rows, None::<&str>);
+    // The log store's retention limits: its writer applies them in its next pass.
+    if probe.log_retention != new.log_retention
+        || probe.log_max_rows != new.log_max_rows
+        || probe.log_max_bytes != new.log_max_bytes
+    {
+        plan.log_limits = true;
+    }
+    key!(log_retention, Some("applies in the log store's next pass"));
+    key!(log_max_rows, Some("applies in the log store's next pass"));
+    key!(log_max_bytes, Some("applies in the log store's next pass"));
     key!(log_max_line, None::<&str>);
-    key!(log_max_bytes, None::<&str>);
     // The limits of client connections: new connections get them; open ones keep theirs.
     if probe.header_timeout != new.header_timeout
         || probe.keepalive_timeout != new.keepalive_timeout
@@ -310,10 +319,8 @@ pub fn keep_read_once(old: &Config, new: &mut Config) {
     }
     n.metrics = o.metrics;
     n.admin_loopback_trusted = o.admin_loopback_trusted;
-    n.log_retention = o.log_retention;
-    n.log_max_rows = o.log_max_rows;
+    // The capture buffers and the log queue are sized by it at start.
     n.log_max_line = o.log_max_line;
-    n.log_max_bytes = o.log_max_bytes;
     new.fleet = old.fleet.clone();
 }
 
@@ -590,22 +597,46 @@ mod tests {
         let old = config(BASE);
         let new = config(&BASE.replace(
             "[settings]\n",
-            "[settings]\ndata_dir = \"/elsewhere\"\nlog_max_rows = 5000\n",
+            "[settings]\ndata_dir = \"/elsewhere\"\nlog_max_line = \"4KB\"\n",
         ));
         let p = plan(&old, &new, &[]);
         assert_eq!(p.refused.len(), 1);
         assert!(p.refused[0].starts_with("data_dir cannot change"), "{p:?}");
-        assert_eq!(later(&p), ["log_max_rows"]);
+        assert_eq!(later(&p), ["log_max_line"]);
         assert!(p.lines.contains(
-            &"setting ~ log_max_rows: applies at the next start of ten serve \
+            &"setting ~ log_max_line: applies at the next start of ten serve \
               (read once when ten serve starts)"
                 .into()
         ));
         // What runs keeps the old value: the same file reports it again.
         let mut applied = new.clone();
         keep_read_once(&old, &mut applied);
-        assert_eq!(applied.settings.log_max_rows, old.settings.log_max_rows);
-        assert_eq!(later(&plan(&applied, &new, &[])), ["log_max_rows"]);
+        assert_eq!(applied.settings.log_max_line, old.settings.log_max_line);
+        assert_eq!(later(&plan(&applied, &new, &[])), ["log_max_line"]);
+    }
+
+    #[test]
+    fn log_retention_limits_apply_live() {
+        let old = config(BASE);
+        let new = config(&BASE.replace(
+            "[settings]\n",
+            "[settings]\nlog_max_rows = 5000\nlog_retention = \"1d\"\nlog_max_bytes = \"10MB\"\n",
+        ));
+        let p = plan(&old, &new, &[]);
+        assert!(p.log_limits, "{p:?}");
+        assert!(later(&p).is_empty(), "{p:?}");
+        for k in ["log_max_rows", "log_retention", "log_max_bytes"] {
+            assert!(
+                p.lines.contains(&format!(
+                    "setting ~ {k}: applies in the log store's next pass"
+                )),
+                "{k}: {p:?}"
+            );
+        }
+        let mut applied = new.clone();
+        keep_read_once(&old, &mut applied);
+        assert_eq!(applied.settings.log_max_rows, 5000);
+        assert!(!plan(&applied, &new, &[]).log_limits);
     }
 
     /// Issue 20: the client connection limits and trusted_proxies apply live, by name.

@@ -347,6 +347,19 @@ impl LogStore {
         }
     }
 
+    /// New retention limits (`ten reload`: `log_retention`, `log_max_rows`, `log_max_bytes`;
+    /// zero: no limit of that kind): the writer applies them in its next pass, at once.
+    pub fn set_limits(&self, retention: Duration, max_rows: u64, max_bytes: u64) {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let _ = self.inner.tx.send(Msg::Limits(writer::Limits {
+            retention,
+            max_rows,
+            max_bytes,
+        }));
+    }
+
     /// Runs retention now, until nothing is due (tests).
     #[cfg(test)]
     fn retain_now(&self) {

@@ -90,6 +90,31 @@ fn retention_by_row_count_keeps_the_newest() {
 }
 
 #[test]
+fn new_limits_apply_in_the_next_pass_without_new_lines() {
+    let (_d, path) = temp();
+    let store = LogStore::open(&path, LogOptions::default()).unwrap();
+    for i in 0..500 {
+        store.record("api", "1", Stream::Stdout, &format!("line {i}"));
+    }
+    store.flush();
+    assert_eq!(rows(&path), 500, "within the default limits");
+    // A reload lowers log_max_rows: applied with no further line coming in.
+    store.set_limits(Duration::from_secs(3600), 50, 0);
+    store.flush();
+    store.retain_now();
+    assert_eq!(rows(&path), 50);
+    let lines = store.query(&LogQuery { limit: 1000, ..q() }).unwrap();
+    assert_eq!(lines[0].message, "line 499");
+    assert_eq!(lines[49].message, "line 450");
+    // And the byte limit: each "line NNN" is 8 bytes.
+    store.set_limits(Duration::from_secs(3600), 0, 80);
+    store.flush();
+    store.retain_now();
+    assert!(rows(&path) <= 10, "{} rows over 80 bytes", rows(&path));
+    assert_consistent(&path);
+}
+
+#[test]
 fn retention_by_age() {
     let (_d, path) = temp();
     let opts = LogOptions {

@@ -46,6 +46,8 @@ pub(crate) enum Msg {
     Flush(Sender<()>),
     /// Commit what is queued, then exit.
     Stop,
+    /// New retention limits (a reload): the next pass applies them.
+    Limits(Limits),
     /// Run retention until nothing is left to delete, then answer.
     #[cfg(test)]
     Retain(Sender<()>),
@@ -59,9 +61,19 @@ pub(crate) struct Writer {
     pub events: broadcast::Sender<Arc<LogLine>>,
 }
 
+/// The limits a reload may change (`[settings] log_retention`, `log_max_rows`,
+/// `log_max_bytes`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub retention: Duration,
+    pub max_rows: u64,
+    pub max_bytes: u64,
+}
+
 /// What ended a batch besides it being full.
 enum After {
     Nothing,
+    Limits(Limits),
     Reply(Sender<()>),
     Stop,
     #[cfg(test)]
@@ -111,6 +123,7 @@ impl Writer {
                     self.fill(&mut batch)
                 }
                 Ok(Msg::Flush(reply)) => After::Reply(reply),
+                Ok(Msg::Limits(l)) => After::Limits(l),
                 Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => After::Stop,
                 #[cfg(test)]
                 Ok(Msg::Retain(reply)) => After::Retain(reply),
@@ -121,6 +134,14 @@ impl Writer {
             since_retention += n;
             match after {
                 After::Nothing => {}
+                After::Limits(l) => {
+                    self.opts.retention = l.retention;
+                    self.opts.max_rows = l.max_rows;
+                    self.opts.max_bytes = l.max_bytes;
+                    age_due = self.age_due();
+                    // A retention pass now, and more while it deletes (as a backlog).
+                    backlog = true;
+                }
                 After::Reply(reply) => {
                     let _ = reply.send(());
                 }
@@ -207,6 +228,7 @@ impl Writer {
                     batch.push(p);
                 }
                 Msg::Flush(reply) => return After::Reply(reply),
+                Msg::Limits(l) => return After::Limits(l),
                 Msg::Stop => return After::Stop,
                 #[cfg(test)]
                 Msg::Retain(reply) => return After::Retain(reply),
@@ -237,7 +259,7 @@ impl Writer {
                 Ok(Msg::Retain(reply)) => {
                     let _ = reply.send(());
                 }
-                Ok(Msg::Stop) => {}
+                Ok(Msg::Stop | Msg::Limits(_)) => {}
                 Err(_) => break,
             }
         }

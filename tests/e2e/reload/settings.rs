@@ -4,7 +4,7 @@
 
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{reload, rewrite, TWO};
 use crate::util::{closed_within, free_port, read_response, Builder, Ten, DOMAIN};
@@ -264,4 +264,40 @@ fn connections_open_across_an_http2_change_still_count_against_max_connections()
         "a second connection was accepted with max_connections = 1 after the http2 change"
     );
     drop(open);
+}
+
+#[test]
+fn a_lower_log_max_rows_by_reload_trims_the_log_store_at_once() {
+    let ten = start("");
+    // The app logs a line per request: well over 5 lines.
+    for _ in 0..20 {
+        assert_eq!(ten.get(&api(), "/").status, 200);
+    }
+    let count = || {
+        let (status, out, err) = ten.cli(&["logs", "--limit", "1000"]);
+        assert!(status.success(), "ten logs: {out}{err}");
+        out.lines().count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count() <= 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the lines never reached the store"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = reload_with(&ten, "log_max_rows = 5");
+    assert!(
+        out.contains("setting ~ log_max_rows: applies in the log store's next pass"),
+        "{out}"
+    );
+    // With no further line written, the store is trimmed to the newest 5.
+    while count() > 5 {
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(20),
+            "still {} lines after log_max_rows = 5",
+            count()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
