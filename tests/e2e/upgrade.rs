@@ -26,6 +26,21 @@ fn pid(ten: &Ten, name: &str) -> u64 {
     crate::util::healthy_pid(ten, name)
 }
 
+/// After a failed upgrade: the old `ten serve` is alive, with the same two instances (pids
+/// `p1`, `p2`), and serves.
+fn old_one_serves(ten: &Ten, p1: u64, p2: u64) {
+    assert!(alive(ten.pid()), "the old ten serve exited");
+    assert_eq!(
+        instance(ten, "api:1").and_then(|v| v["pid"].as_u64()),
+        Some(p1)
+    );
+    assert_eq!(
+        instance(ten, "api:2").and_then(|v| v["pid"].as_u64()),
+        Some(p2)
+    );
+    assert_eq!(ten.get(&format!("api.{DOMAIN}"), "/").status, 200);
+}
+
 /// The new `ten serve` an upgrade started: SIGTERM on drop (it stops its instances), bounded.
 struct NewServer(u32);
 
@@ -186,16 +201,7 @@ fn an_upgrade_to_a_binary_that_fails_leaves_the_old_one_serving_with_its_instanc
         "{err}"
     );
     assert!(err.contains("keeps serving"), "{err}");
-    assert!(alive(ten.pid()), "the old ten serve exited");
-    assert_eq!(
-        instance(&ten, "api:1").and_then(|v| v["pid"].as_u64()),
-        Some(p1)
-    );
-    assert_eq!(
-        instance(&ten, "api:2").and_then(|v| v["pid"].as_u64()),
-        Some(p2)
-    );
-    assert_eq!(ten.get(&format!("api.{DOMAIN}"), "/").status, 200);
+    old_one_serves(&ten, p1, p2);
     // Its output is read again after the failed handover.
     ten.get(&format!("2.api.{DOMAIN}"), "/noise?lines=2");
     wait_log(&ten, "api:2", "noise 2 from api:2");
@@ -255,16 +261,7 @@ fn a_new_server_that_cannot_take_over_says_why_and_the_old_one_goes_on_reading_o
     // ten.lock: still held (the new one's exit did not unlock it), with the old one's pid.
     second_serve_refused(&ten, ten.pid());
     // The old one serves with the same instances and reads their output again.
-    assert!(alive(ten.pid()), "the old ten serve exited");
-    assert_eq!(
-        instance(&ten, "api:1").and_then(|v| v["pid"].as_u64()),
-        Some(p1)
-    );
-    assert_eq!(
-        instance(&ten, "api:2").and_then(|v| v["pid"].as_u64()),
-        Some(p2)
-    );
-    assert_eq!(ten.get(&format!("api.{DOMAIN}"), "/").status, 200);
+    old_one_serves(&ten, p1, p2);
     ten.get(&format!("1.api.{DOMAIN}"), "/noise?lines=4");
     wait_log(&ten, "api:1", "noise 4 from api:1");
     // Then a good one takes over; no output line lost or doubled across all three.
