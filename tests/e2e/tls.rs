@@ -80,14 +80,22 @@ fn pem_der(pem: &str) -> Vec<u8> {
         .expect("base64")
 }
 
-#[test]
-fn https_listener_terminates_tls_and_sets_forwarded_proto() {
+/// ten with the `API` process and a TLS listener (`tls_settings(extra)`) whose default
+/// certificate names `prod.api.{DOMAIN}`, serving: (ten, that host, the certificate's PEM,
+/// the TLS listener's address).
+fn tls_api(extra: &str) -> (crate::util::Ten, String, String, SocketAddr) {
     let b = Builder::new();
     let host = format!("prod.api.{DOMAIN}");
     let pem = self_signed(b.dir(), "default", &[&host]);
-    let ten = b.settings(&tls_settings("")).body(API).start();
+    let ten = b.settings(&tls_settings(extra)).body(API).start();
     let https = ten.https.expect("https listener announced");
     ten.wait_status(&host, "/", 200);
+    (ten, host, pem, https)
+}
+
+#[test]
+fn https_listener_terminates_tls_and_sets_forwarded_proto() {
+    let (ten, host, pem, https) = tls_api("");
     let r = client(&pem, &host, https)
         .get(format!("https://{host}:{}/headers", https.port()))
         .send()
@@ -116,12 +124,7 @@ fn missing_certificate_is_a_config_error() {
 
 #[test]
 fn http2_is_negotiated_by_alpn_and_routed_and_websocket_stays_http1() {
-    let b = Builder::new();
-    let host = format!("prod.api.{DOMAIN}");
-    let pem = self_signed(b.dir(), "default", &[&host]);
-    let ten = b.settings(&tls_settings("")).body(API).start();
-    let https = ten.https.expect("https");
-    ten.wait_status(&host, "/", 200);
+    let (_ten, host, pem, https) = tls_api("");
     // A real h2 client: ALPN picks h2, requests are routed (several on one connection).
     let c = client(&pem, &host, https);
     for _ in 0..3 {
@@ -162,12 +165,7 @@ fn http2_is_negotiated_by_alpn_and_routed_and_websocket_stays_http1() {
 
 #[test]
 fn http2_false_offers_http1_only() {
-    let b = Builder::new();
-    let host = format!("prod.api.{DOMAIN}");
-    let pem = self_signed(b.dir(), "default", &[&host]);
-    let ten = b.settings(&tls_settings("http2 = false")).body(API).start();
-    let https = ten.https.expect("https");
-    ten.wait_status(&host, "/", 200);
+    let (_ten, host, pem, https) = tls_api("http2 = false");
     let r = client(&pem, &host, https)
         .get(format!("https://{host}:{}/", https.port()))
         .send()
@@ -822,12 +820,7 @@ fn rss_kib(pid: u32) -> u64 {
 /// connections that each made one request and stay open.
 #[test]
 fn idle_tls_connections_hold_no_64k_read_buffer() {
-    let b = Builder::new();
-    let host = format!("prod.api.{DOMAIN}");
-    let pem = self_signed(b.dir(), "default", &[&host]);
-    let ten = b.settings(&tls_settings("")).body(API).start();
-    let https = ten.https.expect("https listener announced");
-    ten.wait_status(&host, "/", 200);
+    let (ten, host, pem, https) = tls_api("");
     let open = |n: usize| -> Vec<_> {
         (0..n)
             .map(|_| {
