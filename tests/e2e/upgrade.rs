@@ -113,6 +113,29 @@ fn ticks(ten: &Ten, name: &str) -> Vec<u64> {
     n.into_iter().map(|(_, t)| t).collect()
 }
 
+/// The newest `tick N` number `ten logs` has of `name` (0: none yet).
+fn last_tick(ten: &Ten, name: &str) -> u64 {
+    ticks(ten, name).last().copied().unwrap_or(0)
+}
+
+/// The ticks of `name` once some printed at least `n` ticks after `mark` were captured (bounded:
+/// 20 s): lines from both sides of a handover taken at `mark`.
+fn ticks_beyond(ten: &Ten, name: &str, mark: u64, n: u64) -> Vec<u64> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let t = ticks(ten, name);
+        if t.last().is_some_and(|&l| l >= mark + n) {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no tick past {} of {name} was captured: {t:?}",
+            mark + n
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Wait until `ten logs NAME` shows `want` (bounded: 20 s).
 fn wait_log(ten: &Ten, name: &str, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -139,6 +162,8 @@ fn an_upgrade_under_load_keeps_every_request_the_instances_their_weights_and_the
     let old_pid = ten.pid();
     let load = Load::start(ten.addr, format!("api.{DOMAIN}"), 3);
     std::thread::sleep(Duration::from_millis(700));
+    let mark = last_tick(&ten, "api:1");
+    assert!(mark > 0, "no tick of api:1 captured before the upgrade");
     let (ok, out, err) = upgrade(&ten, &[]);
     assert!(ok, "ten upgrade failed: {out}\n{err}\n{}", ten.stderr());
     let (old, new) = pids(&out);
@@ -171,8 +196,7 @@ fn an_upgrade_under_load_keeps_every_request_the_instances_their_weights_and_the
     ten.get(&format!("1.api.{DOMAIN}"), "/noise?lines=3");
     wait_log(&ten, "api:1", "noise 3 from api:1");
     // ... and across the handover no line was lost or read twice.
-    let t = ticks(&ten, "api:1");
-    assert!(t.len() > 20, "too few ticks: {t:?}");
+    let t = ticks_beyond(&ten, "api:1", mark, 10);
     let first = t[0];
     let want: Vec<u64> = (first..first + t.len() as u64).collect();
     assert_eq!(t, want, "ticks lost or doubled across the upgrade");
@@ -265,6 +289,7 @@ fn a_new_server_that_cannot_take_over_says_why_and_the_old_one_goes_on_reading_o
     ten.get(&format!("1.api.{DOMAIN}"), "/noise?lines=4");
     wait_log(&ten, "api:1", "noise 4 from api:1");
     // Then a good one takes over; no output line lost or doubled across all three.
+    let mark = last_tick(&ten, "api:1");
     std::fs::write(&path, &good).expect("write config");
     let (ok, out, err) = upgrade(&ten, &[]);
     assert!(ok, "ten upgrade failed: {out}\n{err}\n{}", ten.stderr());
@@ -276,8 +301,7 @@ fn a_new_server_that_cannot_take_over_says_why_and_the_old_one_goes_on_reading_o
     );
     ten.get(&format!("1.api.{DOMAIN}"), "/noise?lines=5");
     wait_log(&ten, "api:1", "noise 5 from api:1");
-    let t = ticks(&ten, "api:1");
-    assert!(t.len() > 20, "too few ticks: {t:?}");
+    let t = ticks_beyond(&ten, "api:1", mark, 10);
     let want: Vec<u64> = (t[0]..t[0] + t.len() as u64).collect();
     assert_eq!(
         t, want,
