@@ -21,8 +21,8 @@
 //! `process_new_http` against a deadline that stops mattering once the proxy has the head
 //! (`TenProxy::new_ctx` calls [`head_read`], in the same poll). The request itself (body,
 //! upstream, response) is not limited by it. Between requests a connection holds only its
-//! stream: `Edge` waits for the client's first bytes itself (`first_bytes`, no buffer while it
-//! waits) and only then makes Pingora's request future and head buffer, handing it those bytes
+//! stream: `Edge` waits for the client's first bytes itself (`park`, no buffer while it waits)
+//! and only then makes Pingora's request future, handing it the buffer they were read into
 //! (issue 23: an idle keep-alive connection held ~36 KB).
 //!
 //! [`ConnLimit`]: `max_connections` per listener. Pingora accepts in one loop per listener and
@@ -256,24 +256,124 @@ fn bytes_waiting(fd: i32) -> bool {
 /// head arrives in as many reads as before.
 const FIRST_READ: usize = 4096;
 
-/// Wait for a connection's next bytes holding no buffer while it waits: the read goes into a
-/// stack buffer during the poll that finds bytes, and only those are copied into the head buffer
-/// handed to Pingora (`set_pipelined_prefix`, which its parser reads before the socket). The
-/// same one read as Pingora's `read_request` would make. None: the client closed the connection
-/// (or it failed) before sending anything, which Pingora treats as a quiet end too.
-fn first_bytes(stream: &mut Stream) -> impl Future<Output = Option<bytes::BytesMut>> + '_ {
-    std::future::poll_fn(move |cx| {
-        let mut tmp = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
-        let mut buf = tokio::io::ReadBuf::uninit(&mut tmp);
-        match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
-                let mut head = bytes::BytesMut::with_capacity(FIRST_READ);
-                head.extend_from_slice(buf.filled());
-                Poll::Ready(Some(head))
-            }
-            Poll::Ready(_) => Poll::Ready(None),
+thread_local! {
+    /// A head buffer no connection holds yet: a parked connection's read attempt borrows it and
+    /// gives it back when no bytes are there, so parking holds no buffer and finding bytes
+    /// copies nothing (the buffer read into is the one handed to Pingora).
+    static SPARE: Cell<Option<bytes::BytesMut>> = const { Cell::new(None) };
+}
+
+/// How a parked connection's wait ended.
+enum Parked {
+    /// The client's first bytes of its next request, in the buffer Pingora will parse from.
+    Bytes(bytes::BytesMut),
+    /// The client closed the connection (or it failed) before sending anything, which Pingora
+    /// treats as a quiet end too; or ten is shutting down.
+    Closed,
+    /// The deadline passed with nothing sent.
+    Late,
+}
+
+/// Arm `timer` for `deadline.at` if it is set later (a timer set earlier is moved when it fires).
+fn arm(deadline: &mut HeadDeadline, timer: Pin<&mut tokio::time::Sleep>) {
+    if deadline.at < timer.deadline() {
+        timer.reset(deadline.at);
+        deadline.registered = None;
+    }
+}
+
+/// Ready once the deadline has passed (and its grace, if any, did not apply). The timer is
+/// polled only when it fired or does not yet know this waker.
+fn poll_deadline(
+    deadline: &mut HeadDeadline,
+    mut timer: Pin<&mut tokio::time::Sleep>,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<()> {
+    if !timer.is_elapsed()
+        && deadline
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+    {
+        return Poll::Pending;
+    }
+    while timer.as_mut().poll(cx).is_ready() {
+        let now = Instant::now();
+        if now < deadline.at {
+            timer.as_mut().reset(deadline.at); // armed early: move it, poll again
+            continue;
         }
+        match deadline.grace.take() {
+            Some(more) if bytes_waiting(deadline.fd) => {
+                deadline.at = now + more;
+                timer.as_mut().reset(deadline.at);
+            }
+            _ => return Poll::Ready(()),
+        }
+    }
+    deadline.registered = Some(cx.waker().clone());
+    Poll::Pending
+}
+
+/// A connection between requests: what wakes it when it is parked. One per connection.
+struct Park<S> {
+    /// `HttpProxy::await_shutdown()`, made once per connection and polled only to (re)register
+    /// the task's waker: after that a shutdown wakes the task and `is_shutting_down` says why,
+    /// so parking again registers nothing.
+    closing: S,
+    /// The waker `closing` was last polled with.
+    registered: Option<Waker>,
+}
+
+/// Wait for a connection's next bytes, holding no buffer while it waits (see [`SPARE`]): the
+/// same one read as Pingora's `read_request` would make, into the buffer handed to Pingora
+/// (`set_pipelined_prefix`, which its parser reads before the socket). Ends early at shutdown
+/// or when the deadline passes.
+fn park<'a, SV, S>(
+    stream: &'a mut Stream,
+    app: &'a HttpProxy<SV>,
+    park: &'a mut Park<S>,
+    deadline: &'a mut HeadDeadline,
+    mut timer: Pin<&'a mut tokio::time::Sleep>,
+) -> impl Future<Output = Parked> + 'a
+where
+    S: Future<Output = ()> + Unpin,
+{
+    std::future::poll_fn(move |cx| {
+        let mut head = SPARE
+            .take()
+            .unwrap_or_else(|| bytes::BytesMut::with_capacity(FIRST_READ));
+        let mut buf = tokio::io::ReadBuf::uninit(head.spare_capacity_mut());
+        match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                let n = buf.filled().len();
+                // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity
+                // (`ReadBuf::filled` over that same memory: a reader cannot swap the buffer).
+                unsafe { head.set_len(n) };
+                return Poll::Ready(Parked::Bytes(head));
+            }
+            Poll::Ready(_) => {
+                SPARE.set(Some(head));
+                return Poll::Ready(Parked::Closed);
+            }
+            Poll::Pending => SPARE.set(Some(head)),
+        }
+        // Shutdown (or the end of an upgrade's drain) closes parked connections, as Pingora's
+        // `read_request` does.
+        if app.is_shutting_down() {
+            return Poll::Ready(Parked::Closed);
+        }
+        if !park
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            if Pin::new(&mut park.closing).poll(cx).is_ready() {
+                return Poll::Ready(Parked::Closed);
+            }
+            park.registered = Some(cx.waker().clone());
+        }
+        poll_deadline(deadline, timer.as_mut(), cx).map(|()| Parked::Late)
     })
 }
 
@@ -287,10 +387,7 @@ async fn with_head_deadline<F>(
 where
     F: Future + Unpin,
 {
-    if deadline.at < timer.deadline() {
-        timer.as_mut().reset(deadline.at);
-        deadline.registered = None;
-    }
+    arm(deadline, timer.as_mut());
     let mut head = false;
     std::future::poll_fn(|cx| {
         if head {
@@ -302,35 +399,23 @@ where
         if let Poll::Ready(out) = polled {
             return Poll::Ready(Some(out));
         }
-        // The timer is only polled while a head is still awaited, and only when it fired or
-        // does not yet know this waker.
-        if head
-            || (!timer.is_elapsed()
-                && deadline
-                    .registered
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker())))
-        {
+        // The deadline only matters while a head is still awaited.
+        if head {
             return Poll::Pending;
         }
-        while timer.as_mut().poll(cx).is_ready() {
-            let now = Instant::now();
-            if now < deadline.at {
-                timer.as_mut().reset(deadline.at); // armed early: move it, poll again
-                continue;
-            }
-            match deadline.grace.take() {
-                Some(more) if bytes_waiting(deadline.fd) => {
-                    deadline.at = now + more;
-                    timer.as_mut().reset(deadline.at);
-                }
-                _ => return Poll::Ready(None),
-            }
-        }
-        deadline.registered = Some(cx.waker().clone());
-        Poll::Pending
+        poll_deadline(deadline, timer.as_mut(), cx).map(|()| None)
     })
     .await
+}
+
+/// A connection whose request head did not arrive in time: closed.
+fn late(limits: &EdgeLimits) -> Option<Stream> {
+    tracing::debug!(
+        header_timeout = ?limits.header_timeout,
+        keepalive_timeout = ?limits.keepalive_timeout,
+        "no complete request head in time: connection closed"
+    );
+    None
 }
 
 #[async_trait]
@@ -362,46 +447,42 @@ where
         };
         let timer = tokio::time::sleep_until(deadline.at);
         tokio::pin!(timer);
-        let mut next = (stream, None);
+        let app = &*self.app;
+        let closing = std::pin::pin!(app.await_shutdown());
+        let mut parked = Park {
+            closing,
+            registered: None,
+        };
+        let (mut stream, mut settings) = (stream, None);
         loop {
-            let (mut stream, settings) = next;
-            let app = &self.app;
             // Until the client's first bytes arrive, the connection holds only its stream: the
             // request future (`process_new_http`, an async_trait Box of ~14 KB) and Pingora's
             // 4 KiB head buffer are made once there is a request to read.
-            let request = std::pin::pin!(async move {
-                let first = tokio::select! {
-                    biased;
-                    first = first_bytes(&mut stream) => first?,
-                    // Shutdown (or the end of an upgrade's drain) closes parked connections,
-                    // as Pingora's `read_request` does.
-                    () = app.await_shutdown() => return None,
+            arm(&mut deadline, timer.as_mut());
+            let first =
+                match park(&mut stream, app, &mut parked, &mut deadline, timer.as_mut()).await {
+                    Parked::Bytes(first) => first,
+                    Parked::Closed => return None,
+                    Parked::Late => return late(&limits),
                 };
-                let mut session = ServerSession::new_http1(stream);
-                match settings {
-                    Some(settings) => {
-                        HttpPersistentSettings::apply_to_session(settings, &mut session)
-                    }
-                    // Pingora's keep-alive timeout would register a timer for every read of
-                    // every head: "infinite" there, and ten's own deadline (one timer per
-                    // connection) instead. Later sessions inherit it through `settings`.
-                    None => session.set_keepalive((!*shutdown.borrow()).then_some(0)),
-                }
-                // ten never enables HTTP/1.1 pipelining, so `settings` carries no bytes of
-                // its own (Pingora refuses reuse when a request overread).
-                session.set_pipelined_prefix(first);
-                app.process_new_http(session, shutdown).await
-            });
+            let mut session = ServerSession::new_http1(stream);
+            match settings {
+                Some(settings) => HttpPersistentSettings::apply_to_session(settings, &mut session),
+                // Pingora's keep-alive timeout would register a timer for every read of every
+                // head: "infinite" there, and ten's own deadline (one timer per connection)
+                // instead. Later sessions inherit it through `settings`.
+                None => session.set_keepalive((!*shutdown.borrow()).then_some(0)),
+            }
+            // ten never enables HTTP/1.1 pipelining, so `settings` carries no bytes of its own
+            // (Pingora refuses reuse when a request overread).
+            session.set_pipelined_prefix(first);
+            // The boxed request future itself, polled by the deadline (no wrapper future).
+            let request = self.app.process_new_http(session, shutdown);
             let Some(reused) = with_head_deadline(request, &mut deadline, timer.as_mut()).await
             else {
-                tracing::debug!(
-                    header_timeout = ?limits.header_timeout,
-                    keepalive_timeout = ?limits.keepalive_timeout,
-                    "no complete request head in time: connection closed"
-                );
-                return None;
+                return late(&limits);
             };
-            next = reused?.consume();
+            (stream, settings) = reused?.consume();
             deadline.at = Instant::now() + limits.keepalive_timeout;
             deadline.grace = Some(limits.header_timeout);
         }

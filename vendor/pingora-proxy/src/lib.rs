@@ -325,6 +325,16 @@ where
         .await;
     }
 
+    /// Whether `http_cleanup()` has been called: the flag [`Self::await_shutdown`]
+    /// checks, without registering a waiter. A custom server app that keeps one
+    /// `await_shutdown()` future registered for a connection's whole life (so that
+    /// parking the connection again does not register and unregister a waiter each
+    /// time) checks this when it parks: the registered waiter wakes the task on
+    /// shutdown, and this tells it why.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown_flag.load(Ordering::Acquire)
+    }
+
     async fn handle_new_request(
         &self,
         mut downstream_session: Box<HttpSession>,
