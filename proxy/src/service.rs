@@ -393,10 +393,12 @@ impl ProxyHttp for TenProxy {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(499);
+        // One clock read for the metrics, the plugins and the access log.
+        let elapsed = ctx.start.elapsed();
         match &ctx.backend {
             Some(b) => {
                 if let Some(m) = &b.stats.metrics {
-                    m.observe(status, ctx.start.elapsed());
+                    m.observe(status, elapsed);
                     if let Some(e) = e.filter(|e| e.esource() == &ErrorSource::Upstream) {
                         let kind = error_kind(e);
                         if kind != "connect" {
@@ -412,7 +414,7 @@ impl ProxyHttp for TenProxy {
                     .and_then(Target::opts)
                     .and_then(|o| o.metrics.as_ref())
                 {
-                    m.unrouted.observe(status, ctx.start.elapsed());
+                    m.unrouted.observe(status, elapsed);
                 }
             }
         }
@@ -425,20 +427,20 @@ impl ProxyHttp for TenProxy {
                     .map(|o| &*o.name)
                     .unwrap_or(""),
                 status,
-                latency: ctx.start.elapsed(),
+                latency: elapsed,
                 request_bytes: ctx.body_seen,
                 client_ip: ctx.client_ip,
                 path: session.req_header().uri.path(),
             });
         }
         if let Some(log) = &self.access {
-            log.send(crate::access::entry(
+            log.log(&crate::access::entry(
                 session,
                 ctx.client_ip,
                 status,
-                ctx.start.elapsed(),
-                ctx.backend.as_ref().map(|b| b.key.clone()),
-                &ctx.request_id,
+                elapsed,
+                ctx.backend.as_ref().map(|b| &*b.key),
+                ctx.request_id.as_bytes(),
             ));
         }
     }
