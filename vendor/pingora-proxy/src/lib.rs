@@ -1566,14 +1566,24 @@ impl SubrequestSpawner {
     }
 }
 
-#[async_trait]
-impl<SV, C> HttpServerApp for HttpProxy<SV, C>
+impl<SV, C> HttpProxy<SV, C>
 where
     SV: ProxyHttp + Send + Sync + 'static,
     <SV as ProxyHttp>::CTX: Send + Sync,
     C: custom::Connector,
 {
-    async fn process_new_http(
+    /// The future of [`HttpServerApp::process_new_http`], returned by value from a call
+    /// that is not inlined, so that the caller's `Box` can be its return slot.
+    #[inline(never)]
+    fn new_http_future<'a>(
+        self: &'a Arc<Self>,
+        session: HttpSession,
+        shutdown: &'a ShutdownWatch,
+    ) -> impl Future<Output = Option<ReusedHttpStream>> + Send + 'a {
+        self.serve_new_http(session, shutdown)
+    }
+
+    async fn serve_new_http(
         self: &Arc<Self>,
         mut session: HttpSession,
         shutdown: &ShutdownWatch,
@@ -1609,6 +1619,32 @@ where
         }
 
         self.process_request(session, ctx).await
+    }
+}
+
+#[async_trait]
+impl<SV, C> HttpServerApp for HttpProxy<SV, C>
+where
+    SV: ProxyHttp + Send + Sync + 'static,
+    <SV as ProxyHttp>::CTX: Send + Sync,
+    C: custom::Connector,
+{
+    // Not an `async fn`: `#[async_trait]` would build the request future (many KB: the
+    // whole proxy state machine) on the stack and copy it into its `Box`, once per request.
+    // Here the `Box` is allocated first and the future is returned straight into it.
+    fn process_new_http<'life0, 'life1, 'async_trait>(
+        self: &'life0 Arc<Self>,
+        session: HttpSession,
+        shutdown: &'life1 ShutdownWatch,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        let slot = Box::new_uninit();
+        let fut = Box::write(slot, self.new_http_future(session, shutdown));
+        Box::into_pin(fut)
     }
 
     async fn http_cleanup(&self) {
