@@ -30,17 +30,16 @@ use crate::upstreams::peer::{Peer, ALPN};
 use crate::offload::OffloadRuntime;
 pub use l4::Connect as L4Connect;
 use l4::{connect as l4_connect, BindTo};
-use log::{debug, error, warn};
+use log::{debug, warn};
 use parking_lot::RwLock;
 use pingora_error::{Error, ErrorType::*, OrErr, Result};
-use pingora_pool::{ConnectionMeta, ConnectionPool};
+use pingora_pool::ConnectionMeta;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tls::TlsConnector;
-use tokio::sync::Mutex;
 
 #[derive(Clone, Debug)]
 pub(crate) struct IdleConnection {
@@ -170,7 +169,7 @@ impl ConnectorOptions {
 /// [TransportConnector] provides APIs to connect to servers via TCP or TLS with connection reuse
 pub struct TransportConnector {
     tls_ctx: tls::Connector,
-    connection_pool: Arc<ConnectionPool<Arc<Mutex<Stream>>>>,
+    connection_pool: Arc<idle::IdlePool>,
     offload: Option<OffloadRuntime>,
     bind_to_v4: Vec<SocketAddr>,
     bind_to_v6: Vec<SocketAddr>,
@@ -203,7 +202,7 @@ impl TransportConnector {
             .and_then(|o| o.keepalive_pool_callback.clone());
         TransportConnector {
             tls_ctx: tls::Connector::new(options),
-            connection_pool: Arc::new(ConnectionPool::new(pool_size)),
+            connection_pool: Arc::new(idle::IdlePool::new(pool_size)),
             offload: offload.map(|v| OffloadRuntime::new("upstream connect offload", v.0, v.1)),
             bind_to_v4,
             bind_to_v6,
@@ -249,57 +248,15 @@ impl TransportConnector {
 
     /// Try to find a reusable connection to the given server [Peer]
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
-        match self.connection_pool.get(&peer.reuse_hash()) {
-            Some(s) => {
-                debug!("find reusable stream, trying to acquire it");
-                {
-                    let _ = s.lock().await;
-                } // wait for the idle poll to release it
-                match Arc::try_unwrap(s) {
-                    Ok(l) => {
-                        let mut stream = l.into_inner();
-                        // test_reusable_stream: we assume server would never actively send data
-                        // first on an idle stream.
-                        #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
-                            && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
-                        {
-                            Some(stream)
-                        } else {
-                            None
-                        }
-                        #[cfg(windows)]
-                        {
-                            use std::os::windows::io::{AsRawSocket, RawSocket};
-                            struct WrappedRawSocket(RawSocket);
-                            impl AsRawSocket for WrappedRawSocket {
-                                fn as_raw_socket(&self) -> RawSocket {
-                                    self.0
-                                }
-                            }
-                            if peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
-                                && test_reusable_stream(
-                                    &mut stream,
-                                    &self.unexpected_data_conn_count,
-                                )
-                            {
-                                Some(stream)
-                            } else {
-                                None
-                            }
-                        }
-                    }
-                    Err(_) => {
-                        error!("failed to acquire reusable stream");
-                        None
-                    }
-                }
-            }
-            None => {
-                debug!("No reusable connection found for {peer}");
-                None
-            }
+        let stream = self.connection_pool.get(
+            peer.reuse_hash(),
+            &self.unexpected_data_conn_count,
+            self.keepalive_pool_callback.as_ref(),
+        );
+        if stream.is_none() {
+            debug!("No reusable connection found for {peer}");
         }
+        stream
     }
 
     /// Return the [Stream] to the [TransportConnector] for connection reuse.
@@ -318,32 +275,15 @@ impl TransportConnector {
         if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
             return;
         }
-        let id = stream.id();
-        let meta = ConnectionMeta::new(key, id);
         debug!("Try to keepalive client session");
-        let stream = Arc::new(Mutex::new(stream));
-        let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
-        let (notify_close, watch_use) = self.connection_pool.put(&meta, stream);
-        let idle_meta = IdleConnection::new(meta);
-        let pool = self.connection_pool.clone(); //clone the arc
-        let keepalive_pool_callback = self.keepalive_pool_callback.clone();
-        let rt = pingora_runtime::current_handle();
-        rt.spawn(async move {
-            if pool
-                .idle_poll(
-                    locked_stream,
-                    &idle_meta.connection,
-                    idle_timeout,
-                    notify_close,
-                    watch_use,
-                )
-                .await
-            {
-                if let Some(callback) = keepalive_pool_callback {
-                    callback(idle_meta.elapsed());
-                }
-            }
-        });
+        self.connection_pool.put(
+            &self.connection_pool,
+            key,
+            stream,
+            idle_timeout,
+            self.unexpected_data_conn_count.clone(),
+            self.keepalive_pool_callback.clone(),
+        );
     }
 
     /// Get a stream to the given server [Peer]
@@ -383,6 +323,219 @@ impl TransportConnector {
     /// access to the connector.
     pub fn unexpected_data_connection_counter(&self) -> Arc<AtomicU64> {
         self.unexpected_data_conn_count.clone()
+    }
+}
+
+/// The keep-alive pool of upstream HTTP/1 connections, without a task per idle connection.
+///
+/// Pingora's `ConnectionPool` (still used for HTTP/2) watches every idle connection with a
+/// spawned task (`idle_poll`: an `Arc<Mutex<Stream>>`, a oneshot channel, a `Notify`, a timer)
+/// that the next request for the same peer has to signal and wait for: several allocations, a
+/// task spawn and two task wake-ups per proxied request on a keep-alive upstream. Here an idle
+/// connection is only kept in a list: whether it is still usable is checked when it is taken
+/// (the runtime already tracks the socket's readiness, so a connection the server closed or
+/// wrote to is seen as readable and dropped), and one sweeper task per pool closes connections
+/// past their idle timeout and those the server closed, once a second. Taking reuses the most
+/// recently released connection first (the others time out first). The lists are per worker
+/// thread (a connection is put in its thread's list, taken from its thread's list first, then
+/// from the others), so two workers proxying to the same server do not share one lock.
+mod idle {
+    use super::{test_reusable_stream, PoolCallback, Stream};
+    use parking_lot::Mutex;
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    use std::sync::{Arc, Weak};
+    use std::time::{Duration, Instant};
+
+    /// How often the sweeper looks for expired and closed idle connections.
+    const SWEEP: Duration = Duration::from_secs(1);
+
+    /// Lists of idle connections: each thread puts into one of them (by a number it gets once).
+    const SHARDS: usize = 16;
+
+    /// This thread's shard.
+    fn slot() -> usize {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+        }
+        SLOT.with(|s| *s)
+    }
+
+    struct Idle {
+        stream: Stream,
+        since: Instant,
+        timeout: Option<Duration>,
+    }
+
+    impl Idle {
+        fn expired(&self, now: Instant) -> bool {
+            self.timeout
+                .is_some_and(|t| now.saturating_duration_since(self.since) >= t)
+        }
+    }
+
+    pub(crate) struct IdlePool {
+        shards: Box<[Mutex<HashMap<u64, Vec<Idle>>>]>,
+        /// Idle connections in the pool, at most `size`.
+        count: AtomicUsize,
+        size: usize,
+        /// A sweeper task is running (it clears this when it ends, e.g. with its runtime).
+        sweeping: AtomicBool,
+    }
+
+    impl IdlePool {
+        pub(crate) fn new(size: usize) -> Self {
+            IdlePool {
+                shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+                count: AtomicUsize::new(0),
+                size,
+                sweeping: AtomicBool::new(false),
+            }
+        }
+
+
+        /// Idle connections held now.
+        #[cfg(test)]
+        pub(crate) fn len(&self) -> usize {
+            self.count.load(Ordering::Relaxed)
+        }
+
+        /// A usable idle connection of `key`, this thread's most recently released first, then
+        /// the other threads'; the ones found closed, written to or expired on the way are
+        /// dropped.
+        pub(crate) fn get(
+            &self,
+            key: u64,
+            unexpected: &AtomicU64,
+            callback: Option<&PoolCallback>,
+        ) -> Option<Stream> {
+            if self.count.load(Ordering::Relaxed) == 0 {
+                return None;
+            }
+            let now = Instant::now();
+            let own = slot();
+            (0..SHARDS).find_map(|i| {
+                self.take(&self.shards[(own + i) % SHARDS], key, now, unexpected, callback)
+            })
+        }
+
+        fn take(
+            &self,
+            shard: &Mutex<HashMap<u64, Vec<Idle>>>,
+            key: u64,
+            now: Instant,
+            unexpected: &AtomicU64,
+            callback: Option<&PoolCallback>,
+        ) -> Option<Stream> {
+            let mut shard = shard.lock();
+            let list = shard.get_mut(&key)?;
+            while let Some(mut idle) = list.pop() {
+                self.count.fetch_sub(1, Ordering::Relaxed);
+                if !idle.expired(now) && test_reusable_stream(&mut idle.stream, unexpected) {
+                    if list.is_empty() {
+                        shard.remove(&key);
+                    }
+                    return Some(idle.stream);
+                }
+                if let Some(cb) = callback {
+                    cb(now.saturating_duration_since(idle.since));
+                }
+            }
+            shard.remove(&key);
+            None
+        }
+
+        /// Keep `stream` for reuse by `key` for at most `timeout`. A full pool drops the
+        /// oldest idle connection of this key to make room, else `stream` itself.
+        pub(crate) fn put(
+            &self,
+            this: &Arc<IdlePool>,
+            key: u64,
+            stream: Stream,
+            timeout: Option<Duration>,
+            unexpected: Arc<AtomicU64>,
+            callback: Option<PoolCallback>,
+        ) {
+            let now = Instant::now();
+            {
+                let mut shard = self.shards[slot()].lock();
+                let list = shard.entry(key).or_default();
+                if self.count.load(Ordering::Relaxed) >= self.size {
+                    if list.is_empty() {
+                        shard.remove(&key);
+                        return; // `stream` is dropped: closed
+                    }
+                    let oldest = list.remove(0);
+                    self.count.fetch_sub(1, Ordering::Relaxed);
+                    if let Some(cb) = &callback {
+                        cb(now.saturating_duration_since(oldest.since));
+                    }
+                }
+                list.push(Idle {
+                    stream,
+                    since: now,
+                    timeout,
+                });
+                self.count.fetch_add(1, Ordering::Relaxed);
+            }
+            if !self.sweeping.load(Ordering::Relaxed)
+                && !self.sweeping.swap(true, Ordering::AcqRel)
+            {
+                Self::start_sweeper(Arc::downgrade(this), unexpected, callback);
+            }
+        }
+
+        /// One sweeper per pool, on the runtime of the connection that started it. When that
+        /// runtime goes away, the next `put` starts another.
+        fn start_sweeper(
+            pool: Weak<IdlePool>,
+            unexpected: Arc<AtomicU64>,
+            callback: Option<PoolCallback>,
+        ) {
+            struct Ended(Weak<IdlePool>);
+            impl Drop for Ended {
+                fn drop(&mut self) {
+                    if let Some(p) = self.0.upgrade() {
+                        p.sweeping.store(false, Ordering::Release);
+                    }
+                }
+            }
+            let ended = Ended(pool.clone());
+            pingora_runtime::current_handle().spawn(async move {
+                let _ended = ended;
+                let mut tick = tokio::time::interval(SWEEP);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(pool) = pool.upgrade() else { return };
+                    pool.sweep(&unexpected, callback.as_ref());
+                }
+            });
+        }
+
+        /// Drop the idle connections past their timeout and those the server closed or wrote
+        /// to.
+        fn sweep(&self, unexpected: &AtomicU64, callback: Option<&PoolCallback>) {
+            let now = Instant::now();
+            for shard in self.shards.iter() {
+                let mut shard = shard.lock();
+                shard.retain(|_, list| {
+                    list.retain_mut(|idle| {
+                        let keep = !idle.expired(now)
+                            && test_reusable_stream(&mut idle.stream, unexpected);
+                        if !keep {
+                            self.count.fetch_sub(1, Ordering::Relaxed);
+                            if let Some(cb) = callback {
+                                cb(now.saturating_duration_since(idle.since));
+                            }
+                        }
+                        keep
+                    });
+                    !list.is_empty()
+                });
+            }
+        }
     }
 }
 
