@@ -267,10 +267,13 @@ def wrk_shared(bins, port, conns, threads, duration, cpus, pids, upstream_pids):
     """Saturation run with the proxy, the upstream and wrk all on the cores `cpus` (the scaling
     phase): `wrk_figures`, plus the cores each of them kept busy on average (`proxy_cores`,
     `upstream_cores`, `load_cores`: wrk's own CPU, from this process's reaped children) and
-    what the rest of the machine took from those cores (`others_cores`)."""
+    what the rest of the machine took from those cores (`others_cores`); the proxy's voluntary
+    context switches per request (`wakeups_per_req`, as in `syscalls`, no idle window
+    subtracted)."""
     cmd = wrk_cmd(bins, port, conns, duration, threads=threads, cpus=cpus)
     cores = cpus.split(",")
     before, up_before = cpu_split(pids), cpu_ticks(upstream_pids)
+    sw_before = voluntary_switches(pids)
     busy_before = sum(core_busy_ticks(c) for c in cores)
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
@@ -278,6 +281,7 @@ def wrk_shared(bins, port, conns, threads, duration, cpus, pids, upstream_pids):
     wall = time.monotonic() - t0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     after, up_after = cpu_split(pids), cpu_ticks(upstream_pids)
+    sw = voluntary_switches(pids) - sw_before
     busy = (sum(core_busy_ticks(c) for c in cores) - busy_before) / CLK_TCK
     run = wrk_figures(out, after[0] - before[0], after[1] - before[1], wall)
     load = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
@@ -289,6 +293,8 @@ def wrk_shared(bins, port, conns, threads, duration, cpus, pids, upstream_pids):
         "upstream_cores": upstream / wall,
         "load_cores": load / wall,
         "others_cores": max(0.0, (busy - proxy - upstream - load) / wall),
+        # The proxy's threads going to sleep (and so later woken), per request.
+        "wakeups_per_req": sw / run["requests"] if run["requests"] else None,
     })
     return run
 

@@ -83,7 +83,8 @@ def scaling_phase(bins, d, up, up_port, args, res):
                 log(f"round {r + 1}: {t.key}: {run['rps']:.0f} req/s, "
                     f"{run['cpu_us_per_req'] or 0:.1f} us CPU/req, proxy {run['proxy_cores']:.2f} "
                     f"+ upstream {run['upstream_cores']:.2f} + wrk {run['load_cores']:.2f} "
-                    f"+ others {run['others_cores']:.2f} cores")
+                    f"+ others {run['others_cores']:.2f} cores, "
+                    f"{run['wakeups_per_req'] or 0:.3f} wakeups/req")
             sc["rounds"].append(row)
     finally:
         for t in started:
@@ -116,7 +117,8 @@ def summary(res):
         good = [r[k] for r in rounds if k in r and not starved(r[k])] or [r[k] for r in rounds if k in r]
         s[k] = {f: _med(run.get(f) for run in good)
                 for f in ("rps", "cpu_us_per_req", "cpu_user_us_per_req", "cpu_sys_us_per_req",
-                          "proxy_cores", "upstream_cores", "load_cores", "others_cores")}
+                          "proxy_cores", "upstream_cores", "load_cores", "others_cores",
+                          "wakeups_per_req")}
     complete = [(i + 1, r) for i, r in enumerate(rounds) if all(k in r for k in keys)]
     clean = [(i, r) for i, r in complete if not any(starved(r[k]) for k in keys)]
     if not clean:
@@ -170,12 +172,16 @@ def section(res, out):
         "the median shown. CPU µs/request: the proxy's utime + stime over the run / requests. "
         "*cores*: CPU time over wall time of the proxy, the upstream, wrk, and the rest of the "
         "machine (the two cores' busy time from `/proc/stat` minus those three: other "
-        "engineers' work, kernel time charged to no process). A run where the rest took more "
+        "engineers' work, kernel time charged to no process, and so also whatever CPU a "
+        "configuration leaves idle that a neighbour then takes). *wakeups/req*: the proxy's "
+        "voluntary context switches (a thread going to sleep, later woken) per request. A run "
+        "where the rest took more "
         f"than {STARVED} of a core was run again (at most twice) and, if still so, is marked `*` "
         f"and left out. Workers seen after start: {workers}.\n",
         "| proxy | req/s, 1 worker | req/s, 2 workers | scaling (2 / 1) | CPU µs/req, 1 | "
-        "CPU µs/req, 2 | user + sys, 2 | proxy cores, 1 | proxy cores, 2 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "CPU µs/req, 2 | user + sys, 2 | proxy cores, 1 | proxy cores, 2 | wakeups/req, 1 | "
+        "wakeups/req, 2 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in PROXIES:
         one, two = s[f"{p}-1"], s[f"{p}-2"]
@@ -183,7 +189,8 @@ def section(res, out):
             f"| {p} | {_f(one['rps'])} | {_f(two['rps'])} | {_f(s[f'{p}_scaling'], '{:.2f}x')} | "
             f"{_f(one['cpu_us_per_req'], '{:.1f}')} | {_f(two['cpu_us_per_req'], '{:.1f}')} | "
             f"{_f(two['cpu_user_us_per_req'], '{:.1f}')} + {_f(two['cpu_sys_us_per_req'], '{:.1f}')} | "
-            f"{_f(one['proxy_cores'], '{:.2f}')} | {_f(two['proxy_cores'], '{:.2f}')} |"
+            f"{_f(one['proxy_cores'], '{:.2f}')} | {_f(two['proxy_cores'], '{:.2f}')} | "
+            f"{_f(one['wakeups_per_req'], '{:.3f}')} | {_f(two['wakeups_per_req'], '{:.3f}')} |"
         )
     ratio = s["ratio"]
     verdict = "–" if ratio is None else ("met" if ratio >= 1.0 else "**missed**")
