@@ -24,6 +24,7 @@ import measure  # noqa: E402
 import pause  # noqa: E402
 import procs  # noqa: E402
 import report  # noqa: E402
+import scaling  # noqa: E402
 from procs import LOAD_CPU, PROXY_CPU, Target  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,6 +54,11 @@ def parse_args():
     p.add_argument("--pause-window", type=int, default=3, help="seconds per pause window")
     p.add_argument("--pause-rate", type=int, default=1000, help="req/s of the pause windows")
     p.add_argument("--pause-conns", type=int, default=10, help="connections of the pause windows")
+    p.add_argument("--no-scaling", action="store_true",
+                   help="skip the two-core phase (1 vs 2 workers, ten and nginx)")
+    p.add_argument("--scaling-threads", type=int, default=2, help="wrk threads of the two-core phase")
+    p.add_argument("--scaling-connections", type=int, default=100,
+                   help="wrk connections of the two-core phase")
     p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     p.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs)")
     return p.parse_args()
@@ -516,25 +522,29 @@ def main():
     res["root"] = str(ROOT)
     up_port = procs.free_port()
     upstream = Target("direct", "upstream", "direct")
-    up = procs.start(upstream, bins, d, "upstream", up_port, cpu=LOAD_CPU)
-    res["commands"]["upstream"] = shlex.join(up.argv)
     targets = all_targets(up_port, d / "upstream.sock", with_pingap="pingap" in bins)
     res["peers_skipped"] = bins.pop("peers_skipped")
     for line in res["peers_skipped"]:
         log(line)
-    # `pause` in --only selects the reload/upgrade pause phase (it runs its own ten).
+    # `pause` in --only selects the reload/upgrade pause phase (it runs its own ten), `scaling`
+    # the two-core phase (its own ten and nginx, 1 and 2 workers each).
+    phases = ("pause", "scaling")
     run_pause = not args.no_pause and (not args.only or "pause" in args.only.split(","))
+    run_scaling = not args.no_scaling and (not args.only or "scaling" in args.only.split(","))
     if args.only:
         keep = set(args.only.split(","))
-        unknown = keep - {t.key for t in targets} - {"pause"}
+        unknown = keep - {t.key for t in targets} - set(phases)
         if unknown:
             sys.exit(f"bench: --only: unknown configuration(s) {', '.join(sorted(unknown))}; "
-                     f"known: {', '.join(t.key for t in targets)}")
+                     f"known: {', '.join([t.key for t in targets] + list(phases))}")
         targets = [t for t in targets if t.key in keep]
     for t in targets:
         if t.kind in ("haproxy", "caddy") and t.kind not in bins:
             sys.exit(f"bench: {t.kind} not found: `make bench` installs it (or leave `{t.key}` "
                      "out with --only)")
+    # Started once the arguments are known good: an early exit above leaves nothing running.
+    up = procs.start(upstream, bins, d, "upstream", up_port, cpu=LOAD_CPU)
+    res["commands"]["upstream"] = shlex.join(up.argv)
     for t in targets:
         if t.kind == "direct":
             t.port, t.proc = up_port, up
@@ -551,7 +561,7 @@ def main():
         }
         res["configs"]["upstream"] = (d / "upstream.conf").read_text()
         res["commands"]["wrk"] = shlex.join(measure.wrk_cmd(bins, "PORT", args.connections, args.duration))
-        if running:  # (none with `--only pause`)
+        if running:  # (none with `--only pause` or `--only scaling`)
             rss_phase(running, res, args.idle_conns)
             rss_variants(running, bins, d, res, args.idle_conns)
             load_phase(running, bins, args, res)
@@ -564,8 +574,10 @@ def main():
             for t in running:
                 if t.kind != "direct" and not t.shares:
                     t.proc.stop()
-            if not args.no_callgrind:
-                callgrind_phase(running, bins, d, args, res)
+        if run_scaling:
+            scaling.scaling_phase(bins, d, up, up_port, args, res)
+        if running and not args.no_callgrind:
+            callgrind_phase(running, bins, d, args, res)
         if run_pause:
             pause.pause_phase(bins, d, up_port, args, res)
     finally:

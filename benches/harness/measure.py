@@ -5,6 +5,7 @@ per-function costs."""
 import json
 import os
 import re
+import resource
 import socket
 import ssl
 import subprocess
@@ -206,9 +207,9 @@ def memory(pids):
     return out
 
 
-def wrk_cmd(bins, port, conns, duration, tls=False):
+def wrk_cmd(bins, port, conns, duration, tls=False, threads=1, cpus=LOAD_CPU):
     return [
-        "taskset", "-c", LOAD_CPU, str(bins["wrk"]), "-t1", f"-c{conns}", f"-d{duration}s",
+        "taskset", "-c", cpus, str(bins["wrk"]), f"-t{threads}", f"-c{conns}", f"-d{duration}s",
         "--latency", "-H", f"Host: {HOST}", f"{'https' if tls else 'http'}://127.0.0.1:{port}/",
     ]
 
@@ -238,8 +239,16 @@ def wrk(bins, port, conns, duration, pids, tls=False):
     wall = time.monotonic() - t0
     after = cpu_split(pids)
     user, system = after[0] - before[0], after[1] - before[1]
-    ticks = user + system
     core = core_busy_ticks(PROXY_CPU) - core_before
+    run = wrk_figures(out, user, system, wall)
+    # Meaningful for a proxy pinned on PROXY_CPU (for `direct`, everything there is other).
+    run["others_on_core"] = max(0.0, (core - user - system) / CLK_TCK / wall)
+    return run
+
+
+def wrk_figures(out, user, system, wall):
+    """What a wrk run printed (`out`), with the proxy's CPU over it (clock ticks) per request."""
+    ticks = user + system
     reqs = _num(r"(\d+) requests in", out, int, 0)
     errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return {
@@ -251,9 +260,43 @@ def wrk(bins, port, conns, duration, pids, tls=False):
         "cpu_user_us_per_req": user * 1e6 / CLK_TCK / reqs if reqs else None,
         "cpu_sys_us_per_req": system * 1e6 / CLK_TCK / reqs if reqs else None,
         "cpu_busy": ticks / CLK_TCK / wall,
-        # Meaningful for a proxy pinned on PROXY_CPU (for `direct`, everything there is other).
-        "others_on_core": max(0.0, (core - ticks) / CLK_TCK / wall),
     }
+
+
+def wrk_shared(bins, port, conns, threads, duration, cpus, pids, upstream_pids):
+    """Saturation run with the proxy, the upstream and wrk all on the cores `cpus` (the scaling
+    phase): `wrk_figures`, plus the cores each of them kept busy on average (`proxy_cores`,
+    `upstream_cores`, `load_cores`: wrk's own CPU, from this process's reaped children) and
+    what the rest of the machine took from those cores (`others_cores`); the proxy's voluntary
+    context switches per request (`wakeups_per_req`, as in `syscalls`, no idle window
+    subtracted)."""
+    cmd = wrk_cmd(bins, port, conns, duration, threads=threads, cpus=cpus)
+    cores = cpus.split(",")
+    before, up_before = cpu_split(pids), cpu_ticks(upstream_pids)
+    sw_before = voluntary_switches(pids)
+    busy_before = sum(core_busy_ticks(c) for c in cores)
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    wall = time.monotonic() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    after, up_after = cpu_split(pids), cpu_ticks(upstream_pids)
+    sw = voluntary_switches(pids) - sw_before
+    busy = (sum(core_busy_ticks(c) for c in cores) - busy_before) / CLK_TCK
+    run = wrk_figures(out, after[0] - before[0], after[1] - before[1], wall)
+    load = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    proxy = run["cpu_busy"] * wall
+    upstream = (up_after - up_before) / CLK_TCK
+    run.update({
+        "wall": wall,
+        "proxy_cores": proxy / wall,
+        "upstream_cores": upstream / wall,
+        "load_cores": load / wall,
+        "others_cores": max(0.0, (busy - proxy - upstream - load) / wall),
+        # The proxy's threads going to sleep (and so later woken), per request.
+        "wakeups_per_req": sw / run["requests"] if run["requests"] else None,
+    })
+    return run
 
 
 def oha_cmd(bins, port, rate, conns, duration, tls=False):

@@ -150,10 +150,10 @@ def tls_cert(d):
     return cert, key
 
 
-def nginx_proxy_conf(d, name, port, upstream, single=False, tls=False):
+def nginx_proxy_conf(d, name, port, upstream, single=False, tls=False, workers=1):
     """nginx as a reverse proxy doing ten's work: route by Host, X-Forwarded-*, X-Request-Id
     both ways, upstream keepalive done right; `tls`: terminating TLS 1.3 with the run's
-    certificate."""
+    certificate; `workers`: its `worker_processes` (the scaling phase's 2)."""
     mode = "master_process off;\n" if single else "master_process on;\n"
     ssl, tls_conf = "", ""
     if tls:
@@ -162,7 +162,7 @@ def nginx_proxy_conf(d, name, port, upstream, single=False, tls=False):
         tls_conf = (f"    ssl_certificate {cert};\n    ssl_certificate_key {key};\n"
                     "    ssl_protocols TLSv1.3;\n")
     return f"""daemon off;
-{mode}worker_processes 1;
+{mode}worker_processes {workers};
 {nginx_common(d, name)}
 http {{
 {nginx_http_common(d, name)}{tls_conf}
@@ -346,6 +346,9 @@ class Target:
     callgrind: bool = True
     extra: list = field(default_factory=list)  # more proxy arguments (the floor's)
     bin: str = "ten"  # which ten binary (`ten-base`: $TEN_BENCH_BASE, a build to compare with)
+    # nginx: `worker_processes`; ten: its runtime's worker threads (`TOKIO_WORKER_THREADS`, see
+    # env()). 0: the default (nginx 1; ten sized from its affinity mask, one core here).
+    workers: int = 0
     port: int = 0
     proc: Proc = None
     control: Path = None
@@ -358,7 +361,8 @@ class Target:
         """The command line (and config file written) for a proxy of this target."""
         if self.kind == "nginx":
             conf = d / f"{name}.conf"
-            conf.write_text(nginx_proxy_conf(d, name, port, self.upstream, single, self.tls))
+            conf.write_text(nginx_proxy_conf(d, name, port, self.upstream, single, self.tls,
+                                             self.workers or 1))
             return [bins["nginx"], "-e", d / f"{name}.error.log", "-p", d, "-c", conf]
         if self.kind == "haproxy":
             conf = d / f"{name}.conf"
@@ -399,6 +403,10 @@ class Target:
             # anyway); Caddy's data and config dirs inside the work dir.
             return {"GOMAXPROCS": "1", "XDG_DATA_HOME": str(d / f"{name}-data"),
                     "XDG_CONFIG_HOME": str(d / f"{name}-config")}
+        if self.kind == "ten" and self.workers:
+            # ten has no thread-count setting: `ten serve` runs on one tokio runtime whose
+            # worker threads tokio sizes from TOKIO_WORKER_THREADS, else from the affinity mask.
+            return {"TOKIO_WORKER_THREADS": str(self.workers)}
         return {}
 
     def stop_signal(self):
@@ -416,6 +424,32 @@ def start(target, bins, d, name, port, cpu=PROXY_CPU, wrap=(), env=None):
     if extra:
         env = {**(env or os.environ), **extra}
     return Proc(name, argv, d, stop_signal=target.stop_signal(), env=env)
+
+
+def tasks(pids):
+    """{tid: thread name} of every thread of the processes."""
+    out = {}
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                out[int(tid)] = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            except OSError:
+                pass
+    return out
+
+
+def set_affinity(pids, cpus):
+    """Move every thread of the processes to the cores `cpus` ("0,1")."""
+    mask = {int(c) for c in cpus.split(",")}
+    for tid in tasks(pids):
+        try:
+            os.sched_setaffinity(tid, mask)
+        except OSError:
+            pass  # a thread that exited meanwhile
 
 
 def wait_ready(proc, port, check, timeout=60.0):

@@ -4,6 +4,7 @@ import re
 import statistics
 
 import pause
+import scaling
 
 ALLOC = re.compile(
     r"^(_int_(malloc|free|realloc|memalign)|malloc|free|realloc|calloc|cfree|malloc_consolidate"
@@ -549,6 +550,12 @@ def section_targets(res, v, out):
          "–" if None in (p99_c, p99_s) else f"{f3(p99_c)} vs {f3(p99_s)} ms",
          None if None in (p99_c, p99_s) else p99_c <= 1.5 * p99_s),
     ]
+    sc = scaling.summary(res)
+    if sc is not None:
+        ratio = sc["ratio"]
+        rows.append(("issue 23: ten scales from 1 to 2 workers at least as well as nginx "
+                     "(ten's req/s(2)/req/s(1) over nginx's, two shared cores, noisy)",
+                     rx(ratio), None if ratio is None else ratio >= 1.0))
     out += ["## Targets (issue 9, and issue 7's metrics budget)\n", "| target | this run | verdict |", "|---|---:|---|"]
     out += [f"| {a} | {b} | {verdict(c)} |" for a, b, c in rows]
     out.append("")
@@ -747,6 +754,7 @@ def render(res):
     section_costs(res, v, out)
     section_profile(v, out)
     pause.section(res, out)
+    scaling.section(res, out)
     out += ["## Micro-benchmarks (`cargo bench -p tenement-proxy --bench routing`)\n",
             res.get("micro") or "Not run.\n"]
     rows = section_targets(res, v, out)
