@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from procs import HOST, LOAD_CPU, PROXY_CPU
+from procs import HOST, LOAD_CPU, PROXY_CPU, task_files
 
 REQUEST = f"GET / HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: ten-bench\r\n\r\n".encode()
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -175,19 +175,10 @@ def voluntary_switches(pids):
     """Voluntary context switches of every thread of the processes: each is the thread going
     to sleep (epoll_wait, a futex) and so, later, one wakeup."""
     total = 0
-    for pid in pids:
-        try:
-            tasks = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tasks:
-            try:
-                text = Path(f"/proc/{pid}/task/{tid}/status").read_text()
-            except OSError:
-                continue
-            for line in text.splitlines():
-                if line.startswith("voluntary_ctxt_switches:"):
-                    total += int(line.split()[1])
+    for _, text in task_files(pids, "status"):
+        for line in text.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                total += int(line.split()[1])
     return total
 
 

@@ -426,9 +426,9 @@ def start(target, bins, d, name, port, cpu=PROXY_CPU, wrap=(), env=None):
     return Proc(name, argv, d, stop_signal=target.stop_signal(), env=env)
 
 
-def tasks(pids):
-    """{tid: thread name} of every thread of the processes."""
-    out = {}
+def task_files(pids, name):
+    """(tid, text of /proc/PID/task/TID/NAME) of every thread of the processes (threads that
+    exit meanwhile are skipped)."""
     for pid in pids:
         try:
             tids = os.listdir(f"/proc/{pid}/task")
@@ -436,10 +436,14 @@ def tasks(pids):
             continue
         for tid in tids:
             try:
-                out[int(tid)] = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+                yield int(tid), Path(f"/proc/{pid}/task/{tid}/{name}").read_text()
             except OSError:
                 pass
-    return out
+
+
+def tasks(pids):
+    """{tid: thread name} of every thread of the processes."""
+    return {tid: text.strip() for tid, text in task_files(pids, "comm")}
 
 
 def set_affinity(pids, cpus):

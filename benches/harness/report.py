@@ -600,11 +600,11 @@ def section_remains(res, v, rows, out):
             "the framework's per-request work (a `RequestHeader`/`ResponseHeader` with a "
             "case-preserving header map per message, buffers copied between the downstream and "
             "upstream sessions, a boxed `HttpPeer` per request), the same for every Pingora "
-            "proxy: ten can cut its own share, not remove Pingora's. Most of the memcpy is one "
-            "copy per request: `process_new_http` is an `async_trait` method, so every request "
-            "moves its future, over 13 KB, into a fresh `Box`, and valgrind counts that "
-            "`rep movsb` once per byte (on the CPU it is a few hundred cycles: the instruction "
-            "count overstates it)."
+            "proxy: ten can cut its own share, not remove Pingora's. The floor is built against "
+            "the same patched Pingora crates as ten (vendor/README.md): the request future "
+            "built in its `Box` instead of copied there (over 13 KB per request, which valgrind "
+            "counted once per byte of `rep movsb`) and the upstream keep-alive pool without a "
+            "task per idle connection; the memcpy left is header and session moves."
         )
         if ta is not None and which != "glibc malloc":
             out.append(
@@ -754,7 +754,7 @@ def render(res):
     section_costs(res, v, out)
     section_profile(v, out)
     pause.section(res, out)
-    scaling.section(res, out)
+    scaling.section(res, out, short)
     out += ["## Micro-benchmarks (`cargo bench -p tenement-proxy --bench routing`)\n",
             res.get("micro") or "Not run.\n"]
     rows = section_targets(res, v, out)

@@ -147,7 +147,7 @@ def _f(x, fmt="{:,.0f}"):
     return "–" if x is None else fmt.format(x)
 
 
-def section(res, out):
+def section(res, out, short):
     """BENCHMARKS.md: the two-core table (nothing when the phase did not run)."""
     s = summary(res)
     if s is None:
@@ -230,15 +230,5 @@ def section(res, out):
         )
     out += ["", "Order of each round: " + "; ".join(
         f"{i + 1}: " + " → ".join(o) for i, o in enumerate(sc["order"])) + "\n"]
-    out += ["```sh"] + [f"# {k}\n{res_short(res, c)}" for k, c in sc["commands"].items()]
+    out += ["```sh"] + [f"# {k}\n{short(res, c)}" for k, c in sc["commands"].items()]
     out += [f"# wrk\n{sc['wrk']}", "```\n"]
-
-
-def res_short(res, text):
-    """Paths of this run made readable, as report.short does (the work dir as $WORK)."""
-    if res.get("workdir"):
-        text = text.replace(res["workdir"], "$WORK")
-    if res.get("root"):
-        text = text.replace(res["root"] + "/", "./")
-    return text
-

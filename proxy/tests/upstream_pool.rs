@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pingora_core::connectors::TransportConnector;
+use pingora_core::protocols::Stream as L4Stream;
 use pingora_core::upstreams::peer::{BasicPeer, Peer};
 
 /// A server that accepts connections and keeps them (counted), never writing.
@@ -57,6 +58,15 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A connector with one connection to `srv`, accepted there, not yet released.
+async fn connected(srv: &Server) -> (TransportConnector, BasicPeer, L4Stream) {
+    let connector = TransportConnector::new(None);
+    let peer = BasicPeer::new(&srv.addr.to_string());
+    let s = connector.new_stream(&peer).await.unwrap();
+    until("accepted", || srv.accepted.load(Ordering::SeqCst) == 1).await;
+    (connector, peer, s)
+}
+
 #[test]
 fn released_connections_are_reused_without_a_task_each() {
     let srv = server();
@@ -99,10 +109,7 @@ fn a_connection_the_server_closed_is_not_reused() {
     let srv = server();
     let rt = runtime();
     rt.block_on(async {
-        let connector = TransportConnector::new(None);
-        let peer = BasicPeer::new(&srv.addr.to_string());
-        let s = connector.new_stream(&peer).await.unwrap();
-        until("accepted", || srv.accepted.load(Ordering::SeqCst) == 1).await;
+        let (connector, peer, s) = connected(&srv).await;
         connector.release_stream(s, peer.reuse_hash(), Some(Duration::from_secs(60)));
         srv.conns.lock().unwrap().clear(); // the server closes its end
                                            // Taken while the close is still in flight, a connection may look usable: give it back
@@ -129,10 +136,7 @@ fn an_idle_connection_is_closed_after_its_timeout() {
     let srv = server();
     let rt = runtime();
     rt.block_on(async {
-        let connector = TransportConnector::new(None);
-        let peer = BasicPeer::new(&srv.addr.to_string());
-        let s = connector.new_stream(&peer).await.unwrap();
-        until("accepted", || srv.accepted.load(Ordering::SeqCst) == 1).await;
+        let (connector, peer, s) = connected(&srv).await;
         connector.release_stream(s, peer.reuse_hash(), Some(Duration::from_millis(300)));
         // The server sees the proxy close it (EOF), without any further call into the pool.
         let mut conn = srv.conns.lock().unwrap().pop().unwrap();
