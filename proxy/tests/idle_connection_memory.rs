@@ -188,3 +188,111 @@ fn a_parked_connection_ends_at_http_cleanup() {
         drop(client);
     });
 }
+
+/// Heap bytes per idle keep-alive connection accepted by Pingora's listening service (its
+/// accept loop, the connection's tokio task, the L4 stream and its buffers) and served by
+/// [`Edge`]: what `make bench` measures as RSS per connection, counted on a current-thread
+/// runtime so every allocation of the connections is made on this thread. Each of `N`
+/// connections has made one request and waits for the next.
+#[test]
+fn an_idle_connection_through_the_listener_holds_little() {
+    use pingora_core::apps::HttpServerApp;
+    use pingora_core::listeners::ListenerConfig;
+    use pingora_core::protocols::l4::stream::L4BufferSettings;
+    use pingora_core::server::{Fds, ListenFds};
+    use pingora_core::services::listening::Service;
+    use pingora_core::services::Service as _;
+    use std::os::fd::IntoRawFd;
+
+    const N: usize = 50;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let conf = Arc::new(ServerConf::default());
+        let app = Arc::new(pingora_proxy::http_proxy(&conf, Answer));
+        let limits = EdgeLimits {
+            header_timeout: Duration::from_secs(3600),
+            keepalive_timeout: Duration::from_secs(3600),
+        };
+        let edge = Edge::new(app.clone(), LiveLimits::new(limits), None);
+        // ten's listener (src/server/listeners.rs): bound here, no L4 read buffer.
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let addr = std_listener.local_addr().unwrap().to_string();
+        let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
+        fds.lock().add(addr.clone(), std_listener.into_raw_fd());
+        let mut service = Service::new("idle".to_string(), edge);
+        service.add_listener(
+            ListenerConfig::tcp(addr.clone()).l4_buffer(L4BufferSettings {
+                read: Some(0),
+                write: None,
+            }),
+        );
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let served =
+            tokio::spawn(async move { service.start_service(Some(fds), stop_rx, 1).await });
+
+        async fn settle() {
+            for _ in 0..50 {
+                tokio::task::yield_now().await;
+            }
+        }
+        async fn one_request(client: &mut tokio::net::TcpStream) {
+            client
+                .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = client.read(&mut buf).await.unwrap();
+                assert!(n > 0, "connection closed before the response");
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert!(got.starts_with(b"HTTP/1.1 204"));
+        }
+
+        // One connection first, so one-off state (the accept loop's, per-thread spares,
+        // lazily made statics) is not counted against the N below.
+        let mut warm = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        one_request(&mut warm).await;
+        settle().await;
+
+        let mut clients = Vec::new();
+        let before = live();
+        for _ in 0..N {
+            let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            one_request(&mut c).await;
+            clients.push(c);
+        }
+        settle().await;
+        // The clients' own sockets (tokio registrations) are counted too: subtract what N
+        // client streams cost, measured the same way.
+        let with_conns = live() - before;
+        let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let before_clients = live();
+        let mut probes = Vec::new();
+        for _ in 0..N {
+            let c = tokio::net::TcpStream::connect(probe.local_addr().unwrap())
+                .await
+                .unwrap();
+            probes.push(c);
+        }
+        let clients_cost = live() - before_clients;
+        let per_conn = (with_conns - clients_cost) / N as isize;
+        // Before vendor/patches/pingora-core/0002 the connection's task carried room for a
+        // TLS handshake on a plain listener too: 12.7 KB here (debug build), 5.6 KB after.
+        assert!(
+            per_conn < 8 * 1024,
+            "an idle keep-alive connection holds {per_conn} bytes"
+        );
+        drop(probes);
+        drop(clients);
+        drop(warm);
+        stop.send_replace(true);
+        app.http_cleanup().await;
+        let _ = tokio::time::timeout(Duration::from_secs(30), served).await;
+    });
+}

@@ -321,7 +321,11 @@ impl UninitializedStream {
                 callback.process(&mut self.l4).await?;
             }
 
-            let tls_stream = tls.tls_handshake(self.l4).await?;
+            // Boxed: the TLS handshake future (the TLS library's accept state) is several KB,
+            // and the task that awaits this one lives as long as the connection and is sized
+            // for its largest state: inline, every connection (a plain one too) would keep
+            // room for a handshake it is done with, or never does, while it is open.
+            let tls_stream = Box::pin(tls.tls_handshake(self.l4)).await?;
             Ok(Box::new(tls_stream))
         } else {
             Ok(Box::new(self.l4))
