@@ -404,8 +404,8 @@ class Target:
             return {"GOMAXPROCS": "1", "XDG_DATA_HOME": str(d / f"{name}-data"),
                     "XDG_CONFIG_HOME": str(d / f"{name}-config")}
         if self.kind == "ten" and self.workers:
-            # ten has no thread-count setting: `ten serve` runs on one tokio runtime whose
-            # worker threads tokio sizes from TOKIO_WORKER_THREADS, else from the affinity mask.
+            # `ten serve` runs on one tokio runtime: `[settings] threads`, else (as here, so that
+            # a ten built before that setting runs too) TOKIO_WORKER_THREADS, else the affinity.
             return {"TOKIO_WORKER_THREADS": str(self.workers)}
         return {}
 

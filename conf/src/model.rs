@@ -73,6 +73,9 @@ pub struct Settings {
     /// Open client connections per listener; beyond it new ones wait in the backlog.
     /// Default 10,000.
     pub max_connections: u32,
+    /// Worker threads of ten's async runtime (the proxy, the API, the supervisor); None: one per
+    /// CPU ten may run on. Read once at start.
+    pub threads: Option<u32>,
     // tenement 0.2 defaults for every process:
     pub max_restarts: u32,
     pub restart_window: Duration,

@@ -31,6 +31,7 @@ const SETTINGS_KEYS: &[&str] = &[
     "header_timeout",
     "keepalive_timeout",
     "max_connections",
+    "threads",
     "max_restarts",
     "restart_window",
     "backoff_base_ms",
@@ -58,6 +59,9 @@ const FLEET_KEYS: &[&str] = &[
     "webhook_after",
     "store",
 ];
+
+/// The most worker threads `threads` may ask for.
+pub(crate) const MAX_THREADS: u32 = 1024;
 
 /// The most `max_connections` may be (per listener).
 pub(crate) const MAX_CONNECTIONS: u32 = 1_000_000;
@@ -99,6 +103,7 @@ impl Settings {
             header_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
             max_connections: 10_000,
+            threads: None,
             max_restarts: 5,
             restart_window: Duration::from_secs(300),
             backoff_base: Duration::from_millis(1_000),
@@ -170,6 +175,9 @@ pub(crate) fn parse_settings(cx: &mut Cx, field: Option<Field<'_, '_>>) -> Setti
         .and_then(|f| cx.u32(&f, 1, MAX_CONNECTIONS))
     {
         s.max_connections = n;
+    }
+    if let Some(n) = t.get("threads").and_then(|f| cx.u32(&f, 1, MAX_THREADS)) {
+        s.threads = Some(n);
     }
     if let Some(n) = t.get("max_body").and_then(|f| cx.size(&f)) {
         s.max_body = n;

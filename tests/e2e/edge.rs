@@ -363,3 +363,17 @@ fn an_upgrade_answered_before_the_request_is_read_stays_open() {
         assert_eq!(String::from_utf8_lossy(&got), ping, "connection {i}");
     }
 }
+
+/// `[settings] threads` sizes ten's async runtime (issue 23 part 4; by default one worker per
+/// CPU ten may run on: this machine's tests run with 2 or more CPUs, so 3 is not the default
+/// on a 2-CPU runner, and the log line says what the runtime got).
+#[test]
+fn threads_sets_the_runtime_workers() {
+    let ten = Builder::new()
+        .settings("threads = 3")
+        .body("[process.api]\ncommand = \"@APP@\"\n[instances]\napi = [\"a\"]\n")
+        .start();
+    ten.wait_status(&format!("a.api.{DOMAIN}"), "/", 200);
+    let log = ten.stderr();
+    assert!(log.contains("workers=3"), "{log}");
+}

@@ -464,6 +464,10 @@ fn hostile_traffic_limits_are_checked() {
         "tenement.toml:2: settings.max_connections: must be between 1 and 1000000, got 0"
     );
     assert_eq!(
+        error("[settings]\nthreads = 0\n"),
+        "tenement.toml:2: settings.threads: must be between 1 and 1024, got 0"
+    );
+    assert_eq!(
         error("[settings]\nlog_max_line = \"100B\"\n"),
         "tenement.toml:2: settings.log_max_line: must be at least 256 bytes, got 100"
     );

@@ -53,11 +53,19 @@ impl Serve {
             e
         })?;
         serve::init_tracing();
-        let rt = tokio::runtime::Builder::new_multi_thread()
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if let Some(n) = config.settings.threads {
+            builder.worker_threads(n as usize);
+        }
+        let rt = builder
             .enable_all()
             .thread_name("ten")
             .build()
             .context("cannot start the async runtime")?;
+        tracing::info!(
+            workers = rt.metrics().num_workers(),
+            "async runtime started ([settings] threads, else one worker per CPU)"
+        );
         rt.block_on(serve::run(source, config, self.takeover_fd))?;
         // Connections still open after the drain are closed by exiting.
         rt.shutdown_timeout(std::time::Duration::from_millis(100));

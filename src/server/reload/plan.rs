@@ -240,6 +240,7 @@ fn settings(old: &Settings, new: &Settings, plan: &mut Plan) {
     }
     key!(metrics, None::<&str>);
     key!(admin_loopback_trusted, None::<&str>);
+    key!(threads, None::<&str>);
     // The log store's retention limits: its writer applies them in its next pass.
     if probe.log_retention != new.log_retention
         || probe.log_max_rows != new.log_max_rows
@@ -319,6 +320,8 @@ pub fn keep_read_once(old: &Config, new: &mut Config) {
     }
     n.metrics = o.metrics;
     n.admin_loopback_trusted = o.admin_loopback_trusted;
+    // The async runtime's workers are made before anything else.
+    n.threads = o.threads;
     // The capture buffers and the log queue are sized by it at start.
     n.log_max_line = o.log_max_line;
     new.fleet = old.fleet.clone();
@@ -613,6 +616,18 @@ mod tests {
         keep_read_once(&old, &mut applied);
         assert_eq!(applied.settings.log_max_line, old.settings.log_max_line);
         assert_eq!(later(&plan(&applied, &new, &[])), ["log_max_line"]);
+    }
+
+    #[test]
+    fn threads_is_read_once() {
+        let old = config(BASE);
+        let new = config(&BASE.replace("[settings]\n", "[settings]\nthreads = 3\n"));
+        assert_eq!(new.settings.threads, Some(3));
+        let p = plan(&old, &new, &[]);
+        assert_eq!(later(&p), ["threads"]);
+        let mut applied = new.clone();
+        keep_read_once(&old, &mut applied);
+        assert_eq!(applied.settings.threads, None);
     }
 
     #[test]
