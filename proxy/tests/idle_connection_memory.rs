@@ -74,6 +74,30 @@ impl ProxyHttp for Answer {
     }
 }
 
+/// A current-thread runtime: the connections' allocations are all made on the test's thread.
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The answering proxy and ten's `Edge` around it, its head and idle limits both `limit`.
+fn answering_edge(
+    limit: Duration,
+) -> (
+    Arc<pingora_proxy::HttpProxy<Answer>>,
+    Edge<pingora_proxy::HttpProxy<Answer>>,
+) {
+    let conf = Arc::new(ServerConf::default());
+    let app = Arc::new(pingora_proxy::http_proxy(&conf, Answer));
+    let limits = EdgeLimits {
+        header_timeout: limit,
+        keepalive_timeout: limit,
+    };
+    (app.clone(), Edge::new(app, LiveLimits::new(limits), None))
+}
+
 /// Heap bytes a connection's task holds while it waits for the client: before its first
 /// request, and kept alive after one. Pingora's per-request state (the boxed
 /// `process_new_http` future, ~14 KB in a release build and more in this debug one, and the
@@ -81,18 +105,9 @@ impl ProxyHttp for Answer {
 /// than its stream and the connection task's own future.
 #[test]
 fn an_idle_connection_holds_no_request_state() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let conf = Arc::new(ServerConf::default());
-        let app = Arc::new(pingora_proxy::http_proxy(&conf, Answer));
-        let limits = EdgeLimits {
-            header_timeout: Duration::from_secs(30),
-            keepalive_timeout: Duration::from_secs(30),
-        };
-        let edge = Arc::new(Edge::new(app, LiveLimits::new(limits), None));
+    current_thread().block_on(async {
+        let (_app, edge) = answering_edge(Duration::from_secs(30));
+        let edge = Arc::new(edge);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -152,18 +167,9 @@ fn an_idle_connection_holds_no_request_state() {
 #[test]
 fn a_parked_connection_ends_at_http_cleanup() {
     use pingora_core::apps::HttpServerApp;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let conf = Arc::new(ServerConf::default());
-        let app = Arc::new(pingora_proxy::http_proxy(&conf, Answer));
-        let limits = EdgeLimits {
-            header_timeout: Duration::from_secs(3600),
-            keepalive_timeout: Duration::from_secs(3600),
-        };
-        let edge = Arc::new(Edge::new(app.clone(), LiveLimits::new(limits), None));
+    current_thread().block_on(async {
+        let (app, edge) = answering_edge(Duration::from_secs(3600));
+        let edge = Arc::new(edge);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let client = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -205,18 +211,8 @@ fn an_idle_connection_through_the_listener_holds_little() {
     use std::os::fd::IntoRawFd;
 
     const N: usize = 50;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let conf = Arc::new(ServerConf::default());
-        let app = Arc::new(pingora_proxy::http_proxy(&conf, Answer));
-        let limits = EdgeLimits {
-            header_timeout: Duration::from_secs(3600),
-            keepalive_timeout: Duration::from_secs(3600),
-        };
-        let edge = Edge::new(app.clone(), LiveLimits::new(limits), None);
+    current_thread().block_on(async {
+        let (app, edge) = answering_edge(Duration::from_secs(3600));
         // ten's listener (src/server/listeners.rs): bound here, no L4 read buffer.
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();
