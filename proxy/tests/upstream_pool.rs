@@ -101,6 +101,11 @@ fn released_connections_are_reused_without_a_task_each() {
         }
         assert!(connector.reused_stream(&peer).await.is_none(), "only 10");
         assert_eq!(srv.accepted.load(Ordering::SeqCst), 10, "no new connection");
+        // An empty pool has no task left (no wake-ups while nothing is pooled).
+        until("the sweeper of the empty pool ends", || {
+            metrics.num_alive_tasks() == before
+        })
+        .await;
     });
 }
 

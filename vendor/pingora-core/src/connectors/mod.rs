@@ -477,17 +477,19 @@ mod idle {
                     since: now,
                     timeout,
                 });
-                self.count.fetch_add(1, Ordering::Relaxed);
+                self.count.fetch_add(1, Ordering::SeqCst);
             }
-            if !self.sweeping.load(Ordering::Relaxed)
-                && !self.sweeping.swap(true, Ordering::AcqRel)
+            // SeqCst with the sweeper's end (`start_sweeper`): either it sees this connection
+            // counted, or this sees it gone and starts another.
+            if !self.sweeping.load(Ordering::SeqCst) && !self.sweeping.swap(true, Ordering::SeqCst)
             {
                 Self::start_sweeper(Arc::downgrade(this), unexpected, callback);
             }
         }
 
-        /// One sweeper per pool, on the runtime of the connection that started it. When that
-        /// runtime goes away, the next `put` starts another.
+        /// One sweeper per pool while it holds connections, on the runtime of the connection
+        /// that started it. It ends when the pool is empty (no wake-ups then) or its runtime goes
+        /// away; the next `put` starts another.
         fn start_sweeper(
             pool: Weak<IdlePool>,
             unexpected: Arc<AtomicU64>,
@@ -503,13 +505,24 @@ mod idle {
             }
             let ended = Ended(pool.clone());
             pingora_runtime::current_handle().spawn(async move {
-                let _ended = ended;
+                let mut ended = ended;
                 let mut tick = tokio::time::interval(SWEEP);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
                     let Some(pool) = pool.upgrade() else { return };
                     pool.sweep(&unexpected, callback.as_ref());
+                    if pool.count.load(Ordering::SeqCst) == 0 {
+                        pool.sweeping.store(false, Ordering::SeqCst);
+                        // A `put` since: it started another sweeper (then this one ends) or
+                        // saw this one running (then this one goes on).
+                        if pool.count.load(Ordering::SeqCst) == 0
+                            || pool.sweeping.swap(true, Ordering::SeqCst)
+                        {
+                            ended.0 = Weak::new(); // `sweeping` is right as it is
+                            return;
+                        }
+                    }
                 }
             });
         }
