@@ -74,6 +74,34 @@ impl ProxyHttp for Answer {
     }
 }
 
+/// Let the runtime run every task that is ready (bounded: a handful of scheduler turns), so
+/// the connections settle where they wait.
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// One request on `client`, its answer (the 204 of [`Answer`]) read to the end of its head.
+async fn one_request(client: &mut tokio::net::TcpStream) {
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed before the response");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 204"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+}
+
 /// A current-thread runtime: the connections' allocations are all made on the test's thread.
 fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -114,35 +142,13 @@ fn an_idle_connection_holds_no_request_state() {
         let (server, _) = listener.accept().await.unwrap();
         let (_tx, shutdown) = tokio::sync::watch::channel(false);
 
-        // Let the task settle where it waits (bounded: a handful of scheduler turns).
-        async fn settle() {
-            for _ in 0..20 {
-                tokio::task::yield_now().await;
-            }
-        }
-
         let before = live();
         let stream: pingora_core::protocols::Stream = Box::new(L4Stream::from(server));
         let task = tokio::spawn(async move { edge.process_new(stream, &shutdown).await });
         settle().await;
         let fresh = live() - before;
 
-        client
-            .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
-            .await
-            .unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = client.read(&mut buf).await.unwrap();
-            assert!(n > 0, "connection closed before the response");
-            got.extend_from_slice(&buf[..n]);
-        }
-        assert!(
-            got.starts_with(b"HTTP/1.1 204"),
-            "{}",
-            String::from_utf8_lossy(&got)
-        );
+        one_request(&mut client).await;
         settle().await;
         let kept_alive = live() - before;
 
@@ -229,26 +235,6 @@ fn an_idle_connection_through_the_listener_holds_little() {
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let served =
             tokio::spawn(async move { service.start_service(Some(fds), stop_rx, 1).await });
-
-        async fn settle() {
-            for _ in 0..50 {
-                tokio::task::yield_now().await;
-            }
-        }
-        async fn one_request(client: &mut tokio::net::TcpStream) {
-            client
-                .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
-                .await
-                .unwrap();
-            let mut got = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = client.read(&mut buf).await.unwrap();
-                assert!(n > 0, "connection closed before the response");
-                got.extend_from_slice(&buf[..n]);
-            }
-            assert!(got.starts_with(b"HTTP/1.1 204"));
-        }
 
         // One connection first, so one-off state (the accept loop's, per-thread spares,
         // lazily made statics) is not counted against the N below.
