@@ -409,20 +409,6 @@ fn reopened(mut o: Output, shared: &Shared) -> Output {
 mod tests {
     use super::*;
 
-    /// A `Write` into a shared buffer.
-    #[derive(Clone, Default)]
-    struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl Write for Sink {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn reopen_starts_a_new_file_at_the_path() {
         let dir = std::env::temp_dir().join(format!("ten-access-{}", std::process::id()));
@@ -604,9 +590,9 @@ mod tests {
             t.join().unwrap();
         }
         log.shared.stop.store(true, Ordering::Release);
-        let out = Sink::default();
+        let out = Calls::default();
         write_lines(&log.shared, Output::to(out.clone()), |_| {});
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let text = String::from_utf8(out.0.lock().unwrap().concat()).unwrap();
         assert_eq!(text.lines().count(), 12);
         for l in text.lines() {
             serde_json::from_str::<serde_json::Value>(l).unwrap();

@@ -30,6 +30,21 @@ fn routed(name: &str, kind: Kind, state: State, weight: u32, port: u16, idle: bo
     })
 }
 
+/// A view of one healthy spawned instance `name` (port 1001) and its synced stats.
+fn one_healthy(name: &str) -> (RoutingView, StatsCache) {
+    let v = view(vec![routed(
+        name,
+        Kind::Spawned,
+        State::Healthy,
+        100,
+        1001,
+        false,
+    )]);
+    let mut stats = StatsCache::new(None);
+    stats.sync(&v);
+    (v, stats)
+}
+
 fn view(instances: Vec<Arc<Routed>>) -> RoutingView {
     RoutingView {
         generation: 1,
@@ -210,16 +225,7 @@ fn tenants_go_local_remote_or_nowhere_without_any_dns() {
         1,
     ));
     let own = c.config.settings.domain.clone();
-    let v = view(vec![routed(
-        "api:local",
-        Kind::Spawned,
-        State::Healthy,
-        100,
-        1001,
-        false,
-    )]);
-    let mut stats = StatsCache::new(None);
-    stats.sync(&v);
+    let (v, stats) = one_healthy("api:local");
     let input = FleetInput {
         view: &fleet,
         failover: false,
@@ -382,16 +388,7 @@ fn a_status_change_resolves_only_the_tenants_it_touches() {
         .map(|i| tenant(&format!("t{i}"), ids[i % 4]))
         .collect();
     let online = Arc::new(FleetView::new(servers(&[]), tenants, 1));
-    let v = view(vec![routed(
-        "api:t0",
-        Kind::Spawned,
-        State::Healthy,
-        100,
-        1001,
-        false,
-    )]);
-    let mut stats = StatsCache::new(None);
-    stats.sync(&v);
+    let (v, stats) = one_healthy("api:t0");
     let input = |view| FleetInput {
         view,
         failover: true,
