@@ -290,10 +290,9 @@ impl Fleet {
         }
     }
 
-    /// Where each tenant is served now, by tenant id: its home, the server it is placed on,
-    /// or None (being placed, or nowhere).
-    pub fn served_at(&self) -> HashMap<String, Option<String>> {
-        let view = self.view();
+    /// Where each tenant is served in `view` (see [`Fleet::view`]), by tenant id: its home,
+    /// the server it is placed on, or None (being placed, or nowhere).
+    pub fn served_at(&self, view: &FleetView) -> HashMap<String, Option<String>> {
         let failover = self.inner.conf.failover;
         view.tenants
             .iter()

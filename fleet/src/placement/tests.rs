@@ -272,12 +272,12 @@ mod live {
         let t = view.tenant("acme").unwrap();
         assert!(matches!(view.serve(t, true), Served::At(s) if s.server.id == "b2"));
         assert!(!view.placements["acme"].spawned, "409: not ours to stop");
-        assert_eq!(f.served_at()["acme"].as_deref(), Some("b2"));
+        assert_eq!(f.served_at(&f.view())["acme"].as_deref(), Some("b2"));
 
         // Home back: served at home, the placement is forgotten (nothing to stop).
         home_up.store(true, Ordering::Relaxed);
         wait_until("placement forgotten", LIMIT, || state(&f).is_none()).await;
-        assert_eq!(f.served_at()["acme"].as_deref(), Some("home"));
+        assert_eq!(f.served_at(&f.view())["acme"].as_deref(), Some("home"));
         assert!(f.store().placements().unwrap().is_empty());
         assert!(has_it.requests().iter().all(|r| r.method != "DELETE"));
         let _ = stop_tx.send(true);

@@ -3,12 +3,13 @@
 //! Reads come from the fleet's published view (servers with their health); every write goes
 //! through the `Fleet` handle, which writes to its store and publishes the new view.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
 use serde_json::{json, Value};
 
-use tenement_fleet::{Fleet, FleetError, NewServer, Tenant};
+use tenement_fleet::{Fleet, FleetError, FleetView, NewServer, Tenant};
 
 use super::{parse_body, Api, ApiError, ApiResult};
 use crate::wire::{LogsQuery, MigrateArgs, ServerArgs, TenantArgs};
@@ -48,8 +49,7 @@ impl From<FleetError> for ApiError {
     }
 }
 
-pub(super) fn server_json(fleet: &Fleet, id: &str) -> ApiResult {
-    let view = fleet.view();
+pub(super) fn server_json(view: &FleetView, id: &str) -> ApiResult {
     let s = view.server(id).ok_or_else(|| {
         ApiError::not_found(format!("unknown server {id:?} (see `ten server list`)"))
     })?;
@@ -60,7 +60,7 @@ pub(super) fn add_server(fleet: &Fleet, body: &[u8]) -> ApiResult {
     let req: NewServer = parse_body::<ServerArgs>(body)?.into();
     let added = fleet.add_server(&req)?;
     tracing::info!("fleet: server {} added ({})", added.id, added.url);
-    let (_, v) = server_json(fleet, &added.id)?;
+    let (_, v) = server_json(&fleet.view(), &added.id)?;
     Ok((StatusCode::CREATED, v))
 }
 
@@ -103,10 +103,9 @@ fn tenant_json(t: &Tenant, served_at: Option<&Option<String>>) -> Value {
 }
 
 /// `GET /api/tenants`.
-pub(super) fn list_tenants(fleet: &Fleet) -> ApiResult {
-    let at = fleet.served_at();
-    let list = fleet
-        .view()
+pub(super) fn list_tenants(fleet: &Fleet, view: &FleetView) -> ApiResult {
+    let at = fleet.served_at(view);
+    let list = view
         .tenants
         .iter()
         .map(|t| tenant_json(t, at.get(&t.id)))
@@ -115,9 +114,12 @@ pub(super) fn list_tenants(fleet: &Fleet) -> ApiResult {
 }
 
 /// `GET /api/tenants/{id}`.
-pub(super) fn get_tenant(fleet: &Fleet, id: &str) -> ApiResult {
+pub(super) fn get_tenant(fleet: &Fleet, view: &FleetView, id: &str) -> ApiResult {
     let t = fleet.store().tenant(id)?;
-    Ok((StatusCode::OK, tenant_json(&t, fleet.served_at().get(id))))
+    Ok((
+        StatusCode::OK,
+        tenant_json(&t, fleet.served_at(view).get(id)),
+    ))
 }
 
 pub(super) fn migrate_tenant(fleet: &Fleet, id: &str, body: &[u8]) -> ApiResult {
@@ -186,6 +188,14 @@ pub(super) async fn fleet_logs(fleet: &Fleet, q: Option<&str>) -> ApiResult {
 }
 
 impl Api {
+    /// The fleet's view once the table built from it is live: what a read shows (a server
+    /// `offline`, a tenant's `served_at`) is what the proxy already routes by.
+    pub(super) async fn live_view(&self, fleet: &Fleet) -> Arc<FleetView> {
+        let view = fleet.view();
+        self.publisher.settle_fleet(view.generation).await;
+        view
+    }
+
     /// A fleet write's answer, given once the table that routes by it is live (the fleet
     /// publishes its view before the write returns; the publisher builds from it).
     pub(super) async fn routed(&self, fleet: &Fleet, answer: ApiResult) -> ApiResult {

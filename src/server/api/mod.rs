@@ -405,13 +405,15 @@ impl Api {
                 }
             }
             (R::ListCerts, _) => Ok((StatusCode::OK, self.list_certs())),
-            (R::ListServers, Some(f)) => Ok((StatusCode::OK, json!(f.view().servers))),
+            (R::ListServers, Some(f)) => {
+                Ok((StatusCode::OK, json!(self.live_view(f).await.servers)))
+            }
             (R::AddServer, Some(f)) => self.routed(f, fleet::add_server(f, body)).await,
-            (R::GetServer(id), Some(f)) => fleet::server_json(f, id),
+            (R::GetServer(id), Some(f)) => fleet::server_json(&*self.live_view(f).await, id),
             (R::RemoveServer(id), Some(f)) => self.routed(f, fleet::remove_server(f, id)).await,
-            (R::ListTenants, Some(f)) => fleet::list_tenants(f),
+            (R::ListTenants, Some(f)) => fleet::list_tenants(f, &*self.live_view(f).await),
             (R::AddTenant, Some(f)) => self.routed(f, fleet::add_tenant(f, body)).await,
-            (R::GetTenant(id), Some(f)) => fleet::get_tenant(f, id),
+            (R::GetTenant(id), Some(f)) => fleet::get_tenant(f, &*self.live_view(f).await, id),
             (R::RemoveTenant(id), Some(f)) => self.routed(f, fleet::remove_tenant(f, id)).await,
             (R::MigrateTenant(id), Some(f)) => {
                 self.routed(f, fleet::migrate_tenant(f, id, body)).await
