@@ -342,6 +342,8 @@ struct Request {
     query: Vec<(String, String)>,
     http10: bool,
     headers: Vec<(String, String)>,
+    /// The header names as they arrived (their case kept), in order.
+    names: Vec<String>,
     body: Vec<u8>,
 }
 
@@ -432,6 +434,7 @@ fn read_request(conn: &mut Conn) -> io::Result<Option<Request>> {
         return Err(bad("malformed request line"));
     }
     let mut headers = Vec::new();
+    let mut names = Vec::new();
     loop {
         let line = must_line(&mut conn.r)?;
         if line.is_empty() {
@@ -439,7 +442,10 @@ fn read_request(conn: &mut Conn) -> io::Result<Option<Request>> {
         }
         match line.split_once(':') {
             _ if headers.len() >= MAX_HEADERS => return Err(bad("too many headers")),
-            Some((k, v)) if is_token(k) => headers.push((k.to_ascii_lowercase(), v.trim().into())),
+            Some((k, v)) if is_token(k) => {
+                names.push(k.to_string());
+                headers.push((k.to_ascii_lowercase(), v.trim().into()))
+            }
             _ => return Err(bad("malformed header")),
         }
     }
@@ -451,6 +457,7 @@ fn read_request(conn: &mut Conn) -> io::Result<Option<Request>> {
         query: parse_query(query),
         http10,
         headers,
+        names,
         body: Vec::new(),
     };
     req.body = read_body(conn, &req)?;
@@ -751,6 +758,7 @@ fn route(mut cx: Cx) -> io::Result<Done> {
             Ok(json) => cx.send(200, "application/json", &json),
             Err(e) => cx.text(500, format!("{e}\n")),
         },
+        "/header-names" => cx.text(200, req.names.join("\n")),
         "/echo" => {
             let ctype = req.header("content-type");
             cx.send(200, ctype.unwrap_or("application/octet-stream"), &req.body)

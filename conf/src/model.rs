@@ -76,6 +76,9 @@ pub struct Settings {
     /// Worker threads of ten's async runtime (the proxy, the API, the supervisor); None: one per
     /// CPU ten may run on. Read once at start.
     pub threads: Option<u32>,
+    /// Keep each HTTP/1 header name's case as received (a second map per message); default
+    /// false: well-known names are sent in title case, others in lower case.
+    pub preserve_header_case: bool,
     // tenement 0.2 defaults for every process:
     pub max_restarts: u32,
     pub restart_window: Duration,

@@ -32,6 +32,7 @@ const SETTINGS_KEYS: &[&str] = &[
     "keepalive_timeout",
     "max_connections",
     "threads",
+    "preserve_header_case",
     "max_restarts",
     "restart_window",
     "backoff_base_ms",
@@ -104,6 +105,7 @@ impl Settings {
             keepalive_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             threads: None,
+            preserve_header_case: false,
             max_restarts: 5,
             restart_window: Duration::from_secs(300),
             backoff_base: Duration::from_millis(1_000),
@@ -208,6 +210,9 @@ pub(crate) fn parse_settings(cx: &mut Cx, field: Option<Field<'_, '_>>) -> Setti
         .and_then(|f| non_empty(cx, &f).map(str::to_string));
     if let Some(b) = t.get("metrics").and_then(|f| cx.bool(&f)) {
         s.metrics = b;
+    }
+    if let Some(b) = t.get("preserve_header_case").and_then(|f| cx.bool(&f)) {
+        s.preserve_header_case = b;
     }
     if let Some(b) = t.get("admin_loopback_trusted").and_then(|f| cx.bool(&f)) {
         s.admin_loopback_trusted = b;

@@ -2,9 +2,8 @@
 //! the `strip_prefix` URI rewrite and the hop-by-hop response headers. Pure functions over
 //! Pingora's header types (no session), so each rule is unit-tested here.
 //!
-//! Names are `&'static str` for `insert_header`: Pingora keeps a static name as is, but
-//! copies a `HeaderName` outside its short list into a new buffer on every insert. Lookups
-//! use the pre-parsed `HeaderName` of the same spelling.
+//! The names ten adds are `HeaderName` constants, inserted with `insert_header_name`: no parse
+//! and no copy of the name per message (vendor/pingora-http patch 0001).
 
 use std::net::IpAddr;
 
@@ -17,12 +16,10 @@ use crate::respond::http_status;
 use crate::trust::Client;
 
 /// Sent upstream and back to the client with every request.
-pub(crate) const X_REQUEST_ID: &str = "x-request-id";
-const X_REQUEST_ID_NAME: HeaderName = HeaderName::from_static(X_REQUEST_ID);
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
-const X_FORWARDED_FOR_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_FOR);
-const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
-const X_FORWARDED_HOST: &str = "x-forwarded-host";
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// The TCP peer's IP address, IPv4-mapped IPv6 unmapped (None on a Unix-socket listener).
 /// Who the client is, is decided from it by `trust.rs`.
@@ -52,7 +49,7 @@ fn new_request_id() -> HeaderValue {
 
 /// Keep a client-sent id if it is sane (printable, bounded), else make one.
 pub(crate) fn request_id(req: &RequestHeader) -> HeaderValue {
-    match req.headers.get(X_REQUEST_ID_NAME) {
+    match req.headers.get(X_REQUEST_ID) {
         Some(v)
             if !v.is_empty()
                 && v.len() <= 200
@@ -133,7 +130,7 @@ pub(crate) fn set_forwarded(
             let prev = match has_xff && keep {
                 true => upstream
                     .headers
-                    .get_all(X_FORWARDED_FOR_NAME)
+                    .get_all(X_FORWARDED_FOR)
                     .iter()
                     .filter_map(|v| v.to_str().ok())
                     .map(str::trim)
@@ -148,16 +145,16 @@ pub(crate) fn set_forwarded(
                 }
                 true => ip_value(ip),
             };
-            upstream.insert_header(X_FORWARDED_FOR, xff)?;
+            upstream.insert_header_name(X_FORWARDED_FOR, xff)?;
         }
         // A Unix-socket peer has no address to state, and no say either.
         None if has_xff => {
-            upstream.remove_header(X_FORWARDED_FOR);
+            upstream.remove_header(&X_FORWARDED_FOR);
         }
         None => {}
     }
     if !(keep && has_proto) {
-        upstream.insert_header(
+        upstream.insert_header_name(
             X_FORWARDED_PROTO,
             HeaderValue::from_static(if tls { "https" } else { "http" }),
         )?;
@@ -172,10 +169,10 @@ pub(crate) fn set_forwarded(
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
         };
         match host {
-            Some(h) => upstream.insert_header(X_FORWARDED_HOST, h)?,
+            Some(h) => upstream.insert_header_name(X_FORWARDED_HOST, h)?,
             // Never pass on an untrusted client's claim.
             None if has_host => {
-                upstream.remove_header(X_FORWARDED_HOST);
+                upstream.remove_header(&X_FORWARDED_HOST);
             }
             None => {}
         }
@@ -230,6 +227,48 @@ mod tests {
         let all: Vec<_> = req.headers.get_all(name).iter().collect();
         assert!(all.len() <= 1, "{name} set more than once");
         all.first().map(|v| v.to_str().unwrap().to_string())
+    }
+
+    /// vendor/pingora-http 0001 (`insert_header_name`) and pingora-core 0003/0004: a header
+    /// inserted by its parsed name replaces any of that name, and the message goes on the wire
+    /// with the client's spelling kept when it keeps case, in canonical case when it does not.
+    #[test]
+    fn names_inserted_by_parsed_name_are_on_the_wire_with_or_without_case() {
+        let wire = |keep: bool| {
+            let build = match keep {
+                true => RequestHeader::build,
+                false => RequestHeader::build_no_case,
+            };
+            let mut req = build("GET", b"/", None).unwrap();
+            req.append_header("X-Request-ID", "old").unwrap();
+            req.append_header("user-agent", "t").unwrap();
+            req.append_header("content-type", "text/plain").unwrap();
+            req.insert_header_name(X_REQUEST_ID, "new").unwrap();
+            req.insert_header_name(http::header::HOST, "h").unwrap();
+            assert_eq!(get(&req, "x-request-id").as_deref(), Some("new"));
+            let mut buf = Vec::new();
+            req.header_to_h1_wire(&mut buf);
+            String::from_utf8(buf).unwrap()
+        };
+        assert_eq!(
+            wire(true),
+            "x-request-id: new\r\nuser-agent: t\r\ncontent-type: text/plain\r\nHost: h\r\n",
+            "the client's spelling kept, ten's names as inserted"
+        );
+        assert_eq!(
+            wire(false),
+            "x-request-id: new\r\nuser-agent: t\r\nContent-Type: text/plain\r\nHost: h\r\n",
+            "the few names Pingora knows in title case, others in lower case"
+        );
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.append_header("X-Served-By", "app").unwrap();
+        resp.insert_header_name(X_REQUEST_ID, "id").unwrap();
+        let mut buf = Vec::new();
+        resp.header_to_h1_wire(&mut buf);
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "X-Served-By: app\r\nx-request-id: id\r\n"
+        );
     }
 
     fn request(headers: &[(&'static str, &str)]) -> RequestHeader {

@@ -208,7 +208,7 @@ async fn write_json_error(
     let mut head = ResponseHeader::build(status, Some(4))?;
     head.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     head.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-    head.insert_header(X_REQUEST_ID, request_id.clone())?;
+    head.insert_header_name(X_REQUEST_ID, request_id.clone())?;
     // The body was not read: the connection cannot be reused.
     session.set_keepalive(None);
     session.write_response_header(Box::new(head)).await?;
@@ -270,7 +270,7 @@ pub(crate) async fn serve(
     for (k, v) in parts.headers.iter() {
         head.append_header(k.clone(), v.clone())?;
     }
-    head.insert_header(X_REQUEST_ID, request_id.clone())?;
+    head.insert_header_name(X_REQUEST_ID, request_id.clone())?;
     match body {
         Body::Full(b) => {
             head.insert_header(http::header::CONTENT_LENGTH, b.len())?;

@@ -29,7 +29,7 @@ pub(crate) fn plain(
     let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-    resp.insert_header(X_REQUEST_ID, request_id.clone())?;
+    resp.insert_header_name(X_REQUEST_ID, request_id.clone())?;
     if status == 429 || status == 503 {
         resp.insert_header(http::header::RETRY_AFTER, "1")?;
     }
@@ -67,7 +67,7 @@ pub(crate) async fn respond_reply(session: &mut Session, ctx: &Ctx, reply: Reply
         resp.append_header(k, v)?;
     }
     resp.insert_header(http::header::CONTENT_LENGTH, reply.body.len())?;
-    resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
+    resp.insert_header_name(X_REQUEST_ID, ctx.request_id.clone())?;
     // A 413 leaves an unread body behind: do not reuse the connection.
     session.set_keepalive(if reply.status == 413 || reply.status >= 500 {
         None

@@ -360,9 +360,9 @@ impl ProxyHttp for TenProxy {
     ) -> Result<()> {
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         set_forwarded(upstream, session.req_header(), ctx.peer, tls)?;
-        upstream.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
+        upstream.insert_header_name(X_REQUEST_ID, ctx.request_id.clone())?;
         if let Some(Target::Remote(r)) = &ctx.target {
-            upstream.insert_header(http::header::HOST, &*r.host)?;
+            upstream.insert_header_name(http::header::HOST, &*r.host)?;
         }
         if ctx.strip > 0 {
             strip_prefix(upstream, ctx.strip)?;
@@ -379,7 +379,7 @@ impl ProxyHttp for TenProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
-        resp.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
+        resp.insert_header_name(X_REQUEST_ID, ctx.request_id.clone())?;
         strip_hop_by_hop(resp);
         if let Some(c) = &ctx.plugins {
             c.on_response(resp);

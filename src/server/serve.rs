@@ -272,6 +272,8 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
         .with_access_log(access.clone())
         .with_challenges(acme.as_ref().map(|a| a.challenges()));
     let traffic = proxy.traffic();
+    // HTTP/1 header names: one map per message unless the config keeps their case.
+    pingora_core::protocols::http::v1::common::set_keep_header_case(s.preserve_header_case);
     let conf = Arc::new(ServerConf {
         threads: std::thread::available_parallelism()
             .map(|n| n.get())

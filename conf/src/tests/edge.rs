@@ -125,3 +125,17 @@ fn access_log_and_upstream_http2_parse() {
     assert!(c.process("grpc").unwrap().upstream_http2);
     assert!(!c.process("web").unwrap().upstream_http2);
 }
+
+#[test]
+fn preserve_header_case_is_off_by_default_and_a_bool() {
+    assert!(!ok("").settings.preserve_header_case);
+    assert!(
+        ok("[settings]\npreserve_header_case = true\n")
+            .settings
+            .preserve_header_case
+    );
+    assert_eq!(
+        super::error("[settings]\npreserve_header_case = \"yes\"\n"),
+        "tenement.toml:2: settings.preserve_header_case: expected true or false, got \"yes\""
+    );
+}

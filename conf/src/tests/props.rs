@@ -17,6 +17,7 @@ fn key() -> impl Strategy<Value = String> {
             "header_timeout",
             "keepalive_timeout",
             "max_connections",
+            "preserve_header_case",
             "log_max_line",
             "log_max_bytes",
             "log_max_rows",

@@ -283,6 +283,11 @@ impl Reloader {
             errors.push(format!("routing table: {e}"));
         }
 
+        // Header case: HTTP/1 messages read from now on.
+        pingora_core::protocols::http::v1::common::set_keep_header_case(
+            applied.settings.preserve_header_case,
+        );
+
         // The log store's retention limits.
         if let (true, Some(logs)) = (plan.log_limits, &self.logs) {
             let st = &applied.settings;

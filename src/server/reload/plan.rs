@@ -241,6 +241,14 @@ fn settings(old: &Settings, new: &Settings, plan: &mut Plan) {
     key!(metrics, None::<&str>);
     key!(admin_loopback_trusted, None::<&str>);
     key!(threads, None::<&str>);
+    key!(
+        preserve_header_case,
+        Some(if new.preserve_header_case {
+            "on for the headers read from now on"
+        } else {
+            "off for the headers read from now on"
+        })
+    );
     // The log store's retention limits: its writer applies them in its next pass.
     if probe.log_retention != new.log_retention
         || probe.log_max_rows != new.log_max_rows
@@ -628,6 +636,23 @@ mod tests {
         let mut applied = new.clone();
         keep_read_once(&old, &mut applied);
         assert_eq!(applied.settings.threads, None);
+    }
+
+    #[test]
+    fn preserve_header_case_applies_live() {
+        let old = config(BASE);
+        let new =
+            config(&BASE.replace("[settings]\n", "[settings]\npreserve_header_case = true\n"));
+        let p = plan(&old, &new, &[]);
+        assert!(later(&p).is_empty(), "{p:?}");
+        assert!(
+            p.lines.iter().any(|l| l
+                == "setting ~ preserve_header_case: on for the headers read from now on"),
+            "{p:?}"
+        );
+        let mut applied = new.clone();
+        keep_read_once(&old, &mut applied);
+        assert!(applied.settings.preserve_header_case);
     }
 
     #[test]

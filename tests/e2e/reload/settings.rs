@@ -1,6 +1,6 @@
 //! Issue 20: the `[settings]` limits and listeners a reload applies while serving:
-//! `header_timeout`, `max_connections`, `trusted_proxies`, `admin_listen`, the TLS listener's
-//! `listen` and `http2`. Each test changes one kind and shows the new value in force.
+//! `header_timeout`, `max_connections`, `trusted_proxies`, `preserve_header_case`,
+//! `admin_listen`, the TLS listener's `listen` and `http2`. Each test changes one kind and shows the new value in force.
 
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -125,6 +125,65 @@ fn trusted_proxies_changed_by_reload_honour_then_ignore_x_forwarded_for() {
     );
     reload_with(&ten, "");
     assert_eq!(forwarded_for(&ten), "127.0.0.1", "untrusted again");
+}
+
+/// One request through ten, read raw: (the response head as sent, the header names the app
+/// received, as it received them).
+fn header_case(ten: &Ten) -> (String, Vec<String>) {
+    let mut s = TcpStream::connect(ten.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET /header-names HTTP/1.1\r\nHost: {}\r\nX-Custom-Case: 1\r\ncontent-type: text/plain\r\n\
+         Connection: close\r\n\r\n",
+        api()
+    )
+    .expect("write");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a whole response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{raw}");
+    (head.to_string(), body.lines().map(String::from).collect())
+}
+
+#[test]
+fn header_names_go_through_in_canonical_case_unless_preserve_header_case_is_on_by_reload() {
+    let ten = start("");
+    // Default: one map per message; the common names in title case, others in lower case.
+    let (head, names) = header_case(&ten);
+    assert!(
+        head.contains("\r\nx-served-by: "),
+        "the app's X-Served-By: {head}"
+    );
+    assert!(head.contains("\r\nContent-Type: "), "{head}");
+    assert!(names.iter().any(|n| n == "x-custom-case"), "{names:?}");
+    assert!(names.iter().any(|n| n == "Content-Type"), "{names:?}");
+    assert!(
+        names.iter().any(|n| n == "x-request-id"),
+        "ten's own: {names:?}"
+    );
+
+    let out = reload_with(&ten, "preserve_header_case = true");
+    assert!(
+        out.contains("setting ~ preserve_header_case: on for the headers read from now on"),
+        "{out}"
+    );
+    let (head, names) = header_case(&ten);
+    assert!(
+        head.contains("\r\nX-Served-By: "),
+        "as the app wrote it: {head}"
+    );
+    assert!(names.iter().any(|n| n == "X-Custom-Case"), "{names:?}");
+    assert!(names.iter().any(|n| n == "content-type"), "{names:?}");
+    assert!(
+        names.iter().any(|n| n == "x-request-id"),
+        "ten's own: {names:?}"
+    );
+
+    reload_with(&ten, "");
+    let (head, _) = header_case(&ten);
+    assert!(head.contains("\r\nx-served-by: "), "off again: {head}");
 }
 
 /// `GET /health` on `addr` (the admin listener), or None if nothing listens there.

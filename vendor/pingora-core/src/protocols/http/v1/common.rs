@@ -187,6 +187,25 @@ pub(crate) fn is_chunked_encoding_from_headers(headers: &HMap) -> bool {
     find_last_te_token(bytes).eq_ignore_ascii_case(b"chunked")
 }
 
+/// Whether HTTP/1 headers read from now on keep the case of each name as received.
+static KEEP_HEADER_CASE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Keep (the default) or drop the case of HTTP/1 header names read from now on, requests and
+/// responses alike. Kept, each message carries a second map of the names as received, filled
+/// and hashed on every header insert and removal, and writes the names back as received.
+/// Dropped, a message keeps only its `HeaderMap` and writes well-known names in their usual
+/// title case (`Content-Type`) and others in lower case, as HTTP/2 does (and HAProxy and Envoy
+/// for HTTP/1): header names are case-insensitive (RFC 9110 section 5.1), and a proxy that does
+/// not need the original spelling saves the second map's work on every message.
+pub fn set_keep_header_case(keep: bool) {
+    KEEP_HEADER_CASE.store(keep, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// See [set_keep_header_case].
+pub fn keep_header_case() -> bool {
+    KEEP_HEADER_CASE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub fn is_upgrade_req(req: &RequestHeader) -> bool {
     req.version == http::Version::HTTP_11 && req.headers.get(header::UPGRADE).is_some()
 }
