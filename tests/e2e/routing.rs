@@ -113,6 +113,21 @@ fn request_headers_are_forwarded_and_request_id_echoed() {
             "hop-by-hop header {hop} was forwarded: {h}"
         );
     }
+    // One hop-by-hop field alone (no Connection header) is still found and stripped: a
+    // standard name and one outside `http`'s list (vendor pingora-proxy 0004's one pass).
+    for (field, name) in [
+        ("Proxy-Authorization: Basic eA==", "proxy-authorization"),
+        ("Keep-Alive: timeout=5", "keep-alive"),
+        ("TE: trailers", "te"),
+    ] {
+        let raw = format!(
+            "GET /headers HTTP/1.1\r\nHost: {}\r\n{field}\r\nX-Other: 1\r\n\r\n",
+            host("prod.api")
+        );
+        let h = ten.request(&raw).json();
+        assert!(h.get(name).is_none(), "{name} was forwarded: {h}");
+        assert_eq!(h["x-other"], "1", "{h}");
+    }
     // A client-sent id is kept.
     let raw = format!(
         "GET /headers HTTP/1.1\r\nHost: {}\r\nX-Request-Id: abc-123\r\nConnection: close\r\n\r\n",

@@ -175,7 +175,26 @@ impl ConnectionNominations {
     }
 }
 
+/// Whether any header of `req` is one of the standard hop-by-hop fields or `HTTP2-Settings`: one
+/// pass over the request's (few) names, so that a request with none of them, the common case,
+/// skips the hashed removal of each.
+fn has_hop_by_hop_header(req: &RequestHeader) -> bool {
+    req.headers.keys().any(|k| {
+        *k == header::CONNECTION
+            || *k == header::TRANSFER_ENCODING
+            || *k == header::UPGRADE
+            || *k == header::TE
+            || *k == header::TRAILER
+            || *k == header::PROXY_AUTHENTICATE
+            || *k == header::PROXY_AUTHORIZATION
+            || matches!(k.as_str(), KEEP_ALIVE | PROXY_CONNECTION | HTTP2_SETTINGS)
+    })
+}
+
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
+    if !has_hop_by_hop_header(req) {
+        return;
+    }
     req.remove_header(KEEP_ALIVE);
     req.remove_header(PROXY_CONNECTION);
     req.remove_header(&header::PROXY_AUTHENTICATE);
@@ -360,9 +379,11 @@ pub(crate) fn sanitize_h1_upstream_request(
 
     match policy.h1_upgrade {
         H1UpgradePolicy::WebSocketOnly => {
-            req.remove_header(&header::CONNECTION);
-            req.remove_header(&header::UPGRADE);
-            req.remove_header(HTTP2_SETTINGS);
+            if has_hop_by_hop_header(req) {
+                req.remove_header(&header::CONNECTION);
+                req.remove_header(&header::UPGRADE);
+                req.remove_header(HTTP2_SETTINGS);
+            }
             if websocket_upgrade {
                 req.insert_header(header::CONNECTION, "Upgrade")?;
                 req.insert_header(header::UPGRADE, "websocket")?;
