@@ -28,12 +28,14 @@ def log(msg):
 
 def workers_seen(kind, proc):
     """How many workers the proxy started: nginx's worker processes (the master's children);
-    ten's tokio workers (threads named `ten` other than the main thread; tokio's blocking
-    threads share the name but none runs right after start)."""
+    ten's proxy workers (threads named `ten-proxy`, one runtime each), or, for a ten built
+    before those, its tokio workers (threads named `ten` other than the main thread; tokio's
+    blocking threads share the name but none runs right after start)."""
     if kind == "nginx":
         return len(procs.children(proc.pid))
-    return sum(1 for tid, name in procs.tasks([proc.pid]).items()
-               if name == "ten" and tid != proc.pid)
+    names = procs.tasks([proc.pid])
+    proxy = sum(1 for name in names.values() if name == "ten-proxy")
+    return proxy or sum(1 for tid, name in names.items() if name == "ten" and tid != proc.pid)
 
 
 def scaling_phase(bins, d, up, up_port, args, res):

@@ -77,10 +77,13 @@ pub struct Acme {
     /// Orders started since start (for tests and logs).
     started: std::sync::atomic::AtomicU64,
     me: Weak<Acme>,
+    /// The main runtime: an order asked for by a handshake on a proxy worker runs there.
+    main: tokio::runtime::Handle,
 }
 
 impl Acme {
-    /// Prepare `{data_dir}/acme/` and load the certificates stored there into `certs`.
+    /// Prepare `{data_dir}/acme/` and load the certificates stored there into `certs`. Call
+    /// it on the main runtime (orders are spawned there).
     pub fn new(
         conf: tenement_conf::Acme,
         data_dir: &Path,
@@ -109,6 +112,7 @@ impl Acme {
             clock_offset,
             started: Default::default(),
             me: me.clone(),
+            main: tokio::runtime::Handle::current(),
         });
         acme.load_stored();
         Ok(acme)
@@ -200,7 +204,8 @@ impl Acme {
                         return;
                     };
                     let name = name.to_string();
-                    tokio::spawn(async move { me.run_order(name, previous, tx).await });
+                    self.main
+                        .spawn(async move { me.run_order(name, previous, tx).await });
                     rx
                 }
             }

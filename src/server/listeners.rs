@@ -7,6 +7,11 @@
 //! the new `ten serve` ([`Listeners::handover`]), which serves on it ([`Listeners::adopt`]);
 //! the old one then only stops accepting ([`Listeners::stop_accepting`]) and drains.
 //!
+//! Every listener is served by each proxy worker ([`Workers`]: one single-threaded runtime per
+//! thread): each worker runs its own Pingora service on its own duplicate of the socket, all
+//! counting against the listener's one `max_connections`, so a connection is accepted by
+//! whichever worker is free and stays on it.
+//!
 //! A reload changes the limits in place ([`Listeners::set_limits`]): `header_timeout` and
 //! `keepalive_timeout` for the connections accepted from then on, `max_connections` of every
 //! open listener at once (no listener is reopened). A changed `[settings.tls]` `http2` gets the
@@ -30,7 +35,17 @@ use tokio::task::JoinHandle;
 
 use tenement_proxy::{ConnLimit, Edge, EdgeLimits, LiveLimits, TenProxy};
 
+use crate::server::workers::Workers;
+
 type App = Arc<HttpProxy<TenProxy>>;
+
+/// The TLS listener's settings and pre-handshake hook, made once per worker (each worker's
+/// service builds its own acceptor from them).
+pub type MakeTls<'a> =
+    &'a (dyn Fn() -> Result<(TlsSettings, Option<PreTlsCallback>)> + Send + Sync);
+
+/// One worker's service of a listener, with the fd table it serves from.
+type PerWorker = (Service<Edge<HttpProxy<TenProxy>>>, ListenFds);
 
 /// The L4 buffers of every proxy listener, plain and TLS: no read buffer (Pingora's default
 /// is 64 KiB per connection), Pingora's default write buffer. Plain HTTP reads go straight into
@@ -48,19 +63,20 @@ struct Open {
     configured: String,
     /// The bound address.
     local: String,
-    /// Its socket (the descriptor Pingora serves on).
+    /// Its socket (the first worker's descriptor; the others serve on duplicates).
     fd: RawFd,
     tls: bool,
     limit: Arc<ConnLimit>,
     stop: watch::Sender<bool>,
-    /// Watches the service's task (`abort`) and reports an unexpected end.
+    /// Watches the workers' service tasks (`abort`) and reports an unexpected end.
     task: JoinHandle<()>,
-    abort: tokio::task::AbortHandle,
+    abort: Vec<tokio::task::AbortHandle>,
 }
 
 /// Every open proxy listener.
 pub struct Listeners {
     app: App,
+    workers: Arc<Workers>,
     limits: Arc<LiveLimits>,
     max_connections: AtomicUsize,
     open: parking_lot::Mutex<Vec<Open>>,
@@ -84,12 +100,14 @@ impl Listeners {
     /// Returns the listeners and the channel on which an unexpected end is reported.
     pub fn new(
         app: App,
+        workers: Arc<Workers>,
         limits: EdgeLimits,
         max_connections: usize,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<String>) {
         let (failed, rx) = mpsc::unbounded_channel();
         let me = Listeners {
             app,
+            workers,
             limits: LiveLimits::new(limits),
             max_connections: AtomicUsize::new(max_connections),
             open: parking_lot::Mutex::new(Vec::new()),
@@ -98,27 +116,44 @@ impl Listeners {
         (Arc::new(me), rx)
     }
 
-    /// A listener's service; `limit`: the count of the listener it takes over from (its open
-    /// connections still count), else a new one.
-    fn service(
-        &self,
-        name: String,
-        tls: bool,
-        limit: Option<Arc<ConnLimit>>,
-    ) -> (Service<Edge<HttpProxy<TenProxy>>>, Arc<ConnLimit>) {
-        let limit = limit
-            .unwrap_or_else(|| ConnLimit::new(self.max_connections.load(Ordering::Acquire), tls));
+    /// A listener's connection count: `limit`, the count of the listener it takes over from
+    /// (its open connections still count), else a new one.
+    fn limit(&self, tls: bool, limit: Option<Arc<ConnLimit>>) -> Arc<ConnLimit> {
+        limit.unwrap_or_else(|| ConnLimit::new(self.max_connections.load(Ordering::Acquire), tls))
+    }
+
+    /// One worker's service of a listener, counting against `limit`.
+    fn service(&self, name: String, limit: &Arc<ConnLimit>) -> Service<Edge<HttpProxy<TenProxy>>> {
         let edge = Edge::new(self.app.clone(), self.limits.clone(), Some(limit.clone()));
         let mut service = Service::new(name, edge);
         service.set_connection_filter(limit.clone());
-        (service, limit)
+        service
+    }
+
+    /// The fd table of each worker's service: the first worker's is `fds` (its service owns
+    /// the socket), each other one a duplicate of the socket in a table of its own (each
+    /// service closes its own descriptor when it stops).
+    fn fds_per_worker(&self, fds: ListenFds, local: &str) -> Result<Vec<ListenFds>> {
+        let fd = fds.lock().get(local).copied().unwrap_or(-1);
+        let mut all = vec![fds];
+        for _ in 1..self.workers.len() {
+            // SAFETY: `fd` is the socket bound for this listener, owned by the first table,
+            // which no service has started from yet (nothing can have closed it).
+            let dup = unsafe { BorrowedFd::borrow_raw(fd) }
+                .try_clone_to_owned()
+                .with_context(|| format!("cannot duplicate the socket of {local}"))?;
+            let table: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
+            table.lock().add(local.to_string(), dup.into_raw_fd());
+            all.push(table);
+        }
+        Ok(all)
     }
 
     /// Open a plain HTTP listener on `addr` (as written in the config); returns its bound
     /// address.
     pub fn open_http(&self, addr: &str) -> Result<String> {
         let (fds, local) = prebind(addr)?;
-        self.serve_http(addr, &local, fds);
+        self.serve_http(addr, &local, fds)?;
         Ok(local)
     }
 
@@ -129,15 +164,13 @@ impl Listeners {
         configured: &str,
         local: &str,
         fd: OwnedFd,
-        tls: Option<(TlsSettings, Option<PreTlsCallback>)>,
-    ) {
+        tls: Option<MakeTls<'_>>,
+    ) -> Result<()> {
         let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
         fds.lock().add(local.to_string(), fd.into_raw_fd());
         match tls {
             None => self.serve_http(configured, local, fds),
-            Some((settings, pre_tls)) => {
-                self.serve_tls(configured, local, fds, settings, pre_tls, None)
-            }
+            Some(make) => self.serve_tls(configured, local, fds, make, None),
         }
     }
 
@@ -151,23 +184,28 @@ impl Listeners {
             .collect()
     }
 
-    fn serve_http(&self, configured: &str, local: &str, fds: ListenFds) {
-        let (mut service, limit) = self.service(format!("ten-proxy {local}"), false, None);
-        service.add_listener(ListenerConfig::tcp(local).l4_buffer(L4_BUFFERS));
-        self.run(configured, local, fds, service, limit, false);
+    fn serve_http(&self, configured: &str, local: &str, fds: ListenFds) -> Result<()> {
+        let limit = self.limit(false, None);
+        let fd = fds.lock().get(local).copied().unwrap_or(-1);
+        let services = self
+            .fds_per_worker(fds, local)?
+            .into_iter()
+            .map(|fds| {
+                let mut service = self.service(format!("ten-proxy {local}"), &limit);
+                service.add_listener(ListenerConfig::tcp(local).l4_buffer(L4_BUFFERS));
+                (service, fds)
+            })
+            .collect();
+        self.run(configured, local, fd, services, limit, false);
+        Ok(())
     }
 
-    /// Open the TLS listener (`[settings.tls]`, at start only) with its rustls `settings`
-    /// (certificate resolver, ALPN) and a hook run before each handshake (on-demand ACME);
-    /// returns its bound address.
-    pub fn open_tls(
-        &self,
-        addr: &str,
-        settings: TlsSettings,
-        pre_tls: Option<PreTlsCallback>,
-    ) -> Result<String> {
+    /// Open the TLS listener (`[settings.tls]`) with the rustls settings `make` gives each
+    /// worker (certificate resolver, ALPN) and a hook run before each handshake (on-demand
+    /// ACME); returns its bound address.
+    pub fn open_tls(&self, addr: &str, make: MakeTls<'_>) -> Result<String> {
         let (fds, local) = prebind(addr)?;
-        self.serve_tls(&format!("tls {addr}"), &local, fds, settings, pre_tls, None);
+        self.serve_tls(&format!("tls {addr}"), &local, fds, make, None)?;
         Ok(local)
     }
 
@@ -176,46 +214,67 @@ impl Listeners {
         configured: &str,
         local: &str,
         fds: ListenFds,
-        settings: TlsSettings,
-        pre_tls: Option<PreTlsCallback>,
+        make: MakeTls<'_>,
         limit: Option<Arc<ConnLimit>>,
-    ) {
-        let (mut service, limit) = self.service(format!("ten-proxy-tls {local}"), true, limit);
-        if let Some(hook) = pre_tls {
-            service.endpoints().set_pre_tls_callback(hook);
+    ) -> Result<()> {
+        let limit = self.limit(true, limit);
+        let fd = fds.lock().get(local).copied().unwrap_or(-1);
+        let mut services = Vec::new();
+        for fds in self.fds_per_worker(fds, local)? {
+            let (settings, pre_tls) = make()?;
+            let mut service = self.service(format!("ten-proxy-tls {local}"), &limit);
+            if let Some(hook) = pre_tls {
+                service.endpoints().set_pre_tls_callback(hook);
+            }
+            service.add_listener(
+                ListenerConfig::tcp(local)
+                    .tls(settings)
+                    .l4_buffer(L4_BUFFERS),
+            );
+            services.push((service, fds));
         }
-        service.add_listener(
-            ListenerConfig::tcp(local)
-                .tls(settings)
-                .l4_buffer(L4_BUFFERS),
-        );
-        self.run(configured, local, fds, service, limit, true);
+        self.run(configured, local, fd, services, limit, true);
+        Ok(())
     }
 
+    /// Start each worker's service of a listener on that worker's runtime.
     fn run(
         &self,
         configured: &str,
         local: &str,
-        fds: ListenFds,
-        mut service: Service<Edge<HttpProxy<TenProxy>>>,
+        fd: RawFd,
+        services: Vec<PerWorker>,
         limit: Arc<ConnLimit>,
         tls: bool,
     ) {
-        let fd = fds.lock().get(local).copied().unwrap_or(-1);
         let (stop, stop_rx) = watch::channel(false);
         let asked = stop_rx.clone();
         let failed = self.failed.clone();
         let name = local.to_string();
-        let inner = tokio::spawn(async move { service.start_service(Some(fds), stop_rx, 1).await });
-        let abort = inner.abort_handle();
+        let mut inner = tokio::task::JoinSet::new();
+        let abort = services
+            .into_iter()
+            .zip(self.workers.handles())
+            .map(|((mut service, fds), worker)| {
+                let stop_rx = stop_rx.clone();
+                inner.spawn_on(
+                    async move { service.start_service(Some(fds), stop_rx, 1).await },
+                    worker,
+                )
+            })
+            .collect();
         let task = tokio::spawn(async move {
-            let why = match inner.await {
-                Err(e) if e.is_panic() => Some("panicked (see the log above)"),
-                _ if !*asked.borrow() => Some("stopped"),
-                _ => None,
-            };
-            if let Some(why) = why {
-                let _ = failed.send(format!("the proxy service on {name} {why}"));
+            // The first worker's service to end unasked (or by a panic) is reported at once.
+            while let Some(end) = inner.join_next().await {
+                let why = match end {
+                    Err(e) if e.is_panic() => Some("panicked (see the log above)"),
+                    _ if !*asked.borrow() => Some("stopped"),
+                    _ => None,
+                };
+                if let Some(why) = why {
+                    let _ = failed.send(format!("the proxy service on {name} {why}"));
+                    return;
+                }
             }
         });
         self.open.lock().push(Open {
@@ -244,12 +303,7 @@ impl Listeners {
     /// Serve the TLS listener opened for `configured` with new `settings` (another `http2`)
     /// on the same socket: a second service accepts on a duplicate of it, then the first one
     /// stops accepting and its connections finish on their own. No moment without a listener.
-    pub async fn replace_tls(
-        &self,
-        configured: &str,
-        settings: TlsSettings,
-        pre_tls: Option<PreTlsCallback>,
-    ) -> Result<()> {
+    pub async fn replace_tls(&self, configured: &str, make: MakeTls<'_>) -> Result<()> {
         let (local, fd, old) = {
             let mut all = self.open.lock();
             let i = all
@@ -268,14 +322,11 @@ impl Listeners {
         // still open, stay counted against max_connections (and in `connections()`).
         let fds: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
         fds.lock().add(local.clone(), fd.into_raw_fd());
-        self.serve_tls(
-            configured,
-            &local,
-            fds,
-            settings,
-            pre_tls,
-            Some(old.limit.clone()),
-        );
+        if let Err(e) = self.serve_tls(configured, &local, fds, make, Some(old.limit.clone())) {
+            // The old listener goes on serving.
+            self.open.lock().push(old);
+            return Err(e);
+        }
         old.stop.send_replace(true);
         let _ = old.task.await;
         Ok(())
@@ -327,7 +378,9 @@ impl Listeners {
     pub fn abort_all(&self) {
         for o in self.open.lock().iter() {
             o.task.abort();
-            o.abort.abort();
+            for a in &o.abort {
+                a.abort();
+            }
         }
     }
 }

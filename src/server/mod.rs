@@ -12,3 +12,4 @@ pub mod notify;
 pub mod reload;
 pub mod serve;
 pub mod upgrade;
+pub mod workers;

@@ -40,6 +40,7 @@ use crate::server::notify::Notifier;
 use crate::server::reload::{Reloader, Source};
 use crate::server::upgrade::takeover::Takeover;
 use crate::server::upgrade::Upgrader;
+use crate::server::workers::{self, OnMain, Workers};
 use tenement_proxy::metrics::Metrics;
 
 /// Makes the TLS listener's settings from `[settings.tls]` (see [`tls_settings`]).
@@ -268,7 +269,20 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
         )?),
         _ => None,
     };
-    let proxy = TenProxy::new(publisher.router(), api.clone(), Some(waker))
+    // The proxy's worker threads; what a proxy connection hands to the API, the supervisor,
+    // the fleet or ACME runs on this (the main) runtime.
+    let workers = Workers::start(workers::count(s.threads))?;
+    tracing::info!(
+        proxy_workers = workers.len(),
+        "proxy workers started, one runtime per thread ([settings] threads, else one per CPU)"
+    );
+    let main = tokio::runtime::Handle::current();
+    let on_main: Arc<dyn tenement_proxy::management::Management> = Arc::new(OnMain::new(
+        api.clone() as Arc<dyn tenement_proxy::management::Management>,
+        main.clone(),
+    ));
+    let waker = Arc::new(OnMain::new(waker, main));
+    let proxy = TenProxy::new(publisher.router(), on_main, Some(waker))
         .with_access_log(access.clone())
         .with_challenges(acme.as_ref().map(|a| a.challenges()));
     let traffic = proxy.traffic();
@@ -291,12 +305,13 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
     app.server_options = Some(h2_server_options(&limits));
     let app = Arc::new(app);
     let max_connections = usize::try_from(s.max_connections).unwrap_or(usize::MAX);
-    let (listeners, mut listener_failed) = Listeners::new(app, limits, max_connections);
+    let (listeners, mut listener_failed) =
+        Listeners::new(app, workers.clone(), limits, max_connections);
     let mut announced = Vec::new();
     for addr in &s.listen {
         let local = match takeover.as_mut().and_then(|t| t.listener(addr, false)) {
             Some((local, fd)) => {
-                listeners.adopt(addr, &local, fd, None);
+                listeners.adopt(addr, &local, fd, None)?;
                 local
             }
             None => listeners.open_http(addr)?,
@@ -312,17 +327,17 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
         maker
     });
     if let (Some(tls), Some(make)) = (&s.tls, &tls_maker) {
-        let (settings, hook) = make(tls)?;
+        let make = || make(tls);
         let configured = format!("tls {}", tls.listen);
         let local = match takeover
             .as_mut()
             .and_then(|t| t.listener(&configured, true))
         {
             Some((local, fd)) => {
-                listeners.adopt(&configured, &local, fd, Some((settings, hook)));
+                listeners.adopt(&configured, &local, fd, Some(&make))?;
                 local
             }
-            None => listeners.open_tls(&tls.listen, settings, hook)?,
+            None => listeners.open_tls(&tls.listen, &make)?,
         };
         announced.push(format!("https://{local}"));
     }
@@ -456,6 +471,7 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
         .await;
         // Its connections closed: the lines of the last requests it answered.
         close_access_log(access).await;
+        stop_workers(workers).await;
         return drained;
     }
     notifier.stopping();
@@ -480,6 +496,7 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
     close_access_log(access).await;
     supervisor.stop_all().await;
     listeners.abort_all();
+    stop_workers(workers).await;
     logs.close(); // flush what the instances printed last
     let _ = std::fs::remove_file(&sock);
     if let Some(why) = failure {
@@ -529,6 +546,12 @@ async fn drain_after_upgrade(
     logs.close();
     tracing::info!("upgraded: exiting");
     Ok(())
+}
+
+/// End the proxy workers' runtimes (their listeners are closed and drained) and wait for the
+/// threads, off the main runtime's workers.
+async fn stop_workers(workers: Arc<Workers>) {
+    let _ = tokio::task::spawn_blocking(move || workers.stop()).await;
 }
 
 /// Write out the access-log lines still queued (the proxy has answered its last request) and

@@ -364,11 +364,13 @@ fn an_upgrade_answered_before_the_request_is_read_stays_open() {
     }
 }
 
-/// `[settings] threads` sizes ten's async runtime (issue 23 part 4; by default one worker per
-/// CPU ten may run on: this machine's tests run with 2 or more CPUs, so 3 is not the default
-/// on a 2-CPU runner, and the log line says what the runtime got).
+/// `[settings] threads` sizes ten's async runtime and its proxy workers, one thread with its
+/// own runtime each (issue 23 part 4; by default one per CPU ten may run on: this machine's
+/// tests run with 2 or more CPUs, so 3 is not the default on a 2-CPU runner, and the log
+/// lines say what ten got). Requests on many connections at once are all answered, and the
+/// API reached through the proxy listener (the bare domain) answers from the main runtime.
 #[test]
-fn threads_sets_the_runtime_workers() {
+fn threads_sets_the_runtime_workers_and_the_proxy_workers() {
     let ten = Builder::new()
         .settings("threads = 3")
         .body("[process.api]\ncommand = \"@APP@\"\n[instances]\napi = [\"a\"]\n")
@@ -376,4 +378,39 @@ fn threads_sets_the_runtime_workers() {
     ten.wait_status(&format!("a.api.{DOMAIN}"), "/", 200);
     let log = ten.stderr();
     assert!(log.contains("workers=3"), "{log}");
+    assert!(log.contains("proxy_workers=3"), "{log}");
+    let pid = ten.child.as_ref().expect("running").id();
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    assert_eq!(
+        names.iter().filter(|n| *n == "ten-proxy").count(),
+        3,
+        "{names:?}"
+    );
+    let clients: Vec<_> = (0..12)
+        .map(|_| {
+            let addr = ten.addr;
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(addr).expect("connect");
+                let mut r = std::io::BufReader::new(s.try_clone().expect("clone"));
+                (0..5)
+                    .map(|_| {
+                        write!(s, "GET / HTTP/1.1\r\nHost: a.api.{DOMAIN}\r\n\r\n").expect("write");
+                        crate::util::read_response(&mut r).status
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().expect("client"), [200; 5]);
+    }
+    assert_eq!(
+        ten.get(DOMAIN, "/health").status,
+        200,
+        "the API through the proxy listener"
+    );
 }

@@ -305,14 +305,10 @@ impl Reloader {
             self.listeners.set_limits(limits, max);
         }
         if let (true, Some(tls), Some(make)) = (plan.tls_http2, &applied.settings.tls, &self.tls) {
-            let replaced = match make(tls) {
-                Ok((settings, hook)) => {
-                    self.listeners
-                        .replace_tls(&format!("tls {}", tls.listen), settings, hook)
-                        .await
-                }
-                Err(e) => Err(e),
-            };
+            let replaced = self
+                .listeners
+                .replace_tls(&format!("tls {}", tls.listen), &|| make(tls))
+                .await;
             if let Err(e) = replaced {
                 errors.push(format!("settings.tls.http2: {e:#}"));
             }
@@ -392,10 +388,7 @@ impl Reloader {
                 .tls
                 .as_ref()
                 .ok_or_else(|| anyhow::anyhow!("no TLS listener was set up at start"));
-            let opened_tls = make.and_then(|make| {
-                let (settings, hook) = make(tls)?;
-                self.listeners.open_tls(to, settings, hook)
-            });
+            let opened_tls = make.and_then(|make| self.listeners.open_tls(to, &|| make(tls)));
             match opened_tls {
                 Ok(local) => {
                     if let Some(l) = changes
