@@ -423,6 +423,20 @@ impl Resp {
     }
 }
 
+/// A connection `ten` has accepted and counts as open: one keep-alive request for `host`
+/// answered, then left idle. (A connection merely connected may still be in the backlog, and
+/// with several proxy workers the order in which queued connections are counted is not the
+/// order they connected in.)
+pub fn accepted_idle(addr: SocketAddr, host: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write!(s, "GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").expect("write");
+    let resp = read_response(&mut BufReader::new(&mut s));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    s
+}
+
 /// One request on a new connection; reads one response.
 pub fn request(addr: SocketAddr, raw: &[u8]) -> Resp {
     let mut s = TcpStream::connect(addr).expect("connect");

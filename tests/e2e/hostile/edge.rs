@@ -207,9 +207,9 @@ fn beyond_max_connections_new_connections_wait_and_the_control_socket_works() {
         "GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
         host("prod.api")
     );
-    // Three idle connections fill the listener.
+    // Three idle connections (accepted: each had an answer) fill the listener.
     let mut idle: Vec<TcpStream> = (0..3)
-        .map(|_| TcpStream::connect(ten.addr).expect("connect"))
+        .map(|_| crate::util::accepted_idle(ten.addr, &host("prod.api")))
         .collect();
     // The fourth: the kernel completes the handshake (backlog), but ten does not accept it.
     let mut waiting = TcpStream::connect(ten.addr).expect("connect (backlog)");

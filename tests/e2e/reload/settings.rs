@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use super::{reload, rewrite, TWO};
-use crate::util::{closed_within, free_port, read_response, Builder, Ten, DOMAIN};
+use crate::util::{accepted_idle, closed_within, free_port, read_response, Builder, Ten, DOMAIN};
 
 fn api() -> String {
     format!("1.api.{DOMAIN}")
@@ -75,12 +75,10 @@ fn a_lower_max_connections_by_reload_holds_and_a_higher_one_lets_waiters_in() {
         "GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
         api()
     );
-    // One idle connection fills the listener at its new limit.
-    let idle = TcpStream::connect(ten.addr).expect("connect");
+    // One idle connection (accepted: it had an answer) fills the listener at its new limit.
+    let idle = accepted_idle(ten.addr, &api());
     let mut waiting = TcpStream::connect(ten.addr).expect("connect (backlog)");
     waiting.write_all(request.as_bytes()).expect("write");
-    // (The idle one may be accepted second: then it is the one waiting. Either way one of
-    // the two is not served while the other is open.)
     assert!(
         unanswered(&mut waiting),
         "a second connection was served with max_connections = 1"

@@ -355,6 +355,11 @@ pub(crate) fn sanitize_h1_upstream_request(
     if policy == HttpUpstreamRequestPolicy::preserve() {
         return Ok(());
     }
+    // Without any hop-by-hop field (no `Connection`, so nothing nominated; no `Upgrade`) there
+    // is nothing to remove or add below: the common case, decided in one pass over the names.
+    if !has_hop_by_hop_header(req) {
+        return Ok(());
+    }
 
     let nominations = policy
         .strip_connection_nominated
@@ -379,11 +384,9 @@ pub(crate) fn sanitize_h1_upstream_request(
 
     match policy.h1_upgrade {
         H1UpgradePolicy::WebSocketOnly => {
-            if has_hop_by_hop_header(req) {
-                req.remove_header(&header::CONNECTION);
-                req.remove_header(&header::UPGRADE);
-                req.remove_header(HTTP2_SETTINGS);
-            }
+            req.remove_header(&header::CONNECTION);
+            req.remove_header(&header::UPGRADE);
+            req.remove_header(HTTP2_SETTINGS);
             if websocket_upgrade {
                 req.insert_header(header::CONNECTION, "Upgrade")?;
                 req.insert_header(header::UPGRADE, "websocket")?;
