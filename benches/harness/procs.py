@@ -404,8 +404,9 @@ class Target:
             return {"GOMAXPROCS": "1", "XDG_DATA_HOME": str(d / f"{name}-data"),
                     "XDG_CONFIG_HOME": str(d / f"{name}-config")}
         if self.kind == "ten" and self.workers:
-            # `ten serve` runs on one tokio runtime: `[settings] threads`, else (as here, so that
-            # a ten built before that setting runs too) TOKIO_WORKER_THREADS, else the affinity.
+            # `ten serve`'s proxy workers (and main runtime): `[settings] threads`, else (as here,
+            # so that a ten built before that setting runs too) TOKIO_WORKER_THREADS, else the
+            # affinity.
             return {"TOKIO_WORKER_THREADS": str(self.workers)}
         return {}
 

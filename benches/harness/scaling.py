@@ -161,9 +161,10 @@ def section(res, out, short):
         "## Two cores: one worker vs two (issue 23 part 4)\n",
         "How measured: `ten` with 1 and with 2 worker threads (`ten-1`, `ten-2`) and nginx with "
         "`worker_processes 1` and `2` (`nginx-1`, `nginx-2`), configured as the `ten` and `nginx` "
-        "rows (the same upstream, the same headers added). `ten serve` runs its proxy on one tokio "
-        "runtime, sized by `[settings] threads` or, unset, by `TOKIO_WORKER_THREADS` (set to 1 or "
-        "2 here, so that a ten built before `threads` runs too) or else by the affinity mask. **Nothing "
+        "rows (the same upstream, the same headers added). `ten serve` runs its proxy on its proxy "
+        "workers (one thread with a runtime of its own each), as many as `[settings] threads` or, "
+        "unset, `TOKIO_WORKER_THREADS` (set to 1 or 2 here, so that a ten built before `threads` "
+        "runs too) or else the affinity mask. **Nothing "
         f"is pinned apart in this phase**: the proxy, the upstream nginx and wrk (`-t{sc['threads']} "
         f"-c{sc['connections']}`, the same load for every run) all run on cores {sc['cpus']} "
         "(`taskset -c`), so the proxy with two workers competes for the same two cores as its "

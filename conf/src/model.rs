@@ -73,8 +73,8 @@ pub struct Settings {
     /// Open client connections per listener; beyond it new ones wait in the backlog.
     /// Default 10,000.
     pub max_connections: u32,
-    /// Worker threads of ten's async runtime (the proxy, the API, the supervisor); None: one per
-    /// CPU ten may run on. Read once at start.
+    /// The proxy's worker threads (a runtime each) and the main runtime's workers (the API, the
+    /// supervisor); None: one per CPU ten may run on. Read once at start.
     pub threads: Option<u32>,
     /// Keep each HTTP/1 header name's case as received (a second map per message); default
     /// false: well-known names are sent in title case, others in lower case.

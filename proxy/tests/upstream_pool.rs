@@ -161,3 +161,48 @@ fn an_idle_connection_is_closed_after_its_timeout() {
         assert!(connector.reused_stream(&peer).await.is_none());
     });
 }
+
+/// On single-threaded runtimes (ten's proxy workers), a thread takes back only the
+/// connections it released: another runtime's connection is driven by that runtime's thread.
+#[test]
+fn a_single_threaded_runtime_takes_back_only_its_own_connections() {
+    let srv = server();
+    let connector = Arc::new(TransportConnector::new(None));
+    let peer = BasicPeer::new(&srv.addr.to_string());
+    let key = peer.reuse_hash();
+    let current_thread = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    // Another thread, with a runtime of its own (alive until the end), releases a connection
+    // into the pool.
+    let (c, p) = (connector.clone(), peer.clone());
+    let (released_tx, released) = std::sync::mpsc::channel();
+    let (done, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let other = std::thread::spawn(move || {
+        current_thread().block_on(async move {
+            let s = c.new_stream(&p).await.unwrap();
+            c.release_stream(s, key, Some(Duration::from_secs(60)));
+            released_tx.send(()).unwrap();
+            let _ = done_rx.await;
+        })
+    });
+    released.recv_timeout(Duration::from_secs(10)).unwrap();
+    current_thread().block_on(async {
+        until("1 accepted", || srv.accepted.load(Ordering::SeqCst) == 1).await;
+        assert!(
+            connector.reused_stream(&peer).await.is_none(),
+            "another single-threaded runtime's connection was taken"
+        );
+        let s = connector.new_stream(&peer).await.unwrap();
+        connector.release_stream(s, key, Some(Duration::from_secs(60)));
+        assert!(
+            connector.reused_stream(&peer).await.is_some(),
+            "its own connection is reused"
+        );
+    });
+    let _ = done.send(());
+    other.join().unwrap();
+}

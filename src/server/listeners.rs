@@ -18,7 +18,7 @@
 //! TLS listener replaced on the same socket ([`Listeners::replace_tls`]).
 
 use std::net::TcpListener;
-use std::os::fd::{BorrowedFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -85,6 +85,16 @@ pub struct Listeners {
     failed: mpsc::UnboundedSender<String>,
 }
 
+/// Close the socket in `fds` under `local`, which no service serves (a listener that failed to
+/// open): Pingora's fd table never closes what it holds.
+fn close_socket(fds: &ListenFds, local: &str) {
+    if let Some(fd) = fds.lock().get(local).copied() {
+        // SAFETY: the table owns `fd` and nothing else uses it: no service started from it,
+        // and the table is dropped right after.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+}
+
 /// Bind `addr` now and put the socket in a fresh fd table under its bound address, the
 /// address to give Pingora (it adopts the socket instead of binding again).
 fn prebind(addr: &str) -> Result<(ListenFds, String)> {
@@ -133,15 +143,26 @@ impl Listeners {
     /// The fd table of each worker's service: the first worker's is `fds` (its service owns
     /// the socket), each other one a duplicate of the socket in a table of its own (each
     /// service closes its own descriptor when it stops).
+    /// On an error nothing is left open: the duplicates made so far and the socket itself
+    /// are closed (a listener that failed to open must not keep its port).
     fn fds_per_worker(&self, fds: ListenFds, local: &str) -> Result<Vec<ListenFds>> {
         let fd = fds.lock().get(local).copied().unwrap_or(-1);
+        let dups = (1..self.workers.len())
+            .map(|_| {
+                // SAFETY: `fd` is the socket bound for this listener, owned by the first
+                // table, which no service has started from yet (nothing can have closed it).
+                unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()
+            })
+            .collect::<std::io::Result<Vec<OwnedFd>>>();
+        let dups = match dups {
+            Ok(dups) => dups,
+            Err(e) => {
+                close_socket(&fds, local);
+                return Err(e).with_context(|| format!("cannot duplicate the socket of {local}"));
+            }
+        };
         let mut all = vec![fds];
-        for _ in 1..self.workers.len() {
-            // SAFETY: `fd` is the socket bound for this listener, owned by the first table,
-            // which no service has started from yet (nothing can have closed it).
-            let dup = unsafe { BorrowedFd::borrow_raw(fd) }
-                .try_clone_to_owned()
-                .with_context(|| format!("cannot duplicate the socket of {local}"))?;
+        for dup in dups {
             let table: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
             table.lock().add(local.to_string(), dup.into_raw_fd());
             all.push(table);
@@ -219,9 +240,19 @@ impl Listeners {
     ) -> Result<()> {
         let limit = self.limit(true, limit);
         let fd = fds.lock().get(local).copied().unwrap_or(-1);
+        // Every worker's settings first: a failure leaves nothing to undo but the socket.
+        let made = (0..self.workers.len())
+            .map(|_| make())
+            .collect::<Result<Vec<_>>>();
+        let made = match made {
+            Ok(made) => made,
+            Err(e) => {
+                close_socket(&fds, local);
+                return Err(e);
+            }
+        };
         let mut services = Vec::new();
-        for fds in self.fds_per_worker(fds, local)? {
-            let (settings, pre_tls) = make()?;
+        for (fds, (settings, pre_tls)) in self.fds_per_worker(fds, local)?.into_iter().zip(made) {
             let mut service = self.service(format!("ten-proxy-tls {local}"), &limit);
             if let Some(hook) = pre_tls {
                 service.endpoints().set_pre_tls_callback(hook);

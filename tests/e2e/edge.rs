@@ -377,7 +377,7 @@ fn threads_sets_the_runtime_workers_and_the_proxy_workers() {
         .start();
     ten.wait_status(&format!("a.api.{DOMAIN}"), "/", 200);
     let log = ten.stderr();
-    assert!(log.contains("workers=3"), "{log}");
+    assert!(log.contains(" workers=3"), "the main runtime: {log}");
     assert!(log.contains("proxy_workers=3"), "{log}");
     let pid = ten.child.as_ref().expect("running").id();
     let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))

@@ -189,10 +189,20 @@ pub(super) async fn fleet_logs(fleet: &Fleet, q: Option<&str>) -> ApiResult {
 
 impl Api {
     /// The fleet's view once the table built from it is live: what a read shows (a server
-    /// `offline`, a tenant's `served_at`) is what the proxy already routes by.
+    /// `offline`, a tenant's `served_at`) is what the proxy already routes by. A table build
+    /// that takes longer than 5 s does not hold the read: it answers from the view as it is.
     pub(super) async fn live_view(&self, fleet: &Fleet) -> Arc<FleetView> {
         let view = fleet.view();
-        self.publisher.settle_fleet(view.generation).await;
+        let settled = self.publisher.settle_fleet(view.generation);
+        if tokio::time::timeout(Duration::from_secs(5), settled)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                generation = view.generation,
+                "fleet read: the routing table has not caught up with the fleet's view in 5 s"
+            );
+        }
         view
     }
 

@@ -211,7 +211,8 @@ fn beyond_max_connections_new_connections_wait_and_the_control_socket_works() {
     let mut idle: Vec<TcpStream> = (0..3)
         .map(|_| crate::util::accepted_idle(ten.addr, &host("prod.api")))
         .collect();
-    // The fourth: the kernel completes the handshake (backlog), but ten does not accept it.
+    // The fourth: the kernel completes the handshake (backlog); ten does not serve it (a
+    // worker may accept it and hold it until there is room).
     let mut waiting = TcpStream::connect(ten.addr).expect("connect (backlog)");
     waiting.write_all(request.as_bytes()).expect("write");
     waiting

@@ -353,19 +353,34 @@ mod idle {
     /// Lists of idle connections: each thread puts into one of them (by a number it gets once).
     const SHARDS: usize = 16;
 
-    /// This thread's shard.
-    fn slot() -> usize {
+    /// This thread's number, given once.
+    fn thread_number() -> usize {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         thread_local! {
-            static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            static NUMBER: usize = NEXT.fetch_add(1, Ordering::Relaxed);
         }
-        SLOT.with(|s| *s)
+        NUMBER.with(|n| *n)
+    }
+
+    /// This thread's shard.
+    fn slot() -> usize {
+        thread_number() % SHARDS
+    }
+
+    /// Whether this thread runs a single-threaded runtime. Its connections are driven by its
+    /// own IO driver only, so it takes back only the connections it released itself: another
+    /// runtime's connection would be polled, and its wake-ups delivered, by that other thread.
+    fn single_threaded() -> bool {
+        tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
     }
 
     struct Idle {
         stream: Stream,
         since: Instant,
         timeout: Option<Duration>,
+        /// The thread that released it ([thread_number]).
+        owner: usize,
     }
 
     impl Idle {
@@ -402,8 +417,8 @@ mod idle {
         }
 
         /// A usable idle connection of `key`, this thread's most recently released first, then
-        /// the other threads'; the ones found closed, written to or expired on the way are
-        /// dropped.
+        /// (on a multi-threaded runtime) the other threads'; the ones found closed, written to
+        /// or expired on the way are dropped.
         pub(crate) fn get(
             &self,
             key: u64,
@@ -415,8 +430,12 @@ mod idle {
             }
             let now = Instant::now();
             let own = slot();
+            if single_threaded() {
+                let me = Some(thread_number());
+                return self.take(&self.shards[own], key, now, unexpected, callback, me);
+            }
             (0..SHARDS).find_map(|i| {
-                self.take(&self.shards[(own + i) % SHARDS], key, now, unexpected, callback)
+                self.take(&self.shards[(own + i) % SHARDS], key, now, unexpected, callback, None)
             })
         }
 
@@ -427,23 +446,30 @@ mod idle {
             now: Instant,
             unexpected: &AtomicU64,
             callback: Option<&PoolCallback>,
+            owner: Option<usize>,
         ) -> Option<Stream> {
             let mut shard = shard.lock();
             let list = shard.get_mut(&key)?;
-            while let Some(mut idle) = list.pop() {
+            let mut found = None;
+            // The most recently released first (of `owner`'s, when given).
+            while let Some(i) = match owner {
+                None => list.len().checked_sub(1),
+                Some(o) => list.iter().rposition(|idle| idle.owner == o),
+            } {
+                let mut idle = list.remove(i);
                 self.count.fetch_sub(1, Ordering::Relaxed);
                 if !idle.expired(now) && test_reusable_stream(&mut idle.stream, unexpected) {
-                    if list.is_empty() {
-                        shard.remove(&key);
-                    }
-                    return Some(idle.stream);
+                    found = Some(idle.stream);
+                    break;
                 }
                 if let Some(cb) = callback {
                     cb(now.saturating_duration_since(idle.since));
                 }
             }
-            shard.remove(&key);
-            None
+            if list.is_empty() {
+                shard.remove(&key);
+            }
+            found
         }
 
         /// Keep `stream` for reuse by `key` for at most `timeout`. A full pool drops the
@@ -476,6 +502,7 @@ mod idle {
                     stream,
                     since: now,
                     timeout,
+                    owner: thread_number(),
                 });
                 self.count.fetch_add(1, Ordering::SeqCst);
             }
