@@ -27,6 +27,15 @@ const MAX_SECS: u64 = 253_402_300_799;
 impl Lines {
     /// Append the line of `e` (with its newline) to `out`.
     pub(crate) fn push(&mut self, e: &Entry<'_>, out: &mut Vec<u8>) {
+        // Room for the whole line at once: the fixed text and numbers fit in 256 bytes, the
+        // strings are as long as they are (escaping may still grow it).
+        out.reserve(
+            256 + e.method.len()
+                + e.host.map_or(0, <[u8]>::len)
+                + e.path.len()
+                + e.upstream.map_or(0, str::len)
+                + e.request_id.len(),
+        );
         out.extend_from_slice(b"{\"ts\":\"");
         self.timestamp(e.ts, out);
         out.extend_from_slice(b"\",\"client_ip\":");
@@ -97,19 +106,9 @@ impl Lines {
     }
 }
 
-/// Decimal digits of `n`.
-fn uint(out: &mut Vec<u8>, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[i..]);
+/// Decimal digits of `n` (two digits per step: `itoa`).
+fn uint(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Milliseconds with three decimals, as `{:.3}` of `as_secs_f64() * 1000.0` writes them.
