@@ -1,15 +1,15 @@
 //! `ten`: one binary that replaces nginx, a process supervisor and a basic monitoring stack.
 
+mod alloc;
 mod client;
 mod server;
 mod wire;
 
 use std::process::ExitCode;
 
-/// mimalloc: the allocator took ~23 % of ten's instructions per request under glibc malloc
-/// (BENCHMARKS.md, callgrind).
+/// mimalloc (src/alloc.rs).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: alloc::Mimalloc = alloc::Mimalloc;
 
 use clap::Parser;
 
