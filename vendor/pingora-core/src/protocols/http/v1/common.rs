@@ -187,6 +187,12 @@ pub(crate) fn is_chunked_encoding_from_headers(headers: &HMap) -> bool {
     find_last_te_token(bytes).eq_ignore_ascii_case(b"chunked")
 }
 
+/// How many more fields than it was read with the header map of a received HTTP/1 message
+/// has room for. A proxy adds a few to each message it forwards (`X-Forwarded-For`, a request
+/// id, `Date`, `Connection`); with the room, adding them neither rehashes the map nor
+/// reallocates its index, also in a clone of the message, which keeps the index's size.
+pub(crate) const HEADER_MAP_HEADROOM: usize = 4;
+
 /// Whether HTTP/1 headers read from now on keep the case of each name as received.
 static KEEP_HEADER_CASE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
