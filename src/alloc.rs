@@ -71,6 +71,7 @@ unsafe impl GlobalAlloc for Mimalloc {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
