@@ -52,6 +52,13 @@ impl<T> State<T> {
     }
 }
 
+/// Wakes the end parked on the pipe, if any; called after the lock is released.
+fn wake(waker: Option<Waker>) {
+    if let Some(w) = waker {
+        w.wake();
+    }
+}
+
 fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
     match slot {
         Some(w) if w.will_wake(cx.waker()) => {}
@@ -196,9 +203,7 @@ impl<T> Drop for Sender<'_, T> {
             state.tx_closed = true;
             state.rx_waker.take()
         };
-        if let Some(w) = waker {
-            w.wake();
-        }
+        wake(waker);
     }
 }
 
@@ -215,9 +220,7 @@ impl<T> Permit<'_, T> {
             state.rx_waker.take()
         };
         std::mem::forget(self);
-        if let Some(w) = waker {
-            w.wake();
-        }
+        wake(waker);
     }
 }
 
@@ -229,9 +232,7 @@ impl<T> Drop for Permit<'_, T> {
             state.reserved -= 1;
             state.tx_waker.take()
         };
-        if let Some(w) = waker {
-            w.wake();
-        }
+        wake(waker);
     }
 }
 
@@ -253,9 +254,7 @@ impl<T> Receiver<'_, T> {
                 state.len -= 1;
                 let waker = state.tx_waker.take();
                 drop(state);
-                if let Some(w) = waker {
-                    w.wake();
-                }
+                wake(waker);
                 Poll::Ready(value)
             } else if state.tx_closed {
                 Poll::Ready(None)
@@ -275,9 +274,7 @@ impl<T> Drop for Receiver<'_, T> {
             state.rx_closed = true;
             state.tx_waker.take()
         };
-        if let Some(w) = waker {
-            w.wake();
-        }
+        wake(waker);
     }
 }
 
