@@ -53,6 +53,8 @@ pub struct HttpSession {
     keepalive_timeout: KeepaliveStatus,
     pub(crate) digest: Box<Digest>,
     response_header: Option<Box<ResponseHeader>>,
+    // The framing fields of `response_header`, noted while it was read (it is not changed after)
+    response_framing: FramingFields,
     request_written: Option<Box<RequestHeader>>,
     bytes_sent: usize,
     /// Total response body payload bytes received from upstream
@@ -90,6 +92,7 @@ impl HttpSession {
             body_writer: BodyWriter::new(),
             keepalive_timeout: KeepaliveStatus::Off,
             response_header: None,
+            response_framing: FramingFields::default(),
             request_written: None,
             read_timeout: None,
             write_timeout: None,
@@ -215,7 +218,10 @@ impl HttpSession {
         // unrecoverable framing error. A peer may opt to tolerate a single,
         // otherwise-invalid value and treat the response as close-delimited.
         // Note: Content-Length is already removed if Transfer-Encoding is present.
-        if let Err(e) = super::common::validate_content_length(&resp_header.headers) {
+        if let Err(e) = super::common::validate_content_length_framed(
+            &resp_header.headers,
+            self.response_framing,
+        ) {
             if self.allow_h1_response_invalid_content_length
                 && super::common::content_length_is_single_token(&resp_header.headers)
             {
@@ -312,8 +318,10 @@ impl HttpSession {
 
                         let buf = std::mem::take(&mut self.response_header_read_buf).freeze();
 
+                        let mut framing = FramingFields::default();
                         for header in header_refs {
                             let header_name = header.get_name_bytes(&buf);
+                            framing.note(&header_name);
                             let header_name = header_name.into_case_header_name();
                             let value_bytes = header.get_value_bytes(&buf);
                             let header_value = pingora_http::header_value_from_raw(value_bytes);
@@ -325,23 +333,19 @@ impl HttpSession {
                             }
                         }
 
-                        let contains_transfer_encoding = response_header
-                            .headers
-                            .contains_key(header::TRANSFER_ENCODING);
-                        let contains_content_length =
-                            response_header.headers.contains_key(header::CONTENT_LENGTH);
-
                         // Transfer encoding overrides content length, so when
                         // both are present, we MUST remove content length. This is
                         // https://datatracker.ietf.org/doc/html/rfc9112#section-6.3-2.3
-                        if contains_content_length && contains_transfer_encoding {
+                        if framing.content_length && framing.transfer_encoding {
                             response_header.remove_header(&header::CONTENT_LENGTH);
+                            framing.content_length = false;
                         }
 
                         self.raw_header = Some(BufRef(0, s));
                         self.preread_body = Some(BufRef(s, total_read));
                         self.buf = buf;
                         self.response_header = Some(response_header);
+                        self.response_framing = framing;
                         if let Err(e) = self.validate_response() {
                             return self.fail_response_header_read(e);
                         }
@@ -762,13 +766,14 @@ impl HttpSession {
 
     fn get_content_length(&self) -> Result<Option<usize>> {
         match self.resp_header() {
-            Some(h) => content_length_for_framing(&h.headers),
-            None => Ok(None),
+            Some(h) if self.response_framing.content_length => content_length_for_framing(&h.headers),
+            _ => Ok(None),
         }
     }
 
     fn is_chunked_encoding(&self) -> bool {
         self.resp_header()
+            .filter(|_| self.response_framing.transfer_encoding)
             .map(|h| is_chunked_encoding_from_headers(&h.headers))
             .unwrap_or(false)
     }

@@ -344,18 +344,25 @@ fn from_digits(bytes: &[u8]) -> Option<u64> {
     Some(result)
 }
 
+/// [`content_length_reconcile`] without telling an absent field from an unusable one.
+#[cfg(test)]
+pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
+    content_length_reconcile(headers).ok().flatten()
+}
+
 /// Reconcile every `Content-Length` value (across duplicate header lines and
 /// comma-separated lists) into a single value, mirroring the behavior of
 /// hyper's `content_length_parse_all`
 /// (<https://github.com/hyperium/hyper/blob/v1.9.0/src/headers.rs#L40-L69>).
 ///
-/// Returns `Some(n)` only when at least one value is present and every value
-/// parses and is equal. Returns `None` when there are no values, when any value
-/// is unparseable, or when two values disagree. Per [RFC 9110 section
+/// Returns `Ok(Some(n))` only when at least one value is present and every value
+/// parses and is equal, `Ok(None)` when there are no values, `Err(())` when any
+/// value is unparseable or two values disagree (one lookup of the field tells
+/// all three). Per [RFC 9110 section
 /// 8.6](https://www.rfc-editor.org/rfc/rfc9110#section-8.6) this lets identical
 /// duplicates (e.g. `Content-Length: 42, 42`) be collapsed to a single value
 /// while genuinely conflicting framing is rejected.
-pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
+fn content_length_reconcile(headers: &HMap) -> std::result::Result<Option<u64>, ()> {
     // If multiple Content-Length headers were sent, everything can still be
     // alright if they all contain the same value, and all parse correctly. If
     // not, then it's an error.
@@ -363,18 +370,49 @@ pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
     for value in headers.get_all(header::CONTENT_LENGTH) {
         // A non-visible-ASCII value can't be a valid Content-Length, so the
         // framing is ambiguous.
-        let line = value.to_str().ok()?;
+        let line = value.to_str().map_err(|_| ())?;
         for v in line.split(',') {
-            let n = from_digits(v.trim().as_bytes())?;
+            let n = from_digits(v.trim().as_bytes()).ok_or(())?;
             match content_length {
                 None => content_length = Some(n),
-                Some(prev) if prev != n => return None,
+                Some(prev) if prev != n => return Err(()),
                 Some(_) => {}
             }
         }
     }
 
-    content_length
+    Ok(content_length)
+}
+
+/// Which of the fields that frame a message's body (`Transfer-Encoding`, `Content-Length`) a
+/// received HTTP/1 message carries, noted while its header fields are read, so that reading
+/// and validating it need not look each one up again (a hashed lookup each, several times per
+/// message). Only valid for the header map as it was read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FramingFields {
+    pub(crate) transfer_encoding: bool,
+    pub(crate) content_length: bool,
+}
+
+impl FramingFields {
+    /// Note the field `name` (as received, any case).
+    #[inline]
+    pub(crate) fn note(&mut self, name: &[u8]) {
+        // Compare lengths first: most names are neither.
+        if name.len() == 17 && name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.transfer_encoding = true;
+        } else if name.len() == 14 && name.eq_ignore_ascii_case(b"content-length") {
+            self.content_length = true;
+        }
+    }
+
+    /// The fields of `headers`, looked up.
+    pub(crate) fn of(headers: &HMap) -> Self {
+        FramingFields {
+            transfer_encoding: headers.contains_key(header::TRANSFER_ENCODING),
+            content_length: headers.contains_key(header::CONTENT_LENGTH),
+        }
+    }
 }
 
 /// Resolve the framing `Content-Length` of a message following hyper's decode
@@ -382,8 +420,8 @@ pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
 /// present but cannot be resolved to a single value (conflicting duplicates or
 /// an unparseable value), or `None` when the header is absent.
 pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>> {
-    match content_length_parse_all(headers) {
-        Some(cl) => {
+    match content_length_reconcile(headers) {
+        Ok(Some(cl)) => {
             // Content-Length frames the body, so a value that does not fit in
             // `usize` cannot be represented and must not be silently truncated
             // (which would misframe bodies larger than `usize::MAX`, e.g. on
@@ -398,13 +436,13 @@ pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>
                 )
             })
         }
-        None if headers.contains_key(header::CONTENT_LENGTH) => {
+        Err(()) => {
             // debug, not warn: per-message, client-influenced; avoids log floods
             // under adversarial load. The error is returned to the caller.
             debug!("invalid Content-Length header");
             Error::e_explain(InvalidHTTPHeader, "invalid Content-Length header")
         }
-        None => Ok(None),
+        Ok(None) => Ok(None),
     }
 }
 
@@ -420,9 +458,18 @@ pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>
 /// HTTP/2 does not use `Content-Length` for framing, but reconciling it here
 /// keeps the H2 and downgraded-H1 paths consistent and rejects genuinely
 /// ambiguous values before they cross a proxy boundary.
+#[cfg(test)]
 pub(crate) fn validate_content_length(headers: &HMap) -> Result<()> {
-    if headers.get(header::TRANSFER_ENCODING).is_some() {
+    validate_content_length_framed(headers, FramingFields::of(headers))
+}
+
+/// [`validate_content_length`] of a message whose framing fields are known.
+pub(crate) fn validate_content_length_framed(headers: &HMap, framing: FramingFields) -> Result<()> {
+    if framing.transfer_encoding {
         // HTTP/1: Transfer-Encoding takes precedence over Content-Length.
+        return Ok(());
+    }
+    if !framing.content_length {
         return Ok(());
     }
     content_length_for_framing(headers).map(|_| ())

@@ -17,7 +17,9 @@
 use bstr::ByteSlice;
 use bytes::Bytes;
 use bytes::{BufMut, BytesMut};
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::CONTENT_LENGTH;
+#[cfg(test)]
+use http::header::TRANSFER_ENCODING;
 use http::HeaderValue;
 use http::{header, header::AsHeaderName, Method, Version};
 use log::{debug, trace, warn};
@@ -387,8 +389,10 @@ impl HttpSession {
                         };
                         let buf = buf.freeze();
 
+                        let mut framing = FramingFields::default();
                         for header in header_refs {
                             let header_name = header.get_name_bytes(&buf);
+                            framing.note(&header_name);
                             let header_name = header_name.into_case_header_name();
                             let value_bytes = header.get_value_bytes(&buf);
                             // safe because this is from what we parsed
@@ -401,10 +405,8 @@ impl HttpSession {
                                 .or_err(InvalidHTTPHeader, "while parsing request header")?;
                         }
 
-                        let contains_transfer_encoding =
-                            request_header.headers.contains_key(TRANSFER_ENCODING);
-                        let contains_content_length =
-                            request_header.headers.contains_key(CONTENT_LENGTH);
+                        let contains_transfer_encoding = framing.transfer_encoding;
+                        let contains_content_length = framing.content_length;
 
                         // Transfer encoding overrides content length, so when
                         // both are present, we can remove content length. This
@@ -416,6 +418,7 @@ impl HttpSession {
                             contains_content_length && contains_transfer_encoding;
                         if has_both_te_and_cl {
                             request_header.remove_header(&CONTENT_LENGTH);
+                            framing.content_length = false;
                         }
 
                         self.buf = buf;
@@ -431,7 +434,7 @@ impl HttpSession {
                         if has_both_te_and_cl {
                             self.set_keepalive(None);
                         }
-                        self.validate_request()?;
+                        self.validate_request_framed(framing)?;
 
                         return Ok(Some(s));
                     }
@@ -487,6 +490,12 @@ impl HttpSession {
     /// # Panics
     /// this function and most other functions will panic if called before [`Self::read_request()`]
     pub fn validate_request(&self) -> Result<()> {
+        self.validate_request_framed(FramingFields::of(&self.req_header().headers))
+    }
+
+    /// [`Self::validate_request()`] of the request as it was read, whose framing fields were
+    /// noted while reading it.
+    fn validate_request_framed(&self, framing: FramingFields) -> Result<()> {
         let req_header = self.req_header();
 
         // Reject an ambiguous authority before anything routes on it.
@@ -496,9 +505,9 @@ impl HttpSession {
         // parity): identical duplicates and comma-combined identical values are
         // accepted and collapsed; differing or unparseable values are rejected.
         // This is a no-op when Transfer-Encoding is present (TE overrides CL).
-        super::common::validate_content_length(&req_header.headers)?;
+        super::common::validate_content_length_framed(&req_header.headers, framing)?;
 
-        if req_header.headers.contains_key(TRANSFER_ENCODING) {
+        if framing.transfer_encoding {
             // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
             // HTTP/1.0 requests with Transfer-Encoding MUST be treated as having faulty framing.
             // We reject with 400 Bad Request and close the connection.
