@@ -46,7 +46,14 @@ where
 
         // phase 2 send to upstream
 
-        let mut req = session.req_header().clone();
+        // The request as it was read goes upstream and the session keeps an equal copy: the map
+        // read was allocated with room for the fields added on the way (`upstream_request_filter`),
+        // while a clone's entries are allocated for exactly the fields it holds, so the first
+        // field added to a clone reallocates them.
+        let mut req = {
+            let copy = session.req_header().clone();
+            std::mem::replace(session.req_header_mut(), copy)
+        };
         let authority_policy = AuthorityPolicy::from(session.downstream_session.is_custom());
         let downstream_had_host = req.headers.contains_key(http::header::HOST);
         req.set_version(Version::HTTP_11);

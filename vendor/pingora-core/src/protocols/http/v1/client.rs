@@ -447,7 +447,13 @@ impl HttpSession {
     pub async fn read_resp_header_parts(&mut self) -> Result<Box<ResponseHeader>> {
         self.read_response().await?;
         // safe to unwrap because it is just read
-        Ok(Box::new(self.resp_header().unwrap().clone()))
+        let read = self.response_header.as_mut().unwrap();
+        // Hand out the header as it was read and keep the copy: the two are equal, but the map
+        // read was allocated with room for the fields a caller adds (`HEADER_MAP_HEADROOM`),
+        // while a clone's entries are allocated for exactly the fields it holds, so the first
+        // field added to a clone reallocates them. The session only reads its own.
+        let copy = Box::new((**read).clone());
+        Ok(std::mem::replace(read, copy))
     }
 
     /// Return a reference of the [`ResponseHeader`] if the response is read
