@@ -288,6 +288,9 @@ async fn serve(source: Source, config: Config, takeover: &mut Option<Takeover>) 
     let traffic = proxy.traffic();
     // HTTP/1 header names: one map per message unless the config keeps their case.
     pingora_core::protocols::http::v1::common::set_keep_header_case(s.preserve_header_case);
+    // Nothing in ten reads how long a socket's reads and writes waited (Pingora's timing
+    // digest): no clock reads to account it (vendor/patches/pingora-core/0008).
+    pingora_core::protocols::l4::stream::set_track_pending_time(false);
     let conf = Arc::new(ServerConf {
         threads: std::thread::available_parallelism()
             .map(|n| n.get())

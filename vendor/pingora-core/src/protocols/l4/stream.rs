@@ -26,6 +26,7 @@ use std::os::unix::io::AsRawFd;
 #[cfg(windows)]
 use std::os::windows::io::AsRawSocket;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -859,7 +860,9 @@ impl AsyncRead for Stream {
         } else {
             Pin::new(&mut self.stream_mut()).poll_read(cx, buf)
         };
-        self.read_pending_time.poll_time(&result);
+        if track_pending_time() {
+            self.read_pending_time.poll_time(&result);
+        }
         self.rx_ts = self.stream().get_ref().rx_ts;
         result
     }
@@ -876,13 +879,17 @@ impl AsyncWrite for Stream {
         } else {
             Pin::new(&mut self.stream_mut().get_mut()).poll_write(cx, buf)
         };
-        self.write_pending_time.poll_write_time(&result, buf.len());
+        if track_pending_time() {
+            self.write_pending_time.poll_write_time(&result, buf.len());
+        }
         result
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
         let result = Pin::new(&mut self.stream_mut()).poll_flush(cx);
-        self.write_pending_time.poll_time(&result);
+        if track_pending_time() {
+            self.write_pending_time.poll_time(&result);
+        }
         result
     }
 
@@ -914,6 +921,23 @@ impl AsyncWrite for Stream {
             self.stream().get_ref().is_write_vectored()
         }
     }
+}
+
+static TRACK_PENDING_TIME: AtomicBool = AtomicBool::new(true);
+
+/// Whether streams account the time their reads and writes wait for the socket
+/// ([`GetTimingDigest`]'s `get_read_pending_time`, `get_write_pending_time`). Default `true`.
+///
+/// The accounting reads the clock when a read or write starts to wait and again when it
+/// completes: several clock reads per request on a busy proxy. Set it to `false` in a process
+/// that does not use these times; they then stay zero.
+pub fn set_track_pending_time(track: bool) {
+    TRACK_PENDING_TIME.store(track, Ordering::Relaxed);
+}
+
+#[inline]
+fn track_pending_time() -> bool {
+    TRACK_PENDING_TIME.load(Ordering::Relaxed)
 }
 
 #[derive(Debug)]
