@@ -208,6 +208,10 @@ impl ProxyHttp for TenProxy {
         Box::new(Ctx::new(&self.traffic))
     }
 
+    /// None: ten compresses no response. Pingora's default adds a disabled compression module,
+    /// whose context and three boxed hook futures were made on every request.
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Box<Ctx>) -> Result<bool> {
         let req = session.req_header();
         ctx.request_id = request_id(req);

@@ -138,6 +138,15 @@ fn request_headers_are_forwarded_and_request_id_echoed() {
     assert_eq!(r.header("x-request-id"), Some("abc-123"));
     // Our own error responses carry one too.
     assert!(ten.get("nowhere", "/").header("x-request-id").is_some());
+    // ten compresses nothing (no downstream modules): Accept-Encoding goes to the app as sent
+    // and the app's identity response comes back as it is.
+    let raw = format!(
+        "GET /headers HTTP/1.1\r\nHost: {}\r\nAccept-Encoding: gzip, br\r\nConnection: close\r\n\r\n",
+        host("prod.api")
+    );
+    let r = ten.request(&raw);
+    assert_eq!(r.json()["accept-encoding"], "gzip, br");
+    assert_eq!(r.header("content-encoding"), None);
     // Several X-Forwarded-For lines are one list (RFC 9110 §5.3): all kept, in order.
     let raw = format!(
         "GET /headers HTTP/1.1\r\nHost: {}\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2, 10.0.0.3\r\nConnection: close\r\n\r\n",
