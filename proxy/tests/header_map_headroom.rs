@@ -10,8 +10,6 @@
 //! upstream (in `upstream_request_filter`, through a whole proxy), allocates nothing.
 #![allow(clippy::unwrap_used)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +17,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
 use pingora_core::apps::ServerApp;
-use pingora_core::protocols::http::v1::client::HttpSession as ClientSession;
 use pingora_core::protocols::http::v1::server::HttpSession as ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::server::configuration::ServerConf;
@@ -29,33 +26,12 @@ use pingora_proxy::{ProxyHttp, Session};
 use tenement_proxy::{Edge, EdgeLimits, LiveLimits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-thread_local! {
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
-
-/// The system allocator, counting this thread's allocations (and reallocations).
-struct Counting;
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|a| a.set(a.get() + 1));
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|a| a.set(a.get() + 1));
-        unsafe { System.realloc(ptr, layout, new) }
-    }
-}
+mod support;
+use support::counting::{allocations, Counting};
+use support::{answered, pair, runtime};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn allocations() -> usize {
-    ALLOCATIONS.with(Cell::get)
-}
 
 /// Names made once, as ten's are: inserting them parses and copies nothing.
 static NAMES: [HeaderName; 4] = [
@@ -77,22 +53,6 @@ fn allocations_to_add(n: usize, mut insert: impl FnMut(HeaderName, HeaderValue))
 /// What ten adds to a forwarded request (`X-Forwarded-For`, `-Proto`, `-Host`, `X-Request-Id`)
 /// and at most to a response; the patch's headroom.
 const ADDED: usize = 4;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (server, _) = listener.accept().await.unwrap();
-    (client, server)
-}
 
 /// Three fields read: without the headroom the map holds exactly three (an index of four
 /// slots at its load limit), and the first added field regrows it.
@@ -125,16 +85,10 @@ fn a_read_request_and_its_clone_have_room_for_added_fields() {
 #[test]
 fn a_read_response_and_its_copy_have_room_for_added_fields() {
     runtime().block_on(async {
-        let (client, mut server) = pair().await;
-        let mut session = ClientSession::new(Box::new(L4Stream::from(client)));
-        let req = RequestHeader::build("GET", b"/", None).unwrap();
-        session.write_request_header(Box::new(req)).await.unwrap();
-        let mut head = [0u8; 1024];
-        let _ = server.read(&mut head).await.unwrap();
-        server
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nContent-Type: text/plain\r\nX-A: 1\r\n\r\n")
-            .await
-            .unwrap();
+        let mut session = answered(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nContent-Type: text/plain\r\nX-A: 1\r\n\r\n",
+        )
+        .await;
         // the copy the proxy forwards (read_response_task hands out the same)
         let resp: Box<ResponseHeader> = session.read_resp_header_parts().await.unwrap();
         assert_eq!(resp.headers.len(), 3);
@@ -153,16 +107,7 @@ fn a_read_response_and_its_copy_have_room_for_added_fields() {
 fn the_response_handed_out_takes_added_fields_without_allocating() {
     pingora_core::protocols::http::v1::common::set_keep_header_case(false);
     runtime().block_on(async {
-        let (client, mut server) = pair().await;
-        let mut session = ClientSession::new(Box::new(L4Stream::from(client)));
-        let req = RequestHeader::build("GET", b"/", None).unwrap();
-        session.write_request_header(Box::new(req)).await.unwrap();
-        let mut head = [0u8; 1024];
-        let _ = server.read(&mut head).await.unwrap();
-        server
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-            .await
-            .unwrap();
+        let mut session = answered(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
         let mut resp: Box<ResponseHeader> = session.read_resp_header_parts().await.unwrap();
         let n = allocations_to_add(ADDED, |k, v| resp.insert_header_name(k, v).unwrap());
         assert_eq!(

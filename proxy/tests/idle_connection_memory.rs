@@ -4,8 +4,6 @@
 //! test's own thread, so every allocation it makes is counted there and nothing else is.
 #![allow(clippy::unwrap_used)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,34 +17,13 @@ use pingora_proxy::{ProxyHttp, Session};
 use tenement_proxy::{Edge, EdgeLimits, LiveLimits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-}
-
-/// The system allocator, counting this thread's live bytes.
-struct Counting;
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = LIVE.try_with(|l| l.set(l.get() + layout.size() as isize));
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let _ = LIVE.try_with(|l| l.set(l.get() - layout.size() as isize));
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
-        let _ = LIVE.try_with(|l| l.set(l.get() + new as isize - layout.size() as isize));
-        unsafe { System.realloc(ptr, layout, new) }
-    }
-}
+mod support;
+use support::counting::{live, Counting};
+// A current-thread runtime: the connections' allocations are all made on the test's thread.
+use support::runtime;
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn live() -> isize {
-    LIVE.with(Cell::get)
-}
 
 /// A proxy that answers every request itself (204, keep-alive): no upstream involved.
 struct Answer;
@@ -102,14 +79,6 @@ async fn one_request(client: &mut tokio::net::TcpStream) {
     );
 }
 
-/// A current-thread runtime: the connections' allocations are all made on the test's thread.
-fn current_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// The answering proxy and ten's `Edge` around it, its head and idle limits both `limit`.
 fn answering_edge(
     limit: Duration,
@@ -133,7 +102,7 @@ fn answering_edge(
 /// than its stream and the connection task's own future.
 #[test]
 fn an_idle_connection_holds_no_request_state() {
-    current_thread().block_on(async {
+    runtime().block_on(async {
         let (_app, edge) = answering_edge(Duration::from_secs(30));
         let edge = Arc::new(edge);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -173,7 +142,7 @@ fn an_idle_connection_holds_no_request_state() {
 #[test]
 fn a_parked_connection_ends_at_http_cleanup() {
     use pingora_core::apps::HttpServerApp;
-    current_thread().block_on(async {
+    runtime().block_on(async {
         let (app, edge) = answering_edge(Duration::from_secs(3600));
         let edge = Arc::new(edge);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -217,7 +186,7 @@ fn an_idle_connection_through_the_listener_holds_little() {
     use std::os::fd::IntoRawFd;
 
     const N: usize = 50;
-    current_thread().block_on(async {
+    runtime().block_on(async {
         let (app, edge) = answering_edge(Duration::from_secs(3600));
         // ten's listener (src/server/listeners.rs): bound here, no L4 read buffer.
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

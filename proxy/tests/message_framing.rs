@@ -5,27 +5,12 @@
 //! TCP on 127.0.0.1: the body read (or the error), and what is kept of the header.
 #![allow(clippy::unwrap_used)]
 
-use pingora_core::protocols::http::v1::client::HttpSession as ClientSession;
 use pingora_core::protocols::http::v1::server::HttpSession as ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_http::RequestHeader;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (server, _) = listener.accept().await.unwrap();
-    (client, server)
-}
+mod support;
+use support::{answered, pair, runtime};
 
 /// What the server session made of a request.
 #[derive(Debug, PartialEq)]
@@ -112,14 +97,7 @@ fn requests_are_framed_by_their_fields_in_any_case() {
 /// `raw` answered (then the server closes) to a GET written by the client session.
 fn fetch(raw: &'static [u8]) -> Read {
     runtime().block_on(async {
-        let (client, mut server) = pair().await;
-        let mut session = ClientSession::new(Box::new(L4Stream::from(client)));
-        let req = RequestHeader::build("GET", b"/", None).unwrap();
-        session.write_request_header(Box::new(req)).await.unwrap();
-        let mut head = [0u8; 1024];
-        let _ = server.read(&mut head).await.unwrap();
-        server.write_all(raw).await.unwrap();
-        drop(server);
+        let mut session = answered(raw).await;
         if session.read_response().await.is_err() {
             return Read::Rejected;
         }
