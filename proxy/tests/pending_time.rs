@@ -10,13 +10,12 @@ use pingora_core::protocols::l4::stream::{set_track_pending_time, Stream as L4St
 use pingora_core::protocols::GetTimingDigest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod support;
+use support::{pair, runtime};
+
 /// The read pending time of a stream after a read that had to wait for its bytes.
 async fn pending_after_a_waiting_read() -> Duration {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (server, _) = listener.accept().await.unwrap();
+    let (mut client, server) = pair().await;
     let mut stream = L4Stream::from(server);
     let mut buf = [0u8; 8];
     let read = tokio::spawn(async move {
@@ -36,11 +35,7 @@ async fn pending_after_a_waiting_read() -> Duration {
 
 #[test]
 fn read_pending_time_is_accounted_only_when_tracked() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    runtime().block_on(async {
         set_track_pending_time(false);
         assert_eq!(pending_after_a_waiting_read().await, Duration::ZERO);
         set_track_pending_time(true);

@@ -465,11 +465,8 @@ pub(crate) fn validate_content_length(headers: &HMap) -> Result<()> {
 
 /// [`validate_content_length`] of a message whose framing fields are known.
 pub(crate) fn validate_content_length_framed(headers: &HMap, framing: FramingFields) -> Result<()> {
-    if framing.transfer_encoding {
-        // HTTP/1: Transfer-Encoding takes precedence over Content-Length.
-        return Ok(());
-    }
-    if !framing.content_length {
+    // HTTP/1: Transfer-Encoding takes precedence over Content-Length.
+    if framing.transfer_encoding || !framing.content_length {
         return Ok(());
     }
     content_length_for_framing(headers).map(|_| ())

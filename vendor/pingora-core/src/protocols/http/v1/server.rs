@@ -405,9 +405,6 @@ impl HttpSession {
                                 .or_err(InvalidHTTPHeader, "while parsing request header")?;
                         }
 
-                        let contains_transfer_encoding = framing.transfer_encoding;
-                        let contains_content_length = framing.content_length;
-
                         // Transfer encoding overrides content length, so when
                         // both are present, we can remove content length. This
                         // is per https://datatracker.ietf.org/doc/html/rfc9112#section-6.3
@@ -415,7 +412,7 @@ impl HttpSession {
                         // RFC 9112 Section 6.1 (https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-15)
                         // also requires us to disable keepalive when both headers are present.
                         let has_both_te_and_cl =
-                            contains_content_length && contains_transfer_encoding;
+                            framing.content_length && framing.transfer_encoding;
                         if has_both_te_and_cl {
                             request_header.remove_header(&CONTENT_LENGTH);
                             framing.content_length = false;
